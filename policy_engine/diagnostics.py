@@ -1,0 +1,117 @@
+"""Positions in source files and the diagnostics that point at them.
+
+Every user-facing message of the project (syntax and compile errors, manifest errors, lint
+findings) is a :class:`Diagnostic`. It renders the same way everywhere::
+
+    policies/site.policy:12:24: unknown permission `file:raed`
+        allow plugin * to file:raed on "/srv/**"
+                          ^^^^^^^^^
+      hint: did you mean `file:read`?
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+
+class Severity(str, enum.Enum):
+    """How bad a diagnostic is."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A region of a source file; lines and columns count from 1."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int = 0
+    end_column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One message about one place: an error, a warning or a lint finding.
+
+    ``pointer`` is the JSON pointer of the offending field when the source is a manifest.
+    ``source_line`` is the text of the line the span starts on, kept so the message can be
+    rendered with a caret long after the file is gone.
+    """
+
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+    code: str = ""
+    severity: Severity = Severity.ERROR
+    source_line: str | None = None
+    pointer: str | None = None
+
+    def with_code(self, code: str) -> Diagnostic:
+        """Return a copy carrying a lint code."""
+        return replace(self, code=code)
+
+    @property
+    def location(self) -> str:
+        """``file:line:col`` (or ``file`` alone, or ``file#/pointer``)."""
+        if self.span is None:
+            return ""
+        if self.span.line <= 0:
+            where = self.span.file
+            return f"{where}#{self.pointer}" if self.pointer is not None else where
+        return str(self.span)
+
+    def render(self, *, caret: bool = True) -> str:
+        """Render as ``file:line:col: message``, the source line, a caret and the hint."""
+        head = self.message
+        if self.code:
+            head = f"{self.code} {head}"
+        if self.pointer is not None and self.span is not None and self.span.line > 0:
+            head = f"{head} (at `{self.pointer or '/'}`)"
+        text = f"{self.location}: {head}" if self.location else head
+        lines = [text]
+        if caret and self.span is not None and self.source_line is not None and self.span.line > 0:
+            src = self.source_line.rstrip("\n").expandtabs(4)
+            col = max(self.span.column, 1)
+            width = 1
+            if self.span.end_line == self.span.line and self.span.end_column > col:
+                width = self.span.end_column - col
+            width = max(1, min(width, max(1, len(src) - col + 1)))
+            lines.append(f"    {src}")
+            lines.append("    " + " " * (col - 1) + "^" * width)
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def source_line(text: str, line: int) -> str | None:
+    """The 1-based ``line`` of ``text``, or None when out of range."""
+    lines = text.splitlines()
+    if 1 <= line <= len(lines):
+        return lines[line - 1]
+    return None
+
+
+def did_you_mean(word: str, candidates: Iterable[str], *, quote: bool = True) -> str | None:
+    """A ``did you mean`` hint for ``word`` among ``candidates``, or None."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    if not matches:
+        return None
+    return f"did you mean `{matches[0]}`?" if quote else f"did you mean {matches[0]}?"
+
+
+def render_all(diagnostics: Iterable[Diagnostic]) -> str:
+    """Render several diagnostics separated by newlines."""
+    return "\n".join(d.render() for d in diagnostics)

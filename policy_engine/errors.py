@@ -1,0 +1,124 @@
+"""The one exception tree of policy_engine.
+
+::
+
+    PolicyEngineError
+    ├── PolicyError                 a policy set cannot be built (carries diagnostics)
+    │   ├── PolicySyntaxError       the text does not parse
+    │   └── PolicyCompileError      it parses but does not make sense
+    ├── ManifestError               a plugin.yaml is unreadable or invalid
+    ├── UsageError                  the library or the CLI was called wrongly
+    └── EnforcementError            raised while plugin code runs under the sandbox
+        ├── PermissionDeniedError   (also a PermissionError) carries the Decision
+        ├── PluginTimeoutError      (also a TimeoutError) plugin, phase, limit
+        ├── ResourceLimitError      memory or CPU over the limit
+        │   └── FileSizeError       a write past the file-size limit
+        ├── PluginValidationError   a plugin failed validation and was not loaded
+        └── PluginCrashedError      the worker died (signal, OOM kill, os._exit)
+
+User mistakes never escape as anything but these; the CLI prints ``str(error)`` and exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .diagnostics import Diagnostic, render_all
+
+if TYPE_CHECKING:
+    from .decision import Decision
+
+
+class PolicyEngineError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class PolicyError(PolicyEngineError):
+    """A policy set could not be built; ``diagnostics`` lists every problem found."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
+class PolicySyntaxError(PolicyError):
+    """The policy text does not parse."""
+
+
+class PolicyCompileError(PolicyError):
+    """The policy parses but refers to unknown names, units, variables or plugins."""
+
+
+class ManifestError(PolicyEngineError):
+    """A plugin manifest is unreadable or does not match the schema."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
+class UsageError(PolicyEngineError):
+    """The library or the command line was called with arguments that cannot work."""
+
+
+class EnforcementError(PolicyEngineError):
+    """Raised while plugin code runs under the sandbox."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        self.plugin = plugin
+        super().__init__(message)
+
+
+class PermissionDeniedError(EnforcementError, PermissionError):
+    """A plugin tried something its manifest or the policy does not allow."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        super().__init__(decision.explain(), plugin=decision.plugin)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.decision,))
+
+
+class PluginTimeoutError(EnforcementError, TimeoutError):
+    """A plugin call ran past its time limit and was stopped."""
+
+    def __init__(self, plugin: str, phase: str, limit: float, detail: str = "") -> None:
+        self.phase = phase
+        self.limit = limit
+        message = (
+            f"plugin `{plugin}` exceeded its {phase} timeout of {limit:g}s and was stopped"
+            + (f" ({detail})" if detail else "")
+            + f"; raise `timeout {phase}` in the policy's `plugin \"{plugin}\"` block if the work is legitimate"
+        )
+        super().__init__(message, plugin=plugin)
+
+
+class ResourceLimitError(EnforcementError):
+    """A plugin went over a memory or CPU limit."""
+
+    def __init__(self, message: str, *, plugin: str | None = None, resource: str = "",
+                 limit: float = 0.0, used: float = 0.0) -> None:
+        self.resource = resource
+        self.limit = limit
+        self.used = used
+        super().__init__(message, plugin=plugin)
+
+
+class FileSizeError(ResourceLimitError):
+    """A plugin tried to write a file larger than its file-size limit."""
+
+
+class PluginValidationError(EnforcementError):
+    """A plugin failed validation and was not loaded; ``errors`` says why."""
+
+    def __init__(self, plugin: str, errors: Iterable[str]) -> None:
+        self.errors = tuple(errors)
+        super().__init__(
+            f"plugin `{plugin}` failed validation: " + "; ".join(self.errors), plugin=plugin
+        )
+
+
+class PluginCrashedError(EnforcementError):
+    """The worker process of a plugin died while running plugin code."""

@@ -1,0 +1,412 @@
+"""Text to syntax tree: Lark parses, this module turns its tree into :mod:`nodes` and its
+exceptions into :class:`PolicySyntaxError` diagnostics. Lark's exceptions never escape."""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from importlib import resources
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import nodes
+from .diagnostics import Diagnostic, Span, source_line
+from .errors import PolicySyntaxError
+
+__all__ = ["parse_policy", "parse_grant", "grammar_text"]
+
+_MAX_ERRORS = 20
+
+# Terminal names in words, for "expected ..." messages.
+_WORDS: dict[str, str] = {
+    "STRING": "a quoted string",
+    "ACTION": "a permission such as `file:read`",
+    "STAR": "`*`",
+    "NAME": "a name",
+    "QUANTITY": "a quantity such as `30s`, `500MB` or `80%`",
+    "INT": "a whole number",
+    "NUMBER": "a number",
+    "ATTRIBUTE": "an attribute such as `plugin.type` or `context.env`",
+    "COMPARATOR": "a comparison (`==`, `!=`, `<`, `<=`, `>`, `>=`)",
+    "TRUE": "`true`",
+    "FALSE": "`false`",
+    "ALLOW": "`allow`",
+    "DENY": "`deny`",
+    "DEGRADED": "`degraded`",
+    "BARE_SCOPE": "a scope such as `/srv/data/**`",
+    "$END": "the end of the input",
+}
+_STATEMENT_START = re.compile(r"^[ \t]*(policy|defaults|plugin|allow|deny|trust)\b", re.M)
+
+
+def grammar_text() -> str:
+    """The Lark grammar shipped with the package."""
+    return resources.files("policy_engine").joinpath("grammar/policy.lark").read_text("utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(
+        grammar_text(),
+        parser="lalr",
+        lexer="contextual",
+        start=["policy_file", "grant"],
+        propagate_positions=True,
+        maybe_placeholders=False,
+        lexer_callbacks={"COMMENT": _collect_comment},
+    )
+
+
+def parse_policy(text: str, file: str = "<policy>") -> nodes.PolicyFile:
+    """Parse a ``.policy`` file. Raises :class:`PolicySyntaxError` listing every syntax error."""
+    comments: list[Token] = []
+    errors: list[Diagnostic] = []
+    statements: list[nodes.Statement] = []
+    offset_text = text
+    while True:
+        comments_here: list[Token] = []
+        try:
+            tree = _parse(offset_text, "policy_file", comments_here)
+        except UnexpectedInput as exc:
+            errors.append(_diagnostic(exc, text, file))
+            restart = _next_statement(text, exc)
+            if restart is None or len(errors) >= _MAX_ERRORS:
+                break
+            # Blank out what came before so that positions stay those of the real file.
+            offset_text = re.sub(r"[^\n]", " ", text[:restart]) + text[restart:]
+            continue
+        comments.extend(comments_here)
+        if not errors:
+            statements = [
+                _statement(child, text, file) for child in tree.children if isinstance(child, Tree)
+            ]
+        break
+    if errors:
+        raise PolicySyntaxError(errors)
+    return nodes.PolicyFile(
+        path=file,
+        source=text,
+        statements=tuple(statements),
+        comments=tuple(
+            nodes.Comment(str(c), _token_span(c, file)) for c in comments
+        ),
+    )
+
+
+def parse_grant(text: str, file: str = "<manifest>") -> nodes.Grant:
+    """Parse one manifest permission entry such as ``file:read {plugin_dir}/**``."""
+    try:
+        tree = _parse(text, "grant", [])
+    except UnexpectedInput as exc:
+        raise PolicySyntaxError([_diagnostic(exc, text, file)]) from None
+    action = _action(tree.children[0], file)
+    scopes = tuple(
+        nodes.PatternRef(_unquote(str(tok)) if tok.type == "STRING" else str(tok), _token_span(tok, file))
+        for tok in tree.children[1:]
+        if isinstance(tok, Token)
+    )
+    return nodes.Grant(action, scopes, _span(tree, file))
+
+
+def _parse(text: str, start: str, comments: list[Token]) -> Tree[Token]:
+    _comments.sink = comments
+    try:
+        return _lark().parse(text, start=start)
+    finally:
+        _comments.sink = None
+
+
+class _CommentSink(threading.local):
+    sink: list[Token] | None = None
+
+
+_comments = _CommentSink()
+
+
+def _collect_comment(token: Token) -> None:
+    # Lark calls this for every comment it skips; the formatter and `noqa` need them.
+    sink = _comments.sink
+    if sink is not None:
+        sink.append(token)
+
+
+def _next_statement(text: str, exc: UnexpectedInput) -> int | None:
+    """Where to resume after a syntax error: the next line that starts a statement."""
+    line = getattr(exc, "line", None)
+    if not isinstance(line, int) or line < 1:
+        return None
+    lines = text.splitlines(keepends=True)
+    position = sum(len(x) for x in lines[:line])
+    match = _STATEMENT_START.search(text, position)
+    return match.start() if match else None
+
+
+# Error messages --------------------------------------------------------------------------
+
+
+def _describe_expected(expected: set[str] | frozenset[str]) -> str:
+    words = []
+    for name in sorted(expected):
+        word = _WORDS.get(name)
+        if word is None:
+            word = _terminal_literal(name)
+        if word and word not in words:
+            words.append(word)
+    if not words:
+        return "something else"
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+@functools.lru_cache(maxsize=256)
+def _terminal_literal(name: str) -> str:
+    for term in _lark().terminals:
+        if term.name == name:
+            value = term.pattern.value
+            if term.pattern.type == "str":
+                return f"`{value}`"
+            return name.lower()
+    return name.lower()
+
+
+def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
+    line = getattr(exc, "line", 0) or 0
+    column = getattr(exc, "column", 0) or 0
+    hint: str | None = None
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        expected = set(exc.expected)
+        if token.type == "$END":
+            found = "the end of the input"
+            line = line if line > 0 else len(text.splitlines()) or 1
+        else:
+            found = f"`{token}`"
+        message = f"expected {_describe_expected(expected)}, found {found}"
+        hint = _hint_for(expected, str(token), text, line, column)
+        end = column + max(len(str(token)), 1) if token.type != "$END" else column + 1
+    elif isinstance(exc, UnexpectedCharacters):
+        char = exc.char
+        allowed = set(exc.allowed or ())
+        if char == '"':
+            message = "unterminated string"
+            hint = 'close the string with `"` on the same line'
+        else:
+            message = f"unexpected character `{char}`"
+            if allowed:
+                message += f", expected {_describe_expected(allowed)}"
+            hint = _hint_for(allowed, char, text, line, column)
+        end = column + 1
+    elif isinstance(exc, UnexpectedEOF):
+        message = f"unexpected end of input, expected {_describe_expected(set(exc.expected))}"
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        end = column + 1
+    else:  # pragma: no cover - Lark has no other kinds
+        message = "syntax error"
+        end = column + 1
+    if line <= 0:
+        line, column = 1, 1
+    return Diagnostic(
+        message=message,
+        span=Span(file, line, max(column, 1), line, end),
+        hint=hint,
+        code="PL001",
+        source_line=source_line(text, line),
+    )
+
+
+def _hint_for(expected: set[str], found: str, text: str, line: int, column: int) -> str | None:
+    if "STRING" in expected and "ACTION" not in expected and found and found not in "{}[](),":
+        rest = (source_line(text, line) or "")[max(column - 1, 0):].split()
+        word = rest[0].rstrip(",") if rest else found
+        return f'patterns and plugin names are quoted: write `"{word}"`'
+    if "ACTION" in expected and re.fullmatch(r"[a-z_]+", found):
+        return f"permissions are written `family:action`, such as `{found}:read`"
+    if "QUANTITY" in expected:
+        return "write a number with its unit, such as `30s`, `500MB` or `80%`"
+    return None
+
+
+# Tree to nodes ---------------------------------------------------------------------------
+
+
+def _span(tree: Tree[Token], file: str) -> Span:
+    meta = tree.meta
+    if getattr(meta, "empty", True):
+        return Span(file, 0, 0)
+    return Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _token_span(token: Token, file: str) -> Span:
+    return Span(
+        file,
+        token.line or 0,
+        token.column or 0,
+        token.end_line or token.line or 0,
+        token.end_column or token.column or 0,
+    )
+
+
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _unquote(token: str) -> str:
+    return _ESCAPE.sub(lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), token[1:-1])
+
+
+def _source_text(text: str, tree: Tree[Token]) -> str:
+    meta = tree.meta
+    start = getattr(meta, "start_pos", None)
+    end = getattr(meta, "end_pos", None)
+    if start is None or end is None:
+        return ""
+    return " ".join(text[start:end].split())
+
+
+def _statement(tree: Tree[Token], text: str, file: str) -> nodes.Statement:
+    kind = tree.data
+    span = _span(tree, file)
+    if kind == "header":
+        name = _unquote(str(tree.children[0]))
+        version = int(str(tree.children[1])) if len(tree.children) > 1 else None
+        return nodes.Header(name, version, span)
+    if kind in ("defaults", "plugin_block"):
+        children = list(tree.children)
+        plugin = None
+        if kind == "plugin_block":
+            plugin = _unquote(str(children.pop(0)))
+        settings = tuple(_setting(child, file) for child in children if isinstance(child, Tree))
+        return nodes.SettingsBlock(plugin, settings, span)
+    if kind == "trust":
+        plugin_tok, algo_tok, digest_tok = tree.children
+        assert isinstance(digest_tok, Token)
+        return nodes.Trust(
+            _unquote(str(plugin_tok)),
+            str(algo_tok),
+            _unquote(str(digest_tok)),
+            span,
+            _token_span(digest_tok, file),
+        )
+    assert kind == "rule", kind
+    return _rule(tree, text, file)
+
+
+def _setting(tree: Tree[Token], file: str) -> nodes.Setting:
+    kind = tree.data
+    span = _span(tree, file)
+    toks = [c for c in tree.children if isinstance(c, Token)]
+    if kind in ("timeout_setting", "limit_setting"):
+        name, value = toks[0], toks[1]
+        extra: dict[str, nodes.Quantity] = {}
+        for keyword, quantity in zip(toks[2::2], toks[3::2], strict=False):
+            extra[keyword.type] = nodes.Quantity(str(quantity), _token_span(quantity, file))
+        first = nodes.Quantity(str(value), _token_span(value, file))
+        if kind == "timeout_setting":
+            return nodes.TimeoutSetting(str(name), first, extra.get("MAX"), span)
+        return nodes.LimitSetting(str(name), first, extra.get("WARN"), extra.get("MAX"), span)
+    if kind == "violation_setting":
+        return nodes.ViolationSetting(str(toks[0]), span)
+    assert kind == "isolation_setting", kind
+    return nodes.IsolationSetting(str(toks[0]), len(toks) > 1, span)
+
+
+def _rule(tree: Tree[Token], text: str, file: str) -> nodes.Rule:
+    effect_tree, selector, actions_tree, *rest = tree.children
+    assert isinstance(effect_tree, Tree) and isinstance(selector, Tree)
+    assert isinstance(actions_tree, Tree)
+    effect = nodes.Effect(str(effect_tree.children[0]))
+    plugins: tuple[str, ...] | None
+    plugin_spans: tuple[Span, ...] = ()
+    if selector.data == "any_plugin":
+        plugins = None
+    else:
+        toks = [t for t in selector.children if isinstance(t, Token)]
+        plugins = tuple(_unquote(str(t)) for t in toks)
+        plugin_spans = tuple(_token_span(t, file) for t in toks)
+    actions = tuple(_action(a, file) for a in actions_tree.children if isinstance(a, Tree))
+    patterns: tuple[nodes.PatternRef, ...] | None = None
+    when = unless = None
+    for part in rest:
+        assert isinstance(part, Tree)
+        if part.data == "patterns":
+            patterns = tuple(
+                nodes.PatternRef(_unquote(str(t)), _token_span(t, file))
+                for t in part.children
+                if isinstance(t, Token)
+            )
+        elif part.data == "when_clause":
+            when = _condition(part.children[0], file)
+        elif part.data == "unless_clause":
+            unless = _condition(part.children[0], file)
+    return nodes.Rule(
+        effect=effect,
+        plugins=plugins,
+        actions=actions,
+        patterns=patterns,
+        when=when,
+        unless=unless,
+        span=_span(tree, file),
+        text=_source_text(text, tree),
+        plugin_spans=plugin_spans,
+    )
+
+
+def _action(tree: Tree[Token] | Token, file: str) -> nodes.ActionRef:
+    token = tree.children[0] if isinstance(tree, Tree) else tree
+    assert isinstance(token, Token)
+    return nodes.ActionRef(str(token), _token_span(token, file))
+
+
+def _condition(tree: Tree[Token] | Token, file: str) -> nodes.Condition:
+    assert isinstance(tree, Tree)
+    kind = tree.data
+    span = _span(tree, file)
+    c = tree.children
+    if kind == "or_":
+        return nodes.Or(_condition(c[0], file), _condition(c[1], file), span)
+    if kind == "and_":
+        return nodes.And(_condition(c[0], file), _condition(c[1], file), span)
+    if kind == "not_":
+        return nodes.Not(_condition(c[0], file), span)
+    if kind == "compare":
+        return nodes.Compare(str(c[1]), _operand(c[0], file), _operand(c[2], file), span)
+    if kind in ("in_", "not_in"):
+        items = c[1]
+        assert isinstance(items, Tree)
+        values = tuple(_literal(x, file) for x in items.children if isinstance(x, Tree))
+        return nodes.In(_operand(c[0], file), values, kind == "not_in", span)
+    if kind == "matches":
+        return nodes.Matches(_operand(c[0], file), _unquote(str(c[1])), span)
+    if kind == "truthy":
+        return nodes.Truthy(_operand(c[0], file), span)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _operand(tree: Tree[Token] | Token, file: str) -> nodes.Operand:
+    assert isinstance(tree, Tree)
+    if tree.data == "attribute":
+        token = tree.children[0]
+        assert isinstance(token, Token)
+        root, *path = str(token).split(".")
+        return nodes.Attribute(root, tuple(path), _token_span(token, file))
+    return _literal(tree, file)
+
+
+def _literal(tree: Tree[Token] | Token, file: str) -> nodes.Literal:
+    assert isinstance(tree, Tree)
+    token = tree.children[0]
+    assert isinstance(token, Token)
+    span = _token_span(token, file)
+    value: str | float | bool
+    if token.type == "STRING":
+        value = _unquote(str(token))
+    elif token.type == "TRUE":
+        value = True
+    elif token.type == "FALSE":
+        value = False
+    else:
+        value = float(token)
+    return nodes.Literal(value, span)

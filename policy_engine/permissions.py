@@ -1,0 +1,85 @@
+"""The closed set of permissions, their families and the kind of resource each one scopes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ResourceKind(str, enum.Enum):
+    """How the resources of a permission family are written and matched."""
+
+    PATH = "path"  # absolute file paths, `*` within a segment, `**` across segments
+    HOST = "host"  # host[:port], `*.example.com` for subdomains
+    NAME = "name"  # dotted names, `*` matches any run of characters
+
+
+class Permission(str, enum.Enum):
+    """Everything a plugin can be allowed to do. The value is the spelling in policies."""
+
+    FILE_READ = "file:read"
+    FILE_WRITE = "file:write"
+    FILE_DELETE = "file:delete"
+    NETWORK_REQUEST = "network:request"
+    SUBPROCESS_EXECUTE = "subprocess:execute"
+    HOOK_REGISTER = "hook:register"
+    CONFIG_READ = "config:read"
+    CONFIG_WRITE = "config:write"
+    DATABASE_READ = "database:read"
+    DATABASE_WRITE = "database:write"
+
+    @property
+    def family(self) -> str:
+        """The part before the colon: ``file``, ``network``, ..."""
+        return self.value.split(":", 1)[0]
+
+    @property
+    def kind(self) -> ResourceKind:
+        """The kind of resource this permission is scoped to."""
+        return FAMILY_KINDS[self.family]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The seed's name for :class:`Permission`.
+PluginPermission = Permission
+
+FAMILY_KINDS: dict[str, ResourceKind] = {
+    "file": ResourceKind.PATH,
+    "network": ResourceKind.HOST,
+    "subprocess": ResourceKind.NAME,
+    "hook": ResourceKind.NAME,
+    "config": ResourceKind.NAME,
+    "database": ResourceKind.NAME,
+}
+
+ALL_PERMISSIONS: frozenset[Permission] = frozenset(Permission)
+_BY_VALUE: dict[str, Permission] = {p.value: p for p in Permission}
+
+#: Every spelling accepted where an action is expected, for "did you mean" hints.
+ACTION_SPELLINGS: tuple[str, ...] = (
+    *_BY_VALUE,
+    *(f"{family}:*" for family in FAMILY_KINDS),
+    "*",
+)
+
+
+def expand_action(text: str) -> frozenset[Permission] | None:
+    """The permissions an action pattern names: ``file:read``, ``file:*`` or ``*``.
+
+    Returns None when the pattern names nothing known.
+    """
+    if text == "*":
+        return ALL_PERMISSIONS
+    permission = _BY_VALUE.get(text)
+    if permission is not None:
+        return frozenset((permission,))
+    family, _, action = text.partition(":")
+    if action == "*" and family in FAMILY_KINDS:
+        return frozenset(p for p in Permission if p.family == family)
+    return None
+
+
+def parse_permission(text: str) -> Permission | None:
+    """The permission spelled ``text`` exactly, or None."""
+    return _BY_VALUE.get(text)
