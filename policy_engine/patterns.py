@@ -1,0 +1,670 @@
+"""Resource patterns and the normal form of the resources they are matched against.
+
+Every permission scopes one kind of resource (:class:`~policy_engine.permissions.ResourceKind`).
+A request's resource is brought to its normal form once with :func:`normalize`; a rule's
+resource pattern is compiled once with :func:`compile_pattern` and then tested against normal
+forms with :meth:`Pattern.matches`, which is on the hot path and therefore has fast paths for
+the common shapes (literals, ``/prefix/**``, ``/dir/*``, ``name.*``, ``*.example.com``).
+
+PATH
+    Normal form: an absolute path, normalised *lexically* (``.``, ``..``, duplicate and
+    trailing slashes; ``..`` above ``/`` stays at ``/``). Symlinks are not resolved: that is
+    the enforcement layer's job. Patterns are absolute globs: ``*`` matches a run of non-slash
+    characters, ``?`` one non-slash character and a ``**`` segment zero or more whole
+    segments, so ``/srv/**`` matches ``/srv`` itself and everything below it. Dot files are
+    not special. ``[`` and ``]`` are ordinary characters (there are no character classes)
+    and there is no escaping.
+
+HOST
+    Normal form: :class:`HostPort`. ``host``, ``host:port``, ``[v6]:port``, a bare IPv6
+    address or a URL (whose scheme gives the default port). Hosts are ASCII and compared
+    case-insensitively with a trailing dot ignored; legacy IPv4 spellings (``127.1``,
+    ``0x7f.0.0.1``) and IPv4-mapped IPv6 addresses are rewritten to dotted quads so that a
+    rule about ``127.0.0.1`` cannot be sidestepped by respelling it. Patterns are
+    ``host[:port]`` where host may be ``*`` (any host) or ``*.suffix`` (subdomains at any
+    depth, not the apex) and a missing or ``*`` port means any port. A request without a
+    port only matches any-port patterns.
+
+NAME
+    Normal form: the name itself. In patterns ``*`` matches any run of characters (dots
+    included); everything else is literal and case-sensitive.
+"""
+
+from __future__ import annotations
+
+import abc
+import ipaddress
+import posixpath
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypeAlias, TypeVar, overload
+from urllib.parse import urlsplit
+
+from .permissions import ResourceKind
+
+__all__ = [
+    "HostPattern",
+    "HostPort",
+    "InvalidResourceError",
+    "NamePattern",
+    "PathPattern",
+    "Pattern",
+    "PatternError",
+    "Resource",
+    "compile_pattern",
+    "normalize",
+]
+
+
+class PatternError(ValueError):
+    """A resource pattern is malformed; ``hint`` suggests a fix when one is known."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.hint = hint
+        super().__init__(message)
+
+
+class InvalidResourceError(ValueError):
+    """A requested resource cannot be normalised (the request is denied as invalid)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A normalised network endpoint; ``port`` is None when the request named none.
+
+    ``host`` is lower-case without a trailing dot; an IPv6 address is stored without
+    brackets. Build it with :func:`normalize` so those invariants hold.
+    """
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+#: A request's resource in normal form: a path or name (``str``) or a :class:`HostPort`.
+Resource: TypeAlias = str | HostPort
+
+
+class _Bad(Exception):
+    """Internal: a parse failure, turned into PatternError or InvalidResourceError."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------- patterns
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern(abc.ABC):
+    """A compiled resource pattern; build one with :func:`compile_pattern`.
+
+    Two patterns are equal when their canonical forms are (``/srv/`` equals ``/srv``), so
+    equality means "matches the same resources by construction".
+    """
+
+    kind: ClassVar[ResourceKind]
+
+    #: The pattern as written.
+    text: str = field(compare=False)
+    #: The pattern in canonical spelling (used for equality and messages).
+    canonical: str
+    #: True when the pattern matches exactly one normalised resource.
+    is_literal: bool = field(compare=False)
+    #: True when the pattern matches everything of its kind, or nearly.
+    is_overbroad: bool = field(compare=False)
+
+    @abc.abstractmethod
+    def matches(self, resource: Resource) -> bool:
+        """Whether the normalised ``resource`` is matched by this pattern."""
+
+    @abc.abstractmethod
+    def subsumes(self, other: Pattern) -> bool:
+        """True only if every resource ``other`` matches is matched by this pattern too.
+
+        Conservative: False when that cannot be shown (or ``other`` is of another kind).
+        """
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# How a pattern is matched; ordered roughly by how cheap the test is.
+_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX = range(6)
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern(Pattern):
+    """A file path glob; see the module docstring for the syntax."""
+
+    kind: ClassVar[ResourceKind] = ResourceKind.PATH
+
+    #: Canonical segments (no empty ones); ``**`` stands for any number of segments.
+    segments: tuple[str, ...] = field(compare=False)
+    #: The longest leading run of literal segments: the directory a kernel rule must cover.
+    landlock_root: str = field(compare=False)
+    _mode: int = field(compare=False, repr=False)
+    _fixed: str = field(compare=False, repr=False)  # literal prefix for the fast paths
+    _regex: re.Pattern[str] | None = field(compare=False, repr=False)
+
+    def matches(self, resource: Resource) -> bool:
+        """Whether the normalised absolute path ``resource`` is matched."""
+        if not isinstance(resource, str):
+            return False
+        mode = self._mode
+        if mode == _LITERAL:
+            return resource == self.canonical
+        if mode == _PREFIX:  # `/fixed/**`: the directory itself or anything below it
+            fixed = self._fixed
+            return resource.startswith(fixed) and (
+                len(resource) == len(fixed) or resource[len(fixed)] == "/"
+            )
+        if mode == _CHILD:  # `/fixed/*`: `_fixed` ends with a slash here
+            fixed = self._fixed
+            return (
+                resource.startswith(fixed)
+                and len(resource) > len(fixed)
+                and resource.find("/", len(fixed)) < 0
+            )
+        if mode == _ALL:
+            return True
+        assert self._regex is not None
+        return self._regex.fullmatch(resource) is not None
+
+    def subsumes(self, other: Pattern) -> bool:
+        """See :meth:`Pattern.subsumes`; exact for literals and ``**`` prefixes."""
+        if not isinstance(other, PathPattern):
+            return False
+        if self._mode == _ALL:
+            return True
+        if other.is_literal:
+            return self.matches(other.canonical)
+        return _covers(self.segments, other.segments, "**", _segment_covers)
+
+
+@dataclass(frozen=True, slots=True)
+class HostPattern(Pattern):
+    """A ``host[:port]`` pattern; see the module docstring for the syntax."""
+
+    kind: ClassVar[ResourceKind] = ResourceKind.HOST
+
+    #: The canonical host part: ``*``, ``*.suffix``, a host name or an IP address.
+    host_text: str = field(compare=False)
+    #: The port, or None for any port.
+    port: int | None = field(compare=False)
+    _mode: int = field(compare=False, repr=False)
+    _suffix: str = field(compare=False, repr=False)  # `.example.com` for `*.example.com`
+
+    def matches(self, resource: Resource) -> bool:
+        """Whether the normalised :class:`HostPort` ``resource`` is matched."""
+        if not isinstance(resource, HostPort):
+            return False
+        if self.port is not None and resource.port != self.port:
+            return False
+        mode = self._mode
+        if mode == _LITERAL:
+            return resource.host == self.host_text
+        if mode == _SUFFIX:
+            return resource.host.endswith(self._suffix)
+        return True
+
+    def subsumes(self, other: Pattern) -> bool:
+        """See :meth:`Pattern.subsumes`; exact for host patterns."""
+        if not isinstance(other, HostPattern):
+            return False
+        if self.port is not None and other.port != self.port:
+            return False
+        mode = self._mode
+        if mode == _ALL:
+            return True
+        if other._mode == _ALL:
+            return False
+        if mode == _LITERAL:
+            return other._mode == _LITERAL and other.host_text == self.host_text
+        # `.example.com` ends their literal host or their equal or deeper `*.` pattern alike.
+        return other.host_text.endswith(self._suffix)
+
+
+@dataclass(frozen=True, slots=True)
+class NamePattern(Pattern):
+    """A name pattern: ``*`` matches any run of characters, the rest is literal."""
+
+    kind: ClassVar[ResourceKind] = ResourceKind.NAME
+
+    _mode: int = field(compare=False, repr=False)
+    _fixed: str = field(compare=False, repr=False)  # the prefix or suffix of the fast paths
+    _regex: re.Pattern[str] | None = field(compare=False, repr=False)
+
+    def matches(self, resource: Resource) -> bool:
+        """Whether the name ``resource`` is matched."""
+        if not isinstance(resource, str):
+            return False
+        mode = self._mode
+        if mode == _LITERAL:
+            return resource == self.canonical
+        if mode == _PREFIX:
+            return resource.startswith(self._fixed)
+        if mode == _ALL:
+            return True
+        if mode == _SUFFIX:
+            return resource.endswith(self._fixed)
+        assert self._regex is not None
+        return self._regex.fullmatch(resource) is not None
+
+    def subsumes(self, other: Pattern) -> bool:
+        """See :meth:`Pattern.subsumes`; exact for literals, prefixes and suffixes."""
+        if not isinstance(other, NamePattern):
+            return False
+        if other.is_literal:
+            return self.matches(other.canonical)
+        return _covers(self.canonical, other.canonical, "*", _same)
+
+
+# --------------------------------------------------------------------------- containment
+
+_T = TypeVar("_T")
+
+
+def _covers(p: Sequence[_T], q: Sequence[_T], star: _T, item: Callable[[_T, _T], bool]) -> bool:
+    """Whether token sequence ``p`` matches everything ``q`` does, by aligning tokens.
+
+    ``star`` matches any run of tokens. A star in ``p`` may absorb any tokens of ``q``
+    (stars included); a star in ``q`` can only be absorbed by a star in ``p``; other tokens
+    pair up when ``item(p_token, q_token)`` says the first covers the second. Every
+    alignment found is a proof of containment, so this is sound; it can miss containments
+    that need case analysis (``*/**`` vs ``**/x``), which only makes it conservative.
+    """
+    m = len(q)
+    # after[j]: does p[i + 1:] cover q[j:]; filled from the end of p backwards.
+    after = [False] * m + [True]
+    for token in reversed(p):
+        here = [False] * (m + 1)
+        if token == star:
+            here[m] = after[m]
+            for j in range(m - 1, -1, -1):
+                here[j] = after[j] or here[j + 1]
+        else:
+            for j in range(m - 1, -1, -1):
+                other = q[j]
+                here[j] = other != star and after[j + 1] and item(token, other)
+        after = here
+    return after[0]
+
+
+def _same(a: str, b: str) -> bool:
+    return a == b
+
+
+def _char_covers(a: str, b: str) -> bool:
+    # `?` covers any single character and another `?`; a literal only itself.
+    return a == "?" or a == b
+
+
+def _segment_covers(a: str, b: str) -> bool:
+    return a == b or _covers(a, b, "*", _char_covers)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _normalize_path(path: str, base_dir: str | None) -> str:
+    if not path:
+        raise InvalidResourceError("empty path")
+    if "\0" in path:
+        raise InvalidResourceError("path contains a NUL byte")
+    if not path.startswith("/"):
+        if base_dir is None:
+            raise InvalidResourceError(f"relative path {path!r} and no base directory")
+        if not base_dir.startswith("/") or "\0" in base_dir:
+            raise InvalidResourceError(f"base directory {base_dir!r} is not an absolute path")
+        path = base_dir + "/" + path
+    path = posixpath.normpath(path)
+    # POSIX lets `//` at the very start mean something else, so normpath keeps it; we don't.
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    return path
+
+
+def _segment_regex(segment: str) -> str:
+    if segment == "*":
+        return "[^/]+"  # a segment is never empty: `/*/**` must not match `/`
+    out = []
+    for char in segment:
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(char))
+    return "".join(out)
+
+
+def _whole_segment_hint(text: str, segment: str) -> str:
+    before, _, after = segment.partition("**")
+    before, after = before.rstrip("*"), after.lstrip("*")
+    parts = ([before + "*"] if before else []) + ["**"] + (["*" + after] if after else [])
+    fixed = text.replace(segment, "/".join(parts), 1)
+    return f"`*` matches within a segment, `**` any number of segments: did you mean `{fixed}`?"
+
+
+def _compile_path(text: str) -> PathPattern:
+    if not text:
+        raise _Bad("empty path pattern")
+    if "\0" in text:
+        raise _Bad("path pattern contains a NUL byte")
+    if not text.startswith("/"):
+        if text.startswith("~"):
+            raise _Bad(
+                f"path pattern `{text}` is not absolute",
+                "`~` is not expanded; write the absolute path",
+            )
+        suggestion = "/" + text.lstrip("./") if text.lstrip("./") else "/"
+        raise _Bad(
+            f"path pattern `{text}` is not absolute",
+            f"patterns must start with `/`: did you mean `{suggestion}`?",
+        )
+    segments: list[str] = []
+    for segment in text.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            raise _Bad(
+                f"path pattern `{text}` contains `..`",
+                "write the path the pattern means without `..` segments",
+            )
+        if "**" in segment and segment != "**":
+            raise _Bad("`**` must be a whole path segment", _whole_segment_hint(text, segment))
+        if segment == "**" and segments and segments[-1] == "**":
+            continue  # `**/**` means the same as `**`
+        segments.append(segment)
+    canonical = "/" + "/".join(segments)
+
+    literal_count = 0
+    for segment in segments:
+        if "*" in segment or "?" in segment:
+            break
+        literal_count += 1
+    is_literal = literal_count == len(segments)
+    landlock_root = "/" + "/".join(segments[:literal_count])
+    wild = segments[literal_count:]
+    is_overbroad = bool(wild) and literal_count == 0 and all(s in ("*", "**") for s in wild)
+
+    mode, fixed, regex = _REGEX, "", None
+    if is_literal:
+        mode = _LITERAL
+    elif wild == ["**"]:
+        mode, fixed = (_ALL, "") if literal_count == 0 else (_PREFIX, landlock_root)
+    elif wild == ["*"]:
+        mode, fixed = _CHILD, landlock_root.rstrip("/") + "/"
+    else:
+        pieces = [
+            "(?:/.*)?" if segment == "**" else "/" + _segment_regex(segment) for segment in segments
+        ]
+        regex = re.compile("".join(pieces), re.DOTALL)
+    return PathPattern(
+        text=text,
+        canonical=canonical,
+        is_literal=is_literal,
+        is_overbroad=is_overbroad,
+        segments=tuple(segments),
+        landlock_root=landlock_root,
+        _mode=mode,
+        _fixed=fixed,
+        _regex=regex,
+    )
+
+
+# --------------------------------------------------------------------------- hosts
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+_SPACE = re.compile(r"\s")
+# The common case, already canonical: a lower-case name whose last label starts with a
+# letter (so the C resolver cannot read it as an address) and an optional port.
+_PLAIN_HOST = re.compile(r"((?:[a-z0-9_-]+\.)*[a-z][a-z0-9_-]*)(?::([0-9]{1,5}))?")
+_SPLIT_HINT = "write `host`, `host:port`, `[ipv6]:port` or a URL such as `https://host/`"
+
+
+def _check_text(text: str, what: str) -> None:
+    if not text:
+        raise _Bad(f"empty {what}")
+    if "\0" in text:
+        raise _Bad(f"{what} contains a NUL byte")
+    if not text.isascii():
+        raise _Bad(f"{what} `{text}` is not ASCII", "write international names in xn-- form")
+    if _SPACE.search(text):
+        raise _Bad(f"{what} `{text}` contains whitespace")
+
+
+def _parse_port(raw: str) -> int:
+    if not _PORT.fullmatch(raw):
+        named = _DEFAULT_PORTS.get(raw.lower())
+        hint = f"write the number, e.g. `:{named}`" if named else "ports are numbers 1-65535"
+        raise _Bad(f"invalid port `{raw}`", hint)
+    port = int(raw)
+    if not 1 <= port <= 65535:
+        raise _Bad(f"port {port} is out of range", "ports are numbers 1-65535")
+    return port
+
+
+def _split(text: str) -> tuple[str, str | None, bool]:
+    """Split ``host[:port]`` forms into the host, the raw port and "was bracketed"."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise _Bad(f"unclosed `[` in `{text}`", _SPLIT_HINT)
+        rest = text[close + 1 :]
+        if rest and not rest.startswith(":"):
+            raise _Bad(f"unexpected `{rest}` after `]` in `{text}`", _SPLIT_HINT)
+        return text[1:close], (rest[1:] if rest else None), True
+    if text.count(":") >= 2:
+        return text, None, True  # a bare IPv6 address cannot carry a port
+    host, colon, port = text.partition(":")
+    return host, (port if colon else None), False
+
+
+def _canonical_ip(host: str, bracketed: bool) -> str | None:
+    """The canonical spelling of ``host`` when it is an IP address, else None."""
+    if bracketed or ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _Bad(f"invalid IPv6 address `{host}`") from None
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped is not None else address.compressed
+    if _LEGACY_IPV4.fullmatch(host):
+        # The C resolver reads `127.1` and `0x7f.0.0.1` as addresses: spell them as it does.
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _canonical_host(raw: str, bracketed: bool) -> str:
+    host = raw.lower()
+    if host.endswith(".") and not bracketed:
+        host = host[:-1]  # before the address check, so `127.1.` is read as an address too
+    ip = _canonical_ip(host, bracketed)
+    if ip is not None:
+        return ip
+    if not host:
+        raise _Bad("empty host", _SPLIT_HINT)
+    if "/" in host:
+        raise _Bad(f"`/` in host `{raw}`", _SPLIT_HINT)
+    if not _HOSTNAME.fullmatch(host):
+        raise _Bad(
+            f"invalid host `{raw}`",
+            "hosts are letters, digits, `-`, `_` and dots, or an IP address",
+        )
+    return host
+
+
+def _normalize_host(text: str) -> HostPort:
+    plain = _PLAIN_HOST.fullmatch(text)
+    if plain is not None:
+        host, raw_port = plain.groups()
+        if raw_port is None:
+            return HostPort(host)
+        number = int(raw_port)
+        if 1 <= number <= 65535:
+            return HostPort(host, number)
+    _check_text(text, "host")
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise _Bad(f"invalid URL `{text}`: {exc}") from None
+        if not parts.hostname:
+            raise _Bad(f"URL `{text}` has no host")
+        if port is None:
+            port = _DEFAULT_PORTS.get(parts.scheme.lower())
+        elif port == 0:
+            raise _Bad("port 0 is out of range")
+        bracketed = parts.netloc.rpartition("@")[2].startswith("[")
+        return HostPort(_canonical_host(parts.hostname, bracketed), port)
+    raw_host, raw_port, bracketed = _split(text)
+    host = _canonical_host(raw_host, bracketed)
+    return HostPort(host, None if raw_port is None else _parse_port(raw_port))
+
+
+def _compile_host(text: str) -> HostPattern:
+    _check_text(text, "host pattern")
+    if "://" in text:
+        raise _Bad(
+            f"host pattern `{text}` is a URL",
+            "network rules scope hosts and ports, not URLs: write `host` or `host:port`",
+        )
+    raw_host, raw_port, bracketed = _split(text)
+    port = None if raw_port is None or raw_port == "*" else _parse_port(raw_port)
+    if raw_host == "*" and not bracketed:
+        mode, host, suffix = _ALL, "*", ""
+    elif "*" in raw_host:
+        if bracketed or not raw_host.startswith("*.") or "*" in raw_host[2:]:
+            fixed = "*." + raw_host.lstrip("*.") if raw_host.startswith("*") else None
+            hint = "`*` may only be the whole host or its first label, as in `*.example.com`"
+            if fixed and "*" not in fixed[1:]:
+                hint = f"did you mean `{fixed}`?"
+            raise _Bad(f"misplaced `*` in host pattern `{text}`", hint)
+        parent = _canonical_host(raw_host[2:], False)
+        if parent.rpartition(".")[2].isdigit():
+            raise _Bad(
+                f"host pattern `{text}` puts a wildcard on an IP address",
+                "wildcards apply to DNS names only; list the addresses",
+            )
+        mode, host, suffix = _SUFFIX, "*." + parent, "." + parent
+    else:
+        mode, host, suffix = _LITERAL, _canonical_host(raw_host, bracketed), ""
+    shown = f"[{host}]" if ":" in host else host
+    return HostPattern(
+        text=text,
+        canonical=shown if port is None else f"{shown}:{port}",
+        is_literal=mode == _LITERAL and port is not None,
+        is_overbroad=mode == _ALL and port is None,
+        host_text=host,
+        port=port,
+        _mode=mode,
+        _suffix=suffix,
+    )
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _check_name(text: str, what: str) -> None:
+    if not text:
+        raise _Bad(f"empty {what}")
+    if "\0" in text:
+        raise _Bad(f"{what} contains a NUL byte")
+    if text.isspace():
+        raise _Bad(f"{what} is only whitespace")
+
+
+def _compile_name(text: str) -> NamePattern:
+    _check_name(text, "name pattern")
+    canonical = re.sub(r"\*{2,}", "*", text)
+    stars = canonical.count("*")
+    mode, fixed, regex = _REGEX, "", None
+    if stars == 0:
+        mode = _LITERAL
+    elif canonical == "*":
+        mode = _ALL
+    elif stars == 1 and canonical.endswith("*"):
+        mode, fixed = _PREFIX, canonical[:-1]
+    elif stars == 1 and canonical.startswith("*"):
+        mode, fixed = _SUFFIX, canonical[1:]
+    else:
+        regex = re.compile(".*".join(map(re.escape, canonical.split("*"))), re.DOTALL)
+    return NamePattern(
+        text=text,
+        canonical=canonical,
+        is_literal=stars == 0,
+        is_overbroad=mode == _ALL,
+        _mode=mode,
+        _fixed=fixed,
+        _regex=regex,
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+_PATH, _HOST, _NAME = ResourceKind.PATH, ResourceKind.HOST, ResourceKind.NAME
+
+
+def normalize(kind: ResourceKind, resource: str, *, base_dir: str | None = None) -> Resource:
+    """The normal form of a requested ``resource`` of ``kind``.
+
+    ``base_dir`` (absolute) resolves relative paths; it is ignored for other kinds.
+    Raises :class:`InvalidResourceError` when the resource is malformed.
+    """
+    if not isinstance(resource, str):
+        raise InvalidResourceError(f"resource must be a string, not {type(resource).__name__}")
+    # Identity tests against module constants: this runs once per request.
+    if kind is _PATH:
+        return _normalize_path(resource, base_dir)
+    try:
+        if kind is _HOST:
+            return _normalize_host(resource)
+        if kind is _NAME:
+            _check_name(resource, "name")
+            return resource
+    except _Bad as bad:
+        message = bad.message if bad.hint is None else f"{bad.message} ({bad.hint})"
+        raise InvalidResourceError(message) from None
+    return normalize(ResourceKind(kind), resource, base_dir=base_dir)
+
+
+@overload
+def compile_pattern(kind: Literal[ResourceKind.PATH], text: str) -> PathPattern: ...
+@overload
+def compile_pattern(kind: Literal[ResourceKind.HOST], text: str) -> HostPattern: ...
+@overload
+def compile_pattern(kind: Literal[ResourceKind.NAME], text: str) -> NamePattern: ...
+@overload
+def compile_pattern(kind: ResourceKind, text: str) -> Pattern: ...
+def compile_pattern(kind: ResourceKind, text: str) -> Pattern:
+    """Compile the resource pattern ``text`` for resources of ``kind``.
+
+    Raises :class:`PatternError` (with a ``hint`` when a fix is known) when it is malformed.
+    """
+    if not isinstance(text, str):
+        raise PatternError(f"pattern must be a string, not {type(text).__name__}")
+    try:
+        if kind == ResourceKind.PATH:
+            return _compile_path(text)
+        if kind == ResourceKind.HOST:
+            return _compile_host(text)
+        return _compile_name(text)
+    except _Bad as bad:
+        raise PatternError(bad.message, bad.hint) from None
