@@ -225,6 +225,8 @@ def _hint_for(expected: set[str], found: str, text: str, line: int, column: int)
         return f'patterns and plugin names are quoted: write `"{word}"`'
     if "ACTION" in expected and re.fullmatch(r"[a-z_]+", found):
         return f"permissions are written `family:action`, such as `{found}:read`"
+    if expected == {"TO"}:
+        return "rules read `allow|deny plugin <who> to <permissions> [on <patterns>]`"
     if "QUANTITY" in expected:
         return "write a number with its unit, such as `30s`, `500MB` or `80%`"
     return None

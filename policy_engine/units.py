@@ -57,7 +57,7 @@ def parse_size(text: str | int) -> int:
         unit = "B"
     factor = SIZE_UNITS.get(unit)
     if factor is None:
-        hint = did_you_mean(unit, SIZE_UNITS) or "sizes take B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
+        hint = did_you_mean(unit, [u for u in SIZE_UNITS if u != "B"]) or "sizes take B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
         raise UnitError(f"unknown size unit `{unit}` in `{text}`", hint)
     return int(number * factor)
 
@@ -86,13 +86,15 @@ def parse_percent(text: str) -> float:
     return number / 100.0
 
 
-def format_size(size: int) -> str:
+def format_size(size: float) -> str:
     """The shortest exact spelling of ``size`` bytes (``500MB``, ``1GiB``, ``1234B``)."""
-    for unit in ("TiB", "GiB", "MiB", "KiB", "TB", "GB", "MB", "kB"):
-        factor = SIZE_UNITS[unit]
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return f"{size}B"
+    size = int(size)
+    exact = [(size // factor, unit) for unit, factor in SIZE_UNITS.items()
+             if unit != "KB" and size >= factor and size % factor == 0]
+    if not exact:
+        return f"{size}B"
+    number, unit = min(exact)
+    return f"{number}{unit}"
 
 
 def format_duration(seconds: float) -> str:

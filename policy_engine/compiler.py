@@ -1,0 +1,425 @@
+"""Syntax trees to a :class:`PolicySet`: names, units, variables and patterns checked, every
+problem of every file collected into one :class:`PolicyCompileError`.
+
+The compiler is a tuple of small passes over the parsed files (``PASSES``), each adding
+diagnostics and contributing one part of the result. Rule order carries no meaning, so the
+result does not depend on the order of files or of rules within them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from . import nodes
+from .conditions import PLUGIN_ATTRIBUTES, attributes
+from .decision import RuleRef
+from .diagnostics import Diagnostic, Span, did_you_mean, source_line
+from .errors import PolicyCompileError
+from .nodes import Effect
+from .patterns import PatternError, compile_pattern
+from .permissions import ACTION_SPELLINGS, Permission, ResourceKind, expand_action
+from .settings import (
+    EMPTY_OVERLAY,
+    LIMIT_RESOURCES,
+    TIMEOUT_PHASES,
+    Isolation,
+    Overlay,
+    SettingValue,
+    Violation,
+)
+from .units import UnitError, parse_duration, parse_percent, parse_size
+
+__all__ = ["CompiledPattern", "CompiledRule", "Pin", "PolicySet", "compile_policy", "PLUGIN_VARIABLES"]
+
+#: Template variables every pattern may use, filled in per plugin.
+PLUGIN_VARIABLES = ("plugin", "plugin_dir")
+TEMPLATE = re.compile(r"\{([^{}]*)\}")
+_SAMPLE = {"plugin": "sample", "plugin_dir": "/sample"}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPattern:
+    """A rule's resource pattern: host variables filled in, per-plugin ones still open.
+
+    ``kinds`` are the resource kinds the pattern is valid for; it applies only to those.
+    """
+
+    text: str
+    source: str
+    per_plugin: bool
+    kinds: frozenset[ResourceKind]
+    span: Span
+
+    def instantiate(self, plugin: str, plugin_dir: str) -> str:
+        """The pattern text for one plugin."""
+        if not self.per_plugin:
+            return self.text
+        return self.text.replace("{plugin_dir}", plugin_dir).replace("{plugin}", plugin)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A checked rule. ``plugins`` None means every plugin; ``patterns`` None any resource."""
+
+    ref: RuleRef
+    effect: Effect
+    plugins: frozenset[str] | None
+    permissions: frozenset[Permission]
+    patterns: tuple[CompiledPattern, ...] | None
+    when: nodes.Condition | None
+    unless: nodes.Condition | None
+    node: nodes.Rule
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """``trust plugin "<name>" sha256 "<hex>"``."""
+
+    plugin: str
+    digest: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Everything the policy files say, checked and ready to build a decision table."""
+
+    files: tuple[nodes.PolicyFile, ...]
+    rules: tuple[CompiledRule, ...]
+    defaults: Overlay
+    plugin_settings: Mapping[str, Overlay]
+    pins: Mapping[str, Pin]
+    variables: Mapping[str, str]
+    content_hash: str
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every plugin name the policy mentions (rules, blocks, pins)."""
+        named: set[str] = set(self.plugin_settings) | set(self.pins)
+        for rule in self.rules:
+            named |= rule.plugins or set()
+        return frozenset(named)
+
+
+@dataclass
+class _Context:
+    files: Sequence[nodes.PolicyFile]
+    variables: Mapping[str, str]
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, message: str, span: Span, hint: str | None = None, code: str = "PL100") -> None:
+        self.diagnostics.append(
+            Diagnostic(message, span, hint, code=code,
+                       source_line=source_line(self.sources.get(span.file, ""), span.line))
+        )
+
+
+def compile_policy(
+    files: Iterable[nodes.PolicyFile], variables: Mapping[str, str] | None = None
+) -> PolicySet:
+    """Check parsed policy files and build a :class:`PolicySet`.
+
+    ``variables`` are the host's template variables (``{data_dir}``, ``{home}``, ...).
+    Raises :class:`PolicyCompileError` carrying every problem found.
+    """
+    ordered = tuple(sorted(files, key=lambda f: f.path))
+    ctx = _Context(ordered, dict(variables or {}))
+    ctx.sources = {f.path: f.source for f in ordered}
+    for compile_pass in PASSES:
+        compile_pass(ctx)
+    if ctx.diagnostics:
+        raise PolicyCompileError(sorted(ctx.diagnostics, key=_position))
+    digest = hashlib.sha256()
+    for f in ordered:
+        digest.update(f"{len(f.path)}:{f.path}{len(f.source)}:{f.source}".encode())
+    for key in sorted(ctx.variables):
+        digest.update(f"{key}={ctx.variables[key]}\0".encode())
+    return PolicySet(
+        files=ordered,
+        rules=ctx.result["rules"],
+        defaults=ctx.result["defaults"],
+        plugin_settings=ctx.result["plugin_settings"],
+        pins=ctx.result["pins"],
+        variables=MappingProxyType(dict(ctx.variables)),
+        content_hash=digest.hexdigest(),
+    )
+
+
+def _position(d: Diagnostic) -> tuple[str, int, int]:
+    span = d.span or Span("", 0, 0)
+    return (span.file, span.line, span.column)
+
+
+# Pass: rules ------------------------------------------------------------------------------
+
+
+def _compile_rules(ctx: _Context) -> None:
+    rules: list[CompiledRule] = []
+    for policy_file in ctx.files:
+        for rule in policy_file.rules:
+            compiled = _compile_rule(ctx, rule)
+            if compiled is not None:
+                rules.append(compiled)
+    ctx.result["rules"] = tuple(rules)
+
+
+def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
+    ok = True
+    permissions: set[Permission] = set()
+    for action in rule.actions:
+        expanded = expand_action(action.text)
+        if expanded is None:
+            ctx.error(f"unknown permission `{action.text}`", action.span,
+                      did_you_mean(action.text, ACTION_SPELLINGS), code="PL101")
+            ok = False
+        else:
+            permissions |= expanded
+    kinds = frozenset(p.kind for p in permissions)
+    patterns: tuple[CompiledPattern, ...] | None = None
+    if rule.patterns is not None:
+        compiled_patterns = []
+        for pattern in rule.patterns:
+            compiled = _compile_pattern(ctx, pattern, kinds)
+            if compiled is None:
+                ok = False
+            else:
+                compiled_patterns.append(compiled)
+        patterns = tuple(compiled_patterns)
+    for condition in (rule.when, rule.unless):
+        ok = _check_condition(ctx, condition) and ok
+    if not ok:
+        return None
+    span = rule.span
+    return CompiledRule(
+        ref=RuleRef(rule.effect, span.file, span.line, span.column, rule.text),
+        effect=rule.effect,
+        plugins=None if rule.plugins is None else frozenset(rule.plugins),
+        permissions=frozenset(permissions),
+        patterns=patterns,
+        when=rule.when,
+        unless=rule.unless,
+        node=rule,
+    )
+
+
+def expand_variables(
+    text: str, variables: Mapping[str, str]
+) -> tuple[str, list[str]]:
+    """Fill host variables into a pattern; return the text and the unknown variable names.
+
+    ``{plugin}`` and ``{plugin_dir}`` stay for per-plugin filling.
+    """
+    unknown: list[str] = []
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in PLUGIN_VARIABLES:
+            return match.group(0)
+        if name in variables:
+            return variables[name]
+        unknown.append(name)
+        return match.group(0)
+
+    return TEMPLATE.sub(fill, text), unknown
+
+
+def check_pattern(text: str, kinds: Iterable[ResourceKind]) -> tuple[frozenset[ResourceKind], PatternError | None]:
+    """The kinds a (variable-filled) pattern is valid for, and the first error otherwise."""
+    sample = text
+    for name, value in _SAMPLE.items():
+        sample = sample.replace("{" + name + "}", value)
+    valid: set[ResourceKind] = set()
+    first_error: PatternError | None = None
+    for kind in sorted(kinds, key=lambda k: k.value):
+        try:
+            compile_pattern(kind, sample)
+        except PatternError as exc:
+            first_error = first_error or exc
+        else:
+            valid.add(kind)
+    return frozenset(valid), first_error
+
+
+def _compile_pattern(
+    ctx: _Context, pattern: nodes.PatternRef, kinds: frozenset[ResourceKind]
+) -> CompiledPattern | None:
+    text, unknown = expand_variables(pattern.text, ctx.variables)
+    if unknown:
+        known = (*PLUGIN_VARIABLES, *ctx.variables)
+        for name in unknown:
+            hint = did_you_mean(name, known)
+            hint = f"did you mean `{{{hint.split('`')[1]}}}`?" if hint else (
+                f"known variables: {', '.join('{' + k + '}' for k in known)}; the host passes others to the engine"
+            )
+            ctx.error(f"unknown variable `{{{name}}}` in pattern `{pattern.text}`", pattern.span, hint, code="PL102")
+        return None
+    if not kinds:
+        return None
+    valid, error = check_pattern(text, kinds)
+    if not valid:
+        assert error is not None
+        ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code="PL103")
+        return None
+    return CompiledPattern(
+        text=text,
+        source=pattern.text,
+        per_plugin=any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES),
+        kinds=valid,
+        span=pattern.span,
+    )
+
+
+def _check_condition(ctx: _Context, condition: nodes.Condition | None) -> bool:
+    ok = True
+    for attribute in attributes(condition):
+        if attribute.root == "plugin":
+            name = attribute.path[0] if attribute.path else ""
+            if name not in PLUGIN_ATTRIBUTES or len(attribute.path) != 1:
+                ctx.error(
+                    f"unknown plugin attribute `{attribute.text}`",
+                    attribute.span,
+                    did_you_mean(f"plugin.{name}", [f"plugin.{a}" for a in PLUGIN_ATTRIBUTES]),
+                    code="PL104",
+                )
+                ok = False
+    return ok
+
+
+# Pass: settings blocks --------------------------------------------------------------------
+
+
+def _compile_settings(ctx: _Context) -> None:
+    defaults: dict[str, SettingValue] = {}
+    per_plugin: dict[str, dict[str, SettingValue]] = {}
+    for policy_file in ctx.files:
+        for statement in policy_file.statements:
+            if not isinstance(statement, nodes.SettingsBlock):
+                continue
+            target = defaults if statement.plugin is None else per_plugin.setdefault(statement.plugin, {})
+            where = "defaults" if statement.plugin is None else f'plugin "{statement.plugin}"'
+            for setting in statement.settings:
+                for key, value in _setting_values(ctx, setting):
+                    previous = target.get(key)
+                    if previous is not None and previous.value != value:
+                        ctx.error(
+                            f"`{key}` is set twice in {where} blocks with different values",
+                            setting.span,
+                            f"the other value is set at {previous.span}; rule and block order carry no meaning, so keep one",
+                            code="PL105",
+                        )
+                    else:
+                        target[key] = SettingValue(value, setting.span)
+    ctx.result["defaults"] = Overlay(MappingProxyType(defaults)) if defaults else EMPTY_OVERLAY
+    ctx.result["plugin_settings"] = MappingProxyType(
+        {name: Overlay(MappingProxyType(values)) for name, values in per_plugin.items()}
+    )
+
+
+def _quantity(ctx: _Context, quantity: nodes.Quantity, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(quantity.text)
+    except UnitError as exc:
+        ctx.error(str(exc), quantity.span, exc.hint, code="PL106")
+        return None
+
+
+def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    if isinstance(setting, nodes.TimeoutSetting):
+        if setting.phase not in TIMEOUT_PHASES:
+            ctx.error(f"unknown timeout `{setting.phase}`", setting.span,
+                      did_you_mean(setting.phase, TIMEOUT_PHASES) or "timeouts are init, hook and execute",
+                      code="PL107")
+            return out
+        key = f"timeout.{setting.phase}"
+        for suffix, quantity in (("", setting.value), (".max", setting.maximum)):
+            if quantity is not None:
+                value = _quantity(ctx, quantity, parse_duration)
+                if value is not None:
+                    if value <= 0:
+                        ctx.error(f"timeout `{quantity.text}` must be positive", quantity.span, code="PL106")
+                    else:
+                        out.append((key + suffix, value))
+        return out
+    if isinstance(setting, nodes.LimitSetting):
+        if setting.resource not in LIMIT_RESOURCES:
+            ctx.error(f"unknown limit `{setting.resource}`", setting.span,
+                      did_you_mean(setting.resource, LIMIT_RESOURCES) or "limits are memory, cpu and file_size",
+                      code="PL107")
+            return out
+        key = f"limit.{setting.resource}"
+        parse: Callable[[str], Any] = parse_percent if setting.resource == "cpu" else parse_size
+        for suffix, quantity in (("", setting.value), (".max", setting.maximum)):
+            if quantity is not None:
+                value = _quantity(ctx, quantity, parse)
+                if value is not None:
+                    if value <= 0:
+                        ctx.error(f"limit `{quantity.text}` must be positive", quantity.span, code="PL106")
+                    else:
+                        out.append((key + suffix, value))
+        if setting.warn is not None:
+            if setting.resource != "memory":
+                ctx.error(f"`warn` applies to the memory limit, not `{setting.resource}`", setting.warn.span,
+                          "remove the `warn` part", code="PL107")
+            else:
+                value = _quantity(ctx, setting.warn, parse_percent)
+                if value is not None:
+                    out.append((key + ".warn", value))
+        return out
+    if isinstance(setting, nodes.ViolationSetting):
+        choices = [v.value for v in Violation]
+        if setting.action not in choices:
+            ctx.error(f"unknown violation action `{setting.action}`", setting.span,
+                      did_you_mean(setting.action, choices) or "write `terminate` or `warn`", code="PL107")
+        else:
+            out.append(("on_violation", Violation(setting.action)))
+        return out
+    choices = [v.value for v in Isolation]
+    if setting.mode not in choices:
+        ctx.error(f"unknown isolation mode `{setting.mode}`", setting.span,
+                  did_you_mean(setting.mode, choices) or "write `process` or `inprocess`", code="PL107")
+    else:
+        out.append(("isolation", Isolation(setting.mode)))
+        if setting.allow_degraded:
+            out.append(("allow_degraded", True))
+    return out
+
+
+# Pass: trust pins -------------------------------------------------------------------------
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _compile_pins(ctx: _Context) -> None:
+    pins: dict[str, Pin] = {}
+    for policy_file in ctx.files:
+        for statement in policy_file.statements:
+            if not isinstance(statement, nodes.Trust):
+                continue
+            if statement.algorithm != "sha256":
+                ctx.error(f"unknown digest algorithm `{statement.algorithm}`", statement.span,
+                          "write `sha256`", code="PL108")
+                continue
+            if not _HEX64.match(statement.digest):
+                ctx.error(f"malformed sha256 digest `{statement.digest}`", statement.digest_span,
+                          "a sha256 digest is 64 hexadecimal characters; `policy-engine digest DIR` prints it",
+                          code="PL108")
+                continue
+            digest = statement.digest.lower()
+            previous = pins.get(statement.plugin)
+            if previous is not None and previous.digest != digest:
+                ctx.error(f"plugin `{statement.plugin}` is pinned to two different digests", statement.span,
+                          f"the other pin is at {previous.span}", code="PL108")
+                continue
+            pins[statement.plugin] = Pin(statement.plugin, digest, statement.span)
+    ctx.result["pins"] = MappingProxyType(pins)
+
+
+PASSES: tuple[Callable[[_Context], None], ...] = (_compile_rules, _compile_settings, _compile_pins)

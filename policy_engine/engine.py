@@ -1,0 +1,476 @@
+"""The engine: loads policies and manifests, builds the decision table, answers and caches.
+
+Every answer comes from one immutable snapshot (policy set, decision table, cache). A reload
+or a newly registered plugin builds a new snapshot and swaps it in with one assignment, so a
+decision never mixes two policies, and a cached answer can never outlive its snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import cachetools
+
+from .compiler import CompiledRule, PolicySet, compile_policy
+from .decision import Decision, Reason, deny
+from .decision_log import DecisionLog
+from .diagnostics import Diagnostic
+from .digest import plugin_digest
+from .errors import ManifestError, PermissionDeniedError, PolicyError, PolicySyntaxError, UsageError
+from .manifest import PluginMetadata, load_manifests, manifest_from_mapping, parse_manifest
+from .nodes import PolicyFile
+from .parser import parse_policy
+from .settings import EMPTY_OVERLAY, Effective, Limits, Timeouts, resolve
+from .table import DecisionTable, PluginFacts, PluginTable, build_plugin_table
+
+__all__ = ["CacheInfo", "Engine", "default_variables", "read_policy_sources"]
+
+log = logging.getLogger("policy_engine")
+
+PolicySource = str | os.PathLike[str]
+_MISS = object()
+
+
+def default_variables() -> dict[str, str]:
+    """Template variables every engine has unless the host overrides them.
+
+    ``{home}`` is the user's home, ``{tmp}`` the temporary directory and ``{data_dir}``
+    ``$XDG_DATA_HOME/policy_engine`` (``~/.local/share/policy_engine`` when unset).
+    """
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
+    return {"home": home, "tmp": tempfile.gettempdir(), "data_dir": os.path.join(xdg, "policy_engine")}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """Decision cache statistics of the current snapshot."""
+
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+
+@dataclass
+class _Stats:
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    policy: PolicySet
+    table: DecisionTable
+    manifests: Mapping[str, PluginMetadata]
+    rules_by_plugin: Mapping[str, tuple[CompiledRule, ...]]
+    wildcard_rules: tuple[CompiledRule, ...]
+    problems: tuple[Diagnostic, ...]
+    cache: cachetools.Cache[Any, Decision] | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stats: _Stats = field(default_factory=_Stats)
+
+
+def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[str, str]:
+    """Read ``.policy`` files: a file, a directory (every ``*.policy`` below it) or a list.
+
+    Raises :class:`UsageError` for a path that does not exist or holds no policy.
+    """
+    paths = [policy] if isinstance(policy, (str, os.PathLike)) else list(policy)
+    sources: dict[str, str] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.policy") if p.is_file())
+            if not found:
+                raise UsageError(f"no `.policy` files in `{path}`")
+        elif path.is_file():
+            found = [path]
+        else:
+            raise UsageError(f"policy path `{path}` does not exist")
+        for file in found:
+            try:
+                sources[str(file)] = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read `{file}`: {exc}") from None
+    return sources
+
+
+def parse_sources(sources: Mapping[str, str]) -> list[PolicyFile]:
+    """Parse several policy texts, collecting the syntax errors of all of them."""
+    parsed: list[PolicyFile] = []
+    diagnostics: list[Diagnostic] = []
+    for name, text in sources.items():
+        try:
+            parsed.append(parse_policy(text, name))
+        except PolicySyntaxError as exc:
+            diagnostics.extend(exc.diagnostics)
+    if diagnostics:
+        raise PolicySyntaxError(diagnostics)
+    return parsed
+
+
+class Engine:
+    """Decides what plugins may do, from policies and manifests.
+
+    Build one with :meth:`load` (files and directories) or :meth:`from_source` (text, for
+    tests and embedding). ``decide`` never raises for a bad request: it returns a deny.
+    """
+
+    def __init__(
+        self,
+        policy_sources: Mapping[str, str],
+        manifests: Iterable[PluginMetadata] = (),
+        variables: Mapping[str, str] | None = None,
+        *,
+        policy_paths: Sequence[PolicySource] | None = None,
+        plugin_dirs: Sequence[PolicySource] = (),
+        cache_size: int = 4096,
+        cache_ttl: float | None = None,
+        decision_log: DecisionLog | None = None,
+        strict: bool = False,
+    ) -> None:
+        if cache_size < 0:
+            raise UsageError("cache_size must be >= 0")
+        self._variables = {**default_variables(), **dict(variables or {})}
+        self._policy_paths = list(policy_paths) if policy_paths is not None else None
+        self._plugin_dirs = list(plugin_dirs)
+        self._cache_size = cache_size
+        self._cache_ttl = cache_ttl
+        self._strict = strict
+        self.decision_log = decision_log
+        self._write_lock = threading.RLock()
+        self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
+        self._sources = dict(policy_sources)
+        self._state = self._build(self._sources, self._all_manifests())
+
+    # Construction ---------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        policy: PolicySource | Sequence[PolicySource],
+        plugins: PolicySource | Sequence[PolicySource] | None = None,
+        variables: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Engine:
+        """Load ``.policy`` files (a file, a directory or a list) and plugin manifests
+        (a plugins directory, one plugin's directory, or a list of them).
+
+        A plugin whose manifest is invalid is left out and reported in :attr:`problems`
+        (``strict=True`` raises instead); a policy with any error raises.
+        """
+        paths = [policy] if isinstance(policy, (str, os.PathLike)) else list(policy)
+        plugin_dirs: list[PolicySource] = []
+        if plugins is not None:
+            plugin_dirs = [plugins] if isinstance(plugins, (str, os.PathLike)) else list(plugins)
+        return cls(read_policy_sources(paths), (), variables, policy_paths=paths,
+                   plugin_dirs=plugin_dirs, **options)
+
+    @classmethod
+    def from_source(
+        cls,
+        policy: str | Mapping[str, str],
+        manifests: Iterable[PluginMetadata | Mapping[str, Any] | str] = (),
+        variables: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Engine:
+        """Build an engine from policy text (or ``{file name: text}``) and manifests given
+        as :class:`PluginMetadata`, mappings or YAML text."""
+        sources = {"<policy>": policy} if isinstance(policy, str) else dict(policy)
+        loaded: list[PluginMetadata] = []
+        for index, manifest in enumerate(manifests):
+            if isinstance(manifest, PluginMetadata):
+                loaded.append(manifest)
+            elif isinstance(manifest, str):
+                loaded.append(parse_manifest(manifest, file=f"<manifest {index}>"))
+            else:
+                loaded.append(manifest_from_mapping(manifest, file=f"<manifest {index}>"))
+        return cls(sources, loaded, variables, **options)
+
+    def _all_manifests(self) -> tuple[list[PluginMetadata], list[Diagnostic]]:
+        found: list[PluginMetadata] = []
+        problems: list[Diagnostic] = []
+        for directory in self._plugin_dirs:
+            if not Path(directory).is_dir():
+                raise UsageError(f"plugins directory `{directory}` does not exist")
+            manifests, errors = load_manifests(directory)
+            found.extend(manifests)
+            for error in errors:
+                problems.extend(error.diagnostics)
+        if problems and self._strict:
+            raise ManifestError(problems)
+        found.extend(self._extra_manifests.values())
+        return found, problems
+
+    def _build(
+        self, sources: Mapping[str, str], manifests: tuple[list[PluginMetadata], list[Diagnostic]]
+    ) -> _Snapshot:
+        policy = compile_policy(parse_sources(sources), self._variables)
+        by_plugin: dict[str, list[CompiledRule]] = {}
+        wildcard: list[CompiledRule] = []
+        for rule in policy.rules:
+            if rule.plugins is None:
+                wildcard.append(rule)
+            else:
+                for name in rule.plugins:
+                    by_plugin.setdefault(name, []).append(rule)
+        rules_by_plugin = {k: tuple(v) for k, v in by_plugin.items()}
+        plugin_list, problems = manifests
+        tables: dict[str, PluginTable] = {}
+        accepted: dict[str, PluginMetadata] = {}
+        for manifest in plugin_list:
+            if manifest.name in accepted:
+                problems.append(Diagnostic(
+                    f"plugin `{manifest.name}` is declared by two manifests; the second is ignored",
+                    None, f"the first is `{accepted[manifest.name].manifest_path}`", code="PL203",
+                ))
+                continue
+            table, scope_problems = self._table_for(policy, manifest, rules_by_plugin, wildcard)
+            if scope_problems and self._strict:
+                raise ManifestError(scope_problems)
+            problems.extend(scope_problems)
+            tables[manifest.name] = table
+            accepted[manifest.name] = manifest
+        for problem in problems:
+            log.warning("%s", problem.render(caret=False))
+        cache: cachetools.Cache[Any, Decision] | None = None
+        if self._cache_size:
+            cache = (cachetools.TTLCache(self._cache_size, self._cache_ttl) if self._cache_ttl
+                     else cachetools.LRUCache(self._cache_size))
+        return _Snapshot(
+            policy=policy,
+            table=DecisionTable(MappingProxyType(tables), policy.content_hash),
+            manifests=MappingProxyType(accepted),
+            rules_by_plugin=MappingProxyType(rules_by_plugin),
+            wildcard_rules=tuple(wildcard),
+            problems=tuple(problems),
+            cache=cache,
+        )
+
+    @staticmethod
+    def _table_for(
+        policy: PolicySet,
+        manifest: PluginMetadata,
+        rules_by_plugin: Mapping[str, tuple[CompiledRule, ...]],
+        wildcard: Sequence[CompiledRule],
+    ) -> tuple[PluginTable, list[Diagnostic]]:
+        declared: dict[Any, list[tuple[str, ...]]] = {}
+        pointers: dict[Any, str] = {}
+        for entry in manifest.permissions:
+            for permission in entry.permissions:
+                declared.setdefault(permission, []).append(tuple(entry.scopes))
+                for scope in entry.scopes:
+                    pointers[(permission, scope)] = entry.pointer
+        digest = None
+        if manifest.name in policy.pins:
+            try:
+                digest = plugin_digest(manifest.plugin_path)
+            except OSError:
+                digest = "unreadable"
+        facts = PluginFacts(
+            name=manifest.name,
+            plugin_dir=str(manifest.plugin_path),
+            enabled=manifest.enabled,
+            attributes=manifest.attributes,
+            declared={k: tuple(v) for k, v in declared.items()},
+            declared_pointers=pointers,
+            requested_timeouts=manifest.timeouts,
+            requested_limits=manifest.limits,
+            digest=digest,
+            manifest_file=str(manifest.manifest_path or "<manifest>"),
+        )
+        rules = (*rules_by_plugin.get(manifest.name, ()), *wildcard)
+        return build_plugin_table(policy, facts, rules)
+
+    # Deciding ---------------------------------------------------------------------------
+
+    def decide(
+        self,
+        plugin: str,
+        action: str,
+        resource: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """May ``plugin`` do ``action`` on ``resource``? Never raises; errors deny."""
+        state = self._state
+        cache = state.cache
+        decision: Any = _MISS
+        key: Any = None
+        if cache is not None:
+            try:
+                key = (plugin, action, resource,
+                       None if not context else tuple(sorted(context.items())))
+                hash(key)
+            except TypeError:
+                key = None  # unhashable context values: decide without the cache
+            if key is not None:
+                with state.lock:
+                    decision = cache.get(key, _MISS)
+                    if decision is _MISS:
+                        state.stats.misses += 1
+                    else:
+                        state.stats.hits += 1
+        if decision is _MISS:
+            if not isinstance(plugin, str) or not isinstance(action, str) or (
+                resource is not None and not isinstance(resource, str)
+            ):
+                decision = deny(Reason.INVALID_RESOURCE, str(plugin), str(action), repr(resource),
+                                "plugin, action and resource must be strings")
+            else:
+                decision = state.table.decide(plugin, action, resource, context)
+            if key is not None and cache is not None:
+                with state.lock:
+                    cache[key] = decision
+        if self.decision_log is not None:
+            self.decision_log.record(decision, state.policy.content_hash, context)
+        result: Decision = decision
+        return result
+
+    def check(
+        self,
+        plugin: str,
+        action: str,
+        resource: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Like :meth:`decide`, but raise :class:`PermissionDeniedError` on a denial."""
+        decision = self.decide(plugin, action, resource, context)
+        if not decision.allowed:
+            raise PermissionDeniedError(decision)
+        return decision
+
+    # Settings ---------------------------------------------------------------------------
+
+    def effective(self, plugin: str) -> Effective:
+        """A plugin's resolved timeouts and limits (policy defaults for an unknown plugin)."""
+        state = self._state
+        table = state.table.plugins.get(plugin)
+        if table is not None:
+            return table.effective
+        return resolve(state.policy.defaults, state.policy.plugin_settings.get(plugin, EMPTY_OVERLAY))
+
+    def limits(self, plugin: str) -> Limits:
+        """A plugin's effective resource limits."""
+        return self.effective(plugin).limits
+
+    def timeouts(self, plugin: str) -> Timeouts:
+        """A plugin's effective timeouts."""
+        return self.effective(plugin).timeouts
+
+    # Plugins ----------------------------------------------------------------------------
+
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """The names of the registered plugins, sorted."""
+        return tuple(sorted(self._state.table.plugins))
+
+    def manifest(self, plugin: str) -> PluginMetadata | None:
+        """The manifest registered for ``plugin``."""
+        return self._state.manifests.get(plugin)
+
+    def plugin_table(self, plugin: str) -> PluginTable | None:
+        """The compiled table of one plugin (grants, declared scopes, settings)."""
+        return self._state.table.plugins.get(plugin)
+
+    @property
+    def policy(self) -> PolicySet:
+        """The compiled policy set in force."""
+        return self._state.policy
+
+    @property
+    def variables(self) -> Mapping[str, str]:
+        """The template variables in force."""
+        return MappingProxyType(self._variables)
+
+    @property
+    def problems(self) -> tuple[Diagnostic, ...]:
+        """Manifest problems found while loading (those plugins were left out or cut)."""
+        return self._state.problems
+
+    @property
+    def content_hash(self) -> str:
+        """A hash of the policy texts and variables in force."""
+        return self._state.policy.content_hash
+
+    def register(self, manifest: PluginMetadata) -> None:
+        """Add or replace one plugin; raises :class:`ManifestError` for bad scopes."""
+        with self._write_lock:
+            state = self._state
+            table, problems = self._table_for(
+                state.policy, manifest, state.rules_by_plugin, state.wildcard_rules
+            )
+            if problems:
+                raise ManifestError(problems)
+            self._extra_manifests[manifest.name] = manifest
+            tables = dict(state.table.plugins)
+            tables[manifest.name] = table
+            manifests = dict(state.manifests)
+            manifests[manifest.name] = manifest
+            self._swap(state, tables, manifests)
+
+    def unregister(self, plugin: str) -> None:
+        """Forget a plugin: every later request for it is denied as unknown."""
+        with self._write_lock:
+            state = self._state
+            self._extra_manifests.pop(plugin, None)
+            tables = {k: v for k, v in state.table.plugins.items() if k != plugin}
+            manifests = {k: v for k, v in state.manifests.items() if k != plugin}
+            self._swap(state, tables, manifests)
+
+    def _swap(self, state: _Snapshot, tables: dict[str, PluginTable],
+              manifests: dict[str, PluginMetadata]) -> None:
+        cache: cachetools.Cache[Any, Decision] | None = None
+        if state.cache is not None:
+            cache = (cachetools.TTLCache(self._cache_size, self._cache_ttl) if self._cache_ttl
+                     else cachetools.LRUCache(self._cache_size))
+        self._state = _Snapshot(
+            policy=state.policy,
+            table=DecisionTable(MappingProxyType(tables), state.policy.content_hash),
+            manifests=MappingProxyType(manifests),
+            rules_by_plugin=state.rules_by_plugin,
+            wildcard_rules=state.wildcard_rules,
+            problems=state.problems,
+            cache=cache,
+        )
+
+    def reload(self, policy: str | Mapping[str, str] | None = None) -> None:
+        """Rebuild from the policy files and plugin directories (or from new ``policy`` text)
+        and swap atomically. On any error the old policy stays in force and the error is raised.
+        """
+        with self._write_lock:
+            if policy is not None:
+                sources = {"<policy>": policy} if isinstance(policy, str) else dict(policy)
+            elif self._policy_paths is not None:
+                sources = read_policy_sources(self._policy_paths)
+            else:
+                sources = self._sources
+            try:
+                state = self._build(sources, self._all_manifests())
+            except (PolicyError, ManifestError, UsageError):
+                raise
+            self._sources = sources
+            self._state = state
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses and size of the decision cache of the policy in force."""
+        state = self._state
+        with state.lock:
+            size = len(state.cache) if state.cache is not None else 0
+            return CacheInfo(state.stats.hits, state.stats.misses, size,
+                             int(state.cache.maxsize) if state.cache is not None else 0)
+
+    def clear_cache(self) -> None:
+        """Drop every cached decision."""
+        state = self._state
+        if state.cache is not None:
+            with state.lock:
+                state.cache.clear()

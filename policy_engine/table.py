@@ -1,0 +1,401 @@
+"""The immutable, indexed decision table and the decision procedure.
+
+The table is built from a :class:`PolicySet` and the plugins' manifests: for each plugin and
+each permission, the declared scopes, the allow rules and the deny rules that can apply,
+with templates filled in and patterns compiled. ``decide`` is then two dictionary lookups, a
+resource normalisation and a handful of pattern matches: it never scans every rule.
+
+Conditions that read only ``plugin.*`` are evaluated once, when the table is built; only
+conditions that read ``context.*`` are evaluated per request.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from . import nodes
+from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
+from .conditions import ConditionError, evaluate, references_context
+from .decision import Decision, Reason, RuleRef, deny
+from .diagnostics import Diagnostic, Span, did_you_mean
+from .nodes import Effect
+from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
+from .permissions import Permission, ResourceKind
+from .settings import EMPTY_OVERLAY, Effective, resolve
+
+__all__ = [
+    "ActionEntry",
+    "DecisionTable",
+    "PinStatus",
+    "PluginFacts",
+    "PluginTable",
+    "TableRule",
+    "build_plugin_table",
+    "cached_pattern",
+]
+
+_PERMISSIONS: dict[str, Permission] = {p.value: p for p in Permission}
+
+
+class PinStatus(str, enum.Enum):
+    """Whether a plugin's content matches the policy's ``trust`` pin."""
+
+    UNPINNED = "unpinned"
+    MATCH = "match"
+    MISMATCH = "mismatch"
+
+
+@functools.lru_cache(maxsize=65536)
+def cached_pattern(kind: ResourceKind, text: str) -> Pattern:
+    """Compile a pattern once per (kind, text): thousands of plugins share global rules."""
+    return compile_pattern(kind, text)
+
+
+@dataclass(frozen=True, slots=True)
+class TableRule:
+    """A rule as it applies to one plugin and one permission."""
+
+    ref: RuleRef
+    patterns: tuple[Pattern, ...] | None
+    when: nodes.Condition | None
+    unless: nodes.Condition | None
+    error: str | None = None  # a plugin-only condition that failed to evaluate
+
+    def matches_resource(self, resource: str | HostPort | None) -> bool:
+        """Whether the rule's patterns cover the (normalised) resource."""
+        if self.patterns is None:
+            return True
+        if resource is None:
+            return False
+        for pattern in self.patterns:
+            if pattern.matches(resource):
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEntry:
+    """What applies to one plugin for one permission."""
+
+    declared: bool
+    declared_patterns: tuple[Pattern, ...] | None  # None: declared for any resource
+    allows: tuple[TableRule, ...]
+    denies: tuple[TableRule, ...]
+
+    def is_declared_for(self, resource: str | HostPort | None) -> bool:
+        """Whether the manifest's declaration covers the resource."""
+        if not self.declared:
+            return False
+        if self.declared_patterns is None:
+            return True
+        if resource is None:
+            return False
+        return any(p.matches(resource) for p in self.declared_patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginTable:
+    """Everything ``decide`` needs about one plugin."""
+
+    name: str
+    plugin_dir: str
+    enabled: bool
+    pin: PinStatus
+    digest: str | None
+    attributes: Mapping[str, Any]
+    entries: Mapping[Permission, ActionEntry]
+    effective: Effective
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionTable:
+    """The compiled answer to every question: one :class:`PluginTable` per known plugin."""
+
+    plugins: Mapping[str, PluginTable]
+    content_hash: str
+
+    def decide(
+        self,
+        plugin: str,
+        action: str,
+        resource: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Decide one request. Never raises: any failure is a deny with reason ``error``."""
+        try:
+            return self._decide(plugin, action, resource, context)
+        except Exception as exc:  # fail closed: a bug or odd input must never become an allow
+            return deny(Reason.ERROR, str(plugin), str(action), _text(resource),
+                        errors=(f"{type(exc).__name__}: {exc}",))
+
+    def _decide(
+        self, plugin: str, action: str, resource: str | None, context: Mapping[str, Any] | None
+    ) -> Decision:
+        table = self.plugins.get(plugin)
+        if table is None:
+            hint = did_you_mean(str(plugin), self.plugins)
+            return deny(Reason.UNKNOWN_PLUGIN, plugin, action, resource,
+                        f"no manifest for plugin `{plugin}` is registered",
+                        suggestions=(hint,) if hint else ("register the plugin's manifest with the engine",))
+        permission = _PERMISSIONS.get(action)
+        if permission is None:
+            hint = did_you_mean(str(action), [p.value for p in Permission])
+            return deny(Reason.UNKNOWN_ACTION, plugin, action, resource,
+                        f"`{action}` is not a permission", suggestions=(hint,) if hint else ())
+        if not table.enabled:
+            return deny(Reason.PLUGIN_DISABLED, plugin, action, resource, "the plugin is disabled",
+                        suggestions=("set `enabled: true` in its manifest",))
+        if table.pin is PinStatus.MISMATCH:
+            return deny(Reason.UNTRUSTED, plugin, action, resource,
+                        f"the plugin's content digest `{table.digest}` does not match the policy's pin",
+                        suggestions=("review the plugin's changes, then update its `trust` line",))
+        normalised: str | HostPort | None = None
+        if resource is not None:
+            try:
+                normalised = normalize(permission.kind, resource, base_dir=table.plugin_dir)
+            except (InvalidResourceError, TypeError, ValueError) as exc:
+                return deny(Reason.INVALID_RESOURCE, plugin, action, _text(resource), str(exc))
+            resource = _text(normalised)
+        entry = table.entries.get(permission)
+        if entry is None:
+            return deny(Reason.NOT_DECLARED, plugin, action, resource,
+                        f"the manifest of `{plugin}` does not declare `{action}`",
+                        suggestions=(_declare_hint(plugin, action, resource),
+                                     _rule_hint(plugin, action, resource)))
+        errors: list[str] = []
+        blocking = tuple(
+            rule.ref for rule in entry.denies
+            if rule.matches_resource(normalised) and _deny_applies(rule, table, context, errors)
+        )
+        if blocking:
+            return deny(Reason.DENIED_BY_RULE, plugin, action, resource, rules=blocking,
+                        errors=tuple(errors),
+                        suggestions=("a deny rule wins over every allow: narrow or remove the rule above",))
+        matching_allows = [rule for rule in entry.allows if rule.matches_resource(normalised)]
+        if not entry.is_declared_for(normalised):
+            would = tuple(r.ref for r in matching_allows if r.when is None and r.unless is None)
+            scope = "any resource" if resource is None else f"`{resource}`"
+            return deny(Reason.NOT_DECLARED, plugin, action, resource,
+                        f"the manifest of `{plugin}` does not declare `{action}` for {scope}",
+                        rules=would, errors=tuple(errors),
+                        suggestions=(_declare_hint(plugin, action, resource),))
+        granting = tuple(
+            rule.ref for rule in matching_allows if _allow_applies(rule, table, context, errors)
+        )
+        if granting:
+            return Decision(True, Reason.ALLOWED, plugin, action, resource, granting, tuple(errors))
+        return deny(Reason.NO_MATCHING_ALLOW, plugin, action, resource,
+                    "no allow rule grants it", errors=tuple(errors),
+                    suggestions=(_rule_hint(plugin, action, resource),))
+
+
+def _text(resource: object) -> str | None:
+    if resource is None:
+        return None
+    if isinstance(resource, HostPort):
+        return str(resource)
+    return str(resource)
+
+
+def _declare_hint(plugin: str, action: str, resource: str | None) -> str:
+    entry = action if resource is None else f"{action} {resource}"
+    return f"add `{entry}` to the `permissions` of the manifest of `{plugin}`"
+
+
+def _rule_hint(plugin: str, action: str, resource: str | None) -> str:
+    on = "" if resource is None else f' on "{resource}"'
+    return f'a policy rule such as `allow plugin "{plugin}" to {action}{on}` would grant it'
+
+
+def _condition_holds(rule: TableRule, table: PluginTable, context: Mapping[str, Any] | None) -> bool:
+    if rule.when is not None and not evaluate(rule.when, table.attributes, context):
+        return False
+    if rule.unless is not None and evaluate(rule.unless, table.attributes, context):
+        return False
+    return True
+
+
+def _deny_applies(rule: TableRule, table: PluginTable, context: Mapping[str, Any] | None,
+                  errors: list[str]) -> bool:
+    if rule.error is not None:
+        errors.append(f"{rule.ref.location}: {rule.error} (a deny rule that cannot be evaluated applies)")
+        return True
+    try:
+        return _condition_holds(rule, table, context)
+    except ConditionError as exc:
+        errors.append(f"{rule.ref.location}: {exc} (a deny rule that cannot be evaluated applies)")
+        return True
+
+
+def _allow_applies(rule: TableRule, table: PluginTable, context: Mapping[str, Any] | None,
+                   errors: list[str]) -> bool:
+    try:
+        return _condition_holds(rule, table, context)
+    except ConditionError as exc:
+        errors.append(f"{rule.ref.location}: {exc} (an allow rule that cannot be evaluated does not apply)")
+        return False
+
+
+# Building ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PluginFacts:
+    """What the table needs to know about one plugin, taken from its manifest."""
+
+    name: str
+    plugin_dir: str
+    enabled: bool
+    attributes: Mapping[str, Any]
+    declared: Mapping[Permission, tuple[tuple[str, ...], ...]]  # per permission: scope lists
+    declared_pointers: Mapping[tuple[Permission, str], str]  # (permission, scope) -> JSON pointer
+    requested_timeouts: Mapping[str, float]
+    requested_limits: Mapping[str, float]
+    digest: str | None
+    manifest_file: str = "<manifest>"
+
+
+def build_plugin_table(
+    policy: PolicySet, facts: PluginFacts, rules: Iterable[CompiledRule]
+) -> tuple[PluginTable, list[Diagnostic]]:
+    """Build one plugin's table from the rules that name it (or every plugin).
+
+    Returns the table and the problems found in the manifest's scopes (unknown variables,
+    invalid patterns); an entry with a problem declares nothing.
+    """
+    problems: list[Diagnostic] = []
+    pin = policy.pins.get(facts.name)
+    if pin is None:
+        pin_status = PinStatus.UNPINNED
+    else:
+        pin_status = PinStatus.MATCH if facts.digest == pin.digest else PinStatus.MISMATCH
+    attributes = dict(facts.attributes)
+    attributes["trusted"] = pin_status is PinStatus.MATCH
+    attributes.setdefault("name", facts.name)
+    frozen_attributes = MappingProxyType(attributes)
+
+    allows: dict[Permission, list[TableRule]] = {}
+    denies: dict[Permission, list[TableRule]] = {}
+    for rule in rules:
+        table_rule = _specialise(rule, facts, frozen_attributes)
+        if table_rule is None:
+            continue
+        target = allows if rule.effect is Effect.ALLOW else denies
+        for permission in rule.permissions:
+            per_kind = _for_kind(table_rule, permission.kind)
+            if per_kind is not None:
+                target.setdefault(permission, []).append(per_kind)
+
+    declared: dict[Permission, tuple[Pattern, ...] | None] = {}
+    for permission, scope_lists in facts.declared.items():
+        patterns: list[Pattern] = []
+        any_resource = False
+        for scopes in scope_lists:
+            if not scopes:
+                any_resource = True
+            for scope in scopes:
+                compiled = _declared_pattern(policy, facts, permission, scope, problems)
+                if compiled is not None:
+                    patterns.append(compiled)
+        if any_resource:
+            declared[permission] = None
+        elif patterns:
+            declared[permission] = tuple(patterns)
+
+    entries: dict[Permission, ActionEntry] = {}
+    for permission in set(allows) | set(denies) | set(declared):
+        entries[permission] = ActionEntry(
+            declared=permission in declared,
+            declared_patterns=declared.get(permission),
+            allows=tuple(allows.get(permission, ())),
+            denies=tuple(denies.get(permission, ())),
+        )
+    effective = resolve(
+        policy.defaults,
+        policy.plugin_settings.get(facts.name, EMPTY_OVERLAY),
+        facts.requested_timeouts,
+        facts.requested_limits,
+    )
+    table = PluginTable(
+        name=facts.name,
+        plugin_dir=facts.plugin_dir,
+        enabled=facts.enabled,
+        pin=pin_status,
+        digest=facts.digest,
+        attributes=frozen_attributes,
+        entries=MappingProxyType(entries),
+        effective=effective,
+    )
+    return table, problems
+
+
+def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str, Any]) -> TableRule | None:
+    """The rule for one plugin: plugin-only conditions decided now, templates filled in."""
+    when, unless, error = rule.when, rule.unless, None
+    try:
+        if when is not None and not references_context(when):
+            if not evaluate(when, attributes, None):
+                return None
+            when = None
+        if unless is not None and not references_context(unless):
+            if evaluate(unless, attributes, None):
+                return None
+            unless = None
+    except ConditionError as exc:
+        if rule.effect is Effect.ALLOW:
+            return None  # an allow that cannot be evaluated never grants
+        error = str(exc)
+    patterns: tuple[Pattern, ...] | None = None
+    if rule.patterns is not None:
+        compiled: list[Pattern] = []
+        for pattern in rule.patterns:
+            text = pattern.instantiate(facts.name, facts.plugin_dir)
+            for kind in pattern.kinds:
+                try:
+                    compiled.append(cached_pattern(kind, text))
+                except ValueError:
+                    continue  # invalid once filled in (an odd plugin_dir): the pattern matches nothing
+        patterns = tuple(compiled)
+    return TableRule(rule.ref, patterns, when, unless, error)
+
+
+def _for_kind(rule: TableRule, kind: ResourceKind) -> TableRule | None:
+    if rule.patterns is None:
+        return rule
+    patterns = tuple(p for p in rule.patterns if p.kind is kind)
+    if not patterns:
+        return None
+    if len(patterns) == len(rule.patterns):
+        return rule
+    return TableRule(rule.ref, patterns, rule.when, rule.unless, rule.error)
+
+
+def _declared_pattern(
+    policy: PolicySet, facts: PluginFacts, permission: Permission, scope: str, problems: list[Diagnostic]
+) -> Pattern | None:
+    pointer = facts.declared_pointers.get((permission, scope), "/permissions")
+    text, unknown = expand_variables(scope, policy.variables)
+    if unknown:
+        names = ", ".join(f"`{{{u}}}`" for u in unknown)
+        hint = did_you_mean(unknown[0], ("plugin", "plugin_dir", *policy.variables))
+        problems.append(Diagnostic(
+            f"unknown variable {names} in scope `{scope}` of `{permission.value}`",
+            Span(facts.manifest_file, 0, 0), hint, code="PL201", pointer=pointer))
+        return None
+    valid, error = check_pattern(text, (permission.kind,))
+    if not valid:
+        problems.append(Diagnostic(
+            f"invalid scope `{scope}` for `{permission.value}`: {error}",
+            Span(facts.manifest_file, 0, 0), error.hint if error else None, code="PL202", pointer=pointer))
+        return None
+    filled = text.replace("{plugin_dir}", facts.plugin_dir).replace("{plugin}", facts.name)
+    try:
+        return cached_pattern(permission.kind, filled)
+    except ValueError:
+        return None
+
