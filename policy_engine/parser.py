@@ -256,6 +256,8 @@ _ESCAPE = re.compile(r"\\(.)")
 
 
 def _unquote(token: str) -> str:
+    if "\\" not in token:
+        return token[1:-1]
     return _ESCAPE.sub(lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), token[1:-1])
 
 
@@ -265,7 +267,10 @@ def _source_text(text: str, tree: Tree[Token]) -> str:
     end = getattr(meta, "end_pos", None)
     if start is None or end is None:
         return ""
-    return " ".join(text[start:end].split())
+    raw = text[start:end]
+    if "\n" not in raw and "  " not in raw and "\t" not in raw:
+        return raw
+    return " ".join(raw.split())
 
 
 def _statement(tree: Tree[Token], text: str, file: str) -> nodes.Statement:
@@ -316,10 +321,9 @@ def _setting(tree: Tree[Token], file: str) -> nodes.Setting:
 
 
 def _rule(tree: Tree[Token], text: str, file: str) -> nodes.Rule:
-    effect_tree, selector, actions_tree, *rest = tree.children
-    assert isinstance(effect_tree, Tree) and isinstance(selector, Tree)
-    assert isinstance(actions_tree, Tree)
-    effect = nodes.Effect(str(effect_tree.children[0]))
+    effect_token, selector, actions_tree, *rest = tree.children
+    assert isinstance(selector, Tree) and isinstance(actions_tree, Tree)
+    effect = nodes.Effect(str(effect_token))
     plugins: tuple[str, ...] | None
     plugin_spans: tuple[Span, ...] = ()
     if selector.data == "any_plugin":
@@ -328,7 +332,7 @@ def _rule(tree: Tree[Token], text: str, file: str) -> nodes.Rule:
         toks = [t for t in selector.children if isinstance(t, Token)]
         plugins = tuple(_unquote(str(t)) for t in toks)
         plugin_spans = tuple(_token_span(t, file) for t in toks)
-    actions = tuple(_action(a, file) for a in actions_tree.children if isinstance(a, Tree))
+    actions = tuple(_action(a, file) for a in actions_tree.children if isinstance(a, Token))
     patterns: tuple[nodes.PatternRef, ...] | None = None
     when = unless = None
     for part in rest:

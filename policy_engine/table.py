@@ -14,14 +14,14 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from . import nodes
 from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
 from .conditions import ConditionError, evaluate, references_context
-from .decision import Decision, Reason, RuleRef, deny
+from .decision import Decision, Reason, RuleRef, deny, make_decision
 from .diagnostics import Diagnostic, Span, did_you_mean
 from .nodes import Effect
 from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
@@ -118,6 +118,22 @@ class DecisionTable:
 
     plugins: Mapping[str, PluginTable]
     content_hash: str
+    # Plugin names by first letter, so that "did you mean" for an unknown plugin compares a
+    # handful of names, not thousands (difflib over 2,000 names costs milliseconds).
+    by_initial: Mapping[str, tuple[str, ...]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[str]] = {}
+        for name in self.plugins:
+            index.setdefault(name[:1], []).append(name)
+        object.__setattr__(self, "by_initial", MappingProxyType({k: tuple(v) for k, v in index.items()}))
+
+    def suggest_plugin(self, name: str) -> str | None:
+        """A ``did you mean`` for an unknown plugin name (same first letter, close spelling)."""
+        candidates = self.by_initial.get(name[:1], ())
+        if len(candidates) > _SUGGEST_LIMIT:
+            candidates = tuple(c for c in candidates if abs(len(c) - len(name)) <= 2)[:_SUGGEST_LIMIT]
+        return did_you_mean(name, candidates)
 
     def decide(
         self,
@@ -136,80 +152,67 @@ class DecisionTable:
     def _decide(
         self, plugin: str, action: str, resource: str | None, context: Mapping[str, Any] | None
     ) -> Decision:
+        # The hot path: plain loops and early exits; explanations are rendered lazily by
+        # Decision.explain() from the reason, so a decision costs no string formatting.
         table = self.plugins.get(plugin)
         if table is None:
-            hint = did_you_mean(str(plugin), self.plugins)
-            return deny(Reason.UNKNOWN_PLUGIN, plugin, action, resource,
-                        f"no manifest for plugin `{plugin}` is registered",
-                        suggestions=(hint,) if hint else ("register the plugin's manifest with the engine",))
+            hint = self.suggest_plugin(plugin)
+            return Decision(False, Reason.UNKNOWN_PLUGIN, plugin, action, resource,
+                            suggestions=(hint,) if hint else ())
         permission = _PERMISSIONS.get(action)
         if permission is None:
-            hint = did_you_mean(str(action), [p.value for p in Permission])
-            return deny(Reason.UNKNOWN_ACTION, plugin, action, resource,
-                        f"`{action}` is not a permission", suggestions=(hint,) if hint else ())
+            hint = did_you_mean(action, _PERMISSIONS)
+            return Decision(False, Reason.UNKNOWN_ACTION, plugin, action, resource,
+                            suggestions=(hint,) if hint else ())
         if not table.enabled:
-            return deny(Reason.PLUGIN_DISABLED, plugin, action, resource, "the plugin is disabled",
-                        suggestions=("set `enabled: true` in its manifest",))
+            return Decision(False, Reason.PLUGIN_DISABLED, plugin, action, resource)
         if table.pin is PinStatus.MISMATCH:
-            return deny(Reason.UNTRUSTED, plugin, action, resource,
-                        f"the plugin's content digest `{table.digest}` does not match the policy's pin",
-                        suggestions=("review the plugin's changes, then update its `trust` line",))
+            return Decision(False, Reason.UNTRUSTED, plugin, action, resource,
+                            detail=f"the plugin's content digest `{table.digest}` does not match the policy's pin")
         normalised: str | HostPort | None = None
         if resource is not None:
             try:
-                normalised = normalize(permission.kind, resource, base_dir=table.plugin_dir)
+                normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
             except (InvalidResourceError, TypeError, ValueError) as exc:
-                return deny(Reason.INVALID_RESOURCE, plugin, action, _text(resource), str(exc))
-            resource = _text(normalised)
+                return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc))
+            resource = normalised if normalised.__class__ is str else str(normalised)  # type: ignore[assignment]
         entry = table.entries.get(permission)
         if entry is None:
-            return deny(Reason.NOT_DECLARED, plugin, action, resource,
-                        f"the manifest of `{plugin}` does not declare `{action}`",
-                        suggestions=(_declare_hint(plugin, action, resource),
-                                     _rule_hint(plugin, action, resource)))
+            return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource)
         errors: list[str] = []
-        blocking = tuple(
-            rule.ref for rule in entry.denies
-            if rule.matches_resource(normalised) and _deny_applies(rule, table, context, errors)
-        )
+        blocking: list[RuleRef] = []
+        for rule in entry.denies:
+            if rule.matches_resource(normalised):
+                if (rule.when is None and rule.unless is None and rule.error is None) or _deny_applies(
+                    rule, table, context, errors
+                ):
+                    blocking.append(rule.ref)
         if blocking:
-            return deny(Reason.DENIED_BY_RULE, plugin, action, resource, rules=blocking,
-                        errors=tuple(errors),
-                        suggestions=("a deny rule wins over every allow: narrow or remove the rule above",))
-        matching_allows = [rule for rule in entry.allows if rule.matches_resource(normalised)]
+            return make_decision(False, Reason.DENIED_BY_RULE, plugin, action, resource, tuple(blocking), tuple(errors))
         if not entry.is_declared_for(normalised):
-            would = tuple(r.ref for r in matching_allows if r.when is None and r.unless is None)
-            scope = "any resource" if resource is None else f"`{resource}`"
-            return deny(Reason.NOT_DECLARED, plugin, action, resource,
-                        f"the manifest of `{plugin}` does not declare `{action}` for {scope}",
-                        rules=would, errors=tuple(errors),
-                        suggestions=(_declare_hint(plugin, action, resource),))
-        granting = tuple(
-            rule.ref for rule in matching_allows if _allow_applies(rule, table, context, errors)
-        )
+            would = tuple(
+                r.ref for r in entry.allows
+                if r.when is None and r.unless is None and r.matches_resource(normalised)
+            )
+            return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, would, tuple(errors))
+        granting: list[RuleRef] = []
+        for rule in entry.allows:
+            if rule.matches_resource(normalised):
+                if (rule.when is None and rule.unless is None) or _allow_applies(rule, table, context, errors):
+                    granting.append(rule.ref)
         if granting:
-            return Decision(True, Reason.ALLOWED, plugin, action, resource, granting, tuple(errors))
-        return deny(Reason.NO_MATCHING_ALLOW, plugin, action, resource,
-                    "no allow rule grants it", errors=tuple(errors),
-                    suggestions=(_rule_hint(plugin, action, resource),))
+            return make_decision(True, Reason.ALLOWED, plugin, action, resource, tuple(granting), tuple(errors))
+        return make_decision(False, Reason.NO_MATCHING_ALLOW, plugin, action, resource, (), tuple(errors))
+
+
+_SUGGEST_LIMIT = 500
+_KINDS: dict[Permission, ResourceKind] = {p: p.kind for p in Permission}
 
 
 def _text(resource: object) -> str | None:
     if resource is None:
         return None
-    if isinstance(resource, HostPort):
-        return str(resource)
     return str(resource)
-
-
-def _declare_hint(plugin: str, action: str, resource: str | None) -> str:
-    entry = action if resource is None else f"{action} {resource}"
-    return f"add `{entry}` to the `permissions` of the manifest of `{plugin}`"
-
-
-def _rule_hint(plugin: str, action: str, resource: str | None) -> str:
-    on = "" if resource is None else f' on "{resource}"'
-    return f'a policy rule such as `allow plugin "{plugin}" to {action}{on}` would grant it'
 
 
 def _condition_holds(rule: TableRule, table: PluginTable, context: Mapping[str, Any] | None) -> bool:
@@ -287,7 +290,7 @@ def build_plugin_table(
             continue
         target = allows if rule.effect is Effect.ALLOW else denies
         for permission in rule.permissions:
-            per_kind = _for_kind(table_rule, permission.kind)
+            per_kind = _for_kind(table_rule, _KINDS[permission])
             if per_kind is not None:
                 target.setdefault(permission, []).append(per_kind)
 
@@ -387,7 +390,7 @@ def _declared_pattern(
             f"unknown variable {names} in scope `{scope}` of `{permission.value}`",
             Span(facts.manifest_file, 0, 0), hint, code="PL201", pointer=pointer))
         return None
-    valid, error = check_pattern(text, (permission.kind,))
+    valid, error = check_pattern(text, (_KINDS[permission],))
     if not valid:
         problems.append(Diagnostic(
             f"invalid scope `{scope}` for `{permission.value}`: {error}",
@@ -395,7 +398,112 @@ def _declared_pattern(
         return None
     filled = text.replace("{plugin_dir}", facts.plugin_dir).replace("{plugin}", facts.name)
     try:
-        return cached_pattern(permission.kind, filled)
+        return cached_pattern(_KINDS[permission], filled)
     except ValueError:
         return None
 
+
+
+# Serialising one plugin's table (for the worker process, which must not import the parser)
+
+
+def _node_to_json(node: Any) -> Any:
+    if isinstance(node, Span):
+        return [node.file, node.line, node.column, node.end_line, node.end_column]
+    if isinstance(node, tuple):
+        return [_node_to_json(x) for x in node]
+    if hasattr(node, "__dataclass_fields__"):
+        out = {"_t": type(node).__name__}
+        for name in node.__dataclass_fields__:
+            out[name] = _node_to_json(getattr(node, name))
+        return out
+    return node
+
+
+def _node_from_json(data: Any) -> Any:
+    if isinstance(data, dict):
+        cls = getattr(nodes, data["_t"])
+        kwargs = {k: _node_from_json(v) for k, v in data.items() if k != "_t"}
+        if "span" in kwargs and isinstance(kwargs["span"], list):
+            kwargs["span"] = Span(*kwargs["span"])
+        if cls is nodes.In:
+            kwargs["values"] = tuple(kwargs["values"])
+        if cls is nodes.Attribute:
+            kwargs["path"] = tuple(kwargs["path"])
+        return cls(**kwargs)
+    if isinstance(data, list):
+        return [_node_from_json(x) for x in data]
+    return data
+
+
+def _rule_to_json(rule: TableRule) -> dict[str, Any]:
+    return {
+        "ref": rule.ref.to_dict(),
+        "patterns": None if rule.patterns is None else [[p.kind.value, p.text] for p in rule.patterns],
+        "when": _node_to_json(rule.when),
+        "unless": _node_to_json(rule.unless),
+        "error": rule.error,
+    }
+
+
+def _rule_from_json(data: Mapping[str, Any]) -> TableRule:
+    patterns = data["patterns"]
+    return TableRule(
+        ref=RuleRef.from_dict(data["ref"]),
+        patterns=None if patterns is None else tuple(
+            cached_pattern(ResourceKind(kind), text) for kind, text in patterns
+        ),
+        when=_node_from_json(data["when"]),
+        unless=_node_from_json(data["unless"]),
+        error=data["error"],
+    )
+
+
+def plugin_table_to_json(table: PluginTable) -> dict[str, Any]:
+    """A JSON-friendly copy of one plugin's table (settings excluded: the worker gets them
+    separately), so a worker process can decide without the parser or the policy files."""
+    return {
+        "name": table.name,
+        "plugin_dir": table.plugin_dir,
+        "enabled": table.enabled,
+        "pin": table.pin.value,
+        "digest": table.digest,
+        "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in table.attributes.items()},
+        "entries": {
+            permission.value: {
+                "declared": entry.declared,
+                "declared_patterns": None if entry.declared_patterns is None else [
+                    [p.kind.value, p.text] for p in entry.declared_patterns
+                ],
+                "allows": [_rule_to_json(r) for r in entry.allows],
+                "denies": [_rule_to_json(r) for r in entry.denies],
+            }
+            for permission, entry in table.entries.items()
+        },
+    }
+
+
+def plugin_table_from_json(data: Mapping[str, Any]) -> DecisionTable:
+    """A one-plugin :class:`DecisionTable` rebuilt from :func:`plugin_table_to_json`."""
+    entries = {}
+    for action, entry in data["entries"].items():
+        declared = entry["declared_patterns"]
+        entries[Permission(action)] = ActionEntry(
+            declared=bool(entry["declared"]),
+            declared_patterns=None if declared is None else tuple(
+                cached_pattern(ResourceKind(kind), text) for kind, text in declared
+            ),
+            allows=tuple(_rule_from_json(r) for r in entry["allows"]),
+            denies=tuple(_rule_from_json(r) for r in entry["denies"]),
+        )
+    table = PluginTable(
+        name=str(data["name"]),
+        plugin_dir=str(data["plugin_dir"]),
+        enabled=bool(data["enabled"]),
+        pin=PinStatus(data["pin"]),
+        digest=data["digest"],
+        attributes=MappingProxyType(dict(data["attributes"])),
+        entries=MappingProxyType(entries),
+        effective=resolve(EMPTY_OVERLAY, EMPTY_OVERLAY),
+    )
+    return DecisionTable(MappingProxyType({table.name: table}), "")
