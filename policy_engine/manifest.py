@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # jsonschema ships no type hints
+import jsonschema
 import yaml
 
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
@@ -602,7 +602,9 @@ def _validator() -> Any:
         "object": lambda _checker, value: isinstance(value, Mapping),
         "array": lambda _checker, value: isinstance(value, (list, tuple)),
     })
-    cls = jsonschema.validators.extend(base, {"pattern": _ecma_pattern}, type_checker=checker)
+    cls = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        base, {"pattern": _ecma_pattern}, type_checker=checker
+    )
     return cls(_schema())
 
 

@@ -175,7 +175,7 @@ class DecisionTable:
                 normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
             except (InvalidResourceError, TypeError, ValueError) as exc:
                 return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc))
-            resource = normalised if normalised.__class__ is str else str(normalised)  # type: ignore[assignment]
+            resource = normalised if normalised.__class__ is str else str(normalised)
         entry = table.entries.get(permission)
         if entry is None:
             return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource)
