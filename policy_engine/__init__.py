@@ -14,74 +14,53 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .decision import Decision, Reason, RuleRef
-from .decision_log import DecisionLog
-from .diagnostics import Diagnostic, Severity, Span
-from .engine import CacheInfo, Engine
-from .errors import (
-    EnforcementError,
-    ManifestError,
-    PermissionDeniedError,
-    PluginCrashedError,
-    PluginTimeoutError,
-    PluginValidationError,
-    PolicyCompileError,
-    PolicyEngineError,
-    PolicyError,
-    PolicySyntaxError,
-    ResourceLimitError,
-    FileSizeError,
-    UsageError,
-)
-from .manifest import PluginMetadata, load_manifest
-from .permissions import Permission, PluginPermission
-from .settings import Isolation, Limits, Timeouts, Violation
-
-if TYPE_CHECKING:  # the enforcement layer is imported on first use: deciding does not need it
+if TYPE_CHECKING:
+    from .decision import Decision, Reason, RuleRef
+    from .decision_log import DecisionLog
+    from .diagnostics import Diagnostic, Severity, Span
     from .enforcement.loader import PluginLoader
     from .enforcement.sandbox import PluginSandbox, ValidationResult
+    from .engine import CacheInfo, Engine
+    from .errors import (
+        EnforcementError,
+        FileSizeError,
+        ManifestError,
+        PermissionDeniedError,
+        PluginCrashedError,
+        PluginTimeoutError,
+        PluginValidationError,
+        PolicyCompileError,
+        PolicyEngineError,
+        PolicyError,
+        PolicySyntaxError,
+        ResourceLimitError,
+        UsageError,
+    )
+    from .manifest import PluginMetadata, load_manifest
+    from .permissions import Permission, PluginPermission
+    from .settings import Isolation, Limits, Timeouts, Violation
 
-__all__ = [
-    "CacheInfo",
-    "Decision",
-    "DecisionLog",
-    "Diagnostic",
-    "EnforcementError",
-    "Engine",
-    "FileSizeError",
-    "Isolation",
-    "Limits",
-    "ManifestError",
-    "Permission",
-    "PermissionDeniedError",
-    "PluginCrashedError",
-    "PluginLoader",
-    "PluginMetadata",
-    "PluginPermission",
-    "PluginSandbox",
-    "PluginTimeoutError",
-    "PluginValidationError",
-    "PolicyCompileError",
-    "PolicyEngineError",
-    "PolicyError",
-    "PolicySyntaxError",
-    "Reason",
-    "ResourceLimitError",
-    "RuleRef",
-    "Severity",
-    "Span",
-    "Timeouts",
-    "UsageError",
-    "ValidationResult",
-    "Violation",
-    "load_manifest",
-]
-
+# Names are imported on first use (PEP 562): a sandboxed worker imports small parts of the
+# package (errors, the decision table, plugin base classes) and must not pay for the
+# parser, YAML or JSON Schema at start-up.
 _LAZY = {
-    "PluginLoader": "policy_engine.enforcement.loader",
-    "PluginSandbox": "policy_engine.enforcement.sandbox",
-    "ValidationResult": "policy_engine.enforcement.sandbox",
+    "Decision": "decision", "Reason": "decision", "RuleRef": "decision",
+    "DecisionLog": "decision_log",
+    "Diagnostic": "diagnostics", "Severity": "diagnostics", "Span": "diagnostics",
+    "PluginLoader": "enforcement.loader",
+    "PluginSandbox": "enforcement.sandbox", "ValidationResult": "enforcement.sandbox",
+    "CacheInfo": "engine", "Engine": "engine",
+    "EnforcementError": "errors", "FileSizeError": "errors", "ManifestError": "errors",
+    "PermissionDeniedError": "errors", "PluginCrashedError": "errors",
+    "PluginTimeoutError": "errors", "PluginValidationError": "errors",
+    "PolicyCompileError": "errors", "PolicyEngineError": "errors", "PolicyError": "errors",
+    "PolicySyntaxError": "errors", "ResourceLimitError": "errors", "UsageError": "errors",
+    "PluginMetadata": "manifest", "load_manifest": "manifest",
+    "Permission": "permissions", "PluginPermission": "permissions",
+    "Isolation": "settings", "Limits": "settings", "Timeouts": "settings", "Violation": "settings",
 }
+
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
@@ -90,4 +69,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'policy_engine' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(f"policy_engine.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
