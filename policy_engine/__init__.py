@@ -60,7 +60,41 @@ _LAZY = {
     "Isolation": "settings", "Limits": "settings", "Timeouts": "settings", "Violation": "settings",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "CacheInfo",
+    "Decision",
+    "DecisionLog",
+    "Diagnostic",
+    "EnforcementError",
+    "Engine",
+    "FileSizeError",
+    "Isolation",
+    "Limits",
+    "ManifestError",
+    "Permission",
+    "PermissionDeniedError",
+    "PluginCrashedError",
+    "PluginLoader",
+    "PluginMetadata",
+    "PluginPermission",
+    "PluginSandbox",
+    "PluginTimeoutError",
+    "PluginValidationError",
+    "PolicyCompileError",
+    "PolicyEngineError",
+    "PolicyError",
+    "PolicySyntaxError",
+    "Reason",
+    "ResourceLimitError",
+    "RuleRef",
+    "Severity",
+    "Span",
+    "Timeouts",
+    "UsageError",
+    "ValidationResult",
+    "Violation",
+    "load_manifest",
+]
 
 
 def __getattr__(name: str) -> Any:
