@@ -80,7 +80,7 @@ class _Snapshot:
 
 
 def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[str, str]:
-    """Read ``.policy`` files: a file, a directory (every ``*.policy`` below it) or a list.
+    """Read ``.policy`` files: a file, a directory (every ``*.policy`` in it) or a list.
 
     Raises :class:`UsageError` for a path that does not exist or holds no policy.
     """
@@ -89,7 +89,8 @@ def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[s
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.policy") if p.is_file())
+            # One directory is one policy set; subdirectories (such as examples) are not part of it.
+            found = sorted(p for p in path.glob("*.policy") if p.is_file())
             if not found:
                 raise UsageError(f"no `.policy` files in `{path}`")
         elif path.is_file():

@@ -1,0 +1,106 @@
+"""Checks a plugin must pass before it loads: manifest, entry point, base class, pin,
+enabled, and the static code scan (whose findings are warnings, never blockers).
+
+Nothing here imports or runs plugin code: the entry point and base class are found by
+parsing the module with :mod:`ast`. The loader checks the base class again for real after
+importing the class inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine import Engine
+from ..manifest import PluginMetadata
+from ..table import PinStatus
+from .base import PLUGIN_BASES
+from .scan import CodeFinding, scan_plugin
+
+__all__ = ["ValidationResult", "find_entry_point", "validate_plugin"]
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """The outcome of :func:`validate_plugin`; ``valid`` is False when there are errors."""
+
+    valid: bool
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    findings: tuple[CodeFinding, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+
+def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
+                    scan: bool = True) -> ValidationResult:
+    """Validate one plugin (its manifest is already parsed into ``metadata``)."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    if not metadata.enabled:
+        errors.append("the plugin is disabled in its manifest (`enabled: false`)")
+    errors.extend(find_entry_point(metadata))
+    if engine is not None:
+        table = engine.plugin_table(metadata.name)
+        if table is None:
+            errors.append("the engine has no table for this plugin; register its manifest first")
+        elif table.pin is PinStatus.MISMATCH:
+            pin = engine.policy.pins[metadata.name]
+            errors.append(
+                f"the plugin's content digest `{table.digest}` does not match the policy's pin "
+                f"`{pin.digest}` ({pin.span}); review the change, then update the `trust` line"
+            )
+        warnings.extend(engine.effective(metadata.name).notes)
+    findings: tuple[CodeFinding, ...] = ()
+    if scan and metadata.plugin_path.is_dir():
+        findings = scan_plugin(metadata.plugin_path)
+        warnings.extend(str(f) for f in findings if f.severity.value in ("warning", "error"))
+    return ValidationResult(not errors, tuple(errors), tuple(warnings), findings)
+
+
+def find_entry_point(metadata: PluginMetadata) -> list[str]:
+    """Problems with the entry point: module file, class, base class (found statically)."""
+    module_name, sep, class_name = metadata.entry_point.partition(":")
+    if not sep or not module_name or not class_name:
+        return [f"entry point `{metadata.entry_point}` is not of the form `module:Class`"]
+    parts = module_name.split(".")
+    root = metadata.plugin_path
+    candidates = [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")]
+    module_file = next((c for c in candidates if c.is_file()), None)
+    if module_file is None:
+        return [f"entry point module `{module_name}` is not in the plugin directory "
+                f"(expected `{candidates[0].relative_to(root)}`)"]
+    try:
+        tree = ast.parse(module_file.read_bytes(), filename=str(module_file))
+    except (SyntaxError, ValueError, OSError) as exc:
+        return [f"entry point module `{module_name}` does not parse: {exc}"]
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    if class_name not in classes:
+        return [f"entry point class `{class_name}` is not defined in `{module_file.relative_to(root)}`"]
+    base = PLUGIN_BASES.get(metadata.type)
+    if base is None:
+        return [f"plugin type `{metadata.type}` has no registered base class"]
+    if not _derives_from(class_name, classes, {base.__name__}):
+        return [f"entry point class `{class_name}` does not derive from `{base.__name__}` "
+                f"(the base of `{metadata.type}` plugins)"]
+    return []
+
+
+def _derives_from(name: str, classes: dict[str, ast.ClassDef], targets: set[str],
+                  seen: frozenset[str] = frozenset()) -> bool:
+    node = classes.get(name)
+    if node is None or name in seen:
+        return False
+    for base in node.bases:
+        base_name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
+        if base_name in targets or (base_name and _derives_from(base_name, classes, targets, seen | {name})):
+            return True
+    return False
+
+
+def plugin_dir_of(path: str | Path) -> Path:
+    """The plugin directory for a path to a plugin directory or its ``plugin.yaml``."""
+    path = Path(path)
+    return path.parent if path.name == "plugin.yaml" else path
