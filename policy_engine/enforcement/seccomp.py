@@ -1,0 +1,145 @@
+"""A small ctypes binding of libseccomp: an allow-by-default filter with errno rules.
+
+Only what the worker's lockdown needs: build a filter whose default is "allow", add rules
+that make chosen system calls (optionally only for chosen argument values) fail with an
+errno, and load it. libseccomp compiles that to BPF and guards the architecture (a 32-bit
+system call on x86_64 kills the process), which a hand-written BPF program would have to
+redo. No PyPI dependency: the shared library is part of every mainstream distribution.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+
+__all__ = [
+    "ArgCmp",
+    "SeccompError",
+    "SeccompFilter",
+    "available",
+    "masked_eq",
+]
+
+_ACT_ALLOW = 0x7FFF0000
+_ACT_ERRNO = 0x00050000
+
+# enum scmp_compare
+CMP_NE = 1
+CMP_LT = 2
+CMP_LE = 3
+CMP_EQ = 4
+CMP_GE = 5
+CMP_GT = 6
+CMP_MASKED_EQ = 7
+
+
+class SeccompError(OSError):
+    """libseccomp refused a rule or could not load the filter."""
+
+
+class _ArgCmpStruct(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ArgCmp:
+    """One condition on a system-call argument (all conditions of a rule must hold)."""
+
+    arg: int
+    op: int
+    datum_a: int
+    datum_b: int = 0
+
+
+def masked_eq(arg: int, mask: int, value: int) -> ArgCmp:
+    """``(argument & mask) == value``; also how 32-bit int arguments are compared safely."""
+    return ArgCmp(arg, CMP_MASKED_EQ, mask, value)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        # find_library runs ldconfig in a subprocess: only worth it when the soname failed.
+        from ctypes.util import find_library
+
+        name = find_library("seccomp")
+        if name is None:
+            return None
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            return None
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.restype = None
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_load.restype = ctypes.c_int
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_rule_add_array.restype = ctypes.c_int
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+        ctypes.POINTER(_ArgCmpStruct),
+    ]
+    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+@functools.cache
+def available() -> bool:
+    """True when libseccomp loads and the kernel has seccomp filtering."""
+    if _library() is None:
+        return False
+    return os.path.exists("/proc/sys/kernel/seccomp/actions_avail")
+
+
+class SeccompFilter:
+    """An allow-by-default filter under construction; :meth:`load` installs it for good."""
+
+    def __init__(self) -> None:
+        lib = _library()
+        if lib is None:
+            raise SeccompError("libseccomp is not available")
+        self._lib = lib
+        ctx = lib.seccomp_init(_ACT_ALLOW)
+        if not ctx:
+            raise SeccompError("seccomp_init failed")
+        self._ctx: int | None = ctx
+        self.unknown: list[str] = []  # system calls this architecture does not have
+
+    def deny(self, syscall: str, code: int, *conditions: ArgCmp) -> None:
+        """Make ``syscall`` fail with errno ``code`` when every condition holds."""
+        number = self._lib.seccomp_syscall_resolve_name(syscall.encode())
+        if number < 0:
+            self.unknown.append(syscall)
+            return
+        array = (_ArgCmpStruct * max(len(conditions), 1))(
+            *(_ArgCmpStruct(c.arg, c.op, c.datum_a, c.datum_b) for c in conditions)
+        )
+        result = self._lib.seccomp_rule_add_array(
+            self._ctx, _ACT_ERRNO | (code & 0xFFFF), number, len(conditions), array
+        )
+        if result < 0:
+            raise SeccompError(-result, f"seccomp_rule_add({syscall}): {os.strerror(-result)}")
+
+    def load(self) -> None:
+        """Install the filter in the calling thread; it cannot be removed afterwards."""
+        result = self._lib.seccomp_load(self._ctx)
+        self.release()
+        if result < 0:
+            raise SeccompError(-result, f"seccomp_load: {os.strerror(-result)}")
+
+    def release(self) -> None:
+        """Free the libseccomp context (after load, or when giving up)."""
+        if self._ctx is not None:
+            self._lib.seccomp_release(self._ctx)
+            self._ctx = None
