@@ -1,0 +1,378 @@
+"""The worker's PEP 578 audit hook: every audited action of plugin code meets the policy.
+
+This is the precise layer: it knows host names, program names and file globs, and answers
+with a :class:`PermissionDeniedError` that explains itself. It is not the boundary. Code in
+the same interpreter can in principle reach around an audit hook, so the kernel layers
+(Landlock, seccomp, rlimits, see :mod:`.lockdown`) hold the line on their own; this hook
+makes the common case precise and the denials readable.
+
+Paths are resolved with :func:`os.path.realpath` before they are checked, so ``..`` and
+symlinks cannot walk out of a granted directory; for deletions and renames only the parent
+is resolved, since those act on the link itself and not on what it points to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .checker import Checker, DeniedDecision, denial
+
+__all__ = ["AuditGuard"]
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_MAX_TRACKED_WRITES = 1024
+_INTROSPECTION = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
+
+
+class AuditGuard:
+    """Checks audited events of plugin code against a :data:`Checker`.
+
+    ``implicit_read`` are roots the plugin may always read (its own directory, the
+    interpreter's files, a few devices); the scratch directory is always readable and
+    writable. Everything else goes through ``checker``.
+    """
+
+    def __init__(
+        self,
+        checker: Checker,
+        *,
+        plugin: str,
+        scratch_dir: str,
+        implicit_read: Iterable[str],
+        allow_subprocess: bool,
+        allow_network: bool,
+    ) -> None:
+        self._checker = checker
+        self._plugin = plugin
+        self._scratch = os.path.realpath(scratch_dir)
+        self._read_roots = tuple(dict.fromkeys(os.path.realpath(p) for p in implicit_read))
+        self._allow_subprocess = allow_subprocess
+        self._allow_network = allow_network
+        self._local = threading.local()
+        self._resolved_names: dict[str, set[str]] = {}  # IP address -> host names it serves
+        #: Files opened for writing, newest last; the worker removes the ones cut short by
+        #: the file-size limit.
+        self.written: dict[str, None] = {}
+        self._handlers: dict[str, Callable[[tuple[Any, ...]], None]] = {
+            "open": self._on_open,
+            "os.listdir": self._on_read_dir,
+            "os.scandir": self._on_read_dir,
+            "os.remove": self._on_delete,
+            "os.rmdir": self._on_delete,
+            "shutil.rmtree": self._on_delete,
+            "os.rename": self._on_rename,
+            "os.link": self._on_link,
+            "os.symlink": self._on_symlink,
+            "os.chmod": self._on_modify,
+            "os.chown": self._on_modify,
+            "os.mkdir": self._on_modify,
+            "os.truncate": self._on_modify,
+            "os.utime": self._on_modify,
+            "os.setxattr": self._on_modify,
+            "os.removexattr": self._on_modify,
+            "socket.connect": self._on_connect,
+            "socket.sendto": self._on_connect,
+            "socket.bind": self._on_bind,
+            "socket.getaddrinfo": self._on_getaddrinfo,
+            "socket.gethostbyname": self._on_resolve,
+            "socket.gethostbyname_ex": self._on_resolve,
+            "socket.gethostbyaddr": self._on_resolve,
+            "subprocess.Popen": self._on_popen,
+            "os.system": self._on_system,
+            "os.exec": self._on_exec,
+            "os.posix_spawn": self._on_exec,
+            "os.spawn": self._on_spawn,
+            "os.fork": self._on_fork,
+            "os.forkpty": self._on_fork,
+            "pty.spawn": self._on_pty_spawn,
+            "os.kill": self._on_kill,
+            "os.killpg": self._on_kill,
+        }
+
+    # -- installation ------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Add the hook to this interpreter, for good (audit hooks cannot be removed)."""
+        self._wrap_getaddrinfo()
+        sys.addaudithook(self._hook)
+
+    @contextlib.contextmanager
+    def trusted(self) -> Iterator[None]:
+        """Let the worker's own code (this thread only) act without checks, e.g. cleanup."""
+        self._local.trusted = True
+        try:
+            yield
+        finally:
+            self._local.trusted = False
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        handler = self._handlers.get(event)
+        if handler is None:
+            if event.startswith("ctypes.") and not self._allow_subprocess:
+                self._deny_ctypes(event)
+            elif event in _INTROSPECTION:
+                self._deny_introspection(event)
+            return
+        if getattr(self._local, "trusted", False):
+            return
+        handler(args)
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    def _check(self, action: str, resource: str | None) -> None:
+        self._checker(action, resource)
+
+    def _deny(self, action: str, resource: str | None, reason: str) -> None:
+        raise denial(DeniedDecision(self._plugin, action, resource, reason))
+
+    def _deny_ctypes(self, event: str) -> None:
+        if getattr(self._local, "trusted", False):
+            return
+        # ctypes reads and writes arbitrary memory and calls any C function: it can unhook
+        # this guard or make raw system calls. That is the power of running native code,
+        # which a plugin allowed to run subprocesses already has (a child process can be
+        # anything); without that permission ctypes would be a way around the policy.
+        self._deny("subprocess:execute", event,
+                   "ctypes runs native code, which needs subprocess permission")
+
+    def _deny_introspection(self, event: str) -> None:
+        if getattr(self._local, "trusted", False):
+            return
+        # The object graph leads to this guard's own state.
+        self._deny("inspect", event, "walking the interpreter's object graph is not allowed")
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _on_open(self, args: tuple[Any, ...]) -> None:
+        path, mode, flags = args[0], args[1], args[2]
+        resolved = _resolve(path)
+        if resolved is None:
+            return
+        writing = bool(flags & _WRITE_FLAGS) or (
+            isinstance(mode, str) and any(c in mode for c in "wax+")
+        )
+        reading = not writing or bool(flags & os.O_RDWR) or (isinstance(mode, str) and "+" in mode)
+        if reading:
+            self._check_read(resolved)
+        if writing:
+            self._check_write(resolved)
+            self._remember_write(resolved)
+
+    def _on_read_dir(self, args: tuple[Any, ...]) -> None:
+        resolved = _resolve(args[0] if args and args[0] is not None else ".")
+        if resolved is not None:
+            self._check_read(resolved)
+
+    def _on_delete(self, args: tuple[Any, ...]) -> None:
+        resolved = _resolve(args[0], dir_fd=_arg(args, 1), follow=False)
+        if resolved is not None:
+            self._check_path("file:delete", resolved)
+
+    def _on_rename(self, args: tuple[Any, ...]) -> None:
+        source = _resolve(args[0], dir_fd=_arg(args, 2), follow=False)
+        target = _resolve(args[1], dir_fd=_arg(args, 3), follow=False)
+        if source is not None:
+            self._check_path("file:delete", source)  # the name disappears from its directory
+        if target is not None:
+            self._check_write(target)
+
+    def _on_link(self, args: tuple[Any, ...]) -> None:
+        source = _resolve(args[0], dir_fd=_arg(args, 2))
+        target = _resolve(args[1], dir_fd=_arg(args, 3), follow=False)
+        if source is not None:
+            self._check_read(source)
+        if target is not None:
+            self._check_write(target)
+
+    def _on_symlink(self, args: tuple[Any, ...]) -> None:
+        target = _resolve(args[1], dir_fd=_arg(args, 2), follow=False)
+        if target is not None:
+            self._check_write(target)
+
+    def _on_modify(self, args: tuple[Any, ...]) -> None:
+        resolved = _resolve(args[0])
+        if resolved is not None:
+            self._check_write(resolved)
+
+    def _check_read(self, path: str) -> None:
+        if _under_any(path, self._read_roots) or _under(path, self._scratch):
+            return
+        self._check_path("file:read", path)
+
+    def _check_write(self, path: str) -> None:
+        if _under(path, self._scratch) or path == os.devnull:
+            return
+        self._check_path("file:write", path)
+
+    def _check_path(self, action: str, path: str) -> None:
+        if action == "file:delete" and _under(path, self._scratch) and path != self._scratch:
+            return
+        self._check(action, path)
+
+    def _remember_write(self, path: str) -> None:
+        self.written.pop(path, None)
+        self.written[path] = None
+        if len(self.written) > _MAX_TRACKED_WRITES:
+            del self.written[next(iter(self.written))]
+
+    # -- network -----------------------------------------------------------------------------
+
+    def _wrap_getaddrinfo(self) -> None:
+        """Remember which host names resolved to which addresses.
+
+        A connect() only sees an address, while policies name hosts; the wrapper lets a
+        connect to an address that an allowed name resolved to count as that name. Code
+        calling ``_socket.getaddrinfo`` directly skips the record and is judged on the bare
+        address, which errs on the side of denying.
+        """
+        original = socket.getaddrinfo
+        names = self._resolved_names
+
+        def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            results = original(host, port, *args, **kwargs)
+            if isinstance(host, (str, bytes)):
+                name = host.decode() if isinstance(host, bytes) else host
+                for *_rest, sockaddr in results:
+                    names.setdefault(str(sockaddr[0]), set()).add(name)
+            return results
+
+        socket.getaddrinfo = getaddrinfo
+
+    def _on_getaddrinfo(self, args: tuple[Any, ...]) -> None:
+        host, port = args[0], args[1]
+        if host is None:
+            return  # a local address lookup (bind to any): nothing is contacted
+        self._check_network(_text(host), port)
+
+    def _on_resolve(self, args: tuple[Any, ...]) -> None:
+        self._check_network(_text(args[0]), None)
+
+    def _on_connect(self, args: tuple[Any, ...]) -> None:
+        sock, address = args[0], args[1]
+        family = getattr(sock, "family", None)
+        if family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
+            host, port = _text(address[0]), address[1]
+            names = self._resolved_names.get(host, set())
+            denied: BaseException | None = None
+            for candidate in (host, *sorted(names)):
+                try:
+                    self._check_network(candidate, port)
+                    return
+                except PermissionError as error:
+                    denied = denied or error
+            if denied is not None:
+                raise denied
+        elif family == socket.AF_UNIX:
+            self._deny("network:request", f"unix:{_text(address)}",
+                       "unix sockets lead out of the sandbox")
+
+    def _on_bind(self, args: tuple[Any, ...]) -> None:
+        sock, address = args[0], args[1]
+        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+            self._deny("network:request", f"bind {_text(address[0])}:{address[1]}",
+                       "plugins may not listen on ports")
+
+    def _check_network(self, host: str, port: Any) -> None:
+        resource = host if port in (None, 0, "") else f"{host}:{_text(port)}"
+        if not self._allow_network:
+            self._deny("network:request", resource, "the plugin has no network permission")
+        self._check("network:request", resource)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _check_program(self, program: Any) -> None:
+        name = os.path.basename(_text(program)) if program is not None else None
+        if not self._allow_subprocess:
+            self._deny("subprocess:execute", name, "the plugin has no subprocess permission")
+        self._check("subprocess:execute", name)
+
+    def _on_popen(self, args: tuple[Any, ...]) -> None:
+        executable, argv = args[0], args[1]
+        if executable is None:
+            if isinstance(argv, (str, bytes)):
+                executable = _first_word(_text(argv))
+            elif argv:
+                executable = list(argv)[0]
+        self._check_program(executable)
+
+    def _on_system(self, args: tuple[Any, ...]) -> None:
+        self._check_program(_first_word(_text(args[0])))
+
+    def _on_exec(self, args: tuple[Any, ...]) -> None:
+        self._check_program(args[0])
+
+    def _on_spawn(self, args: tuple[Any, ...]) -> None:
+        self._check_program(args[1])
+
+    def _on_pty_spawn(self, args: tuple[Any, ...]) -> None:
+        argv = args[0]
+        self._check_program(_first_word(_text(argv)) if isinstance(argv, (str, bytes))
+                            else list(argv)[0])
+
+    def _on_fork(self, args: tuple[Any, ...]) -> None:
+        self._check_program(None)
+
+    def _on_kill(self, args: tuple[Any, ...]) -> None:
+        target = args[0]
+        if target in (0, os.getpid()) or (target == -os.getpgrp()):
+            return  # itself, or its own process group
+        if not self._allow_subprocess:
+            self._deny("subprocess:execute", f"kill {target}",
+                       "only a plugin allowed to run subprocesses may signal processes")
+
+
+def _arg(args: tuple[Any, ...], index: int) -> Any:
+    return args[index] if len(args) > index else None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    return str(value)
+
+
+def _first_word(command: str) -> str:
+    import shlex  # rarely needed: only when a command line is denied or checked
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    return words[0] if words else ""
+
+
+def _resolve(path: Any, *, dir_fd: Any = None, follow: bool = True) -> str | None:
+    """The absolute, symlink-free path an operation will touch; None for a file descriptor."""
+    if isinstance(path, int) or path is None:
+        return None
+    try:
+        text = os.fsdecode(os.fspath(path))
+    except TypeError:
+        return None
+    if not os.path.isabs(text):
+        base = os.getcwd()
+        if isinstance(dir_fd, int):
+            with contextlib.suppress(OSError):
+                base = os.readlink(f"/proc/self/fd/{dir_fd}")
+        text = os.path.join(base, text)
+    if follow:
+        return os.path.realpath(text)
+    # No normpath here: "link/../x" must go through the link like the kernel does.
+    parent, name = os.path.split(text.rstrip(os.sep) or os.sep)
+    if name in ("", ".", ".."):
+        return os.path.realpath(text)
+    return os.path.join(os.path.realpath(parent), name)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _under_any(path: str, roots: Iterable[str]) -> bool:
+    return any(_under(path, root) for root in roots)

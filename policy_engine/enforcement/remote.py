@@ -1,0 +1,108 @@
+"""Exceptions as data, so they can cross the IPC channel without pickle.
+
+An exception becomes ``{"type", "message", "traceback", "kind", ...}``; ``kind`` tells the
+receiving side which of our own errors to rebuild (a permission denial, a file-size or
+memory limit) and anything else becomes a :class:`PluginRaisedError` carrying the original
+type name, message and traceback text. Nothing received is ever evaluated or imported.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import (
+    EnforcementError,
+    FileSizeError,
+    PermissionDeniedError,
+    ResourceLimitError,
+)
+from .checker import DeniedDecision, denial
+
+__all__ = ["PluginRaisedError", "exception_from_data", "exception_to_data"]
+
+# Long enough for any real message, short enough that a hostile peer cannot flood logs.
+_MAX_TEXT = 64 * 1024
+
+
+class PluginRaisedError(EnforcementError):
+    """Plugin code (or a host capability) raised an exception on the other side."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "", *,
+                 plugin: str | None = None) -> None:
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+        who = f"plugin `{plugin}`" if plugin else "the other side"
+        super().__init__(f"{who} raised {type_name}: {message}", plugin=plugin)
+
+
+def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
+    """Describe ``error`` as JSON-able data.
+
+    The host sends capability errors with ``with_traceback=False``: its stack frames are
+    none of the plugin's business.
+    """
+    import traceback  # only on the error path: keeps it out of the worker's start-up
+
+    data: dict[str, Any] = {
+        "type": type(error).__name__,
+        "message": _clip(str(error)),
+        "traceback": _clip("".join(traceback.format_exception(error))) if with_traceback else "",
+        "kind": "exception",
+    }
+    if isinstance(error, PermissionDeniedError):
+        decision = error.decision
+        if isinstance(decision, DeniedDecision):
+            data["decision"] = decision.to_json()
+        else:  # the real Decision, once it exists: keep what the host needs to rebuild
+            data["decision"] = {
+                "plugin": getattr(decision, "plugin", ""),
+                "action": str(getattr(decision, "action", "")),
+                "resource": getattr(decision, "resource", None),
+                "reason": str(getattr(decision, "reason", "")),
+                "explanation": decision.explain(),
+            }
+        data["kind"] = "permission_denied"
+    elif isinstance(error, ResourceLimitError):
+        data["kind"] = "file_size" if isinstance(error, FileSizeError) else "resource_limit"
+        data["resource"] = error.resource
+        data["limit"] = error.limit
+        data["used"] = error.used
+    elif isinstance(error, MemoryError):
+        data["kind"] = "memory"
+    elif isinstance(error, OSError) and error.errno == errno.EFBIG:
+        data["kind"] = "file_size"
+        data["resource"] = "file_size"
+    return data
+
+
+def exception_from_data(data: Mapping[str, Any], *, plugin: str | None = None) -> Exception:
+    """The exception to raise for data made by :func:`exception_to_data`."""
+    kind = data.get("kind")
+    type_name = _clip(str(data.get("type", "Exception")))
+    message = _clip(str(data.get("message", "")))
+    remote_tb = _clip(str(data.get("traceback", "")))
+    if kind == "permission_denied" and isinstance(data.get("decision"), Mapping):
+        return denial(DeniedDecision.from_json(data["decision"]))
+    if kind in ("file_size", "resource_limit", "memory"):
+        resource = str(data.get("resource") or ("memory" if kind == "memory" else ""))
+        limit = _number(data.get("limit"))
+        used = _number(data.get("used"))
+        cls = FileSizeError if kind == "file_size" else ResourceLimitError
+        text = message if type_name in ("FileSizeError", "ResourceLimitError") else (
+            f"plugin `{plugin}` went over its {resource or 'resource'} limit ({type_name}: {message})"
+        )
+        error = cls(text, plugin=plugin, resource=resource, limit=limit, used=used)
+        error.remote_traceback = remote_tb  # type: ignore[attr-defined]
+        return error
+    return PluginRaisedError(type_name, message, remote_tb, plugin=plugin)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "... [truncated]"

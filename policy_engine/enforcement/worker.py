@@ -1,0 +1,449 @@
+"""The plugin worker: one process per plugin, locked down, serving calls from the host.
+
+Started by :class:`~.supervisor.WorkerProcess` as ``python -I -B -c <bootstrap>`` with the
+IPC socket as its only extra file descriptor (see :data:`BOOTSTRAP`). Protocol, one JSON
+frame per message (:mod:`.ipc`):
+
+host -> worker
+    ``init``  {plugin, plugin_dir, entry_point "module:Class", sys_path, lockdown, checker,
+    limits} - first frame, exactly once;
+    ``call``  {method, args, kwargs} - ``method`` ``"hook:<name>"`` runs the function the
+    plugin registered for hook ``name``;
+    ``cap_result`` {value} / ``cap_error`` {error} - answers to the worker's ``cap``;
+    ``reap`` - collect exited children (after the host killed leftovers); ``stop`` - run
+    the plugin's ``cleanup()``, answer, and wait to be killed with the whole tree.
+
+worker -> host
+    ``ready`` {report, init_result, pid}; ``result`` {value}; ``error`` {error};
+    ``cap`` {capability, method, args} - a capability call made by the plugin mid-call;
+    ``log`` {level, logger, message}; ``reaped`` {pids}; ``stopped``.
+
+The worker applies the lockdown and installs the audit hook before it imports any plugin
+code, so from the first line the plugin runs boxed in.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EnforcementError, FileSizeError, ResourceLimitError
+from .audit import AuditGuard
+from .checker import make_checker
+from .ipc import FrameError, recv_frame, send_frame
+from .lockdown import LockdownSpec, ParentGoneError, apply_lockdown
+from .remote import exception_from_data, exception_to_data
+
+if TYPE_CHECKING:
+    import logging
+    from pathlib import Path
+
+# Start-up time is part of every cold start, so modules only some plugins need (asyncio
+# alone costs more than everything else together) are imported where they are used.
+
+__all__ = ["BOOTSTRAP", "WorkerContext", "main"]
+
+#: The ``-c`` program the host runs. It registers ``policy_engine`` as a bare package
+#: instead of importing it: the package's ``__init__`` loads the whole policy engine
+#: (parser, schemas), which a worker never needs and which would triple its start-up time.
+#: argv: package directory, host pid, IPC file descriptor.
+BOOTSTRAP = (
+    "import sys,types,importlib.machinery as m\n"
+    "d=sys.argv[1];s=m.ModuleSpec('policy_engine',None,is_package=True)\n"
+    "s.submodule_search_locations=[d];p=types.ModuleType('policy_engine')\n"
+    "p.__spec__=s;p.__path__=[d];p.__package__='policy_engine'\n"
+    "sys.modules['policy_engine']=p\n"
+    "from policy_engine.enforcement.worker import main\n"
+    "raise SystemExit(main(sys.argv[2:]))\n"
+)
+
+_MAX_LOG_MESSAGE = 8 * 1024
+_HOOK_PREFIX = "hook:"
+
+
+class _Channel:
+    """The worker's end of the IPC socket, shared by the main loop and capability calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.RLock()
+        self.in_call = False
+
+    def send(self, obj: Any) -> None:
+        with self.lock:
+            send_frame(self.sock, obj)
+
+    def call_host(self, capability: str, method: str, args: list[Any]) -> Any:
+        with self.lock:
+            if not self.in_call:
+                raise EnforcementError("capability calls are only possible while the host "
+                                       "waits on a call to the plugin")
+            send_frame(self.sock, {"op": "cap", "capability": capability, "method": method,
+                                   "args": args})
+            reply = recv_frame(self.sock)
+        if reply.get("op") == "cap_result":
+            return reply.get("value")
+        if reply.get("op") == "cap_error":
+            raise exception_from_data(reply.get("error") or {})
+        raise FrameError(f"unexpected reply to a capability call: {reply.get('op')!r}")
+
+
+class _CapabilityProxy:
+    """Forwards ``proxy.method(*args)`` to the host's ``capability`` object."""
+
+    def __init__(self, context: WorkerContext, capability: str) -> None:
+        self._context = context
+        self._capability = capability
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def forward(*args: Any) -> Any:
+            return self._context.call_host(self._capability, method, *args)
+
+        forward.__name__ = method
+        return forward
+
+
+class _HookProxy(_CapabilityProxy):
+    """Hook registration: the function stays in the worker, the host learns the name."""
+
+    def __init__(self, context: WorkerContext, registry: dict[str, Callable[..., Any]]) -> None:
+        super().__init__(context, "hooks")
+        self._registry = registry
+
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        """Run ``fn`` when the host calls ``hook:<name>``; the host checks the permission."""
+        self._context.call_host("hooks", "register", name)
+        self._registry[name] = fn
+
+
+class WorkerContext:
+    """What a plugin's ``initialize(ctx)`` receives inside a worker.
+
+    The attribute names match :class:`policy_engine.enforcement.base.PluginContext`;
+    ``config``, ``db`` and ``hooks`` are proxies whose calls go to the host, which checks
+    each against the policy. :meth:`call_host` is the generic form.
+    """
+
+    def __init__(self, channel: _Channel, *, plugin: str, plugin_dir: str, scratch_dir: str,
+                 hooks: dict[str, Callable[..., Any]]) -> None:
+        from pathlib import Path
+
+        self._channel = channel
+        self.plugin_name = plugin
+        self.plugin_dir = Path(plugin_dir)
+        self.data_dir: Path | None = Path(scratch_dir)
+        self.config: Any = _CapabilityProxy(self, "config")
+        self.db: Any = _CapabilityProxy(self, "db")
+        self.hooks: Any = _HookProxy(self, hooks)
+
+    @property
+    def logger(self) -> logging.Logger:
+        """``policy_engine.plugins.<name>``; records reach the host's logging during calls."""
+        import logging
+
+        return logging.getLogger(f"policy_engine.plugins.{self.plugin_name}")
+
+    def call_host(self, capability: str, method: str, *args: Any) -> Any:
+        """Call ``method(*args)`` on the host's ``capability``; arguments must be JSON-able."""
+        return self._channel.call_host(capability, method, list(args))
+
+
+def _install_log_forwarder(channel: _Channel) -> None:
+    """Send the plugin's log records to the host while a call is running."""
+    import logging
+
+    class LogForwarder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not channel.in_call:
+                return  # outside a call nobody reads the channel; dropping beats deadlocking
+            try:
+                message = record.getMessage()[:_MAX_LOG_MESSAGE]
+                channel.send({"op": "log", "level": record.levelno, "logger": record.name,
+                              "message": message})
+            except Exception:  # logging must never break the plugin
+                self.handleError(record)
+
+    logging.getLogger("policy_engine.plugins").addHandler(LogForwarder(logging.DEBUG))
+
+
+class _Worker:
+    """State of one worker process after init."""
+
+    def __init__(self, channel: _Channel, init: Mapping[str, Any], parent_pid: int) -> None:
+        self.channel = channel
+        self.init = init
+        self.parent_pid = parent_pid
+        self.plugin = str(init["plugin"])
+        self.spec = LockdownSpec.from_json(init["lockdown"])
+        self.hooks: dict[str, Callable[..., Any]] = {}
+        self.instance: Any = None
+        self.guard: AuditGuard | None = None
+        self.file_size_tripped = False
+        self.forwarding_logs = False
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def start(self) -> dict[str, Any]:
+        """Lock down, install the audit hook, load and initialise the plugin.
+
+        Returns the ``ready`` frame, or an ``error`` frame after which the worker exits.
+        """
+        for entry in reversed([str(p) for p in self.init.get("sys_path", ())]):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)  # before lockdown, so Landlock grants read on it
+        try:
+            applied = apply_lockdown(self.spec, parent_pid=self.parent_pid)
+        except ParentGoneError:
+            raise
+        except Exception as error:  # a bug or an unexpected kernel answer: never run unboxed
+            return {"op": "error", "error": exception_to_data(error)}
+        report = applied.report().to_json()
+        sys.dont_write_bytecode = True  # the plugin's directory is read-only from here on
+        # Past the lockdown the kernel would refuse what follows; the hook makes it precise.
+        self.guard = AuditGuard(
+            make_checker(self.init.get("checker") or {}, plugin=self.plugin),
+            plugin=self.plugin,
+            scratch_dir=self.spec.scratch_dir,
+            implicit_read=self._implicit_read(),
+            allow_subprocess=self.spec.allow_subprocess,
+            allow_network=self.spec.allow_network,
+        )
+        signal.signal(signal.SIGXFSZ, self._on_file_size)
+        # tempfile would probe /tmp first (denied); in-process only, the host's env stays clean.
+        os.environ["TMPDIR"] = self.spec.scratch_dir
+        self.guard.install()
+        try:
+            init_result = self._load()
+        except BaseException as error:  # reported to the host, which decides what to do
+            return {"op": "error", "error": exception_to_data(self._translate(error)),
+                    "report": report}
+        return {"op": "ready", "report": report, "init_result": init_result, "pid": os.getpid()}
+
+    def _implicit_read(self) -> list[str]:
+        paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                 self.spec.plugin_dir, os.devnull, "/dev/urandom", "/dev/random",
+                 f"/proc/{os.getpid()}", os.path.dirname(os.path.dirname(__file__))]
+        paths += [p for p in sys.path if p and os.path.isabs(p)]
+        return paths
+
+    def _load(self) -> Any:
+        module_name, _, class_name = str(self.init["entry_point"]).partition(":")
+        if not module_name or not class_name:
+            raise EnforcementError(f"entry point `{self.init['entry_point']}` is not "
+                                   "`module:Class`", plugin=self.plugin)
+        sys.path.insert(0, self.spec.plugin_dir)
+        self.channel.in_call = True  # initialize() may use capabilities
+        try:
+            module = importlib.import_module(module_name)
+            self._forward_logs()
+            target: Any = module
+            for part in class_name.split("."):
+                target = getattr(target, part)
+            self.instance = target()
+            initialize = getattr(self.instance, "initialize", None)
+            if initialize is None:
+                return None
+            context = WorkerContext(self.channel, plugin=self.plugin,
+                                    plugin_dir=self.spec.plugin_dir,
+                                    scratch_dir=self.spec.scratch_dir, hooks=self.hooks)
+            return _run(initialize, [context], {})
+        finally:
+            self.channel.in_call = False
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Answer frames until the host says stop or goes away."""
+        while True:
+            try:
+                frame = recv_frame(self.channel.sock)
+            except FrameError:
+                return 0  # the host closed the channel: nothing left to do
+            op = frame.get("op") if isinstance(frame, dict) else None
+            if op == "call":
+                self.channel.send(self._call(frame))
+            elif op == "reap":
+                self.channel.send({"op": "reaped", "pids": _reap_children()})
+            elif op == "stop":
+                self._cleanup()
+                self.channel.send({"op": "stopped"})
+                # Do not exit: as the subreaper, this process keeps any descendant the
+                # plugin left visible until the host has killed the whole tree.
+                _wait_for_end(self.channel.sock)
+                return 0
+            else:
+                self.channel.send({"op": "error", "error": exception_to_data(
+                    EnforcementError(f"unknown operation {op!r}"), with_traceback=False)})
+
+    def _call(self, frame: Mapping[str, Any]) -> dict[str, Any]:
+        method = str(frame.get("method", ""))
+        args = frame.get("args") or []
+        kwargs = frame.get("kwargs") or {}
+        self.file_size_tripped = False
+        self._forward_logs()
+        self.channel.in_call = True
+        try:
+            value = _run(self._target(method), list(args), dict(kwargs))
+            error: BaseException | None = None
+        except BaseException as raised:  # SystemExit too: the worker outlives a sys.exit()
+            error = raised
+            value = None
+        finally:
+            self.channel.in_call = False
+        if self.file_size_tripped or (error is not None and _is_efbig(error)):
+            error = self._file_size_error(error)
+        if error is not None:
+            return {"op": "error", "error": exception_to_data(self._translate(error))}
+        return {"op": "result", "value": value}
+
+    def _forward_logs(self) -> None:
+        # logging is imported only when the plugin uses it; forward from then on.
+        if not self.forwarding_logs and "logging" in sys.modules:
+            self.forwarding_logs = True
+            _install_log_forwarder(self.channel)
+
+    def _target(self, method: str) -> Callable[..., Any]:
+        if method.startswith(_HOOK_PREFIX):
+            hook = self.hooks.get(method[len(_HOOK_PREFIX):])
+            if hook is None:
+                raise EnforcementError(f"no function is registered for `{method}`",
+                                       plugin=self.plugin)
+            return hook
+        if method.startswith("_"):
+            raise EnforcementError(f"`{method}` is private and cannot be called",
+                                   plugin=self.plugin)
+        function = getattr(self.instance, method, None)
+        if not callable(function):
+            raise EnforcementError(f"plugin `{self.plugin}` has no method `{method}`",
+                                   plugin=self.plugin)
+        return function  # type: ignore[no-any-return]
+
+    def _on_file_size(self, signum: int, frame: Any) -> None:
+        # The kernel cut a write at RLIMIT_FSIZE. Remember it even if the plugin swallows
+        # the EFBIG error: the file it left behind is truncated and must not stay.
+        self.file_size_tripped = True
+
+    def _file_size_error(self, cause: BaseException | None) -> FileSizeError:
+        limit = self.spec.file_size_bytes
+        removed = self._remove_oversize(limit)
+        where = f" ({', '.join(removed)} removed)" if removed else ""
+        error = FileSizeError(
+            f"plugin `{self.plugin}` tried to write a file larger than its limit of "
+            f"{limit} bytes{where}", plugin=self.plugin, resource="file_size",
+            limit=float(limit), used=float(limit))
+        error.__cause__ = cause
+        return error
+
+    def _remove_oversize(self, limit: int) -> list[str]:
+        removed: list[str] = []
+        if self.guard is None:
+            return removed
+        with self.guard.trusted():
+            for path in reversed(list(self.guard.written)):
+                try:
+                    if os.path.isfile(path) and os.path.getsize(path) >= limit:
+                        os.remove(path)
+                        removed.append(path)
+                except OSError:
+                    continue
+        return removed
+
+    def _translate(self, error: BaseException) -> BaseException:
+        """Our own errors for what the kernel backstops raise inside plugin code."""
+        if isinstance(error, MemoryError):
+            return ResourceLimitError(
+                f"plugin `{self.plugin}` ran out of memory (limit "
+                f"{self.spec.memory_bytes} bytes)", plugin=self.plugin, resource="memory",
+                limit=float(self.spec.memory_bytes))
+        return error
+
+    def _cleanup(self) -> None:
+        cleanup = getattr(self.instance, "cleanup", None)
+        if callable(cleanup):
+            try:
+                _run(cleanup, [], {})
+            except BaseException:  # the worker is going away regardless
+                pass
+
+
+def _run(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call ``function``; a coroutine or awaitable result runs to completion on a new loop."""
+    result = function(*args, **kwargs)
+    if not hasattr(result, "__await__"):
+        return result
+    import asyncio
+
+    async def wait() -> Any:
+        return await result
+
+    return asyncio.run(wait())
+
+
+def _is_efbig(error: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.EFBIG:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _wait_for_end(sock: socket.socket) -> None:
+    """Block until the host closes the channel (or kills this process)."""
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+
+
+def _reap_children() -> list[int]:
+    """Collect every exited child (orphans re-parented to us as the subreaper included)."""
+    reaped: list[int] = []
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped.append(pid)
+    return reaped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``argv`` is ``[host_pid, ipc_fd]``."""
+    args = sys.argv[1:] if argv is None else argv
+    parent_pid, fd = int(args[0]), int(args[1])
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    channel = _Channel(sock)
+    try:
+        init = recv_frame(sock)
+        worker = _Worker(channel, init, parent_pid)
+        try:
+            first = worker.start()
+        except ParentGoneError:
+            return 1
+        channel.send(first)
+        return worker.serve() if first["op"] == "ready" else 1
+    except FrameError:
+        return 1
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
