@@ -1,0 +1,665 @@
+"""Host side of process isolation: one persistent, locked-down worker process per plugin.
+
+:class:`WorkerProcess` starts the worker (:mod:`.worker`), sends it the init frame, and then
+relays calls. Every call has a wall-clock deadline; past it the worker's whole tree is
+stopped and killed and :class:`PluginTimeoutError` raised, and the next call starts a fresh
+worker transparently. A worker that dies (signal, ``os._exit``, OOM kill) becomes a
+:class:`PluginCrashedError`; the host never goes down with it. A sampler thread
+(:mod:`.sampler`) enforces the memory limit and the CPU share of the whole tree.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import logging
+import math
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from ..errors import (
+    EnforcementError,
+    FileSizeError,
+    PluginCrashedError,
+    PluginTimeoutError,
+    ResourceLimitError,
+    UsageError,
+)
+from . import kernel, reaper
+from .ipc import ChannelClosedError, FrameError, recv_frame, send_frame
+from .kernel import IsolationReport
+from .lockdown import LockdownSpec
+from .remote import exception_from_data, exception_to_data
+from .sampler import Sampler
+from .usage import ResourceLimits, ResourceUsage
+from .worker import BOOTSTRAP
+
+__all__ = ["CapabilityHandler", "StartResult", "WorkerInit", "WorkerProcess"]
+
+log = logging.getLogger(__name__)
+
+#: ``handler(capability, method, args)`` runs a plugin's capability call in the host and
+#: returns a JSON-able value, or raises (PermissionDeniedError for a denial).
+CapabilityHandler = Callable[[str, str, list[Any]], Any]
+
+_T = TypeVar("_T")
+_TERM_GRACE = 0.025  # seconds a worker gets to exit on SIGTERM before SIGKILL
+_REAP_TIMEOUT = 1.0
+# Waking a sleeping thread costs more than a fast plugin call takes (about 60 us of a 100 us
+# round trip on a small VM); spinning this long first catches quick replies awake.
+_DEFAULT_SPIN = 100e-6
+_WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "MALLOC_ARENA_MAX": "2"}
+_PLUGIN_LOGGER = "policy_engine.plugins"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInit:
+    """Everything a worker needs to load one plugin; sent as the ``init`` frame.
+
+    ``checker`` is the decision data the worker's audit hook consults (see
+    :func:`.checker.make_checker`); ``sys_path`` are extra import roots for the plugin's
+    own dependencies (they become readable inside the sandbox).
+    """
+
+    plugin: str
+    plugin_dir: str
+    entry_point: str
+    lockdown: LockdownSpec
+    checker: Mapping[str, Any] = field(default_factory=dict)
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
+    sys_path: tuple[str, ...] = ()
+
+    def to_frame(self) -> dict[str, Any]:
+        """The init frame."""
+        return {
+            "op": "init",
+            "plugin": self.plugin,
+            "plugin_dir": self.plugin_dir,
+            "entry_point": self.entry_point,
+            "sys_path": list(self.sys_path),
+            "lockdown": self.lockdown.to_json(),
+            "checker": dict(self.checker),
+            "limits": self.limits.to_json(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    """What :meth:`WorkerProcess.start` returns."""
+
+    report: IsolationReport  # what the worker actually applied
+    init_result: Any  # the JSON value returned by the plugin's initialize(ctx)
+    pid: int
+
+
+class _Spawner:
+    """Starts workers from one long-lived thread.
+
+    The parent-death signal fires when the *thread* that forked the child exits, not the
+    process: a worker forked from a short-lived thread (a thread pool, ``to_thread``) would
+    be killed when that thread ends. This thread lives as long as the host.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def run(self, function: Callable[[], _T]) -> _T:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="worker-spawner",
+                                                daemon=True)
+                self._thread.start()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((function, future))
+        result: _T = future.result()
+        return result
+
+    def _serve(self) -> None:
+        while True:
+            function, future = self._queue.get()
+            try:
+                future.set_result(function())
+            except BaseException as error:  # handed to the caller, who re-raises it
+                future.set_exception(error)
+
+
+_SPAWNER = _Spawner()
+_LIVE: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for worker in list(_LIVE):
+        worker.stop()
+
+
+class WorkerProcess:
+    """One plugin's worker process, restarted transparently after a timeout or crash.
+
+    Calls are serialised: a worker runs one call at a time. The object is thread-safe.
+    """
+
+    def __init__(self, *, capability_handler: CapabilityHandler | None = None,
+                 python: str | None = None, debug_stderr: bool = False,
+                 spin: float = _DEFAULT_SPIN) -> None:
+        """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
+        kernel; ``debug_stderr`` lets the worker write to the host's stderr."""
+        self._capability_handler = capability_handler
+        self._spin_seconds = spin
+        self._python = python or sys.executable
+        self._debug_stderr = debug_stderr
+        self._init: WorkerInit | None = None
+        self._spec: LockdownSpec | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._pidfd: int | None = None
+        self._poller: Any = None
+        self._sampler: Sampler | None = None
+        self._violation: EnforcementError | None = None
+        self._report: IsolationReport | None = None
+        self._may_fork = True
+        self._call_lock = threading.RLock()  # one call (or start/stop) at a time
+        self._signal_lock = threading.RLock()  # signalling and killing the tree
+        self.restarts = 0
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid, or None when no worker is running."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while a worker process is running."""
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def report(self) -> IsolationReport | None:
+        """The isolation report of the current (or last) worker."""
+        return self._report
+
+    @property
+    def usage(self) -> ResourceUsage:
+        """The latest resource sample of the worker's tree."""
+        sampler = self._sampler
+        return sampler.usage if sampler is not None else ResourceUsage()
+
+    def start(self, init: WorkerInit) -> StartResult:
+        """Start a worker for ``init`` (stopping a running one) and wait until it is ready.
+
+        Raises :class:`PluginTimeoutError` (phase ``init``) when start-up takes longer
+        than ``init.limits.init_timeout``, and the plugin's own error if importing or
+        initialising it fails.
+        """
+        with self._call_lock:
+            if self._proc is not None:
+                self._shutdown()
+            self._init = init
+            return self._start()
+
+    def call(self, method: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+             *, timeout: float, phase: str = "call") -> Any:
+        """Call ``method(*args, **kwargs)`` on the plugin and return its JSON result.
+
+        ``method`` ``"hook:<name>"`` calls the function the plugin registered for hook
+        ``name``. Raises :class:`PluginTimeoutError` past ``timeout`` seconds,
+        :class:`PluginCrashedError` when the worker dies, :class:`ResourceLimitError` /
+        :class:`FileSizeError` over a limit, :class:`PermissionDeniedError` for a denied
+        action, and :class:`~.remote.PluginRaisedError` for any other plugin exception.
+        """
+        if timeout <= 0:
+            raise UsageError(f"timeout must be positive, not {timeout}")
+        frame = {"op": "call", "method": method, "args": list(args),
+                 "kwargs": dict(kwargs or {})}
+        with self._call_lock:
+            init = self._require_init()
+            if not self.alive:
+                self._shutdown()
+                self.restarts += 1
+                log.info("starting a fresh worker for plugin `%s`", init.plugin)
+                self._start()
+            deadline = time.monotonic() + timeout
+            try:
+                self._send(frame, deadline, phase, timeout)
+                reply = self._exchange(deadline, phase, timeout)
+            finally:
+                if self._sampler is not None:
+                    self._sampler.release_throttle()
+            self._sweep_leftovers()
+            return self._result(reply)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the worker: ask nicely, then kill its tree. Safe to call repeatedly."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            if self._call_lock.acquire(blocking=False):  # idle: a clean stop runs cleanup()
+                try:
+                    self._polite_stop(timeout)
+                finally:
+                    self._call_lock.release()
+            # Always killed, never left to exit: its descendants die with it (and a call in
+            # progress in another thread ends with PluginCrashedError).
+            self._kill()
+        with self._call_lock:
+            self._shutdown()
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def _require_init(self) -> WorkerInit:
+        if self._init is None:
+            raise UsageError("WorkerProcess.start() must be called before call()")
+        return self._init
+
+    def _start(self) -> StartResult:
+        init = self._require_init()
+        spec = self._prepare(init)
+        self._spec = spec
+        features = kernel.detect()
+        # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
+        self._may_fork = spec.allow_subprocess or not features.seccomp
+        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = _SPAWNER.run(lambda: self._spawn(child_sock, spec))
+        except BaseException:
+            host_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        self._sock = host_sock
+        self._violation = None
+        self._pidfd = _pidfd_open(self._proc.pid)
+        self._poller = select.poll()
+        self._poller.register(host_sock.fileno(), select.POLLIN)
+        if self._pidfd is not None:
+            self._poller.register(self._pidfd, select.POLLIN)
+        _LIVE.add(self)
+        limit = init.limits.init_timeout
+        deadline = time.monotonic() + limit
+        frame = replace(init, lockdown=spec).to_frame()
+        self._send(frame, deadline, "init", limit)
+        reply = self._exchange(deadline, "init", limit)
+        if reply.get("report"):
+            self._report = IsolationReport.from_json(reply["report"])
+        if reply.get("op") != "ready":
+            self._kill()
+            self._shutdown()
+            raise self._error_from(reply)
+        assert self._report is not None
+        self._may_fork = spec.allow_subprocess or not self._report.seccomp
+        self._sampler = Sampler(
+            self._proc.pid, plugin=init.plugin, limits=init.limits,
+            with_descendants=self._may_fork, on_violation=self._on_violation,
+            signal_tree=self._signal_tree)
+        self._sampler.start()
+        return StartResult(self._report, reply.get("init_result"), self._proc.pid)
+
+    def _prepare(self, init: WorkerInit) -> LockdownSpec:
+        """Create the scratch directory and decide whether the worker can switch uid."""
+        spec = init.lockdown
+        os.makedirs(spec.scratch_dir, mode=0o700, exist_ok=True)
+        if os.geteuid() == 0 and spec.run_as_uid is None and not spec.no_drop_reason:
+            spec = _choose_identity(init, spec)
+        if os.geteuid() == 0 and spec.run_as_uid is not None:
+            gid = spec.run_as_gid if spec.run_as_gid is not None else spec.run_as_uid
+            # The worker loses root before it runs plugin code; its scratch must stay its own.
+            os.chown(spec.scratch_dir, spec.run_as_uid, gid)
+        return spec
+
+    def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
+        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        fd = child_sock.fileno()
+        # -I ignores the environment, so mirror the host's choice about writing bytecode.
+        flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
+        return subprocess.Popen(
+            [self._python, *flags, "-c", BOOTSTRAP, package_dir, str(os.getpid()), str(fd)],
+            env=dict(_WORKER_ENV),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=None if self._debug_stderr else subprocess.DEVNULL,
+            pass_fds=(fd,),
+            close_fds=True,
+            start_new_session=True,
+            cwd=spec.scratch_dir,
+        )
+
+    # -- talking ----------------------------------------------------------------------------
+
+    def _send(self, frame: Mapping[str, Any], deadline: float, phase: str, limit: float) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            send_frame(sock, frame, deadline=deadline)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"arguments for plugin `{self._plugin}` are not JSON-able: "
+                             f"{error}") from error
+        except TimeoutError:
+            raise self._timeout(phase, limit, "the worker stopped reading") from None
+        except OSError as error:
+            raise self._death() from error
+
+    def _exchange(self, deadline: float, phase: str, limit: float) -> dict[str, Any]:
+        """Wait for the reply to what was sent, serving capability and log frames meanwhile."""
+        while True:
+            frame = self._receive(deadline, phase, limit)
+            op = frame.get("op")
+            if op == "cap":
+                self._send(self._capability(frame), deadline, phase, limit)
+            elif op == "log":
+                self._relay_log(frame)
+            else:
+                return frame
+
+    def _receive(self, deadline: float, phase: str, limit: float) -> dict[str, Any]:
+        sock = self._sock
+        assert sock is not None and self._poller is not None
+        # When nothing can have forked, only the worker holds the other end of the socket,
+        # so its death shows as end of stream and a plain timed read suffices (the warm
+        # path). Otherwise a daemon may keep the socket open: watch the pidfd as well.
+        while self._may_fork:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout(phase, limit)
+            # The pidfd wakes us at once when the worker dies, even when a daemon it forked
+            # still holds its end of the socket open. Without pidfd, poll in short slices.
+            wait = remaining if self._pidfd is not None else min(remaining, 0.05)
+            events = dict(self._poller.poll(math.ceil(wait * 1000)))
+            sock_events = events.get(sock.fileno(), 0)
+            if sock_events & select.POLLIN:
+                break
+            if sock_events or (self._pidfd is not None and self._pidfd in events) or (
+                    self._pidfd is None and not self.alive):
+                raise self._death()
+        self._spin(sock)
+        try:
+            frame = recv_frame(sock, deadline=deadline)
+        except TimeoutError:
+            stalled = "the worker stalled in the middle of a frame" if self._may_fork else ""
+            raise self._timeout(phase, limit, stalled) from None
+        except ChannelClosedError as error:
+            raise self._death() from error
+        except FrameError as error:
+            self._kill()
+            raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: "
+                                     f"{error}", plugin=self._plugin) from error
+        if not isinstance(frame, dict):
+            self._kill()
+            raise PluginCrashedError(f"worker of plugin `{self._plugin}` sent a frame that is "
+                                     "not an object", plugin=self._plugin)
+        return frame
+
+    def _spin(self, sock: socket.socket) -> None:
+        """Busy-wait up to the spin budget for the first byte of the reply."""
+        if self._spin_seconds <= 0:
+            return
+        end = time.perf_counter() + self._spin_seconds
+        while time.perf_counter() < end:
+            try:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return  # data, or end of stream: either way recv_frame takes it from here
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+
+    def _capability(self, frame: Mapping[str, Any]) -> dict[str, Any]:
+        handler = self._capability_handler
+        capability = str(frame.get("capability", ""))
+        method = str(frame.get("method", ""))
+        args = frame.get("args")
+        try:
+            if handler is None:
+                raise EnforcementError(f"the host offers no capabilities (`{capability}` "
+                                       f"requested)", plugin=self._plugin)
+            value = handler(capability, method, list(args) if isinstance(args, list) else [])
+            return {"op": "cap_result", "value": value}
+        except Exception as error:  # sent back to the plugin; the host carries on
+            # No traceback: the host's stack is none of the plugin's business.
+            return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
+
+    def _relay_log(self, frame: Mapping[str, Any]) -> None:
+        name = str(frame.get("logger", ""))
+        if not name.startswith(_PLUGIN_LOGGER + ".") and name != _PLUGIN_LOGGER:
+            name = f"{_PLUGIN_LOGGER}.{self._plugin}"
+        level = frame.get("level")
+        level = level if isinstance(level, int) and 0 <= level <= 50 else logging.INFO
+        logging.getLogger(name).log(level, "%s", str(frame.get("message", ""))[:8192])
+
+    def _result(self, reply: Mapping[str, Any]) -> Any:
+        if reply.get("op") == "result":
+            return reply.get("value")
+        error = self._error_from(reply)
+        if isinstance(error, ResourceLimitError) and not isinstance(error, FileSizeError):
+            # After a MemoryError the interpreter may be in a poor state: start afresh.
+            self._kill()
+            self._shutdown()
+        raise error
+
+    def _error_from(self, reply: Mapping[str, Any]) -> Exception:
+        if reply.get("op") == "error" and isinstance(reply.get("error"), Mapping):
+            return exception_from_data(reply["error"], plugin=self._plugin)
+        self._kill()
+        return PluginCrashedError(f"worker of plugin `{self._plugin}` sent an unexpected "
+                                  f"{reply.get('op')!r} frame", plugin=self._plugin)
+
+    @property
+    def _plugin(self) -> str:
+        return self._init.plugin if self._init is not None else "?"
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _timeout(self, phase: str, limit: float, detail: str = "") -> PluginTimeoutError:
+        self._kill()
+        self._shutdown()
+        return PluginTimeoutError(self._plugin, phase, limit, detail)
+
+    def _death(self) -> EnforcementError:
+        """The error for a worker that died on its own (or was killed by the sampler)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None and not self._wait_exit(0.1):
+            # Alive but its end of the channel is closed: it cannot be talked to any more.
+            self._kill()
+            self._shutdown()
+            return PluginCrashedError(f"worker of plugin `{self._plugin}` closed its channel "
+                                      "to the host and was stopped", plugin=self._plugin)
+        returncode = proc.wait() if proc is not None else None
+        pid = proc.pid if proc is not None else 0
+        # Descendants were re-parented away from the dead worker; chase the ones last seen.
+        self._kill()
+        violation = self._violation
+        self._shutdown()
+        if violation is not None:
+            return violation
+        plugin = self._plugin
+        if returncode is not None and returncode < 0:
+            signum = -returncode
+            name = _signal_name(signum)
+            if signum == signal.SIGXCPU:
+                return ResourceLimitError(
+                    f"plugin `{plugin}` used up its lifetime CPU allowance ({name})",
+                    plugin=plugin, resource="cpu")
+            if signum == signal.SIGXFSZ:
+                return FileSizeError(f"plugin `{plugin}` wrote past its file-size limit ({name})",
+                                     plugin=plugin, resource="file_size")
+            extra = " (possibly the kernel's OOM killer)" if signum == signal.SIGKILL else ""
+            return PluginCrashedError(f"worker of plugin `{plugin}` (pid {pid}) was killed by "
+                                      f"{name}{extra}", plugin=plugin)
+        return PluginCrashedError(f"worker of plugin `{plugin}` (pid {pid}) exited with status "
+                                  f"{returncode}", plugin=plugin)
+
+    def _on_violation(self, error: ResourceLimitError) -> None:
+        """Called by the sampler thread: record the error for the caller, kill the tree."""
+        with self._signal_lock:
+            if self._violation is None:
+                self._violation = error
+                log.warning("%s", error)
+        self._kill()
+
+    # -- killing ------------------------------------------------------------------------------
+
+    def _signal_tree(self, signum: int) -> None:
+        """Send ``signum`` to the worker's process group and every descendant (throttling)."""
+        with self._signal_lock:
+            proc = self._proc
+            if proc is None or proc.returncode is not None:
+                return
+            _killpg(proc.pid, signum)
+            if self._may_fork:
+                for pid in reaper.descendants(proc.pid):
+                    _kill_pid(pid, signum)
+
+    def _kill(self) -> None:
+        """Kill the worker and its whole tree, and reap the worker. Idempotent."""
+        with self._signal_lock:
+            proc = self._proc
+            if proc is None:
+                return
+            known = self._sampler.known_processes() if self._sampler is not None else []
+            if proc.returncode is None and proc.poll() is None and not self._may_fork:
+                # Nothing can have forked (seccomp forbids it): a SIGTERM and a short grace.
+                _killpg(proc.pid, signal.SIGTERM)
+                if not self._wait_exit(_TERM_GRACE):
+                    _killpg(proc.pid, signal.SIGKILL)
+            elif proc.returncode is None and proc.poll() is None:
+                # Freeze first, kill after: between the two nothing can fork away. No grace:
+                # resuming the frozen tree would reopen that window.
+                _killpg(proc.pid, signal.SIGSTOP)
+                frozen = reaper.freeze([proc.pid], known)
+                _killpg(proc.pid, signal.SIGKILL)
+                self._report_survivors(reaper.kill_frozen(frozen.values()))
+            else:
+                # The worker is already dead; its orphans went to init. Chase the ones seen.
+                frozen = reaper.freeze([], known)
+                self._report_survivors(reaper.kill_frozen(frozen.values()))
+            proc.wait()
+
+    def _report_survivors(self, pids: list[int]) -> None:
+        if pids:
+            log.error("processes %s of plugin `%s` survived SIGKILL", pids, self._plugin)
+
+    def _wait_exit(self, seconds: float) -> bool:
+        proc = self._proc
+        assert proc is not None
+        if self._pidfd is not None:
+            ready, _, _ = select.select([self._pidfd], [], [], seconds)
+            return bool(ready) or proc.poll() is not None
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def _sweep_leftovers(self) -> None:
+        """Kill descendants still running after a call: a daemon must not outlive it."""
+        proc = self._proc
+        if not self._may_fork or proc is None or proc.poll() is not None:
+            return
+        if not reaper.descendants(proc.pid):
+            return
+        with self._signal_lock:
+            frozen = reaper.freeze([proc.pid])
+            self._report_survivors(reaper.kill_frozen(frozen.values()))
+        # The killed processes are now zombie children of the worker (the subreaper).
+        deadline = time.monotonic() + _REAP_TIMEOUT
+        try:
+            self._send({"op": "reap"}, deadline, "cleanup", _REAP_TIMEOUT)
+            self._exchange(deadline, "cleanup", _REAP_TIMEOUT)
+        except EnforcementError as error:
+            log.warning("cleaning up after plugin `%s` failed: %s", self._plugin, error)
+
+    def _polite_stop(self, timeout: float) -> None:
+        """Let the plugin run ``cleanup()``; the worker answers and waits to be killed."""
+        if self._sock is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            self._send({"op": "stop"}, deadline, "cleanup", timeout)
+            self._exchange(deadline, "cleanup", timeout)
+        except EnforcementError as error:
+            log.info("plugin `%s` did not stop cleanly: %s", self._plugin, error)
+
+    def _shutdown(self) -> None:
+        """Release everything of the current worker (which must be dead or about to be)."""
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
+        if self._proc is not None and self._proc.poll() is None:
+            self._kill()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._poller = None
+        self._proc = None
+        _LIVE.discard(self)
+
+
+def _choose_identity(init: WorkerInit, spec: LockdownSpec) -> LockdownSpec:
+    """Ask for the ``nobody`` uid when it can still use everything the worker needs."""
+    ids = kernel.unprivileged_ids()
+    if ids is None:
+        return replace(spec, no_drop_reason=f"no `{kernel.UNPRIVILEGED_NAME}` account")
+    uid, gid = ids
+    reads = [*kernel.runtime_paths(), spec.plugin_dir, *init.sys_path, *spec.read_paths,
+             os.path.dirname(os.path.abspath(spec.scratch_dir))]
+    blocker = kernel.privilege_drop_blocker(uid, gid, reads, spec.write_paths)
+    if blocker is not None:
+        return replace(spec, no_drop_reason=blocker)
+    return replace(spec, run_as_uid=uid, run_as_gid=gid)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd: int = opener(pid)
+    except OSError:
+        return None
+    return fd
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_pid(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
