@@ -1,56 +1,103 @@
 """``policy-engine``: ask a policy set questions and run plugins under it.
 
 A thin layer over the library: every subcommand parses its arguments, calls the library,
-and hands the result to a formatter. ``main(argv) -> int`` never raises for a user mistake:
-errors are one line on stderr and exit code 2.
+and hands the result to a formatter (:mod:`policy_engine.cli.tables` or JSON).
+``main(argv) -> int`` never raises for a user mistake: errors are one line on stderr and
+exit code 2.
+
+Subcommands: ``decide`` (one request, explained), ``matrix`` (every plugin's effective
+grants), ``diff`` (the impact of a policy edit), ``fmt`` (canonical layout of ``.policy``
+files) and ``digest`` (the content pin of a plugin directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
-from ..engine import Engine
-from ..errors import PolicyEngineError
+from ..diagnostics import Diagnostic
+from ..digest import plugin_digest
+from ..engine import Engine, read_policy_sources
+from ..errors import ManifestError, PolicyEngineError, UsageError
+from ..formatter import format_policy, quote
+from ..grants import grant_matrix
+from ..impact import policy_impact, read_replay_log
+from ..manifest import load_manifest
+from .tables import grant_tables, impact_summary, impact_tables, render_markdown, render_text
 
 EXIT_OK = 0
-EXIT_DENIED = 1
+EXIT_DENIED = 1  # also: `diff` found changes, `fmt --check` found files to reformat
 EXIT_ERROR = 2
 
 DEFAULT_POLICY = "policies"
 
 
-def parse_pairs(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
-    """``KEY=VALUE`` arguments to a dict; a value that reads as JSON (``3``, ``true``) is typed."""
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def parse_pairs(pairs: Sequence[str] | None, what: str, *, typed: bool = True) -> dict[str, Any]:
+    """``KEY=VALUE`` arguments to a dict; with ``typed``, a value that reads as JSON (``3``,
+    ``true``) is typed, otherwise every value stays a string."""
     result: dict[str, Any] = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise PolicyEngineError(f"{what} `{pair}` is not KEY=VALUE")
-        try:
-            result[key] = json.loads(value)
-        except ValueError:
-            result[key] = value
+            raise UsageError(f"{what} `{pair}` is not KEY=VALUE")
+        result[key] = value
+        if typed:
+            try:
+                result[key] = json.loads(value)
+            except ValueError:
+                pass
     return result
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """The options every subcommand that builds an engine takes."""
-    parser.add_argument("--policy", action="append", metavar="PATH",
-                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
+def add_plugin_options(parser: argparse.ArgumentParser) -> None:
+    """``--plugins`` and ``--var``: what every engine is built against."""
     parser.add_argument("--plugins", action="append", metavar="DIR",
                         help="a plugins directory or one plugin's directory (repeatable)")
     parser.add_argument("--var", action="append", metavar="KEY=VALUE",
                         help="a template variable for patterns, such as data_dir=/var/lib/app")
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The options every subcommand that builds an engine takes."""
+    parser.add_argument("--policy", action="append", metavar="PATH",
+                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
+    add_plugin_options(parser)
+
+
+def engine_variables(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--var`` values (strings, whatever they look like)."""
+    return parse_pairs(args.var, "variable", typed=False)
+
+
+def load_engine(args: argparse.Namespace, policy: Sequence[str]) -> Engine:
+    """An engine for ``policy`` with the common ``--plugins`` and ``--var`` options."""
+    return Engine.load(list(policy), plugins=args.plugins or None, variables=engine_variables(args))
+
+
 def build_engine(args: argparse.Namespace) -> Engine:
     """An engine from the common options."""
-    variables = {k: str(v) for k, v in parse_pairs(args.var, "variable").items()}
-    return Engine.load(args.policy or [DEFAULT_POLICY], plugins=args.plugins or None, variables=variables)
+    return load_engine(args, args.policy or [DEFAULT_POLICY])
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as indented, key-sorted JSON."""
+    print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+# decide -------------------------------------------------------------------------------------
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -59,19 +106,13 @@ def cmd_decide(args: argparse.Namespace) -> int:
     context = parse_pairs(args.context, "context")
     decision = engine.decide(args.plugin, args.action, args.resource, context or None)
     if args.json:
-        print(json.dumps(decision.to_dict(), indent=2, sort_keys=True))
+        print_json(decision.to_dict())
     else:
         print(decision.explain())
     return EXIT_OK if decision.allowed else EXIT_DENIED
 
 
-def make_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``policy-engine``."""
-    parser = argparse.ArgumentParser(
-        prog="policy-engine",
-        description="Ask a policy set questions and run plugins under it.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _register_decide(commands: Any) -> None:
     decide = commands.add_parser("decide", help="decide one request and explain why")
     decide.add_argument("plugin")
     decide.add_argument("action", help="a permission such as file:read")
@@ -81,13 +122,183 @@ def make_parser() -> argparse.ArgumentParser:
     decide.add_argument("--json", action="store_true", help="print the decision as JSON")
     add_engine_options(decide)
     decide.set_defaults(handler=cmd_decide)
-    for register in EXTRA_COMMANDS:
-        register(commands)
-    return parser
 
+
+# matrix -------------------------------------------------------------------------------------
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """``matrix``: every plugin's effective grants, what it will not get, its settings."""
+    matrix = grant_matrix(build_engine(args))
+    if args.json:
+        print_json({"plugins": [plugin.to_dict() for plugin in matrix]})
+    elif args.markdown:
+        print(render_markdown(grant_tables(matrix)), end="")
+    else:
+        print(render_text(grant_tables(matrix)), end="")
+    return EXIT_OK
+
+
+def _register_matrix(commands: Any) -> None:
+    matrix = commands.add_parser(
+        "matrix", help="every plugin's effective grants, withheld permissions and limits")
+    output = matrix.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    add_engine_options(matrix)
+    matrix.set_defaults(handler=cmd_matrix)
+
+
+# diff ---------------------------------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """``diff OLD NEW``: what a policy edit changes; exit 1 when anything does."""
+    old = load_engine(args, [args.old])
+    new = load_engine(args, [args.new])
+    if not old.plugins and not new.plugins:
+        raise UsageError("no plugins to compare: pass `--plugins DIR` (diff compares what plugins get)")
+    log = read_replay_log(args.replay) if args.replay else None
+    impact = policy_impact(old, new, log)
+    if args.json:
+        print_json(impact.to_dict())
+    else:
+        print(impact_summary(impact))
+        tables = impact_tables(impact)
+        if tables:
+            print()
+            print(render_text(tables), end="")
+    return EXIT_DENIED if impact.changed else EXIT_OK
+
+
+def _register_diff(commands: Any) -> None:
+    diff = commands.add_parser(
+        "diff", help="the change impact of a policy edit (exit 1 when something changes)")
+    diff.add_argument("old", metavar="OLD", help="the policy in force: a .policy file or directory")
+    diff.add_argument("new", metavar="NEW", help="the edited policy: a .policy file or directory")
+    diff.add_argument("--replay", metavar="DECISION_LOG",
+                      help="re-decide the requests of a decision log under NEW and list those that flip")
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    add_plugin_options(diff)
+    diff.set_defaults(handler=cmd_diff)
+
+
+# fmt ----------------------------------------------------------------------------------------
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    """``fmt [--check] PATH...``: rewrite ``.policy`` files in canonical layout."""
+    sources = read_policy_sources(args.paths or [DEFAULT_POLICY])
+    # Format everything before writing anything, so a syntax error leaves every file as it was.
+    formatted = {path: format_policy(text, path) for path, text in sources.items()}
+    changed = [path for path, text in sources.items() if formatted[path] != text]
+    if not args.check:
+        for path in changed:
+            try:
+                Path(path).write_text(formatted[path], encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"cannot write `{path}`: {exc.strerror or exc}") from None
+    if args.json:
+        print_json({"check": args.check,
+                    "files": [{"path": path, "changed": path in changed} for path in sources]})
+    else:
+        verb = "would reformat" if args.check else "reformatted"
+        for path in changed:
+            print(f"{verb} {path}")
+        total = len(sources)
+        print(f"{len(changed)} of {total} file{'s' if total != 1 else ''} "
+              f"{'would be ' if args.check else ''}reformatted")
+    return EXIT_DENIED if args.check and changed else EXIT_OK
+
+
+def _register_fmt(commands: Any) -> None:
+    fmt = commands.add_parser("fmt", help="format .policy files canonically, keeping comments")
+    fmt.add_argument("paths", nargs="*", metavar="PATH",
+                     help=f".policy files or directories (default: {DEFAULT_POLICY}/)")
+    fmt.add_argument("--check", action="store_true",
+                     help="change nothing; list the files that would change and exit 1 if any")
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.set_defaults(handler=cmd_fmt)
+
+
+# digest -------------------------------------------------------------------------------------
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    """``digest PLUGIN_DIR``: the sha256 a ``trust`` line pins, and the line itself."""
+    directory = Path(args.plugin_dir)
+    if not directory.is_dir():
+        raise UsageError(f"plugin directory `{directory}` does not exist or is not a directory")
+    try:
+        name = load_manifest(directory).name
+    except ManifestError:
+        name = directory.resolve().name
+        print(f"policy-engine: note: no valid manifest in `{directory}`; "
+              f"the trust line names the directory `{name}`", file=sys.stderr)
+    try:
+        digest = plugin_digest(directory)
+    except OSError as exc:
+        raise UsageError(f"cannot digest `{directory}`: {exc}") from None
+    trust = f"trust plugin {quote(name)} sha256 {quote(digest)}"
+    if args.json:
+        print_json({"plugin": name, "path": str(directory), "algorithm": "sha256",
+                    "digest": digest, "trust": trust})
+    else:
+        print(f"{digest}  {directory}")
+        print(trust)
+    return EXIT_OK
+
+
+def _register_digest(commands: Any) -> None:
+    digest = commands.add_parser("digest", help="the sha256 content digest that pins a plugin")
+    digest.add_argument("plugin_dir", metavar="PLUGIN_DIR")
+    digest.add_argument("--json", action="store_true", help="print JSON")
+    digest.set_defaults(handler=cmd_digest)
+
+
+# The parser ---------------------------------------------------------------------------------
 
 #: Further subcommands register themselves here: ``register(subparsers)``.
 EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+#: Modules that, when present, add subcommands to :data:`EXTRA_COMMANDS` as they are imported.
+OPTIONAL_COMMAND_MODULES = ("policy_engine.cli.run", "policy_engine.cli.learn")
+
+
+def _import_optional_commands() -> None:
+    for name in OPTIONAL_COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``policy-engine``."""
+    parser = _Parser(
+        prog="policy-engine",
+        description="Ask a policy set questions and run plugins under it.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in (_register_decide, _register_matrix, _register_diff, _register_fmt, _register_digest):
+        register(commands)
+    _import_optional_commands()
+    for extra in EXTRA_COMMANDS:
+        extra(commands)
+    return parser
+
+
+def error_line(error: PolicyEngineError) -> str:
+    """An error as one line: the first diagnostic (with its hint) and how many more there are."""
+    diagnostics: tuple[Diagnostic, ...] = getattr(error, "diagnostics", ())
+    if not diagnostics:
+        return " ".join(str(error).split())
+    first = diagnostics[0]
+    line = first.render(caret=False).splitlines()[0]
+    if first.hint:
+        line += f" ({first.hint})"
+    if len(diagnostics) > 1:
+        more = len(diagnostics) - 1
+        line += f"; {more} more problem{'s' if more != 1 else ''}"
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except PolicyEngineError as exc:
-        print(f"policy-engine: error: {exc}", file=sys.stderr)
+        print(f"policy-engine: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
@@ -109,4 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # `∩` and non-ASCII paths must not crash a non-UTF-8 terminal
+        reconfigure(errors="backslashreplace")
     sys.exit(main())

@@ -1,0 +1,411 @@
+"""What each plugin will effectively get, in domain terms (``policy-engine matrix``).
+
+A plugin gets, for each permission its manifest declares, the resources that are both
+declared and allowed by a rule, minus those a deny rule blocks. This module computes that
+from the compiled decision table, exactly and without sampling:
+
+* a **granted scope** is the intersection of a declared pattern and an allow rule's pattern,
+  shown as the narrower of the two when one contains the other, else as
+  ``declared A ∩ rule B``; a grant whose rule has a ``when``/``unless`` that reads
+  ``context.*`` carries that condition (conditions on ``plugin.*`` alone were settled when
+  the table was built);
+* a **blocked scope** is a deny rule's pattern that overlaps a granted scope;
+* a declared scope is **withheld** when no allow rule overlaps it, or every grant overlapping
+  it is covered by an unconditional deny.
+
+Two plugins whose :class:`PermissionGrants` have equal granted and blocked scopes (text and
+condition) get the same decision for every request: :mod:`policy_engine.impact` diffs
+policies by comparing them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .engine import Engine
+from .formatter import format_condition
+from .patterns import HostPattern, NamePattern, PathPattern, Pattern
+from .permissions import Permission
+from .settings import Limits, Timeouts
+from .table import ActionEntry, PinStatus, PluginTable, TableRule
+
+__all__ = [
+    "ANY",
+    "PermissionGrants",
+    "PluginGrants",
+    "Scope",
+    "Withheld",
+    "grant_matrix",
+    "overlaps",
+    "plugin_grants",
+    "rule_condition",
+    "show_pattern",
+]
+
+#: How a scope that covers every resource (no ``on``, or no scopes declared) is shown.
+ANY = "any"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """A resource scope in domain terms, with the condition under which it applies.
+
+    ``parts`` are the patterns whose intersection it is, in domain terms: ``()`` for any
+    resource, one pattern, or a declared and a rule pattern. ``text`` says the same for a
+    person: ``/srv/data/**``, ``api.example.com:443``, ``declared A ∩ rule B`` or ``any``.
+    ``condition`` is None when the scope applies unconditionally. ``rules`` are the
+    ``file:line:col`` of the rules that give it.
+    """
+
+    parts: tuple[str, ...]
+    condition: str | None
+    rules: tuple[str, ...]
+    note: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The scope as a person reads it."""
+        if not self.parts:
+            return ANY
+        if len(self.parts) == 1:
+            return self.parts[0]
+        return f"declared {self.parts[0]} ∩ rule {self.parts[1]}"
+
+    @property
+    def key(self) -> tuple[tuple[str, ...], str | None]:
+        """What the scope means (its patterns and condition), without where it came from."""
+        return (self.parts, self.condition)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form."""
+        out: dict[str, Any] = {"scope": self.text, "patterns": list(self.parts),
+                               "condition": self.condition, "rules": list(self.rules)}
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """A declared scope the plugin will not get, and why."""
+
+    declared: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form."""
+        return {"scope": self.declared, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionGrants:
+    """One declared permission of one plugin: what it asked for and what it gets.
+
+    ``declared`` is None when the manifest asks for any resource.
+    """
+
+    permission: Permission
+    declared: tuple[str, ...] | None
+    granted: tuple[Scope, ...]
+    blocked: tuple[Scope, ...]
+    withheld: tuple[Withheld, ...]
+    #: Every deny scope that applies to the plugin and permission (``blocked`` are those
+    #: that overlap a grant); kept for comparisons, not shown.
+    denies: tuple[Scope, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form."""
+        return {
+            "permission": self.permission.value,
+            "declared": None if self.declared is None else list(self.declared),
+            "granted": [s.to_dict() for s in self.granted],
+            "blocked": [s.to_dict() for s in self.blocked],
+            "withheld": [w.to_dict() for w in self.withheld],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PluginGrants:
+    """Everything one plugin effectively gets: grants per declared permission, settings."""
+
+    name: str
+    enabled: bool
+    pin: PinStatus
+    permissions: tuple[PermissionGrants, ...]
+    timeouts: Timeouts
+    limits: Limits
+    notes: tuple[str, ...]
+
+    @property
+    def status(self) -> str:
+        """``enabled`` or ``disabled``, with the pin state when there is a pin."""
+        state = "enabled" if self.enabled else "disabled"
+        if self.pin is PinStatus.MATCH:
+            return f"{state}, pinned"
+        if self.pin is PinStatus.MISMATCH:
+            return f"{state}, pin mismatch"
+        return state
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form (seconds, bytes, fractions of a core)."""
+        limits = self.limits
+        return {
+            "plugin": self.name,
+            "enabled": self.enabled,
+            "pin": self.pin.value,
+            "permissions": [p.to_dict() for p in self.permissions],
+            "timeouts": {"init": self.timeouts.init, "hook": self.timeouts.hook,
+                         "execute": self.timeouts.execute},
+            "limits": {
+                "memory": limits.memory, "memory_warn": limits.memory_warn, "cpu": limits.cpu,
+                "file_size": limits.file_size, "on_violation": limits.on_violation.value,
+                "isolation": limits.isolation.value, "allow_degraded": limits.allow_degraded,
+            },
+            "notes": list(self.notes),
+        }
+
+
+# Patterns in domain terms -------------------------------------------------------------------
+
+
+def show_pattern(pattern: Pattern, plugin_dir: str | None = None) -> str:
+    """A pattern as a person reads it: paths with the plugin's directory as
+    ``{plugin_dir}``, hosts always with a port (``*`` for any port), names as written."""
+    if isinstance(pattern, HostPattern):
+        host = f"[{pattern.host_text}]" if ":" in pattern.host_text else pattern.host_text
+        return f"{host}:{'*' if pattern.port is None else pattern.port}"
+    text = pattern.canonical
+    if isinstance(pattern, PathPattern) and plugin_dir:
+        root = plugin_dir.rstrip("/")
+        if root and (text == root or text.startswith(root + "/")):
+            return "{plugin_dir}" + text[len(root):]
+    return text
+
+
+def _glob_overlap(left: str, right: str, single: str | None) -> bool:
+    """Whether two globs (``*`` any run, ``single`` any one character) share a string."""
+
+    @functools.cache
+    def meet(i: int, j: int) -> bool:
+        if i == len(left) and j == len(right):
+            return True
+        if i < len(left) and left[i] == "*" and meet(i + 1, j):
+            return True
+        if j < len(right) and right[j] == "*" and meet(i, j + 1):
+            return True
+        if i == len(left) or j == len(right):
+            return False
+        a, b = left[i], right[j]
+        if a == "*" and b == "*":
+            return False  # one of the stars can always step aside (above)
+        if a == "*" or b == "*" or a == b or single in (a, b):
+            return meet(i if a == "*" else i + 1, j if b == "*" else j + 1)
+        return False
+
+    return meet(0, 0)
+
+
+def _segments_overlap(left: Sequence[str], right: Sequence[str]) -> bool:
+    """Whether two path globs (segment lists, ``**`` any run of segments) share a path."""
+
+    @functools.cache
+    def meet(i: int, j: int) -> bool:
+        if i == len(left) and j == len(right):
+            return True
+        if i < len(left) and left[i] == "**" and meet(i + 1, j):
+            return True
+        if j < len(right) and right[j] == "**" and meet(i, j + 1):
+            return True
+        if i == len(left) or j == len(right):
+            return False
+        a, b = left[i], right[j]
+        if a == "**" and b == "**":
+            return False
+        if a == "**" or b == "**" or _glob_overlap(a, b, "?"):
+            return meet(i if a == "**" else i + 1, j if b == "**" else j + 1)
+        return False
+
+    return meet(0, 0)
+
+
+def overlaps(left: Pattern, right: Pattern) -> bool:
+    """Whether some resource matches both patterns (exact for hosts, names and paths)."""
+    if isinstance(left, PathPattern) and isinstance(right, PathPattern):
+        return _segments_overlap(left.segments, right.segments)
+    if isinstance(left, NamePattern) and isinstance(right, NamePattern):
+        return _glob_overlap(left.canonical, right.canonical, None)
+    if isinstance(left, HostPattern) and isinstance(right, HostPattern):
+        if left.port is not None and right.port is not None and left.port != right.port:
+            return False
+        a, b = left.host_text, right.host_text
+        if a == "*" or b == "*":
+            return True
+        if a.startswith("*.") and b.startswith("*."):
+            return a.endswith(b[1:]) or b.endswith(a[1:])
+        if a.startswith("*."):
+            return b.endswith(a[1:])
+        if b.startswith("*."):
+            return a.endswith(b[1:])
+        return a == b
+    return False
+
+
+# Regions: a declared pattern, a rule pattern, or their intersection -------------------------
+
+# A region is the tuple of patterns whose intersection it is; () is every resource.
+_Region = tuple[Pattern, ...]
+
+
+def _meet(declared: Pattern | None, rule: Pattern | None) -> _Region | None:
+    """The intersection of a declared and a rule pattern (None: either means any), or None
+    when they share nothing."""
+    if declared is None:
+        return () if rule is None else (rule,)
+    if rule is None or rule.subsumes(declared):
+        return (declared,)
+    if declared.subsumes(rule):
+        return (rule,)
+    if not overlaps(declared, rule):
+        return None
+    return (declared, rule)
+
+
+def _shown(patterns: Iterable[Pattern | None], plugin_dir: str) -> tuple[str, ...]:
+    return tuple(show_pattern(p, plugin_dir) for p in patterns if p is not None)
+
+
+def _region_overlaps(region: _Region, pattern: Pattern | None) -> bool:
+    if pattern is None or not region:
+        return True
+    return all(overlaps(p, pattern) for p in region)
+
+
+def _covers(deny: TableRule, region: _Region) -> bool:
+    """Whether an unconditional deny rule covers the whole region."""
+    if deny.patterns is None:
+        return True
+    if not region:
+        return False  # a request without a resource matches only rules without `on`
+    return any(pattern.subsumes(part) for pattern in deny.patterns for part in region)
+
+
+def rule_condition(rule: TableRule) -> str | None:
+    """The ``when``/``unless`` text that still decides per request (None: always applies).
+
+    A deny rule whose condition could not be evaluated always applies, so it has none.
+    """
+    if rule.error is not None:
+        return None
+    parts = []
+    if rule.when is not None:
+        parts.append("when " + format_condition(rule.when))
+    if rule.unless is not None:
+        parts.append("unless " + format_condition(rule.unless))
+    return " ".join(parts) or None
+
+
+def _is_unconditional(rule: TableRule) -> bool:
+    return rule_condition(rule) is None
+
+
+def _merge(scopes: Iterable[tuple[tuple[str, ...], str | None, str, str | None]]) -> tuple[Scope, ...]:
+    """Scopes with equal patterns and condition merged (their rules listed together), sorted."""
+    merged: dict[tuple[tuple[str, ...], str | None], tuple[list[str], str | None]] = {}
+    for parts, condition, rule, note in scopes:
+        rules, _ = merged.setdefault((parts, condition), ([], note))
+        if rule not in rules:
+            rules.append(rule)
+    found = [Scope(parts, condition, tuple(rules), note)
+             for (parts, condition), (rules, note) in merged.items()]
+    return tuple(sorted(found, key=lambda s: (s.text, s.parts, s.condition or "")))
+
+
+def _permission_grants(permission: Permission, entry: ActionEntry, table: PluginTable) -> PermissionGrants:
+    plugin_dir = table.plugin_dir
+    declared_patterns: tuple[Pattern | None, ...] = (
+        (None,) if entry.declared_patterns is None else entry.declared_patterns
+    )
+    declared_texts = None if entry.declared_patterns is None else tuple(
+        show_pattern(p, plugin_dir) for p in entry.declared_patterns
+    )
+    refused = _refusal(table)
+    if refused is not None:
+        withheld = tuple(Withheld(ANY if d is None else show_pattern(d, plugin_dir), refused)
+                         for d in declared_patterns)
+        return PermissionGrants(permission, declared_texts, (), (), withheld, ())
+
+    unconditional_denies = [d for d in entry.denies if _is_unconditional(d)]
+    granted: list[tuple[_Region, TableRule]] = []
+    withheld_list: list[Withheld] = []
+    for declared in declared_patterns:
+        shown = ANY if declared is None else show_pattern(declared, plugin_dir)
+        regions: list[tuple[_Region, TableRule]] = []
+        for allow in entry.allows:
+            for rule_pattern in (None,) if allow.patterns is None else allow.patterns:
+                region = _meet(declared, rule_pattern)
+                if region is not None:
+                    regions.append((region, allow))
+        if not regions:
+            region_of_declared: _Region = () if declared is None else (declared,)
+            denying = [d.ref.location for d in unconditional_denies if _covers(d, region_of_declared)]
+            also = f", and {', '.join(denying)} denies it" if denying else ""
+            withheld_list.append(Withheld(shown, "no allow rule grants it" + also))
+            continue
+        open_regions = []
+        shadowing: list[str] = []
+        for region, allow in regions:
+            blockers = [d.ref.location for d in unconditional_denies if _covers(d, region)]
+            if blockers:
+                shadowing.extend(b for b in blockers if b not in shadowing)
+            else:
+                open_regions.append((region, allow))
+        if not open_regions:
+            withheld_list.append(Withheld(shown, "denied by " + ", ".join(shadowing)))
+        granted.extend(open_regions)
+
+    granted_scopes = _merge(
+        (_shown(region, plugin_dir), rule_condition(allow), allow.ref.location, None)
+        for region, allow in granted
+    )
+    denies = [
+        (pattern, (_shown((pattern,), plugin_dir), rule_condition(deny),
+                   deny.ref.location, None if deny.error is None else
+                   f"applies because its condition cannot be evaluated: {deny.error}"))
+        for deny in entry.denies
+        for pattern in ((None,) if deny.patterns is None else deny.patterns)
+    ]
+    blocked_scopes = _merge(
+        shown for pattern, shown in denies
+        if any(_region_overlaps(region, pattern) for region, _ in granted)
+    )
+    return PermissionGrants(permission, declared_texts, granted_scopes, blocked_scopes,
+                            tuple(withheld_list), _merge(shown for _, shown in denies))
+
+
+def _refusal(table: PluginTable) -> str | None:
+    if not table.enabled:
+        return "the plugin is disabled"
+    if table.pin is PinStatus.MISMATCH:
+        return "the plugin's content does not match its pin"
+    return None
+
+
+def plugin_grants(table: PluginTable) -> PluginGrants:
+    """What one plugin effectively gets, from its compiled table."""
+    permissions = tuple(
+        _permission_grants(permission, entry, table)
+        for permission, entry in sorted(table.entries.items(), key=lambda kv: kv[0].value)
+        if entry.declared
+    )
+    effective = table.effective
+    return PluginGrants(table.name, table.enabled, table.pin, permissions,
+                        effective.timeouts, effective.limits, effective.notes)
+
+
+def grant_matrix(engine: Engine) -> tuple[PluginGrants, ...]:
+    """Every registered plugin's effective grants, sorted by plugin name."""
+    tables = (engine.plugin_table(name) for name in engine.plugins)
+    return tuple(plugin_grants(table) for table in tables if table is not None)
