@@ -21,9 +21,9 @@ policies by comparing them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .engine import Engine
 from .formatter import format_condition
@@ -185,58 +185,55 @@ def show_pattern(pattern: Pattern, plugin_dir: str | None = None) -> str:
     return text
 
 
-def _glob_overlap(left: str, right: str, single: str | None) -> bool:
-    """Whether two globs (``*`` any run, ``single`` any one character) share a string."""
+_T = TypeVar("_T")
+
+
+def _sequences_overlap(left: Sequence[_T], right: Sequence[_T], star: _T,
+                       pair: Callable[[_T, _T], bool]) -> bool:
+    """Whether two token sequences, where ``star`` matches any run of tokens, match a
+    common sequence; ``pair(a, b)`` says whether two other tokens match a common token.
+
+    The companion of :func:`policy_engine.patterns._covers` (containment) for overlap.
+    """
 
     @functools.cache
     def meet(i: int, j: int) -> bool:
         if i == len(left) and j == len(right):
             return True
-        if i < len(left) and left[i] == "*" and meet(i + 1, j):
+        if i < len(left) and left[i] == star and meet(i + 1, j):
             return True
-        if j < len(right) and right[j] == "*" and meet(i, j + 1):
+        if j < len(right) and right[j] == star and meet(i, j + 1):
             return True
         if i == len(left) or j == len(right):
             return False
         a, b = left[i], right[j]
-        if a == "*" and b == "*":
+        if a == star and b == star:
             return False  # one of the stars can always step aside (above)
-        if a == "*" or b == "*" or a == b or single in (a, b):
-            return meet(i if a == "*" else i + 1, j if b == "*" else j + 1)
+        if a == star or b == star or pair(a, b):
+            return meet(i if a == star else i + 1, j if b == star else j + 1)
         return False
 
     return meet(0, 0)
 
 
-def _segments_overlap(left: Sequence[str], right: Sequence[str]) -> bool:
-    """Whether two path globs (segment lists, ``**`` any run of segments) share a path."""
+def _same_char(a: str, b: str) -> bool:
+    return a == b
 
-    @functools.cache
-    def meet(i: int, j: int) -> bool:
-        if i == len(left) and j == len(right):
-            return True
-        if i < len(left) and left[i] == "**" and meet(i + 1, j):
-            return True
-        if j < len(right) and right[j] == "**" and meet(i, j + 1):
-            return True
-        if i == len(left) or j == len(right):
-            return False
-        a, b = left[i], right[j]
-        if a == "**" and b == "**":
-            return False
-        if a == "**" or b == "**" or _glob_overlap(a, b, "?"):
-            return meet(i if a == "**" else i + 1, j if b == "**" else j + 1)
-        return False
 
-    return meet(0, 0)
+def _path_chars(a: str, b: str) -> bool:
+    return a == b or "?" in (a, b)  # `?` is one character in a path segment
+
+
+def _path_segments(a: str, b: str) -> bool:
+    return _sequences_overlap(a, b, "*", _path_chars)
 
 
 def overlaps(left: Pattern, right: Pattern) -> bool:
     """Whether some resource matches both patterns (exact for hosts, names and paths)."""
     if isinstance(left, PathPattern) and isinstance(right, PathPattern):
-        return _segments_overlap(left.segments, right.segments)
+        return _sequences_overlap(left.segments, right.segments, "**", _path_segments)
     if isinstance(left, NamePattern) and isinstance(right, NamePattern):
-        return _glob_overlap(left.canonical, right.canonical, None)
+        return _sequences_overlap(left.canonical, right.canonical, "*", _same_char)
     if isinstance(left, HostPattern) and isinstance(right, HostPattern):
         if left.port is not None and right.port is not None and left.port != right.port:
             return False
