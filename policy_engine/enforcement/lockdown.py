@@ -31,7 +31,7 @@ from typing import Any
 
 from . import kernel, landlock, seccomp
 
-__all__ = ["AppliedLockdown", "LockdownSpec", "apply_lockdown"]
+__all__ = ["AppliedLockdown", "LockdownSpec", "ParentGoneError", "apply_lockdown", "landlock_plan"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
@@ -96,6 +96,7 @@ class LockdownSpec:
     read_paths: tuple[str, ...] = ()
     write_paths: tuple[str, ...] = ()
     connect_ports: tuple[int, ...] = ()
+    connect_any_port: bool = False  # a host granted without a port: TCP connect is not fenced
     allow_network: bool = False
     allow_subprocess: bool = False
     run_as_uid: int | None = None
@@ -114,6 +115,7 @@ class LockdownSpec:
             "read_paths": list(self.read_paths),
             "write_paths": list(self.write_paths),
             "connect_ports": list(self.connect_ports),
+            "connect_any_port": self.connect_any_port,
             "allow_network": self.allow_network,
             "allow_subprocess": self.allow_subprocess,
             "run_as_uid": self.run_as_uid,
@@ -137,6 +139,7 @@ class LockdownSpec:
             read_paths=tuple(str(p) for p in data.get("read_paths", ())),
             write_paths=tuple(str(p) for p in data.get("write_paths", ())),
             connect_ports=tuple(int(p) for p in data.get("connect_ports", ())),
+            connect_any_port=bool(data.get("connect_any_port", False)),
             allow_network=bool(data.get("allow_network", False)),
             allow_subprocess=bool(data.get("allow_subprocess", False)),
             run_as_uid=optional_int(data.get("run_as_uid")),
@@ -145,9 +148,40 @@ class LockdownSpec:
         )
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class AppliedLockdown:
     """What :func:`apply_lockdown` actually did; ``missing`` says what it could not."""
+
+    subreaper: bool
+    rlimits: Mapping[str, int]
+    uid: int
+    privileges_dropped: bool
+    capabilities_dropped: bool
+    parent_death_signal: bool
+    no_new_privs: bool
+    landlock_abi: int
+    landlock: bool
+    landlock_network: bool
+    scoping: bool
+    seccomp: bool
+    missing: tuple[str, ...]
+
+    def report(self) -> kernel.IsolationReport:
+        """The isolation report the worker sends to the host."""
+        return kernel.IsolationReport(
+            level=kernel.isolation_level(self.landlock_abi, self.landlock, self.seccomp,
+                                         self.scoping),
+            landlock_abi=self.landlock_abi,
+            seccomp=self.seccomp,
+            scoping=self.scoping,
+            privileges_dropped=self.privileges_dropped,
+            missing=self.missing,
+        )
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Filled in step by step while the lockdown runs; frozen into AppliedLockdown at the end."""
 
     subreaper: bool = False
     rlimits: dict[str, int] = field(default_factory=dict)
@@ -163,17 +197,15 @@ class AppliedLockdown:
     seccomp: bool = False
     missing: list[str] = field(default_factory=list)
 
-    def report(self) -> kernel.IsolationReport:
-        """The isolation report the worker sends to the host."""
-        return kernel.IsolationReport(
-            level=kernel.isolation_level(self.landlock_abi, self.landlock, self.seccomp,
-                                         self.scoping),
-            landlock_abi=self.landlock_abi,
-            seccomp=self.seccomp,
-            scoping=self.scoping,
+    def freeze(self) -> AppliedLockdown:
+        return AppliedLockdown(
+            subreaper=self.subreaper, rlimits=dict(self.rlimits), uid=self.uid,
             privileges_dropped=self.privileges_dropped,
-            missing=tuple(self.missing),
-        )
+            capabilities_dropped=self.capabilities_dropped,
+            parent_death_signal=self.parent_death_signal, no_new_privs=self.no_new_privs,
+            landlock_abi=self.landlock_abi, landlock=self.landlock,
+            landlock_network=self.landlock_network, scoping=self.scoping, seccomp=self.seccomp,
+            missing=tuple(self.missing))
 
 
 class ParentGoneError(RuntimeError):
@@ -182,7 +214,7 @@ class ParentGoneError(RuntimeError):
 
 def apply_lockdown(spec: LockdownSpec, *, parent_pid: int) -> AppliedLockdown:
     """Apply every step to the calling (single-threaded) process; see the module doc."""
-    applied = AppliedLockdown()
+    applied = _Progress()
     libc = ctypes.CDLL(None, use_errno=True)
     applied.subreaper = _prctl(libc, _PR_SET_CHILD_SUBREAPER, 1) == 0
     if not applied.subreaper:
@@ -195,7 +227,7 @@ def apply_lockdown(spec: LockdownSpec, *, parent_pid: int) -> AppliedLockdown:
         applied.missing.append("no_new_privs: not supported by the kernel")
     _apply_landlock(spec, applied)
     _apply_seccomp(spec, applied)
-    return applied
+    return applied.freeze()
 
 
 def _prctl(libc: ctypes.CDLL, option: int, arg2: int) -> int:
@@ -205,7 +237,7 @@ def _prctl(libc: ctypes.CDLL, option: int, arg2: int) -> int:
 
 # -- 2. resource limits ---------------------------------------------------------------------
 
-def _apply_rlimits(spec: LockdownSpec, applied: AppliedLockdown) -> None:
+def _apply_rlimits(spec: LockdownSpec, applied: _Progress) -> None:
     # A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action kills; ignored, the
     # write fails with EFBIG instead, which the worker turns into FileSizeError.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -257,7 +289,7 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def _drop_privileges(spec: LockdownSpec, applied: AppliedLockdown, libc: ctypes.CDLL) -> None:
+def _drop_privileges(spec: LockdownSpec, applied: _Progress, libc: ctypes.CDLL) -> None:
     if os.geteuid() == 0 and spec.run_as_uid is not None:
         uid = spec.run_as_uid
         gid = spec.run_as_gid if spec.run_as_gid is not None else uid
@@ -279,7 +311,7 @@ def _drop_privileges(spec: LockdownSpec, applied: AppliedLockdown, libc: ctypes.
 
 def _drop_capabilities(libc: ctypes.CDLL) -> bool:
     """Empty every capability set, bounding and ambient included; True when all are empty."""
-    if _effective_capabilities() == 0 and os.geteuid() != 0:
+    if _capability_state() == 0 and os.geteuid() != 0:
         return True
     # Securebits and the bounding set need CAP_SETPCAP, so they go before capset.
     _prctl(libc, _PR_SET_SECUREBITS, _SECUREBITS_LOCKED_DOWN)
@@ -290,10 +322,11 @@ def _drop_capabilities(libc: ctypes.CDLL) -> bool:
     header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
     libc.capset(ctypes.byref(header), data)
-    return _effective_capabilities() == 0
+    return _capability_state() == 0
 
 
-def _effective_capabilities() -> int:
+def _capability_state() -> int:
+    """0 when the effective and permitted sets are empty, 1 when not, -1 when unknown."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -314,7 +347,7 @@ def _last_capability() -> int:
 
 # -- 4. parent death ------------------------------------------------------------------------
 
-def _tie_to_parent(libc: ctypes.CDLL, parent_pid: int, applied: AppliedLockdown) -> None:
+def _tie_to_parent(libc: ctypes.CDLL, parent_pid: int, applied: _Progress) -> None:
     applied.parent_death_signal = _prctl(libc, _PR_SET_PDEATHSIG, signal.SIGKILL) == 0
     if not applied.parent_death_signal:
         applied.missing.append("parent-death signal: prctl(PR_SET_PDEATHSIG) failed")
@@ -354,10 +387,12 @@ def landlock_plan(spec: LockdownSpec) -> landlock.LandlockPlan:
     if spec.allow_network:
         grants += [(p, landlock.READ) for p in _NETWORK_FILES]
     ports = spec.connect_ports if spec.allow_network else ()
-    return landlock.LandlockPlan(paths=tuple(grants), connect_ports=tuple(ports))
+    any_port = spec.allow_network and spec.connect_any_port
+    return landlock.LandlockPlan(paths=tuple(grants), connect_ports=tuple(ports),
+                                 restrict_connect=not any_port)
 
 
-def _apply_landlock(spec: LockdownSpec, applied: AppliedLockdown) -> None:
+def _apply_landlock(spec: LockdownSpec, applied: _Progress) -> None:
     applied.landlock_abi = landlock.abi_version()
     if applied.landlock_abi <= 0:
         applied.missing.append("landlock: not available in this kernel")
@@ -378,7 +413,7 @@ def _apply_landlock(spec: LockdownSpec, applied: AppliedLockdown) -> None:
 
 # -- 7. seccomp -----------------------------------------------------------------------------
 
-def _apply_seccomp(spec: LockdownSpec, applied: AppliedLockdown) -> None:
+def _apply_seccomp(spec: LockdownSpec, applied: _Progress) -> None:
     if not seccomp.available():
         applied.missing.append("seccomp: libseccomp or kernel support not available")
         return

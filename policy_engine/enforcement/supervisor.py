@@ -56,9 +56,10 @@ CapabilityHandler = Callable[[str, str, list[Any]], Any]
 _T = TypeVar("_T")
 _TERM_GRACE = 0.025  # seconds a worker gets to exit on SIGTERM before SIGKILL
 _REAP_TIMEOUT = 1.0
-# Waking a sleeping thread costs more than a fast plugin call takes (about 60 us of a 100 us
-# round trip on a small VM); spinning this long first catches quick replies awake.
-_DEFAULT_SPIN = 100e-6
+# Busy-waiting for a reply before sleeping can save a thread wake-up, but whether that pays
+# depends on the machine (measured on a 2-vCPU VM: from 100 to 40 us at one time, from 47 to
+# 65 us at another). Off by default; ``WorkerProcess(spin=...)`` turns it on.
+_DEFAULT_SPIN = 0.0
 _WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "MALLOC_ARENA_MAX": "2"}
 _PLUGIN_LOGGER = "policy_engine.plugins"
@@ -70,7 +71,9 @@ class WorkerInit:
 
     ``checker`` is the decision data the worker's audit hook consults (see
     :func:`.checker.make_checker`); ``sys_path`` are extra import roots for the plugin's
-    own dependencies (they become readable inside the sandbox).
+    own dependencies (they become readable inside the sandbox). With ``plugin_type`` the
+    worker checks that the entry class derives from that type's base class;
+    ``data_dir`` is what the plugin sees as ``ctx.data_dir`` (default: its scratch dir).
     """
 
     plugin: str
@@ -80,6 +83,8 @@ class WorkerInit:
     checker: Mapping[str, Any] = field(default_factory=dict)
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     sys_path: tuple[str, ...] = ()
+    plugin_type: str = ""
+    data_dir: str | None = None
 
     def to_frame(self) -> dict[str, Any]:
         """The init frame."""
@@ -92,6 +97,8 @@ class WorkerInit:
             "lockdown": self.lockdown.to_json(),
             "checker": dict(self.checker),
             "limits": self.limits.to_json(),
+            "plugin_type": self.plugin_type,
+            "data_dir": self.data_dir,
         }
 
 
@@ -164,7 +171,6 @@ class WorkerProcess:
         self._python = python or sys.executable
         self._debug_stderr = debug_stderr
         self._init: WorkerInit | None = None
-        self._spec: LockdownSpec | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._pidfd: int | None = None
@@ -277,7 +283,6 @@ class WorkerProcess:
     def _start(self) -> StartResult:
         init = self._require_init()
         spec = self._prepare(init)
-        self._spec = spec
         features = kernel.detect()
         # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
         self._may_fork = spec.allow_subprocess or not features.seccomp
@@ -608,14 +613,15 @@ class WorkerProcess:
             self._sampler = None
         if self._proc is not None and self._proc.poll() is None:
             self._kill()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
-        self._poller = None
-        self._proc = None
+        with self._signal_lock:  # never close what a concurrent _kill may be using
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self._poller = None
+            self._proc = None
         _LIVE.discard(self)
 
 

@@ -164,6 +164,39 @@ def test_tcp_connect_only_to_granted_ports(spec: LockdownSpec,
     assert out["fastopen"] in ("EPERM", "EACCES")
 
 
+@pytest.mark.skipif(FEATURES.landlock_abi < 4, reason="Landlock without TCP rules")
+def test_any_port_grant_leaves_tcp_connect_open(spec: LockdownSpec,
+                                                listeners: list[socket.socket]) -> None:
+    from dataclasses import replace
+
+    port = listeners[1].getsockname()[1]
+    out = run_locked(replace(spec, allow_network=True, connect_any_port=True), f'''
+    def connect():
+        with socket.create_connection(("127.0.0.1", {port}), timeout=5):
+            return None
+    def bind():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+    out["connect"] = attempt(connect)
+    out["bind"] = attempt(bind)
+    ''')
+    assert out["connect"] == "ok"
+    assert out["bind"] == "EACCES"
+
+
+def test_kernel_features_predict_the_level() -> None:
+    features = kernel.detect()
+    assert features is kernel.detect()  # cached
+    assert features.level in ("full", "landlock-without-scoping", "filesystem-only",
+                              "process-only")
+    assert (features.level == "full") == (not features.missing and features.seccomp)
+    assert kernel.isolation_level(0, False, True, False) == "process-only"
+    assert kernel.isolation_level(3, True, False, False) == "filesystem-only"
+    assert kernel.isolation_level(5, True, True, False) == "landlock-without-scoping"
+    assert kernel.isolation_level(6, True, True, True) == "full"
+
+
 @pytest.mark.skipif(FEATURES.landlock_abi < 6, reason="Landlock without scoping")
 def test_signals_cannot_leave_the_sandbox(spec: LockdownSpec) -> None:
     out = run_locked(spec, '''
@@ -208,3 +241,41 @@ def test_privilege_drop_blocker_reads_permission_bits(tmp_path: Path) -> None:
     parents_ok = all(os.stat(p).st_mode & 0o001 for p in tmp_path.parents)
     if parents_ok:
         assert kernel.privilege_drop_blocker(65534, 65534, [str(open_dir)]) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or kernel.unprivileged_ids() is None,
+                    reason="switching uid needs root and a `nobody` account")
+def test_switch_to_an_unprivileged_uid(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    uid, gid = kernel.unprivileged_ids() or (65534, 65534)
+    # Directories the new uid can reach (pytest's tmp_path is private to root).
+    base = Path(tempfile.mkdtemp(prefix="pe-uid-"))
+    try:
+        os.chmod(base, 0o755)
+        scratch, plugin = base / "scratch", base / "plugin"
+        scratch.mkdir()
+        plugin.mkdir(mode=0o755)
+        os.chown(scratch, uid, gid)  # what the supervisor does for a worker
+        private = tmp_path / "root-only.txt"
+        private.write_text("root only")
+        os.chmod(private, 0o600)
+        spec = LockdownSpec(scratch_dir=str(scratch), plugin_dir=str(plugin),
+                            run_as_uid=uid, run_as_gid=gid)
+        out = run_locked(replace(spec), f'''
+        out["ids"] = [os.getuid(), os.geteuid(), os.getgid(), os.getgroups()]
+        out["scratch"] = attempt(lambda: open("note.txt", "w").write("x") and None)
+        out["private"] = attempt(lambda: open({str(private)!r}).read())
+        out["regain"] = attempt(lambda: os.setuid(0))
+        out["report"] = applied.report().privileges_dropped
+        ''')
+        assert out["ids"] == [uid, uid, gid, []]
+        assert out["scratch"] == "ok"
+        assert out["private"] == "EACCES"
+        assert out["regain"] == "EPERM"
+        assert out["report"] is True
+        assert not any(item.startswith("privilege-drop") for item in out["missing"])
+    finally:
+        shutil.rmtree(base)

@@ -115,6 +115,12 @@ class Plugin:
         while True:
             hoard.append(bytearray(8 * 1024 * 1024))
 
+    def hold_memory(self, megabytes, seconds):
+        block = bytearray(megabytes * 1024 * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page: make it resident
+        time.sleep(seconds)
+        return len(block)
+
     def huge_allocation(self):
         return len(bytearray(1 << 40))
 
@@ -358,6 +364,18 @@ def test_memory_bomb_is_stopped_and_the_host_is_fine(start: Starter) -> None:
     assert worker.call("echo", ["after"], timeout=5)["args"] == ["after"]
 
 
+def test_memory_over_the_warning_threshold_is_logged_once(
+        start: Starter, caplog: pytest.LogCaptureFixture) -> None:
+    limit = 256 * 1024 * 1024
+    worker, _ = start(limits=ResourceLimits(memory_bytes=limit, memory_warn_fraction=0.3))
+    with caplog.at_level(logging.WARNING, logger="policy_engine.enforcement"):
+        for _ in range(2):
+            worker.call("hold_memory", [100, 0.35], timeout=10)
+    warnings = [r for r in caplog.records if "of its limit" in r.getMessage()]
+    assert len(warnings) == 1
+    assert worker.usage.peak_memory_bytes > 0.3 * limit
+
+
 # -- environment and channel -------------------------------------------------------------------
 
 def test_host_environment_is_not_visible(start: Starter, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -500,6 +518,95 @@ def test_cpu_over_its_share_is_throttled_with_warn(start: Starter,
     with caplog.at_level(logging.WARNING, logger="policy_engine.enforcement"):
         assert worker.call("spin_for", [1.5], timeout=20) > 0
     assert any("throttling" in record.getMessage() for record in caplog.records)
+
+
+# -- the real decision table and plugin types --------------------------------------------------
+
+def table_checker(granted: Path, *, audit: bool = False) -> dict[str, Any]:
+    from policy_engine.engine import Engine
+    from policy_engine.table import plugin_table_to_json
+
+    engine = Engine.from_source(
+        f'allow plugin * to file:read on "{granted}/**"',
+        [{"name": "demo", "version": "1.0.0", "type": "agent", "entry_point": "demo:Plugin",
+          "permissions": [f"file:read {granted}/**"]}])
+    table = engine.plugin_table("demo")
+    assert table is not None
+    return {"table": plugin_table_to_json(table), "audit": audit}
+
+
+def start_with(tmp_path: Path, plugin_dir: Path, granted: Path, **init: Any) -> WorkerProcess:
+    worker = WorkerProcess()
+    lockdown = LockdownSpec(scratch_dir=str(tmp_path / "scratch"), plugin_dir=str(plugin_dir),
+                            read_paths=(str(granted),))
+    init.setdefault("entry_point", "demo:Plugin")
+    try:
+        worker.start(WorkerInit(plugin="demo", plugin_dir=str(plugin_dir), lockdown=lockdown,
+                                **init))
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def test_real_decision_table_decides_in_the_worker(tmp_path: Path, plugin_dir: Path,
+                                                   granted: Path, secret: Path) -> None:
+    worker = start_with(tmp_path, plugin_dir, granted, checker=table_checker(granted))
+    try:
+        assert worker.call("read", [str(granted / "public.txt")], timeout=10) == "public data"
+        with pytest.raises(PermissionDeniedError) as caught:
+            worker.call("read", [str(secret)], timeout=10)
+        assert "does not declare `file:read`" in str(caught.value)
+        assert caught.value.decision.resource == str(secret)
+    finally:
+        worker.stop()
+
+
+def test_audit_mode_logs_instead_of_denying(tmp_path: Path, plugin_dir: Path, granted: Path,
+                                            secret: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    worker = start_with(tmp_path, plugin_dir, granted, checker=table_checker(granted, audit=True))
+    try:
+        with caplog.at_level(logging.WARNING, logger="policy_engine.plugins"):
+            # The audit hook lets it through; Landlock still holds the line underneath.
+            with pytest.raises(PluginRaisedError, match="PermissionError"):
+                worker.call("read", [str(secret)], timeout=10)
+        assert any("audit: would deny" in r.getMessage() for r in caplog.records)
+    finally:
+        worker.stop()
+
+
+TYPED_PLUGIN = """
+from policy_engine.enforcement.base import BaseAgentPlugin
+
+
+class Agent(BaseAgentPlugin):
+    def run(self, value):
+        return {"value": value, "name": self.name, "data_dir": str(self.ctx.data_dir)}
+
+
+class NotAnAgent:
+    def run(self, value):
+        return value
+"""
+
+
+def test_plugin_type_and_data_dir(tmp_path: Path, plugin_dir: Path, granted: Path) -> None:
+    from policy_engine.errors import PluginValidationError
+
+    (plugin_dir / "typed.py").write_text(TYPED_PLUGIN)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    worker = start_with(tmp_path, plugin_dir, granted, entry_point="typed:Agent",
+                        plugin_type="agent", data_dir=str(data_dir))
+    try:
+        assert worker.call("run", [7], timeout=10) == {
+            "value": 7, "name": "demo", "data_dir": str(data_dir)}
+    finally:
+        worker.stop()
+    with pytest.raises(PluginValidationError, match="does not derive from `BaseAgentPlugin`"):
+        start_with(tmp_path, plugin_dir, granted, entry_point="typed:NotAnAgent",
+                   plugin_type="agent")
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
