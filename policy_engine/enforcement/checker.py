@@ -1,9 +1,8 @@
 """The permission check a worker runs for each audited action, and its denial record.
 
-The worker only needs "may this plugin do ``action`` on ``resource``?". The real answer will
-come from ``policy_engine.table.PluginTable.from_json(data).decide(action, resource)``; until
-that lands, :func:`make_checker` reads an interim format. Swapping is a change to that one
-function: everything else only sees a ``Checker``.
+The worker only needs "may this plugin do ``action`` on ``resource``?". :func:`make_checker`
+is the one place that knows how the answer is computed (the plugin's compiled decision
+table, or a small interim format); everything else only sees a ``Checker``.
 """
 
 from __future__ import annotations
@@ -70,11 +69,21 @@ def denial(decision: DeniedDecision) -> PermissionDeniedError:
 def make_checker(data: Mapping[str, Any], *, plugin: str = "") -> Checker:
     """Build the checker for one plugin from its checker data (sent in the init frame).
 
-    Interim format: ``{"allow": [[action, glob-or-null], ...]}``. ``action`` may itself be a
-    glob (``file:*``). A null glob allows every resource of that action, and is the only
-    thing that allows a resource-less request such as ``fork`` (resource None). Globs use
-    :mod:`fnmatch`, where ``*`` also crosses ``/``.
+    This is the one place that knows the data's format. Two are accepted:
+
+    ``{"table": plugin_table_to_json(...), "audit": bool}``
+        the plugin's compiled decision table (:mod:`policy_engine.table`). It is rebuilt on
+        first use, not at start-up: importing the decision machinery costs more than the
+        rest of a worker's start. ``audit`` true logs would-be denials instead of raising.
+
+    ``{"allow": [[action, glob-or-null], ...]}``
+        the small interim format. ``action`` may itself be a glob (``file:*``). A null
+        glob allows every resource of that action, and is the only thing that allows a
+        resource-less request such as ``fork`` (resource None). Globs use :mod:`fnmatch`,
+        where ``*`` also crosses ``/``.
     """
+    if "table" in data:
+        return _TableChecker(data["table"], plugin=plugin, audit=bool(data.get("audit")))
     entries: list[tuple[str, str | None]] = []
     for item in data.get("allow", ()):
         action, pattern = item
@@ -89,3 +98,51 @@ def make_checker(data: Mapping[str, Any], *, plugin: str = "") -> Checker:
         raise denial(DeniedDecision(plugin, action, resource, "no rule allows it"))
 
     return check
+
+
+class _TableChecker:
+    """Decides with the plugin's own compiled decision table, loaded on first use."""
+
+    def __init__(self, table: Mapping[str, Any], *, plugin: str, audit: bool) -> None:
+        self._data = table
+        self._plugin = str(table.get("name") or plugin)
+        self._audit = audit
+        self._table: Any = None
+        self._failure: str | None = None
+        self._loading = False
+
+    def preload(self) -> None:
+        """Load the table now (the worker does this while it waits for the first call)."""
+        if self._table is None and self._failure is None and not self._loading:
+            self._loading = True
+            try:
+                from ..table import plugin_table_from_json
+
+                self._table = plugin_table_from_json(self._data)
+            except Exception as error:  # fail closed: every check is then a denial
+                self._failure = f"{type(error).__name__}: {error}"
+            finally:
+                self._loading = False
+
+    def __call__(self, action: str, resource: str | None) -> None:
+        if self._loading:
+            # Loading the table must not need a decision; if it does, refuse rather than loop.
+            raise denial(DeniedDecision(self._plugin, action, resource,
+                                        "the decision table is still loading"))
+        self.preload()
+        if self._table is None:
+            if not self._audit:
+                raise denial(DeniedDecision(self._plugin, action, resource,
+                                            f"the decision table could not be loaded "
+                                            f"({self._failure})"))
+            return
+        decision = self._table.decide(self._plugin, action, resource)
+        if decision.allowed:
+            return
+        if self._audit:
+            import logging
+
+            logging.getLogger(f"policy_engine.plugins.{self._plugin}").warning(
+                "audit: would deny: %s", decision.explain())
+            return
+        raise PermissionDeniedError(decision)

@@ -51,6 +51,33 @@ class KernelFeatures:
         """Landlock can confine signals and abstract unix sockets (ABI 6 and later)."""
         return self.landlock_abi >= 6
 
+    @property
+    def level(self) -> str:
+        """The isolation level a worker started now can reach (see IsolationReport)."""
+        return isolation_level(self.landlock_abi, self.landlock_abi > 0, self.seccomp,
+                               self.scoping)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Kernel features whose absence lowers the level; empty on a fully capable kernel.
+
+        Whether a worker can also switch to an unprivileged uid depends on where the
+        interpreter and the plugin live, so that is in each worker's report, not here.
+        """
+        gaps: list[str] = []
+        if self.landlock_abi <= 0:
+            gaps.append("landlock: not available in this kernel")
+        else:
+            if self.landlock_abi < 4:
+                gaps.append(f"landlock-network: needs ABI 4, kernel has {self.landlock_abi}")
+            if self.landlock_abi < 6:
+                gaps.append(f"landlock-scoping: needs ABI 6, kernel has {self.landlock_abi}")
+        if not self.seccomp:
+            gaps.append("seccomp: libseccomp or kernel support not available")
+        if not self.no_new_privs:
+            gaps.append("no_new_privs: not supported by the kernel")
+        return tuple(gaps)
+
 
 @dataclass(frozen=True, slots=True)
 class IsolationReport:

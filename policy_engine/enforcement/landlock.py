@@ -132,12 +132,14 @@ class LandlockPlan:
     """What the sandboxed process keeps: everything not listed here is denied.
 
     ``paths`` pairs a path with the rights granted beneath it; missing paths are skipped.
-    ``connect_ports`` are the only TCP ports it may connect to (no port: no TCP at all);
-    binding a TCP port is never granted.
+    ``connect_ports`` are the only TCP ports it may connect to (no port: no TCP at all)
+    unless ``restrict_connect`` is false, which leaves TCP connect to other layers; binding
+    a TCP port is never granted.
     """
 
     paths: tuple[tuple[str, int], ...]
     connect_ports: tuple[int, ...] = ()
+    restrict_connect: bool = True
     scope: bool = True
 
 
@@ -162,7 +164,9 @@ def apply_plan(plan: LandlockPlan) -> LandlockResult:
     if abi <= 0:
         return LandlockResult(0, False, False, False, ())
     handled_fs = fs_rights(abi)
-    handled_net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
+    handled_net = 0
+    if abi >= 4:
+        handled_net = NET_BIND_TCP | (NET_CONNECT_TCP if plan.restrict_connect else 0)
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 and plan.scope else 0
     attr = _RulesetAttr(handled_fs, handled_net, scoped)
     # Older kernels know a shorter struct; pass only the part they know about.
@@ -175,7 +179,7 @@ def apply_plan(plan: LandlockPlan) -> LandlockResult:
         for path, rights in _merge(plan.paths):
             if not _add_path_rule(ruleset_fd, path, rights & handled_fs):
                 skipped.append(path)
-        if handled_net:
+        if handled_net & NET_CONNECT_TCP:
             for port in sorted(set(plan.connect_ports)):
                 rule = _NetPortAttr(NET_CONNECT_TCP, port)
                 _check(_libc().syscall(_SYS_ADD_RULE, ctypes.c_int(ruleset_fd),

@@ -16,6 +16,7 @@ from ..errors import (
     EnforcementError,
     FileSizeError,
     PermissionDeniedError,
+    PluginValidationError,
     ResourceLimitError,
 )
 from .checker import DeniedDecision, denial
@@ -65,6 +66,9 @@ def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> d
                 "explanation": decision.explain(),
             }
         data["kind"] = "permission_denied"
+    elif isinstance(error, PluginValidationError):
+        data["kind"] = "validation"
+        data["errors"] = [_clip(str(item)) for item in error.errors]
     elif isinstance(error, ResourceLimitError):
         data["kind"] = "file_size" if isinstance(error, FileSizeError) else "resource_limit"
         data["resource"] = error.resource
@@ -86,6 +90,8 @@ def exception_from_data(data: Mapping[str, Any], *, plugin: str | None = None) -
     remote_tb = _clip(str(data.get("traceback", "")))
     if kind == "permission_denied" and isinstance(data.get("decision"), Mapping):
         return denial(DeniedDecision.from_json(data["decision"]))
+    if kind == "validation" and isinstance(data.get("errors"), list):
+        return PluginValidationError(plugin or "?", [_clip(str(e)) for e in data["errors"]])
     if kind in ("file_size", "resource_limit", "memory"):
         resource = str(data.get("resource") or ("memory" if kind == "memory" else ""))
         limit = _number(data.get("limit"))

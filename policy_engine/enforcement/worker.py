@@ -6,7 +6,7 @@ frame per message (:mod:`.ipc`):
 
 host -> worker
     ``init``  {plugin, plugin_dir, entry_point "module:Class", sys_path, lockdown, checker,
-    limits} - first frame, exactly once;
+    limits, plugin_type, data_dir} - first frame, exactly once;
     ``call``  {method, args, kwargs} - ``method`` ``"hook:<name>"`` runs the function the
     plugin registered for hook ``name``;
     ``cap_result`` {value} / ``cap_error`` {error} - answers to the worker's ``cap``;
@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EnforcementError, FileSizeError, ResourceLimitError
+from ..errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
 from .audit import AuditGuard
 from .checker import make_checker
 from .ipc import FrameError, recv_frame, send_frame
@@ -134,14 +134,14 @@ class WorkerContext:
     each against the policy. :meth:`call_host` is the generic form.
     """
 
-    def __init__(self, channel: _Channel, *, plugin: str, plugin_dir: str, scratch_dir: str,
+    def __init__(self, channel: _Channel, *, plugin: str, plugin_dir: str, data_dir: str,
                  hooks: dict[str, Callable[..., Any]]) -> None:
         from pathlib import Path
 
         self._channel = channel
         self.plugin_name = plugin
         self.plugin_dir = Path(plugin_dir)
-        self.data_dir: Path | None = Path(scratch_dir)
+        self.data_dir: Path | None = Path(data_dir)
         self.config: Any = _CapabilityProxy(self, "config")
         self.db: Any = _CapabilityProxy(self, "db")
         self.hooks: Any = _HookProxy(self, hooks)
@@ -187,6 +187,7 @@ class _Worker:
         self.spec = LockdownSpec.from_json(init["lockdown"])
         self.hooks: dict[str, Callable[..., Any]] = {}
         self.instance: Any = None
+        self.checker: Callable[[str, str | None], None] | None = None
         self.guard: AuditGuard | None = None
         self.file_size_tripped = False
         self.forwarding_logs = False
@@ -210,8 +211,10 @@ class _Worker:
         report = applied.report().to_json()
         sys.dont_write_bytecode = True  # the plugin's directory is read-only from here on
         # Past the lockdown the kernel would refuse what follows; the hook makes it precise.
+        checker_data = self.init.get("checker") or {}
+        self.checker = make_checker(checker_data, plugin=self.plugin)
         self.guard = AuditGuard(
-            make_checker(self.init.get("checker") or {}, plugin=self.plugin),
+            self.checker,
             plugin=self.plugin,
             scratch_dir=self.spec.scratch_dir,
             implicit_read=self._implicit_read(),
@@ -222,6 +225,8 @@ class _Worker:
         # tempfile would probe /tmp first (denied); in-process only, the host's env stays clean.
         os.environ["TMPDIR"] = self.spec.scratch_dir
         self.guard.install()
+        if checker_data.get("audit"):
+            self._forward_logs(force=True)  # audit mode reports through logging
         try:
             init_result = self._load()
         except BaseException as error:  # reported to the host, which decides what to do
@@ -249,16 +254,37 @@ class _Worker:
             target: Any = module
             for part in class_name.split("."):
                 target = getattr(target, part)
+            self._check_type(target)
             self.instance = target()
             initialize = getattr(self.instance, "initialize", None)
             if initialize is None:
                 return None
             context = WorkerContext(self.channel, plugin=self.plugin,
                                     plugin_dir=self.spec.plugin_dir,
-                                    scratch_dir=self.spec.scratch_dir, hooks=self.hooks)
+                                    data_dir=str(self.init.get("data_dir")
+                                                 or self.spec.scratch_dir),
+                                    hooks=self.hooks)
             return _run(initialize, [context], {})
         finally:
             self.channel.in_call = False
+
+    def _check_type(self, cls: Any) -> None:
+        plugin_type = str(self.init.get("plugin_type") or "")
+        if not plugin_type:
+            return
+        from .base import base_for  # only when asked: it is not needed otherwise
+
+        base = base_for(plugin_type)
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginValidationError(self.plugin, [
+                f"entry point `{self.init['entry_point']}` does not derive from "
+                f"`{base.__name__}`"])
+
+    def preload(self) -> None:
+        """Work that can wait until the host has its ready answer (the decision table)."""
+        preload = getattr(self.checker, "preload", None)
+        if callable(preload):
+            preload()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -306,9 +332,9 @@ class _Worker:
             return {"op": "error", "error": exception_to_data(self._translate(error))}
         return {"op": "result", "value": value}
 
-    def _forward_logs(self) -> None:
+    def _forward_logs(self, *, force: bool = False) -> None:
         # logging is imported only when the plugin uses it; forward from then on.
-        if not self.forwarding_logs and "logging" in sys.modules:
+        if not self.forwarding_logs and (force or "logging" in sys.modules):
             self.forwarding_logs = True
             _install_log_forwarder(self.channel)
 
@@ -438,7 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         except ParentGoneError:
             return 1
         channel.send(first)
-        return worker.serve() if first["op"] == "ready" else 1
+        if first["op"] != "ready":
+            return 1
+        worker.preload()
+        return worker.serve()
     except FrameError:
         return 1
     finally:
