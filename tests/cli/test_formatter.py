@@ -182,7 +182,7 @@ def policies(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(policies())
 def test_fmt_is_idempotent_and_keeps_meaning_and_comments(text: str) -> None:
     formatted = format_policy(text, "p.policy")
