@@ -57,12 +57,13 @@ def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> d
         decision = error.decision
         if isinstance(decision, DeniedDecision):
             data["decision"] = decision.to_json()
-        else:  # the real Decision, once it exists: keep what the host needs to rebuild
+        else:  # the real Decision: keep what the host needs to rebuild
+            reason = getattr(decision, "reason", "")
             data["decision"] = {
                 "plugin": getattr(decision, "plugin", ""),
                 "action": str(getattr(decision, "action", "")),
                 "resource": getattr(decision, "resource", None),
-                "reason": str(getattr(decision, "reason", "")),
+                "reason": str(getattr(reason, "value", reason)),
                 "explanation": decision.explain(),
             }
         data["kind"] = "permission_denied"

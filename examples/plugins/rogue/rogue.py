@@ -42,11 +42,6 @@ class RoguePlugin(BaseWorkflowPlugin):
         while True:
             pass
 
-    def eat_memory(self) -> int:
-        hog = []
-        while True:
-            hog.append(bytearray(16 * 1024 * 1024))
-
     def fill_disk(self) -> int:
         data_dir = self.ctx.data_dir or Path(".")
         Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -55,3 +50,8 @@ class RoguePlugin(BaseWorkflowPlugin):
             for _ in range(64):
                 stream.write(chunk)
         return 64
+
+    def eat_memory(self) -> int:
+        hog = []
+        while True:
+            hog.append(bytearray(16 * 1024 * 1024))

@@ -1,0 +1,160 @@
+"""The two ways a loaded plugin's code runs, behind one small interface.
+
+:class:`ProcessRunner` drives a locked-down worker process (:mod:`.supervisor`);
+:class:`InprocessPluginRunner` runs the plugin in the host (:mod:`.inprocess`). Both take
+their timeouts, limits and grants from the engine, so no policy logic lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from ..errors import PluginValidationError
+from .base import PluginContext, base_for
+from .capabilities import ConfigCapability, DatabaseCapability, HookCapability
+from .inprocess import InprocessRunner
+from .supervisor import WorkerInit, WorkerProcess
+from .usage import ResourceUsage
+
+__all__ = ["HostServices", "InprocessPluginRunner", "ProcessRunner", "Runner"]
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """What the loader needs from a way of running plugin code."""
+
+    isolation: str
+
+    def start(self) -> Any: ...
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             timeout: float, phase: str) -> Any: ...
+    def usage(self) -> ResourceUsage: ...
+    def stop(self) -> None: ...
+
+
+class HostServices:
+    """The host's side of the non-OS permissions, one set per plugin.
+
+    ``check(permission, resource)`` raises PermissionDeniedError when the engine (through the
+    sandbox's permission manager) denies; the capability objects call it on every use.
+    """
+
+    def __init__(self, plugin: str, check: Callable[[Any, str], object], *,
+                 config: dict[str, Any], db_path: Path | None, hooks: Any,
+                 hook_caller: Callable[[str], Callable[..., Any]] | None = None) -> None:
+        self.plugin = plugin
+        self.config = ConfigCapability(plugin, check, config)
+        self.db = DatabaseCapability(plugin, check, db_path) if db_path is not None else None
+        self.hooks = HookCapability(plugin, check, hooks)
+        self._hook_caller = hook_caller
+
+    def handle(self, capability: str, method: str, args: list[Any]) -> Any:
+        """Run a capability call a worker made (``config.get``, ``db.execute``, ...)."""
+        if capability == "config" and method in ("get", "set", "keys"):
+            return getattr(self.config, method)(*args)
+        if capability == "db" and method in ("execute", "executemany") and self.db is not None:
+            rows = getattr(self.db, method)(*args)
+            return [list(row) for row in rows] if isinstance(rows, list) else rows
+        if capability == "hooks" and method == "register" and self._hook_caller is not None:
+            name = str(args[0])
+            self.hooks.register(name, self._hook_caller(name))
+            return None
+        raise PluginValidationError(self.plugin, [f"unknown capability call `{capability}.{method}`"])
+
+    def close(self) -> None:
+        """Release the database connection."""
+        if self.db is not None:
+            self.db.close()
+
+
+class ProcessRunner:
+    """Runs a plugin in its own locked-down worker process."""
+
+    def __init__(self, init: WorkerInit, services: HostServices) -> None:
+        self.init = init
+        self.services = services
+        self.worker = WorkerProcess(capability_handler=services.handle)
+        self.isolation = "process"
+
+    def start(self) -> Any:
+        result = self.worker.start(self.init)
+        self.isolation = f"process ({result.report.level})"
+        return result.init_result
+
+    @property
+    def report(self) -> Any:
+        """The kernel isolation report of the worker."""
+        return self.worker.report
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             timeout: float, phase: str) -> Any:
+        return self.worker.call(method, args, kwargs, timeout=timeout, phase=phase)
+
+    def usage(self) -> ResourceUsage:
+        return self.worker.usage
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.services.close()
+
+
+class InprocessPluginRunner:
+    """Runs a plugin in the host process. Not a security boundary (see :mod:`.inprocess`)."""
+
+    isolation = "inprocess (not a security boundary)"
+
+    def __init__(self, runner: InprocessRunner, services: HostServices, *, plugin_type: str,
+                 data_dir: Path | None, init_timeout: float) -> None:
+        self.runner = runner
+        self.services = services
+        self.plugin_type = plugin_type
+        self.data_dir = data_dir
+        self.init_timeout = init_timeout
+        self.instance: Any = None
+
+    def start(self) -> Any:
+        cls = self.runner.load()
+        base = base_for(self.plugin_type)
+        if not issubclass(cls, base):
+            raise PluginValidationError(self.runner.name, [
+                f"entry point class `{cls.__name__}` does not derive from `{base.__name__}`"])
+        self.instance = self.runner.call(cls, (), {}, timeout=self.init_timeout, phase="init")
+        ctx = PluginContext(
+            plugin_name=self.runner.name,
+            plugin_dir=self.runner.plugin_dir,
+            data_dir=self.data_dir,
+            config=self.services.config,
+            hooks=self.services.hooks,
+            db=self.services.db,
+        )
+        return self.runner.call(self.instance.initialize, (ctx,), {}, timeout=self.init_timeout, phase="init")
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             timeout: float, phase: str) -> Any:
+        fn = getattr(self.instance, method, None)
+        if method.startswith("_") or not callable(fn):
+            raise AttributeError(f"plugin `{self.runner.name}` has no method `{method}`")
+        return self.runner.call(fn, args, kwargs, timeout=timeout, phase=phase)
+
+    def usage(self) -> ResourceUsage:
+        # One process: these numbers are the host's, not the plugin's alone.
+        proc = psutil.Process(os.getpid())
+        with proc.oneshot():
+            memory = proc.memory_info().rss
+            return ResourceUsage(cpu_percent=proc.cpu_percent(None), memory_bytes=memory,
+                                 peak_memory_bytes=memory, threads=proc.num_threads())
+
+    def stop(self) -> None:
+        if self.instance is not None and self.runner.quarantined is None:
+            try:
+                self.runner.call(self.instance.cleanup, (), {}, timeout=self.init_timeout, phase="cleanup")
+            except Exception as exc:  # cleanup failing must not stop the unload
+                log.warning("plugin `%s` cleanup failed: %s", self.runner.name, exc)
+        self.services.close()

@@ -1,0 +1,242 @@
+"""PluginSandbox: the enforcement layer's front door.
+
+It composes the pieces (the engine's decisions through a :class:`PermissionManager`,
+validation, worker processes or in-process runners, resource monitoring, host
+capabilities) and holds no policy logic of its own: every check asks the engine.
+
+``mode="enforce"`` (the default) denies what the policy denies. ``mode="audit"`` makes and
+logs every decision but denies nothing, so an administrator can run a plugin once and see
+what it needs; only limits and timeouts still apply. Audit mode runs plugin code with the
+filesystem and network open: use it on a machine you can afford to lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..decision import Decision
+from ..engine import Engine
+from ..errors import PermissionDeniedError, PluginTimeoutError, PluginValidationError
+from ..manifest import PluginMetadata
+from ..permissions import Permission
+from ..settings import Isolation
+from . import kernel
+from .capabilities import HookRegistry
+from .inprocess import InprocessRunner, _Deadline, _watchdog
+from .monitor import ResourceMonitor
+from .permission_manager import PermissionManager
+from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner
+from .spec import checker_data, lockdown_spec, resource_limits
+from .supervisor import WorkerInit
+from .usage import ResourceUsage
+from .validation import ValidationResult, validate_plugin
+
+__all__ = ["AuditRecord", "PluginSandbox", "ValidationResult"]
+
+log = logging.getLogger(__name__)
+Mode = Literal["enforce", "audit"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One decision made while a plugin ran (audit mode records them all, enforce mode
+    records the denials)."""
+
+    plugin: str
+    action: str
+    resource: str | None
+    allowed: bool
+    reason: str
+    rules: tuple[str, ...]
+
+
+class PluginSandbox:
+    """Enforces the engine's decisions, timeouts and limits on plugin code."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        mode: Mode = "enforce",
+        data_dir: str | Path | None = None,
+        config: dict[str, Any] | None = None,
+        db_path: str | Path | None = None,
+        hooks: HookRegistry | None = None,
+        scratch_root: str | Path | None = None,
+    ) -> None:
+        if mode not in ("enforce", "audit"):
+            raise ValueError(f"mode must be `enforce` or `audit`, not `{mode}`")
+        self.engine = engine
+        self.mode: Mode = mode
+        self.permissions = PermissionManager(engine)
+        self.monitor = ResourceMonitor()
+        self.hooks = hooks or HookRegistry()
+        self.config = config if config is not None else {}
+        self.db_path = Path(db_path) if db_path is not None else None
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(engine.variables["data_dir"])
+        self._scratch_root = Path(scratch_root) if scratch_root else Path(tempfile.gettempdir())
+        self._records: list[AuditRecord] = []
+        self._records_lock = threading.Lock()
+
+    # -- the seed's API ----------------------------------------------------------------------
+
+    def validate_plugin(self, metadata: PluginMetadata) -> ValidationResult:
+        """Manifest, entry point, base class, pin, isolation guarantees; scan warnings."""
+        if self.engine.plugin_table(metadata.name) is None:
+            self.engine.register(metadata)
+        result = validate_plugin(metadata, self.engine)
+        errors = list(result.errors)
+        limits = self.engine.limits(metadata.name)
+        if limits.isolation is Isolation.PROCESS:
+            report = kernel.detect()
+            if report.missing and not limits.allow_degraded:
+                errors.append(
+                    f"this machine cannot give full process isolation ({report.level}; missing: "
+                    f"{', '.join(report.missing)}); add `isolation process allow degraded` to the "
+                    f"plugin's policy block to run it anyway"
+                )
+        return ValidationResult(not errors, tuple(errors), result.warnings, result.findings)
+
+    def check_permission(self, plugin: str, operation: str | Permission, resource: str | None = None) -> bool:
+        """True when ``plugin`` may do ``operation`` on ``resource`` (audit mode: always,
+        after recording the real decision)."""
+        decision = self.permissions.decide(plugin, operation, resource)
+        self.record(decision)
+        return decision.allowed or self.mode == "audit"
+
+    #: The seed's spelling.
+    check_permissions = check_permission
+
+    def require(self, plugin: str, operation: str | Permission, resource: str | None = None) -> None:
+        """Raise :class:`PermissionDeniedError` unless the plugin may do it."""
+        decision = self.permissions.decide(plugin, operation, resource)
+        self.record(decision)
+        if not decision.allowed and self.mode != "audit":
+            raise PermissionDeniedError(decision)
+
+    def execute_with_timeout(self, func: Callable[..., Any], timeout_seconds: float, *args: Any,
+                             plugin: str = "host", phase: str = "execute", **kwargs: Any) -> Any:
+        """Run ``func`` (sync or async) and stop it at ``timeout_seconds``.
+
+        Coroutines are cancelled. A sync function runs in a helper thread so the caller gets
+        :class:`PluginTimeoutError` on time; the function itself is stopped at its next
+        Python instruction (a call blocked in C stops when it returns). Plugin methods run
+        through :class:`~.loader.PluginLoader` instead, where process isolation kills them.
+        """
+        if inspect.iscoroutinefunction(func) or inspect.isawaitable(func):
+            awaitable = func(*args, **kwargs) if callable(func) else func
+
+            async def bounded() -> Any:
+                return await asyncio.wait_for(awaitable, timeout_seconds)
+
+            try:
+                return asyncio.run(bounded())
+            except asyncio.TimeoutError:
+                raise PluginTimeoutError(plugin, phase, timeout_seconds, "coroutine cancelled") from None
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            deadline = _Deadline(time.monotonic() + timeout_seconds)
+            thread_id = threading.get_ident()
+            _watchdog.watch(thread_id, deadline)
+            try:
+                try:
+                    outcome["value"] = func(*args, **kwargs)
+                finally:
+                    _watchdog.unwatch(thread_id, deadline)
+            except BaseException as exc:  # handed to the caller below, or dropped after a timeout
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"policy-engine-{plugin}", daemon=True)
+        thread.start()
+        thread.join(timeout_seconds)
+        if thread.is_alive():
+            raise PluginTimeoutError(plugin, phase, timeout_seconds, "stopped at its next Python instruction")
+        if "error" in outcome:
+            error = outcome["error"]
+            if type(error).__name__ == "_Overrun":
+                raise PluginTimeoutError(plugin, phase, timeout_seconds)
+            raise error
+        return outcome.get("value")
+
+    def monitor_resources(self, plugin: str) -> ResourceUsage:
+        """The latest resource sample of a loaded plugin (zeros when not loaded)."""
+        return self.monitor.get_usage(plugin)
+
+    # -- running plugins (used by the loader) -------------------------------------------------
+
+    def record(self, decision: Decision) -> None:
+        """Keep a decision for the run report and ``learn`` (audit mode: all of them)."""
+        if decision.allowed and self.mode != "audit":
+            return
+        record = AuditRecord(decision.plugin, decision.action, decision.resource, decision.allowed,
+                             decision.reason.value, tuple(r.location for r in decision.rules))
+        with self._records_lock:
+            self._records.append(record)
+        if self.mode == "audit":
+            log.info("audit: %s", decision.explain().splitlines()[0])
+
+    def record_denial(self, error: PermissionDeniedError) -> None:
+        """Keep a denial that happened inside a worker (it arrives as an error)."""
+        decision = error.decision
+        explanation = decision.explain()
+        rules = tuple(line.split("blocked by ", 1)[1].split(": ", 1)[0]
+                      for line in explanation.splitlines() if "blocked by " in line)
+        record = AuditRecord(str(decision.plugin), str(decision.action), decision.resource, False,
+                             str(getattr(decision.reason, "value", decision.reason)), rules)
+        with self._records_lock:
+            self._records.append(record)
+
+    def records(self, plugin: str | None = None) -> list[AuditRecord]:
+        """Recorded decisions, optionally of one plugin."""
+        with self._records_lock:
+            return [r for r in self._records if plugin is None or r.plugin == plugin]
+
+    def _check_for(self, plugin: str) -> Callable[[Any, str], object]:
+        def check(permission: Any, resource: str) -> object:
+            self.require(plugin, permission, resource)
+            return None
+
+        return check
+
+    def runner_for(self, metadata: PluginMetadata, call_hook: Callable[[str], Callable[..., Any]]) -> Runner:
+        """A runner for ``metadata`` in the isolation mode the policy chose."""
+        name = metadata.name
+        limits, timeouts = self.engine.limits(name), self.engine.timeouts(name)
+        data_dir = self.data_dir / name
+        # The kernel can only fence a directory that exists: create the plugin's own.
+        data_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"policy-engine-{name}-", dir=self._scratch_root))
+        services = HostServices(name, self._check_for(name), config=self.config, db_path=self.db_path,
+                                hooks=self.hooks, hook_caller=call_hook)
+        audit = self.mode == "audit"
+        if limits.isolation is Isolation.INPROCESS:
+            def checker(action: str, resource: str | None) -> None:
+                self.require(name, action, resource)
+
+            runner = InprocessRunner(name, metadata.plugin_path, metadata.entry_point, checker,
+                                     allow_subprocess=audit, allow_network=True, scratch_dir=scratch)
+            return InprocessPluginRunner(runner, services, plugin_type=metadata.type,
+                                         data_dir=data_dir, init_timeout=timeouts.init)
+        init = WorkerInit(
+            plugin=name,
+            plugin_dir=str(metadata.plugin_path),
+            entry_point=metadata.entry_point,
+            plugin_type=metadata.type,
+            data_dir=str(data_dir),
+            lockdown=lockdown_spec(self.engine, name, scratch, audit=audit),
+            checker=checker_data(self.engine, name, audit=audit),
+            limits=resource_limits(self.engine, name),
+        )
+        if limits.isolation is not Isolation.PROCESS:
+            raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])
+        return ProcessRunner(init, services)

@@ -1,0 +1,122 @@
+"""What the policy grants one plugin, translated for the kernel and the worker.
+
+Landlock and seccomp are coarse: directories, TCP ports, whole syscalls. The plan here is a
+superset of what the decision table allows (every directory an allow pattern could reach,
+every port an allow pattern names); the worker's audit hook then checks each action against
+the plugin's decision table, which has the precision (globs, host names, deny rules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine import Engine
+from ..patterns import HostPattern, PathPattern, Pattern
+from ..permissions import Permission
+from ..table import ActionEntry, PluginTable, plugin_table_to_json
+from .lockdown import LockdownSpec
+from .usage import ResourceLimits
+
+__all__ = ["KernelGrants", "kernel_grants", "lockdown_spec", "resource_limits", "checker_data"]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelGrants:
+    """The coarse grants of one plugin: directories, ports, and two yes/no switches."""
+
+    read_paths: tuple[str, ...]
+    write_paths: tuple[str, ...]
+    connect_ports: tuple[int, ...]
+    any_port: bool
+    network: bool
+    subprocess: bool
+
+
+def _granted(entry: ActionEntry | None) -> tuple[Pattern, ...] | None:
+    """Patterns an allow could reach for one permission; None means "any resource";
+    an empty tuple means nothing is granted."""
+    if entry is None or not entry.declared or not entry.allows:
+        return ()
+    if any(rule.patterns is None and rule.error is None for rule in entry.denies
+           if rule.when is None and rule.unless is None):
+        return ()  # an unconditional deny of every resource
+    rule_patterns: list[Pattern] = []
+    for rule in entry.allows:
+        if rule.patterns is None:
+            return entry.declared_patterns  # any resource, narrowed by the declaration
+        rule_patterns.extend(rule.patterns)
+    return tuple(rule_patterns)
+
+
+def _roots(patterns: tuple[Pattern, ...] | None) -> tuple[str, ...]:
+    if patterns is None:
+        return ("/",)
+    return tuple(dict.fromkeys(p.landlock_root for p in patterns if isinstance(p, PathPattern)))
+
+
+def kernel_grants(table: PluginTable) -> KernelGrants:
+    """The coarse grants for ``table``."""
+    entries = table.entries
+    reads = _roots(_granted(entries.get(Permission.FILE_READ)))
+    writes = tuple(dict.fromkeys(
+        _roots(_granted(entries.get(Permission.FILE_WRITE)))
+        + _roots(_granted(entries.get(Permission.FILE_DELETE)))
+    ))
+    network = _granted(entries.get(Permission.NETWORK_REQUEST))
+    any_port = network is None or any(isinstance(p, HostPattern) and p.port is None for p in network)
+    ports = () if network is None else tuple(sorted({
+        p.port for p in network if isinstance(p, HostPattern) and p.port is not None
+    }))
+    return KernelGrants(
+        read_paths=reads,
+        write_paths=writes,
+        connect_ports=ports,
+        any_port=any_port and network != (),
+        network=network != (),
+        subprocess=_granted(entries.get(Permission.SUBPROCESS_EXECUTE)) != (),
+    )
+
+
+def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool = False) -> LockdownSpec:
+    """The worker's lockdown for ``plugin``. In audit mode nothing is denied, so the
+    filesystem and network stay open (only limits apply)."""
+    table = engine.plugin_table(plugin)
+    if table is None:
+        raise KeyError(plugin)
+    limits = engine.limits(plugin)
+    grants = kernel_grants(table)
+    if audit:
+        grants = KernelGrants(("/",), ("/",), (), True, True, True)
+    return LockdownSpec(
+        scratch_dir=str(scratch_dir),
+        plugin_dir=table.plugin_dir,
+        memory_bytes=limits.memory,
+        file_size_bytes=limits.file_size,
+        read_paths=grants.read_paths,
+        write_paths=grants.write_paths,
+        connect_ports=grants.connect_ports,
+        connect_any_port=grants.any_port,
+        allow_network=grants.network,
+        allow_subprocess=grants.subprocess,
+    )
+
+
+def resource_limits(engine: Engine, plugin: str) -> ResourceLimits:
+    """The supervisor's sampler limits for ``plugin``."""
+    limits, timeouts = engine.limits(plugin), engine.timeouts(plugin)
+    return ResourceLimits(
+        memory_bytes=limits.memory,
+        memory_warn_fraction=limits.memory_warn,
+        cpu_share=limits.cpu,
+        on_violation=limits.on_violation.value,
+        init_timeout=timeouts.init,
+    )
+
+
+def checker_data(engine: Engine, plugin: str, *, audit: bool = False) -> dict[str, object]:
+    """The decision data the worker's audit hook consults: the plugin's own table."""
+    table = engine.plugin_table(plugin)
+    if table is None:
+        raise KeyError(plugin)
+    return {"table": plugin_table_to_json(table), "audit": audit}
