@@ -14,7 +14,11 @@ from typing import Any, cast
 
 from ..errors import PermissionDeniedError
 
-__all__ = ["Checker", "DeniedDecision", "denial", "make_checker"]
+__all__ = ["AUDIT_LOGGER", "AUDIT_PREFIX", "Checker", "DeniedDecision", "denial", "make_checker"]
+
+#: Log lines an audit-mode worker sends for each decision start with this, on this logger.
+AUDIT_PREFIX = "policy-engine-audit: "
+AUDIT_LOGGER = "policy_engine.plugins.audit"
 
 #: ``checker(action, resource)`` returns None when allowed, raises PermissionDeniedError if not.
 Checker = Callable[[str, "str | None"], None]
@@ -137,12 +141,21 @@ class _TableChecker:
                                             f"({self._failure})"))
             return
         decision = self._table.decide(self._plugin, action, resource)
-        if decision.allowed:
-            return
         if self._audit:
+            # Audit mode denies nothing and reports every decision to the host (the log
+            # channel carries it), so `learn` can list what the plugin needed.
+            import json
             import logging
 
-            logging.getLogger(f"policy_engine.plugins.{self._plugin}").warning(
-                "audit: would deny: %s", decision.explain())
+            audit_log = logging.getLogger(f"{AUDIT_LOGGER}.{self._plugin}")
+            audit_log.setLevel(logging.INFO)
+            audit_log.info(
+                "%s%s", AUDIT_PREFIX, json.dumps({
+                    "action": decision.action, "resource": decision.resource,
+                    "allowed": decision.allowed, "reason": decision.reason.value,
+                    "rules": [rule.location for rule in decision.rules],
+                }))
+            return
+        if decision.allowed:
             return
         raise PermissionDeniedError(decision)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from ..permissions import Permission
 from ..settings import Isolation
 from . import kernel
 from .capabilities import HookRegistry
+from .checker import AUDIT_LOGGER, AUDIT_PREFIX
 from .inprocess import InprocessRunner, _Deadline, _watchdog
 from .monitor import ResourceMonitor
 from .permission_manager import PermissionManager
@@ -57,6 +59,33 @@ class AuditRecord:
     allowed: bool
     reason: str
     rules: tuple[str, ...]
+
+
+class _AuditCollector(logging.Handler):
+    """Collects the decisions audit-mode workers report through the plugin log.
+
+    A plugin can write such lines itself; in audit mode that only adds to what ``learn``
+    suggests for that same plugin, which an administrator reviews anyway.
+    """
+
+    def __init__(self, sandbox: PluginSandbox) -> None:
+        super().__init__(logging.DEBUG)
+        self.sandbox = sandbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not message.startswith(AUDIT_PREFIX):
+            return
+        try:
+            data = json.loads(message[len(AUDIT_PREFIX):])
+            plugin = record.name.rsplit(".", 1)[-1]
+            resource = data.get("resource")
+            self.sandbox.add_record(AuditRecord(
+                plugin, str(data["action"]), None if resource is None else str(resource),
+                bool(data["allowed"]), str(data["reason"]), tuple(str(r) for r in data.get("rules", ())),
+            ))
+        except (ValueError, KeyError, TypeError):
+            pass
 
 
 class PluginSandbox:
@@ -86,6 +115,18 @@ class PluginSandbox:
         self._scratch_root = Path(scratch_root) if scratch_root else Path(tempfile.gettempdir())
         self._records: list[AuditRecord] = []
         self._records_lock = threading.Lock()
+        if mode == "audit":
+            audit_log = logging.getLogger(AUDIT_LOGGER)
+            audit_log.setLevel(logging.INFO)
+            audit_log.propagate = False  # decisions are data for the sandbox, not log noise
+            audit_log.addHandler(_AuditCollector(self))
+
+    def close(self) -> None:
+        """Detach from the workers' audit log (audit mode)."""
+        audit_log = logging.getLogger(AUDIT_LOGGER)
+        for handler in list(audit_log.handlers):
+            if isinstance(handler, _AuditCollector) and handler.sandbox is self:
+                audit_log.removeHandler(handler)
 
     # -- the seed's API ----------------------------------------------------------------------
 
@@ -184,6 +225,11 @@ class PluginSandbox:
             self._records.append(record)
         if self.mode == "audit":
             log.info("audit: %s", decision.explain().splitlines()[0])
+
+    def add_record(self, record: AuditRecord) -> None:
+        """Keep one decision record."""
+        with self._records_lock:
+            self._records.append(record)
 
     def record_denial(self, error: PermissionDeniedError) -> None:
         """Keep a denial that happened inside a worker (it arrives as an error)."""

@@ -293,3 +293,14 @@ def test_the_run_job_on_the_examples(tmp_path: Path) -> None:
     assert rogue.outcome.startswith("unloaded")
     assert any(d.rules and d.rules[0].endswith("default.policy:28:1") for d in rogue.denials)
     assert report.seconds < 30
+
+
+def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
+    from policy_engine.enforcement.learn import learn
+
+    result = learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies")
+    assert "file:read /etc/passwd" in result.needed
+    assert "file:write {data_dir}/rogue/**" in result.needed
+    assert any(entry.startswith("file:read /etc/passwd — ") and "default.policy" in entry
+               for entry in result.blocked)
+    assert 'allow plugin "rogue" to network:request on "collector.evil.test:443"' in result.rules

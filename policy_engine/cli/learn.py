@@ -1,0 +1,65 @@
+"""``policy-engine learn PLUGIN_DIR``: run a plugin once in audit mode and print the least
+privilege it needed, with a diff against what its manifest declares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from ..enforcement.learn import LearnResult, learn
+from ..errors import UsageError
+from .main import DEFAULT_POLICY, EXIT_OK, EXTRA_COMMANDS, parse_pairs
+
+__all__ = ["cmd_learn", "render_learn"]
+
+
+def render_learn(result: LearnResult) -> str:
+    """The result as text: manifest diff, rules it would need, what deny rules block."""
+    lines = [f"plugin `{result.plugin}` in audit mode, calls: {', '.join(result.calls) or '(none)'}", "",
+             "manifest permissions it needed (+ not declared):"]
+    lines += [f"  {'+' if entry in result.missing else ' '} {entry}" for entry in result.needed] or ["  (none)"]
+    lines += ["", "declared but never used (- remove for least privilege):"]
+    lines += [f"  - {entry}" for entry in result.unused] or ["  (none)"]
+    lines += ["", "policy rules it would need:"]
+    lines += [f"  {rule}" for rule in result.rules] or ["  (none)"]
+    lines += ["", "blocked by deny rules (no allow can grant these):"]
+    lines += [f"  {entry}" for entry in result.blocked] or ["  (none)"]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Run one plugin in audit mode and report what it needed."""
+    logging.basicConfig(level=logging.ERROR, format="policy-engine: %(levelname)s: %(message)s")
+    variables = {k: str(v) for k, v in parse_pairs(args.var, "variable").items()}
+    calls: list[tuple[str, list[Any]]] | None = None
+    if args.call:
+        try:
+            parsed = [json.loads(a) for a in args.args] if args.args else []
+        except ValueError as exc:
+            raise UsageError(f"--args takes JSON values: {exc}") from None
+        calls = [(method, parsed) for method in args.call]
+    result = learn(args.plugin_dir, args.policy or [DEFAULT_POLICY], variables, calls)
+    if args.json:
+        print(json.dumps(asdict(result), indent=2, sort_keys=True))
+    else:
+        print(render_learn(result), end="")
+    return EXIT_OK
+
+
+def _register_learn(commands: Any) -> None:
+    parser = commands.add_parser("learn", help="run a plugin in audit mode and print the least privilege it needs")
+    parser.add_argument("plugin_dir", metavar="PLUGIN_DIR")
+    parser.add_argument("--policy", action="append", metavar="PATH",
+                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
+    parser.add_argument("--var", action="append", metavar="KEY=VALUE", help="a template variable")
+    parser.add_argument("--call", action="append", metavar="METHOD",
+                        help="a method to call (repeatable; default: the entry point and no-argument methods)")
+    parser.add_argument("--args", nargs="*", metavar="JSON", help="JSON arguments for each --call")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=cmd_learn)
+
+
+EXTRA_COMMANDS.append(_register_learn)
