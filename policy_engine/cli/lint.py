@@ -1,0 +1,118 @@
+"""``policy-lint``: lint policies, plugin manifests and plugin code.
+
+``main(argv) -> int`` parses the arguments, calls :func:`policy_engine.lint.lint_paths` and
+prints what a formatter renders. Exit codes: 0 clean, 1 findings at the failing level
+(errors; with ``--strict`` warnings too), 2 a usage, configuration or internal error, which
+``--exit-zero`` never hides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import PolicyEngineError
+from ..lint import DEFAULT_PATHS, explain, format_json, format_sarif, format_text, lint_paths
+from ..lint.rules import DOCS_PAGE
+
+EXIT_CLEAN = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+
+
+def _codes(values: Sequence[str] | None) -> list[str]:
+    return [code.strip() for value in values or () for code in value.split(",") if code.strip()]
+
+
+def _variables(pairs: Sequence[str] | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PolicyEngineError(f"expected `KEY=VALUE` after `--variables`, found `{pair}`")
+        result[key] = value
+    return result
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``policy-lint``."""
+    parser = argparse.ArgumentParser(
+        prog="policy-lint",
+        description="Lint .policy files, plugin.yaml manifests and plugin code, alone and "
+                    "against each other.",
+        epilog="Exit codes: 0 clean, 1 findings (errors; with --strict also warnings), "
+               "2 usage or internal error.",
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help=f"a .policy file, a plugin.yaml, a plugin directory or a directory "
+                             f"of them (default: {', '.join(p + '/' for p in DEFAULT_PATHS)})")
+    parser.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                        help="output format (default: text)")
+    parser.add_argument("--select", action="append", metavar="CODES",
+                        help="report only codes starting with these prefixes (comma-separated)")
+    parser.add_argument("--ignore", action="append", metavar="CODES",
+                        help="do not report codes starting with these prefixes (comma-separated)")
+    parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    parser.add_argument("--exit-zero", action="store_true",
+                        help="exit 0 even with findings (errors running the linter still exit 2)")
+    parser.add_argument("--variables", action="append", metavar="KEY=VALUE",
+                        help="a template variable for patterns, such as data_dir=/var/lib/app "
+                             "(repeatable; defaults: the engine's home, tmp and data_dir)")
+    parser.add_argument("--explain", metavar="CODE", help="print the documentation of a rule and exit")
+    parser.add_argument("--doc-url", default=DOCS_PAGE, metavar="URL",
+                        help=f"where the rule docs are published, for SARIF helpUri (default: {DOCS_PAGE})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``policy-lint`` with ``argv``; return the exit code."""
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if args.explain is not None:
+        doc = explain(args.explain)
+        if doc is None:
+            print(f"policy-lint: error: unknown rule code `{args.explain}`", file=sys.stderr)
+            return EXIT_ERROR
+        print(doc, end="")
+        return EXIT_CLEAN
+    # The engine logs the manifest problems it skips; here they are findings instead.
+    engine_log = logging.getLogger("policy_engine")
+    if not any(isinstance(h, logging.NullHandler) for h in engine_log.handlers):
+        engine_log.addHandler(logging.NullHandler())
+    try:
+        result = lint_paths(
+            args.paths or list(DEFAULT_PATHS),
+            variables=_variables(args.variables),
+            select=_codes(args.select),
+            ignore=_codes(args.ignore),
+        )
+    except PolicyEngineError as exc:
+        print(f"policy-lint: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug in the linter: say so in one line, exit 2
+        print(f"policy-lint: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.format == "json":
+        output = format_json(result)
+    elif args.format == "sarif":
+        output = format_sarif(result, doc_url=args.doc_url)
+    else:
+        colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        output = format_text(result, colour=colour)
+    sys.stdout.write(output)
+    if result.has_failures(strict=args.strict) and not args.exit_zero:
+        return EXIT_FINDINGS
+    return EXIT_CLEAN
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,690 @@
+"""Checks of ``.policy`` files: syntax and compile errors, then analysis of the compiled set.
+
+Errors come from the parser and the compiler themselves (their diagnostics already carry
+spans, carets and hints); this module only gives them their lint codes. The analysis reads
+a :class:`~policy_engine.compiler.PolicySet`:
+
+- rule against rule (``PL301`` an allow a deny always overrides, ``PL302`` a redundant
+  rule), compared only within their (plugin, permission) buckets and, inside a bucket,
+  only against patterns that can subsume each other (indexed by their literal prefix), so
+  that a policy of thousands of rules is analysed in about linear time;
+- one rule alone (``PL304`` over-broad grants);
+- settings (``PL305`` limits above ceilings, ``PL306`` warn thresholds);
+- conditions (``PL307`` constant, ``PL308`` can fail at run time).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import nodes
+from ..compiler import CompiledRule, PolicySet, compile_policy
+from ..conditions import ConditionError, evaluate, version_key
+from ..diagnostics import Diagnostic, Span
+from ..errors import PolicyCompileError, PolicySyntaxError
+from ..nodes import Effect
+from ..parser import parse_policy
+from ..patterns import HostPattern, NamePattern, PathPattern, Pattern, PatternError, compile_pattern
+from ..permissions import ALL_PERMISSIONS, Permission, ResourceKind
+from ..settings import Overlay
+from ..units import UnitError, format_duration, format_percent, format_size, parse_percent
+from .findings import finding, first_line_span, recode, snippet
+
+__all__ = ["ParsedFile", "analyse_policy_set", "compile_files", "parse_file"]
+
+
+# Parsing and compiling ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """A policy file as the linter read it: the tree, or the syntax errors."""
+
+    path: str
+    source: str
+    tree: nodes.PolicyFile | None
+    errors: tuple[Diagnostic, ...]
+
+    @property
+    def policy_name(self) -> str | None:
+        """The name in the file's ``policy "<name>"`` header, if it has one."""
+        if self.tree is not None:
+            header = self.tree.header
+            return header.name if header is not None else None
+        for line in self.source.splitlines():
+            words = line.split(None, 1)
+            if words and words[0] == "policy" and len(words) > 1 and words[1].startswith('"'):
+                return words[1][1:].split('"', 1)[0]
+        return None
+
+
+def parse_file(path: str, source: str) -> ParsedFile:
+    """Parse one policy file, keeping its syntax errors as ``PL001`` findings."""
+    try:
+        return ParsedFile(path, source, parse_policy(source, path), ())
+    except PolicySyntaxError as exc:
+        return ParsedFile(path, source, None, tuple(recode(d, "PL001") for d in exc.diagnostics))
+
+
+def compile_files(
+    files: Sequence[ParsedFile], variables: Mapping[str, str]
+) -> tuple[PolicySet | None, list[Diagnostic]]:
+    """Compile the parsed files as one set; the compiler's diagnostics keep their codes."""
+    trees = [f.tree for f in files if f.tree is not None]
+    if not trees:
+        return None, []
+    try:
+        return compile_policy(trees, variables), []
+    except PolicyCompileError as exc:
+        return None, [recode(d, d.code) for d in exc.diagnostics]
+
+
+# Analysis -------------------------------------------------------------------------------
+
+
+def analyse_policy_set(policy: PolicySet) -> list[Diagnostic]:
+    """Every analysis finding (``PL301``-``PL308``) of a compiled policy set."""
+    sources = {f.path: f.source for f in policy.files}
+    analysis = _RuleAnalysis(policy.rules, sources)
+    found: list[Diagnostic] = []
+    found.extend(analysis.always_denied())
+    found.extend(analysis.redundant())
+    found.extend(_overbroad(policy.rules, sources))
+    found.extend(_settings(policy, sources))
+    found.extend(_ConditionAnalysis(sources).run(policy.rules))
+    return found
+
+
+# Patterns, symbolically: `{plugin_dir}` and `{plugin}` stay opaque literals, so that
+# `{plugin_dir}/**` subsumes `{plugin_dir}/data/**` but nothing else.
+_SYMBOLIC = {
+    ResourceKind.PATH: (("{plugin_dir}", "/_plugin_dir_"), ("{plugin}", "_plugin_")),
+    ResourceKind.HOST: (("{plugin_dir}", "_plugin_dir_"), ("{plugin}", "_plugin_")),
+    ResourceKind.NAME: (("{plugin_dir}", "_plugin_dir_"), ("{plugin}", "_plugin_")),
+}
+_EVERYTHING = {ResourceKind.PATH: "/**", ResourceKind.HOST: "*", ResourceKind.NAME: "*"}
+
+
+@functools.lru_cache(maxsize=65536)
+def _symbolic_pattern(kind: ResourceKind, text: str) -> Pattern | None:
+    for template, stand_in in _SYMBOLIC[kind]:
+        text = text.replace(template, stand_in)
+    try:
+        return compile_pattern(kind, text)
+    except PatternError:
+        return None
+
+
+def _is_everything(pattern: Pattern) -> bool:
+    everything = _symbolic_pattern(pattern.kind, _EVERYTHING[pattern.kind])
+    return everything is not None and pattern.subsumes(everything)
+
+
+def _index_key(pattern: Pattern) -> Hashable:
+    """Where a pattern is filed: only patterns filed under one of :func:`_candidate_keys`
+    of ``q`` can subsume ``q``."""
+    if isinstance(pattern, PathPattern):
+        return tuple(_literal_prefix(pattern.segments))
+    if isinstance(pattern, NamePattern):
+        return pattern.canonical.split("*", 1)[0]
+    assert isinstance(pattern, HostPattern)
+    return pattern.host_text
+
+
+def _candidate_keys(pattern: Pattern) -> Iterator[Hashable]:
+    if isinstance(pattern, PathPattern):
+        prefix = _literal_prefix(pattern.segments)
+        for i in range(len(prefix) + 1):
+            yield tuple(prefix[:i])
+    elif isinstance(pattern, NamePattern):
+        # A literal character of the subsuming pattern must meet the same character here,
+        # up to its first `*`: its fixed prefix is a prefix of ours.
+        fixed = pattern.canonical.split("*", 1)[0]
+        for i in range(len(fixed) + 1):
+            yield fixed[:i]
+    else:
+        assert isinstance(pattern, HostPattern)
+        yield "*"
+        yield pattern.host_text
+        labels = pattern.host_text.removeprefix("*.").split(".")
+        for i in range(len(labels)):
+            yield "*." + ".".join(labels[i:])
+
+
+def _literal_prefix(segments: Sequence[str]) -> list[str]:
+    prefix: list[str] = []
+    for segment in segments:
+        if "*" in segment or "?" in segment:
+            break
+        prefix.append(segment)
+    return prefix
+
+
+def _rule_patterns(rule: CompiledRule, kind: ResourceKind) -> tuple[Pattern, ...] | None:
+    """The rule's patterns for resources of ``kind`` (None: any resource; empty: the rule
+    does not apply to permissions of that kind, or its patterns cannot be analysed)."""
+    if rule.patterns is None:
+        return None
+    found = []
+    for pattern in rule.patterns:
+        if kind in pattern.kinds:
+            compiled = _symbolic_pattern(kind, pattern.text)
+            if compiled is None:
+                return ()
+            found.append(compiled)
+    return tuple(found)
+
+
+def _applies_to(rule: CompiledRule, permission: Permission) -> bool:
+    patterns = _rule_patterns(rule, permission.kind)
+    return patterns is None or bool(patterns)
+
+
+_ANY = "*"  # the bucket of rules that name every plugin
+
+
+@dataclass
+class _Bucket:
+    """The rules of one (effect, plugin, permission), indexed by pattern."""
+
+    any_resource: list[CompiledRule] = field(default_factory=list)
+    by_key: dict[Hashable, list[tuple[CompiledRule, Pattern]]] = field(default_factory=dict)
+
+    def add(self, rule: CompiledRule, patterns: tuple[Pattern, ...] | None) -> None:
+        if patterns is None:
+            self.any_resource.append(rule)
+            return
+        for pattern in patterns:
+            self.by_key.setdefault(_index_key(pattern), []).append((rule, pattern))
+
+    def covering(self, pattern: Pattern | None) -> Iterator[CompiledRule]:
+        """Rules of this bucket with a pattern that covers ``pattern`` (None: any resource)."""
+        yield from self.any_resource
+        if pattern is None:
+            for kind, text in _EVERYTHING.items():
+                everything = _symbolic_pattern(kind, text)
+                assert everything is not None
+                for rule, candidate in self.by_key.get(_index_key(everything), ()):
+                    if candidate.kind is kind and _is_everything(candidate):
+                        yield rule
+            return
+        for key in _candidate_keys(pattern):
+            for rule, candidate in self.by_key.get(key, ()):
+                if candidate.subsumes(pattern):
+                    yield rule
+
+
+def _position(rule: CompiledRule) -> tuple[str, int, int]:
+    return (rule.ref.file, rule.ref.line, rule.ref.column)
+
+
+def _shape(node: object) -> object:
+    """A condition without its spans, for comparing two conditions."""
+    if isinstance(node, nodes.Attribute):
+        return ("attr", node.text)
+    if isinstance(node, nodes.Literal):
+        return ("lit", type(node.value).__name__, node.value)
+    if isinstance(node, (nodes.And, nodes.Or)):
+        return (type(node).__name__, _shape(node.left), _shape(node.right))
+    if isinstance(node, nodes.Not):
+        return ("not", _shape(node.operand))
+    if isinstance(node, nodes.Compare):
+        return ("cmp", node.op, _shape(node.left), _shape(node.right))
+    if isinstance(node, nodes.In):
+        return ("in", node.negated, _shape(node.operand), tuple(_shape(v) for v in node.values))
+    if isinstance(node, nodes.Matches):
+        return ("matches", _shape(node.operand), node.pattern)
+    if isinstance(node, nodes.Truthy):
+        return ("truthy", _shape(node.operand))
+    return None
+
+
+class _RuleAnalysis:
+    """Rule-against-rule checks over bucketed, pattern-indexed rules."""
+
+    def __init__(self, rules: Sequence[CompiledRule], sources: Mapping[str, str]) -> None:
+        self.rules = rules
+        self.sources = sources
+        self.buckets: dict[tuple[Effect, str, Permission], _Bucket] = {}
+        self.unconditional_denies: dict[tuple[str, Permission], _Bucket] = {}
+        for rule in rules:
+            unconditional = rule.when is None and rule.unless is None
+            for plugin in rule.plugins if rule.plugins is not None else (_ANY,):
+                for permission in rule.permissions:
+                    patterns = _rule_patterns(rule, permission.kind)
+                    if patterns is not None and not patterns:
+                        continue
+                    self.buckets.setdefault((rule.effect, plugin, permission), _Bucket()).add(rule, patterns)
+                    if rule.effect is Effect.DENY and unconditional:
+                        self.unconditional_denies.setdefault((plugin, permission), _Bucket()).add(rule, patterns)
+
+    def _pairs(self, rule: CompiledRule) -> list[tuple[str, Permission]]:
+        plugins = sorted(rule.plugins) if rule.plugins is not None else [_ANY]
+        permissions = sorted((p for p in rule.permissions if _applies_to(rule, p)), key=lambda p: p.value)
+        return [(plugin, permission) for plugin in plugins for permission in permissions]
+
+    @staticmethod
+    def _buckets_for(table: Mapping[Any, _Bucket], key: tuple[Any, ...], plugin: str) -> list[_Bucket]:
+        found = [table[key]] if key in table else []
+        if plugin != _ANY:
+            wildcard = (*key[:-2], _ANY, key[-1])
+            if wildcard in table:
+                found.append(table[wildcard])
+        return found
+
+    def _finding_span(self, rule: CompiledRule) -> Span:
+        return first_line_span(self.sources.get(rule.ref.file, ""), rule.node.span)
+
+    # PL301 ------------------------------------------------------------------------------
+
+    def always_denied(self) -> Iterator[Diagnostic]:
+        for rule in self.rules:
+            if rule.effect is not Effect.ALLOW:
+                continue
+            pairs = self._pairs(rule)
+            if not pairs:
+                continue
+            blockers: list[CompiledRule] = []
+            for plugin, permission in pairs:
+                buckets = self._buckets_for(self.unconditional_denies, (plugin, permission), plugin)
+                patterns = _rule_patterns(rule, permission.kind)
+                for pattern in (None,) if patterns is None else patterns:
+                    blocker = next((d for b in buckets for d in b.covering(pattern)), None)
+                    if blocker is None:
+                        break
+                    blockers.append(blocker)
+                else:
+                    continue
+                break
+            else:
+                first = min(blockers, key=_position)
+                yield finding(
+                    "PL301",
+                    f"this allow never takes effect: the deny at `{first.ref.location}` always overrides it",
+                    self._finding_span(rule),
+                    hint="deny beats allow whatever the order: remove the allow, or narrow the deny",
+                    source=self.sources.get(rule.ref.file),
+                )
+
+    # PL302 ------------------------------------------------------------------------------
+
+    def redundant(self) -> Iterator[Diagnostic]:
+        for rule in self.rules:
+            pairs = self._pairs(rule)
+            if not pairs:
+                continue
+            plugin, permission = pairs[0]
+            patterns = _rule_patterns(rule, permission.kind)
+            first_pattern = None if patterns is None else patterns[0]
+            seen: set[int] = set()
+            for bucket in self._buckets_for(self.buckets, (rule.effect, plugin, permission), plugin):
+                for other in bucket.covering(first_pattern):
+                    if other is rule or id(other) in seen:
+                        continue
+                    seen.add(id(other))
+                    if not _covers(other, rule):
+                        continue
+                    duplicate = _covers(rule, other)
+                    if duplicate and _position(rule) < _position(other):
+                        continue  # the later of two equal rules is the one reported
+                    yield self._redundant_finding(rule, other, duplicate)
+                    break
+                else:
+                    continue
+                break
+
+    def _redundant_finding(self, rule: CompiledRule, other: CompiledRule, duplicate: bool) -> Diagnostic:
+        verb = "allows" if rule.effect is Effect.ALLOW else "denies"
+        if duplicate:
+            message = f"this rule duplicates the rule at `{other.ref.location}`"
+        else:
+            message = f"this rule is subsumed by the broader rule at `{other.ref.location}`"
+        return finding(
+            "PL302", message, self._finding_span(rule),
+            hint=f"remove this rule: the other one already {verb} everything it does",
+            source=self.sources.get(rule.ref.file),
+        )
+
+
+def _covers(broad: CompiledRule, narrow: CompiledRule) -> bool:
+    """Whether ``broad`` applies whenever ``narrow`` does (same effect assumed)."""
+    if broad.effect is not narrow.effect:
+        return False
+    if broad.when is not None or broad.unless is not None:
+        if _shape(broad.when) != _shape(narrow.when) or _shape(broad.unless) != _shape(narrow.unless):
+            return False
+    if broad.plugins is not None and (narrow.plugins is None or not narrow.plugins <= broad.plugins):
+        return False
+    for permission in narrow.permissions:
+        narrow_patterns = _rule_patterns(narrow, permission.kind)
+        if narrow_patterns is not None and not narrow_patterns:
+            continue  # the narrow rule does not apply to this permission
+        if permission not in broad.permissions:
+            return False
+        broad_patterns = _rule_patterns(broad, permission.kind)
+        if broad_patterns is None:
+            continue
+        if narrow_patterns is None:
+            if not any(_is_everything(p) for p in broad_patterns):
+                return False
+            continue
+        if not all(any(b.subsumes(n) for b in broad_patterns) for n in narrow_patterns):
+            return False
+    return True
+
+
+# PL304 ------------------------------------------------------------------------------------
+
+_WRITES = (Permission.FILE_WRITE, Permission.FILE_DELETE)
+
+
+def _overbroad(rules: Iterable[CompiledRule], sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    for rule in rules:
+        if rule.effect is not Effect.ALLOW:
+            continue
+        who = "every plugin" if rule.plugins is None else "plugin " + ", ".join(
+            f"`{p}`" for p in sorted(rule.plugins))
+        problem: str | None = None
+        if rule.permissions == ALL_PERMISSIONS and rule.patterns is None:
+            problem = f"grants {who} every permission on every resource"
+        else:
+            for permission in sorted(rule.permissions, key=lambda p: p.value):
+                patterns = _rule_patterns(rule, permission.kind)
+                if permission in _WRITES or permission is Permission.NETWORK_REQUEST:
+                    what = "every path" if permission.kind is ResourceKind.PATH else "any host"
+                    if patterns is None:
+                        problem = f"grants {who} `{permission.value}` on {what}"
+                    elif permission in _WRITES and any(p.is_overbroad for p in patterns):
+                        wide = next(p for p in patterns if p.is_overbroad)
+                        problem = f"grants {who} `{permission.value}` on `{wide.text}`"
+                    elif permission is Permission.NETWORK_REQUEST and any(
+                        isinstance(p, HostPattern) and p.host_text == "*" for p in patterns
+                    ):
+                        wide = next(p for p in patterns if isinstance(p, HostPattern) and p.host_text == "*")
+                        problem = f"grants {who} `{permission.value}` to `{wide.text}`"
+                if problem:
+                    break
+        if problem:
+            source = sources.get(rule.ref.file, "")
+            yield finding(
+                "PL304", f"over-broad grant: {problem}", first_line_span(source, rule.node.span),
+                hint="scope the grant to what the plugin needs, such as `{data_dir}/{plugin}/**` "
+                     "or `api.example.com:443`",
+                source=source,
+            )
+
+
+# PL305, PL306 -----------------------------------------------------------------------------
+
+_RENDER: dict[str, Callable[[float], str]] = {
+    "timeout": format_duration,
+    "limit.memory": format_size,
+    "limit.file_size": format_size,
+    "limit.cpu": format_percent,
+}
+
+
+def _render(key: str, value: float) -> str:
+    render = _RENDER.get(key) or _RENDER.get(key.split(".", 1)[0]) or str
+    return render(value)
+
+
+def _settings(policy: PolicySet, sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    for policy_file in policy.files:
+        for statement in policy_file.statements:
+            if not isinstance(statement, nodes.SettingsBlock):
+                continue
+            for setting in statement.settings:
+                if isinstance(setting, nodes.LimitSetting) and setting.warn is not None:
+                    yield from _warn_threshold(setting.warn, policy_file.source)
+    yield from _ceilings(policy.defaults, policy.plugin_settings, sources)
+
+
+def _warn_threshold(warn: nodes.Quantity, source: str) -> Iterator[Diagnostic]:
+    try:
+        fraction = parse_percent(warn.text)
+    except UnitError:
+        return  # the compiler reports it
+    if fraction >= 1.0:
+        yield finding(
+            "PL306", f"expected a warning threshold below 100%, found `warn {warn.text}`", warn.span,
+            hint="the limit is enforced at 100%, so this warning never comes first: write `warn 80%`",
+            source=source,
+        )
+
+
+def _ceilings(
+    defaults: Overlay, plugin_settings: Mapping[str, Overlay], sources: Mapping[str, str]
+) -> Iterator[Diagnostic]:
+    keys = [k for k in ("timeout.init", "timeout.hook", "timeout.execute", "limit.memory",
+                        "limit.cpu", "limit.file_size")]
+    blocks: list[tuple[str, Overlay]] = [("defaults", defaults)]
+    blocks += [(f'plugin "{name}"', overlay) for name, overlay in sorted(plugin_settings.items())]
+    for where, overlay in blocks:
+        for key in keys:
+            value, maximum = overlay.values.get(key), overlay.values.get(key + ".max")
+            setting = _setting_words(key)
+            if value is not None and maximum is not None and value.value > maximum.value:
+                yield finding(
+                    "PL305",
+                    f"expected `{setting}` at most its `max {_render(key, maximum.value)}`, "
+                    f"found `{_render(key, value.value)}`",
+                    value.span,
+                    hint="the value wins and silently raises the ceiling: lower the value or raise the `max`",
+                    source=sources.get(value.span.file),
+                )
+            default_max = defaults.values.get(key + ".max")
+            if where != "defaults" and value is not None and default_max is not None \
+                    and value.value > default_max.value:
+                yield finding(
+                    "PL305",
+                    f"`{setting} {_render(key, value.value)}` in `{where}` is above the ceiling "
+                    f"`max {_render(key, default_max.value)}` of `defaults`",
+                    value.span,
+                    hint=f"the plugin block raises the ceiling set at `{default_max.span}`: "
+                         "stay below it, or raise the `max` in `defaults`",
+                    source=sources.get(value.span.file),
+                )
+
+
+def _setting_words(key: str) -> str:
+    return key.replace(".", " ")
+
+
+# PL307, PL308 -----------------------------------------------------------------------------
+
+_PLUGIN_TYPES: dict[str, str] = {
+    "name": "string", "version": "string", "type": "string", "description": "string",
+    "entry_point": "string", "author": "string", "trusted": "boolean", "enabled": "boolean",
+    "tags": "list",
+}
+_ALWAYS = {"==": True, "<=": True, ">=": True, "!=": False, "<": False, ">": False}
+_FAIL_HINT = ("a condition that cannot be evaluated makes an allow not apply and a deny apply; "
+              "compare values of one type")
+
+
+def _kind_of(operand: nodes.Operand) -> str | None:
+    """The type of an operand's value, when it is known before any request."""
+    if isinstance(operand, nodes.Literal):
+        if isinstance(operand.value, bool):
+            return "boolean"
+        return "string" if isinstance(operand.value, str) else "number"
+    if operand.root == "plugin" and len(operand.path) == 1:
+        return _PLUGIN_TYPES.get(operand.path[0])
+    return None
+
+
+def _is_version(operand: nodes.Operand) -> bool:
+    return isinstance(operand, nodes.Attribute) and operand.root == "plugin" and operand.path == ("version",)
+
+
+def _equality_fails(left: str, right: str) -> bool:
+    # Mirrors conditions._equal: booleans and strings only equal their own kind.
+    return left != right and ("boolean" in (left, right) or (left == "string") != (right == "string"))
+
+
+def _ordering_fails(left: str, right: str) -> bool:
+    return "boolean" in (left, right) or "list" in (left, right) or (left == "string") != (right == "string")
+
+
+class _ConditionAnalysis:
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.sources = sources
+        self.found: list[Diagnostic] = []
+        # context attribute -> literal kinds it is compared with, and where
+        self.context_uses: dict[str, list[tuple[str, Span]]] = {}
+
+    def run(self, rules: Iterable[CompiledRule]) -> list[Diagnostic]:
+        for rule in rules:
+            for condition in (rule.when, rule.unless):
+                if condition is not None:
+                    self._visit(condition)
+        self._mixed_context_types()
+        return self.found
+
+    def _text(self, span: Span) -> str:
+        return snippet(self.sources.get(span.file, ""), span)
+
+    def _report(self, code: str, message: str, span: Span, hint: str) -> None:
+        self.found.append(finding(code, message, first_line_span(self.sources.get(span.file, ""), span),
+                                  hint=hint, source=self.sources.get(span.file)))
+
+    def _constant(self, node: nodes.Condition) -> None:
+        try:
+            value = evaluate(node, {}, {})
+        except ConditionError as exc:
+            self._report("PL308", f"condition `{self._text(node.span)}` always fails: {exc}", node.span,
+                         _FAIL_HINT)
+            return
+        self._report("PL307", f"condition `{self._text(node.span)}` is always {str(value).lower()}",
+                     node.span, "it reads only literals: remove it, or compare an attribute")
+
+    def _fails(self, node: nodes.Condition, why: str, always: bool = True) -> None:
+        how = "always fails" if always else "can fail at run time"
+        self._report("PL308", f"condition `{self._text(node.span)}` {how}: {why}", node.span, _FAIL_HINT)
+
+    def _visit(self, node: nodes.Condition) -> None:
+        if isinstance(node, (nodes.And, nodes.Or)):
+            self._visit(node.left)
+            self._visit(node.right)
+        elif isinstance(node, nodes.Not):
+            self._visit(node.operand)
+        elif isinstance(node, nodes.Compare):
+            self._compare(node)
+        elif isinstance(node, nodes.In):
+            self._in(node)
+        elif isinstance(node, nodes.Matches):
+            self._matches(node)
+        elif isinstance(node, nodes.Truthy):
+            self._truthy(node)
+
+    def _record_context(self, operand: nodes.Operand, other: nodes.Operand) -> None:
+        if isinstance(operand, nodes.Attribute) and operand.root == "context" and isinstance(other, nodes.Literal):
+            kind = _kind_of(other)
+            assert kind is not None
+            self.context_uses.setdefault(operand.text, []).append((kind, other.span))
+
+    def _compare(self, node: nodes.Compare) -> None:
+        left, right = node.left, node.right
+        if isinstance(left, nodes.Literal) and isinstance(right, nodes.Literal):
+            self._constant(node)
+            return
+        if isinstance(left, nodes.Attribute) and isinstance(right, nodes.Attribute) and left.text == right.text:
+            self._report("PL307", f"condition `{self._text(node.span)}` is always "
+                                  f"{str(_ALWAYS[node.op]).lower()}: it compares `{left.text}` with itself",
+                         node.span, "compare the attribute with a value or another attribute")
+            return
+        if _is_version(left) or _is_version(right):
+            other = right if _is_version(left) else left
+            if isinstance(other, nodes.Literal):
+                if not isinstance(other.value, str):
+                    self._fails(node, "`plugin.version` is compared with quoted versions such as `\"2.0\"`")
+                else:
+                    try:
+                        version_key(other.value)
+                    except ConditionError:
+                        self._fails(node, f"`{other.value}` is not a version")
+            return
+        self._record_context(left, right)
+        self._record_context(right, left)
+        left_kind, right_kind = _kind_of(left), _kind_of(right)
+        ordering = node.op not in ("==", "!=")
+        if ordering and "boolean" in (left_kind, right_kind):
+            self._fails(node, f"`{node.op}` does not order booleans")
+        elif left_kind is not None and right_kind is not None:
+            fails = _ordering_fails if ordering else _equality_fails
+            if fails(left_kind, right_kind):
+                self._fails(node, f"it compares a {left_kind} with a {right_kind}")
+
+    def _in(self, node: nodes.In) -> None:
+        if not node.values:
+            value = "true" if node.negated else "false"
+            self._report("PL307", f"condition `{self._text(node.span)}` is always {value}: the list is empty",
+                         node.span, "list the values, or remove the condition")
+            return
+        if isinstance(node.operand, nodes.Literal):
+            self._constant(node)
+            return
+        kinds = {_kind_of(v) for v in node.values}
+        if _is_version(node.operand):
+            for item in node.values:
+                if not isinstance(item.value, str):
+                    self._fails(node, "`plugin.version` is compared with quoted versions such as `\"2.0\"`")
+                    return
+                try:
+                    version_key(item.value)
+                except ConditionError:
+                    self._fails(node, f"`{item.value}` is not a version")
+                    return
+            return
+        if len(kinds) > 1:
+            self._fails(node, "the list mixes " + " and ".join(sorted(f"{k}s" for k in kinds if k)),
+                        always=False)
+            return
+        for item in node.values:
+            self._record_context(node.operand, item)
+        operand_kind = _kind_of(node.operand)
+        (item_kind,) = kinds
+        if operand_kind is not None and item_kind is not None and _equality_fails(operand_kind, item_kind):
+            self._fails(node, f"it compares a {operand_kind} with {item_kind}s")
+
+    def _matches(self, node: nodes.Matches) -> None:
+        if isinstance(node.operand, nodes.Literal):
+            self._constant(node)
+            return
+        kind = _kind_of(node.operand)
+        if kind is not None and kind != "string":
+            self._fails(node, f"`matches` reads strings and `{node.operand.text}` is a {kind}")
+
+    def _truthy(self, node: nodes.Truthy) -> None:
+        operand = node.operand
+        if isinstance(operand, nodes.Literal):
+            self._constant(node)
+            return
+        kind = _kind_of(operand)
+        if operand.root == "context":
+            self._report(
+                "PL308",
+                f"condition `{operand.text}` fails at run time unless `{operand.text}` is a boolean",
+                node.span,
+                f"write `{operand.text} == true` to say what is meant; errors fail closed",
+            )
+        elif kind is not None and kind != "boolean":
+            self._fails(node, f"a bare condition must be a boolean and `{operand.text}` is a {kind}")
+
+    def _mixed_context_types(self) -> None:
+        for attribute, uses in sorted(self.context_uses.items()):
+            uses = sorted(uses, key=lambda u: (u[1].file, u[1].line, u[1].column))
+            first_kind, first_span = uses[0]
+            for kind, span in uses[1:]:
+                if kind != first_kind and _equality_fails(kind, first_kind):
+                    self._report(
+                        "PL308",
+                        f"`{attribute}` is compared with a {kind} here and with a {first_kind} at "
+                        f"`{first_span}`; one of the two fails at run time",
+                        span,
+                        f"context values have one type: compare `{attribute}` with {first_kind}s everywhere",
+                    )

@@ -1,0 +1,536 @@
+"""The lint rules: one stable code, a kebab-case name, a severity and a three-part doc each.
+
+The codes are grouped by what they read:
+
+- ``PL0xx`` the policy text does not parse;
+- ``PL1xx`` the policy parses but does not compile (the compiler's own diagnostics);
+- ``PL2xx`` plugin manifests, alone and against the policy;
+- ``PL3xx`` analysis of a compiled policy set (rules that never apply, conditions that
+  cannot be what the author meant, limits above their ceilings);
+- ``PL4xx`` plugin code against its manifest (from the static code scan);
+- ``PL9xx`` the linter's own bookkeeping (suppressions that suppress nothing).
+
+The same docs feed ``policy-lint --explain CODE``, the SARIF rule descriptors and the
+README's rule table (:func:`render_rule_table`), so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..diagnostics import Severity
+
+__all__ = [
+    "DOCS_PAGE",
+    "RULES",
+    "Rule",
+    "doc_anchor",
+    "explain",
+    "get_rule",
+    "render_rule_table",
+    "rules_matching",
+]
+
+#: Where the rule table lives; ``README.md#pl101`` is the anchor of ``PL101``.
+DOCS_PAGE = "README.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One lint rule.
+
+    ``summary`` is one line (the table and SARIF's short description); ``what``, ``why`` and
+    ``example`` are the three parts of the doc: what the rule checks, why it matters, and an
+    example that triggers it with its fix.
+    """
+
+    code: str
+    name: str
+    severity: Severity
+    summary: str
+    what: str
+    why: str
+    example: str
+
+    @property
+    def anchor(self) -> str:
+        """The doc anchor, such as ``README.md#pl101``."""
+        return doc_anchor(self.code)
+
+    @property
+    def doc(self) -> str:
+        """The full doc as plain text (what it does, why it matters, example)."""
+        return "\n\n".join((self.what, self.why, self.example))
+
+
+def _rule(code: str, name: str, severity: Severity, summary: str, what: str, why: str,
+          example: str) -> Rule:
+    return Rule(code, name, severity, summary, _clean(what), _clean(why), _clean(example))
+
+
+def _clean(text: str) -> str:
+    return textwrap.dedent(text).strip("\n")
+
+
+E, W = Severity.ERROR, Severity.WARNING
+
+RULES: tuple[Rule, ...] = (
+    # PL0xx: syntax ----------------------------------------------------------------------
+    _rule("PL001", "syntax-error", E, "the policy text does not parse", """
+        Reports every syntax error of a `.policy` file, with the expected tokens in words.
+        The parser resumes at the next statement, so one mistake does not hide the next.
+        """, """
+        A policy with a syntax error does not load at all: the engine refuses the whole
+        set, and every plugin keeps running under the policy that was there before.
+        """, """
+            allow plugin * to file:read on /srv/**      # pattern not quoted
+        fix:
+            allow plugin * to file:read on "/srv/**"
+        """),
+    # PL1xx: compile errors --------------------------------------------------------------
+    _rule("PL101", "unknown-permission", E, "a rule names a permission that does not exist", """
+        Reports an action that is not a known permission, a `family:*` or `*`, with the
+        closest spelling as a hint.
+        """, """
+        A misspelled permission compiles to nothing: the grant or the deny it was meant to
+        express silently does not exist, so the engine refuses to load the policy.
+        """, """
+            allow plugin "analytics" to file:raed on "/srv/data/**"
+        fix:
+            allow plugin "analytics" to file:read on "/srv/data/**"
+        """),
+    _rule("PL102", "unknown-variable", E, "a pattern uses a template variable nobody defines", """
+        Reports a `{name}` in a pattern that is neither `{plugin}`, `{plugin_dir}` nor a
+        variable the host passes (built in: `{home}`, `{tmp}`, `{data_dir}`; more with
+        `--variables KEY=VALUE`).
+        """, """
+        An unknown variable cannot be filled in, so the pattern would match a literal
+        `{name}` directory that does not exist: the engine refuses it instead.
+        """, """
+            allow plugin * to file:write on "{data_dri}/{plugin}/**"
+        fix:
+            allow plugin * to file:write on "{data_dir}/{plugin}/**"
+        """),
+    _rule("PL103", "invalid-pattern", E, "a resource pattern is malformed", """
+        Reports a pattern that is not valid for the permissions of its rule: a relative
+        path, `**` inside a segment, a bad port or host, a URL where a host is expected.
+        """, """
+        A malformed pattern cannot match what its author meant; the engine refuses it
+        rather than guess.
+        """, """
+            allow plugin * to network:request on "https://api.example.com/v1"
+        fix:
+            allow plugin * to network:request on "api.example.com:443"
+        """),
+    _rule("PL104", "unknown-plugin-attribute", E, "a condition reads a plugin attribute that does not exist", """
+        Reports `plugin.<attr>` where `<attr>` is not one of `name`, `version`, `type`,
+        `trusted`, `enabled`, `description`, `entry_point`, `author` or `tags`.
+        """, """
+        A missing attribute makes the condition fail at every request: an allow never
+        applies and a deny always does.
+        """, """
+            allow plugin * to config:read on "agents.*" when plugin.kind == "agent"
+        fix:
+            allow plugin * to config:read on "agents.*" when plugin.type == "agent"
+        """),
+    _rule("PL105", "conflicting-settings", E, "two blocks set the same setting to different values", """
+        Reports a setting of a `defaults` block, or of the `plugin` blocks of one plugin,
+        that another block (often in another file) sets to a different value.
+        """, """
+        Files and blocks carry no order, so there is no "last one wins": the engine
+        refuses the policy instead of picking one value at random.
+        """, """
+            # a.policy                      # b.policy
+            defaults { timeout hook 5s }    defaults { timeout hook 10s }
+        fix: set `timeout hook` in one place only.
+        """),
+    _rule("PL106", "invalid-quantity", E, "a duration, size or percentage is malformed", """
+        Reports a quantity with an unknown unit, a number where a percentage is expected,
+        or a value that is zero or negative.
+        """, """
+        Limits and timeouts are what stop a runaway plugin; one that cannot be read would
+        leave the plugin without the limit its author wrote.
+        """, """
+            defaults { limit memory 500MiBs }
+        fix:
+            defaults { limit memory 500MiB }
+        """),
+    _rule("PL107", "unknown-setting", E, "a block names a setting or a choice that does not exist", """
+        Reports an unknown timeout phase, limit, violation action or isolation mode, and
+        `warn` on a limit other than memory.
+        """, """
+        An unknown setting configures nothing, so the plugin would run with a default its
+        author did not intend.
+        """, """
+            defaults { timeout exec 60s }
+        fix:
+            defaults { timeout execute 60s }
+        """),
+    _rule("PL108", "malformed-pin", E, "a trust pin is not a valid sha256 digest, or pins a plugin twice", """
+        Reports a `trust` statement with an algorithm other than `sha256`, a digest that
+        is not 64 hexadecimal characters, or a plugin pinned to two different digests.
+        """, """
+        A pin decides whether `plugin.trusted` is true; a pin that cannot match makes the
+        plugin untrusted and it is denied everything.
+        """, """
+            trust plugin "analytics" sha256 "9f86d0"
+        fix: paste the full digest that `policy-engine digest DIR` prints.
+        """),
+    # PL2xx: manifests -------------------------------------------------------------------
+    _rule("PL201", "manifest-unknown-variable", E, "a manifest scope uses an unknown template variable", """
+        Reports a `{name}` in a manifest permission scope that neither the engine nor the
+        host defines.
+        """, """
+        The engine drops the scope, so the plugin declares less than it meant to and its
+        requests there are denied as not declared.
+        """, """
+            permissions:
+              - file:read {plugin_dri}/**
+        fix:
+              - file:read {plugin_dir}/**
+        """),
+    _rule("PL202", "manifest-invalid-scope", E, "a manifest scope is not a valid pattern for its permission", """
+        Reports a manifest scope that does not compile as a pattern of its permission's
+        kind (a path for `file`, a host for `network`, a name for the others).
+        """, """
+        The engine drops the scope, so the plugin declares less than it meant to.
+        """, """
+            permissions:
+              - file:read data/**
+        fix:
+              - file:read {plugin_dir}/data/**
+        """),
+    _rule("PL203", "duplicate-plugin", E, "two manifests declare the same plugin name", """
+        Reports a manifest whose `name` another manifest already uses.
+        """, """
+        The engine keeps the first manifest it reads and ignores the second: which plugin
+        runs depends on directory order.
+        """, """
+            plugins/a/plugin.yaml: name: reports
+            plugins/b/plugin.yaml: name: reports
+        fix: give each plugin its own name.
+        """),
+    _rule("PL204", "manifest-unreadable", E, "a manifest cannot be read", """
+        Reports a `plugin.yaml` that cannot be opened or listed.
+        """, """
+        A plugin without a readable manifest is left out when the engine loads.
+        """, """
+            plugins/reports/plugin.yaml: permission denied
+        fix: make the file readable by the user that runs the host.
+        """),
+    _rule("PL205", "manifest-yaml-error", E, "a manifest is not valid YAML or not UTF-8", """
+        Reports YAML syntax errors (with line and column), duplicate keys (YAML keeps the
+        last one silently), control characters and text that is not UTF-8.
+        """, """
+        A manifest that does not read as YAML is rejected and the plugin does not load; a
+        duplicate key would hide the first value, such as a permission list.
+        """, """
+            permissions:
+              - file:read {plugin_dir}/**
+            permissions: []
+        fix: keep one `permissions` key.
+        """),
+    _rule("PL206", "manifest-schema-error", E, "a manifest field does not match the schema", """
+        Reports a missing required field, an unknown field, a value of the wrong type or
+        shape, with the JSON pointer of the field.
+        """, """
+        The engine rejects a manifest that does not match `schemas/plugin.schema.json`,
+        and the plugin does not load.
+        """, """
+            name: My Plugin
+        fix:
+            name: my-plugin
+        """),
+    _rule("PL207", "manifest-unknown-permission", E, "a manifest asks for a permission that does not exist", """
+        Reports a permission entry whose action is not a known permission, `family:*` or
+        `*`, with the closest spelling as a hint.
+        """, """
+        The manifest is rejected and the plugin does not load.
+        """, """
+            permissions:
+              - file:raed {plugin_dir}/**
+        fix:
+              - file:read {plugin_dir}/**
+        """),
+    _rule("PL208", "manifest-invalid-permission", E, "a manifest permission entry is malformed", """
+        Reports a permission entry that does not parse: stray characters, scopes after
+        `*`, or a `#` that would start a comment inside the entry.
+        """, """
+        The manifest is rejected and the plugin does not load.
+        """, """
+            permissions:
+              - "* /srv/**"
+        fix:
+              - file:* /srv/**
+        """),
+    _rule("PL209", "missing-entry-point", E, "the entry point's module or class is not in the plugin directory", """
+        Looks for the module of `entry_point` (`package.module:Class`) as a `.py` file or
+        package below the plugin directory and for the class at its top level. The module
+        is parsed with `ast`, never imported.
+        """, """
+        A plugin whose entry point cannot be found fails when it is loaded, after it was
+        deployed.
+        """, """
+            entry_point: reports.plugin:ReportPlugin    # the class is `ReportsPlugin`
+        fix:
+            entry_point: reports.plugin:ReportsPlugin
+        """),
+    _rule("PL210", "request-above-ceiling", W, "a manifest asks for a timeout or limit above the policy's ceiling", """
+        Reports a manifest `timeouts` or `limits` value that the policy cuts down to its
+        ceiling (the setting's value, or its `max`).
+        """, """
+        The plugin gets less than it asks for, and may time out or be stopped where its
+        author expects it to work.
+        """, """
+            # policy: defaults { timeout execute 300s }
+            timeouts: {execute: 600s}
+        fix: ask for at most 300s, or raise the ceiling with `timeout execute 300s max 600s`.
+        """),
+    _rule("PL211", "permission-never-granted", W, "a manifest declares a permission no policy rule grants", """
+        Reports a declared permission for which no `allow` rule of the policy can apply
+        to the plugin (conditions on `plugin.*` are taken into account).
+        """, """
+        Every use of the permission will be denied: either the policy lacks a grant or the
+        manifest asks for more than the plugin will ever get.
+        """, """
+            permissions:
+              - subprocess:execute
+        fix: remove the entry, or add `allow plugin "<name>" to subprocess:execute ...`.
+        """),
+    # PL3xx: policy analysis --------------------------------------------------------------
+    _rule("PL301", "allow-always-denied", W, "an allow rule that a deny rule always overrides", """
+        Reports an `allow` for which, for every plugin and permission it names, an
+        unconditional `deny` covers the same plugins and every resource it allows.
+        """, """
+        Deny beats allow whatever the order, so the allow never takes effect: it reads as
+        a grant that does not exist.
+        """, """
+            deny plugin * to file:* on "/etc/**"
+            allow plugin "backup" to file:read on "/etc/hosts"
+        fix: remove the allow, or narrow the deny.
+        """),
+    _rule("PL302", "redundant-rule", W, "a rule duplicates or is subsumed by another rule", """
+        Reports a rule when another rule with the same effect names at least the same
+        plugins and permissions, covers every resource it covers, and applies at least as
+        often (no condition, or the same condition).
+        """, """
+        A redundant rule changes nothing today, but whoever edits one of the two later
+        will expect it to matter.
+        """, """
+            allow plugin * to file:read on "/srv/data/**"
+            allow plugin "reports" to file:read on "/srv/data/reports/*.csv"
+        fix: remove the second rule.
+        """),
+    _rule("PL303", "unknown-plugin", W, "a rule or block names a plugin no manifest declares", """
+        Reports plugin names in rules, `plugin` blocks and `trust` pins that no linted
+        manifest declares. Runs only when manifests were linted too.
+        """, """
+        Usually a typo: the rule grants or denies nothing, and the plugin that was meant
+        keeps the defaults.
+        """, """
+            allow plugin "analytcs" to database:read on "metrics.*"
+        fix:
+            allow plugin "analytics" to database:read on "metrics.*"
+        """),
+    _rule("PL304", "overbroad-grant", W, "an allow rule grants far more than a plugin needs", """
+        Reports `allow` rules that grant every permission without a scope, `file:write`
+        or `file:delete` on every path (no scope, `/**`, `/*`), or `network:request` to
+        any host.
+        """, """
+        A plugin with such a grant can overwrite the system or send data anywhere; the
+        policy no longer draws a box around it.
+        """, """
+            allow plugin * to file:write on "/**"
+        fix:
+            allow plugin * to file:write on "{data_dir}/{plugin}/**"
+        """),
+    _rule("PL305", "limit-above-ceiling", W, "a timeout or limit is above its ceiling", """
+        Reports a setting whose value is above its own `max`, and a `plugin` block value
+        above the `max` that the `defaults` block sets for it.
+        """, """
+        The value wins and the ceiling is silently raised to it, which is rarely what the
+        author of the `max` meant.
+        """, """
+            defaults { limit memory 500MB max 2GB }
+            plugin "analytics" { limit memory 8GB }
+        fix: stay at or below 2GB, or raise the `max` in `defaults`.
+        """),
+    _rule("PL306", "warn-threshold-too-high", W, "a memory warning threshold of 100 % or more", """
+        Reports `limit memory ... warn N%` with N at or above 100.
+        """, """
+        The limit is enforced at 100 %, so the warning can never come before it: nobody
+        is warned before the plugin is stopped.
+        """, """
+            limit memory 1GB warn 100%
+        fix:
+            limit memory 1GB warn 80%
+        """),
+    _rule("PL307", "constant-condition", W, "a condition that is always true or always false", """
+        Reports comparisons of two literals, an attribute compared with itself
+        (`plugin.type == plugin.type`), `x in []`, and literal operands of `in`,
+        `matches` or a bare condition.
+        """, """
+        A constant condition is a mistake or dead code: the rule either always applies or
+        never does, whatever the plugin or the request.
+        """, """
+            allow plugin * to hook:register when plugin.type in []
+        fix: list the types, or remove the rule.
+        """),
+    _rule("PL308", "fallible-condition", W, "a condition that can fail to evaluate at run time", """
+        Reports conditions that raise an evaluation error for some or all requests: a bare
+        `context.x` (it must be a boolean), ordering booleans, `plugin.version` against a
+        number or a string that is not a version, comparing values of different types,
+        and `context.x` compared with literals of different types in different places.
+        """, """
+        A condition that fails makes an allow not apply and a deny apply (errors fail
+        closed). That is safe, but the administrator should know that requests are being
+        denied by an error rather than by the rule's meaning.
+        """, """
+            allow plugin * to network:request on "*.svc:443" when context.prod
+        fix:
+            allow plugin * to network:request on "*.svc:443" when context.prod == true
+        """),
+    _rule("PL309", "conflicting-policy-sets", W, "policies under one directory conflict when loaded as one set", """
+        The linter compiles the files of each policy (files naming the same
+        `policy "<name>"`, or no name) as one set. When a directory holds several
+        policies, it also compiles everything below it together, as `Engine.load(dir)`
+        does, and reports when that fails.
+        """, """
+        Each policy is fine alone, but pointing the engine at the directory would refuse
+        them all.
+        """, """
+            policies/site.policy:   defaults { timeout hook 5s }
+            policies/strict.policy: defaults { timeout hook 1s }
+        fix: load one policy file, or keep one policy per directory.
+        """),
+    # PL4xx: code against manifest --------------------------------------------------------
+    _rule("PL401", "undeclared-capability", E, "plugin code uses a capability its manifest does not declare", """
+        Compares what the static code scan finds (file reads and writes, deletions,
+        network, subprocesses, direct database access) with the manifest's permissions.
+        """, """
+        The engine denies every use of an undeclared permission, so the plugin fails at
+        run time; or the manifest hides what the code does from the administrator.
+        """, """
+            import subprocess            # manifest declares no `subprocess:execute`
+        fix: declare `subprocess:execute` (scoped to the programs) or remove the call.
+        """),
+    _rule("PL402", "dynamic-code", W, "plugin code runs code built at run time", """
+        Reports `eval`, `exec`, `compile`, `runpy` and friends in plugin code.
+        """, """
+        Code built at run time cannot be reviewed or scanned: the manifest check above
+        can no longer see what the plugin does.
+        """, """
+            exec(source_from_somewhere)
+        fix: call the code directly.
+        """),
+    _rule("PL403", "obfuscated-import", W, "plugin code imports a module whose name is computed", """
+        Reports `__import__`, `importlib.import_module` with a computed name, and loading
+        modules from file paths.
+        """, """
+        Hidden imports are how code slips past a review and the code scan.
+        """, """
+            mod = __import__("sub" + "process")
+        fix:
+            import subprocess
+        """),
+    _rule("PL404", "native-code", E, "plugin code calls native code or ships compiled modules", """
+        Reports imports of `ctypes` or `cffi`, compiled extension modules and loose
+        bytecode files shipped in the plugin directory.
+        """, """
+        Native code runs beneath every Python-level permission check; bytecode without
+        source cannot be reviewed.
+        """, """
+            import ctypes
+        fix: remove it, or run the plugin only with kernel-level isolation.
+        """),
+    _rule("PL405", "unused-permission", W, "a manifest declares a permission the code never uses", """
+        Reports declared `file`, `network` and `subprocess` permissions that the code scan
+        finds no use of (other permissions are used through host capabilities the scan
+        cannot see). Skipped when the code hides what it does (dynamic code, computed
+        imports) or could not be scanned.
+        """, """
+        Least privilege: a permission nobody uses is only a door left open.
+        """, """
+            permissions:
+              - network:request api.example.com:443   # nothing in the code talks to the network
+        fix: remove the entry.
+        """),
+    _rule("PL406", "unscannable-code", E, "plugin code cannot be scanned", """
+        Reports plugin files that do not parse as Python, cannot be read, nest too deeply
+        for the scan, or are symlinks to outside the plugin directory.
+        """, """
+        Code that cannot be scanned cannot be checked against the manifest; code that does
+        not parse will not load.
+        """, """
+            def run(self:          # syntax error
+        fix: fix the file so that it parses.
+        """),
+    _rule("PL407", "computed-attribute", W, "plugin code reads or sets an attribute whose name is computed", """
+        Reports `getattr`, `setattr`, `delattr` and `__dict__` lookups with names built at
+        run time.
+        """, """
+        A computed attribute name hides which function is called (`getattr(os, "sys" +
+        "tem")`), from reviewers and from the code scan.
+        """, """
+            getattr(os, name)("ls")
+        fix: call the function by its name.
+        """),
+    # PL9xx: the linter itself ------------------------------------------------------------
+    _rule("PL901", "unused-noqa", W, "a noqa comment suppresses nothing", """
+        Reports `# noqa`, `# noqa: CODE` and `# policy-lint: noqa` comments (in policies
+        and manifests; in Python files only for `PL` codes) that suppress no finding.
+        """, """
+        A stale suppression hides the next real finding on that line.
+        """, """
+            allow plugin * to file:read on "/srv/**"   # noqa: PL304
+        fix: remove the comment.
+        """),
+)
+
+_BY_CODE: dict[str, Rule] = {rule.code: rule for rule in RULES}
+
+
+def get_rule(code: str) -> Rule | None:
+    """The rule with ``code`` (case-insensitive), or None."""
+    return _BY_CODE.get(code.upper())
+
+
+def rules_matching(prefixes: Iterable[str]) -> tuple[Rule, ...]:
+    """The rules whose codes start with any of ``prefixes`` (case-insensitive)."""
+    wanted = tuple(p.upper() for p in prefixes)
+    return tuple(rule for rule in RULES if rule.code.startswith(wanted))
+
+
+def doc_anchor(code: str) -> str:
+    """The documentation anchor of a code: ``README.md#pl101``."""
+    return f"{DOCS_PAGE}#{code.lower()}"
+
+
+def explain(code: str) -> str | None:
+    """The full doc of ``code`` as ``--explain`` prints it, or None for an unknown code."""
+    rule = get_rule(code)
+    if rule is None:
+        return None
+    lines = [f"{rule.code} {rule.name} ({rule.severity.value})", "", rule.summary, ""]
+    for title, body in (("What it does", rule.what), ("Why it matters", rule.why),
+                        ("Example", rule.example)):
+        lines.append(f"{title}:")
+        lines.extend(f"    {line}".rstrip() for line in body.splitlines())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_rule_table() -> str:
+    """The README's rule table (markdown), generated from the same docs as ``--explain``."""
+    lines = [
+        "| code | name | severity | what it reports |",
+        "|---|---|---|---|",
+    ]
+    for rule in RULES:
+        lines.append(
+            f'| <a id="{rule.code.lower()}"></a>`{rule.code}` | `{rule.name}` '
+            f"| {rule.severity.value} | {rule.summary} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,307 @@
+"""Lint a tree: find the inputs, run every check, apply ``--select``/``--ignore`` and noqa.
+
+What is linted under each path:
+
+- a ``.policy`` file, or every ``.policy`` file below a directory;
+- a plugin: a directory holding ``plugin.yaml`` (a ``plugin.yaml`` path, or a ``.py`` file
+  inside a plugin, means that plugin's directory); a directory of plugins is searched for
+  them (hidden directories and ``__pycache__`` are skipped, and so is everything below a
+  plugin directory).
+
+Policy sets: the files naming the same policy (``policy "<name>"``, or no header) below
+one path argument are compiled together as one set, so a directory of alternative policies
+(``policies/examples/``) is linted policy by policy; ``PL309`` reports when the policies
+below one directory would not compile as the single set ``Engine.load(dir)`` makes of
+them. A ``.policy`` file given by itself is linted with the files of the same policy
+beside it. Manifests are checked against every policy set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..diagnostics import Diagnostic, Severity
+from ..engine import default_variables
+from ..errors import UsageError
+from ..manifest import MANIFEST_NAME
+from .code_checks import check_code
+from .findings import finding, position
+from .manifest_checks import (
+    LoadedManifest,
+    PolicySetSources,
+    check_against_policies,
+    check_entry_point,
+    check_unknown_plugins,
+    duplicate_names,
+    load,
+)
+from .noqa import Suppression, apply_suppressions, find_suppressions
+from .policy_checks import ParsedFile, analyse_policy_set, compile_files, parse_file
+from .rules import RULES, Rule, rules_matching
+
+__all__ = ["DEFAULT_PATHS", "LintResult", "lint_paths"]
+
+#: What ``policy-lint`` lints when it is given no path.
+DEFAULT_PATHS = ("policies",)
+
+
+@dataclass(frozen=True, slots=True)
+class LintResult:
+    """The findings of one lint run, sorted by file and position, and what was linted."""
+
+    findings: tuple[Diagnostic, ...]
+    files: tuple[str, ...]
+    rules: tuple[Rule, ...]
+
+    def count(self, severity: Severity) -> int:
+        """How many findings have ``severity``."""
+        return sum(1 for f in self.findings if f.severity is severity)
+
+    def has_failures(self, *, strict: bool = False) -> bool:
+        """Whether any finding is an error (or, with ``strict``, a warning)."""
+        failing = {Severity.ERROR, Severity.WARNING} if strict else {Severity.ERROR}
+        return any(f.severity in failing for f in self.findings)
+
+
+def lint_paths(
+    paths: Sequence[str | os.PathLike[str]] = DEFAULT_PATHS,
+    *,
+    variables: Mapping[str, str] | None = None,
+    select: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+) -> LintResult:
+    """Lint the policies, manifests and plugin code under ``paths``.
+
+    ``variables`` add to (or override) the engine's :func:`default_variables`; ``select``
+    and ``ignore`` are code prefixes. Raises :class:`UsageError` for a path that does not
+    exist or is not lintable, and for a code prefix that names no rule.
+    """
+    is_selected = _selector(select, ignore)
+    merged = {**default_variables(), **dict(variables or {})}
+    inputs = _discover([os.fspath(p) for p in paths])
+    findings: list[Diagnostic] = []
+    texts: dict[str, tuple[str, str]] = {}  # path -> (text, language), for noqa
+
+    parsed = {path: parse_file(path, text) for path, text in inputs.policy_texts.items()}
+    groups = _group(inputs, parsed)  # may add the files of a policy beside a given file
+    for item in parsed.values():
+        texts[item.path] = (item.source, "policy")
+        findings.extend(item.errors)
+    policy_sets: list[PolicySetSources] = []
+    compiled_ok: dict[tuple[str, str | None], bool] = {}
+    for (root, name), members in groups.items():
+        policy, errors = compile_files(members, merged)
+        findings.extend(errors)
+        compiled_ok[(root, name)] = policy is not None and not any(m.errors for m in members)
+        if policy is not None:
+            findings.extend(analyse_policy_set(policy))
+            label = f"policy `{name}`" if name is not None else f"the unnamed policy in `{root}`"
+            policy_sets.append(PolicySetSources(label, {m.path: m.source for m in members}, policy))
+    findings.extend(_conflicting_sets(inputs, parsed, groups, compiled_ok, merged))
+
+    manifests = [load(directory) for directory in inputs.plugin_dirs]
+    for manifest in manifests:
+        if manifest.text is not None:
+            texts[manifest.path] = (manifest.text, "yaml")
+        findings.extend(manifest.findings)
+        findings.extend(check_entry_point(manifest))
+        if any(is_selected(r.code) for r in rules_matching(["PL4"])):
+            findings.extend(check_code(manifest))
+            texts.update(_python_files(manifest))
+    findings.extend(duplicate_names(manifests))
+    if manifests:
+        known = [m.name for m in manifests if m.name is not None]
+        for policy_set in policy_sets:
+            findings.extend(check_unknown_plugins(policy_set.policy, known))
+        findings.extend(check_against_policies(manifests, policy_sets, merged))
+
+    selected = [f for f in findings if is_selected(f.code)]
+    suppressions: list[Suppression] = []
+    for path, (text, language) in texts.items():
+        suppressions.extend(find_suppressions(path, text, language))
+    kept, unused = apply_suppressions(selected, suppressions, is_selected)
+    if is_selected("PL901"):
+        kept.extend(unused)
+    unique = {(f.code, f.span, f.message, f.pointer): f for f in kept}
+    ordered = tuple(sorted(unique.values(), key=position))
+    files = sorted({*inputs.policy_texts, *(m.path for m in manifests)})
+    return LintResult(ordered, tuple(files), tuple(r for r in RULES if is_selected(r.code)))
+
+
+def _selector(select: Sequence[str], ignore: Sequence[str]) -> Callable[[str], bool]:
+    for option, prefixes in (("--select", select), ("--ignore", ignore)):
+        for prefix in prefixes:
+            if not rules_matching([prefix]):
+                raise UsageError(f"unknown code `{prefix}` in `{option}`: no rule code starts with it")
+    chosen = tuple(p.upper() for p in select)
+    dropped = tuple(p.upper() for p in ignore)
+
+    def is_selected(code: str) -> bool:
+        return (not chosen or code.startswith(chosen)) and not (dropped and code.startswith(dropped))
+
+    return is_selected
+
+
+# Finding the inputs -------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    policy_texts: dict[str, str]
+    # policy file -> the root its set is grouped under ("" for a file named by itself)
+    policy_roots: dict[str, str]
+    directory_roots: list[str]
+    plugin_dirs: list[str]
+
+
+def _discover(paths: Sequence[str]) -> _Inputs:
+    inputs = _Inputs({}, {}, [], [])
+    seen: set[str] = set()
+    plugins_seen: set[str] = set()
+
+    def add_policy(path: Path, root: str) -> None:
+        key = os.path.realpath(path)
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            inputs.policy_texts[str(path)] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read `{path}`: {exc}") from None
+        inputs.policy_roots[str(path)] = root
+
+    def add_plugin(directory: Path) -> None:
+        key = os.path.realpath(directory)
+        if key not in plugins_seen:
+            plugins_seen.add(key)
+            inputs.plugin_dirs.append(str(directory))
+
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            if (path / MANIFEST_NAME).is_file():
+                add_plugin(path)
+                continue
+            inputs.directory_roots.append(str(path))
+            for directory, names in _walk(path):
+                if MANIFEST_NAME in names and directory != path:
+                    add_plugin(directory)
+                    continue
+                for name in names:
+                    if name.endswith(".policy"):
+                        add_policy(directory / name, str(path))
+        elif path.is_file():
+            if path.suffix == ".policy":
+                add_policy(path, "")
+            elif path.name == MANIFEST_NAME:
+                add_plugin(path.parent)
+            elif path.suffix == ".py" and (plugin := _enclosing_plugin(path)) is not None:
+                add_plugin(plugin)
+            else:
+                raise UsageError(
+                    f"`{path}` is not a `.policy` file, a `{MANIFEST_NAME}` or a file of a plugin directory"
+                )
+        else:
+            raise UsageError(f"path `{path}` does not exist")
+    return inputs
+
+
+def _walk(root: Path) -> list[tuple[Path, list[str]]]:
+    found: list[tuple[Path, list[str]]] = []
+    for directory, dirnames, filenames in os.walk(root):
+        here = Path(directory)
+        if MANIFEST_NAME in filenames and here != root:
+            dirnames[:] = []  # a plugin's own files are its code, not more inputs
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        found.append((here, sorted(filenames)))
+    return found
+
+
+def _enclosing_plugin(path: Path) -> Path | None:
+    for parent in path.parents:
+        if (parent / MANIFEST_NAME).is_file():
+            return parent
+    return None
+
+
+def _python_files(manifest: LoadedManifest) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
+    for file in sorted(Path(manifest.plugin_dir).rglob("*.py")):
+        relative = file.relative_to(manifest.plugin_dir).parts
+        if any(p.startswith(".") or p == "__pycache__" for p in relative):
+            continue
+        try:
+            found[str(file)] = (file.read_text(encoding="utf-8"), "python")
+        except (OSError, UnicodeDecodeError):
+            continue  # the code scan reports it
+    return found
+
+
+# Policy sets --------------------------------------------------------------------------------
+
+
+def _group(inputs: _Inputs, parsed: dict[str, ParsedFile]) -> dict[tuple[str, str | None], list[ParsedFile]]:
+    """Files by (root, policy name). A file given by itself brings in the files of the same
+    policy beside it."""
+    groups: dict[tuple[str, str | None], list[ParsedFile]] = {}
+    known = {os.path.realpath(p) for p in parsed}
+    for path, item in list(parsed.items()):
+        root = inputs.policy_roots[path]
+        if root:
+            groups.setdefault((root, item.policy_name), []).append(item)
+            continue
+        parent = str(Path(path).parent)
+        members = groups.setdefault((parent, item.policy_name), [])
+        if item not in members:
+            members.append(item)
+        for sibling in sorted(Path(path).parent.glob("*.policy")):
+            name = str(sibling)
+            if name in parsed or os.path.realpath(sibling) in known:
+                continue
+            try:
+                other = parse_file(name, sibling.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                continue
+            if other.tree is not None and other.policy_name == item.policy_name:
+                known.add(os.path.realpath(sibling))
+                parsed[name] = other
+                inputs.policy_texts[name] = other.source
+                inputs.policy_roots[name] = parent
+                members.append(other)
+    return {key: sorted(members, key=lambda m: m.path) for key, members in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))}
+
+
+def _conflicting_sets(
+    inputs: _Inputs,
+    parsed: Mapping[str, ParsedFile],
+    groups: Mapping[tuple[str, str | None], list[ParsedFile]],
+    compiled_ok: Mapping[tuple[str, str | None], bool],
+    variables: Mapping[str, str],
+) -> list[Diagnostic]:
+    """``PL309``: a directory whose policies compile alone but not as one set."""
+    found: list[Diagnostic] = []
+    for root in inputs.directory_roots:
+        keys = [k for k in groups if k[0] == root]
+        if len(keys) < 2 or not all(compiled_ok.get(k, False) for k in keys):
+            continue
+        members = [m for k in keys for m in groups[k]]
+        _, errors = compile_files(members, variables)
+        if not errors:
+            continue
+        first = errors[0]
+        names = ", ".join(f"`{k[1]}`" if k[1] is not None else "an unnamed policy" for k in keys)
+        found.append(finding(
+            "PL309",
+            f"policies {names} under `{root}` conflict when loaded as one set: {first.message}",
+            first.span,
+            hint=f"`Engine.load(\"{root}\")` compiles them together and fails with {len(errors)} "
+                 f"error{'s' if len(errors) != 1 else ''}; load one policy at a time, or keep one "
+                 "policy per directory",
+            source=parsed[first.span.file].source if first.span and first.span.file in parsed else None,
+        ))
+    return found

@@ -1,0 +1,384 @@
+"""policy-lint: one fixture per rule, golden output in every format, noqa, exit codes,
+the README's rule table, the shipped policies and a 13,000-rule policy set."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from policy_engine.cli.lint import main
+from policy_engine.diagnostics import Diagnostic, Severity
+from policy_engine.errors import ManifestError, UsageError
+from policy_engine.lint import RULES, explain, lint_paths, render_rule_table
+from policy_engine.lint.manifest_checks import classify
+from policy_engine.manifest import load_manifest
+
+from ..conftest import assert_golden
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+FIXTURES = HERE / "fixtures"
+GOLDEN = HERE / "golden"
+VARIABLES = {"home": "/home/user", "data_dir": "/var/lib/pe", "tmp": "/tmp"}
+VAR_ARGS = [arg for key, value in VARIABLES.items() for arg in ("--variables", f"{key}={value}")]
+# Rules whose trigger cannot be a committed file; each has its own test below.
+NOT_FIXTURES = {"PL204": "test_unreadable_manifest_is_pl204"}
+
+
+@pytest.fixture(autouse=True)
+def in_fixtures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths in findings are relative to the fixtures, so goldens hold no machine paths."""
+    monkeypatch.chdir(FIXTURES)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main([*args, *VAR_ARGS])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def transcript(args: list[str], code: int, out: str) -> str:
+    return f"$ policy-lint {shlex.join(args)}\nexit {code}\n{out}"
+
+
+def codes(paths: list[str], **options: object) -> list[str]:
+    return [f.code for f in lint_paths(paths, variables=VARIABLES, **options).findings]  # type: ignore[arg-type]
+
+
+# One fixture per rule ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [r.code for r in RULES])
+def test_every_rule_has_a_fixture_that_triggers_it_and_one_that_does_not(
+    rule: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if rule in NOT_FIXTURES:
+        pytest.skip(f"covered by {NOT_FIXTURES[rule]}")
+    base = Path("rules") / rule
+    assert (base / "bad").is_dir() and (base / "good").is_dir(), f"add fixtures under {base}"
+    assert rule in codes([str(base / "bad")])
+    assert rule not in codes([str(base / "good")])
+    args = [str(base / "bad")]
+    code, out, err = run(capsys, *args)
+    assert err == ""
+    assert_golden(GOLDEN / "rules" / f"{rule}.txt", transcript(args, code, out))
+
+
+def test_unreadable_manifest_is_pl204(tmp_path: Path) -> None:
+    # Running as root reads anything, so the unreadable case is a manifest that is missing.
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path)
+    found = classify(info.value.diagnostics[0])
+    assert (found.code, found.severity) == ("PL204", Severity.ERROR)
+    assert found.message.startswith("cannot read the manifest")
+
+
+def test_rule_findings_carry_the_rule_severity() -> None:
+    result = lint_paths(["rules"], variables=VARIABLES)
+    by_code = {r.code: r.severity for r in RULES}
+    assert result.findings
+    for item in result.findings:
+        assert item.severity is by_code[item.code], item.render()
+        assert item.span is not None and item.message == item.message.strip()
+        assert not item.message[:1].isupper(), item.message
+
+
+# Output formats ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif"])
+def test_output_formats_are_golden(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["project", "--format", fmt]
+    code, out, err = run(capsys, *args)
+    assert (code, err) == (1, "")
+    suffix = {"text": "txt", "json": "json", "sarif": "sarif"}[fmt]
+    assert_golden(GOLDEN / f"project.{suffix}", out)
+
+
+def test_json_findings_have_positions_and_doc_anchors(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "project", "--format", "json")
+    items = json.loads(out)
+    assert {i["code"] for i in items} >= {"PL207", "PL301", "PL401"}
+    for item in items:
+        assert set(item) == {"code", "name", "severity", "message", "file", "start", "end", "hint",
+                             "pointer", "doc"}
+        assert item["doc"] == f"README.md#{item['code'].lower()}"
+        assert item["start"]["line"] >= 1 and item["end"]["line"] >= item["start"]["line"]
+
+
+def test_sarif_matches_the_sarif_2_1_0_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    schema = json.loads((HERE / "sarif-2.1.0-subset.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    _, out, _ = run(capsys, "project", "rules", "--format", "sarif",
+                    "--doc-url", "https://example.org/policy_engine/README.md")
+    log = json.loads(out)
+    jsonschema.Draft7Validator(schema).validate(log)
+    run_ = log["runs"][0]
+    rules = run_["tool"]["driver"]["rules"]
+    assert [r["id"] for r in rules] == [r.code for r in RULES]
+    assert rules[0]["helpUri"] == "https://example.org/policy_engine/README.md#pl001"
+    for result in run_["results"]:
+        # What GitHub code scanning needs beyond the schema: a rule, a relative file, a line.
+        assert rules[result["ruleIndex"]]["id"] == result["ruleId"]
+        location = result["locations"][0]["physicalLocation"]
+        assert not location["artifactLocation"]["uri"].startswith("/")
+        assert location["region"]["startLine"] >= 1
+
+
+def test_the_sarif_schema_subset_rejects_what_github_would() -> None:
+    schema = json.loads((HERE / "sarif-2.1.0-subset.schema.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    good = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}}, "results": [
+        {"ruleId": "PL101", "level": "error", "message": {"text": "m"}, "locations": [
+            {"physicalLocation": {"artifactLocation": {"uri": "a.policy"}, "region": {"startLine": 1}}}]}]}]}
+    assert validator.is_valid(good)
+    for broken in (
+        {**good, "version": "2.0.0"},
+        {"version": "2.1.0"},
+        {**good, "runs": [{"tool": {"driver": {}}}]},
+        {**good, "runs": [{"tool": {"driver": {"name": "x"}}, "results": [{"message": {}}]}]},
+        {**good, "runs": [{"tool": {"driver": {"name": "x"}}, "results": [
+            {"level": "fatal", "message": {"text": "m"}}]}]},
+        {**good, "runs": [{"tool": {"driver": {"name": "x"}}, "results": [{"message": {"text": "m"}, "locations": [
+            {"physicalLocation": {"artifactLocation": {"uri": "a"}, "region": {"startLine": 0}}}]}]}]},
+        {**good, "extra": 1},
+    ):
+        assert not validator.is_valid(broken), broken
+
+
+def test_text_output_has_no_colour_when_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "project")
+    assert "\x1b[" not in out
+
+
+def test_explain_prints_every_rule_doc(capsys: pytest.CaptureFixture[str]) -> None:
+    pages = []
+    for rule in RULES:
+        code, out, err = run(capsys, "--explain", rule.code.lower())
+        assert (code, err) == (0, "")
+        assert out == explain(rule.code)
+        for part in ("What it does:", "Why it matters:", "Example:"):
+            assert part in out
+        pages.append(out)
+    assert_golden(GOLDEN / "explain.txt", "\n".join(pages))
+
+
+# Exit codes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["rules/PL001/good"], 0),                      # clean
+        (["rules/PL101/bad"], 1),                       # an error
+        (["rules/PL304/bad"], 0),                       # warnings only
+        (["rules/PL304/bad", "--strict"], 1),           # warnings fail with --strict
+        (["rules/PL101/bad", "--exit-zero"], 0),        # findings never fail
+        (["rules/PL101/bad", "--ignore", "PL1"], 0),    # the error is not selected
+        (["rules/PL101/bad", "--select", "PL3"], 0),
+        (["rules/PL101/bad", "--select", "PL101,PL3"], 1),
+        (["does-not-exist"], 2),                        # usage errors
+        (["does-not-exist", "--exit-zero"], 2),         # --exit-zero never hides a 2
+        (["rules/PL101/bad", "--select", "XX1"], 2),
+        (["rules/PL101/bad", "--ignore", "PL99"], 2),
+        (["--format", "xml"], 2),
+        (["--explain", "PL999"], 2),
+        (["rules/PL101/bad", "--variables", "novalue"], 2),
+        (["rules/PL101/bad/nothing.txt"], 2),
+    ],
+)
+def test_exit_codes(args: list[str], expected: int, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == expected, out + err
+    if expected == 2:
+        assert out == "" and err.startswith(("policy-lint: error:", "usage: policy-lint"))
+        assert "Traceback" not in err
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "nope") == (2, "", "policy-lint: error: path `nope` does not exist\n")
+    assert run(capsys, "--explain", "PL999") == (2, "", "policy-lint: error: unknown rule code `PL999`\n")
+
+
+def test_internal_errors_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("policy_engine.cli.lint.lint_paths", broken)
+    assert run(capsys, "rules/PL101/bad", "--exit-zero") == (2, "", "policy-lint: internal error: RuntimeError: boom\n")
+
+
+def test_default_path_is_policies(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(FIXTURES / "rules" / "PL101" / "bad")
+    assert run(capsys, "--select", "PL1") == (2, "", "policy-lint: error: path `policies` does not exist\n")
+    monkeypatch.chdir(ROOT)
+    code, _, err = run(capsys, "--select", "PL0,PL1")
+    assert (code, err) == (0, "")
+
+
+def test_select_and_ignore_are_code_prefixes() -> None:
+    assert set(codes(["rules/PL304/bad"])) == {"PL304"}
+    assert codes(["rules/PL304/bad"], ignore=["PL3"]) == []
+    assert codes(["rules/PL304/bad"], select=["pl30"]) == ["PL304"] * 3
+    with pytest.raises(UsageError, match="unknown code `Q1` in `--select`"):
+        lint_paths(["rules/PL304/bad"], select=["Q1"])
+
+
+# Suppression ---------------------------------------------------------------------------
+
+
+def test_noqa(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["noqa"]
+    code, out, err = run(capsys, *args)
+    assert err == ""
+    assert_golden(GOLDEN / "noqa.txt", transcript(args, code, out))
+    result = lint_paths(["noqa"], variables=VARIABLES)
+    found = {(f.span.file, f.span.line, f.code) for f in result.findings if f.span}
+    policy = "noqa/policies/noqa.policy"
+    # suppressed: a listed code, a bare noqa, the file-level PL307
+    assert not {(policy, 4, "PL304"), (policy, 5, "PL304"), (policy, 6, "PL307")} & found
+    # unused: one of two codes, a bare noqa, an unknown code, a file-level prefix
+    assert {(policy, 7, "PL901"), (policy, 8, "PL901"), (policy, 9, "PL901"),
+            ("noqa/policies/other.policy", 1, "PL901")} <= found
+    # a noqa inside a string is no comment; manifest lines take noqa; PL405 used once
+    assert (policy, 10, "PL901") not in found
+    assert ("noqa/plugins/p/plugin.yaml", 6, "PL901") not in found
+    assert ("noqa/plugins/p/plugin.yaml", 7, "PL901") in found
+    # python: our code suppresses, another tool's codes are not ours, bare is never unused
+    code_file = "noqa/plugins/p/plugin.py"
+    assert (code_file, 3, "PL404") in found
+    assert not {(code_file, 4, "PL401"), (code_file, 12, "PL401")} & found
+    assert not any(f.code == "PL901" and f.span and f.span.file == code_file for f in result.findings)
+
+
+def test_unused_noqa_is_not_reported_for_codes_that_did_not_run() -> None:
+    found = lint_paths(["noqa/policies"], variables=VARIABLES, ignore=["PL304"]).findings
+    unused = {f.span.line: f.message for f in found if f.code == "PL901" and f.span}
+    assert 4 not in unused  # it names PL304 only, and PL304 did not run
+    assert unused[7] == "`PL302` in `# noqa: PL304, PL302` suppresses nothing"
+    assert lint_paths(["noqa/policies"], variables=VARIABLES, ignore=["PL9"]).findings == ()
+
+
+def test_file_level_noqa_must_be_near_the_top(tmp_path: Path) -> None:
+    policy = tmp_path / "late.policy"
+    policy.write_text("\n" * 12 + "# policy-lint: noqa\nallow plugin * to file:write on \"/**\"\n")
+    assert codes([str(policy)]) == ["PL304"]
+    policy.write_text("# policy-lint: noqa\nallow plugin * to file:write on \"/**\"\n")
+    assert codes([str(policy)]) == []
+
+
+# Inputs --------------------------------------------------------------------------------
+
+
+def test_a_plugin_yaml_path_means_its_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    assert codes(["rules/PL207/bad/plugin.yaml"]) == ["PL207"]
+    assert codes(["rules/PL404/bad/plugin.py"]) == ["PL404"]
+    code, out, _ = run(capsys, "rules/PL207/bad/plugin.yaml", "rules/PL101/bad/policy.policy")
+    assert code == 1 and "PL207" in out and "PL101" in out
+
+
+def test_a_policy_file_is_linted_with_the_files_of_its_policy(tmp_path: Path) -> None:
+    (tmp_path / "a.policy").write_text("defaults {\n    timeout hook 5s\n}\n")
+    (tmp_path / "b.policy").write_text("defaults {\n    timeout hook 9s\n}\n")
+    (tmp_path / "c.policy").write_text('policy "other"\n\ndefaults {\n    timeout hook 1s\n}\n')
+    assert codes([str(tmp_path / "a.policy")]) == ["PL105"]
+    assert codes([str(tmp_path / "c.policy")]) == []
+
+
+def test_compile_errors_of_all_files_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.policy").write_text("allow plugin * to file:raed\n")
+    (tmp_path / "b.policy").write_text("allow plugin * to nope:x on \"{nope}\"\n")
+    (tmp_path / "c.policy").write_text("allow plugin * to\n")
+    assert sorted(codes([str(tmp_path)])) == ["PL001", "PL101", "PL101", "PL102"]
+
+
+def test_pre_commit_hook_is_declared() -> None:
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    (hook,) = hooks
+    assert hook["id"] == hook["entry"] == "policy-lint"
+    assert hook["language"] == "python" and hook["pass_filenames"] is True
+    assert re.search(hook["files"], "policies/site.policy")
+    assert re.search(hook["files"], "plugins/x/plugin.yaml")
+    assert not re.search(hook["files"], "plugins/x/plugin.py")
+
+
+# The README, the shipped policies, scale ------------------------------------------------
+
+
+def test_readme_rule_table_is_generated_from_the_rule_docs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- lint-rules -->\n(.*?)<!-- /lint-rules -->", readme, re.S)
+    assert match is not None, "README.md lacks the lint-rules markers"
+    assert match.group(1) == render_rule_table()
+    for rule in RULES:
+        assert f'<a id="{rule.code.lower()}"></a>' in match.group(1)
+
+
+def test_shipped_policies_lint_without_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    result = lint_paths(["policies"], variables=VARIABLES)
+    errors = [f.render() for f in result.findings if f.severity is Severity.ERROR]
+    assert errors == []
+
+
+def test_rules_are_documented_in_three_parts() -> None:
+    assert len({r.code for r in RULES}) == len({r.name for r in RULES}) == len(RULES)
+    for rule in RULES:
+        assert re.fullmatch(r"PL\d{3}", rule.code) and re.fullmatch(r"[a-z]+(-[a-z0-9]+)*", rule.name)
+        assert rule.summary and rule.what and rule.why and rule.example
+        assert not rule.summary[0].isupper()
+
+
+def _big_policy(plugins: int) -> tuple[str, list[tuple[int, str]]]:
+    """About six rules per plugin, as in benchmarks/bench_decide.py, plus planted problems;
+    returns the text and the (line, code) findings expected."""
+    lines = [
+        'deny plugin * to file:* on "/etc/**", "{home}/.ssh/**", "/root/**"',
+        'deny plugin * to network:request on "*.evil.test", "169.254.169.254"',
+        "deny plugin * to subprocess:execute unless plugin.trusted",
+        'allow plugin * to hook:register on "core.*"',
+    ]
+    expected: list[tuple[int, str]] = []
+    for i in range(plugins):
+        name = f"plugin-{i:05d}"
+        lines += [
+            f'allow plugin "{name}" to file:read on "/srv/plugins/{name}/**", "/srv/shared/{i % 50}/*.csv"',
+            f'allow plugin "{name}" to file:write, file:delete on "{{data_dir}}/{name}/**"',
+            f'allow plugin "{name}" to network:request on "api{i}.example.com:443", "*.svc{i % 20}.example.com"',
+            f'allow plugin "{name}" to database:read on "db{i}.*"',
+            f'allow plugin "{name}" to config:read on "plugins.{name}.*"',
+            f'allow plugin "{name}" to hook:register on "events.{i}.*"'
+            + (' when context.env == "prod"' if i % 5 == 0 else ""),
+        ]
+        if i % 3 == 0:
+            lines.append(f'deny plugin "{name}" to database:read on "db{i}.secret*"')
+        if i % 500 == 1:
+            lines.append(f'allow plugin "{name}" to database:read on "db{i}.reports"')
+            expected.append((len(lines), "PL302"))
+            lines.append(f'allow plugin "{name}" to file:read on "/etc/{name}.conf"')
+            expected.append((len(lines), "PL301"))
+    return "\n".join(lines) + "\n", expected
+
+
+def test_a_13000_rule_policy_lints_quickly_and_correctly(tmp_path: Path) -> None:
+    text, expected = _big_policy(2060)
+    assert text.count("\n") > 13000
+    (tmp_path / "big.policy").write_text(text)
+    started = time.perf_counter()
+    result = lint_paths([str(tmp_path / "big.policy")], variables=VARIABLES)
+    elapsed = time.perf_counter() - started
+    assert [(f.span.line, f.code) for f in result.findings if f.span] == expected
+    print(f"13k-rule lint: {elapsed:.2f}s")  # shown with -s; the bound is the suite's time
+
+
+def test_diagnostic_type_is_the_finding_type() -> None:
+    result = lint_paths(["rules/PL101/bad"], variables=VARIABLES)
+    assert all(isinstance(f, Diagnostic) for f in result.findings)
+    assert result.has_failures() and result.count(Severity.ERROR) == 1
