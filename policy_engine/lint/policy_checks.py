@@ -88,11 +88,14 @@ def compile_files(
 def analyse_policy_set(policy: PolicySet) -> list[Diagnostic]:
     """Every analysis finding (``PL301``-``PL308``) of a compiled policy set."""
     sources = {f.path: f.source for f in policy.files}
-    analysis = _RuleAnalysis(policy.rules, sources)
+    # A rule whose patterns cannot be read symbolically is left out of the rule analysis
+    # rather than half-read: no finding is better than a wrong one.
+    rules = [rule for rule in policy.rules if _is_analysable(rule)]
+    analysis = _RuleAnalysis(rules, sources)
     found: list[Diagnostic] = []
     found.extend(analysis.always_denied())
     found.extend(analysis.redundant())
-    found.extend(_overbroad(policy.rules, sources))
+    found.extend(_overbroad(rules, sources))
     found.extend(_settings(policy, sources))
     found.extend(_ConditionAnalysis(sources).run(policy.rules))
     return found
@@ -163,17 +166,22 @@ def _literal_prefix(segments: Sequence[str]) -> list[str]:
     return prefix
 
 
+def _is_analysable(rule: CompiledRule) -> bool:
+    return rule.patterns is None or all(
+        _symbolic_pattern(kind, pattern.text) is not None for pattern in rule.patterns for kind in pattern.kinds
+    )
+
+
 def _rule_patterns(rule: CompiledRule, kind: ResourceKind) -> tuple[Pattern, ...] | None:
     """The rule's patterns for resources of ``kind`` (None: any resource; empty: the rule
-    does not apply to permissions of that kind, or its patterns cannot be analysed)."""
+    does not apply to permissions of that kind). Only for analysable rules."""
     if rule.patterns is None:
         return None
     found = []
     for pattern in rule.patterns:
         if kind in pattern.kinds:
             compiled = _symbolic_pattern(kind, pattern.text)
-            if compiled is None:
-                return ()
+            assert compiled is not None, "checked by _is_analysable"
             found.append(compiled)
     return tuple(found)
 

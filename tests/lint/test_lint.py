@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jsonschema
@@ -48,8 +49,8 @@ def transcript(args: list[str], code: int, out: str) -> str:
     return f"$ policy-lint {shlex.join(args)}\nexit {code}\n{out}"
 
 
-def codes(paths: list[str], **options: object) -> list[str]:
-    return [f.code for f in lint_paths(paths, variables=VARIABLES, **options).findings]  # type: ignore[arg-type]
+def codes(paths: list[str], select: Sequence[str] = (), ignore: Sequence[str] = ()) -> list[str]:
+    return [f.code for f in lint_paths(paths, variables=VARIABLES, select=select, ignore=ignore).findings]
 
 
 # One fixture per rule ------------------------------------------------------------------
@@ -382,3 +383,46 @@ def test_diagnostic_type_is_the_finding_type() -> None:
     result = lint_paths(["rules/PL101/bad"], variables=VARIABLES)
     assert all(isinstance(f, Diagnostic) for f in result.findings)
     assert result.has_failures() and result.count(Severity.ERROR) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        # PL301 needs an unconditional deny over every plugin, permission and resource
+        ('deny plugin * to file:* on "/etc/**" when context.env == "prod"\n'
+         'allow plugin "a" to file:read on "/etc/x"\n', []),
+        ('deny plugin "b" to file:* on "/etc/**"\nallow plugin "a" to file:read on "/etc/x"\n', []),
+        ('deny plugin * to file:read on "/etc/**"\nallow plugin "a" to file:read\n', []),
+        ('deny plugin * to file:read on "/etc/**"\nallow plugin "a" to file:read, file:write on "/etc/x"\n', []),
+        ('deny plugin * to file:read on "/etc/**"\ndeny plugin "a" to file:write on "/etc/x"\n'
+         'allow plugin "a" to file:read, file:write on "/etc/x"\n', [(3, "PL301")]),
+        ('deny plugin * to network:request\nallow plugin "a" to network:request on "api.example.com:443"\n',
+         [(2, "PL301")]),
+        # PL302 needs a rule that applies at least as often
+        ('allow plugin * to file:read on "/srv/**" when context.env == "prod"\n'
+         'allow plugin "a" to file:read on "/srv/x"\n', []),
+        ('allow plugin * to file:read on "{plugin_dir}/**"\nallow plugin * to file:read on "{plugin_dir}/data/**"\n',
+         [(2, "PL302")]),
+        ('allow plugin * to file:read on "/srv/{plugin}/**"\nallow plugin "x" to file:read on "/srv/x/**"\n', []),
+        ('allow plugin "a", "b" to config:read on "cfg.*"\nallow plugin "a" to config:read on "cfg.a"\n',
+         [(2, "PL302")]),
+        ('allow plugin "a" to config:read on "cfg.*"\nallow plugin "a", "b" to config:read on "cfg.a"\n', []),
+        ('deny plugin * to file:*\ndeny plugin * to file:read on "/x"\n', [(2, "PL302")]),
+        ('allow plugin * to network:request on "*.example.com:443"\n'
+         'allow plugin * to network:request on "api.example.com:443", "x.y.example.com:443"\n', [(2, "PL302")]),
+        ('allow plugin * to network:request on "*.example.com:443"\n'
+         'allow plugin * to network:request on "example.com:443"\n', []),
+    ],
+)
+def test_rule_analysis_is_precise(tmp_path: Path, policy: str, expected: list[tuple[int, str]]) -> None:
+    (tmp_path / "p.policy").write_text(policy)
+    found = lint_paths([str(tmp_path / "p.policy")], variables=VARIABLES, select=["PL301", "PL302"]).findings
+    assert [(f.span.line, f.code) for f in found if f.span] == expected
+
+
+def test_text_output_can_be_coloured_for_a_terminal() -> None:
+    from policy_engine.lint import format_text
+
+    out = format_text(lint_paths(["rules/PL101/bad"], variables=VARIABLES), colour=True)
+    assert "\x1b[31m\x1b[1mPL101\x1b[0m" in out and "\x1b[36mhint:\x1b[0m" in out
+    assert format_text(lint_paths(["rules/PL101/good"], variables=VARIABLES)) == ""
