@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``policy-lint`` with ``argv``; return the exit code."""
     parser = make_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     if args.explain is not None:

@@ -283,6 +283,9 @@ def test_a_plugin_yaml_path_means_its_plugin(capsys: pytest.CaptureFixture[str])
     assert codes(["rules/PL404/bad/plugin.py"]) == ["PL404"]
     code, out, _ = run(capsys, "rules/PL207/bad/plugin.yaml", "rules/PL101/bad/policy.policy")
     assert code == 1 and "PL207" in out and "PL101" in out
+    # pre-commit puts the changed files after the hook's args, options included
+    code, out, _ = run(capsys, "rules/PL101/bad", "--select", "PL1,PL2", "rules/PL207/bad/plugin.yaml")
+    assert code == 1 and "PL207" in out and "PL101" in out
 
 
 def test_a_policy_file_is_linted_with_the_files_of_its_policy(tmp_path: Path) -> None:
