@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ import psutil
 import pytest
 
 from policy_engine.enforcement import kernel
+from policy_engine.enforcement.checker import AUDIT_PREFIX
 from policy_engine.enforcement.lockdown import LockdownSpec
 from policy_engine.enforcement.remote import PluginRaisedError
 from policy_engine.enforcement.supervisor import StartResult, WorkerInit, WorkerProcess
@@ -567,11 +569,14 @@ def test_audit_mode_logs_instead_of_denying(tmp_path: Path, plugin_dir: Path, gr
                                             caplog: pytest.LogCaptureFixture) -> None:
     worker = start_with(tmp_path, plugin_dir, granted, checker=table_checker(granted, audit=True))
     try:
-        with caplog.at_level(logging.WARNING, logger="policy_engine.plugins"):
+        with caplog.at_level(logging.INFO, logger="policy_engine.plugins.audit"):
             # The audit hook lets it through; Landlock still holds the line underneath.
             with pytest.raises(PluginRaisedError, match="PermissionError"):
                 worker.call("read", [str(secret)], timeout=10)
-        assert any("audit: would deny" in r.getMessage() for r in caplog.records)
+        audited = [json.loads(r.getMessage()[len(AUDIT_PREFIX):]) for r in caplog.records
+                   if r.getMessage().startswith(AUDIT_PREFIX)]
+        assert any(not a["allowed"] and a["action"] == "file:read" and a["resource"] == str(secret)
+                   for a in audited)
     finally:
         worker.stop()
 
