@@ -283,13 +283,20 @@ def _conflicting_sets(
     compiled_ok: Mapping[tuple[str, str | None], bool],
     variables: Mapping[str, str],
 ) -> list[Diagnostic]:
-    """``PL309``: a directory whose policies compile alone but not as one set."""
+    """``PL309``: a directory whose policies compile alone but not as one set.
+
+    ``Engine.load(dir)`` compiles the ``.policy`` files directly in ``dir`` (not below it)
+    as one set, so the check is per directory.
+    """
     found: list[Diagnostic] = []
-    for root in inputs.directory_roots:
-        keys = [k for k in groups if k[0] == root]
+    by_directory: dict[str, list[tuple[str, str | None]]] = {}
+    for key, members in groups.items():
+        for directory in sorted({str(Path(m.path).parent) for m in members}):
+            by_directory.setdefault(directory, []).append(key)
+    for root, keys in sorted(by_directory.items()):
         if len(keys) < 2 or not all(compiled_ok.get(k, False) for k in keys):
             continue
-        members = [m for k in keys for m in groups[k]]
+        members = [m for k in keys for m in groups[k] if str(Path(m.path).parent) == root]
         _, errors = compile_files(members, variables)
         if not errors:
             continue
