@@ -330,6 +330,23 @@ def _quantity(ctx: _Context, quantity: nodes.Quantity, parse: Callable[[str], An
         return None
 
 
+def _positive_values(ctx: _Context, key: str, value: nodes.Quantity, maximum: nodes.Quantity | None,
+                     parse: Callable[[str], Any], what: str) -> list[tuple[str, Any]]:
+    """``key`` and ``key.max`` from a setting's value and optional ``max``, each positive."""
+    out: list[tuple[str, Any]] = []
+    for suffix, quantity in (("", value), (".max", maximum)):
+        if quantity is None:
+            continue
+        parsed = _quantity(ctx, quantity, parse)
+        if parsed is None:
+            continue
+        if parsed <= 0:
+            ctx.error(f"{what} `{quantity.text}` must be positive", quantity.span, code="PL106")
+        else:
+            out.append((key + suffix, parsed))
+    return out
+
+
 def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if isinstance(setting, nodes.TimeoutSetting):
@@ -339,14 +356,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
                       code="PL107")
             return out
         key = f"timeout.{setting.phase}"
-        for suffix, quantity in (("", setting.value), (".max", setting.maximum)):
-            if quantity is not None:
-                value = _quantity(ctx, quantity, parse_duration)
-                if value is not None:
-                    if value <= 0:
-                        ctx.error(f"timeout `{quantity.text}` must be positive", quantity.span, code="PL106")
-                    else:
-                        out.append((key + suffix, value))
+        out += _positive_values(ctx, key, setting.value, setting.maximum, parse_duration, "timeout")
         return out
     if isinstance(setting, nodes.LimitSetting):
         if setting.resource not in LIMIT_RESOURCES:
@@ -356,14 +366,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
             return out
         key = f"limit.{setting.resource}"
         parse: Callable[[str], Any] = parse_percent if setting.resource == "cpu" else parse_size
-        for suffix, quantity in (("", setting.value), (".max", setting.maximum)):
-            if quantity is not None:
-                value = _quantity(ctx, quantity, parse)
-                if value is not None:
-                    if value <= 0:
-                        ctx.error(f"limit `{quantity.text}` must be positive", quantity.span, code="PL106")
-                    else:
-                        out.append((key + suffix, value))
+        out += _positive_values(ctx, key, setting.value, setting.maximum, parse, "limit")
         if setting.warn is not None:
             if setting.resource != "memory":
                 ctx.error(f"`warn` applies to the memory limit, not `{setting.resource}`", setting.warn.span,

@@ -243,10 +243,7 @@ class Engine:
             accepted[manifest.name] = manifest
         for problem in problems:
             log.warning("%s", problem.render(caret=False))
-        cache: cachetools.Cache[Any, Decision] | None = None
-        if self._cache_size:
-            cache = (cachetools.TTLCache(self._cache_size, self._cache_ttl) if self._cache_ttl
-                     else cachetools.LRUCache(self._cache_size))
+        cache = self._new_cache()
         return _Snapshot(
             policy=policy,
             table=DecisionTable(MappingProxyType(tables), policy.content_hash),
@@ -256,6 +253,14 @@ class Engine:
             problems=tuple(problems),
             cache=cache,
         )
+
+    def _new_cache(self) -> cachetools.Cache[Any, Decision] | None:
+        # Every snapshot gets its own cache: no answer can outlive the policy it came from.
+        if not self._cache_size:
+            return None
+        if self._cache_ttl:
+            return cachetools.TTLCache(self._cache_size, self._cache_ttl)
+        return cachetools.LRUCache(self._cache_size)
 
     @staticmethod
     def _table_for(
@@ -429,10 +434,7 @@ class Engine:
 
     def _swap(self, state: _Snapshot, tables: dict[str, PluginTable],
               manifests: dict[str, PluginMetadata]) -> None:
-        cache: cachetools.Cache[Any, Decision] | None = None
-        if state.cache is not None:
-            cache = (cachetools.TTLCache(self._cache_size, self._cache_ttl) if self._cache_ttl
-                     else cachetools.LRUCache(self._cache_size))
+        cache = self._new_cache()
         self._state = _Snapshot(
             policy=state.policy,
             table=DecisionTable(MappingProxyType(tables), state.policy.content_hash),
