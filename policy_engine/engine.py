@@ -24,7 +24,7 @@ from .decision import Decision, Reason, deny
 from .decision_log import DecisionLog
 from .diagnostics import Diagnostic
 from .digest import plugin_digest
-from .errors import ManifestError, PermissionDeniedError, PolicyError, PolicySyntaxError, UsageError
+from .errors import ManifestError, PermissionDeniedError, PolicySyntaxError, UsageError
 from .manifest import PluginMetadata, load_manifests, manifest_from_mapping, parse_manifest
 from .nodes import PolicyFile
 from .parser import parse_policy
@@ -456,10 +456,8 @@ class Engine:
                 sources = read_policy_sources(self._policy_paths)
             else:
                 sources = self._sources
-            try:
-                state = self._build(sources, self._all_manifests())
-            except (PolicyError, ManifestError, UsageError):
-                raise
+            # Built aside and swapped in one assignment: an error leaves the old state in force.
+            state = self._build(sources, self._all_manifests())
             self._sources = sources
             self._state = state
 
