@@ -62,6 +62,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variables", action="append", metavar="KEY=VALUE",
                         help="a template variable for patterns, such as data_dir=/var/lib/app "
                              "(repeatable; defaults: the engine's home, tmp and data_dir)")
+    parser.add_argument("--skip-code-outside-plugins", action="store_true",
+                        help="skip a .py path that belongs to no plugin instead of failing "
+                             "(the pre-commit hook passes every changed .py file)")
     parser.add_argument("--explain", metavar="CODE", help="print the documentation of a rule and exit")
     parser.add_argument("--doc-url", default=DOCS_URL, metavar="URL",
                         help=f"the absolute URL where the rule docs are published, for SARIF "
@@ -99,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             variables=_variables(args.variables),
             select=_codes(args.select),
             ignore=_codes(args.ignore),
+            skip_code_outside_plugins=args.skip_code_outside_plugins,
         )
     except PolicyEngineError as exc:
         print(f"policy-lint: error: {exc}", file=sys.stderr)

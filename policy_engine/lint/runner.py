@@ -77,16 +77,20 @@ def lint_paths(
     variables: Mapping[str, str] | None = None,
     select: Sequence[str] = (),
     ignore: Sequence[str] = (),
+    skip_code_outside_plugins: bool = False,
 ) -> LintResult:
     """Lint the policies, manifests and plugin code under ``paths``.
 
     ``variables`` add to (or override) the engine's :func:`default_variables`; ``select``
-    and ``ignore`` are code prefixes. Raises :class:`UsageError` for a path that does not
-    exist or is not lintable, and for a code prefix that names no rule.
+    and ``ignore`` are code prefixes. A ``.py`` path means the plugin it belongs to (the
+    nearest directory upward holding ``plugin.yaml``); with ``skip_code_outside_plugins`` a
+    ``.py`` file of no plugin is skipped (the pre-commit hook passes every changed ``.py``
+    file). Raises :class:`UsageError` for a path that does not exist or is not lintable,
+    and for a code prefix that names no rule.
     """
     is_selected = _selector(select, ignore)
     merged = {**default_variables(), **dict(variables or {})}
-    inputs = _discover([os.fspath(p) for p in paths])
+    inputs = _discover([os.fspath(p) for p in paths], skip_code_outside_plugins)
     findings: list[Diagnostic] = []
     texts: dict[str, tuple[str, str]] = {}  # path -> (text, language), for noqa
 
@@ -183,7 +187,7 @@ class _Inputs:
     siblings: set[str] = field(default_factory=set)
 
 
-def _discover(paths: Sequence[str]) -> _Inputs:
+def _discover(paths: Sequence[str], skip_code_outside_plugins: bool = False) -> _Inputs:
     inputs = _Inputs({}, {}, [], [])
     seen: set[str] = set()
     plugins_seen: set[str] = set()
@@ -226,6 +230,8 @@ def _discover(paths: Sequence[str]) -> _Inputs:
                 add_plugin(path.parent)
             elif path.suffix == ".py" and (plugin := _enclosing_plugin(path)) is not None:
                 add_plugin(plugin)
+            elif path.suffix == ".py" and skip_code_outside_plugins:
+                continue
             else:
                 raise UsageError(
                     f"`{path}` is not a `.policy` file, a `{MANIFEST_NAME}` or a file of a plugin directory"
@@ -248,7 +254,10 @@ def _walk(root: Path) -> list[tuple[Path, list[str]]]:
 
 
 def _enclosing_plugin(path: Path) -> Path | None:
-    for parent in path.parents:
+    """The nearest directory upward holding a manifest, above the current directory too
+    (a file named from inside a plugin's subdirectory)."""
+    above = () if path.is_absolute() else Path.cwd().parents
+    for parent in (*path.parents, *above):
         if (parent / MANIFEST_NAME).is_file():
             return parent
     return None
