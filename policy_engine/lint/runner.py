@@ -324,7 +324,10 @@ def _compile_group(
     while True:
         policy, found = compile_files(members, variables)
         errors.extend(found)
-        clashing = {e.span.file for e in found if e.span is not None and e.span.file in siblings}
+        # A clash is reported on either side, naming the other side's position.
+        clashing = {m.path for m in members if m.path in siblings and any(
+            (e.span is not None and e.span.file == m.path) or f"{m.path}:" in f"{e.message}\n{e.hint or ''}"
+            for e in found)}
         if not clashing:
             return policy, errors, members
         members = [m for m in members if m.path not in clashing]

@@ -140,3 +140,13 @@ def test_any_mix_of_broken_siblings_leaves_the_named_findings_alone(kinds: list[
             (directory / f"b{index}.policy").write_bytes(BROKEN_SIBLINGS[kind])
         assert findings([directory / "a.policy"]) == alone(tmp, named)
         assert os.listdir(directory)  # the set was really there
+
+
+def test_a_clash_reported_on_the_named_file_still_leaves_it_analysed(tmp_path: Path) -> None:
+    # `0.policy` sorts before `a.policy`: the clash lands on the named file this time.
+    path = make_set(tmp_path, NAMED + CLASH, {})
+    (tmp_path / "0.policy").write_bytes(b"defaults {\n  timeout hook 5s\n}\n")
+    got = findings([path])
+    assert [code for name, code, _, _ in got if name == "a.policy"].count("PL105") == 1
+    assert ("a.policy", "PL302", 4, 1) in got
+    assert not any(code == "PL901" for _, code, _, _ in got)
