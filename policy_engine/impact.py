@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,10 +103,12 @@ class Flip:
     reason: str
     rules: tuple[str, ...]
     count: int = 1
+    context: Mapping[str, Any] | None = None  # as recorded; None when the log holds none
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form."""
         return {"plugin": self.plugin, "action": self.action, "resource": self.resource,
+                "context": dict(self.context) if self.context is not None else None,
                 "was_allowed": self.was_allowed, "now_allowed": self.now_allowed,
                 "reason": self.reason, "rules": list(self.rules), "count": self.count}
 
@@ -304,7 +306,8 @@ def replay(old: Engine, new: Engine, entries: Iterable[LoggedDecision]
             continue
         found = flips.get(key)
         flips[key] = (Flip(entry.plugin, entry.action, entry.resource, before.allowed, after.allowed,
-                           after.reason.value, tuple(rule.location for rule in after.rules))
+                           after.reason.value, tuple(rule.location for rule in after.rules),
+                           context=entry.context)
                       if found is None else replace(found, count=found.count + 1))
     return tuple(flips.values()), tuple(unknown.values())
 

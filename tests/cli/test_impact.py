@@ -203,7 +203,7 @@ def test_replay_flips_exactly_what_the_two_policies_decide_differently(
     entries = [LoggedDecision(p, a, r, old.decide(p, a, r, c).allowed, (c or {}) if logged_context else None)
                for p, a, r, c in requests]
     flips, unknown = replay(old, new, entries)
-    flipped = {(f.plugin, f.action, f.resource) for f in flips}
+    flipped = {(f.plugin, f.action, f.resource, repr(f.context)) for f in flips}
     unknowns = {(u.plugin, u.action, u.resource) for u in unknown}
     if logged_context:
         assert unknown == ()
@@ -213,7 +213,7 @@ def test_replay_flips_exactly_what_the_two_policies_decide_differently(
             continue  # not replayable: it is never a flip
         context = dict(entry.context) if entry.context else None
         differs = (old.decide(*request, context).allowed != new.decide(*request, context).allowed)
-        assert differs == (request in flipped), (entry, differs)
+        assert differs == ((*request, repr(entry.context)) in flipped), (entry, differs)
     for u in unknown:
         assert "the log holds no context" in u.why and "reads `context." in u.why
 
