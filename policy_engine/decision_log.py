@@ -6,10 +6,13 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from .decision import Decision
+
+__all__ = ["DecisionLog", "LogEntryError", "LoggedDecision", "read_decision_log", "read_log_entry"]
 
 
 class DecisionLog:
@@ -82,3 +85,42 @@ def read_decision_log(path: str | Path) -> list[dict[str, Any]]:
             if line:
                 entries.append(json.loads(line))
     return entries
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    """One recorded decision as replaying needs it. ``context`` is None when the log did not
+    record one (which is not the same as a recorded empty context)."""
+
+    plugin: str
+    action: str
+    resource: str | None
+    allowed: bool
+    context: Mapping[str, Any] | None
+
+
+class LogEntryError(ValueError):
+    """A log entry that is no decision in any known format; the message says why."""
+
+
+def read_log_entry(entry: object) -> LoggedDecision:
+    """A decision from one parsed log line, whatever format wrote it (today the lines of
+    :class:`DecisionLog`; other formats are added here). Raises :class:`LogEntryError`."""
+    if not isinstance(entry, dict):
+        raise LogEntryError("is not an object")
+    return _read_native(entry)
+
+
+def _read_native(entry: Mapping[str, Any]) -> LoggedDecision:
+    plugin, action, resource = entry.get("plugin"), entry.get("action"), entry.get("resource")
+    if not isinstance(plugin, str) or not isinstance(action, str):
+        raise LogEntryError("needs `plugin` and `action` strings")
+    if resource is not None and not isinstance(resource, str):
+        raise LogEntryError("has a `resource` that is not a string")
+    allowed = entry.get("allowed")
+    if not isinstance(allowed, bool):
+        raise LogEntryError("needs `allowed` (true or false)")
+    context = entry.get("context")
+    if "context" in entry and not isinstance(context, dict):
+        raise LogEntryError("has a `context` that is not an object")
+    return LoggedDecision(plugin, action, resource, allowed, context)

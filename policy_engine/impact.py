@@ -8,22 +8,30 @@ status are compared too. Nothing is sampled: when two policies give a plugin the
 grants, they give it the same decision for every request (conditions read only ``context``
 and the plugin's own attributes, and a pin change is reported on its own).
 
-A decision log can be replayed under the new policy to list the recorded decisions that
-would come out the other way.
+A decision log can be replayed: each recorded request is decided, with its recorded
+context, under the old and the new policy, and a request the two decide differently is a
+flip. A request logged without its context, that a changed rule applies to while a rule
+applying to it reads ``context.*``, cannot be replayed: it is counted as unknown, with why,
+never as a flip. Rules are compared by what they say, not where they are, so an edit of
+comments, white space or rule order changes nothing.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .decision_log import read_decision_log
+from .compiler import CompiledRule
+from .conditions import attributes
+from .decision_log import LogEntryError, LoggedDecision, read_decision_log, read_log_entry
 from .engine import Engine
 from .errors import UsageError
+from .formatter import format_rule
 from .grants import PermissionGrants, PluginGrants, grant_matrix
 from .settings import describe
 
@@ -33,6 +41,7 @@ __all__ = [
     "GrantChange",
     "Impact",
     "SettingChange",
+    "Unknown",
     "compare_grants",
     "policy_impact",
     "read_replay_log",
@@ -94,28 +103,49 @@ class Flip:
     reason: str
     rules: tuple[str, ...]
     count: int = 1
+    context: Mapping[str, Any] | None = None  # as recorded; None when the log holds none
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form."""
         return {"plugin": self.plugin, "action": self.action, "resource": self.resource,
+                "context": dict(self.context) if self.context is not None else None,
                 "was_allowed": self.was_allowed, "now_allowed": self.now_allowed,
                 "reason": self.reason, "rules": list(self.rules), "count": self.count}
 
 
 @dataclass(frozen=True, slots=True)
+class Unknown:
+    """A recorded decision that cannot be replayed (``count`` times in the log): the log
+    holds no context and a rule that reads ``context.*`` applies, with a changed rule."""
+
+    plugin: str
+    action: str
+    resource: str | None
+    was_allowed: bool
+    why: str
+    count: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form."""
+        return {"plugin": self.plugin, "action": self.action, "resource": self.resource,
+                "was_allowed": self.was_allowed, "why": self.why, "count": self.count}
+
+
+@dataclass(frozen=True, slots=True)
 class Impact:
     """What a policy edit changes. ``replayed`` is the number of log entries re-decided
-    (None without a log)."""
+    (None without a log); ``unknown`` the entries that could not be."""
 
     grants: tuple[GrantChange, ...]
     settings: tuple[SettingChange, ...]
     replayed: int | None = None
     flips: tuple[Flip, ...] = ()
+    unknown: tuple[Unknown, ...] = ()
 
     @property
     def changed(self) -> bool:
-        """Whether anything differs."""
-        return bool(self.grants or self.settings or self.flips)
+        """Whether anything differs (or may differ: an unknown replay)."""
+        return bool(self.grants or self.settings or self.flips or self.unknown)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form."""
@@ -125,6 +155,7 @@ class Impact:
             "settings": [c.to_dict() for c in self.settings],
             "replayed": self.replayed,
             "flips": [f.to_dict() for f in self.flips],
+            "unknown": [u.to_dict() for u in self.unknown],
         }
 
 
@@ -184,57 +215,109 @@ def compare_grants(
     return tuple(grant_changes), tuple(setting_changes)
 
 
-def read_replay_log(path: str | Path) -> list[dict[str, Any]]:
-    """A decision log's entries, checked for what replaying needs; raises :class:`UsageError`."""
+def read_replay_log(path: str | Path) -> list[LoggedDecision]:
+    """A decision log's entries, each read by :func:`read_log_entry`; raises
+    :class:`UsageError` naming the first entry that is no decision."""
     try:
         entries = read_decision_log(path)
     except OSError as exc:
         raise UsageError(f"cannot read the decision log `{path}`: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"decision log `{path}` is not JSON lines: {exc}") from None
+    decisions: list[LoggedDecision] = []
     for number, entry in enumerate(entries, 1):
-        problem = None
-        if not isinstance(entry, dict):
-            problem = "is not an object"
-        elif not isinstance(entry.get("plugin"), str) or not isinstance(entry.get("action"), str):
-            problem = "needs `plugin` and `action` strings"
-        elif entry.get("resource") is not None and not isinstance(entry.get("resource"), str):
-            problem = "has a `resource` that is not a string"
-        elif not isinstance(entry.get("allowed"), bool):
-            problem = "needs `allowed` (true or false)"
-        elif entry.get("context") is not None and not isinstance(entry.get("context"), dict):
-            problem = "has a `context` that is not an object"
-        if problem:
-            raise UsageError(f"entry {number} of the decision log `{path}` {problem}")
-    return entries
+        try:
+            decisions.append(read_log_entry(entry))
+        except LogEntryError as exc:
+            raise UsageError(f"entry {number} of the decision log `{path}` {exc}") from None
+    return decisions
 
 
-def replay(engine: Engine, entries: Iterable[Mapping[str, Any]]) -> tuple[Flip, ...]:
-    """The recorded decisions that ``engine`` decides the other way, in log order, with
-    repeated requests counted once."""
+def _rule_key(rule: CompiledRule) -> str:
+    """What a rule says, wherever it is written: its canonical text."""
+    return format_rule(rule.node)
+
+
+def _changed_rules(old: Engine, new: Engine) -> list[CompiledRule]:
+    """The rules only one side has (compared by text, as multisets)."""
+    changed: list[CompiledRule] = []
+    for rules, other in ((old.policy.rules, new.policy.rules), (new.policy.rules, old.policy.rules)):
+        remaining = Counter(_rule_key(r) for r in other)
+        for rule in rules:
+            key = _rule_key(rule)
+            if remaining[key] > 0:
+                remaining[key] -= 1
+            else:
+                changed.append(rule)
+    return changed
+
+
+def _applies(rule: CompiledRule, plugin: str, action: str) -> bool:
+    return ((rule.plugins is None or plugin in rule.plugins)
+            and any(p.value == action for p in rule.permissions))
+
+
+def _context_read(rule: CompiledRule) -> str | None:
+    for condition in (rule.when, rule.unless):
+        for attribute in attributes(condition):
+            if attribute.root == "context":
+                return attribute.text
+    return None
+
+
+def _why_unknown(entry: LoggedDecision, changed: Sequence[CompiledRule],
+                 rules: Sequence[CompiledRule]) -> str | None:
+    """Why an entry logged without context cannot be replayed, or None if it can: no
+    changed rule applies to it, or no rule that applies reads the context."""
+    if entry.context is not None or not any(_applies(r, entry.plugin, entry.action) for r in changed):
+        return None
+    # A changed rule that reads the context is the likeliest cause: name it first.
+    changed_ids = {id(r) for r in changed}
+    for rule in (*changed, *rules):
+        read = _context_read(rule)
+        if read is not None and _applies(rule, entry.plugin, entry.action):
+            return (f"the log holds no context and the {'changed ' if id(rule) in changed_ids else ''}"
+                    f"rule at {rule.ref.location} reads `{read}`")
+    return None
+
+
+def replay(old: Engine, new: Engine, entries: Iterable[LoggedDecision]
+           ) -> tuple[tuple[Flip, ...], tuple[Unknown, ...]]:
+    """Decide each recorded request, with its recorded context, under ``old`` and ``new``:
+    the requests they decide differently (flips) and the ones that cannot be replayed
+    (unknown), in log order, repeated requests counted once."""
+    changed = _changed_rules(old, new)
+    rules = [*old.policy.rules, *new.policy.rules]
     flips: dict[str, Flip] = {}
+    unknown: dict[str, Unknown] = {}
     for entry in entries:
-        context = entry.get("context") or None
-        decision = engine.decide(entry["plugin"], entry["action"], entry.get("resource"), context)
-        if decision.allowed == entry["allowed"]:
+        key = json.dumps([entry.plugin, entry.action, entry.resource, entry.context, entry.allowed],
+                         sort_keys=True, default=str)
+        why = _why_unknown(entry, changed, rules)
+        if why is not None:
+            seen = unknown.get(key)
+            unknown[key] = (Unknown(entry.plugin, entry.action, entry.resource, entry.allowed, why)
+                            if seen is None else replace(seen, count=seen.count + 1))
             continue
-        key = json.dumps([entry["plugin"], entry["action"], entry.get("resource"), context,
-                          entry["allowed"]], sort_keys=True, default=str)
+        context = dict(entry.context) if entry.context else None
+        before = old.decide(entry.plugin, entry.action, entry.resource, context)
+        after = new.decide(entry.plugin, entry.action, entry.resource, context)
+        if before.allowed == after.allowed:
+            continue
         found = flips.get(key)
-        if found is None:
-            flips[key] = Flip(entry["plugin"], entry["action"], entry.get("resource"), entry["allowed"],
-                              decision.allowed, decision.reason.value,
-                              tuple(rule.location for rule in decision.rules))
-        else:
-            flips[key] = Flip(found.plugin, found.action, found.resource, found.was_allowed,
-                              found.now_allowed, found.reason, found.rules, found.count + 1)
-    return tuple(flips.values())
+        flips[key] = (Flip(entry.plugin, entry.action, entry.resource, before.allowed, after.allowed,
+                           after.reason.value, tuple(rule.location for rule in after.rules),
+                           context=entry.context)
+                      if found is None else replace(found, count=found.count + 1))
+    return tuple(flips.values()), tuple(unknown.values())
 
 
-def policy_impact(old: Engine, new: Engine, log: Sequence[Mapping[str, Any]] | None = None) -> Impact:
+def policy_impact(old: Engine, new: Engine, log: Sequence[LoggedDecision] | None = None) -> Impact:
     """What changes from ``old`` to ``new`` (two engines over the same plugins); with a
-    decision ``log``, also the recorded decisions ``new`` would flip."""
+    decision ``log``, also the recorded decisions that would flip and those that cannot be
+    replayed."""
     grants, settings = compare_grants(grant_matrix(old), grant_matrix(new))
     if log is None:
         return Impact(grants, settings)
-    return Impact(grants, settings, len(log), replay(new, log))
+    flips, unknown = replay(old, new, log)
+    return Impact(grants, settings, len(log), flips, unknown)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from ..errors import PolicyEngineError
 from ..lint import DEFAULT_PATHS, explain, format_json, format_sarif, format_text, lint_paths
-from ..lint.rules import DOCS_PAGE
+from ..lint.formatters import check_doc_url
+from ..lint.rules import DOCS_URL
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
@@ -61,9 +62,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variables", action="append", metavar="KEY=VALUE",
                         help="a template variable for patterns, such as data_dir=/var/lib/app "
                              "(repeatable; defaults: the engine's home, tmp and data_dir)")
+    parser.add_argument("--skip-code-outside-plugins", action="store_true",
+                        help="skip a .py path that belongs to no plugin instead of failing "
+                             "(the pre-commit hook passes every changed .py file)")
     parser.add_argument("--explain", metavar="CODE", help="print the documentation of a rule and exit")
-    parser.add_argument("--doc-url", default=DOCS_PAGE, metavar="URL",
-                        help=f"where the rule docs are published, for SARIF helpUri (default: {DOCS_PAGE})")
+    parser.add_argument("--doc-url", default=DOCS_URL, metavar="URL",
+                        help=f"the absolute URL where the rule docs are published, for SARIF "
+                             f"helpUri (default: {DOCS_URL})")
     return parser
 
 
@@ -85,12 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine_log = logging.getLogger("policy_engine")
     if not any(isinstance(h, logging.NullHandler) for h in engine_log.handlers):
         engine_log.addHandler(logging.NullHandler())
+    if args.format == "sarif":
+        try:
+            check_doc_url(args.doc_url)
+        except PolicyEngineError as exc:
+            print(f"policy-lint: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         result = lint_paths(
             args.paths or list(DEFAULT_PATHS),
             variables=_variables(args.variables),
             select=_codes(args.select),
             ignore=_codes(args.ignore),
+            skip_code_outside_plugins=args.skip_code_outside_plugins,
         )
     except PolicyEngineError as exc:
         print(f"policy-lint: error: {exc}", file=sys.stderr)

@@ -177,7 +177,9 @@ def _register_diff(commands: Any) -> None:
     diff.add_argument("old", metavar="OLD", help="the policy in force: a .policy file or directory")
     diff.add_argument("new", metavar="NEW", help="the edited policy: a .policy file or directory")
     diff.add_argument("--replay", metavar="DECISION_LOG",
-                      help="re-decide the requests of a decision log under NEW and list those that flip")
+                      help="decide the requests of a decision log, with their recorded context, "
+                           "under OLD and NEW and list those that flip (and, apart, those "
+                           "logged without the context a rule reads)")
     diff.add_argument("--json", action="store_true", help="print JSON")
     add_plugin_options(diff)
     diff.set_defaults(handler=cmd_diff)

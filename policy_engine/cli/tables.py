@@ -150,6 +150,14 @@ def impact_tables(impact: Impact) -> list[Table]:
                    f.reason, ", ".join(f.rules), str(f.count)) for f in impact.flips),
             frozenset({2}),
         ))
+    if impact.unknown:
+        tables.append(Table(
+            "recorded decisions that cannot be replayed",
+            ("PLUGIN", "ACTION", "RESOURCE", "WAS", "WHY", "COUNT"),
+            tuple((u.plugin, u.action, u.resource or "", _allowed(u.was_allowed), u.why, str(u.count))
+                  for u in impact.unknown),
+            frozenset({2}),
+        ))
     return tables
 
 
@@ -167,4 +175,7 @@ def impact_summary(impact: Impact) -> str:
     if impact.replayed is not None:
         flips = sum(f.count for f in impact.flips)
         line += f"; {flips} of {impact.replayed} recorded decision{'s' if impact.replayed != 1 else ''} would flip"
+        unknown = sum(u.count for u in impact.unknown)
+        if unknown:
+            line += f", {unknown} unknown (logged without the context a rule reads)"
     return line

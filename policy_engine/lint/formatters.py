@@ -6,20 +6,23 @@ code.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..diagnostics import Diagnostic, Severity
-from .rules import DOCS_PAGE, Rule, get_rule
+from ..errors import UsageError
+from .rules import DOCS_URL, Rule, get_rule
 from .runner import LintResult
 
-__all__ = ["FORMATS", "SARIF_SCHEMA", "format_json", "format_sarif", "format_text"]
+__all__ = ["FORMATS", "SARIF_SCHEMA", "check_doc_url", "format_json", "format_sarif", "format_text", "tool_version"]
 
-#: The schema a SARIF log names in ``$schema``.
-SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+#: The schema a SARIF log names in ``$schema``: the OASIS 2.1.0 schema (with errata 01).
+SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 
 _SARIF_LEVELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 _COLOURS = {Severity.ERROR: "\x1b[31m", Severity.WARNING: "\x1b[33m", Severity.INFO: "\x1b[36m"}
@@ -91,18 +94,31 @@ def format_json(result: LintResult) -> str:
     return json.dumps(items, indent=2, ensure_ascii=False) + "\n"
 
 
-def format_sarif(result: LintResult, *, doc_url: str = DOCS_PAGE) -> str:
+def tool_version() -> str:
+    """The installed package's version (``project.version``), for ``tool.driver.version``."""
+    try:
+        return importlib.metadata.version("policy_engine")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "0+unknown"
+
+
+def format_sarif(result: LintResult, *, doc_url: str = DOCS_URL) -> str:
     """A SARIF 2.1.0 log for GitHub code scanning. ``doc_url`` is where the rule table is
-    published (``helpUri`` is ``<doc_url>#pl101``); pass an absolute URL when uploading."""
+    published (``helpUri`` is ``<doc_url>#pl101``); it must be an absolute URL, as SARIF
+    requires of ``helpUri``, else :class:`UsageError`."""
+    check_doc_url(doc_url)
     rules = list(result.rules)
     index = {rule.code: i for i, rule in enumerate(rules)}
     results = [_sarif_result(item, index) for item in result.findings]
+    version = tool_version()
     log = {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {
                 "name": "policy-lint",
+                "version": version,
+                "informationUri": doc_url,
                 "rules": [_sarif_rule(rule, doc_url) for rule in rules],
             }},
             "columnKind": "unicodeCodePoints",
@@ -110,6 +126,15 @@ def format_sarif(result: LintResult, *, doc_url: str = DOCS_PAGE) -> str:
         }],
     }
     return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+
+
+def check_doc_url(url: str) -> None:
+    """Raise :class:`UsageError` unless ``url`` is an absolute URL, as SARIF needs of
+    ``helpUri``."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not (parts.netloc or parts.scheme == "file") or any(c.isspace() for c in url):
+        raise UsageError(f"`{url}` is not an absolute URL, which SARIF needs for `helpUri` "
+                         "(such as `https://host/path/README.md`)")
 
 
 def _sarif_rule(rule: Rule, doc_url: str) -> dict[str, Any]:
@@ -157,14 +182,15 @@ def _sarif_result(item: Diagnostic, index: dict[str, int]) -> dict[str, Any]:
 
 
 def _artifact(file: str) -> dict[str, str]:
+    # A file name may hold spaces, `#` or `%`: percent-encode it, so the URI means that file.
     path = Path(file)
     if not path.is_absolute():
-        return {"uri": PurePosixPath(*path.parts).as_posix(), "uriBaseId": "%SRCROOT%"}
+        return {"uri": urllib.parse.quote(PurePosixPath(*path.parts).as_posix()), "uriBaseId": "%SRCROOT%"}
     try:
         relative = path.relative_to(os.getcwd())
     except ValueError:
         return {"uri": path.as_uri()}
-    return {"uri": PurePosixPath(*relative.parts).as_posix(), "uriBaseId": "%SRCROOT%"}
+    return {"uri": urllib.parse.quote(PurePosixPath(*relative.parts).as_posix()), "uriBaseId": "%SRCROOT%"}
 
 
 #: Formatter by ``--format`` name.

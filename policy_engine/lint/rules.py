@@ -24,6 +24,7 @@ from ..diagnostics import Severity
 
 __all__ = [
     "DOCS_PAGE",
+    "DOCS_URL",
     "RULES",
     "Rule",
     "doc_anchor",
@@ -35,6 +36,10 @@ __all__ = [
 
 #: Where the rule table lives; ``README.md#pl101`` is the anchor of ``PL101``.
 DOCS_PAGE = "README.md"
+
+#: The published documentation (``project.urls.Documentation`` in ``pyproject.toml``, which a
+#: test keeps equal): the absolute base of SARIF ``helpUri``.
+DOCS_URL = "https://github.com/policy-engine/policy_engine/blob/main/README.md"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,17 +12,22 @@ Policy sets: the files naming the same policy (``policy "<name>"``, or no header
 one path argument are compiled together as one set, so a directory of alternative policies
 (``policies/examples/``) is linted policy by policy; ``PL309`` reports when the policies
 below one directory would not compile as the single set ``Engine.load(dir)`` makes of
-them. A ``.policy`` file given by itself is linted with the files of the same policy
-beside it. Manifests are checked against every policy set.
+them. A ``.policy`` file given by itself is compiled with the files of the same policy
+beside it (its siblings), but only the findings of the files given are reported: siblings
+feed the cross-file checks and nothing else. A sibling that is unreadable, does not parse or
+does not compile is left out of the set, so it neither hides the given file's findings nor
+makes a valid ``# noqa`` there suppress nothing. Manifests are checked against every policy
+set.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..compiler import PolicySet
 from ..diagnostics import Diagnostic, Severity
 from ..engine import default_variables
 from ..errors import UsageError
@@ -72,16 +77,20 @@ def lint_paths(
     variables: Mapping[str, str] | None = None,
     select: Sequence[str] = (),
     ignore: Sequence[str] = (),
+    skip_code_outside_plugins: bool = False,
 ) -> LintResult:
     """Lint the policies, manifests and plugin code under ``paths``.
 
     ``variables`` add to (or override) the engine's :func:`default_variables`; ``select``
-    and ``ignore`` are code prefixes. Raises :class:`UsageError` for a path that does not
-    exist or is not lintable, and for a code prefix that names no rule.
+    and ``ignore`` are code prefixes. A ``.py`` path means the plugin it belongs to (the
+    nearest directory upward holding ``plugin.yaml``); with ``skip_code_outside_plugins`` a
+    ``.py`` file of no plugin is skipped (the pre-commit hook passes every changed ``.py``
+    file). Raises :class:`UsageError` for a path that does not exist or is not lintable,
+    and for a code prefix that names no rule.
     """
     is_selected = _selector(select, ignore)
     merged = {**default_variables(), **dict(variables or {})}
-    inputs = _discover([os.fspath(p) for p in paths])
+    inputs = _discover([os.fspath(p) for p in paths], skip_code_outside_plugins)
     findings: list[Diagnostic] = []
     texts: dict[str, tuple[str, str]] = {}  # path -> (text, language), for noqa
 
@@ -92,8 +101,10 @@ def lint_paths(
         findings.extend(item.errors)
     policy_sets: list[PolicySetSources] = []
     compiled_ok: dict[tuple[str, str | None], bool] = {}
-    for (root, name), members in groups.items():
-        policy, errors = compile_files(members, merged)
+    for key, grouped in groups.items():
+        root, name = key
+        policy, errors, members = _compile_group(grouped, inputs.siblings, merged)
+        groups[key] = members
         findings.extend(errors)
         compiled_ok[(root, name)] = policy is not None and not any(m.errors for m in members)
         if policy is not None:
@@ -118,16 +129,21 @@ def lint_paths(
             findings.extend(check_unknown_plugins(policy_set.policy, known))
         findings.extend(check_against_policies(manifests, policy_sets, merged))
 
-    selected = [f for f in findings if is_selected(f.code)]
+    # A finding located in a sibling is reported only when it names a given file (a clash
+    # or a redundancy across the two); the sibling's own findings were not asked for. Its
+    # noqa comments are still read, so what they suppress stays suppressed.
+    is_wanted = _wanted(inputs)
+    selected = [f for f in findings if is_selected(f.code) and is_wanted(f)]
     suppressions: list[Suppression] = []
     for path, (text, language) in texts.items():
         suppressions.extend(find_suppressions(path, text, language))
     kept, unused = apply_suppressions(selected, suppressions, is_selected)
     if is_selected("PL901"):
-        kept.extend(unused)
+        kept.extend(u for u in unused if is_wanted(u))
     unique = {(f.code, f.span, f.message, f.pointer): f for f in kept}
     ordered = tuple(sorted(unique.values(), key=position))
-    files = sorted({*inputs.policy_texts, *(m.path for m in manifests)})
+    files = sorted({*(p for p in inputs.policy_texts if p not in inputs.siblings),
+                    *(m.path for m in manifests)})
     return LintResult(ordered, tuple(files), tuple(r for r in RULES if is_selected(r.code)))
 
 
@@ -145,6 +161,18 @@ def _selector(select: Sequence[str], ignore: Sequence[str]) -> Callable[[str], b
     return is_selected
 
 
+def _wanted(inputs: _Inputs) -> Callable[[Diagnostic], bool]:
+    given = [p for p in inputs.policy_texts if p not in inputs.siblings]
+
+    def is_wanted(item: Diagnostic) -> bool:
+        if item.span is None or item.span.file not in inputs.siblings:
+            return True
+        text = f"{item.message}\n{item.hint or ''}"
+        return any(f"{path}:" in text for path in given)
+
+    return is_wanted
+
+
 # Finding the inputs -------------------------------------------------------------------------
 
 
@@ -155,9 +183,11 @@ class _Inputs:
     policy_roots: dict[str, str]
     directory_roots: list[str]
     plugin_dirs: list[str]
+    # policy files read only because they share a policy with a file given by itself
+    siblings: set[str] = field(default_factory=set)
 
 
-def _discover(paths: Sequence[str]) -> _Inputs:
+def _discover(paths: Sequence[str], skip_code_outside_plugins: bool = False) -> _Inputs:
     inputs = _Inputs({}, {}, [], [])
     seen: set[str] = set()
     plugins_seen: set[str] = set()
@@ -200,6 +230,8 @@ def _discover(paths: Sequence[str]) -> _Inputs:
                 add_plugin(path.parent)
             elif path.suffix == ".py" and (plugin := _enclosing_plugin(path)) is not None:
                 add_plugin(plugin)
+            elif path.suffix == ".py" and skip_code_outside_plugins:
+                continue
             else:
                 raise UsageError(
                     f"`{path}` is not a `.policy` file, a `{MANIFEST_NAME}` or a file of a plugin directory"
@@ -222,7 +254,10 @@ def _walk(root: Path) -> list[tuple[Path, list[str]]]:
 
 
 def _enclosing_plugin(path: Path) -> Path | None:
-    for parent in path.parents:
+    """The nearest directory upward holding a manifest, above the current directory too
+    (a file named from inside a plugin's subdirectory)."""
+    above = () if path.is_absolute() else Path.cwd().parents
+    for parent in (*path.parents, *above):
         if (parent / MANIFEST_NAME).is_file():
             return parent
     return None
@@ -271,9 +306,31 @@ def _group(inputs: _Inputs, parsed: dict[str, ParsedFile]) -> dict[tuple[str, st
                 parsed[name] = other
                 inputs.policy_texts[name] = other.source
                 inputs.policy_roots[name] = parent
+                inputs.siblings.add(name)
                 members.append(other)
     return {key: sorted(members, key=lambda m: m.path) for key, members in sorted(
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))}
+
+
+def _compile_group(
+    members: list[ParsedFile], siblings: set[str], variables: Mapping[str, str]
+) -> tuple[PolicySet | None, list[Diagnostic], list[ParsedFile]]:
+    """Compile a group as one set. A sibling broken on its own (it does not parse or does not
+    compile alone) is left out; a sibling that clashes with the given files is reported
+    through the clash and then left out too, so the given files are still analysed."""
+    members = [m for m in members if m.path not in siblings
+               or (not m.errors and not compile_files([m], variables)[1])]
+    errors: list[Diagnostic] = []
+    while True:
+        policy, found = compile_files(members, variables)
+        errors.extend(found)
+        # A clash is reported on either side, naming the other side's position.
+        clashing = {m.path for m in members if m.path in siblings and any(
+            (e.span is not None and e.span.file == m.path) or f"{m.path}:" in f"{e.message}\n{e.hint or ''}"
+            for e in found)}
+        if not clashing:
+            return policy, errors, members
+        members = [m for m in members if m.path not in clashing]
 
 
 def _conflicting_sets(

@@ -5,6 +5,7 @@ reported change for that plugin and permission."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policy_engine.decision_log import LogEntryError, LoggedDecision, read_log_entry
 from policy_engine.engine import Engine
 from policy_engine.grants import grant_matrix, overlaps, show_pattern
 from policy_engine.impact import Change, compare_grants, policy_impact, replay
@@ -71,13 +73,13 @@ def test_fixture_diff_agrees_with_the_replayed_log() -> None:
     impact = policy_impact(old, new)
     changed = {(c.plugin, c.permission) for c in impact.grants}
     assert ("alpha", "file:read", Change.NEWLY_DENIED) in {(c.plugin, c.permission, c.change) for c in impact.grants}
-    requests = [{"plugin": p, "action": a, "resource": r, "allowed": old.decide(p, a, r).allowed}
+    requests = [LoggedDecision(p, a, r, old.decide(p, a, r).allowed, {})
                 for p in ("alpha", "beta", "delta", "gamma")
                 for a in ("file:read", "file:write", "network:request", "hook:register", "database:read")
                 for r in ("/srv/data/x", "/srv/data/public/drafts/a", "/srv/data/public/b",
                           "db.internal.example.com:443", "api.example.com:443", "metrics.cpu", "build.done")]
-    flips = replay(new, requests)
-    assert flips
+    flips, unknown = replay(old, new, requests)
+    assert flips and unknown == ()
     for flip in flips:
         assert (flip.plugin, flip.action) in changed
 
@@ -186,3 +188,85 @@ def test_diff_agrees_with_decide_on_every_request_for_some_edits() -> None:
             if full.decide(plugin, action, resource, context).allowed != \
                     edited.decide(plugin, action, resource, context).allowed:
                 assert (plugin, action) in covered, (RULES[dropped], plugin, action, resource, context)
+
+
+# Replaying a decision log -------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.integers(0, len(RULES) - 1)), st.sets(st.integers(0, len(RULES) - 1)),
+       st.lists(st.sampled_from(REQUESTS), min_size=20, max_size=80), st.booleans())
+def test_replay_flips_exactly_what_the_two_policies_decide_differently(
+        old_rules: set[int], new_rules: set[int],
+        requests: list[tuple[str, str, str | None, dict[str, Any] | None]], logged_context: bool) -> None:
+    old, new = engine(old_rules), engine(new_rules)
+    entries = [LoggedDecision(p, a, r, old.decide(p, a, r, c).allowed, (c or {}) if logged_context else None)
+               for p, a, r, c in requests]
+    flips, unknown = replay(old, new, entries)
+    flipped = {(f.plugin, f.action, f.resource, repr(f.context)) for f in flips}
+    unknowns = {(u.plugin, u.action, u.resource) for u in unknown}
+    if logged_context:
+        assert unknown == ()
+    for entry in entries:
+        request = (entry.plugin, entry.action, entry.resource)
+        if entry.context is None and request in unknowns:
+            continue  # not replayable: it is never a flip
+        context = dict(entry.context) if entry.context else None
+        differs = (old.decide(*request, context).allowed != new.decide(*request, context).allowed)
+        assert differs == ((*request, repr(entry.context)) in flipped), (entry, differs)
+    for u in unknown:
+        assert "the log holds no context" in u.why and "reads `context." in u.why
+
+
+def test_a_decision_logged_without_context_is_unknown_never_a_flip() -> None:
+    old = engine({6})  # deny p2 file:* on /srv/** unless context.admin
+    new = engine(set())
+    entry = LoggedDecision("p2", "file:read", "/srv/a.txt", False, None)
+    flips, unknown = replay(old, new, [entry, entry])
+    assert flips == ()
+    assert [(u.plugin, u.count) for u in unknown] == [("p2", 2)]
+    assert unknown[0].why.startswith("the log holds no context and the changed rule at ")
+    assert unknown[0].why.endswith("reads `context.admin`")
+    # The same request logged with its context replays.
+    assert replay(old, new, [replace(entry, context={"admin": False})])[1] == ()
+
+
+def test_a_request_no_changed_rule_applies_to_replays_without_context() -> None:
+    old, new = engine({6, 8}), engine({6})  # only the network rule changes
+    flips, unknown = replay(old, new, [LoggedDecision("p2", "file:read", "/srv/a.txt", False, None)])
+    assert (flips, unknown) == ((), ())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sets(st.integers(0, len(RULES) - 1)), st.randoms(use_true_random=False),
+       st.lists(st.sampled_from(REQUESTS), min_size=20, max_size=60))
+def test_an_edit_of_comments_white_space_and_order_changes_nothing(
+        indices: set[int], rnd: Any, requests: list[tuple[str, str, str | None, dict[str, Any] | None]]) -> None:
+    text = "\n".join(RULES[i] for i in sorted(indices)) or "# nothing\n"
+    lines = [RULES[i] for i in indices]
+    rnd.shuffle(lines)
+    edited = "# edited\n\n" + "\n\n".join(f"  {line.replace(' on ', '   on ')}  # why" for line in lines)
+    old = Engine.from_source(text, plugins(), VARIABLES, cache_size=0)
+    new = Engine.from_source(edited + "\n", plugins(), VARIABLES, cache_size=0)
+    entries = [LoggedDecision(p, a, r, not old.decide(p, a, r, c).allowed, None) for p, a, r, c in requests]
+    impact = policy_impact(old, new, entries)
+    assert not impact.changed, impact.to_dict()
+
+
+@pytest.mark.parametrize(("entry", "problem"), [
+    ([], "is not an object"),
+    ({"action": "file:read", "allowed": True}, "needs `plugin` and `action` strings"),
+    ({"plugin": "p", "action": "file:read", "resource": 3, "allowed": True}, "has a `resource` that is not a string"),
+    ({"plugin": "p", "action": "file:read", "allowed": "yes"}, "needs `allowed` (true or false)"),
+    ({"plugin": "p", "action": "file:read", "allowed": True, "context": None}, "has a `context` that is not an object"),
+])
+def test_a_log_entry_that_is_no_decision_says_why(entry: object, problem: str) -> None:
+    with pytest.raises(LogEntryError) as caught:
+        read_log_entry(entry)
+    assert str(caught.value) == problem
+
+
+def test_a_log_entry_without_context_is_not_one_with_an_empty_context() -> None:
+    base = {"plugin": "p", "action": "file:read", "allowed": True}
+    assert read_log_entry(base).context is None
+    assert read_log_entry({**base, "context": {}}).context == {}

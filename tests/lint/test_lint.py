@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +15,18 @@ import jsonschema
 import pytest
 import yaml
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from policy_engine.cli.lint import main
 from policy_engine.diagnostics import Diagnostic, Severity
 from policy_engine.errors import ManifestError, UsageError
 from policy_engine.lint import RULES, explain, lint_paths, render_rule_table
+from policy_engine.lint.formatters import tool_version
 from policy_engine.lint.manifest_checks import classify
+from policy_engine.lint.rules import DOCS_URL
 from policy_engine.manifest import load_manifest
 
 from ..conftest import assert_golden
@@ -100,6 +108,8 @@ def test_output_formats_are_golden(fmt: str, capsys: pytest.CaptureFixture[str])
     code, out, err = run(capsys, *args)
     assert (code, err) == (1, "")
     suffix = {"text": "txt", "json": "json", "sarif": "sarif"}[fmt]
+    if fmt == "sarif":  # the golden file outlives a version bump
+        out = out.replace(f'"version": "{tool_version()}"', '"version": "<version>"')
     assert_golden(GOLDEN / f"project.{suffix}", out)
 
 
@@ -114,17 +124,34 @@ def test_json_findings_have_positions_and_doc_anchors(capsys: pytest.CaptureFixt
         assert item["start"]["line"] >= 1 and item["end"]["line"] >= item["start"]["line"]
 
 
-def test_sarif_matches_the_sarif_2_1_0_schema(capsys: pytest.CaptureFixture[str]) -> None:
-    schema = json.loads((HERE / "sarif-2.1.0-subset.schema.json").read_text())
-    jsonschema.Draft7Validator.check_schema(schema)
-    _, out, _ = run(capsys, "project", "rules", "--format", "sarif",
-                    "--doc-url", "https://example.org/policy_engine/README.md")
+# The official SARIF 2.1.0 schema (with errata 01), vendored unchanged from
+# https://github.com/oasis-tcs/sarif-spec, file sarif-2.1/schema/sarif-schema-2.1.0.json at
+# commit e0583813964ec43cea53b6b531b402866095ed1f; (c) OASIS Open, licensed under the OASIS
+# IPR Policy (https://www.oasis-open.org/policies-guidelines/ipr), see that repository's LICENSE.md.
+SARIF_SCHEMA_FILE = HERE / "sarif-schema-2.1.0.json"
+
+
+def sarif_validator() -> jsonschema.Draft4Validator:
+    """The official schema, with formats checked (``uri`` rejects a relative URL)."""
+    schema = json.loads(SARIF_SCHEMA_FILE.read_text(encoding="utf-8"))
+    jsonschema.Draft4Validator.check_schema(schema)
+    checker = jsonschema.FormatChecker()
+    # Without the format packages jsonschema skips `uri` silently: make that a failure.
+    assert {"uri", "uri-reference", "date-time"} <= set(checker.checkers)
+    return jsonschema.Draft4Validator(schema, format_checker=checker)
+
+
+def test_sarif_matches_the_official_sarif_2_1_0_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "project", "rules", "--format", "sarif")
     log = json.loads(out)
-    jsonschema.Draft7Validator(schema).validate(log)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in sarif_validator().iter_errors(log)]
+    assert errors == []
     run_ = log["runs"][0]
-    rules = run_["tool"]["driver"]["rules"]
+    driver = run_["tool"]["driver"]
+    rules = driver["rules"]
     assert [r["id"] for r in rules] == [r.code for r in RULES]
-    assert rules[0]["helpUri"] == "https://example.org/policy_engine/README.md#pl001"
+    assert rules[0]["helpUri"] == f"{DOCS_URL}#pl001"
+    assert driver["version"] == tool_version() != "0+unknown"
     for result in run_["results"]:
         # What GitHub code scanning needs beyond the schema: a rule, a relative file, a line.
         assert rules[result["ruleIndex"]]["id"] == result["ruleId"]
@@ -133,9 +160,42 @@ def test_sarif_matches_the_sarif_2_1_0_schema(capsys: pytest.CaptureFixture[str]
         assert location["region"]["startLine"] >= 1
 
 
-def test_the_sarif_schema_subset_rejects_what_github_would() -> None:
-    schema = json.loads((HERE / "sarif-2.1.0-subset.schema.json").read_text())
-    validator = jsonschema.Draft7Validator(schema)
+def test_sarif_version_and_doc_url_come_from_pyproject() -> None:
+    with open(ROOT / "pyproject.toml", "rb") as handle:
+        project = tomllib.load(handle)["project"]
+    assert project["urls"]["Documentation"] == DOCS_URL
+    assert tool_version() == project["version"]
+
+
+def test_sarif_with_the_default_doc_url_before_was_relative_and_is_rejected_by_the_schema() -> None:
+    log = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x", "rules": [
+        {"id": "PL101", "helpUri": "README.md#pl101"}]}}}]}
+    assert not sarif_validator().is_valid(log)  # the format check is what catches it
+
+
+@pytest.mark.parametrize("url", ["README.md", "docs/README.md", "//host/README.md", "https://h/a b"])
+def test_sarif_refuses_a_relative_doc_url(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "project", "--format", "sarif", "--doc-url", url)
+    assert (code, out) == (2, "")
+    assert err == (f"policy-lint: error: `{url}` is not an absolute URL, which SARIF needs for "
+                   "`helpUri` (such as `https://host/path/README.md`)\n")
+
+
+def test_sarif_file_names_are_percent_encoded(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my policies").mkdir()
+    (tmp_path / "my policies" / "a #1.policy").write_text('allow plugin "x" to file:read "/srv/**"\n'
+                                                         'allow plugin "x" to file:read "/srv/**"\n')
+    _, out, _ = run(capsys, "my policies", "--format", "sarif")
+    log = json.loads(out)
+    assert list(sarif_validator().iter_errors(log)) == []
+    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"]}
+    assert uris == {"my%20policies/a%20%231.policy"}
+
+
+def test_the_official_sarif_schema_rejects_what_github_would() -> None:
+    validator = sarif_validator()
     good = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}}, "results": [
         {"ruleId": "PL101", "level": "error", "message": {"text": "m"}, "locations": [
             {"physicalLocation": {"artifactLocation": {"uri": "a.policy"}, "region": {"startLine": 1}}}]}]}]}
@@ -149,6 +209,8 @@ def test_the_sarif_schema_subset_rejects_what_github_would() -> None:
             {"level": "fatal", "message": {"text": "m"}}]}]},
         {**good, "runs": [{"tool": {"driver": {"name": "x"}}, "results": [{"message": {"text": "m"}, "locations": [
             {"physicalLocation": {"artifactLocation": {"uri": "a"}, "region": {"startLine": 0}}}]}]}]},
+        {**good, "runs": [{"tool": {"driver": {"name": "x", "informationUri": "README.md"}}}]},
+        {**good, "$schema": "not a uri"},
         {**good, "extra": 1},
     ):
         assert not validator.is_valid(broken), broken
@@ -306,11 +368,11 @@ def test_compile_errors_of_all_files_are_reported(tmp_path: Path) -> None:
 def test_pre_commit_hook_is_declared() -> None:
     hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     (hook,) = hooks
-    assert hook["id"] == hook["entry"] == "policy-lint"
+    assert hook["id"] == "policy-lint" and hook["entry"].split()[0] == "policy-lint"
     assert hook["language"] == "python" and hook["pass_filenames"] is True
     assert re.search(hook["files"], "policies/site.policy")
     assert re.search(hook["files"], "plugins/x/plugin.yaml")
-    assert not re.search(hook["files"], "plugins/x/plugin.py")
+    assert re.search(hook["files"], "plugins/x/plugin.py")  # tests/lint/test_pre_commit_hook.py
 
 
 # The README, the shipped policies, scale ------------------------------------------------
