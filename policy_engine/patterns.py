@@ -33,6 +33,7 @@ NAME
 from __future__ import annotations
 
 import abc
+import functools
 import ipaddress
 import posixpath
 import re
@@ -54,6 +55,7 @@ __all__ = [
     "PatternError",
     "Resource",
     "compile_pattern",
+    "glob_matches",
     "normalize",
 ]
 
@@ -614,6 +616,41 @@ def _compile_name(text: str) -> NamePattern:
         _fixed=fixed,
         _regex=regex,
     )
+
+
+# --------------------------------------------------------------------------- condition globs
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    out = []
+    index = 0
+    while index < len(glob):
+        char = glob[index]
+        if glob.startswith("**", index):
+            out.append(".*")
+            while index < len(glob) and glob[index] == "*":
+                index += 1
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(char))
+        index += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def glob_matches(glob: str, value: str) -> bool:
+    """Whether ``value`` is matched by ``glob`` with the language's glob semantics.
+
+    The semantics of path patterns, applied to any string: ``*`` matches a run of
+    characters other than ``/``, ``?`` one character other than ``/``, ``**`` any run of
+    characters including ``/``; ``.`` is not special (``core-*`` matches ``core-a.b``);
+    ``[`` and ``]`` are ordinary characters and there is no escaping. Case-sensitive.
+    """
+    return _glob_regex(glob).fullmatch(value) is not None
 
 
 # --------------------------------------------------------------------------- entry points

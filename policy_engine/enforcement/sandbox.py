@@ -40,7 +40,7 @@ from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner
 from .spec import checker_data, lockdown_spec, resource_limits
 from .supervisor import WorkerInit
 from .usage import ResourceUsage
-from .validation import ValidationResult, validate_plugin
+from .validation import ValidationResult, inprocess_refusal, validate_plugin
 
 __all__ = ["AuditRecord", "PluginSandbox", "ValidationResult"]
 
@@ -258,6 +258,9 @@ class PluginSandbox:
         """A runner for ``metadata`` in the isolation mode the policy chose."""
         name = metadata.name
         limits, timeouts = self.engine.limits(name), self.engine.timeouts(name)
+        refusal = inprocess_refusal(self.engine, name)
+        if refusal is not None:  # also checked by validate_plugin; a runner never skips it
+            raise PluginValidationError(name, [refusal])
         data_dir = self.data_dir / name
         # The kernel can only fence a directory that exists: create the plugin's own.
         data_dir.mkdir(parents=True, exist_ok=True)
