@@ -270,7 +270,7 @@ def _meet(declared: Pattern | None, rule: Pattern | None) -> _Region | None:
     return (declared, rule)
 
 
-def _shown(patterns: Iterable[Pattern | None], plugin_dir: str) -> tuple[str, ...]:
+def _shown(patterns: Iterable[Pattern | None], plugin_dir: str | None) -> tuple[str, ...]:
     return tuple(show_pattern(p, plugin_dir) for p in patterns if p is not None)
 
 

@@ -102,7 +102,10 @@ class PluginMetadata:
     version: str
     type: str
     entry_point: str
-    plugin_path: Path
+    #: The plugin's directory, or None when the manifest came without one (text or a
+    #: mapping given to :meth:`Engine.from_source <policy_engine.engine.Engine.from_source>`
+    #: without ``plugin_paths``): then ``{plugin_dir}`` fills nothing and the plugin cannot run.
+    plugin_path: Path | None
     description: str = ""
     enabled: bool = True
     permissions: tuple[DeclaredPermission, ...] = ()

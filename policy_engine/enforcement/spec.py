@@ -82,8 +82,8 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
     """The worker's lockdown for ``plugin``. In audit mode nothing is denied, so the
     filesystem and network stay open (only limits apply)."""
     table = engine.plugin_table(plugin)
-    if table is None:
-        raise KeyError(plugin)
+    if table is None or table.plugin_dir is None:
+        raise KeyError(plugin)  # the runner refuses a plugin without a directory before this
     limits = engine.limits(plugin)
     grants = kernel_grants(table)
     if audit:

@@ -59,7 +59,7 @@ def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
         if refusal is not None:
             errors.append(refusal)
     findings: tuple[CodeFinding, ...] = ()
-    if scan and metadata.plugin_path.is_dir():
+    if scan and metadata.plugin_path is not None and metadata.plugin_path.is_dir():
         findings = scan_plugin(metadata.plugin_path)
         warnings.extend(str(f) for f in findings if f.severity.value in ("warning", "error"))
     return ValidationResult(not errors, tuple(errors), tuple(warnings), findings)
@@ -93,6 +93,8 @@ def find_entry_point(metadata: PluginMetadata) -> list[str]:
         return [f"entry point `{metadata.entry_point}` is not of the form `module:Class`"]
     parts = module_name.split(".")
     root = metadata.plugin_path
+    if root is None:
+        return ["the manifest came without a plugin directory, so there is no code to load"]
     candidates = [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")]
     module_file = next((c for c in candidates if c.is_file()), None)
     if module_file is None:
