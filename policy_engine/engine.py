@@ -8,7 +8,6 @@ decision never mixes two policies, and a cached answer can never outlive its sna
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import os
 import tempfile

@@ -74,7 +74,7 @@ def _clean(text: str) -> str:
     return textwrap.dedent(text).strip("\n")
 
 
-E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 RULES: tuple[Rule, ...] = (
     # PL0xx: syntax ----------------------------------------------------------------------
@@ -419,7 +419,7 @@ RULES: tuple[Rule, ...] = (
             plugin "report-builder" { isolation inprocess
                                       accept unpinned-inprocess }
         """),
-    _rule("PL311", "accepted-risk", I, "the policy accepts a risk the engine would otherwise refuse", """
+    _rule("PL311", "accepted-risk", INFO, "the policy accepts a risk the engine would otherwise refuse", """
         Notes every name of every `accept` setting: what the engine no longer refuses, for
         which plugins, and what that gives up.
         """, """
