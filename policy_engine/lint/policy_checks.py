@@ -18,6 +18,7 @@ a :class:`~policy_engine.compiler.PolicySet`:
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,15 @@ from ..diagnostics import Diagnostic, Span
 from ..errors import PolicyCompileError, PolicySyntaxError
 from ..nodes import Effect
 from ..parser import parse_policy
-from ..patterns import HostPattern, NamePattern, PathPattern, Pattern, PatternError, compile_pattern
+from ..patterns import (
+    HostPattern,
+    NamePattern,
+    PathPattern,
+    Pattern,
+    PatternError,
+    compile_pattern,
+    glob_matches,
+)
 from ..permissions import ALL_PERMISSIONS, Permission, ResourceKind
 from ..risks import RISKS, UNPINNED_INPROCESS
 from ..settings import Isolation, Overlay
@@ -161,6 +170,11 @@ _NO_SLASH = frozenset({("name",), ("type",), ("version",), ("entry_point",)})
 def _glob_change(node: nodes.Matches) -> str | None:
     """How the meaning of ``node``'s glob changed from ``fnmatch``, or None when it did not."""
     glob = node.pattern
+    if isinstance(node.operand, nodes.Literal):
+        value = node.operand.value
+        if not isinstance(value, str) or fnmatch.fnmatchcase(value, glob) == glob_matches(glob, value):
+            return None  # PL307 reports the constant; its value did not change
+        return f"it was {fnmatch.fnmatchcase(value, glob)} and is now {glob_matches(glob, value)}"
     opening = glob.find("[")
     if opening >= 0 and glob.find("]", opening + 2) >= 0:
         return "`[...]` was a character class and is now literal text"
@@ -230,6 +244,8 @@ def _index_key(pattern: Pattern) -> Hashable:
     if isinstance(pattern, NamePattern):
         return pattern.canonical.split("*", 1)[0]
     assert isinstance(pattern, HostPattern)
+    if pattern.network is not None and pattern.network.num_addresses > 1:
+        return pattern.network.compressed
     return pattern.host_text
 
 
@@ -248,6 +264,12 @@ def _candidate_keys(pattern: Pattern) -> Iterator[Hashable]:
         assert isinstance(pattern, HostPattern)
         yield "*"
         yield pattern.host_text
+        if pattern.network is not None:  # every address range that could contain this one
+            for length in range(pattern.network.prefixlen + 1):
+                yield pattern.network.supernet(new_prefix=length).compressed
+            if pattern.network.num_addresses == 1:
+                yield pattern.network.compressed.rsplit("/", 1)[0]
+            return
         labels = pattern.host_text.removeprefix("*.").split(".")
         for i in range(len(labels)):
             yield "*." + ".".join(labels[i:])
