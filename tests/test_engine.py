@@ -369,3 +369,22 @@ def test_a_pinned_plugin_without_a_directory_does_not_match_its_pin() -> None:
     engine = Engine.from_source(policy + 'allow plugin * to hook:register when plugin.trusted\n',
                                 [_SHADOW_MANIFEST])
     assert not engine.decide("reader", "hook:register").allowed
+
+
+def test_matches_uses_the_languages_globs_not_fnmatch() -> None:
+    engine = Engine.from_source(
+        'allow plugin * to config:read when context.path matches "/srv/*"\n'
+        'allow plugin * to config:write when plugin.name matches "core-[ab]"\n',
+        [manifest("core-a", ["config:read", "config:write"])])
+    assert engine.decide("core-a", "config:read", "x", {"path": "/srv/a"}).allowed
+    assert not engine.decide("core-a", "config:read", "x", {"path": "/srv/a/b"}).allowed  # fnmatch: allowed
+    assert not engine.decide("core-a", "config:write", "x").allowed  # fnmatch: `[ab]` matched `a`
+
+
+def test_network_ranges_in_manifests_and_rules() -> None:
+    engine = Engine.from_source(
+        'allow plugin * to network:request on "10.0.0.0/8:8000-8999"\n',
+        [manifest("p", ["network:request 10.1.0.0/16:8000-8100"])])
+    assert engine.decide("p", "network:request", "10.1.2.3:8080").allowed
+    assert not engine.decide("p", "network:request", "10.1.2.3:8200").allowed  # not declared
+    assert not engine.decide("p", "network:request", "10.2.0.1:8080").allowed
