@@ -972,3 +972,10 @@ def test_glob_matches_agrees_with_path_patterns(glob: str, value: str) -> None:
             or path_glob.endswith("/.") or "**" in path_glob or "/*/" in f"{path_glob}/":
         return  # normal forms differ (empty and dot segments, `**`, a lone `*` segment is non-empty)
     assert glob_matches(path_glob, path) == pattern.matches(path)
+
+
+@pytest.mark.parametrize("spelling", ["API.Example.COM:443", "api.example.com.:443", "https://API.example.com./x",
+                                      "https://api.example.com:443/"])
+def test_host_names_in_every_case_and_with_a_trailing_dot_get_one_decision(spelling: str) -> None:
+    assert compile_pattern(_HOST, "api.example.com:443").matches(normalize(_HOST, spelling))
+    assert compile_pattern(_HOST, "*.Example.com.:443-443").matches(normalize(_HOST, spelling))
