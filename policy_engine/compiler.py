@@ -23,6 +23,7 @@ from .errors import PolicyCompileError
 from .nodes import Effect
 from .patterns import PatternError, compile_pattern
 from .permissions import ACTION_SPELLINGS, Permission, ResourceKind, expand_action
+from .risks import RISKS, risk_names
 from .settings import (
     EMPTY_OVERLAY,
     LIMIT_RESOURCES,
@@ -383,6 +384,17 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
                       did_you_mean(setting.action, choices) or "write `terminate` or `warn`", code="PL107")
         else:
             out.append(("on_violation", Violation(setting.action)))
+        return out
+    if isinstance(setting, nodes.AcceptSetting):
+        for name, span in zip(setting.names, setting.name_spans, strict=True):
+            if name in RISKS:
+                out.append((f"accept.{name}", True))
+            else:
+                known = ", ".join(f"`{r}`" for r in risk_names())
+                hint = did_you_mean(name, risk_names()) or f"the risks a policy can accept are {known}"
+                if name.lower() in ("all", "any", "everything"):
+                    hint = f"there is no blanket opt-out: name each risk ({known})"
+                ctx.error(f"unknown risk `{name}`", span, hint, code="PL107")
         return out
     choices = [v.value for v in Isolation]
     if setting.mode not in choices:

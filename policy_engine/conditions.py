@@ -7,12 +7,12 @@ not match" for an allow rule and "matches" for a deny rule, so errors fail close
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import nodes
+from .patterns import glob_matches
 
 #: Plugin attributes a condition may read (``plugin.<name>``).
 PLUGIN_ATTRIBUTES: tuple[str, ...] = (
@@ -89,7 +89,7 @@ def evaluate(
         value = _value(condition.operand, plugin, context)
         if not isinstance(value, str):
             raise ConditionError(f"`{_text(condition.operand)}` is not a string")
-        return fnmatch.fnmatchcase(value, condition.pattern)
+        return glob_matches(condition.pattern, value)
     if isinstance(condition, nodes.In):
         value = _value(condition.operand, plugin, context)
         found = any(_equal(value, item.value, condition.operand) for item in condition.values)

@@ -7,6 +7,7 @@ decision never mixes two policies, and a cached answer can never outlive its sna
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -182,19 +183,32 @@ class Engine:
         policy: str | Mapping[str, str],
         manifests: Iterable[PluginMetadata | Mapping[str, Any] | str] = (),
         variables: Mapping[str, str] | None = None,
+        *,
+        plugin_paths: Mapping[str, str | os.PathLike[str]] | None = None,
         **options: Any,
     ) -> Engine:
         """Build an engine from policy text (or ``{file name: text}``) and manifests given
-        as :class:`PluginMetadata`, mappings or YAML text."""
+        as :class:`PluginMetadata`, mappings or YAML text.
+
+        A manifest given as text or a mapping has no directory: ``plugin_paths`` maps plugin
+        names to their directories. Without an entry the plugin has no ``{plugin_dir}``
+        (never the current directory): patterns and scopes using it match nothing for it.
+        """
         sources = {"<policy>": policy} if isinstance(policy, str) else dict(policy)
+        paths = {name: Path(path) for name, path in (plugin_paths or {}).items()}
         loaded: list[PluginMetadata] = []
         for index, manifest in enumerate(manifests):
             if isinstance(manifest, PluginMetadata):
                 loaded.append(manifest)
-            elif isinstance(manifest, str):
-                loaded.append(parse_manifest(manifest, file=f"<manifest {index}>"))
+                continue
+            file = f"<manifest {index}>"
+            if isinstance(manifest, str):
+                parsed = parse_manifest(manifest, file=file, plugin_path=Path("/"))
             else:
-                loaded.append(manifest_from_mapping(manifest, file=f"<manifest {index}>"))
+                parsed = manifest_from_mapping(manifest, file=file, plugin_path=Path("/"))
+            given = paths.get(parsed.name)
+            loaded.append(dataclasses.replace(
+                parsed, plugin_path=None if given is None else given.absolute()))
         return cls(sources, loaded, variables, **options)
 
     def _all_manifests(self) -> tuple[list[PluginMetadata], list[Diagnostic]]:
@@ -277,14 +291,14 @@ class Engine:
                 for scope in entry.scopes:
                     pointers[(permission, scope)] = entry.pointer
         digest = None
-        if manifest.name in policy.pins:
+        if manifest.name in policy.pins and manifest.plugin_path is not None:
             try:
                 digest = plugin_digest(manifest.plugin_path)
             except OSError:
                 digest = "unreadable"
         facts = PluginFacts(
             name=manifest.name,
-            plugin_dir=str(manifest.plugin_path),
+            plugin_dir=None if manifest.plugin_path is None else str(manifest.plugin_path),
             enabled=manifest.enabled,
             attributes=manifest.attributes,
             declared={k: tuple(v) for k, v in declared.items()},

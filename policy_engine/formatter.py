@@ -141,6 +141,8 @@ def format_setting(setting: nodes.Setting) -> str:
         return text + (f" max {setting.maximum.text}" if setting.maximum else "")
     if isinstance(setting, nodes.ViolationSetting):
         return f"on violation {setting.action}"
+    if isinstance(setting, nodes.AcceptSetting):
+        return "accept " + ", ".join(setting.names)
     return f"isolation {setting.mode}" + (" allow degraded" if setting.allow_degraded else "")
 
 
@@ -286,7 +288,8 @@ class _Writer:
             self.line(indent + comment.text)
 
 
-_SETTINGS = (nodes.TimeoutSetting, nodes.LimitSetting, nodes.ViolationSetting, nodes.IsolationSetting)
+_SETTINGS = (nodes.TimeoutSetting, nodes.LimitSetting, nodes.ViolationSetting, nodes.IsolationSetting,
+             nodes.AcceptSetting)
 
 
 def _emit(out: _Writer, item: _Item, indent: str) -> None:
@@ -341,7 +344,7 @@ def _render(policy: nodes.PolicyFile) -> str:
 # Meaning ------------------------------------------------------------------------------------
 
 # Fields that record where something was written, or its source text, not what it means.
-_POSITION_FIELDS = frozenset({"span", "plugin_spans", "digest_span"})
+_POSITION_FIELDS = frozenset({"span", "plugin_spans", "digest_span", "name_spans"})
 
 
 def tree_shape(node: Any) -> Any:

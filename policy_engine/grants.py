@@ -176,7 +176,9 @@ def show_pattern(pattern: Pattern, plugin_dir: str | None = None) -> str:
     ``{plugin_dir}``, hosts always with a port (``*`` for any port), names as written."""
     if isinstance(pattern, HostPattern):
         host = f"[{pattern.host_text}]" if ":" in pattern.host_text else pattern.host_text
-        return f"{host}:{'*' if pattern.port is None else pattern.port}"
+        ports = pattern.port_range
+        shown = "*" if ports is None else str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
+        return f"{host}:{shown}"
     text = pattern.canonical
     if isinstance(pattern, PathPattern) and plugin_dir:
         root = plugin_dir.rstrip("/")
@@ -235,8 +237,15 @@ def overlaps(left: Pattern, right: Pattern) -> bool:
     if isinstance(left, NamePattern) and isinstance(right, NamePattern):
         return _sequences_overlap(left.canonical, right.canonical, "*", _same_char)
     if isinstance(left, HostPattern) and isinstance(right, HostPattern):
-        if left.port is not None and right.port is not None and left.port != right.port:
+        lp, rp = left.port_range, right.port_range
+        if lp is not None and rp is not None and (lp[1] < rp[0] or rp[1] < lp[0]):
             return False
+        if left.network is not None or right.network is not None:
+            if left.host_text == "*" or right.host_text == "*":
+                return True
+            ln, rn = left.network, right.network
+            # Names are not resolved: an address range and a name share no resource.
+            return ln is not None and rn is not None and ln.version == rn.version and ln.overlaps(rn)
         a, b = left.host_text, right.host_text
         if a == "*" or b == "*":
             return True
@@ -270,7 +279,7 @@ def _meet(declared: Pattern | None, rule: Pattern | None) -> _Region | None:
     return (declared, rule)
 
 
-def _shown(patterns: Iterable[Pattern | None], plugin_dir: str) -> tuple[str, ...]:
+def _shown(patterns: Iterable[Pattern | None], plugin_dir: str | None) -> tuple[str, ...]:
     return tuple(show_pattern(p, plugin_dir) for p in patterns if p is not None)
 
 

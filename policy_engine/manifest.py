@@ -37,6 +37,7 @@ from .errors import ManifestError, PolicySyntaxError
 from .nodes import Grant
 from .parser import parse_grant
 from .permissions import ACTION_SPELLINGS, Permission, expand_action
+from .plugin_types import known_plugin_types
 from .units import UnitError, parse_duration, parse_percent, parse_size
 
 __all__ = [
@@ -102,7 +103,10 @@ class PluginMetadata:
     version: str
     type: str
     entry_point: str
-    plugin_path: Path
+    #: The plugin's directory, or None when the manifest came without one (text or a
+    #: mapping given to :meth:`Engine.from_source <policy_engine.engine.Engine.from_source>`
+    #: without ``plugin_paths``): then ``{plugin_dir}`` fills nothing and the plugin cannot run.
+    plugin_path: Path | None
     description: str = ""
     enabled: bool = True
     permissions: tuple[DeclaredPermission, ...] = ()
@@ -529,7 +533,7 @@ def _build(
     permissions, permission_problems = _permissions(data.get("permissions"), source)
     timeouts, timeout_problems = _timeouts(data, source)
     limits, limit_problems = _limits(data.get("limits"), source)
-    fields = [*permission_problems, *timeout_problems, *limit_problems]
+    fields = [*permission_problems, *timeout_problems, *limit_problems, *_type_problems(data, source)]
     # A field check knows more than the schema about the same value (the grammar's message,
     # the unit's hint): where both object, keep the field check's word.
     overruled = {d.pointer for d in fields}
@@ -553,6 +557,19 @@ def _build(
         manifest_path=manifest_path,
         extra=MappingProxyType(extra),
     )
+
+
+def _type_problems(data: Mapping[str, Any], source: _Source) -> list[Diagnostic]:
+    kind = data.get("type")
+    if not isinstance(kind, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", kind):
+        return []  # the schema reports it
+    known = known_plugin_types()
+    if kind in known:
+        return []
+    return [source.diagnostic(
+        "/type", f"unknown plugin type `{_show(kind)}`",
+        did_you_mean(kind, known) or "plugin types are " + ", ".join(f"`{t}`" for t in known),
+    )]
 
 
 def _ordered(problems: Sequence[Diagnostic]) -> list[Diagnostic]:
@@ -688,6 +705,15 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
                 "such as `file:* /srv/**`",
                 span=source.inside(pointer, grant.scopes[0].span),
             ))
+        spaced = _unquoted_space(entry, grant, expanded)
+        if spaced is not None:
+            joined, inner = spaced
+            found.append(source.diagnostic(
+                pointer, f"unquoted space in scope `{_show(joined)}`",
+                f'quote a scope that contains a space: `{_show(action)} "{_show(joined)}"`; '
+                "separate scopes are each absolute paths",
+                span=source.inside(pointer, inner),
+            ))
         comment = _comment_in(entry, grant)
         if comment is not None:
             index_in_entry, word = comment
@@ -713,6 +739,36 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
             column=where.column if where is not None else 0,
         ))
     return tuple(declared), problems
+
+
+def _unquoted_space(
+    entry: str, grant: Grant, expanded: frozenset[Permission] | None
+) -> tuple[str, Span] | None:
+    """``file:read /srv/my data/**``: the scope the author meant and where it is, when an
+    unquoted path scope is followed by a bare word that cannot start a path of its own (the
+    grammar would read two scopes, ``/srv/my`` and ``data/**``)."""
+    if expanded is None or not any(p.value.startswith("file:") for p in expanded):
+        return None
+    if "\n" in entry:
+        return None
+    scopes = grant.scopes
+    for index in range(1, len(scopes)):
+        word = scopes[index]
+        start = word.span.column - 1
+        if entry[start:start + 1] == '"' or word.text.startswith(("/", "{", "~")):
+            continue
+        first = index - 1
+        while first > 0 and entry[scopes[first].span.column - 1] != '"' and not scopes[first].text.startswith(("/", "{")):
+            first -= 1
+        if entry[scopes[first].span.column - 1] == '"':
+            continue
+        last = index
+        while (last + 1 < len(scopes) and entry[scopes[last + 1].span.column - 1] != '"'
+               and not scopes[last + 1].text.startswith(("/", "{", "~"))):
+            last += 1
+        begin, end = scopes[first].span.column - 1, scopes[last].span.end_column - 1
+        return entry[begin:end], Span(grant.span.file, 1, begin + 1, 1, end + 1)
+    return None
 
 
 def _comment_in(entry: str, grant: Grant) -> tuple[int, str] | None:

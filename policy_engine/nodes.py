@@ -73,7 +73,19 @@ class IsolationSetting:
     span: Span
 
 
-Setting = TimeoutSetting | LimitSetting | ViolationSetting | IsolationSetting
+@dataclass(frozen=True, slots=True)
+class AcceptSetting:
+    """``accept <risk>, ...``: the refusals (:mod:`policy_engine.risks`) the policy opts out of.
+
+    ``names`` are as written, each with its span (``name_spans``).
+    """
+
+    names: tuple[str, ...]
+    name_spans: tuple[Span, ...]
+    span: Span
+
+
+Setting = TimeoutSetting | LimitSetting | ViolationSetting | IsolationSetting | AcceptSetting
 
 
 @dataclass(frozen=True, slots=True)

@@ -316,6 +316,8 @@ def _setting(tree: Tree[Token], file: str) -> nodes.Setting:
         return nodes.LimitSetting(str(name), first, extra.get("WARN"), extra.get("MAX"), span)
     if kind == "violation_setting":
         return nodes.ViolationSetting(str(toks[0]), span)
+    if kind == "accept_setting":
+        return nodes.AcceptSetting(tuple(str(t) for t in toks), tuple(_token_span(t, file) for t in toks), span)
     assert kind == "isolation_setting", kind
     return nodes.IsolationSetting(str(toks[0]), len(toks) > 1, span)
 

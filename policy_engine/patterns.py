@@ -33,6 +33,7 @@ NAME
 from __future__ import annotations
 
 import abc
+import functools
 import ipaddress
 import posixpath
 import re
@@ -54,6 +55,7 @@ __all__ = [
     "PatternError",
     "Resource",
     "compile_pattern",
+    "glob_matches",
     "normalize",
 ]
 
@@ -137,7 +139,7 @@ class Pattern(abc.ABC):
 
 
 # How a pattern is matched; ordered roughly by how cheap the test is.
-_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX = range(6)
+_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX, _CIDR = range(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,41 +197,71 @@ class HostPattern(Pattern):
 
     kind: ClassVar[ResourceKind] = ResourceKind.HOST
 
-    #: The canonical host part: ``*``, ``*.suffix``, a host name or an IP address.
+    #: The canonical host part: ``*``, ``*.suffix``, a host name, an IP address or a CIDR
+    #: range (``10.0.0.0/8``, ``fe80::/10``).
     host_text: str = field(compare=False)
-    #: The port, or None for any port.
+    #: The port when the pattern names exactly one, else None (any port, or a range).
     port: int | None = field(compare=False)
     _mode: int = field(compare=False, repr=False)
     _suffix: str = field(compare=False, repr=False)  # `.example.com` for `*.example.com`
+    #: The ports matched, ``(low, high)`` inclusive, or None for any port.
+    port_range: tuple[int, int] | None = field(default=None, compare=False)
+    #: The address range of a CIDR pattern (also set for a literal IP address: one address).
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = field(
+        default=None, compare=False, repr=False)
 
     def matches(self, resource: Resource) -> bool:
         """Whether the normalised :class:`HostPort` ``resource`` is matched."""
         if not isinstance(resource, HostPort):
             return False
-        if self.port is not None and resource.port != self.port:
+        ports = self.port_range
+        if ports is not None and (resource.port is None or not ports[0] <= resource.port <= ports[1]):
             return False
         mode = self._mode
         if mode == _LITERAL:
             return resource.host == self.host_text
         if mode == _SUFFIX:
             return resource.host.endswith(self._suffix)
+        if mode == _CIDR:
+            address = _address_of(resource.host)
+            return address is not None and address in self.network  # type: ignore[operator]
         return True
 
     def subsumes(self, other: Pattern) -> bool:
         """See :meth:`Pattern.subsumes`; exact for host patterns."""
         if not isinstance(other, HostPattern):
             return False
-        if self.port is not None and other.port != self.port:
+        if not _ports_cover(self.port_range, other.port_range):
             return False
         mode = self._mode
         if mode == _ALL:
             return True
         if other._mode == _ALL:
             return False
+        if mode == _CIDR:
+            return (other.network is not None and other.network.version == self.network.version  # type: ignore[union-attr]
+                    and other.network.subnet_of(self.network))  # type: ignore[arg-type]
         if mode == _LITERAL:
             return other._mode == _LITERAL and other.host_text == self.host_text
+        if other._mode == _CIDR:
+            return False
         # `.example.com` ends their literal host or their equal or deeper `*.` pattern alike.
         return other.host_text.endswith(self._suffix)
+
+
+def _ports_cover(outer: tuple[int, int] | None, inner: tuple[int, int] | None) -> bool:
+    if outer is None:
+        return True
+    return inner is not None and outer[0] <= inner[0] and inner[1] <= outer[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a normalised host is, or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,8 +507,11 @@ def _split(text: str) -> tuple[str, str | None, bool]:
 def _canonical_ip(host: str, bracketed: bool) -> str | None:
     """The canonical spelling of ``host`` when it is an IP address, else None."""
     if bracketed or ":" in host:
+        # A zone (`fe80::1%eth0`, `%25eth0` in URLs) picks the interface, not another
+        # destination: it is dropped so that a rule about the address holds for every zone.
+        bare = host.split("%", 1)[0]
         try:
-            address = ipaddress.IPv6Address(host)
+            address = ipaddress.IPv6Address(bare)
         except ValueError:
             raise _Bad(f"invalid IPv6 address `{host}`") from None
         mapped = address.ipv4_mapped
@@ -546,9 +581,14 @@ def _compile_host(text: str) -> HostPattern:
             "network rules scope hosts and ports, not URLs: write `host` or `host:port`",
         )
     raw_host, raw_port, bracketed = _split(text)
-    port = None if raw_port is None or raw_port == "*" else _parse_port(raw_port)
+    ports = None if raw_port is None or raw_port == "*" else _parse_port_range(raw_port)
+    port = ports[0] if ports is not None and ports[0] == ports[1] else None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     if raw_host == "*" and not bracketed:
         mode, host, suffix = _ALL, "*", ""
+    elif "/" in raw_host:
+        network = _parse_network(raw_host)
+        mode, host, suffix = _CIDR, network.compressed, ""
     elif "*" in raw_host:
         if bracketed or not raw_host.startswith("*.") or "*" in raw_host[2:]:
             fixed = "*." + raw_host.lstrip("*.") if raw_host.startswith("*") else None
@@ -565,17 +605,58 @@ def _compile_host(text: str) -> HostPattern:
         mode, host, suffix = _SUFFIX, "*." + parent, "." + parent
     else:
         mode, host, suffix = _LITERAL, _canonical_host(raw_host, bracketed), ""
+        address = _address_of(host)
+        if address is not None:
+            network = ipaddress.ip_network(address)
     shown = f"[{host}]" if ":" in host else host
+    if ports is not None:
+        shown += f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}-{ports[1]}"
     return HostPattern(
         text=text,
-        canonical=shown if port is None else f"{shown}:{port}",
+        canonical=shown,
         is_literal=mode == _LITERAL and port is not None,
-        is_overbroad=mode == _ALL and port is None,
+        is_overbroad=(mode == _ALL or (mode == _CIDR and network is not None and network.prefixlen == 0))
+        and ports is None,
         host_text=host,
         port=port,
         _mode=mode,
         _suffix=suffix,
+        port_range=ports,
+        network=network,
     )
+
+
+def _parse_port_range(raw: str) -> tuple[int, int]:
+    low, dash, high = raw.partition("-")
+    if not dash:
+        port = _parse_port(raw)
+        return port, port
+    first, last = _parse_port(low), _parse_port(high)
+    if first > last:
+        raise _Bad(f"port range `{raw}` runs backwards", f"did you mean `{last}-{first}`?")
+    return first, last
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _parse_network(raw: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR range (``10.0.0.0/8``, ``fe80::/10``); IPv4-mapped IPv6 ranges become IPv4."""
+    address, _, length = raw.partition("/")
+    if not length.isdigit():
+        raise _Bad(f"invalid CIDR range `{raw}`", "write an address, `/` and a prefix length, as `10.0.0.0/8`")
+    try:
+        network = ipaddress.ip_network(f"{address.lower()}/{int(length)}", strict=False)
+    except ValueError:
+        raise _Bad(f"invalid CIDR range `{raw}`",
+                   "write an address, `/` and a prefix length, as `10.0.0.0/8` or `fe80::/10`") from None
+    if network.compressed != f"{address.lower()}/{int(length)}" and network.network_address != ipaddress.ip_address(address):
+        raise _Bad(f"CIDR range `{raw}` has host bits set", f"did you mean `{network.compressed}`?")
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        network = ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
 
 
 # --------------------------------------------------------------------------- names
@@ -614,6 +695,41 @@ def _compile_name(text: str) -> NamePattern:
         _fixed=fixed,
         _regex=regex,
     )
+
+
+# --------------------------------------------------------------------------- condition globs
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    out = []
+    index = 0
+    while index < len(glob):
+        char = glob[index]
+        if glob.startswith("**", index):
+            out.append(".*")
+            while index < len(glob) and glob[index] == "*":
+                index += 1
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(char))
+        index += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def glob_matches(glob: str, value: str) -> bool:
+    """Whether ``value`` is matched by ``glob`` with the language's glob semantics.
+
+    The semantics of path patterns, applied to any string: ``*`` matches a run of
+    characters other than ``/``, ``?`` one character other than ``/``, ``**`` any run of
+    characters including ``/``; ``.`` is not special (``core-*`` matches ``core-a.b``);
+    ``[`` and ``]`` are ordinary characters and there is no escaping. Case-sensitive.
+    """
+    return _glob_regex(glob).fullmatch(value) is not None
 
 
 # --------------------------------------------------------------------------- entry points

@@ -77,7 +77,7 @@ class Overlay:
 
     Keys: ``timeout.<phase>``, ``timeout.<phase>.max``, ``limit.<resource>``,
     ``limit.<resource>.max``, ``limit.memory.warn``, ``limit.cpu.warn``, ``on_violation``,
-    ``isolation``, ``allow_degraded``.
+    ``isolation``, ``allow_degraded`` and ``accept.<risk>`` (True) per accepted risk.
     """
 
     values: Mapping[str, SettingValue]
@@ -99,6 +99,9 @@ class Effective:
     limits: Limits
     ceilings: Mapping[str, float]
     notes: tuple[str, ...] = ()
+    #: The risks (:mod:`policy_engine.risks`) the policy accepts for this plugin: those of
+    #: its ``defaults`` blocks and of its own ``plugin`` blocks together.
+    accepted_risks: frozenset[str] = frozenset()
 
 
 _RENDER = {
@@ -148,6 +151,10 @@ def resolve(
         limits=replace(Limits(), **limits),
         ceilings=MappingProxyType(ceilings),
         notes=tuple(notes),
+        accepted_risks=frozenset(
+            key.split(".", 1)[1] for overlay in (defaults, plugin) for key in overlay.values
+            if key.startswith("accept.")
+        ),
     )
 
 
@@ -180,3 +187,8 @@ def describe(limits: Limits, timeouts: Timeouts) -> dict[str, str]:
     out["on violation"] = limits.on_violation.value
     out["isolation"] = limits.isolation.value + (" (degraded allowed)" if limits.allow_degraded else "")
     return out
+
+
+def describe_risks(effective: Effective) -> str:
+    """The accepted risks as one line (``-`` when none), for tables."""
+    return ", ".join(sorted(effective.accepted_risks)) or "-"

@@ -103,7 +103,7 @@ class PluginTable:
     """Everything ``decide`` needs about one plugin."""
 
     name: str
-    plugin_dir: str
+    plugin_dir: str | None  # None: the manifest came without a directory
     enabled: bool
     pin: PinStatus
     digest: str | None
@@ -252,7 +252,7 @@ class PluginFacts:
     """What the table needs to know about one plugin, taken from its manifest."""
 
     name: str
-    plugin_dir: str
+    plugin_dir: str | None  # None: the manifest came without a directory
     enabled: bool
     attributes: Mapping[str, Any]
     declared: Mapping[Permission, tuple[tuple[str, ...], ...]]  # per permission: scope lists
@@ -357,7 +357,9 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
     if rule.patterns is not None:
         compiled: list[Pattern] = []
         for pattern in rule.patterns:
-            text = pattern.instantiate(facts.name, facts.plugin_dir)
+            if facts.plugin_dir is None and "{plugin_dir}" in pattern.text:
+                continue  # no directory, so `{plugin_dir}` names nothing: never the cwd
+            text = pattern.instantiate(facts.name, facts.plugin_dir or "")
             for kind in pattern.kinds:
                 try:
                     compiled.append(cached_pattern(kind, text))
@@ -396,7 +398,14 @@ def _declared_pattern(
             f"invalid scope `{scope}` for `{permission.value}`: {error}",
             Span(facts.manifest_file, 0, 0), error.hint if error else None, code="PL202", pointer=pointer))
         return None
-    filled = text.replace("{plugin_dir}", facts.plugin_dir).replace("{plugin}", facts.name)
+    if facts.plugin_dir is None and "{plugin_dir}" in text:
+        problems.append(Diagnostic(
+            f"scope `{scope}` of `{permission.value}` uses `{{plugin_dir}}`, but the plugin has no directory",
+            Span(facts.manifest_file, 0, 0),
+            "give the plugin's directory (`Engine.from_source(..., plugin_paths={name: dir})`) "
+            "or load the manifest from its file", code="PL202", pointer=pointer))
+        return None
+    filled = text.replace("{plugin_dir}", facts.plugin_dir or "").replace("{plugin}", facts.name)
     try:
         return cached_pattern(_KINDS[permission], filled)
     except ValueError:
@@ -498,7 +507,7 @@ def plugin_table_from_json(data: Mapping[str, Any]) -> DecisionTable:
         )
     table = PluginTable(
         name=str(data["name"]),
-        plugin_dir=str(data["plugin_dir"]),
+        plugin_dir=None if data["plugin_dir"] is None else str(data["plugin_dir"]),
         enabled=bool(data["enabled"]),
         pin=PinStatus(data["pin"]),
         digest=data["digest"],

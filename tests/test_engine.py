@@ -328,3 +328,63 @@ def test_concurrent_decisions_during_reloads_never_mix_versions() -> None:
     assert not failures
     for text, got in after_reload:
         assert got == expected[text]
+
+
+# A manifest without a directory ------------------------------------------------------------
+
+_SHADOW_MANIFEST = """\
+name: reader
+version: 1.0.0
+type: agent
+entry_point: m:C
+permissions:
+  - file:read {plugin_dir}/**
+"""
+_SHADOW_POLICY = 'allow plugin * to file:read on "{plugin_dir}/**"\n'
+
+
+def test_from_source_never_uses_the_current_directory_as_plugin_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir("/")
+    engine = Engine.from_source(_SHADOW_POLICY, [_SHADOW_MANIFEST])
+    assert engine.manifest("reader") is not None and engine.manifest("reader").plugin_path is None  # type: ignore[union-attr]
+    for resource in ("/etc/shadow", "etc/shadow", "/", "/reader"):
+        assert not engine.decide("reader", "file:read", resource).allowed
+    assert any("no directory" in p.message for p in engine.problems)
+    mapped = Engine.from_source(_SHADOW_POLICY, [{"name": "reader", "version": "1.0.0", "type": "agent",
+                                                  "entry_point": "m:C", "permissions": ["file:read"]}])
+    assert not mapped.decide("reader", "file:read", "/etc/shadow").allowed
+
+
+def test_from_source_takes_plugin_directories_explicitly(tmp_path: Path) -> None:
+    engine = Engine.from_source(_SHADOW_POLICY, [_SHADOW_MANIFEST], plugin_paths={"reader": tmp_path})
+    assert engine.decide("reader", "file:read", str(tmp_path / "data.txt")).allowed
+    assert engine.decide("reader", "file:read", "data.txt").allowed  # relative to its directory
+    assert not engine.decide("reader", "file:read", "/etc/shadow").allowed
+
+
+def test_a_pinned_plugin_without_a_directory_does_not_match_its_pin() -> None:
+    policy = _SHADOW_POLICY + f'trust plugin "reader" sha256 "{"0" * 64}"\n'
+    engine = Engine.from_source(policy + 'allow plugin * to hook:register when plugin.trusted\n',
+                                [_SHADOW_MANIFEST])
+    assert not engine.decide("reader", "hook:register").allowed
+
+
+def test_matches_uses_the_languages_globs_not_fnmatch() -> None:
+    engine = Engine.from_source(
+        'allow plugin * to config:read when context.path matches "/srv/*"\n'
+        'allow plugin * to config:write when plugin.name matches "core-[ab]"\n',
+        [manifest("core-a", ["config:read", "config:write"])])
+    assert engine.decide("core-a", "config:read", "x", {"path": "/srv/a"}).allowed
+    assert not engine.decide("core-a", "config:read", "x", {"path": "/srv/a/b"}).allowed  # fnmatch: allowed
+    assert not engine.decide("core-a", "config:write", "x").allowed  # fnmatch: `[ab]` matched `a`
+
+
+def test_network_ranges_in_manifests_and_rules() -> None:
+    engine = Engine.from_source(
+        'allow plugin * to network:request on "10.0.0.0/8:8000-8999"\n',
+        [manifest("p", ["network:request 10.1.0.0/16:8000-8100"])])
+    assert engine.decide("p", "network:request", "10.1.2.3:8080").allowed
+    assert not engine.decide("p", "network:request", "10.1.2.3:8200").allowed  # not declared
+    assert not engine.decide("p", "network:request", "10.2.0.1:8080").allowed

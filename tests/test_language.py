@@ -102,6 +102,39 @@ def test_isolation_and_degraded_opt_in() -> None:
     assert fast.limits.isolation is Isolation.INPROCESS and fast.limits.allow_degraded
 
 
+def test_accepted_risks_come_from_defaults_and_the_plugin_block() -> None:
+    policy = compile_text('defaults { accept unpinned-inprocess }\nplugin "a" { isolation inprocess }')
+    assert resolve(policy.defaults, policy.plugin_settings["a"]).accepted_risks == {"unpinned-inprocess"}
+    policy = compile_text('plugin "a" { accept unpinned-inprocess }')
+    assert resolve(policy.defaults, policy.plugin_settings["a"]).accepted_risks == {"unpinned-inprocess"}
+    assert resolve(policy.defaults, policy.defaults).accepted_risks == frozenset()
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("accept unpinned-inproces", "did you mean `unpinned-inprocess`?"),
+    ("accept all", "there is no blanket opt-out"),
+    ("accept everything", "there is no blanket opt-out"),
+])
+def test_unknown_risks_are_compile_errors(text: str, hint: str) -> None:
+    with pytest.raises(PolicyCompileError) as info:
+        compile_text(f"defaults {{ {text} }}")
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.message.startswith("unknown risk") and hint in (diagnostic.hint or "")
+
+
+def test_there_is_no_accept_star() -> None:
+    with pytest.raises(PolicySyntaxError):
+        compile_text("defaults { accept * }")
+
+
+def test_every_risk_is_documented() -> None:
+    from policy_engine.risks import RISKS
+    readme = (ROOT / "README.md").read_text()
+    for name, risk in RISKS.items():
+        assert risk.name == name and risk.refusal and risk.gives_up
+        assert f"`{name}`" in readme
+
+
 def test_binary_and_decimal_units() -> None:
     policy = compile_text("defaults { limit memory 512MiB max 1GiB\n limit file_size 10kB\n timeout hook 250ms }")
     effective = resolve(policy.defaults, policy.defaults)

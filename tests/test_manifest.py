@@ -213,9 +213,48 @@ def test_optional_extra_fields_and_attributes() -> None:
     assert manifest_from_mapping(MINIMAL).attributes["tags"] == ()
 
 
-@pytest.mark.parametrize("type_name", ["agent", "workflow", "hook", "exporter_v2"])
-def test_type_is_extendable(type_name: str) -> None:
+@pytest.mark.parametrize("type_name", ["agent", "workflow", "hook"])
+def test_known_types(type_name: str) -> None:
     assert manifest_from_mapping({**MINIMAL, "type": type_name}).type == type_name
+
+
+def test_type_is_extendable_by_registering_it() -> None:
+    from policy_engine.enforcement.base import PLUGIN_BASES, BasePlugin, register_plugin_type
+    from policy_engine.plugin_types import KNOWN_PLUGIN_TYPES
+
+    with pytest.raises(ManifestError, match="unknown plugin type `exporter_v2`"):
+        manifest_from_mapping({**MINIMAL, "type": "exporter_v2"})
+    register_plugin_type("exporter_v2", BasePlugin)
+    try:
+        assert manifest_from_mapping({**MINIMAL, "type": "exporter_v2"}).type == "exporter_v2"
+    finally:
+        PLUGIN_BASES.pop("exporter_v2")
+        KNOWN_PLUGIN_TYPES.discard("exporter_v2")
+
+
+@pytest.mark.parametrize(("type_name", "hint"), [("agnet", "did you mean `agent`?"),
+                                                 ("qqqqqqqq", "plugin types are `agent`, ")])
+def test_unknown_types_are_errors_with_a_hint(type_name: str, hint: str) -> None:
+    # Other tests may register types (`reporter`, say), so the list is checked by its start.
+    with pytest.raises(ManifestError) as info:
+        manifest_from_mapping({**MINIMAL, "type": type_name})
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.pointer == "/type" and (diagnostic.hint or "").startswith(hint)
+
+
+@pytest.mark.parametrize("entry", ["file:read /srv/my data/**", "file:* /srv/a b c/** /tmp/x",
+                                   "file:write {plugin_dir}/my notes.txt"])
+def test_an_unquoted_space_in_a_path_scope_is_an_error(entry: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(with_fields(permissions=f"['{entry}']"))
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.message.startswith("unquoted space in scope")
+    assert '"' in (diagnostic.hint or "")
+
+
+def test_several_path_scopes_still_parse() -> None:
+    meta = parse_manifest(with_fields(permissions="['file:read /srv/a {plugin_dir}/b /srv/c']"))
+    assert meta.permissions[0].scopes == ("/srv/a", "{plugin_dir}/b", "/srv/c")
 
 
 @pytest.mark.parametrize("version", ["0.0.1", "10.20.30", "1.0.0-alpha.1", "1.0.0+build.5", "2.0.0-rc.1+x"])

@@ -825,3 +825,157 @@ def test_literal_patterns_subsume_themselves_and_match_their_text(
     assert pattern.subsumes(pattern)
     resource = normalize(pattern.kind, pattern.text)
     assert pattern.matches(resource)
+
+
+# Every spelling of one destination gets one decision ----------------------------------------
+
+import ipaddress  # noqa: E402
+
+_HOST = ResourceKind.HOST
+
+
+def _ipv4_spellings(address: ipaddress.IPv4Address, port: int) -> list[str]:
+    """Spellings the C resolver (``inet_aton``) and the kernel read as ``address``."""
+    a, b, c, d = address.packed
+    value = int(address)
+    forms = [
+        str(address), f"{address}.", f"{a}.{b}.{(c << 8) | d}", f"{a}.{(b << 16) | (c << 8) | d}",
+        str(value), hex(value), f"0x{a:02x}.{b}.{c}.{d}", f"0{a:o}.{b}.{c}.{d}" if a else f"0.{b}.{c}.{d}",
+        f"::ffff:{address}", f"::ffff:{(a << 8) | b:x}:{(c << 8) | d:x}", f"::FFFF:{address}",
+        f"0:0:0:0:0:ffff:{address}",
+    ]
+    out = []
+    for form in forms:
+        if ":" in form:
+            out += [f"[{form}]:{port}", f"http://[{form}]:{port}/"]
+        else:
+            out += [f"{form}:{port}", f"http://{form}:{port}/"]
+    return out
+
+
+def _ipv6_spellings(address: ipaddress.IPv6Address, port: int) -> list[str]:
+    forms = {address.compressed, address.exploded, address.exploded.upper(), address.compressed.upper()}
+    out = []
+    for form in forms:
+        for zone in ("", "%eth0", "%1"):
+            out.append(f"[{form}{zone}]:{port}")
+        out.append(f"http://[{form}%25eth0]:{port}/")
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.ip_addresses(v=4), st.integers(1, 65535), st.sampled_from(["{a}", "{a}:{p}", "{net}", "{net}:{lo}-{hi}"]),
+       st.integers(0, 32))
+def test_every_spelling_of_an_ipv4_destination_gets_the_same_decision(
+    address: ipaddress.IPv4Address, port: int, shape: str, length: int
+) -> None:
+    net = ipaddress.ip_network(f"{address}/{length}", strict=False)
+    pattern = compile_pattern(_HOST, shape.format(a=address, p=port, net=net, lo=max(1, port - 5), hi=port))
+    spellings = _ipv4_spellings(address, port)
+    answers = {s: pattern.matches(normalize(_HOST, s)) for s in spellings}
+    assert set(answers.values()) == {True}, answers
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.ip_addresses(v=6), st.integers(1, 65535), st.sampled_from(["[{a}]", "[{a}]:{p}", "[{net}]", "{net}"]),
+       st.integers(0, 128))
+def test_every_spelling_of_an_ipv6_destination_gets_the_same_decision(
+    address: ipaddress.IPv6Address, port: int, shape: str, length: int
+) -> None:
+    net = ipaddress.ip_network(f"{address}/{length}", strict=False)
+    pattern = compile_pattern(_HOST, shape.format(a=address, p=port, net=net))
+    answers = {s: pattern.matches(normalize(_HOST, s)) for s in _ipv6_spellings(address, port)}
+    if address.ipv4_mapped is not None:
+        assert len(set(answers.values())) == 1, answers  # the IPv4 form decides for all
+    else:
+        assert set(answers.values()) == {True}, answers
+
+
+@pytest.mark.parametrize("spelling", [
+    "127.0.0.1:5432", "127.1:5432", "0x7f.0.0.1:5432", "2130706433:5432", "0177.0.0.1:5432",
+    "[::ffff:127.0.0.1]:5432", "[::ffff:7f00:1]:5432", "http://[::ffff:127.0.0.1]:5432/", "127.0.0.1.:5432",
+])
+def test_a_deny_on_loopback_holds_for_every_spelling(spelling: str) -> None:
+    from policy_engine import Engine
+
+    engine = Engine.from_source(
+        'allow plugin * to network:request on "*"\ndeny plugin * to network:request on "127.0.0.0/8"\n',
+        [{"name": "p", "version": "1.0.0", "type": "agent", "entry_point": "m:C",
+          "permissions": ["network:request"]}])
+    assert not engine.decide("p", "network:request", spelling).allowed
+    assert engine.decide("p", "network:request", "10.0.0.1:5432").allowed
+
+
+@pytest.mark.parametrize("spelling", ["[fe80::1%eth0]:22", "[fe80::1%25eth0]:22", "[FE80::1]:22",
+                                      "[fe80:0:0:0:0:0:0:1%2]:22"])
+def test_a_deny_on_an_ipv6_address_holds_with_a_zone(spelling: str) -> None:
+    pattern = compile_pattern(_HOST, "[fe80::1]:22")
+    assert pattern.matches(normalize(_HOST, spelling))
+    assert compile_pattern(_HOST, "fe80::/10").matches(normalize(_HOST, spelling))
+
+
+@pytest.mark.parametrize(("outer", "inner", "subsumes"), [
+    ("10.0.0.0/8", "10.1.0.0/16", True), ("10.0.0.0/8", "10.1.2.3:443", True),
+    ("10.1.0.0/16", "10.0.0.0/8", False), ("10.0.0.0/8:443", "10.1.0.0/16", False),
+    ("*:8000-8999", "example.com:8080", True), ("*:8000-8999", "*:8000-9000", False),
+    ("fe80::/10", "[fe80::1]:22", True), ("fe80::/10", "10.0.0.0/8", False),
+    ("*.example.com", "10.0.0.0/8", False), ("::ffff:10.0.0.0/104", "10.2.0.0/16", True),
+])
+def test_cidr_and_port_range_subsumption(outer: str, inner: str, subsumes: bool) -> None:
+    assert compile_pattern(_HOST, outer).subsumes(compile_pattern(_HOST, inner)) is subsumes
+
+
+@pytest.mark.parametrize(("left", "right", "overlap"), [
+    ("10.0.0.0/8", "10.1.0.0/16:443", True), ("10.0.0.0/8", "192.168.0.0/16", False),
+    ("*:8000-8999", "*:8500-9500", True), ("*:8000-8999", "*:9000-9100", False),
+    ("10.0.0.0/8", "example.com", False), ("*", "10.0.0.0/8", True),
+])
+def test_cidr_and_port_range_overlap(left: str, right: str, overlap: bool) -> None:
+    from policy_engine.grants import overlaps
+
+    assert overlaps(compile_pattern(_HOST, left), compile_pattern(_HOST, right)) is overlap
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("10.0.0.1/8", "has host bits set"), ("10.0.0.0/33", "invalid CIDR range"),
+    ("*:9000-8000", "runs backwards"), ("*:0-80", "out of range"),
+])
+def test_bad_ranges_are_errors(text: str, message: str) -> None:
+    with pytest.raises(PatternError, match=message):
+        compile_pattern(_HOST, text)
+
+
+# `matches` in conditions: the language's glob semantics ------------------------------------
+
+@pytest.mark.parametrize(("glob", "value", "expected"), [
+    ("/srv/*", "/srv/a", True), ("/srv/*", "/srv/a/b", False), ("/srv/**", "/srv/a/b", True),
+    ("core-*", "core-a.b", True), ("core-[ab]", "core-a", False), ("core-[ab]", "core-[ab]", True),
+    ("a?c", "abc", True), ("a?c", "a/c", False), ("*", "", True), ("**", "x/y", True),
+])
+def test_glob_matches(glob: str, value: str, expected: bool) -> None:
+    from policy_engine.patterns import glob_matches
+
+    assert glob_matches(glob, value) is expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab/.*?[]", max_size=8), st.text(alphabet="ab/.[]", max_size=8))
+def test_glob_matches_agrees_with_path_patterns(glob: str, value: str) -> None:
+    from policy_engine.patterns import glob_matches
+
+    path_glob, path = "/" + glob.strip("/"), "/" + value.strip("/")
+    try:
+        pattern = compile_pattern(ResourceKind.PATH, path_glob)
+    except PatternError:
+        return
+    if "//" in path_glob or "//" in path or "/./" in f"{path}/" or "/./" in f"{path_glob}/" or ".." in path \
+            or path_glob.endswith("/.") or "**" in path_glob or "/*/" in f"{path_glob}/":
+        return  # normal forms differ (empty and dot segments, `**`, a lone `*` segment is non-empty)
+    assert glob_matches(path_glob, path) == pattern.matches(path)
+
+
+@pytest.mark.parametrize("spelling", ["API.Example.COM:443", "api.example.com.:443", "https://API.example.com./x",
+                                      "https://api.example.com:443/"])
+def test_host_names_in_every_case_and_with_a_trailing_dot_get_one_decision(spelling: str) -> None:
+    assert compile_pattern(_HOST, "api.example.com:443").matches(normalize(_HOST, spelling))
+    assert compile_pattern(_HOST, "*.Example.com.:443-443").matches(normalize(_HOST, spelling))

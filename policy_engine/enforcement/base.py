@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeAlias
 
 from ..errors import UsageError
+from ..plugin_types import add_plugin_type
 
 __all__ = [
     "PLUGIN_BASES",
@@ -214,6 +215,7 @@ def register_plugin_type(name: str, base: type[BasePlugin]) -> None:
         raise UsageError(f"plugin type `{name}` is already registered "
                          f"with `{current.__qualname__}`")
     PLUGIN_BASES[name] = base
+    add_plugin_type(name)
 
 
 def base_for(plugin_type: str) -> type[BasePlugin]:

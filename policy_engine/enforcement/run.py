@@ -67,6 +67,8 @@ def probe_methods(metadata: PluginMetadata) -> list[str]:
     module, _, class_name = metadata.entry_point.partition(":")
     first = _ENTRY.get(metadata.type)
     methods = [first] if first else []
+    if metadata.plugin_path is None:
+        return methods
     path = metadata.plugin_path.joinpath(*module.split(".")).with_suffix(".py")
     try:
         tree = ast.parse(path.read_bytes())

@@ -40,7 +40,7 @@ from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner
 from .spec import checker_data, lockdown_spec, resource_limits
 from .supervisor import WorkerInit
 from .usage import ResourceUsage
-from .validation import ValidationResult, validate_plugin
+from .validation import ValidationResult, inprocess_refusal, validate_plugin
 
 __all__ = ["AuditRecord", "PluginSandbox", "ValidationResult"]
 
@@ -258,6 +258,12 @@ class PluginSandbox:
         """A runner for ``metadata`` in the isolation mode the policy chose."""
         name = metadata.name
         limits, timeouts = self.engine.limits(name), self.engine.timeouts(name)
+        refusal = inprocess_refusal(self.engine, name)
+        if refusal is not None:  # also checked by validate_plugin; a runner never skips it
+            raise PluginValidationError(name, [refusal])
+        plugin_path = metadata.plugin_path
+        if plugin_path is None:
+            raise PluginValidationError(name, ["the manifest came without a plugin directory"])
         data_dir = self.data_dir / name
         # The kernel can only fence a directory that exists: create the plugin's own.
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -269,13 +275,13 @@ class PluginSandbox:
             def checker(action: str, resource: str | None) -> None:
                 self.require(name, action, resource)
 
-            runner = InprocessRunner(name, metadata.plugin_path, metadata.entry_point, checker,
+            runner = InprocessRunner(name, plugin_path, metadata.entry_point, checker,
                                      allow_subprocess=audit, allow_network=True, scratch_dir=scratch)
             return InprocessPluginRunner(runner, services, plugin_type=metadata.type,
                                          data_dir=data_dir, init_timeout=timeouts.init)
         init = WorkerInit(
             plugin=name,
-            plugin_dir=str(metadata.plugin_path),
+            plugin_dir=str(plugin_path),
             entry_point=metadata.entry_point,
             plugin_type=metadata.type,
             data_dir=str(data_dir),

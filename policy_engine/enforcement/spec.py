@@ -55,6 +55,10 @@ def _roots(patterns: tuple[Pattern, ...] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.landlock_root for p in patterns if isinstance(p, PathPattern)))
 
 
+#: The widest port range given to the kernel port by port.
+_MAX_KERNEL_PORTS = 1024
+
+
 def kernel_grants(table: PluginTable) -> KernelGrants:
     """The coarse grants for ``table``."""
     entries = table.entries
@@ -64,9 +68,13 @@ def kernel_grants(table: PluginTable) -> KernelGrants:
         + _roots(_granted(entries.get(Permission.FILE_DELETE)))
     ))
     network = _granted(entries.get(Permission.NETWORK_REQUEST))
-    any_port = network is None or any(isinstance(p, HostPattern) and p.port is None for p in network)
+    # A port range becomes its ports for the kernel, up to a bound; a wider range is "any
+    # port" there (the decision table still holds the range exactly).
+    ranges = [p.port_range for p in network or () if isinstance(p, HostPattern)]
+    any_port = network is None or any(r is None or r[1] - r[0] >= _MAX_KERNEL_PORTS for r in ranges)
     ports = () if network is None else tuple(sorted({
-        p.port for p in network if isinstance(p, HostPattern) and p.port is not None
+        port for r in ranges if r is not None and r[1] - r[0] < _MAX_KERNEL_PORTS
+        for port in range(r[0], r[1] + 1)
     }))
     return KernelGrants(
         read_paths=reads,
@@ -82,8 +90,8 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
     """The worker's lockdown for ``plugin``. In audit mode nothing is denied, so the
     filesystem and network stay open (only limits apply)."""
     table = engine.plugin_table(plugin)
-    if table is None:
-        raise KeyError(plugin)
+    if table is None or table.plugin_dir is None:
+        raise KeyError(plugin)  # the runner refuses a plugin without a directory before this
     limits = engine.limits(plugin)
     grants = kernel_grants(table)
     if audit:

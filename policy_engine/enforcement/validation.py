@@ -14,11 +14,13 @@ from pathlib import Path
 
 from ..engine import Engine
 from ..manifest import PluginMetadata
+from ..risks import UNPINNED_INPROCESS
+from ..settings import Isolation
 from ..table import PinStatus
 from .base import PLUGIN_BASES
 from .scan import CodeFinding, scan_plugin
 
-__all__ = ["ValidationResult", "find_entry_point", "validate_plugin"]
+__all__ = ["ValidationResult", "find_entry_point", "inprocess_refusal", "validate_plugin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +55,35 @@ def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
                 f"`{pin.digest}` ({pin.span}); review the change, then update the `trust` line"
             )
         warnings.extend(engine.effective(metadata.name).notes)
+        refusal = inprocess_refusal(engine, metadata.name)
+        if refusal is not None:
+            errors.append(refusal)
     findings: tuple[CodeFinding, ...] = ()
-    if scan and metadata.plugin_path.is_dir():
+    if scan and metadata.plugin_path is not None and metadata.plugin_path.is_dir():
         findings = scan_plugin(metadata.plugin_path)
         warnings.extend(str(f) for f in findings if f.severity.value in ("warning", "error"))
     return ValidationResult(not errors, tuple(errors), tuple(warnings), findings)
+
+
+def inprocess_refusal(engine: Engine, plugin: str) -> str | None:
+    """Why ``plugin`` must not run in-process, or None.
+
+    ``isolation inprocess`` runs the plugin's code in the host with nothing between it and
+    the host's privileges, so it is for reviewed code only: the plugin needs a ``trust`` pin
+    that matches, or the policy must say ``accept unpinned-inprocess`` for it.
+    """
+    table = engine.plugin_table(plugin)
+    if table is None:
+        return None
+    effective = table.effective
+    if effective.limits.isolation is not Isolation.INPROCESS or table.pin is PinStatus.MATCH:
+        return None
+    if UNPINNED_INPROCESS in effective.accepted_risks:
+        return None
+    return (f"`isolation inprocess` needs a matching `trust` pin for `{plugin}`, which has "
+            f"{'a pin that does not match' if table.pin is PinStatus.MISMATCH else 'none'}; pin it "
+            f"(`policy-engine digest` prints the line), or add `accept {UNPINNED_INPROCESS}` to its "
+            f"`plugin \"{plugin}\"` block")
 
 
 def find_entry_point(metadata: PluginMetadata) -> list[str]:
@@ -67,6 +93,8 @@ def find_entry_point(metadata: PluginMetadata) -> list[str]:
         return [f"entry point `{metadata.entry_point}` is not of the form `module:Class`"]
     parts = module_name.split(".")
     root = metadata.plugin_path
+    if root is None:
+        return ["the manifest came without a plugin directory, so there is no code to load"]
     candidates = [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")]
     module_file = next((c for c in candidates if c.is_file()), None)
     if module_file is None:

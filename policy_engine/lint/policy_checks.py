@@ -10,11 +10,15 @@ a :class:`~policy_engine.compiler.PolicySet`:
   that a policy of thousands of rules is analysed in about linear time;
 - one rule alone (``PL304`` over-broad grants);
 - settings (``PL305`` limits above ceilings, ``PL306`` warn thresholds);
-- conditions (``PL307`` constant, ``PL308`` can fail at run time).
+- conditions (``PL307`` constant, ``PL308`` can fail at run time, ``PL312`` a ``matches``
+  glob whose meaning changed with the language's glob semantics);
+- refusals and opt-outs (``PL310`` an unpinned in-process plugin, ``PL311`` each accepted
+  risk).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +31,18 @@ from ..diagnostics import Diagnostic, Span
 from ..errors import PolicyCompileError, PolicySyntaxError
 from ..nodes import Effect
 from ..parser import parse_policy
-from ..patterns import HostPattern, NamePattern, PathPattern, Pattern, PatternError, compile_pattern
+from ..patterns import (
+    HostPattern,
+    NamePattern,
+    PathPattern,
+    Pattern,
+    PatternError,
+    compile_pattern,
+    glob_matches,
+)
 from ..permissions import ALL_PERMISSIONS, Permission, ResourceKind
-from ..settings import Overlay
+from ..risks import RISKS, UNPINNED_INPROCESS
+from ..settings import Isolation, Overlay
 from ..units import UnitError, format_duration, format_percent, format_size, parse_percent
 from .findings import finding, first_line_span, recode, snippet
 
@@ -98,7 +111,104 @@ def analyse_policy_set(policy: PolicySet) -> list[Diagnostic]:
     found.extend(_overbroad(rules, sources))
     found.extend(_settings(policy, sources))
     found.extend(_ConditionAnalysis(sources).run(policy.rules))
+    found.extend(_changed_globs(policy.rules, sources))
+    found.extend(_unpinned_inprocess(policy, sources))
+    found.extend(_accepted_risks(policy, sources))
     return found
+
+
+# PL310, PL311 -----------------------------------------------------------------------------
+
+
+def _unpinned_inprocess(policy: PolicySet, sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    accept_key = f"accept.{UNPINNED_INPROCESS}"
+    fix = (f"pin it with a `trust` line (`policy-engine digest DIR` prints it), or add "
+           f"`accept {UNPINNED_INPROCESS}` to the block")
+    for name, overlay in sorted(policy.plugin_settings.items()):
+        isolation = overlay.values.get("isolation")
+        if isolation is None or isolation.value is not Isolation.INPROCESS or name in policy.pins:
+            continue
+        if overlay.get(accept_key) or policy.defaults.get(accept_key):
+            continue
+        yield finding("PL310", f"plugin `{name}` runs in-process but has no `trust` pin",
+                      isolation.span, hint=fix + "; the loader refuses it as it is",
+                      source=sources.get(isolation.span.file))
+    isolation = policy.defaults.values.get("isolation")
+    if (isolation is not None and isolation.value is Isolation.INPROCESS
+            and not policy.defaults.get(accept_key)):
+        yield finding("PL310", "`defaults` run every plugin without a `trust` pin in-process",
+                      isolation.span, hint="set `isolation inprocess` only in the blocks of pinned "
+                      f"plugins, or add `accept {UNPINNED_INPROCESS}` to `defaults`",
+                      source=sources.get(isolation.span.file))
+
+
+def _accepted_risks(policy: PolicySet, sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    for policy_file in policy.files:
+        for statement in policy_file.statements:
+            if not isinstance(statement, nodes.SettingsBlock):
+                continue
+            who = "every plugin" if statement.plugin is None else f"plugin `{statement.plugin}`"
+            for setting in statement.settings:
+                if not isinstance(setting, nodes.AcceptSetting):
+                    continue
+                for risk_name, span in zip(setting.names, setting.name_spans, strict=True):
+                    risk = RISKS.get(risk_name)
+                    if risk is None:
+                        continue  # the compiler reports it
+                    yield finding("PL311", f"the policy accepts `{risk_name}` for {who}: {risk.gives_up}",
+                                  span, hint=f"without it, {risk.refusal}",
+                                  source=sources.get(span.file))
+
+
+# PL312 ------------------------------------------------------------------------------------
+
+# Attributes whose values never hold a `/` (the manifest's formats), so `*` and `?` mean there
+# what they meant before.
+_NO_SLASH = frozenset({("name",), ("type",), ("version",), ("entry_point",)})
+
+
+def _glob_change(node: nodes.Matches) -> str | None:
+    """How the meaning of ``node``'s glob changed from ``fnmatch``, or None when it did not."""
+    glob = node.pattern
+    if isinstance(node.operand, nodes.Literal):
+        value = node.operand.value
+        if not isinstance(value, str) or fnmatch.fnmatchcase(value, glob) == glob_matches(glob, value):
+            return None  # PL307 reports the constant; its value did not change
+        return f"it was {fnmatch.fnmatchcase(value, glob)} and is now {glob_matches(glob, value)}"
+    opening = glob.find("[")
+    if opening >= 0 and glob.find("]", opening + 2) >= 0:
+        return "`[...]` was a character class and is now literal text"
+    operand = node.operand
+    can_hold_slash = not (isinstance(operand, nodes.Attribute) and operand.root == "plugin"
+                          and operand.path in _NO_SLASH)
+    single = glob.replace("**", "")
+    if can_hold_slash and ("*" in single or "?" in single):
+        return "`*` and `?` no longer match `/` (write `**` to match across `/`)"
+    return None
+
+
+def _changed_globs(rules: Iterable[CompiledRule], sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    seen: set[Span] = set()
+    for rule in rules:
+        for condition in (rule.when, rule.unless):
+            for node in _matches_nodes(condition):
+                change = _glob_change(node)
+                if change is None or node.span in seen:
+                    continue
+                seen.add(node.span)
+                yield finding("PL312", f"the meaning of `matches \"{node.pattern}\"` changed: {change}",
+                              node.span, hint="check that the condition still means what you want; "
+                              "`# noqa: PL312` once it does", source=sources.get(node.span.file))
+
+
+def _matches_nodes(node: object) -> Iterator[nodes.Matches]:
+    if isinstance(node, nodes.Matches):
+        yield node
+    elif isinstance(node, (nodes.And, nodes.Or)):
+        yield from _matches_nodes(node.left)
+        yield from _matches_nodes(node.right)
+    elif isinstance(node, nodes.Not):
+        yield from _matches_nodes(node.operand)
 
 
 # Patterns, symbolically: `{plugin_dir}` and `{plugin}` stay opaque literals, so that
@@ -134,6 +244,8 @@ def _index_key(pattern: Pattern) -> Hashable:
     if isinstance(pattern, NamePattern):
         return pattern.canonical.split("*", 1)[0]
     assert isinstance(pattern, HostPattern)
+    if pattern.network is not None and pattern.network.num_addresses > 1:
+        return pattern.network.compressed
     return pattern.host_text
 
 
@@ -152,6 +264,12 @@ def _candidate_keys(pattern: Pattern) -> Iterator[Hashable]:
         assert isinstance(pattern, HostPattern)
         yield "*"
         yield pattern.host_text
+        if pattern.network is not None:  # every address range that could contain this one
+            for length in range(pattern.network.prefixlen + 1):
+                yield pattern.network.supernet(new_prefix=length).compressed
+            if pattern.network.num_addresses == 1:
+                yield pattern.network.compressed.rsplit("/", 1)[0]
+            return
         labels = pattern.host_text.removeprefix("*.").split(".")
         for i in range(len(labels)):
             yield "*." + ".".join(labels[i:])

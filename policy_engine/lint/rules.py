@@ -79,7 +79,7 @@ def _clean(text: str) -> str:
     return textwrap.dedent(text).strip("\n")
 
 
-E, W = Severity.ERROR, Severity.WARNING
+E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 RULES: tuple[Rule, ...] = (
     # PL0xx: syntax ----------------------------------------------------------------------
@@ -409,6 +409,44 @@ RULES: tuple[Rule, ...] = (
             policies/site.policy:   defaults { timeout hook 5s }
             policies/strict.policy: defaults { timeout hook 1s }
         fix: load one policy file, or keep one policy per directory.
+        """),
+    _rule("PL310", "unpinned-inprocess", E, "a plugin runs in-process without a trust pin", """
+        Reports `isolation inprocess` in a `plugin "<name>"` block when the policy has no
+        `trust` pin for that plugin, and in `defaults` (where it applies to every plugin
+        without a pin), unless the same block or `defaults` says `accept unpinned-inprocess`.
+        """, """
+        In-process plugins run inside the host with the host's privileges; only the pin
+        shows that the code is the code that was reviewed. The loader refuses such a
+        plugin, so the policy would not do what it says.
+        """, """
+            plugin "report-builder" { isolation inprocess }
+        fix: pin it (`policy-engine digest DIR` prints the `trust` line), or accept the risk:
+            plugin "report-builder" { isolation inprocess
+                                      accept unpinned-inprocess }
+        """),
+    _rule("PL311", "accepted-risk", INFO, "the policy accepts a risk the engine would otherwise refuse", """
+        Notes every name of every `accept` setting: what the engine no longer refuses, for
+        which plugins, and what that gives up.
+        """, """
+        An opt-out is a decision a reviewer should see, not a setting that hides in a
+        block; this keeps each one in every lint report.
+        """, """
+            plugin "legacy" { accept unpinned-inprocess }
+        fix: none needed if the risk is understood; remove the `accept` otherwise.
+        """),
+    _rule("PL312", "glob-meaning-changed", W, "a `matches` glob means something else than it did", """
+        Reports `matches "<glob>"` conditions that the language's glob semantics read
+        differently from the `fnmatch` semantics of earlier versions: a `[...]` that was a
+        character class is now literal, and `*` or `?` no longer match `/` when the
+        attribute can hold one (every attribute except `plugin.name`, `plugin.type`,
+        `plugin.version` and `plugin.entry_point`).
+        """, """
+        The rule now applies to other requests than when it was written; the author
+        should check that it still means what they want.
+        """, """
+            allow plugin * to config:read when context.path matches "/srv/*"
+        fix: write `"/srv/**"` to keep matching below `/srv`, or add `# noqa: PL312` once
+        the new meaning has been checked.
         """),
     # PL4xx: code against manifest --------------------------------------------------------
     _rule("PL401", "undeclared-capability", E, "plugin code uses a capability its manifest does not declare", """

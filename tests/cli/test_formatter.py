@@ -115,6 +115,7 @@ SETTINGS = {
     "limit file_size": ["limit file_size 10MiB"],
     "on violation": ["on violation warn", "on violation terminate"],
     "isolation": ["isolation process", "isolation inprocess allow degraded"],
+    "accept": ["accept unpinned-inprocess", "accept unpinned-inprocess, unpinned-inprocess"],
 }
 
 

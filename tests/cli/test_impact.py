@@ -270,3 +270,21 @@ def test_a_log_entry_without_context_is_not_one_with_an_empty_context() -> None:
     base = {"plugin": "p", "action": "file:read", "allowed": True}
     assert read_log_entry(base).context is None
     assert read_log_entry({**base, "context": {}}).context == {}
+@pytest.mark.parametrize(("old", "new", "changed"), [
+    ('allow plugin * to network:request on "10.0.0.0/8"', 'allow plugin * to network:request on "10.0.0.0/16"', True),
+    ('allow plugin * to network:request on "10.0.0.0/8"', 'allow plugin * to network:request on "10.0.0.0/8"', False),
+    ('allow plugin * to network:request on "*:8000-8999"', 'allow plugin * to network:request on "*:8000-8100"', True),
+    ('allow plugin * to network:request on "10.0.0.0/8"\ndeny plugin * to network:request on "192.168.0.0/16"',
+     'allow plugin * to network:request on "10.0.0.0/8"', False),  # the deny never met the grant
+])
+def test_diff_understands_cidr_and_port_ranges(old: str, new: str, changed: bool) -> None:
+    net = [manifest_from_mapping({"name": "n", "version": "1.0.0", "type": "agent", "entry_point": "m:C",
+                                  "permissions": ["network:request 10.0.0.0/8", "network:request *:8000-8999"]},
+                                 file="n.yaml", plugin_path=Path("/srv/plugins/n"))]
+    impact = policy_impact(Engine.from_source(old, net), Engine.from_source(new, net))
+    assert bool(impact.grants) is changed
+    for request in ("10.0.5.1:443", "10.1.0.1:443", "example.com:8500", "example.com:8900"):
+        before = Engine.from_source(old, net).decide("n", "network:request", request).allowed
+        after = Engine.from_source(new, net).decide("n", "network:request", request).allowed
+        if before != after:
+            assert changed, request

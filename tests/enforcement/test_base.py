@@ -208,4 +208,4 @@ def test_base_module_depends_only_on_the_standard_library() -> None:
             imported.add("." * node.level + (module if node.level else module.split(".")[0]))
     third_party = {m for m in imported if not m.startswith(".")} - set(sys.stdlib_module_names)
     assert third_party == set()
-    assert {m for m in imported if m.startswith(".")} == {"..errors"}
+    assert {m for m in imported if m.startswith(".")} == {"..errors", "..plugin_types"}

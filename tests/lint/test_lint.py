@@ -491,3 +491,27 @@ def test_text_output_can_be_coloured_for_a_terminal() -> None:
     out = format_text(lint_paths(["rules/PL101/bad"], variables=VARIABLES), colour=True)
     assert "\x1b[31m\x1b[1mPL101\x1b[0m" in out and "\x1b[36mhint:\x1b[0m" in out
     assert format_text(lint_paths(["rules/PL101/good"], variables=VARIABLES)) == ""
+
+
+@pytest.mark.parametrize(("deny", "allow", "code"), [
+    ("10.0.0.0/8", "10.1.2.3:443", "PL301"),
+    ("[fe80::/10]:22", "[fe80::1]:22", "PL301"),
+    ("*:8000-8999", "api.example.com:8080", "PL301"),
+    ("10.0.0.0/8", "192.168.1.1:443", None),
+    ("*:8000-8999", "api.example.com:9000", None),
+])
+def test_rule_analysis_understands_cidr_and_port_ranges(
+    tmp_path: Path, deny: str, allow: str, code: str | None
+) -> None:
+    (tmp_path / "net.policy").write_text(
+        f'allow plugin "p" to network:request on "{allow}"\n'
+        f'deny plugin * to network:request on "{deny}"\n')
+    found = [f.code for f in lint_paths([str(tmp_path)]).findings if f.code.startswith("PL30")]
+    assert found == ([code] if code else [])
+
+
+def test_a_wider_cidr_allow_makes_a_narrower_one_redundant(tmp_path: Path) -> None:
+    (tmp_path / "net.policy").write_text(
+        'allow plugin * to network:request on "10.0.0.0/8"\n'
+        'allow plugin * to network:request on "10.1.0.0/16:443"\n')
+    assert "PL302" in [f.code for f in lint_paths([str(tmp_path)]).findings]

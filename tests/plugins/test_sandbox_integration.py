@@ -226,8 +226,30 @@ def test_missing_kernel_features_refuse_process_isolation_unless_degraded_is_all
             loader.load(plugins / "example_agent_plugin")
 
 
-def test_inprocess_mode(tmp_path: Path, plugins: Path) -> None:
+def test_an_unpinned_inprocess_plugin_is_refused(tmp_path: Path, plugins: Path) -> None:
     policy = POLICY + 'plugin "malicious" { isolation inprocess }\n'
+    with make_loader(tmp_path, plugins, policy) as loader:
+        with pytest.raises(PluginValidationError, match="accept unpinned-inprocess"):
+            loader.load(plugins / "malicious_plugin")
+        assert loader.sandbox.check_permission("malicious", "file:read", "/etc/hostname") is False
+        # The runner refuses it too, for callers that skip validation.
+        metadata = loader.engine.manifest("malicious")
+        assert metadata is not None
+        with pytest.raises(PluginValidationError, match="trust"):
+            loader.sandbox.runner_for(metadata, lambda hook: lambda *a, **k: None)
+
+
+def test_a_pinned_inprocess_plugin_loads_without_accepting_the_risk(tmp_path: Path, plugins: Path) -> None:
+    digest = plugin_digest(plugins / "example_agent_plugin")
+    policy = (POLICY + 'plugin "example-agent" { isolation inprocess }\n'
+              f'trust plugin "example-agent" sha256 "{digest}"\n')
+    with make_loader(tmp_path, plugins, policy) as loader:
+        agent = loader.load(plugins / "example_agent_plugin")
+        assert agent.isolation.startswith("inprocess")
+
+
+def test_inprocess_mode(tmp_path: Path, plugins: Path) -> None:
+    policy = POLICY + 'plugin "malicious" { isolation inprocess\n accept unpinned-inprocess }\n'
     with make_loader(tmp_path, plugins, policy) as loader:
         bad = loader.load(plugins / "malicious_plugin")
         assert bad.isolation.startswith("inprocess")
