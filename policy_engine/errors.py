@@ -7,6 +7,7 @@
     │   ├── PolicySyntaxError       the text does not parse
     │   └── PolicyCompileError      it parses but does not make sense
     ├── ManifestError               a plugin.yaml is unreadable or invalid
+    ├── PolicyTestError             a *.test.yaml file is unreadable or invalid
     ├── UsageError                  the library or the CLI was called wrongly
     └── EnforcementError            raised while plugin code runs under the sandbox
         ├── PermissionDeniedError   (also a PermissionError) carries the Decision
@@ -52,6 +53,14 @@ class PolicyCompileError(PolicyError):
 
 class ManifestError(PolicyEngineError):
     """A plugin manifest is unreadable or does not match the schema."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
+class PolicyTestError(PolicyEngineError):
+    """A policy test file (``*.test.yaml``) is unreadable or does not match its schema."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics = tuple(diagnostics)
