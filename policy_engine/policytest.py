@@ -322,9 +322,9 @@ def _build(file: Path, text: str, data: Any, spans: Mapping[str, Span]) -> Polic
 
     def paths(value: Any) -> tuple[Path, ...]:
         items = [value] if isinstance(value, str) else list(value)
-        return tuple(base / item for item in items)
+        return tuple(_shown(base / item) for item in items)
 
-    policy = paths(data["policy"]) if "policy" in data else (base,)
+    policy = paths(data["policy"]) if "policy" in data else (_shown(base),)
     plugins = paths(data.get("plugins", []))
     cases: list[PolicyCase] = []
     for index, raw in enumerate(data["cases"]):
@@ -346,6 +346,16 @@ def _build(file: Path, text: str, data: Any, spans: Mapping[str, Span]) -> Polic
             span=_at(spans, f"/cases/{index}", name),
         ))
     return PolicyTestFile(file, policy, plugins, dict(data.get("variables", {})), tuple(cases))
+
+
+def _shown(path: Path) -> Path:
+    """``path`` without ``..`` detours: relative to the working directory when inside it, so
+    rules are cited as ``policies/site.policy``, not ``tests/x/../../policies/site.policy``."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd())
+    except ValueError:
+        return resolved
 
 
 def _rule_ref(text: str) -> tuple[str, int | None]:
