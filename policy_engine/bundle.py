@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 import tarfile
 import time
 import zlib
@@ -383,8 +382,8 @@ def _members(data: bytes, max_bytes: int, max_unpacked: int) -> dict[str, bytes]
                     raise BundleError(f"member `{name}` is outside the bundle's root")
                 if info.isdir():
                     continue
-                if not info.isreg() or not stat.S_ISREG(info.mode | stat.S_IFREG):
-                    kind = ("link" if info.issym() or info.islnk() else "device" if info.isdev()
+                if not info.isreg():
+                    kind = ("link" if info.issym() or info.islnk() else "device" if info.ischr() or info.isblk()
                             else "special file")
                     raise BundleError(f"member `{name}` is a {kind}; bundles hold regular files only")
                 if _canonical_name(name) != name:
