@@ -105,6 +105,29 @@ def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[s
     return sources
 
 
+def _is_bundle_file(path: PolicySource) -> bool:
+    from .bundle import is_bundle
+
+    return Path(path).is_file() and is_bundle(path)
+
+
+def _read_bundle_sources(paths: Sequence[PolicySource], public_key: PolicySource | None) -> dict[str, str]:
+    """The policy texts of one bundle file, verified with ``public_key`` when given."""
+    from .bundle import MAX_BUNDLE_BYTES, load_keyring, read_bundle
+
+    if len(paths) != 1 or not _is_bundle_file(paths[0]):
+        raise UsageError("a bundle is loaded on its own: pass one bundle file"
+                         + (" (a public key verifies bundles only)" if public_key is not None else ""))
+    path = Path(paths[0])
+    keyring = load_keyring(public_key) if public_key is not None else None
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read `{path}`: {exc.strerror or exc}") from None
+    return dict(read_bundle(data, keyring).files)
+
+
 def parse_sources(sources: Mapping[str, str]) -> list[PolicyFile]:
     """Parse several policy texts, collecting the syntax errors of all of them."""
     parsed: list[PolicyFile] = []
@@ -161,10 +184,16 @@ class Engine:
         policy: PolicySource | Sequence[PolicySource],
         plugins: PolicySource | Sequence[PolicySource] | None = None,
         variables: Mapping[str, str] | None = None,
+        *,
+        public_key: PolicySource | None = None,
         **options: Any,
     ) -> Engine:
-        """Load ``.policy`` files (a file, a directory or a list) and plugin manifests
-        (a plugins directory, one plugin's directory, or a list of them).
+        """Load ``.policy`` files (a file, a directory or a list) or one bundle file, and
+        plugin manifests (a plugins directory, one plugin's directory, or a list of them).
+
+        With ``public_key`` (a ``NAME.pub`` file or a directory of them) the policy must be
+        a bundle signed by one of those keys; an unsigned bundle is refused
+        (:class:`BundleError`).
 
         A plugin whose manifest is invalid is left out and reported in :attr:`problems`
         (``strict=True`` raises instead); a policy with any error raises.
@@ -173,6 +202,10 @@ class Engine:
         plugin_dirs: list[PolicySource] = []
         if plugins is not None:
             plugin_dirs = [plugins] if isinstance(plugins, (str, os.PathLike)) else list(plugins)
+        if public_key is not None or any(_is_bundle_file(p) for p in paths):
+            # A bundle is verified and compiled from the same bytes in memory.
+            return cls(_read_bundle_sources(paths, public_key), (), variables,
+                       plugin_dirs=plugin_dirs, **options)
         return cls(read_policy_sources(paths), (), variables, policy_paths=paths,
                    plugin_dirs=plugin_dirs, **options)
 

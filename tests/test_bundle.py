@@ -345,3 +345,41 @@ def test_without_cryptography_the_command_names_the_extra(
     monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives", None)
     assert main(["bundle", "keygen", "-o", "k"]) == 2
     assert "policy_engine[bundles]" in capsys.readouterr().err
+
+
+# Loading --------------------------------------------------------------------------------------
+
+
+def test_engine_loads_a_bundle_like_its_directory(tmp_path: Path, keys: Path) -> None:
+    sources = read_policy_sources(ROOT / "policies")
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(B.build_bundle({Path(p).name: t for p, t in sources.items()}, serial=1, key=key(keys)))
+    plugins = ROOT / "examples" / "plugins"
+    from_dir = Engine.load(ROOT / "policies", plugins=plugins, variables={"data_dir": "/d"})
+    from_bundle = Engine.load(path, plugins=plugins, variables={"data_dir": "/d"}, public_key=keys / "site.pub")
+    assert from_bundle.plugins == from_dir.plugins
+    for request in [("rogue", "file:read", "/etc/passwd"), ("summarizer", "hook:register", "document.saved"),
+                    ("report-builder", "file:write", "/d/report-builder/x")]:
+        assert from_bundle.decide(*request).reason is from_dir.decide(*request).reason
+
+
+def test_engine_refuses_an_unsigned_bundle_once_a_key_is_configured(tmp_path: Path, keys: Path) -> None:
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(B.build_bundle(FILES, serial=1))
+    assert Engine.load(path).policy.rules  # no key configured: a local bundle loads
+    with pytest.raises(BundleError, match="not signed"):
+        Engine.load(path, public_key=keys / "site.pub")
+    with pytest.raises(UsageError, match="verifies bundles only"):
+        Engine.load(ROOT / "policies", public_key=keys / "site.pub")
+
+
+def test_cli_decides_from_a_signed_bundle(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(B.build_bundle(FILES, serial=1, key=key(keys)))
+    plugins = str(ROOT / "examples" / "plugins")
+    assert main(["decide", "rogue", "file:read", "/etc/passwd", "--policy", str(path),
+                 "--public-key", str(keys / "site.pub"), "--plugins", plugins]) == 1
+    assert "a.policy:2:1" in capsys.readouterr().out
+    assert main(["decide", "rogue", "file:read", "/etc/passwd", "--policy", str(path),
+                 "--public-key", str(keys / "other.pub"), "--plugins", plugins]) == 2
+    assert "unknown key id `site`" in capsys.readouterr().err

@@ -73,7 +73,10 @@ def add_plugin_options(parser: argparse.ArgumentParser) -> None:
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """The options every subcommand that builds an engine takes."""
     parser.add_argument("--policy", action="append", metavar="PATH",
-                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
+                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/), "
+                             "or one bundle file")
+    parser.add_argument("--public-key", metavar="KEY",
+                        help="verify the bundle with this NAME.pub (or a directory of them)")
     add_plugin_options(parser)
 
 
@@ -84,7 +87,8 @@ def engine_variables(args: argparse.Namespace) -> dict[str, str]:
 
 def load_engine(args: argparse.Namespace, policy: Sequence[str]) -> Engine:
     """An engine for ``policy`` with the common ``--plugins`` and ``--var`` options."""
-    return Engine.load(list(policy), plugins=args.plugins or None, variables=engine_variables(args))
+    return Engine.load(list(policy), plugins=args.plugins or None, variables=engine_variables(args),
+                       public_key=getattr(args, "public_key", None))
 
 
 def build_engine(args: argparse.Namespace) -> Engine:
