@@ -37,6 +37,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(ROOT / "policies", tmp_path / "policies")
     shutil.copytree(ROOT / "examples" / "plugins", tmp_path / "examples" / "plugins",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples" / "test-plugins", tmp_path / "examples" / "test-plugins")
     shutil.copytree(HERE / "fixtures" / "policytest", tmp_path / "tests" / "cli" / "fixtures" / "policytest")
     monkeypatch.chdir(tmp_path)
     return tmp_path
