@@ -205,9 +205,14 @@ class _BoundedQueueHandler(logging.handlers.QueueHandler):
 
 
 class _Listener(logging.handlers.QueueListener):
+    def __init__(self, bounded: queue.Queue[Any], *handlers: logging.Handler) -> None:
+        super().__init__(bounded, *handlers, respect_handler_level=True)
+        self._bounded = bounded
+
     def enqueue_sentinel(self) -> None:
-        # The queue may be full of events: wait for room rather than lose the stop signal.
-        self.queue.put(self._sentinel, timeout=30)
+        # The queue may be full of events: wait for room rather than lose the stop signal
+        # (None is QueueListener's sentinel).
+        self._bounded.put(None, timeout=30)
 
 
 class DecisionLogger:
@@ -248,8 +253,7 @@ class DecisionLogger:
         formatter = _JSONFormatter()
         for handler in self._handlers:
             handler.setFormatter(formatter)
-        self._listener = _Listener(self._queue, *self._handlers,
-                                                        respect_handler_level=True)
+        self._listener = _Listener(self._queue, *self._handlers)
         self.logger = logging.getLogger(logger_name)
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
