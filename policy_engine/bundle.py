@@ -488,6 +488,11 @@ def _check_serial(path: Path, serial: int) -> None:
     if last is not None and serial < last:
         raise BundleError(f"serial {serial} is older than the last accepted serial {last} (rollback refused)",
                           "publish a bundle built later, or remove the state file to reset it on purpose")
+    record_serial(path, serial)
+
+
+def record_serial(path: Path, serial: int) -> None:
+    """Record ``serial`` as the last accepted one in the state file ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(json.dumps({"serial": serial}) + "\n", encoding="utf-8")

@@ -77,6 +77,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                              "or one bundle file")
     parser.add_argument("--public-key", metavar="KEY",
                         help="verify the bundle with this NAME.pub (or a directory of them)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="accept an http(s):// policy source without a public key")
     add_plugin_options(parser)
 
 
@@ -88,7 +90,8 @@ def engine_variables(args: argparse.Namespace) -> dict[str, str]:
 def load_engine(args: argparse.Namespace, policy: Sequence[str]) -> Engine:
     """An engine for ``policy`` with the common ``--plugins`` and ``--var`` options."""
     return Engine.load(list(policy), plugins=args.plugins or None, variables=engine_variables(args),
-                       public_key=getattr(args, "public_key", None))
+                       public_key=getattr(args, "public_key", None),
+                       insecure=getattr(args, "insecure", False))
 
 
 def build_engine(args: argparse.Namespace) -> Engine:
