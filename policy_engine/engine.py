@@ -535,7 +535,7 @@ class Engine:
                     log.info("policy activated from %s: serial %s -> %s, revision %s, key %s",
                              origin.name, old, origin.serial, origin.revision, origin.key_id)
             except Exception as exc:  # noqa: BLE001 - any failure keeps the policy in force
-                origin._pending = None
+                origin.discard()
                 origin.failures += 1
                 origin.last_error = describe(exc)
                 log.warning("policy source %s: %s (the policy in force stays)", origin.name, origin.last_error)

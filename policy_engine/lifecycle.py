@@ -134,6 +134,7 @@ class Origin:
         self.fingerprint: str | None = None
         self._candidate: str | None = None
         self._pending: tuple[Bundle, bytes | None] | None = None
+        self._pending_fingerprint: str | None = None
         self.lock = threading.Lock()
         self.activated_at = time.time()
         self.last_success: float | None = None
@@ -193,11 +194,19 @@ class Origin:
         self._pending = (bundle, data)
         return dict(bundle.files)
 
+    def discard(self) -> None:
+        """Forget a staged version that failed to build."""
+        self._pending = None
+        self._pending_fingerprint = None
+
     def commit(self) -> None:
         """Record the staged version as the one in force: revision, serial, the cached
         bundle and the serial state file."""
         from .bundle import record_serial
 
+        if self._pending_fingerprint is not None:
+            self.fingerprint, self._pending_fingerprint = self._pending_fingerprint, None
+            self._candidate = None
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -267,8 +276,7 @@ class Origin:
         if fingerprint != self._candidate:
             self._candidate = fingerprint
             return None
-        self._candidate = None
-        self.fingerprint = fingerprint
+        self._pending_fingerprint = fingerprint  # adopted by commit() once it compiled
         return sources
 
 
