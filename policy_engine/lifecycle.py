@@ -18,8 +18,6 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +42,19 @@ def is_url(source: object) -> bool:
     return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
 
 
-class _SameScheme(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: Any, fp: IO[bytes], code: int, msg: str, headers: Any,
-                         newurl: str) -> urllib.request.Request | None:
-        old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
-        if old != new:
-            raise BundleError(f"redirect from `{old}` to `{new}` refused", "serve the bundle without a scheme change")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+def _same_scheme_handler() -> Any:
+    import urllib.request
+
+    class SameScheme(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: Any, fp: IO[bytes], code: int, msg: str, headers: Any,
+                             newurl: str) -> urllib.request.Request | None:
+            old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
+            if old != new:
+                raise BundleError(f"redirect from `{old}` to `{new}` refused",
+                                  "serve the bundle without a scheme change")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return SameScheme()
 
 
 def fetch(url: str, *, etag: str | None = None, timeout: float = FETCH_TIMEOUT,
@@ -60,11 +64,15 @@ def fetch(url: str, *, etag: str | None = None, timeout: float = FETCH_TIMEOUT,
     Raises :class:`BundleError` for a network error, an HTTP error status, a redirect to
     another scheme, or a body over ``max_bytes``.
     """
+    # urllib (and with it http.client and ssl) is imported only when a URL is fetched.
+    import urllib.error
+    import urllib.request
+
     from .bundle import MAX_BUNDLE_BYTES
 
     limit = MAX_BUNDLE_BYTES if max_bytes is None else max_bytes
     request = urllib.request.Request(url, headers={"If-None-Match": etag} if etag else {})
-    opener = urllib.request.build_opener(_SameScheme())
+    opener = urllib.request.build_opener(_same_scheme_handler())
     try:
         with opener.open(request, timeout=timeout) as response:
             data = response.read(limit + 1)
