@@ -383,3 +383,33 @@ def test_cli_decides_from_a_signed_bundle(tmp_path: Path, keys: Path, capsys: py
     assert main(["decide", "rogue", "file:read", "/etc/passwd", "--policy", str(path),
                  "--public-key", str(keys / "other.pub"), "--plugins", plugins]) == 2
     assert "unknown key id `site`" in capsys.readouterr().err
+
+
+# Properties -----------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=2048))
+def test_any_bytes_are_a_bundle_error_never_a_crash(data: bytes) -> None:
+    try:
+        B.read_bundle(data)
+    except BundleError:
+        pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_flipped_byte_never_yields_other_verified_content(keys: Path, data: st.DataObject) -> None:
+    signed = B.build_bundle(FILES, serial=1, key=key(keys, "rsa"))  # RS256: the same bytes every time
+    index = data.draw(st.integers(0, len(signed) - 1))
+    bit = data.draw(st.integers(0, 7))
+    mutated = bytearray(signed)
+    mutated[index] ^= 1 << bit
+    try:
+        bundle = B.read_bundle(bytes(mutated), ring(keys, "rsa"))
+    except BundleError:
+        return
+    assert dict(bundle.files) == FILES and bundle.serial == 1  # e.g. a gzip header flag byte
