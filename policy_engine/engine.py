@@ -171,10 +171,10 @@ class Engine:
         timeout: float = FETCH_TIMEOUT,
         **options: Any,
     ) -> Engine:
-        """Load ``.policy`` files (a file, a directory or a list) or one bundle file, and
-        plugin manifests (a plugins directory, one plugin's directory, or a list of them).
+        """Load ``.policy`` files (a file, a directory or a list) and plugin manifests
+        (a plugins directory, one plugin's directory, or a list of them).
 
-        ``policy`` may also be a bundle file or the ``http(s)://`` URL of one. With
+        ``policy`` may also be one bundle file or the ``http(s)://`` URL of one. With
         ``public_key`` (a ``NAME.pub`` file or a directory of them) the policy must be a
         bundle signed by one of those keys; an unsigned bundle is refused
         (:class:`BundleError`). A URL needs a key unless ``insecure=True``. With
