@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .decision import Decision, Reason, RuleRef
-    from .decision_log import DecisionLog
+    from .decision_log import DecisionLog, DecisionLogger
     from .diagnostics import Diagnostic, Severity, Span
     from .enforcement.loader import PluginLoader
     from .enforcement.sandbox import PluginSandbox, ValidationResult
     from .engine import CacheInfo, Engine
     from .errors import (
+        BundleError,
         EnforcementError,
         FileSizeError,
         ManifestError,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         PolicyEngineError,
         PolicyError,
         PolicySyntaxError,
+        PolicyTestError,
         ResourceLimitError,
         UsageError,
     )
@@ -45,11 +47,12 @@ if TYPE_CHECKING:
 # parser, YAML or JSON Schema at start-up.
 _LAZY = {
     "Decision": "decision", "Reason": "decision", "RuleRef": "decision",
-    "DecisionLog": "decision_log",
+    "DecisionLog": "decision_log", "DecisionLogger": "decision_log",
     "Diagnostic": "diagnostics", "Severity": "diagnostics", "Span": "diagnostics",
     "PluginLoader": "enforcement.loader",
     "PluginSandbox": "enforcement.sandbox", "ValidationResult": "enforcement.sandbox",
     "CacheInfo": "engine", "Engine": "engine",
+    "BundleError": "errors", "PolicyTestError": "errors",
     "EnforcementError": "errors", "FileSizeError": "errors", "ManifestError": "errors",
     "PermissionDeniedError": "errors", "PluginCrashedError": "errors",
     "PluginTimeoutError": "errors", "PluginValidationError": "errors",
@@ -61,9 +64,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "BundleError",
     "CacheInfo",
     "Decision",
     "DecisionLog",
+    "DecisionLogger",
     "Diagnostic",
     "EnforcementError",
     "Engine",
@@ -84,6 +89,7 @@ __all__ = [
     "PolicyEngineError",
     "PolicyError",
     "PolicySyntaxError",
+    "PolicyTestError",
     "Reason",
     "ResourceLimitError",
     "RuleRef",

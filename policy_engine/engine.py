@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .decision_log import DecisionLog
 from .diagnostics import Diagnostic
 from .digest import plugin_digest
 from .errors import ManifestError, PermissionDeniedError, PolicySyntaxError, UsageError
+from .lifecycle import FETCH_TIMEOUT, Origin, Status, WatchHandle, describe
 from .manifest import PluginMetadata, load_manifests, manifest_from_mapping, parse_manifest
 from .nodes import PolicyFile
 from .parser import parse_policy
@@ -153,6 +155,7 @@ class Engine:
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
         self._sources = dict(policy_sources)
         self._state = self._build(self._sources, self._all_manifests())
+        self._origin: Origin | None = None
 
     # Construction ---------------------------------------------------------------------
 
@@ -162,10 +165,23 @@ class Engine:
         policy: PolicySource | Sequence[PolicySource],
         plugins: PolicySource | Sequence[PolicySource] | None = None,
         variables: Mapping[str, str] | None = None,
+        *,
+        public_key: PolicySource | None = None,
+        insecure: bool = False,
+        cache_dir: PolicySource | None = None,
+        timeout: float = FETCH_TIMEOUT,
         **options: Any,
     ) -> Engine:
         """Load ``.policy`` files (a file, a directory or a list) and plugin manifests
         (a plugins directory, one plugin's directory, or a list of them).
+
+        ``policy`` may also be one bundle file or the ``http(s)://`` URL of one. With
+        ``public_key`` (a ``NAME.pub`` file or a directory of them) the policy must be a
+        bundle signed by one of those keys; an unsigned bundle is refused
+        (:class:`BundleError`). A URL needs a key unless ``insecure=True``. With
+        ``cache_dir`` (created with mode 0700) the last good bundle and its serial are kept
+        there, and a host that cannot fetch its URL at start starts from the cached bundle,
+        verified again. ``timeout`` bounds each download.
 
         A plugin whose manifest is invalid is left out and reported in :attr:`problems`
         (``strict=True`` raises instead); a policy with any error raises.
@@ -174,8 +190,15 @@ class Engine:
         plugin_dirs: list[PolicySource] = []
         if plugins is not None:
             plugin_dirs = [plugins] if isinstance(plugins, (str, os.PathLike)) else list(plugins)
-        return cls(read_policy_sources(paths), (), variables, policy_paths=paths,
-                   plugin_dirs=plugin_dirs, **options)
+        origin = Origin(paths, public_key=public_key, insecure=insecure, cache_dir=cache_dir,
+                        timeout=timeout)
+        # A bundle is verified and compiled from the same bytes, in memory.
+        sources = origin.initial()
+        engine = cls(sources, (), variables, policy_paths=None if origin.is_bundle else paths,
+                     plugin_dirs=plugin_dirs, **options)
+        engine._origin = origin
+        origin.last_success = time.time()
+        return engine
 
     @classmethod
     def from_source(
@@ -489,3 +512,59 @@ class Engine:
         if state.cache is not None:
             with state.lock:
                 state.cache.clear()
+
+    # Staying current --------------------------------------------------------------------
+
+    def watch(self, interval: float = 5.0, *, max_backoff: float = 60.0) -> WatchHandle:
+        """Keep the engine current in a background thread; returns a handle with ``stop()``.
+
+        Directories are adopted when their content is the same on two consecutive polls;
+        bundle files when their bytes change; URLs by conditional GET. Each new version is
+        verified, compiled and swapped in atomically; one that fails is never swapped in,
+        and failures back off (doubling up to ``max_backoff`` seconds).
+        """
+        if self._origin is None:
+            raise UsageError("only an engine built by `Engine.load` has a source to watch")
+        if interval <= 0:
+            raise UsageError("watch interval must be > 0")
+        return WatchHandle(self.poll, interval, max_backoff)
+
+    def poll(self) -> bool:
+        """Check the source once and swap in a new version; False when that failed (the
+        error is in :meth:`status`)."""
+        origin = self._origin
+        if origin is None:
+            raise UsageError("only an engine built by `Engine.load` has a source to poll")
+        with origin.lock:
+            try:
+                sources = origin.poll()
+                if sources is not None:
+                    old = origin.serial
+                    with self._write_lock:
+                        state = self._build(sources, self._all_manifests())
+                        self._sources = dict(sources)
+                        self._state = state
+                    origin.commit()
+                    origin.activated_at = time.time()
+                    log.info("policy activated from %s: serial %s -> %s, revision %s, key %s",
+                             origin.name, old, origin.serial, origin.revision, origin.key_id)
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the policy in force
+                origin.discard()
+                origin.failures += 1
+                origin.last_error = describe(exc)
+                log.warning("policy source %s: %s (the policy in force stays)", origin.name, origin.last_error)
+                return False
+            origin.failures = 0
+            origin.last_success = time.time()
+            return True
+
+    def status(self) -> Status:
+        """Source, revision, serial, age, last success and error, consecutive failures,
+        dropped log events and each plugin's isolation level."""
+        origin = self._origin
+        dropped = int(getattr(self.decision_log, "dropped", 0))
+        isolation = {name: self.effective(name).limits.isolation.value for name in self.plugins}
+        if origin is None:
+            return Status("<source>", None, None, None, 0.0, None, None, 0, dropped, isolation)
+        return Status(origin.name, origin.revision, origin.serial, origin.key_id, origin.activated_at,
+                      origin.last_success, origin.last_error, origin.failures, dropped, isolation)

@@ -7,6 +7,8 @@
     │   ├── PolicySyntaxError       the text does not parse
     │   └── PolicyCompileError      it parses but does not make sense
     ├── ManifestError               a plugin.yaml is unreadable or invalid
+    ├── PolicyTestError             a *.test.yaml file is unreadable or invalid
+    ├── BundleError                 a bundle is refused (signature, digests, layout, serial)
     ├── UsageError                  the library or the CLI was called wrongly
     └── EnforcementError            raised while plugin code runs under the sandbox
         ├── PermissionDeniedError   (also a PermissionError) carries the Decision
@@ -56,6 +58,24 @@ class ManifestError(PolicyEngineError):
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics = tuple(diagnostics)
         super().__init__(render_all(self.diagnostics))
+
+
+class PolicyTestError(PolicyEngineError):
+    """A policy test file (``*.test.yaml``) is unreadable or does not match its schema."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
+class BundleError(PolicyEngineError):
+    """A bundle was refused: a bad or missing signature, a digest mismatch, a member outside
+    its root, a size cap, a rollback. ``message`` says which, ``hint`` what to do."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} ({hint})")
 
 
 class UsageError(PolicyEngineError):

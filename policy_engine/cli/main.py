@@ -73,7 +73,12 @@ def add_plugin_options(parser: argparse.ArgumentParser) -> None:
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """The options every subcommand that builds an engine takes."""
     parser.add_argument("--policy", action="append", metavar="PATH",
-                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
+                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/), "
+                             "or one bundle file")
+    parser.add_argument("--public-key", metavar="KEY",
+                        help="verify the bundle with this NAME.pub (or a directory of them)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="accept an http(s):// policy source without a public key")
     add_plugin_options(parser)
 
 
@@ -84,7 +89,9 @@ def engine_variables(args: argparse.Namespace) -> dict[str, str]:
 
 def load_engine(args: argparse.Namespace, policy: Sequence[str]) -> Engine:
     """An engine for ``policy`` with the common ``--plugins`` and ``--var`` options."""
-    return Engine.load(list(policy), plugins=args.plugins or None, variables=engine_variables(args))
+    return Engine.load(list(policy), plugins=args.plugins or None, variables=engine_variables(args),
+                       public_key=getattr(args, "public_key", None),
+                       insecure=getattr(args, "insecure", False))
 
 
 def build_engine(args: argparse.Namespace) -> Engine:
@@ -264,7 +271,8 @@ def _register_digest(commands: Any) -> None:
 EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 #: Modules that, when present, add subcommands to :data:`EXTRA_COMMANDS` as they are imported.
-OPTIONAL_COMMAND_MODULES = ("policy_engine.cli.run", "policy_engine.cli.learn")
+OPTIONAL_COMMAND_MODULES = ("policy_engine.cli.run", "policy_engine.cli.learn", "policy_engine.cli.policytest",
+                            "policy_engine.cli.bundle")
 
 
 def _import_optional_commands() -> None:
