@@ -106,6 +106,6 @@ def test_both_log_formats_are_read_back_for_replay(tmp_path: Path) -> None:
     handler.close()
     path.write_text(old.getvalue() + path.read_text())
     entries = read_replay_log(path)
-    assert [(e["resource"], e["allowed"], e["context"]) for e in entries] == [
+    assert [(e.resource, e.allowed, e.context) for e in entries] == [
         ("api.example.com:443", True, {"env": "prod"}), ("a.evil.test:443", False, {"env": "dev"})]
     assert "decision_id" in read_decision_log(path)[1]
