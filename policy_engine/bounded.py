@@ -69,6 +69,9 @@ class InputLimits:
     policy_statements: int = 50_000
     #: Nesting of a rule's condition (parentheses, ``and``/``or``/``not`` chains).
     condition_depth: int = 64
+    #: ``and``/``or``/``not`` in one statement, counted before parsing (a long chain is a
+    #: deep tree, and parsing it at all costs time).
+    condition_operators: int = 1000
     #: Bytes of one manifest (``plugin.yaml``) or other YAML document.
     yaml_bytes: int = 256 * 1024
     #: Characters of one line, in policies and YAML.
