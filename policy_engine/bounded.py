@@ -67,7 +67,8 @@ class InputLimits:
     policy_set_files: int = 1000
     #: Statements (rules, blocks, pins, headers) in one ``.policy`` file.
     policy_statements: int = 50_000
-    #: Nesting of a rule's condition (parentheses, ``and``/``or``/``not`` chains).
+    #: Levels of a rule's condition tree (each ``and``, ``or``, ``not`` and test is one;
+    #: parentheses group without adding one). Evaluation recurses at most this deep.
     condition_depth: int = 64
     #: ``and``/``or``/``not`` in one statement, counted before parsing (a long chain is a
     #: deep tree, and parsing it at all costs time).
