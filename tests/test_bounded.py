@@ -34,7 +34,7 @@ def test_caps_must_be_positive() -> None:
 
 @pytest.mark.parametrize(("text", "cap"), [
     ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
-        f"{n}: &{n} [" + ", ".join([f"*{p}"] * 10) + "]\n" for p, n in zip("abcdef", "bcdefg")), "yaml_nodes"),
+        f"{n}: &{n} [" + ", ".join([f"*{p}"] * 10) + "]\n" for p, n in zip("abcdef", "bcdefg", strict=True)), "yaml_nodes"),
     ("x: " + "[" * 40 + "]" * 40 + "\n", "yaml_depth"),
     ("x: " + "9" * 41 + "\n", "number_digits"),
     ("x: |\n" + "  abcdefgh\n" * 3000, "scalar_chars"),
@@ -79,3 +79,24 @@ def test_a_condition_at_the_depth_cap_parses_and_evaluates() -> None:
     assert engine.decide("p", "file:read", "/srv/a", {"x": True}).allowed
     with pytest.raises(PolicySyntaxError, match="condition_depth"):
         parse_policy(policy.replace(" when ", " when context.x and "))
+
+
+def test_a_manifest_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    from policy_engine.errors import ManifestError
+    from policy_engine.manifest import load_manifest
+
+    os.mkfifo(tmp_path / "plugin.yaml")  # opening it for reading would block forever
+    with pytest.raises(ManifestError, match="named pipe"):
+        load_manifest(tmp_path)
+
+
+def test_a_manifest_over_the_size_cap_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from policy_engine.errors import ManifestError
+    from policy_engine.manifest import load_manifest
+
+    with open(tmp_path / "plugin.yaml", "wb") as handle:
+        handle.truncate(DEFAULT_LIMITS.yaml_bytes + 1)  # sparse: nothing to read if it tried
+    with pytest.raises(ManifestError, match="`yaml_bytes`"):
+        load_manifest(tmp_path)
