@@ -86,11 +86,16 @@ class PolicyFileProblem:
     line: int = 0
     column: int = 0
 
-    def to_diagnostic(self) -> Diagnostic:
-        """The problem as a diagnostic pointing at the entry."""
-        span = Span(self.path, self.line, self.column, self.line, self.column + 1) if self.line else \
-            Span(self.path, 0, 0)
-        return Diagnostic(self.message, span, self.hint)
+    def to_diagnostic(self, *, located: bool = True) -> Diagnostic:
+        """The problem as a diagnostic pointing at the entry.
+
+        The message names the entry already; ``located=False`` leaves out the span of a
+        whole-entry problem, so a one-line error does not name the path twice.
+        """
+        if self.line:
+            return Diagnostic(self.message, Span(self.path, self.line, self.column, self.line,
+                                                 self.column + 1), self.hint)
+        return Diagnostic(self.message, Span(self.path, 0, 0) if located else None, self.hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +126,7 @@ class PolicySetScan:
     def to_policy_set(self) -> PolicySet:
         """The set, or :class:`PolicySetError` listing every problem."""
         if self.problems:
-            raise PolicySetError([p.to_diagnostic() for p in self.problems])
+            raise PolicySetError([p.to_diagnostic(located=False) for p in self.problems])
         return PolicySet(self.source, self.files)
 
 
@@ -186,7 +191,7 @@ def read_policy_sets(sources: Sequence[PolicySource], *, limits: InputLimits = D
         where = os.fspath(sources[0]) if len(sources) == 1 else "the policy set"
         problems.extend(_set_caps(where, len(texts), total, limits))
     if problems:
-        raise PolicySetError([p.to_diagnostic() for p in problems])
+        raise PolicySetError([p.to_diagnostic(located=False) for p in problems])
     return texts
 
 
