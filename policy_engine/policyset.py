@@ -29,7 +29,13 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .bounded import DEFAULT_LIMITS, InputLimits, describe_file_type, read_bounded_file
+from .bounded import (
+    DEFAULT_LIMITS,
+    LIMIT_MESSAGE_PREFIX,
+    InputLimits,
+    describe_file_type,
+    read_bounded_file,
+)
 from .diagnostics import Diagnostic, Span
 from .errors import InputLimitError, PolicySetError
 
@@ -200,12 +206,12 @@ def _set_caps(where: str, count: int, total: int, limits: InputLimits) -> list[P
     if count > limits.policy_set_files:
         found.append(PolicyFileProblem(
             where, ProblemKind.TOO_LARGE,
-            f"input limit exceeded: {count:,} `.policy` files (the limit `policy_set_files` is "
+            f"{LIMIT_MESSAGE_PREFIX}: `{where}` has {count:,} `.policy` files (the limit `policy_set_files` is "
             f"{limits.policy_set_files:,})", "split the policy set"))
     if total > limits.policy_set_bytes:
         found.append(PolicyFileProblem(
             where, ProblemKind.TOO_LARGE,
-            f"input limit exceeded: the policy set has {total:,} bytes (the limit "
+            f"{LIMIT_MESSAGE_PREFIX}: the policy set `{where}` has {total:,} bytes (the limit "
             f"`policy_set_bytes` is {limits.policy_set_bytes:,})", "split the policy set"))
     return found
 
@@ -292,7 +298,9 @@ class _LocalScan:
             raw = read_bounded_file(path, self.limits.policy_file_bytes, cap="policy_file_bytes")
         except InputLimitError as exc:
             first = exc.diagnostics[0]
-            self._problem(path, ProblemKind.TOO_LARGE, first.message, first.hint)
+            detail = first.message.removeprefix(f"{LIMIT_MESSAGE_PREFIX}: ")
+            self._problem(path, ProblemKind.TOO_LARGE,
+                          f"{LIMIT_MESSAGE_PREFIX}: policy file `{path}` is too large: {detail}", first.hint)
             return
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # swapped for a link after the stat
