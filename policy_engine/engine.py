@@ -31,6 +31,7 @@ from .lifecycle import FETCH_TIMEOUT, Origin, Status, WatchHandle, describe
 from .manifest import PluginMetadata, load_manifests, manifest_from_mapping, parse_manifest
 from .nodes import PolicyFile
 from .parser import parse_policy
+from .policyset import read_policy_sets
 from .settings import EMPTY_OVERLAY, Effective, Limits, Timeouts, resolve
 from .table import DecisionTable, PluginFacts, PluginTable, build_plugin_table
 
@@ -83,29 +84,14 @@ class _Snapshot:
 
 
 def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[str, str]:
-    """Read ``.policy`` files: a file, a directory (every ``*.policy`` in it) or a list.
+    """Read ``.policy`` files: a file, a directory (its own ``*.policy`` entries) or a list.
 
-    Raises :class:`UsageError` for a path that does not exist or holds no policy.
+    Reads through :func:`policy_engine.policyset.read_policy_sets`; raises
+    :class:`~policy_engine.errors.PolicySetError` (a :class:`UsageError`) listing every bad
+    entry, a missing path and a directory without policies.
     """
     paths = [policy] if isinstance(policy, (str, os.PathLike)) else list(policy)
-    sources: dict[str, str] = {}
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            # One directory is one policy set; subdirectories (such as examples) are not part of it.
-            found = sorted(p for p in path.glob("*.policy") if p.is_file())
-            if not found:
-                raise UsageError(f"no `.policy` files in `{path}`")
-        elif path.is_file():
-            found = [path]
-        else:
-            raise UsageError(f"policy path `{path}` does not exist")
-        for file in found:
-            try:
-                sources[str(file)] = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise UsageError(f"cannot read `{file}`: {exc}") from None
-    return sources
+    return read_policy_sets(paths)
 
 
 def parse_sources(sources: Mapping[str, str]) -> list[PolicyFile]:

@@ -5,7 +5,9 @@
     PolicyEngineError
     ├── PolicyError                 a policy set cannot be built (carries diagnostics)
     │   ├── PolicySyntaxError       the text does not parse
-    │   └── PolicyCompileError      it parses but does not make sense
+    │   ├── PolicyCompileError      it parses but does not make sense
+    │   └── PolicySetError          a policy set cannot be read from its source (also a UsageError)
+    ├── InputLimitError             an input exceeds one of the caps of policy_engine.bounded
     ├── ManifestError               a plugin.yaml is unreadable or invalid
     ├── PolicyTestError             a *.test.yaml file is unreadable or invalid
     ├── BundleError                 a bundle is refused (signature, digests, layout, serial)
@@ -52,6 +54,29 @@ class PolicyCompileError(PolicyError):
     """The policy parses but refers to unknown names, units, variables or plugins."""
 
 
+class UsageError(PolicyEngineError):
+    """The library or the command line was called with arguments that cannot work."""
+
+
+class PolicySetError(PolicyError, UsageError):
+    """A policy set cannot be read: a bad entry, an empty directory, bad encoding, a cap.
+
+    ``diagnostics`` holds one problem per bad entry, each naming its path. It is also a
+    :class:`UsageError`, which is what a missing policy path raised before.
+    """
+
+
+class InputLimitError(PolicyEngineError):
+    """An input exceeds a cap of :data:`policy_engine.bounded.DEFAULT_LIMITS`.
+
+    ``diagnostics`` says where, which cap and its value.
+    """
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
 class ManifestError(PolicyEngineError):
     """A plugin manifest is unreadable or does not match the schema."""
 
@@ -76,10 +101,6 @@ class BundleError(PolicyEngineError):
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message} ({hint})")
-
-
-class UsageError(PolicyEngineError):
-    """The library or the command line was called with arguments that cannot work."""
 
 
 class EnforcementError(PolicyEngineError):

@@ -32,8 +32,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .bounded import DEFAULT_LIMITS, BoundedSafeLoader, bounded_loader, read_bounded_file
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
-from .errors import ManifestError, PolicySyntaxError
+from .errors import InputLimitError, ManifestError, PolicySyntaxError
 from .nodes import Grant
 from .parser import parse_grant
 from .permissions import ACTION_SPELLINGS, Permission, expand_action
@@ -172,7 +173,9 @@ def load_manifest(path: str | os.PathLike[str]) -> PluginMetadata:
     try:
         if given.is_dir():
             file_path = given / MANIFEST_NAME
-        raw = file_path.read_bytes()
+        raw = read_bounded_file(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
+    except InputLimitError as exc:
+        raise ManifestError(exc.diagnostics) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         hint = None
         if isinstance(exc, FileNotFoundError):
@@ -337,7 +340,7 @@ class _Source:
         return Span(self.file, outer.line, start, outer.line, max(end, start + 1))
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(BoundedSafeLoader):
     """``yaml.safe_load`` semantics, with every failure to build a value reported at its node.
 
     PyYAML's constructors let Python's conversion errors through (``2024-13-45`` raises
@@ -366,9 +369,9 @@ def _from_text(text: str, file: str, plugin_path: Path, manifest_path: Path | No
 
 def _read_yaml(text: str, file: str) -> tuple[object, _Source, list[Diagnostic]]:
     """The document's data, where its fields are, and duplicate-key problems."""
-    loader: _Loader | None = None
+    loader: BoundedSafeLoader | None = None
     try:
-        loader = _Loader(text)
+        loader = bounded_loader(text, name=file, loader=_Loader)
         root = loader.get_single_node()
         if root is None:
             raise ManifestError([Diagnostic(
@@ -379,6 +382,8 @@ def _read_yaml(text: str, file: str) -> tuple[object, _Source, list[Diagnostic]]
             )])
         source, early = _locate(root, file, text)
         data = loader.construct_document(root)
+    except InputLimitError as exc:
+        raise ManifestError(exc.diagnostics) from None
     except yaml.MarkedYAMLError as exc:
         raise ManifestError([_yaml_problem(exc, file, text)]) from None
     except yaml.reader.ReaderError as exc:

@@ -12,8 +12,9 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import nodes
+from .bounded import DEFAULT_LIMITS, InputLimits, check_text, limit_diagnostic
 from .diagnostics import Diagnostic, Span, source_line
-from .errors import PolicySyntaxError
+from .errors import InputLimitError, PolicySyntaxError
 
 __all__ = ["parse_policy", "parse_grant", "grammar_text"]
 
@@ -59,8 +60,19 @@ def _lark() -> Lark:
     )
 
 
-def parse_policy(text: str, file: str = "<policy>") -> nodes.PolicyFile:
-    """Parse a ``.policy`` file. Raises :class:`PolicySyntaxError` listing every syntax error."""
+def parse_policy(text: str, file: str = "<policy>", *, limits: InputLimits = DEFAULT_LIMITS) -> nodes.PolicyFile:
+    """Parse a ``.policy`` file. Raises :class:`PolicySyntaxError` listing every syntax error.
+
+    The text is checked against ``limits`` (size and line length before parsing, statements
+    and condition depth before the tree is converted): an exceeded cap is a syntax error
+    whose message starts with ``input limit exceeded``.
+    """
+    try:
+        check_text(text, name=file, max_chars=limits.policy_file_bytes, cap="policy_file_bytes",
+                   limits=limits)
+    except InputLimitError as exc:
+        raise PolicySyntaxError(exc.diagnostics) from None
+    _check_operators(text, file, limits)
     comments: list[Token] = []
     errors: list[Diagnostic] = []
     statements: list[nodes.Statement] = []
@@ -79,6 +91,7 @@ def parse_policy(text: str, file: str = "<policy>") -> nodes.PolicyFile:
             continue
         comments.extend(comments_here)
         if not errors:
+            _check_tree(tree, text, file, limits)
             statements = [
                 _statement(child, text, file) for child in tree.children if isinstance(child, Tree)
             ]
@@ -93,6 +106,57 @@ def parse_policy(text: str, file: str = "<policy>") -> nodes.PolicyFile:
             nodes.Comment(str(c), _token_span(c, file)) for c in comments
         ),
     )
+
+
+_OPERATOR_SCAN = re.compile(
+    r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|\b(?:and|or|not)\b|^[ \t]*(?:policy|defaults|plugin|allow|deny|trust)\b',
+    re.M,
+)
+
+
+def _check_operators(text: str, file: str, limits: InputLimits) -> None:
+    """Count ``and``/``or``/``not`` per statement before Lark sees the text (one pass in C)."""
+    count = 0
+    for match in _OPERATOR_SCAN.finditer(text):
+        word = match.group()
+        if word in ("and", "or", "not"):
+            count += 1
+            if count > limits.condition_operators:
+                line = text.count("\n", 0, match.start()) + 1
+                column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+                raise PolicySyntaxError([limit_diagnostic(
+                    file, f"more than {limits.condition_operators:,} `and`/`or`/`not` in one statement",
+                    "condition_operators", limits.condition_operators, line=line, column=column, text=text)])
+        elif word[:1] not in ('"', "#"):
+            count = 0
+
+
+def _check_tree(tree: Tree[Token], text: str, file: str, limits: InputLimits) -> None:
+    """Statement count and condition depth, measured without recursion (a chain of 10,000
+    ``and`` is a tree 10,000 deep, which the recursive conversion below must not see)."""
+    statements = [c for c in tree.children if isinstance(c, Tree)]
+    if len(statements) > limits.policy_statements:
+        extra = _span(statements[limits.policy_statements], file)
+        raise PolicySyntaxError([limit_diagnostic(
+            file, f"{len(statements):,} statements", "policy_statements", limits.policy_statements,
+            line=extra.line, column=extra.column, text=text)])
+    stack: list[tuple[Tree[Token] | Token, int]] = [(c, 0) for c in statements]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if node.data in _CONDITION_NODES:
+            depth += 1
+            if depth > limits.condition_depth:
+                where = _span(node, file)
+                raise PolicySyntaxError([limit_diagnostic(
+                    file, f"a condition nested deeper than {limits.condition_depth} levels",
+                    "condition_depth", limits.condition_depth, line=where.line, column=where.column,
+                    text=text)])
+        stack.extend((child, depth) for child in node.children)
+
+
+_CONDITION_NODES = frozenset({"or_", "and_", "not_", "compare", "in_", "not_in", "matches", "truthy"})
 
 
 def parse_grant(text: str, file: str = "<manifest>") -> nodes.Grant:

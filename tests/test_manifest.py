@@ -503,8 +503,10 @@ def test_nested_aliases_do_not_explode() -> None:
 
 
 def test_deep_nesting_is_an_error_not_a_crash() -> None:
-    with pytest.raises(ManifestError, match="nested too deeply"):
+    with pytest.raises(ManifestError, match="input limit exceeded: line 1"):
         parse_manifest("[" * 50_000)
+    with pytest.raises(ManifestError, match="nesting deeper than 32 levels"):
+        parse_manifest("\n".join("  " * i + "- " for i in range(200)) + "\n")
 
 
 @pytest.mark.parametrize(

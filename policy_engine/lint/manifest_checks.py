@@ -18,10 +18,17 @@ from pathlib import Path
 
 import yaml
 
+from ..bounded import (
+    DEFAULT_LIMITS,
+    compose_yaml,
+    is_limit_diagnostic,
+    load_yaml,
+    read_bounded_file,
+)
 from ..compiler import PolicySet
 from ..diagnostics import Diagnostic, Span, did_you_mean
 from ..engine import Engine
-from ..errors import ManifestError, PolicyEngineError
+from ..errors import InputLimitError, ManifestError, PolicyEngineError
 from ..manifest import MANIFEST_NAME, PluginMetadata, load_manifest
 from .findings import finding, recode
 
@@ -57,8 +64,8 @@ class LoadedManifest:
         if self.text is None:
             return None
         try:
-            data = yaml.safe_load(self.text)
-        except yaml.YAMLError:
+            data = load_yaml(self.text, name=self.path)
+        except (yaml.YAMLError, InputLimitError):
             return None
         name = data.get("name") if isinstance(data, dict) else None
         return name if isinstance(name, str) else None
@@ -78,8 +85,8 @@ def load(plugin_dir: str) -> LoadedManifest:
     """Read and check the manifest of ``plugin_dir``."""
     path = str(Path(plugin_dir) / MANIFEST_NAME)
     try:
-        text: str | None = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        text: str | None = read_bounded_file(path, DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes").decode("utf-8")
+    except (OSError, UnicodeDecodeError, InputLimitError):
         text = None  # load_manifest says why, with a position for bad UTF-8
     spans = _pointer_spans(text, path) if text is not None else {}
     try:
@@ -93,7 +100,9 @@ def classify(diagnostic: Diagnostic) -> Diagnostic:
     """Give a manifest loader diagnostic its lint code."""
     message = diagnostic.message
     pointer = diagnostic.pointer or ""
-    if message.startswith(("cannot read the manifest", "cannot list")):
+    if is_limit_diagnostic(diagnostic):
+        code = "PL205"
+    elif message.startswith(("cannot read the manifest", "cannot list")):
         code = "PL204"
     elif message.startswith(("invalid YAML", "expected UTF-8", "duplicate field")):
         code = "PL205"
@@ -109,8 +118,8 @@ def classify(diagnostic: Diagnostic) -> Diagnostic:
 def _pointer_spans(text: str, file: str) -> dict[str, Span]:
     """JSON pointer -> span of every field of a YAML document (empty if it does not parse)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = compose_yaml(text.removeprefix("\ufeff"), name=file)
+    except (yaml.YAMLError, InputLimitError):
         return {}
     spans: dict[str, Span] = {}
     stack: list[tuple[str, yaml.Node]] = [("", root)] if root is not None else []

@@ -94,6 +94,33 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin * to file:read on "/srv/**"
         """),
+    _rule("PL002", "unreadable-policy-file", E, "a policy file cannot be read as part of its set", """
+        Reports every entry of a policy set the engine would refuse: a dangling or looping
+        symlink, a directory, FIFO, socket or device named `*.policy`, a file that cannot be
+        read, a file that is not UTF-8 text (with the byte offset), a file or set over its
+        size cap, and a directory with no `.policy` files. One finding per entry; the run
+        goes on with the other files.
+        """, """
+        A policy set is all or nothing: the engine refuses to load a set with a bad entry.
+        Skipping it instead would be worse, since the lost file may hold the deny rule that
+        keeps a plugin out.
+        """, """
+            policies/deny.policy -> /etc/policies/deny.policy   # the target moved
+        fix:
+            restore the target, or remove the link
+        """),
+    _rule("PL003", "writable-policy-file", E, "others than the engine's user or root can change a policy file", """
+        Reports a policy file, its symlink target, or the directory of either that is
+        writable by group or others, or owned by another user than the one running the check
+        (root is fine), as sshd's `StrictModes` does for its key files.
+        """, """
+        Whoever can write a policy file (or add one to its directory) decides what every
+        plugin may do; a group-writable policy makes every member of the group an admin.
+        """, """
+            -rw-rw-r--  policies/site.policy
+        fix:
+            chmod go-w policies/site.policy policies
+        """),
     # PL1xx: compile errors --------------------------------------------------------------
     _rule("PL101", "unknown-permission", E, "a rule names a permission that does not exist", """
         Reports an action that is not a known permission, a `family:*` or `*`, with the

@@ -32,7 +32,9 @@ from ..diagnostics import Diagnostic, Severity
 from ..engine import default_variables
 from ..errors import UsageError
 from ..manifest import MANIFEST_NAME
+from ..policyset import POLICY_SUFFIX, PolicySetScan, ProblemKind, scan_policy_set
 from .code_checks import check_code
+from .file_checks import check_permissions
 from .findings import finding, position
 from .manifest_checks import (
     LoadedManifest,
@@ -112,6 +114,8 @@ def lint_paths(
             label = f"policy `{name}`" if name is not None else f"the unnamed policy in `{root}`"
             policy_sets.append(PolicySetSources(label, {m.path: m.source for m in members}, policy))
     findings.extend(_conflicting_sets(inputs, parsed, groups, compiled_ok, merged))
+    findings.extend(inputs.problems)
+    findings.extend(check_permissions(sorted(inputs.policy_texts)))
 
     manifests = [load(directory) for directory in inputs.plugin_dirs]
     for manifest in manifests:
@@ -185,6 +189,18 @@ class _Inputs:
     plugin_dirs: list[str]
     # policy files read only because they share a policy with a file given by itself
     siblings: set[str] = field(default_factory=set)
+    # PL002: entries that cannot be read (every read goes through policy_engine.policyset)
+    problems: list[Diagnostic] = field(default_factory=list)
+
+
+def _reader_findings(scan: PolicySetScan, *, empty_ok: bool) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    for problem in scan.problems:
+        if empty_ok and problem.kind is ProblemKind.EMPTY:
+            continue
+        diagnostic = problem.to_diagnostic()
+        found.append(finding("PL002", diagnostic.message, diagnostic.span, hint=diagnostic.hint))
+    return found
 
 
 def _discover(paths: Sequence[str], skip_code_outside_plugins: bool = False) -> _Inputs:
@@ -192,16 +208,15 @@ def _discover(paths: Sequence[str], skip_code_outside_plugins: bool = False) -> 
     seen: set[str] = set()
     plugins_seen: set[str] = set()
 
-    def add_policy(path: Path, root: str) -> None:
-        key = os.path.realpath(path)
-        if key in seen:
-            return
-        seen.add(key)
-        try:
-            inputs.policy_texts[str(path)] = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read `{path}`: {exc}") from None
-        inputs.policy_roots[str(path)] = root
+    def add_scan(scan: PolicySetScan, root: str, *, empty_ok: bool) -> None:
+        inputs.problems.extend(_reader_findings(scan, empty_ok=empty_ok))
+        for file in scan.files:
+            key = os.path.realpath(file.name)
+            if key in seen:
+                continue
+            seen.add(key)
+            inputs.policy_texts[file.name] = file.text
+            inputs.policy_roots[file.name] = root
 
     def add_plugin(directory: Path) -> None:
         key = os.path.realpath(directory)
@@ -216,17 +231,20 @@ def _discover(paths: Sequence[str], skip_code_outside_plugins: bool = False) -> 
                 add_plugin(path)
                 continue
             inputs.directory_roots.append(str(path))
+            before = (len(inputs.policy_texts), len(inputs.problems), len(inputs.plugin_dirs))
             for directory, names in _walk(path):
                 if MANIFEST_NAME in names and directory != path:
                     add_plugin(directory)
                     continue
-                for name in names:
-                    if name.endswith(".policy"):
-                        add_policy(directory / name, str(path))
+                if any(name.endswith(POLICY_SUFFIX) for name in names):
+                    add_scan(scan_policy_set(str(directory)), str(path), empty_ok=True)
+            if (len(inputs.policy_texts), len(inputs.problems), len(inputs.plugin_dirs)) == before:
+                # As for the engine: a directory with nothing to lint is not a clean policy set.
+                add_scan(scan_policy_set(str(path)), str(path), empty_ok=False)
+        elif path.suffix == POLICY_SUFFIX and os.path.lexists(path):
+            add_scan(scan_policy_set(str(path)), "", empty_ok=False)
         elif path.is_file():
-            if path.suffix == ".policy":
-                add_policy(path, "")
-            elif path.name == MANIFEST_NAME:
+            if path.name == MANIFEST_NAME:
                 add_plugin(path.parent)
             elif path.suffix == ".py" and (plugin := _enclosing_plugin(path)) is not None:
                 add_plugin(plugin)
@@ -248,7 +266,11 @@ def _walk(root: Path) -> list[tuple[Path, list[str]]]:
         if MANIFEST_NAME in filenames and here != root:
             dirnames[:] = []  # a plugin's own files are its code, not more inputs
         else:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            # A directory named `*.policy` is a bad entry of its parent's set, not more input.
+            policy_named = [d for d in dirnames if d.endswith(POLICY_SUFFIX)]
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__"
+                                 and not d.endswith(POLICY_SUFFIX))
+            filenames = [*filenames, *policy_named]
         found.append((here, sorted(filenames)))
     return found
 
@@ -293,16 +315,16 @@ def _group(inputs: _Inputs, parsed: dict[str, ParsedFile]) -> dict[tuple[str, st
         members = groups.setdefault((parent, item.policy_name), [])
         if item not in members:
             members.append(item)
-        for sibling in sorted(Path(path).parent.glob("*.policy")):
-            name = str(sibling)
-            if name in parsed or os.path.realpath(sibling) in known:
+        # Siblings feed cross-file checks only: one that cannot be read is left out here,
+        # and reported when it is itself named (or its directory is).
+        siblings = scan_policy_set(parent)
+        for sibling in siblings.files:
+            name = sibling.name
+            if name in parsed or os.path.realpath(name) in known:
                 continue
-            try:
-                other = parse_file(name, sibling.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError):
-                continue
+            other = parse_file(name, sibling.text)
             if other.tree is not None and other.policy_name == item.policy_name:
-                known.add(os.path.realpath(sibling))
+                known.add(os.path.realpath(name))
                 parsed[name] = other
                 inputs.policy_texts[name] = other.source
                 inputs.policy_roots[name] = parent

@@ -4,6 +4,7 @@ the README's rule table, the shipped policies and a 13,000-rule policy set."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -38,7 +39,8 @@ GOLDEN = HERE / "golden"
 VARIABLES = {"home": "/home/user", "data_dir": "/var/lib/pe", "tmp": "/tmp"}
 VAR_ARGS = [arg for key, value in VARIABLES.items() for arg in ("--variables", f"{key}={value}")]
 # Rules whose trigger cannot be a committed file; each has its own test below.
-NOT_FIXTURES = {"PL204": "test_unreadable_manifest_is_pl204"}
+NOT_FIXTURES = {"PL204": "test_unreadable_manifest_is_pl204",
+                "PL003": "test_policy_files_others_can_write_are_pl003"}
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +89,73 @@ def test_unreadable_manifest_is_pl204(tmp_path: Path) -> None:
     found = classify(info.value.diagnostics[0])
     assert (found.code, found.severity) == ("PL204", Severity.ERROR)
     assert found.message.startswith("cannot read the manifest")
+
+
+VALID = 'allow plugin * to file:read on "/srv/**"\n'
+
+
+def test_policy_files_others_can_write_are_pl003(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "policies" / "site.policy").write_text(VALID)
+    (tmp_path / "elsewhere" / "team.policy").write_text(VALID.replace("/srv", "/opt"))
+    (tmp_path / "policies" / "team.policy").symlink_to("../elsewhere/team.policy")
+    (tmp_path / "policies" / "site.policy").chmod(0o664)
+    (tmp_path / "elsewhere").chmod(0o777)
+    args = ["policies"]
+    code, out, err = run(capsys, *args)
+    assert (code, err) == (1, "")
+    assert_golden(GOLDEN / "rules" / "PL003.txt", transcript(args, code, out))
+    (tmp_path / "policies" / "site.policy").chmod(0o644)
+    (tmp_path / "elsewhere").chmod(0o755)
+    assert codes(["policies"]) == []
+
+
+def test_every_bad_entry_is_one_pl002_finding_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "good.policy").write_text(VALID)
+    (policies / "bom.policy").write_bytes(b"\xef\xbb\xbf" + VALID.encode())
+    (policies / "dangling.policy").symlink_to("moved.policy")
+    (policies / "loop.policy").symlink_to("loop.policy")
+    (policies / "dir.policy").mkdir()
+    os.mkfifo(policies / "fifo.policy")
+    (policies / "latin1.policy").write_bytes(b"# caf\xe9\n" + VALID.encode())
+    (policies / "utf16.policy").write_bytes(VALID.encode("utf-16"))
+    (policies / "bad.policy").write_text("allow plugin * to file:raed on \"/x\"\n")
+    result = lint_paths(["policies"], variables=VARIABLES)
+    found = {(f.span.file if f.span else "", f.code) for f in result.findings}
+    for name in ("dangling", "loop", "dir", "fifo", "latin1", "utf16"):
+        assert (f"policies/{name}.policy", "PL002") in found, name
+    assert ("policies/bad.policy", "PL101") in found  # the others are still linted
+    assert not any(f.span and f.span.file == "policies/bom.policy" for f in result.findings)
+    latin1 = next(f for f in result.findings if f.span and f.span.file == "policies/latin1.policy")
+    assert "byte 0xe9 at offset 5 (line 1, column 6)" in latin1.message
+    assert (latin1.span.line, latin1.span.column) == (1, 6) if latin1.span else False
+
+
+def test_an_empty_directory_is_pl002_as_it_is_an_error_for_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no policies here\n")
+    result = lint_paths(["empty"], variables=VARIABLES)
+    assert [(f.code, f.message) for f in result.findings] == [
+        ("PL002", "no `.policy` files in `empty`")]
+    assert result.has_failures()
+
+
+def test_a_dangling_policy_named_by_itself_is_pl002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("deny.policy").symlink_to("gone/deny.policy")
+    assert codes(["deny.policy"]) == ["PL002"]
 
 
 def test_rule_findings_carry_the_rule_severity() -> None:

@@ -1,0 +1,371 @@
+"""Bounded input: one table of caps, and the readers that enforce them before building anything.
+
+Every reader of user input (policy files, manifests, and later test files and bundles) goes
+through here, so that no input, whatever its shape, costs more than the caps allow:
+
+- :data:`DEFAULT_LIMITS` is the one table of caps (:class:`InputLimits`);
+- :func:`read_bounded_file` reads a regular file of at most a given size, refusing FIFOs,
+  sockets and devices by ``stat`` before any open, so a read never blocks;
+- :func:`check_text` caps the size and the line length of a text;
+- :func:`load_yaml` and :func:`compose_yaml` parse YAML with PyYAML's safe loader, counting
+  while composing: nesting depth, keys, items, scalar and number sizes, aliases and the
+  nodes an alias-expanding walk would visit (the "billion laughs" are refused after a few
+  thousand nodes, long before anything big is built).
+
+A cap that is exceeded is an :class:`~policy_engine.errors.InputLimitError` whose
+diagnostics say where (``file:line:col``), which cap and its value.
+"""
+
+# PyYAML's composer methods are untyped in its stubs.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent, MappingEndEvent, ScalarEvent, SequenceEndEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .diagnostics import Diagnostic, Span, source_line
+from .errors import InputLimitError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "LIMIT_MESSAGE_PREFIX",
+    "BoundedSafeLoader",
+    "InputLimits",
+    "check_text",
+    "compose_yaml",
+    "is_limit_diagnostic",
+    "limit_diagnostic",
+    "load_yaml",
+    "read_bounded_file",
+]
+
+#: Every diagnostic about a cap starts with this, so tools can tell them apart.
+LIMIT_MESSAGE_PREFIX = "input limit exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """The caps on every input; the README's table of input limits lists each one.
+
+    Sizes are in bytes (files) or characters (lines, scalars); counts are per file.
+    """
+
+    #: Bytes of one ``.policy`` file.
+    policy_file_bytes: int = 1024 * 1024
+    #: Bytes of all the files of one policy set together.
+    policy_set_bytes: int = 16 * 1024 * 1024
+    #: ``.policy`` files in one policy set.
+    policy_set_files: int = 1000
+    #: Statements (rules, blocks, pins, headers) in one ``.policy`` file.
+    policy_statements: int = 50_000
+    #: Levels of a rule's condition tree (each ``and``, ``or``, ``not`` and test is one;
+    #: parentheses group without adding one). Evaluation recurses at most this deep.
+    condition_depth: int = 64
+    #: ``and``/``or``/``not`` in one statement, counted before parsing (a long chain is a
+    #: deep tree, and parsing it at all costs time).
+    condition_operators: int = 1000
+    #: Bytes of one manifest (``plugin.yaml``) or other YAML document.
+    yaml_bytes: int = 256 * 1024
+    #: Characters of one line, in policies and YAML.
+    line_chars: int = 8192
+    #: Nesting of YAML mappings and sequences.
+    yaml_depth: int = 32
+    #: YAML aliases (``*name``) in one document.
+    yaml_aliases: int = 100
+    #: Nodes a walk that expands every alias would visit (the alias fan-out).
+    yaml_nodes: int = 20_000
+    #: Characters of one YAML scalar.
+    scalar_chars: int = 16 * 1024
+    #: Characters of one YAML number (integer or float).
+    number_digits: int = 40
+    #: Keys of one YAML mapping.
+    mapping_keys: int = 1000
+    #: Items of one YAML sequence.
+    sequence_items: int = 10_000
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"input limit `{item.name}` must be a positive integer, got {value!r}")
+
+
+#: The caps in force unless a caller passes others.
+DEFAULT_LIMITS = InputLimits()
+
+
+def limit_diagnostic(file: str, what: str, cap: str, value: int, *, line: int = 0, column: int = 0,
+                     text: str | None = None) -> Diagnostic:
+    """A diagnostic for an exceeded cap: where, what, which cap and its value."""
+    span = Span(file, line, column, line, column + 1) if line > 0 else Span(file, 0, 0)
+    shown = source_line(text, line) if text is not None and line > 0 else None
+    if shown is not None and len(shown) > 200:
+        shown = None  # a caret under a megabyte line helps nobody
+    return Diagnostic(
+        f"{LIMIT_MESSAGE_PREFIX}: {what} (the limit `{cap}` is {value:,})",
+        span,
+        "inputs are capped so that any file is answered in bounded time and memory; "
+        "see the table of input limits in the README",
+        source_line=shown,
+    )
+
+
+def is_limit_diagnostic(diagnostic: Diagnostic) -> bool:
+    """Whether ``diagnostic`` reports an exceeded cap."""
+    return diagnostic.message.startswith(LIMIT_MESSAGE_PREFIX)
+
+
+# Files --------------------------------------------------------------------------------------
+
+
+def describe_file_type(mode: int) -> str:
+    """What a non-regular file is, in words (``a directory``, ``a named pipe (FIFO)``...)."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``max_bytes``.
+
+    Non-regular files are refused by ``stat`` before any open; the open itself uses
+    ``O_NONBLOCK`` and ``O_NOFOLLOW`` on the resolved path, so a file swapped for a FIFO or
+    a link in between still cannot block or redirect the read. Raises :class:`OSError`
+    (with a reason in words as its ``strerror``) or :class:`InputLimitError`.
+    """
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, f"it is {describe_file_type(info.st_mode)}, not a regular file")
+    if info.st_size > max_bytes:
+        raise InputLimitError([limit_diagnostic(
+            path, f"the file has {info.st_size:,} bytes", cap, max_bytes)])
+    resolved = os.path.realpath(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(resolved, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "it changed into something that is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 16, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:  # it grew since the stat
+        raise InputLimitError([limit_diagnostic(path, f"the file has more than {max_bytes:,} bytes",
+                                                cap, max_bytes)])
+    return b"".join(chunks)
+
+
+# Text ---------------------------------------------------------------------------------------
+
+
+def check_text(text: str, *, name: str, max_chars: int, cap: str,
+               limits: InputLimits = DEFAULT_LIMITS) -> None:
+    """Raise :class:`InputLimitError` if ``text`` is longer than ``max_chars`` characters or
+    has a line longer than ``limits.line_chars``."""
+    if len(text) > max_chars:
+        raise InputLimitError([limit_diagnostic(name, f"the text has {len(text):,} characters",
+                                                cap, max_chars)])
+    for number, length in _line_lengths(text):
+        if length > limits.line_chars:
+            raise InputLimitError([limit_diagnostic(
+                name, f"line {number} has {length:,} characters", "line_chars", limits.line_chars,
+                line=number, column=limits.line_chars + 1, text=text)])
+
+
+def _line_lengths(text: str) -> Iterator[tuple[int, int]]:
+    start = 0
+    number = 1
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            yield number, len(text) - start
+            return
+        yield number, end - start
+        start = end + 1
+        number += 1
+
+
+# YAML ---------------------------------------------------------------------------------------
+
+_NUMBER_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """PyYAML's ``SafeLoader`` that enforces :class:`InputLimits` while composing.
+
+    Each node's expanded size (itself plus, recursively, its children, counting an alias as
+    the whole node it names) is known as soon as the node is composed, so an alias bomb is
+    refused when its running total crosses ``yaml_nodes``, long before any walk expands it.
+    Set :attr:`input_name` and :attr:`limits` before composing (:func:`compose_yaml` does).
+    """
+
+    input_name: str = "<yaml>"
+    limits: InputLimits = DEFAULT_LIMITS
+
+    def _setup_bounds(self) -> None:
+        if not hasattr(self, "_bounded_sizes"):
+            self._bounded_sizes: dict[int, int] = {}
+            self._bounded_depth = 0
+            self._bounded_aliases = 0
+            self._bounded_total = 0
+
+    def _refuse(self, what: str, cap: str, node_or_mark: Any) -> InputLimitError:
+        mark = getattr(node_or_mark, "start_mark", node_or_mark)
+        line = getattr(mark, "line", -1) + 1
+        column = getattr(mark, "column", -1) + 1
+        text = getattr(self, "_bounded_text", None)
+        return InputLimitError([limit_diagnostic(
+            self.input_name, what, cap, getattr(self.limits, cap), line=line, column=column, text=text)])
+
+    def _count(self, node: Node, size: int) -> None:
+        self._bounded_sizes[id(node)] = size
+        self._bounded_total += 1
+        if size > self.limits.yaml_nodes:
+            raise self._refuse(f"this node expands to more than {self.limits.yaml_nodes:,} nodes "
+                               "(aliases repeat what they name)", "yaml_nodes", node)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Any:
+        self._setup_bounds()
+        if self.check_event(AliasEvent):
+            event = self.peek_event()
+            self._bounded_aliases += 1
+            if self._bounded_aliases > self.limits.yaml_aliases:
+                raise self._refuse(f"more than {self.limits.yaml_aliases:,} aliases", "yaml_aliases",
+                                   event.start_mark)
+        elif not self.check_event(ScalarEvent):
+            event = self.peek_event()
+            self._bounded_depth += 1
+            try:
+                if self._bounded_depth > self.limits.yaml_depth:
+                    raise self._refuse(f"nesting deeper than {self.limits.yaml_depth} levels",
+                                       "yaml_depth", event.start_mark)
+                node = super().compose_node(parent, index)
+            finally:
+                self._bounded_depth -= 1
+            return node
+        return super().compose_node(parent, index)
+
+    def compose_scalar_node(self, anchor: Any) -> ScalarNode:
+        self._setup_bounds()
+        event = self.peek_event()
+        if isinstance(event, ScalarEvent) and len(event.value) > self.limits.scalar_chars:
+            raise self._refuse(f"a scalar of {len(event.value):,} characters", "scalar_chars",
+                               event.start_mark)
+        node: ScalarNode = super().compose_scalar_node(anchor)
+        if node.tag in _NUMBER_TAGS and len(node.value) > self.limits.number_digits:
+            raise self._refuse(f"a number of {len(node.value):,} characters", "number_digits", node)
+        self._count(node, 1)
+        return node
+
+    def compose_sequence_node(self, anchor: Any) -> SequenceNode:
+        start_event = self.get_event()
+        tag = start_event.tag
+        if tag is None or tag == "!":
+            tag = self.resolve(SequenceNode, None, start_event.implicit)
+        node = SequenceNode(tag, [], start_event.start_mark, None, flow_style=start_event.flow_style)
+        if anchor is not None:
+            self.anchors[anchor] = node
+        size = 1
+        while not self.check_event(SequenceEndEvent):
+            if len(node.value) >= self.limits.sequence_items:
+                raise self._refuse(f"a sequence of more than {self.limits.sequence_items:,} items",
+                                   "sequence_items", node)
+            child = self.compose_node(node, len(node.value))
+            node.value.append(child)
+            size += self._size_of(child)
+            self._check_size(node, size)
+        node.end_mark = self.get_event().end_mark
+        self._count(node, size)
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:
+        start_event = self.get_event()
+        tag = start_event.tag
+        if tag is None or tag == "!":
+            tag = self.resolve(MappingNode, None, start_event.implicit)
+        node = MappingNode(tag, [], start_event.start_mark, None, flow_style=start_event.flow_style)
+        if anchor is not None:
+            self.anchors[anchor] = node
+        size = 1
+        while not self.check_event(MappingEndEvent):
+            if len(node.value) >= self.limits.mapping_keys:
+                raise self._refuse(f"a mapping of more than {self.limits.mapping_keys:,} keys",
+                                   "mapping_keys", node)
+            key = self.compose_node(node, None)
+            value = self.compose_node(node, key)
+            node.value.append((key, value))
+            size += self._size_of(key) + self._size_of(value)
+            self._check_size(node, size)
+        node.end_mark = self.get_event().end_mark
+        self._count(node, size)
+        return node
+
+    def _size_of(self, node: Node) -> int:
+        # A node still being composed (a recursive alias to an ancestor) counts once here;
+        # the constructor refuses the recursion itself.
+        return self._bounded_sizes.get(id(node), 1)
+
+    def _check_size(self, node: Node, size: int) -> None:
+        if size > self.limits.yaml_nodes:
+            raise self._refuse(f"this node expands to more than {self.limits.yaml_nodes:,} nodes "
+                               "(aliases repeat what they name)", "yaml_nodes", node)
+
+
+def bounded_loader(text: str, *, name: str, limits: InputLimits = DEFAULT_LIMITS,
+                   loader: type[BoundedSafeLoader] = BoundedSafeLoader) -> BoundedSafeLoader:
+    """A loader for ``text`` after :func:`check_text`; the caller disposes of it."""
+    check_text(text, name=name, max_chars=limits.yaml_bytes, cap="yaml_bytes", limits=limits)
+    instance = loader(text)
+    instance.input_name = name
+    instance.limits = limits
+    instance._bounded_text = text  # type: ignore[attr-defined]
+    return instance
+
+
+def compose_yaml(text: str, *, name: str, limits: InputLimits = DEFAULT_LIMITS) -> Node | None:
+    """The node tree of the single YAML document ``text`` (None when empty), within the caps.
+
+    Raises :class:`InputLimitError` for a cap and ``yaml.YAMLError`` for bad YAML.
+    """
+    loader = bounded_loader(text, name=name, limits=limits)
+    try:
+        node: Node | None = loader.get_single_node()
+        return node
+    finally:
+        loader.dispose()
+
+
+def load_yaml(text: str, *, name: str, limits: InputLimits = DEFAULT_LIMITS) -> Any:
+    """``yaml.safe_load(text)`` within the caps: the one function every YAML reader calls.
+
+    ``name`` (the file) is what diagnostics point at. Raises :class:`InputLimitError` for a
+    cap and ``yaml.YAMLError`` for bad YAML.
+    """
+    loader = bounded_loader(text, name=name, limits=limits)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
