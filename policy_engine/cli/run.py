@@ -13,7 +13,14 @@ import logging
 from typing import Any
 
 from ..enforcement.run import RunReport, report_to_dict, run_plugins
-from .main import DEFAULT_POLICY, EXIT_OK, EXTRA_COMMANDS, parse_pairs
+from .main import (
+    DEFAULT_POLICY,
+    EXIT_OK,
+    EXTRA_COMMANDS,
+    add_command,
+    add_variable_option,
+    parse_pairs,
+)
 from .tables import Table, render_text
 
 __all__ = ["cmd_run", "render_report"]
@@ -59,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # What the loader logs is in the report; show the log itself only when asked.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="policy-engine: %(levelname)s: %(message)s")
-    variables = {k: str(v) for k, v in parse_pairs(args.var, "variable").items()}
+    variables = parse_pairs(args.var, "variable", typed=False)
     report = run_plugins(args.policy or [DEFAULT_POLICY], args.plugins_dir, variables,
                          mode="audit" if args.audit else "enforce")
     if args.json:
@@ -70,11 +77,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _register_run(commands: Any) -> None:
-    run = commands.add_parser("run", help="load plugins under the sandbox, call them, and report")
+    run = add_command(
+        commands, "run", "load plugins under the sandbox, call them, and report",
+        "Load every plugin under PLUGINS_DIR under the sandbox and the policy, call its entry "
+        "point and its other no-argument public methods, and report validation, calls, "
+        "denials, timeouts, peak memory and CPU.",
+        [(EXIT_OK, "the run completed (plugins that failed are in the report)")])
     run.add_argument("plugins_dir", metavar="PLUGINS_DIR", help="a directory of plugin directories")
     run.add_argument("--policy", action="append", metavar="PATH",
                      help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
-    run.add_argument("--var", action="append", metavar="KEY=VALUE", help="a template variable")
+    add_variable_option(run)
     run.add_argument("--audit", action="store_true",
                      help="audit mode: decide and record everything, deny nothing")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
