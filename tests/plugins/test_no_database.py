@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_engine import Engine, EnforcementError, UsageError
+from policy_engine import EnforcementError, Engine, UsageError
 from policy_engine.enforcement.loader import PluginLoader
 from policy_engine.enforcement.runners import HostServices
 from policy_engine.enforcement.sandbox import PluginSandbox
