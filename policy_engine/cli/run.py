@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from ..enforcement.run import RunReport, report_to_dict, run_plugins
+from ..units import human_size
 from .main import (
     DEFAULT_POLICY,
     EXIT_OK,
@@ -26,24 +27,29 @@ from .tables import Table, render_text
 __all__ = ["cmd_run", "render_report"]
 
 
-def render_report(report: RunReport) -> str:
-    """The run report as aligned tables."""
+def render_report(report: RunReport, *, verbose: bool = False) -> str:
+    """The run report as aligned tables; with ``verbose`` no detail is shortened."""
+    audit = report.mode == "audit"
+    short = (lambda text: " ".join(text.split())) if verbose else _short
+    title = f"ran {len(report.plugins)} plugins in {report.seconds:.1f}s"
+    if audit:
+        title += " in audit mode: every decision recorded, nothing denied"
     summary = Table(
-        f"ran {len(report.plugins)} plugins in {report.seconds:.1f}s",
+        title,
         ("PLUGIN", "VALIDATION", "ISOLATION", "CALLS", "DENIED", "TIMEOUTS", "PEAK MEMORY", "CPU", "OUTCOME"),
         tuple(
             (p.name, p.validation, p.isolation, str(len(p.calls)), str(len(p.denials)), str(p.timeouts),
-             f"{p.peak_memory / 1e6:.1f}MB" if p.peak_memory else "-", f"{p.cpu_percent:.0f}%", p.outcome)
+             human_size(p.peak_memory) if p.peak_memory else "-", f"{p.cpu_percent:.0f}%", p.outcome)
             for p in report.plugins
         ),
     )
     calls = Table(
         "calls",
         ("PLUGIN", "METHOD", "OUTCOME", "DETAIL"),
-        tuple((p.name, c.method, c.outcome, _short(c.detail)) for p in report.plugins for c in p.calls),
+        tuple((p.name, c.method, c.outcome, short(c.detail)) for p in report.plugins for c in p.calls),
     )
     denials = Table(
-        "denials",
+        "denials (audit: recorded, would be denied when enforced)" if audit else "denials",
         ("PLUGIN", "ACTION", "RESOURCE", "REASON", "RULE"),
         tuple((p.name, d.action, d.resource or "-", d.reason, ", ".join(d.rules) or "-")
               for p in report.plugins for d in p.denials),
@@ -51,7 +57,7 @@ def render_report(report: RunReport) -> str:
     warnings = Table(
         "validation warnings",
         ("PLUGIN", "WARNING"),
-        tuple((p.name, _short(w)) for p in report.plugins for w in p.warnings),
+        tuple((p.name, short(w)) for p in report.plugins for w in p.warnings),
     )
     return render_text([summary, calls, denials, warnings])
 
@@ -72,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report_to_dict(report), indent=2, sort_keys=True))
     else:
-        print(render_report(report), end="")
+        print(render_report(report, verbose=args.verbose), end="")
     return EXIT_OK
 
 
