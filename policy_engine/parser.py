@@ -63,7 +63,7 @@ def _lark() -> Lark:
 def parse_policy(text: str, file: str = "<policy>") -> nodes.PolicyFile:
     """Parse a ``.policy`` file. Raises :class:`PolicySyntaxError` listing every syntax error."""
     comments: list[Token] = []
-    errors: list[Diagnostic] = _invisible(text, file)
+    errors: list[Diagnostic] = []
     statements: list[nodes.Statement] = []
     offset_text = text
     while True:
@@ -85,6 +85,9 @@ def parse_policy(text: str, file: str = "<policy>") -> nodes.PolicyFile:
             ]
             errors.extend(_plugin_name_errors(statements, text))
         break
+    # Invisible characters are reported whatever else is wrong, and first: they explain
+    # errors that the text as displayed cannot.
+    errors = _invisible(text, file) + errors
     if errors:
         raise PolicySyntaxError(errors)
     return nodes.PolicyFile(

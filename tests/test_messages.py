@@ -179,3 +179,16 @@ def test_every_fix_of_a_mutated_policy_parses(path: Path, kind: str, index: int,
         fixed = diagnostic.fix.apply(text)
         remaining = syntax_errors(fixed)
         assert not remaining, (diagnostic.render(), [d.render() for d in remaining])
+
+
+
+def test_invisible_and_look_alike_errors_are_reported_together() -> None:
+    text = 'deny plugin "r\u043egue" to file:read\nallow plugin * to file:read on "/srv/\u202e**"\n'
+    errors = syntax_errors(text)
+    assert sorted(d.span.line for d in errors if d.span) == [1, 2]
+    fixed = text
+    for diagnostic in sorted(errors, key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0),
+                             reverse=True):
+        assert diagnostic.fix is not None
+        fixed = diagnostic.fix.apply(fixed)
+    assert parses(fixed) and "rogue" in fixed
