@@ -192,3 +192,16 @@ def test_invisible_and_look_alike_errors_are_reported_together() -> None:
         assert diagnostic.fix is not None
         fixed = diagnostic.fix.apply(fixed)
     assert parses(fixed) and "rogue" in fixed
+
+
+def test_lint_json_carries_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from policy_engine.cli.lint import main as lint_main
+
+    policy = tmp_path / "p.policy"
+    policy.write_text("defaults { limit memory 500 MB }\n", encoding="utf-8")
+    assert lint_main([str(policy), "--json"]) == 1
+    (finding,) = json.loads(capsys.readouterr().out)
+    assert finding["fix"] == {"start": {"line": 1, "column": 25}, "end": {"line": 1, "column": 31},
+                              "replacement": "500MB"}
