@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
+
 if TYPE_CHECKING:
     from .decision import Decision, Reason, RuleRef
     from .decision_log import DecisionLog, DecisionLogger

@@ -40,12 +40,36 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
+class Fix:
+    """A machine-applicable edit: replace the text of ``span`` (``end_column`` exclusive)
+    with ``replacement``. Applied literally, it makes the text parse (tests check it)."""
+
+    span: Span
+    replacement: str
+
+    def apply(self, text: str) -> str:
+        """``text`` with the edit made."""
+        start = _offset(text, self.span.line, self.span.column)
+        end = _offset(text, self.span.end_line or self.span.line,
+                      self.span.end_column or self.span.column)
+        return text[:start] + self.replacement + text[end:]
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    offset = 0
+    for _ in range(line - 1):
+        offset = text.index("\n", offset) + 1
+    return offset + column - 1
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnostic:
     """One message about one place: an error, a warning or a lint finding.
 
     ``pointer`` is the JSON pointer of the offending field when the source is a manifest.
     ``source_line`` is the text of the line the span starts on, kept so the message can be
-    rendered with a caret long after the file is gone.
+    rendered with a caret long after the file is gone. ``fix``, when set, is the edit the
+    hint describes, to apply by machine.
     """
 
     message: str
@@ -55,6 +79,7 @@ class Diagnostic:
     severity: Severity = Severity.ERROR
     source_line: str | None = None
     pointer: str | None = None
+    fix: Fix | None = None
 
     def with_code(self, code: str) -> Diagnostic:
         """Return a copy carrying a lint code."""
@@ -110,6 +135,37 @@ def did_you_mean(word: str, candidates: Iterable[str], *, quote: bool = True) ->
     if not matches:
         return None
     return f"did you mean `{matches[0]}`?" if quote else f"did you mean {matches[0]}?"
+
+
+def edit_distance(a: str, b: str) -> int:
+    """The optimal-string-alignment distance: insertions, deletions, substitutions and
+    transpositions of neighbours each count 1."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def closest_keyword(word: str, keywords: Iterable[str]) -> str | None:
+    """The keyword ``word`` misspells: the same but for case, or within edit distance 2 (1
+    for words of one or two letters); None when there is none or it is ``word`` itself."""
+    best: tuple[int, str] | None = None
+    lowered = word.lower()
+    limit = 2 if len(word) >= 3 else 1
+    for keyword in sorted(set(keywords)):
+        if keyword == word:
+            return None
+        distance = 0 if keyword == lowered else edit_distance(lowered, keyword)
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, keyword)
+    return best[1] if best else None
 
 
 def render_all(diagnostics: Iterable[Diagnostic]) -> str:

@@ -13,7 +13,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import nodes
 from .bounded import DEFAULT_LIMITS, InputLimits, check_text, limit_diagnostic
-from .diagnostics import Diagnostic, Span, source_line
+from .characters import ascii_lookalike, describe, invisible_characters
+from .diagnostics import Diagnostic, Fix, Span, closest_keyword, source_line
 from .errors import InputLimitError, PolicySyntaxError
 
 __all__ = ["parse_policy", "parse_grant", "grammar_text"]
@@ -95,7 +96,11 @@ def parse_policy(text: str, file: str = "<policy>", *, limits: InputLimits = DEF
             statements = [
                 _statement(child, text, file) for child in tree.children if isinstance(child, Tree)
             ]
+            errors.extend(_plugin_name_errors(statements, text))
         break
+    # Invisible characters are reported whatever else is wrong, and first: they explain
+    # errors that the text as displayed cannot.
+    errors = _invisible(text, file) + errors
     if errors:
         raise PolicySyntaxError(errors)
     return nodes.PolicyFile(
@@ -161,6 +166,9 @@ _CONDITION_NODES = frozenset({"or_", "and_", "not_", "compare", "in_", "not_in",
 
 def parse_grant(text: str, file: str = "<manifest>") -> nodes.Grant:
     """Parse one manifest permission entry such as ``file:read {plugin_dir}/**``."""
+    hidden = _invisible(text, file)
+    if hidden:
+        raise PolicySyntaxError(hidden)
     try:
         tree = _parse(text, "grant", [])
     except UnexpectedInput as exc:
@@ -240,6 +248,7 @@ def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
     line = getattr(exc, "line", 0) or 0
     column = getattr(exc, "column", 0) or 0
     hint: str | None = None
+    fix: Fix | None = None
     if isinstance(exc, UnexpectedToken):
         token = exc.token
         expected = set(exc.expected)
@@ -249,8 +258,16 @@ def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
         else:
             found = f"`{token}`"
         message = f"expected {_describe_expected(expected)}, found {found}"
-        hint = _hint_for(expected, str(token), text, line, column)
         end = column + max(len(str(token)), 1) if token.type != "$END" else column + 1
+        if token.type == "$END" or token.start_pos is None:
+            hint, fix = _suggest(expected, "", text, len(text), file)
+        else:
+            # The lexer may stop inside a word (`tο` with a Greek omicron lexes `t`).
+            word = _WORD.match(text, token.start_pos)
+            found_word = str(token)
+            if word and word.group().startswith(found_word):
+                found_word = word.group()
+            hint, fix = _suggest(expected, found_word, text, token.start_pos, file)
     elif isinstance(exc, UnexpectedCharacters):
         char = exc.char
         allowed = set(exc.allowed or ())
@@ -261,7 +278,9 @@ def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
             message = f"unexpected character `{char}`"
             if allowed:
                 message += f", expected {_describe_expected(allowed)}"
-            hint = _hint_for(allowed, char, text, line, column)
+            position = exc.pos_in_stream or 0
+            word = _WORD.match(text, position)
+            hint, fix = _suggest(allowed, word.group() if word else char, text, position, file)
         end = column + 1
     elif isinstance(exc, UnexpectedEOF):
         message = f"unexpected end of input, expected {_describe_expected(set(exc.expected))}"
@@ -279,21 +298,162 @@ def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
         hint=hint,
         code="PL001",
         source_line=source_line(text, line),
+        fix=fix,
     )
 
 
-def _hint_for(expected: set[str], found: str, text: str, line: int, column: int) -> str | None:
-    if "STRING" in expected and "ACTION" not in expected and found and found not in "{}[](),":
-        rest = (source_line(text, line) or "")[max(column - 1, 0):].split()
-        word = rest[0].rstrip(",") if rest else found
-        return f'patterns and plugin names are quoted: write `"{word}"`'
-    if "ACTION" in expected and re.fullmatch(r"[a-z_]+", found):
-        return f"permissions are written `family:action`, such as `{found}:read`"
+# What a suggestion looks at: the word at the error, and a number just before it.
+_WORD = re.compile(r'[^\s",#{}()\[\]]+|\S')
+_NUMBER_BEFORE = re.compile(r"\d+(\.\d+)?[ \t]+$")
+_UNIT = re.compile(r"(ms|s|m|h|B|[kK]B|[MGT]B|[KMGT]iB|%)")
+_SMART_QUOTES = "\u201c\u201d\u201e\u00ab\u00bb\uff02\u2018\u2019"
+_KEYWORD = re.compile(r"[a-z]+")
+# Hints that suggest no literal text; used when no edit can be offered.
+_GENERAL_HINTS = {
+    "STRING": "patterns and plugin names are quoted, such as `\"/srv/data/**\"` or `\"analytics\"`",
+    "QUANTITY": "write a number with its unit, such as `30s`, `500MB` or `80%`",
+}
+
+
+def _suggest(expected: set[str], word: str, text: str, offset: int,
+             file: str) -> tuple[str | None, Fix | None]:
+    """A hint for the error at ``offset`` where ``word`` starts, and the edit it describes.
+
+    The edit is offered only when applying it makes this statement parse; the hint then
+    quotes its text literally. Otherwise the hint, if any, is general.
+    """
+    keywords = {w for w in (_terminal_literal(n).strip("`") for n in expected) if _KEYWORD.fullmatch(w)}
+    candidates: list[tuple[str, int, int, str]] = []  # hint, start, end, replacement
+    end = offset + len(word)
+    if word and word[0] in _SMART_QUOTES:
+        line_end = text.find("\n", offset)
+        close = re.compile(f"[{_SMART_QUOTES}\"]")
+        closing = close.search(text, offset + 1, len(text) if line_end < 0 else line_end)
+        if closing is not None:
+            inner = text[offset + 1:closing.start()].replace("\\", "\\\\").replace('"', '\\"')
+            quoted = f'"{inner}"'
+            candidates.append((f"typographic quotes do not quote: write `{quoted}`",
+                               offset, closing.end(), quoted))
+    plain = ascii_lookalike(word)
+    if plain is not None:
+        odd = next(c for c in word if not c.isascii())
+        candidates.append((f"`{odd}` ({describe(odd)}) only looks like `{ascii_lookalike(odd)}`: "
+                           f"write `{plain}`", offset, end, plain))
+    number = _NUMBER_BEFORE.search(text, 0, offset)
+    if number is not None and _UNIT.fullmatch(word) and "\n" not in number.group():
+        joined = number.group().split()[0] + word
+        candidates.append((f"the unit follows the number without a space: write `{joined}`",
+                           number.start(), end, joined))
+    keyword = closest_keyword(word, keywords) if _WORD.fullmatch(word) else None
+    if keyword is not None:
+        candidates.append((f"did you mean `{keyword}`?", offset, end, keyword))
+    if (len(word) > 1 and "STRING" in expected and "ACTION" not in expected
+            and word not in _KEYWORDS and word[0] not in _SMART_QUOTES and word.isascii()
+            and _WORD.fullmatch(word)):
+        candidates.append((f'patterns and plugin names are quoted: write `"{word}"`',
+                           offset, end, f'"{word}"'))
+    for hint, start, stop, replacement in candidates:
+        if _parses_after(text, start, stop, replacement):
+            return hint, Fix(_offset_span(text, start, stop, file), replacement)
+    if "STRING" in expected and word in _KEYWORDS:
+        if word == "to":
+            return ("name the plugins before `to`: `*` for every plugin, or quoted names such "
+                    "as `\"analytics\"`"), None
+        return f"`{word}` is a keyword here, not a name: quoted names come first", None
+    if "ACTION" in expected and re.fullmatch(r"[a-z_]+", word) and (offset == 0 or text[offset - 1].isspace()):
+        return f"permissions are written `family:action`, such as `{word}:read`", None
     if expected == {"TO"}:
-        return "rules read `allow|deny plugin <who> to <permissions> [on <patterns>]`"
-    if "QUANTITY" in expected:
-        return "write a number with its unit, such as `30s`, `500MB` or `80%`"
-    return None
+        return "rules read `allow|deny plugin <who> to <permissions> [on <patterns>]`", None
+    for name, hint in _GENERAL_HINTS.items():
+        if name in expected and word not in tuple(",{}()[]"):
+            return hint, None
+    return None, None
+
+
+_KEYWORDS = frozenset(
+    "policy version defaults plugin allow deny to on when unless trust timeout limit warn max "
+    "violation isolation degraded and or not in matches true false".split()
+)
+
+
+def _parses_after(text: str, start: int, stop: int, replacement: str) -> bool:
+    """Whether the statement around ``start`` parses once ``text[start:stop]`` is replaced."""
+    begin = 0
+    for match in _STATEMENT_START.finditer(text, 0, start + 1):
+        begin = match.start()
+    following = _STATEMENT_START.search(text, max(stop, text.find("\n", start) + 1 or stop))
+    finish = following.start() if following else len(text)
+    if finish < stop:
+        finish = len(text)
+    window = text[begin:start] + replacement + text[stop:finish]
+    try:
+        _parse(window, "policy_file", [])
+    except UnexpectedInput:
+        return False
+    return True
+
+
+def _offset_span(text: str, start: int, stop: int, file: str) -> Span:
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    end_line = text.count("\n", 0, stop) + 1
+    end_column = stop - (text.rfind("\n", 0, stop) + 1) + 1
+    return Span(file, line, column, end_line, end_column)
+
+
+def _invisible(text: str, file: str) -> list[Diagnostic]:
+    """Bidirectional controls and invisible characters, wherever they are (comments too)."""
+    found = []
+    for offset in invisible_characters(text)[:_MAX_ERRORS]:
+        span = _offset_span(text, offset, offset + 1, file)
+        found.append(Diagnostic(
+            message=f"invisible character {describe(text[offset])}: the text does not read as "
+                    "it runs",
+            span=span,
+            hint="remove it (bidirectional controls and zero-width characters are refused "
+                 "everywhere in a policy)",
+            code="PL001",
+            source_line=source_line(text, span.line),
+            fix=Fix(span, ""),
+        ))
+    return found
+
+
+def _plugin_name_errors(statements: list[nodes.Statement], text: str) -> list[Diagnostic]:
+    """Plugin names are ASCII, as manifests require: a non-ASCII name never matches a plugin,
+    so a deny rule naming it would deny nothing."""
+    names: list[tuple[str, Span]] = []
+    for statement in statements:
+        if isinstance(statement, nodes.Rule) and statement.plugins is not None:
+            names.extend(zip(statement.plugins, statement.plugin_spans, strict=False))
+        elif isinstance(statement, (nodes.SettingsBlock, nodes.Trust)):
+            plugin = statement.plugin
+            if plugin is not None and not plugin.isascii():
+                start = text.find('"', _offset_of(text, statement.span))
+                end = text.find('"', start + 1) + 1
+                names.append((plugin, _offset_span(text, start, end, statement.span.file)))
+    errors = []
+    for name, span in names:
+        if name.isascii():
+            continue
+        odd = next(c for c in name if not c.isascii())
+        plain = ascii_lookalike(name)
+        hint = "plugin names are lowercase ASCII letters, digits, `-` and `_`, as in plugin.yaml"
+        fix = None
+        if plain is not None:
+            hint = f"`{odd}` only looks like `{ascii_lookalike(odd)}`: write `\"{plain}\"`"
+            fix = Fix(span, f'"{plain}"')
+        errors.append(Diagnostic(
+            message=f"plugin name `{name}` is not ASCII: it holds {describe(odd)}",
+            span=span, hint=hint, code="PL001", source_line=source_line(text, span.line),
+            fix=fix,
+        ))
+    return errors
+
+
+def _offset_of(text: str, span: Span) -> int:
+    lines = text.split("\n")
+    return sum(len(x) + 1 for x in lines[: span.line - 1]) + span.column - 1
 
 
 # Tree to nodes ---------------------------------------------------------------------------

@@ -97,6 +97,18 @@ def format_size(size: float) -> str:
     return f"{number}{unit}"
 
 
+def human_size(size: float) -> str:
+    """``size`` bytes for people, in decimal units with at most three significant digits:
+    ``64 MB``, ``94.5 MB``, ``1.2 GB``, ``512 B``."""
+    units = (("B", 1.0), ("kB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12))
+    index = max((i for i, (_, factor) in enumerate(units) if abs(size) >= factor), default=0)
+    number = float(f"{size / units[index][1]:.3g}")
+    if number >= 1000 and index + 1 < len(units):  # 999,999 B rounds to 1 MB, not 1000 kB
+        index += 1
+        number = float(f"{size / units[index][1]:.3g}")
+    return f"{number:g} {units[index][0]}"
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of a duration (``30s``, ``250ms``, ``5m``)."""
     for unit in ("h", "m", "s"):

@@ -11,7 +11,14 @@ from typing import Any
 
 from ..enforcement.learn import LearnResult, learn
 from ..errors import UsageError
-from .main import DEFAULT_POLICY, EXIT_OK, EXTRA_COMMANDS, parse_pairs
+from .main import (
+    DEFAULT_POLICY,
+    EXIT_OK,
+    EXTRA_COMMANDS,
+    add_command,
+    add_variable_option,
+    parse_pairs,
+)
 
 __all__ = ["cmd_learn", "render_learn"]
 
@@ -33,7 +40,7 @@ def render_learn(result: LearnResult) -> str:
 def cmd_learn(args: argparse.Namespace) -> int:
     """Run one plugin in audit mode and report what it needed."""
     logging.basicConfig(level=logging.ERROR, format="policy-engine: %(levelname)s: %(message)s")
-    variables = {k: str(v) for k, v in parse_pairs(args.var, "variable").items()}
+    variables = parse_pairs(args.var, "variable", typed=False)
     calls: list[tuple[str, list[Any]]] | None = None
     if args.call:
         try:
@@ -50,11 +57,16 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def _register_learn(commands: Any) -> None:
-    parser = commands.add_parser("learn", help="run a plugin in audit mode and print the least privilege it needs")
+    parser = add_command(
+        commands, "learn", "run a plugin in audit mode and print the least privilege it needs",
+        "Run one plugin in audit mode and print the least-privilege manifest entries it "
+        "needed, a diff with what it declares, the rules it would need and what deny rules "
+        "block.",
+        [(EXIT_OK, "learned")])
     parser.add_argument("plugin_dir", metavar="PLUGIN_DIR")
     parser.add_argument("--policy", action="append", metavar="PATH",
                         help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
-    parser.add_argument("--var", action="append", metavar="KEY=VALUE", help="a template variable")
+    add_variable_option(parser)
     parser.add_argument("--call", action="append", metavar="METHOD",
                         help="a method to call (repeatable; default: the entry point and no-argument methods)")
     parser.add_argument("--args", nargs="*", metavar="JSON", help="JSON arguments for each --call")

@@ -18,6 +18,7 @@ from ..errors import PolicyEngineError
 from ..lint import DEFAULT_PATHS, explain, format_json, format_sarif, format_text, lint_paths
 from ..lint.formatters import check_doc_url
 from ..lint.rules import DOCS_URL
+from .conventions import add_version_option, exit_codes_epilog, run_console
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
@@ -33,7 +34,7 @@ def _variables(pairs: Sequence[str] | None) -> dict[str, str]:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise PolicyEngineError(f"expected `KEY=VALUE` after `--variables`, found `{pair}`")
+            raise PolicyEngineError(f"expected `KEY=VALUE` after `--var`, found `{pair}`")
         result[key] = value
     return result
 
@@ -44,14 +45,20 @@ def make_parser() -> argparse.ArgumentParser:
         prog="policy-lint",
         description="Lint .policy files, plugin.yaml manifests and plugin code, alone and "
                     "against each other.",
-        epilog="Exit codes: 0 clean, 1 findings (errors; with --strict also warnings), "
-               "2 usage or internal error.",
+        epilog=exit_codes_epilog([
+            (EXIT_CLEAN, "clean"),
+            (EXIT_FINDINGS, "findings (errors; with --strict also warnings)"),
+            (EXIT_ERROR, "usage, configuration or internal error (--exit-zero never hides it)"),
+        ]),
     )
+    add_version_option(parser)
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help=f"a .policy file, a plugin.yaml, a plugin directory or a directory "
                              f"of them (default: {', '.join(p + '/' for p in DEFAULT_PATHS)})")
     parser.add_argument("--format", choices=("text", "json", "sarif"), default="text",
                         help="output format (default: text)")
+    parser.add_argument("--json", dest="format", action="store_const", const="json",
+                        help="print JSON, as --format json (the spelling policy-engine uses)")
     parser.add_argument("--select", action="append", metavar="CODES",
                         help="report only codes starting with these prefixes (comma-separated)")
     parser.add_argument("--ignore", action="append", metavar="CODES",
@@ -59,9 +66,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     parser.add_argument("--exit-zero", action="store_true",
                         help="exit 0 even with findings (errors running the linter still exit 2)")
-    parser.add_argument("--variables", action="append", metavar="KEY=VALUE",
+    parser.add_argument("--var", "--variables", dest="variables", action="append",
+                        metavar="KEY=VALUE",
                         help="a template variable for patterns, such as data_dir=/var/lib/app "
-                             "(repeatable; defaults: the engine's home, tmp and data_dir)")
+                             "(repeatable; alias --variables; defaults: the engine's home, tmp "
+                             "and data_dir)")
     parser.add_argument("--skip-code-outside-plugins", action="store_true",
                         help="skip a .py path that belongs to no plugin instead of failing "
                              "(the pre-commit hook passes every changed .py file)")
@@ -127,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    run_console(main)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m policy_engine.cli.lint`

@@ -29,6 +29,7 @@ from ..formatter import format_policy, quote
 from ..grants import grant_matrix
 from ..impact import policy_impact, read_replay_log
 from ..manifest import load_manifest
+from .conventions import add_version_option, exit_codes_epilog, run_console
 from .tables import grant_tables, impact_summary, impact_tables, render_markdown, render_text
 
 EXIT_OK = 0
@@ -36,6 +37,9 @@ EXIT_DENIED = 1  # also: `diff` found changes, `fmt --check` found files to refo
 EXIT_ERROR = 2
 
 DEFAULT_POLICY = "policies"
+
+#: The exit codes every subcommand shares, for the ``--help`` epilogs.
+ERROR_CODE = (EXIT_ERROR, "usage or input error (one line on stderr)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,8 +70,24 @@ def add_plugin_options(parser: argparse.ArgumentParser) -> None:
     """``--plugins`` and ``--var``: what every engine is built against."""
     parser.add_argument("--plugins", action="append", metavar="DIR",
                         help="a plugins directory or one plugin's directory (repeatable)")
-    parser.add_argument("--var", action="append", metavar="KEY=VALUE",
-                        help="a template variable for patterns, such as data_dir=/var/lib/app")
+    add_variable_option(parser)
+
+
+def add_variable_option(parser: argparse.ArgumentParser) -> None:
+    """``--var KEY=VALUE`` (alias ``--variables``, the spelling both tools accept)."""
+    parser.add_argument("--var", "--variables", dest="var", action="append", metavar="KEY=VALUE",
+                        help="a template variable for patterns, such as data_dir=/var/lib/app "
+                             "(repeatable; alias --variables)")
+
+
+def add_command(commands: Any, name: str, summary: str, description: str,
+                codes: Sequence[tuple[int, str]]) -> argparse.ArgumentParser:
+    """A subcommand with a one-line ``summary`` (in the command list), a ``description`` and
+    its exit codes (in its ``--help``)."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=description,
+        epilog=exit_codes_epilog([*codes, ERROR_CODE]))
+    return parser
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +140,11 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def _register_decide(commands: Any) -> None:
-    decide = commands.add_parser("decide", help="decide one request and explain why")
+    decide = add_command(
+        commands, "decide", "decide one request and explain why",
+        "Decide whether PLUGIN may use ACTION on RESOURCE under the policy set, and explain "
+        "the decision: the rules that determined it and what would change it.",
+        [(EXIT_OK, "allowed"), (EXIT_DENIED, "denied")])
     decide.add_argument("plugin")
     decide.add_argument("action", help="a permission such as file:read")
     decide.add_argument("resource", nargs="?", help="a path, host[:port] or name")
@@ -147,8 +171,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def _register_matrix(commands: Any) -> None:
-    matrix = commands.add_parser(
-        "matrix", help="every plugin's effective grants, withheld permissions and limits")
+    matrix = add_command(
+        commands, "matrix", "every plugin's effective grants, withheld permissions and limits",
+        "Print, per plugin, the resources each declared permission effectively gets (declared "
+        "scope intersected with the allow rules), what it declared but will not get and why, "
+        "and its timeouts and limits.",
+        [(EXIT_OK, "printed")])
     output = matrix.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--markdown", action="store_true", help="print Markdown tables")
@@ -179,8 +207,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _register_diff(commands: Any) -> None:
-    diff = commands.add_parser(
-        "diff", help="the change impact of a policy edit (exit 1 when something changes)")
+    diff = add_command(
+        commands, "diff", "the change impact of a policy edit (exit 1 when something changes)",
+        "Compile OLD and NEW against the same plugins and compare each plugin's effective "
+        "grants, deny scopes and settings exactly; with --replay, re-decide a decision log's "
+        "requests under NEW.",
+        [(EXIT_OK, "no change"), (EXIT_DENIED, "something changes")])
     diff.add_argument("old", metavar="OLD", help="the policy in force: a .policy file or directory")
     diff.add_argument("new", metavar="NEW", help="the edited policy: a .policy file or directory")
     diff.add_argument("--replay", metavar="DECISION_LOG",
@@ -221,7 +253,12 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 
 
 def _register_fmt(commands: Any) -> None:
-    fmt = commands.add_parser("fmt", help="format .policy files canonically, keeping comments")
+    fmt = add_command(
+        commands, "fmt", "format .policy files canonically, keeping comments",
+        "Rewrite .policy files in canonical layout, keeping comments; nothing is written when "
+        "any file does not parse.",
+        [(EXIT_OK, "formatted (or nothing to do)"),
+         (EXIT_DENIED, "with --check: some files would be reformatted")])
     fmt.add_argument("paths", nargs="*", metavar="PATH",
                      help=f".policy files or directories (default: {DEFAULT_POLICY}/)")
     fmt.add_argument("--check", action="store_true",
@@ -259,7 +296,11 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 
 def _register_digest(commands: Any) -> None:
-    digest = commands.add_parser("digest", help="the sha256 content digest that pins a plugin")
+    digest = add_command(
+        commands, "digest", "the sha256 content digest that pins a plugin",
+        "Print the sha256 content digest of a plugin directory and the `trust` line that pins "
+        "it.",
+        [(EXIT_OK, "printed")])
     digest.add_argument("plugin_dir", metavar="PLUGIN_DIR")
     digest.add_argument("--json", action="store_true", help="print JSON")
     digest.set_defaults(handler=cmd_digest)
@@ -286,7 +327,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="policy-engine",
         description="Ask a policy set questions and run plugins under it.",
+        epilog="Run `policy-engine COMMAND --help` for a command's options and exit codes.",
     )
+    add_version_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in (_register_decide, _register_matrix, _register_diff, _register_fmt, _register_digest):
         register(commands)
@@ -329,8 +372,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:  # `∩` and non-ASCII paths must not crash a non-UTF-8 terminal
-        reconfigure(errors="backslashreplace")
-    sys.exit(main())
+    """Console-script entry point (also ``python -m policy_engine``)."""
+    run_console(main)

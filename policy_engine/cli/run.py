@@ -13,30 +13,43 @@ import logging
 from typing import Any
 
 from ..enforcement.run import RunReport, report_to_dict, run_plugins
-from .main import DEFAULT_POLICY, EXIT_OK, EXTRA_COMMANDS, parse_pairs
+from ..units import human_size
+from .main import (
+    DEFAULT_POLICY,
+    EXIT_OK,
+    EXTRA_COMMANDS,
+    add_command,
+    add_variable_option,
+    parse_pairs,
+)
 from .tables import Table, render_text
 
 __all__ = ["cmd_run", "render_report"]
 
 
-def render_report(report: RunReport) -> str:
-    """The run report as aligned tables."""
+def render_report(report: RunReport, *, verbose: bool = False) -> str:
+    """The run report as aligned tables; with ``verbose`` no detail is shortened."""
+    audit = report.mode == "audit"
+    short = (lambda text: " ".join(text.split())) if verbose else _short
+    title = f"ran {len(report.plugins)} plugins in {report.seconds:.1f}s"
+    if audit:
+        title += " in audit mode: every decision recorded, nothing denied"
     summary = Table(
-        f"ran {len(report.plugins)} plugins in {report.seconds:.1f}s",
+        title,
         ("PLUGIN", "VALIDATION", "ISOLATION", "CALLS", "DENIED", "TIMEOUTS", "PEAK MEMORY", "CPU", "OUTCOME"),
         tuple(
             (p.name, p.validation, p.isolation, str(len(p.calls)), str(len(p.denials)), str(p.timeouts),
-             f"{p.peak_memory / 1e6:.1f}MB" if p.peak_memory else "-", f"{p.cpu_percent:.0f}%", p.outcome)
+             human_size(p.peak_memory) if p.peak_memory else "-", f"{p.cpu_percent:.0f}%", p.outcome)
             for p in report.plugins
         ),
     )
     calls = Table(
         "calls",
         ("PLUGIN", "METHOD", "OUTCOME", "DETAIL"),
-        tuple((p.name, c.method, c.outcome, _short(c.detail)) for p in report.plugins for c in p.calls),
+        tuple((p.name, c.method, c.outcome, short(c.detail)) for p in report.plugins for c in p.calls),
     )
     denials = Table(
-        "denials",
+        "denials (audit: recorded, would be denied when enforced)" if audit else "denials",
         ("PLUGIN", "ACTION", "RESOURCE", "REASON", "RULE"),
         tuple((p.name, d.action, d.resource or "-", d.reason, ", ".join(d.rules) or "-")
               for p in report.plugins for d in p.denials),
@@ -44,7 +57,7 @@ def render_report(report: RunReport) -> str:
     warnings = Table(
         "validation warnings",
         ("PLUGIN", "WARNING"),
-        tuple((p.name, _short(w)) for p in report.plugins for w in p.warnings),
+        tuple((p.name, short(w)) for p in report.plugins for w in p.warnings),
     )
     return render_text([summary, calls, denials, warnings])
 
@@ -59,22 +72,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     # What the loader logs is in the report; show the log itself only when asked.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="policy-engine: %(levelname)s: %(message)s")
-    variables = {k: str(v) for k, v in parse_pairs(args.var, "variable").items()}
+    variables = parse_pairs(args.var, "variable", typed=False)
     report = run_plugins(args.policy or [DEFAULT_POLICY], args.plugins_dir, variables,
                          mode="audit" if args.audit else "enforce")
     if args.json:
         print(json.dumps(report_to_dict(report), indent=2, sort_keys=True))
     else:
-        print(render_report(report), end="")
+        print(render_report(report, verbose=args.verbose), end="")
     return EXIT_OK
 
 
 def _register_run(commands: Any) -> None:
-    run = commands.add_parser("run", help="load plugins under the sandbox, call them, and report")
+    run = add_command(
+        commands, "run", "load plugins under the sandbox, call them, and report",
+        "Load every plugin under PLUGINS_DIR under the sandbox and the policy, call its entry "
+        "point and its other no-argument public methods, and report validation, calls, "
+        "denials, timeouts, peak memory and CPU.",
+        [(EXIT_OK, "the run completed (plugins that failed are in the report)")])
     run.add_argument("plugins_dir", metavar="PLUGINS_DIR", help="a directory of plugin directories")
     run.add_argument("--policy", action="append", metavar="PATH",
                      help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
-    run.add_argument("--var", action="append", metavar="KEY=VALUE", help="a template variable")
+    add_variable_option(run)
     run.add_argument("--audit", action="store_true",
                      help="audit mode: decide and record everything, deny nothing")
     run.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -102,8 +102,9 @@ _DEFAULT_LOGGER = logging.getLogger(_PLUGIN_LOGGER_ROOT)
 class PluginContext:
     """What a plugin is given at :meth:`BasePlugin.initialize`.
 
-    ``data_dir`` is the plugin's writable directory, or None when it has none. ``db`` is None
-    when the host has no database. ``logger`` defaults to :func:`plugin_logger`.
+    ``data_dir`` is the plugin's writable directory, or None when it has none. When the host
+    has no database, ``db`` is an object whose every call raises an error that says so.
+    ``logger`` defaults to :func:`plugin_logger`.
     """
 
     plugin_name: str

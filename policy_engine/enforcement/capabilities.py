@@ -39,6 +39,7 @@ __all__ = [
     "HookCapability",
     "HookRegistry",
     "HookResult",
+    "NoDatabase",
     "PermissionCheck",
 ]
 
@@ -396,6 +397,37 @@ class DatabaseCapability:
 
     def _refuse(self, permission: Permission, resource: str, detail: str) -> NoReturn:
         raise _refusal(self._plugin, permission, resource, detail)
+
+
+class NoDatabase:
+    """``ctx.db`` when the host configured no database: every call says so.
+
+    Without it a plugin's ``ctx.db.execute`` would fail as an unknown capability call (in a
+    worker) or on ``None`` (in process), neither of which names the cause.
+    """
+
+    def __init__(self, plugin: str) -> None:
+        self._plugin = plugin
+
+    def __repr__(self) -> str:
+        return f"<NoDatabase plugin={self._plugin!r}>"
+
+    def execute(self, sql: str, params: SqlParams = ()) -> NoReturn:
+        """Raise :class:`UsageError`: there is no database."""
+        raise self._error("execute")
+
+    def executemany(self, sql: str, seq_of_params: Iterable[SqlParams]) -> NoReturn:
+        """Raise :class:`UsageError`: there is no database."""
+        raise self._error("executemany")
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def _error(self, method: str) -> UsageError:
+        return UsageError(
+            f"plugin `{self._plugin}` called `db.{method}`, but no database is configured: "
+            "the host passes `db_path=` to `PluginSandbox` to offer one"
+        )
 
 
 # --------------------------------------------------------------------------------------

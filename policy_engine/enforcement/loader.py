@@ -112,6 +112,8 @@ class LoadedPlugin:
             self._note(method, "limit", str(exc))
             if exc.resource == "memory":
                 self.peak_memory = max(self.peak_memory, int(exc.used))
+            elif exc.resource == "cpu":  # `used` is in cores; the report shows % of one core
+                self.peak_cpu = max(self.peak_cpu, exc.used * 100.0)
             if self.loader.engine.limits(self.name).on_violation is Violation.TERMINATE:
                 self.loader.unload(self.name, reason=f"it went over a limit: {exc}")
             raise

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from ..settings import Limits
+from ..units import human_size
 from .usage import ResourceUsage
 
 __all__ = ["ResourceMonitor"]
@@ -69,12 +70,12 @@ class ResourceMonitor:
         usage = self.get_usage(plugin)
         ok = True
         if usage.memory_bytes >= limits.memory:
-            log.warning("plugin `%s` uses %d bytes of memory, over its limit of %d",
-                        plugin, usage.memory_bytes, limits.memory)
+            log.warning("plugin `%s` uses %s of memory, over its limit of %s",
+                        plugin, human_size(usage.memory_bytes), human_size(limits.memory))
             ok = False
         elif usage.memory_bytes >= limits.memory * limits.memory_warn:
-            log.warning("plugin `%s` uses %d bytes of memory, past %d%% of its limit",
-                        plugin, usage.memory_bytes, round(limits.memory_warn * 100))
+            log.warning("plugin `%s` uses %s of memory, past %d%% of its limit",
+                        plugin, human_size(usage.memory_bytes), round(limits.memory_warn * 100))
         if usage.cpu_percent > limits.cpu * 100:
             log.warning("plugin `%s` uses %.0f%% CPU, over its share of %.0f%%",
                         plugin, usage.cpu_percent, limits.cpu * 100)

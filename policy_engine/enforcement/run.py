@@ -60,6 +60,7 @@ class RunReport:
     seconds: float
     policy_hash: str
     notes: tuple[str, ...] = field(default=())
+    mode: str = "enforce"  # or "audit": decisions recorded, nothing denied
 
 
 def probe_methods(metadata: PluginMetadata) -> list[str]:
@@ -144,7 +145,7 @@ def run_plugins(policy: str | Path | list[str | Path], plugins_dir: str | Path,
                     peak_memory=0, cpu_percent=0.0, outcome=f"not loaded: {_first_line(error)}",
                 ))
         return RunReport(tuple(sorted(reports, key=lambda r: r.name)), time.monotonic() - started,
-                         engine.content_hash)
+                         engine.content_hash, mode=mode)
 
 
 def _name_of(path: Path) -> str | None:
@@ -163,6 +164,7 @@ def report_to_dict(report: RunReport) -> dict[str, Any]:
     """A JSON-friendly form of the report."""
     return {
         "seconds": round(report.seconds, 3),
+        "mode": report.mode,
         "policy": report.policy_hash,
         "plugins": [
             {

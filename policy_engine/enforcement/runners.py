@@ -17,7 +17,7 @@ import psutil
 
 from ..errors import PluginValidationError
 from .base import PluginContext, base_for
-from .capabilities import ConfigCapability, DatabaseCapability, HookCapability
+from .capabilities import ConfigCapability, DatabaseCapability, HookCapability, NoDatabase
 from .inprocess import InprocessRunner
 from .supervisor import WorkerInit, WorkerProcess
 from .usage import ResourceUsage
@@ -51,7 +51,8 @@ class HostServices:
                  hook_caller: Callable[[str], Callable[..., Any]] | None = None) -> None:
         self.plugin = plugin
         self.config = ConfigCapability(plugin, check, config)
-        self.db = DatabaseCapability(plugin, check, db_path) if db_path is not None else None
+        self.db: DatabaseCapability | NoDatabase = (
+            DatabaseCapability(plugin, check, db_path) if db_path is not None else NoDatabase(plugin))
         self.hooks = HookCapability(plugin, check, hooks)
         self._hook_caller = hook_caller
 
@@ -59,7 +60,7 @@ class HostServices:
         """Run a capability call a worker made (``config.get``, ``db.execute``, ...)."""
         if capability == "config" and method in ("get", "set", "keys"):
             return getattr(self.config, method)(*args)
-        if capability == "db" and method in ("execute", "executemany") and self.db is not None:
+        if capability == "db" and method in ("execute", "executemany"):
             rows = getattr(self.db, method)(*args)
             return [list(row) for row in rows] if isinstance(rows, list) else rows
         if capability == "hooks" and method == "register" and self._hook_caller is not None:
@@ -70,8 +71,7 @@ class HostServices:
 
     def close(self) -> None:
         """Release the database connection."""
-        if self.db is not None:
-            self.db.close()
+        self.db.close()
 
 
 class ProcessRunner:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import psutil
 
 from ..errors import ResourceLimitError
+from ..units import human_size
 from .reaper import descendants
 from .usage import ResourceLimits, ResourceUsage
 
@@ -176,13 +177,14 @@ class Sampler:
             return
         if rss > limit:
             self._on_violation(ResourceLimitError(
-                f"plugin `{self._plugin}` used {rss} bytes of memory, over its limit of "
-                f"{limit} bytes, and was stopped", plugin=self._plugin, resource="memory",
+                f"plugin `{self._plugin}` ran out of memory: it used {human_size(rss)} (peak), "
+                f"over its limit of {human_size(limit)}, and was stopped",
+                plugin=self._plugin, resource="memory",
                 limit=float(limit), used=float(rss)))
         elif rss > limit * self._limits.memory_warn_fraction and not self._warned:
             self._warned = True
-            log.warning("plugin `%s` uses %d bytes of memory, %.0f%% of its limit of %d bytes",
-                        self._plugin, rss, rss * 100.0 / limit, limit)
+            log.warning("plugin `%s` uses %s of memory, %.0f%% of its limit of %s",
+                        self._plugin, human_size(rss), rss * 100.0 / limit, human_size(limit))
 
     def _check_cpu(self, now: float, cpu: float) -> None:
         window = self._limits.cpu_window
@@ -198,8 +200,9 @@ class Sampler:
             return
         if self._limits.on_violation == "terminate":
             self._on_violation(ResourceLimitError(
-                f"plugin `{self._plugin}` used {rate:.2f} cores for {span:.1f}s, over its "
-                f"share of {share:g}, and was stopped", plugin=self._plugin, resource="cpu",
+                f"plugin `{self._plugin}` was stopped for CPU: it used {rate * 100:.0f}% of a "
+                f"core for {span:.1f}s, over its share of {share * 100:g}%",
+                plugin=self._plugin, resource="cpu",
                 limit=share, used=rate))
             return
         with self._lock:

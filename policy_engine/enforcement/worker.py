@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
+from ..units import human_size
 from .audit import AuditGuard
 from .checker import make_checker
 from .ipc import FrameError, recv_frame, send_frame
@@ -365,7 +366,7 @@ class _Worker:
         where = f" ({', '.join(removed)} removed)" if removed else ""
         error = FileSizeError(
             f"plugin `{self.plugin}` tried to write a file larger than its limit of "
-            f"{limit} bytes{where}", plugin=self.plugin, resource="file_size",
+            f"{human_size(limit)}{where}", plugin=self.plugin, resource="file_size",
             limit=float(limit), used=float(limit))
         error.__cause__ = cause
         return error
@@ -387,10 +388,13 @@ class _Worker:
     def _translate(self, error: BaseException) -> BaseException:
         """Our own errors for what the kernel backstops raise inside plugin code."""
         if isinstance(error, MemoryError):
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
             return ResourceLimitError(
-                f"plugin `{self.plugin}` ran out of memory (limit "
-                f"{self.spec.memory_bytes} bytes)", plugin=self.plugin, resource="memory",
-                limit=float(self.spec.memory_bytes))
+                f"plugin `{self.plugin}` ran out of memory: peak {human_size(peak)}, limit "
+                f"{human_size(self.spec.memory_bytes)}", plugin=self.plugin, resource="memory",
+                limit=float(self.spec.memory_bytes), used=float(peak))
         return error
 
     def _cleanup(self) -> None:

@@ -74,7 +74,8 @@ def _position(item: Diagnostic) -> tuple[dict[str, int] | None, dict[str, int] |
 
 def format_json(result: LintResult) -> str:
     """An array of findings: code, name, severity, message, file, start and end (or null),
-    hint, JSON pointer and doc anchor."""
+    hint, JSON pointer and doc anchor, and ``fix`` (start, end exclusive, replacement) where
+    the finding has a machine-applicable one."""
     items: list[dict[str, Any]] = []
     for item in result.findings:
         rule = get_rule(item.code)
@@ -91,6 +92,13 @@ def format_json(result: LintResult) -> str:
             "pointer": item.pointer,
             "doc": rule.anchor if rule is not None else None,
         })
+        fix = getattr(item, "fix", None)
+        if fix is not None:  # only where there is one, so other findings keep their shape
+            items[-1]["fix"] = {
+                "start": {"line": fix.span.line, "column": fix.span.column},
+                "end": {"line": fix.span.end_line, "column": fix.span.end_column},
+                "replacement": fix.replacement,
+            }
     return json.dumps(items, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -312,6 +312,11 @@ def test_the_run_job_on_the_examples(tmp_path: Path) -> None:
     assert outcomes["loop_forever"] == "timeout"
     assert outcomes["fill_disk"] == "limit"
     assert outcomes["eat_memory"] == "limit"
+    details = {c.method: c.detail for c in rogue.calls}
+    for method in ("eat_memory", "fill_disk"):  # sizes for people, the peak next to the limit
+        assert "bytes" not in details[method] and " MB" in details[method], details[method]
+    assert "ran out of memory" in details["eat_memory"] and "peak" in details["eat_memory"]
+    assert rogue.peak_memory > 0
     assert rogue.outcome.startswith("unloaded")
     assert any(d.rules and d.rules[0].endswith("default.policy:28:1") for d in rogue.denials)
     assert report.seconds < 30
