@@ -16,6 +16,7 @@ from ..bundle import build_bundle, generate_key_pair, load_keyring, read_bundle,
 from ..engine import Engine, read_policy_sources
 from ..errors import BundleError, UsageError
 from ..policytest import find_test_files, run_tests
+from .conventions import exit_codes_epilog
 from .main import EXIT_DENIED, EXIT_OK, EXTRA_COMMANDS, print_json
 
 __all__ = ["cmd_build", "cmd_keygen", "cmd_verify"]
@@ -91,12 +92,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _register_bundle(commands: Any) -> None:
     bundle = commands.add_parser(
         "bundle", help="build, sign and verify policy bundles",
-        description="Signed bundles of a policy set, in OPA's bundle layout. Exit codes: 0 done, "
-                    "1 `verify` refused the bundle, 2 usage error or `build` refused the set.")
+        description="Signed bundles of a policy set, in OPA's bundle layout.",
+        epilog=exit_codes_epilog(((0, "done"), (1, "`verify` refused the bundle"),
+                                  (2, "usage or input error (also: `build` refused the set)"))))
     actions = bundle.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
     keygen = actions.add_parser("keygen", help="write a key pair NAME.key and NAME.pub",
                                 description="Write NAME.key (private, mode 0600, never overwritten) "
-                                            "and NAME.pub (public). Exit codes: 0 written, 2 error.")
+                                            "and NAME.pub (public).",
+                                epilog=exit_codes_epilog(((0, "written"), (2, "usage or input error"))))
     keygen.add_argument("-o", "--output", required=True, metavar="NAME")
     keygen.add_argument("--algorithm", choices=("ES256", "RS256"), default="ES256")
     keygen.add_argument("--passphrase-env", metavar="VAR", help="encrypt the private key with $VAR")
@@ -104,7 +107,8 @@ def _register_bundle(commands: Any) -> None:
     build = actions.add_parser("build", help="build (and sign) a bundle of a policy directory",
                                description="Build a bundle of POLICY_DIR's .policy files. Refuses a set "
                                            "that does not compile or whose *.test.yaml cases fail. "
-                                           "Exit codes: 0 written, 2 refused or error.")
+                                           "",
+                               epilog=exit_codes_epilog(((0, "written"), (2, "usage or input error, or the set was refused"))))
     build.add_argument("policy_dir", metavar="POLICY_DIR")
     build.add_argument("-o", "--output", required=True, metavar="BUNDLE")
     build.add_argument("--revision", metavar="R", help="a revision label, such as a commit id")
@@ -113,7 +117,10 @@ def _register_bundle(commands: Any) -> None:
     build.add_argument("--passphrase-env", metavar="VAR", help="the signing key's passphrase is in $VAR")
     build.set_defaults(handler=cmd_build)
     verify = actions.add_parser("verify", help="verify a bundle's signature and digests",
-                                description="Exit codes: 0 valid, 1 refused, 2 usage error.")
+                                description="Verify a bundle's signature, its file list and digests, "
+                                            "and (with --state) its serial.",
+                                epilog=exit_codes_epilog(((0, "valid"), (1, "refused"),
+                                                          (2, "usage or input error"))))
     verify.add_argument("bundle", metavar="BUNDLE")
     verify.add_argument("--public-key", required=True, metavar="KEY",
                         help="a NAME.pub file or a directory of them (a keyring; key id NAME)")

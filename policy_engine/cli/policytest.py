@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from ..policytest import CaseResult, PolicyTestReport, run_tests
+from .conventions import exit_codes_epilog
 from .main import DEFAULT_POLICY, EXIT_DENIED, EXIT_OK, EXTRA_COMMANDS
 
 __all__ = ["render_json", "render_junit", "render_text"]
@@ -130,8 +131,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 def _register_test(commands: Any) -> None:
     test = commands.add_parser(
         "test", help="run the *.test.yaml cases of policy sets",
-        description="Run the cases of *.test.yaml files: requests and the decisions they must get. "
-                    "Exit codes: 0 every case passed, 1 a case failed, 2 a bad test file.")
+        description="Run the cases of *.test.yaml files: requests and the decisions they must get.",
+        epilog=exit_codes_epilog(((0, "every case passed"), (1, "a case failed"),
+                                  (2, "usage or input error (a bad test file, a policy that does not compile)"))))
     test.add_argument("paths", nargs="*", metavar="PATH",
                       help=f"test files or directories searched for *.test.yaml (default: {DEFAULT_POLICY}/)")
     test.add_argument("--format", choices=("text", "json", "junit"), default="text",

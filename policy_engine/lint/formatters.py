@@ -6,7 +6,6 @@ code.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import urllib.parse
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .._version import __version__
 from ..diagnostics import Diagnostic, Severity
 from ..errors import UsageError
 from .rules import DOCS_URL, Rule, get_rule
@@ -103,11 +103,8 @@ def format_json(result: LintResult) -> str:
 
 
 def tool_version() -> str:
-    """The installed package's version (``project.version``), for ``tool.driver.version``."""
-    try:
-        return importlib.metadata.version("policy_engine")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
-        return "0+unknown"
+    """The package's single-sourced version, for ``tool.driver.version``."""
+    return __version__
 
 
 def format_sarif(result: LintResult, *, doc_url: str = DOCS_URL) -> str:

@@ -110,8 +110,9 @@ def test_a_closed_pipe_exits_quietly(argv: list[str]) -> None:
 @pytest.mark.parametrize("tool", ["policy_engine", "policy_engine.cli.lint"])
 def test_piped_into_head_exits_quietly(tmp_path: Path, tool: str) -> None:
     """A real `| head -n 1`, with more output than the pipe holds after `head` has gone."""
-    for i in range(2000):
-        (tmp_path / f"f{i:04}.policy").write_text("allow   plugin * to  file:raed\n",
+    # 600 files (a set holds at most 1,000) with long names: more than a pipe's 64 KiB.
+    for i in range(600):
+        (tmp_path / f"{'f' * 150}{i:04}.policy").write_text("allow   plugin * to  file:raed\n",
                                                   encoding="utf-8")
     command = "fmt --check ." if tool == "policy_engine" else ". --ignore PL3"
     shell = f"{sys.executable} -m {tool} {command} | head -n 1"

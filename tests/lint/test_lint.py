@@ -233,7 +233,9 @@ def test_sarif_version_and_doc_url_come_from_pyproject() -> None:
     with open(ROOT / "pyproject.toml", "rb") as handle:
         project = tomllib.load(handle)["project"]
     assert project["urls"]["Documentation"] == DOCS_URL
-    assert tool_version() == project["version"]
+    assert project["dynamic"] == ["version"]
+    from policy_engine import __version__
+    assert tool_version() == __version__
 
 
 def test_sarif_with_the_default_doc_url_before_was_relative_and_is_rejected_by_the_schema() -> None:
