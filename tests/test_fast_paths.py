@@ -390,3 +390,39 @@ def test_the_benchmark_runs_in_quick_mode(capsys: pytest.CaptureFixture[str]) ->
     for label in ("uncached decide", "cached decide", "unknown plugin", "resource > 4 KiB",
                   "reference decide", "reload, 1 policy file", "KB per plugin"):
         assert label in out
+
+
+# ----------------------------------------------------------------------------- manifest fast parse
+
+_grant_text = st.one_of(
+    st.text(alphabet='abz_:*/{}.-" #,\\\t\n\u2028é0123456789', max_size=30),
+    st.builds(lambda a, scopes: " ".join([a, *scopes]),
+              st.sampled_from(["file:read", "file:*", "*", "network:request", "a_b:c_d", "File:read", "file:"]),
+              st.lists(st.text(alphabet="ab/*{}.:-_[]\\!$%?~é\"#,", min_size=1, max_size=8), max_size=3)),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_grant_text)
+def test_the_fast_grant_parse_agrees_with_the_full_parser(text: str) -> None:
+    from policy_engine import parser
+    from policy_engine.errors import PolicySyntaxError
+
+    fast = parser._simple_grant(text, "m.yaml")
+    try:
+        full: object = parser._full_grant(text, "m.yaml")
+    except PolicySyntaxError:
+        full = None
+    if fast is not None:
+        assert fast == full
+    assert parser.parse_grant.__name__ == "parse_grant"
+
+
+def test_the_fast_grant_parse_takes_the_common_entries() -> None:
+    from policy_engine import parser
+
+    for text in ("file:read {plugin_dir}/**", "network:request api.example.com:443", "hook:register",
+                 "database:read db1.*", "file:* /a /b"):
+        assert parser._simple_grant(text, "m") is not None
+    for text in ('network:request "*.x.com"', "file:read /a,/b", "file:read  /a", "file:read /a # c", " file:read"):
+        assert parser._simple_grant(text, "m") is None
