@@ -89,6 +89,8 @@ class Decision:
     suggestions: tuple[str, ...] = ()
     #: Computes further suggestions on demand (not part of equality).
     lazy_suggestions: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
+    #: The revision of the engine's policy and plugins that decided (see ``Engine.revision``).
+    revision: int = field(default=0, compare=False)
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -174,9 +176,11 @@ def deny(
     rules: tuple[RuleRef, ...] = (),
     errors: tuple[str, ...] = (),
     suggestions: tuple[str, ...] = (),
+    revision: int = 0,
 ) -> Decision:
     """Build a denial."""
-    return Decision(False, reason, plugin, action, resource, rules, errors, detail, suggestions)
+    return Decision(False, reason, plugin, action, resource, rules, errors, detail, suggestions,
+                    revision=revision)
 
 
 # A frozen dataclass's __init__ goes through object.__setattr__ once per field, which is a
@@ -184,7 +188,7 @@ def deny(
 _SETTERS = tuple(
     getattr(Decision, name).__set__
     for name in ("allowed", "reason", "plugin", "action", "resource", "rules", "errors", "detail", "suggestions",
-                 "lazy_suggestions")
+                 "lazy_suggestions", "revision")
 )
 _new = object.__new__
 
@@ -199,11 +203,12 @@ def make_decision(
     errors: tuple[str, ...] = (),
     detail: str = "",
     suggestions: tuple[str, ...] = (),
+    revision: int = 0,
 ) -> Decision:
     """Build a :class:`Decision` equal to ``Decision(...)`` with the same arguments, faster."""
     decision = _new(Decision)
     (s_allowed, s_reason, s_plugin, s_action, s_resource, s_rules, s_errors, s_detail, s_suggestions,
-     s_lazy) = _SETTERS
+     s_lazy, s_revision) = _SETTERS
     s_allowed(decision, allowed)
     s_reason(decision, reason)
     s_plugin(decision, plugin)
@@ -214,4 +219,5 @@ def make_decision(
     s_detail(decision, detail)
     s_suggestions(decision, suggestions)
     s_lazy(decision, None)
+    s_revision(decision, revision)
     return decision

@@ -224,6 +224,7 @@ class Engine:
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
         self._sources = dict(policy_sources)
         self._parsed: dict[tuple[str, str], PolicyFile] = {}
+        self._revision = 0
         self._manifest_memo: dict[str, tuple[bytes, PluginMetadata]] = {}
         self._state = self._build(self._sources, self._all_manifests(), None)
 
@@ -364,7 +365,8 @@ class Engine:
             accepted[manifest.name] = manifest
         for problem in problems:
             log.warning("%s", problem.render(caret=False))
-        decision_table = DecisionTable(MappingProxyType(tables), policy.content_hash)
+        self._revision += 1
+        decision_table = DecisionTable(MappingProxyType(tables), policy.content_hash, self._revision)
         return _Snapshot(
             policy=policy,
             table=decision_table,
@@ -468,7 +470,7 @@ class Engine:
             resource is not None and not isinstance(resource, str)
         ):
             return deny(Reason.INVALID_RESOURCE, str(plugin), str(action), repr(resource),
-                        "plugin, action and resource must be strings")
+                        "plugin, action and resource must be strings", revision=state.table.revision)
         cache = state.cache
         if cache is None:
             return state.table.decide(plugin, action, resource, context)
@@ -556,6 +558,13 @@ class Engine:
         return self._state.problems
 
     @property
+    def revision(self) -> int:
+        """Which build of policy and plugins is in force: 1 after construction, one more
+        after every reload, register and unregister. Each :class:`Decision` carries the
+        revision that decided it."""
+        return self._state.table.revision
+
+    @property
     def content_hash(self) -> str:
         """A hash of the policy texts and variables in force."""
         return self._state.policy.content_hash
@@ -587,7 +596,8 @@ class Engine:
 
     def _swap(self, state: _Snapshot, tables: dict[str, PluginTable],
               manifests: dict[str, PluginMetadata]) -> None:
-        table = DecisionTable(MappingProxyType(tables), state.policy.content_hash)
+        self._revision += 1
+        table = DecisionTable(MappingProxyType(tables), state.policy.content_hash, self._revision)
         self._state = _Snapshot(
             policy=state.policy,
             table=table,

@@ -426,3 +426,21 @@ def test_the_fast_grant_parse_takes_the_common_entries() -> None:
         assert parser._simple_grant(text, "m") is not None
     for text in ('network:request "*.x.com"', "file:read /a,/b", "file:read  /a", "file:read /a # c", " file:read"):
         assert parser._simple_grant(text, "m") is None
+
+
+def test_every_decision_carries_the_revision_it_came_from(tmp_path: Path) -> None:
+    policies, plugins = _write_tree(tmp_path, {"a.policy": "allow plugin * to hook:register\n"},
+                                    {"p": ["hook:register"]})
+    engine = Engine.load(policies, plugins)
+    first = engine.decide("p", "hook:register")
+    assert engine.revision == first.revision == 1
+    assert engine.decide("p", "hook:register").revision == 1  # from the cache, same revision
+    assert engine.decide("ghost", "hook:register").revision == 1
+    assert engine.decide("p", "hook:register", "x" * (MAX_RESOURCE_LENGTH + 1)).revision == 1
+    _write_tree(tmp_path, {"a.policy": "deny plugin * to hook:register\n"}, {"p": ["hook:register"]})
+    engine.reload()
+    second = engine.decide("p", "hook:register")
+    assert (engine.revision, second.revision, second.allowed) == (2, 2, False)
+    assert first.revision == 1  # what was decided before keeps saying where it came from
+    engine.unregister("p")
+    assert engine.decide("p", "hook:register").revision == engine.revision == 3
