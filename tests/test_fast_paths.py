@@ -178,7 +178,7 @@ def _same(got: Decision, want: Decision) -> None:
     assert got.explain() == want.explain()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_rules(), min_size=3, max_size=10), _manifests(), st.lists(_requests(), min_size=1, max_size=25))
 def test_engine_agrees_with_the_reference(rules: list[str], manifests: list[dict[str, Any]],
                                           requests: list[Any]) -> None:
@@ -402,7 +402,7 @@ _grant_text = st.one_of(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(_grant_text)
 def test_the_fast_grant_parse_agrees_with_the_full_parser(text: str) -> None:
     from policy_engine import parser
