@@ -443,12 +443,15 @@ class Engine:
     ) -> Decision:
         """May ``plugin`` do ``action`` on ``resource``? Never raises; errors deny."""
         state = self._state
-        memo = state.memo
-        if memo is not None and plugin.__class__ is str and action.__class__ is str and (
-            resource is None or resource.__class__ is str
-        ):
-            if context is None:
-                decision: Decision = memo(plugin, action, resource, None)
+        if plugin.__class__ is str and action.__class__ is str and (resource is None or resource.__class__ is str):
+            memo = state.memo
+            if memo is None:
+                if state.cache is None:
+                    decision: Decision = state.table.decide(plugin, action, resource, context)
+                else:
+                    decision = self._decide_slow(state, plugin, action, resource, context)
+            elif context is None:
+                decision = memo(plugin, action, resource, None)
             else:
                 key = _context_key(context)
                 if key is None:

@@ -177,88 +177,83 @@ class DecisionTable:
     ) -> Decision:
         """Decide one request. Never raises: any failure is a deny with reason ``error``."""
         try:
-            return self._decide(plugin, action, resource, context)
+            # The hot path: plain loops and early exits over prepared predicates; explanations
+            # and "did you mean" are rendered lazily, so a decision costs no string formatting
+            # and no search, whoever asks.
+            revision = self.revision
+            table = self.plugins.get(plugin)
+            if table is None:
+                return make_decision(False, Reason.UNKNOWN_PLUGIN, plugin, action, resource, revision=revision,
+                                     lazy_suggestions=functools.partial(self._plugin_hints, plugin))
+            permission = _PERMISSIONS.get(action)
+            if permission is None:
+                return Decision(False, Reason.UNKNOWN_ACTION, plugin, action, resource,
+                                lazy_suggestions=functools.partial(_action_hints, action), revision=revision)
+            if not table.enabled:
+                return Decision(False, Reason.PLUGIN_DISABLED, plugin, action, resource, revision=revision)
+            if table.pin is PinStatus.MISMATCH:
+                return Decision(False, Reason.UNTRUSTED, plugin, action, resource,
+                                detail=f"the plugin's content digest `{table.digest}` does not match the policy's pin",
+                                revision=revision)
+            normalised: str | HostPort | None = None
+            if resource is not None:
+                if len(resource) > MAX_RESOURCE_LENGTH:
+                    return make_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, revision=revision)
+                try:
+                    normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
+                except (InvalidResourceError, TypeError, ValueError) as exc:
+                    return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc),
+                                    revision=revision)
+                resource = normalised if normalised.__class__ is str else str(normalised)
+            entry = table.entries.get(permission)
+            if entry is None:
+                return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, revision=revision)
+            plan = entry.plan
+            errors: list[str] | None = None
+            blocking: list[RuleRef] | None = None
+            for test, rule, plain in plan.denies:
+                if test is None or (normalised is not None and test(normalised)):
+                    if not plain:
+                        if errors is None:
+                            errors = []
+                        if not _deny_applies(rule, table, context, errors):
+                            continue
+                    if blocking is None:
+                        blocking = [rule.ref]
+                    else:
+                        blocking.append(rule.ref)
+            if blocking is not None:
+                return make_decision(False, Reason.DENIED_BY_RULE, plugin, action, resource, tuple(blocking),
+                                     () if errors is None else tuple(errors), revision=revision)
+            declared = plan.declared
+            if not entry.declared or (declared is not None and (normalised is None or not declared(normalised))):
+                would = tuple(
+                    rule.ref for test, rule, _ in plan.allows
+                    if rule.when is None and rule.unless is None
+                    and (test is None or (normalised is not None and test(normalised)))
+                )
+                return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, would,
+                                     () if errors is None else tuple(errors), revision=revision)
+            granting: list[RuleRef] | None = None
+            for test, rule, _ in plan.allows:
+                if test is None or (normalised is not None and test(normalised)):
+                    if not (rule.when is None and rule.unless is None):
+                        if errors is None:
+                            errors = []
+                        if not _allow_applies(rule, table, context, errors):
+                            continue
+                    if granting is None:
+                        granting = [rule.ref]
+                    else:
+                        granting.append(rule.ref)
+            if granting is not None:
+                return make_decision(True, Reason.ALLOWED, plugin, action, resource, tuple(granting),
+                                     () if errors is None else tuple(errors), revision=revision)
+            return make_decision(False, Reason.NO_MATCHING_ALLOW, plugin, action, resource, (),
+                                 () if errors is None else tuple(errors), revision=revision)
         except Exception as exc:  # fail closed: a bug or odd input must never become an allow
             return deny(Reason.ERROR, str(plugin), str(action), _text(resource),
                         errors=(f"{type(exc).__name__}: {exc}",), revision=self.revision)
-
-    def _decide(
-        self, plugin: str, action: str, resource: str | None, context: Mapping[str, Any] | None
-    ) -> Decision:
-        # The hot path: plain loops and early exits over prepared predicates; explanations
-        # and "did you mean" are rendered lazily, so a decision costs no string formatting
-        # and no search, whoever asks.
-        revision = self.revision
-        table = self.plugins.get(plugin)
-        if table is None:
-            return Decision(False, Reason.UNKNOWN_PLUGIN, plugin, action, resource,
-                            lazy_suggestions=functools.partial(self._plugin_hints, plugin), revision=revision)
-        permission = _PERMISSIONS.get(action)
-        if permission is None:
-            return Decision(False, Reason.UNKNOWN_ACTION, plugin, action, resource,
-                            lazy_suggestions=functools.partial(_action_hints, action), revision=revision)
-        if not table.enabled:
-            return Decision(False, Reason.PLUGIN_DISABLED, plugin, action, resource, revision=revision)
-        if table.pin is PinStatus.MISMATCH:
-            return Decision(False, Reason.UNTRUSTED, plugin, action, resource,
-                            detail=f"the plugin's content digest `{table.digest}` does not match the policy's pin",
-                            revision=revision)
-        normalised: str | HostPort | None = None
-        if resource is not None:
-            if len(resource) > MAX_RESOURCE_LENGTH:
-                return make_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, revision=revision)
-            try:
-                normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
-            except (InvalidResourceError, TypeError, ValueError) as exc:
-                return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc),
-                                revision=revision)
-            resource = normalised if normalised.__class__ is str else str(normalised)
-        entry = table.entries.get(permission)
-        if entry is None:
-            return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, revision=revision)
-        plan = entry.plan
-        errors: list[str] | None = None
-        blocking: list[RuleRef] | None = None
-        for test, rule, plain in plan.denies:
-            if test is None or (normalised is not None and test(normalised)):
-                if not plain:
-                    if errors is None:
-                        errors = []
-                    if not _deny_applies(rule, table, context, errors):
-                        continue
-                if blocking is None:
-                    blocking = [rule.ref]
-                else:
-                    blocking.append(rule.ref)
-        if blocking is not None:
-            return make_decision(False, Reason.DENIED_BY_RULE, plugin, action, resource, tuple(blocking),
-                                 () if errors is None else tuple(errors), revision=revision)
-        declared = plan.declared
-        if not entry.declared or (declared is not None and (normalised is None or not declared(normalised))):
-            would = tuple(
-                rule.ref for test, rule, _ in plan.allows
-                if rule.when is None and rule.unless is None
-                and (test is None or (normalised is not None and test(normalised)))
-            )
-            return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, would,
-                                 () if errors is None else tuple(errors), revision=revision)
-        granting: list[RuleRef] | None = None
-        for test, rule, _ in plan.allows:
-            if test is None or (normalised is not None and test(normalised)):
-                if not (rule.when is None and rule.unless is None):
-                    if errors is None:
-                        errors = []
-                    if not _allow_applies(rule, table, context, errors):
-                        continue
-                if granting is None:
-                    granting = [rule.ref]
-                else:
-                    granting.append(rule.ref)
-        if granting is not None:
-            return make_decision(True, Reason.ALLOWED, plugin, action, resource, tuple(granting),
-                                 () if errors is None else tuple(errors), revision=revision)
-        return make_decision(False, Reason.NO_MATCHING_ALLOW, plugin, action, resource, (),
-                             () if errors is None else tuple(errors), revision=revision)
 
 
 def _action_hints(action: str) -> tuple[str, ...]:
