@@ -297,11 +297,13 @@ class Engine:
         errors: list[ManifestError] = []
         seen: dict[str, tuple[bytes, PluginMetadata]] = {}
         for path in discover_manifests(directory):
-            key = str(path)
             try:
+                # The resolved path is part of the key: a plugin directory that is a symlink
+                # now pointing elsewhere has another `{plugin_dir}` though the bytes are equal.
+                key = f"{path}\0{path.resolve()}"
                 raw = path.read_bytes()
-            except (OSError, ValueError):
-                raw = None  # load_manifest reports why
+            except (OSError, ValueError, RuntimeError):
+                key, raw = str(path), None  # load_manifest reports why
             known = self._manifest_memo.get(key)
             if raw is not None and known is not None and known[0] == raw:
                 loaded.append(known[1])

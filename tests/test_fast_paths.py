@@ -444,3 +444,25 @@ def test_every_decision_carries_the_revision_it_came_from(tmp_path: Path) -> Non
     assert first.revision == 1  # what was decided before keeps saying where it came from
     engine.unregister("p")
     assert engine.decide("p", "hook:register").revision == engine.revision == 3
+
+
+def test_reload_follows_a_plugin_directory_link_that_moved(tmp_path: Path) -> None:
+    import json
+
+    policy = tmp_path / "site.policy"
+    policy.write_text('allow plugin * to file:read on "{plugin_dir}/**"\n', encoding="utf-8")
+    manifest = {"name": "p", "version": "1.0.0", "type": "agent", "entry_point": "m:P",
+                "permissions": ["file:read {plugin_dir}/**"]}
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "plugin.yaml").write_text(json.dumps(manifest), encoding="utf-8")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "p").symlink_to(tmp_path / "one")
+    engine = Engine.load(policy, plugins)
+    assert engine.decide("p", "file:read", str(tmp_path / "one" / "x")).allowed
+    (plugins / "p").unlink()
+    (plugins / "p").symlink_to(tmp_path / "two")  # the same bytes, another directory
+    engine.reload()
+    assert engine.decide("p", "file:read", str(tmp_path / "two" / "x")).allowed
+    assert not engine.decide("p", "file:read", str(tmp_path / "one" / "x")).allowed
