@@ -1,161 +1,348 @@
-"""Benchmark of ``Engine.decide``: compile time, uncached and cached latency, memory.
+"""Benchmark of ``Engine.decide`` and ``Engine.load`` against the reference procedure.
 
 Workload (fixed seed): N plugins, each with about six allow rules over path, host and name
-patterns (some with context conditions), plus global deny rules; requests mix granted,
-denied, near-miss, traversal and unknown-plugin cases. Run::
+patterns (every fifth with a context condition), one deny in three, plus global deny rules;
+the requests mix granted, denied, near-miss, ``..`` traversal, unknown-plugin, long-path
+(up to 4 KiB), IPv6, URL and context-condition cases. Resources longer than 4 KiB, which are
+denied as ``resource_too_long`` without matching, are timed as a class of their own.
 
-    python benchmarks/bench_decide.py            # 100 and 2,000 plugins
-    python benchmarks/bench_decide.py --plugins 100 500
+Every latency is one ``decide`` call timed alone, with the garbage collector on, after a
+warm-up pass; five runs; the median and p99 are the medians of the runs' medians and p99s,
+and the max is the median of the five runs' maxima. ``reference`` is the decision procedure
+kept in ``tests/reference.py`` (the engine before its fast paths), timed in the same run on
+the same table, so the ratios hold when the machine's speed drifts. Memory per plugin is
+the resident-memory growth of a fresh process divided by the plugin count. Load is
+``Engine.load`` of a directory of policy files and ``plugin.yaml`` files; reload is
+``Engine.reload`` after one policy file or one manifest changed, as a share of a full load.
+Run::
 
-Prints a table: per scale, rules, compile seconds, decide median and p99 (uncached and
-cached) in microseconds, memory of the engine, and the 2,000/100 uncached ratio.
+    python benchmarks/bench_decide.py                    # 100, 2,000 and 10,000 plugins
+    python benchmarks/bench_decide.py --plugins 100 2000
+    python benchmarks/bench_decide.py --quick            # a smoke test: tiny, one run
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-import tracemalloc
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from policy_engine import Engine
-from policy_engine.manifest import manifest_from_mapping
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from policy_engine import Engine  # noqa: E402
+from policy_engine.manifest import manifest_from_mapping  # noqa: E402
+from tests.reference import reference_decide  # noqa: E402
 
 SEED = 20261128
+VARIABLES = {"data_dir": "/var/lib/app", "home": "/home/app"}
 GLOBAL_RULES = """
 deny plugin * to file:* on "/etc/**", "{home}/.ssh/**", "/root/**"
-deny plugin * to network:request on "*.evil.test", "169.254.169.254"
+deny plugin * to network:request on "*.evil.test", "169.254.169.254", "[fd00::1]"
 deny plugin * to subprocess:execute unless plugin.trusted
 allow plugin * to hook:register on "core.*"
 """
+Request = tuple[str, str, "str | None", "dict[str, str] | None"]
 
 
-def workload(plugins: int) -> tuple[str, list[Any], list[tuple[str, str, str | None, dict[str, str] | None]]]:
-    """Policy text, manifests and requests for ``plugins`` plugins."""
-    rng = random.Random(SEED)
-    lines = [GLOBAL_RULES]
-    manifests = []
-    for i in range(plugins):
-        name = f"plugin-{i:05d}"
-        lines += [
-            f'allow plugin "{name}" to file:read on "/srv/plugins/{name}/**", "/srv/shared/{i % 50}/*.csv"',
-            f'allow plugin "{name}" to file:write, file:delete on "{{data_dir}}/{name}/**"',
-            f'allow plugin "{name}" to network:request on "api{i}.example.com:443", "*.svc{i % 20}.example.com"',
-            f'allow plugin "{name}" to database:read on "db{i}.*"',
-            f'allow plugin "{name}" to config:read on "plugins.{name}.*"',
-            f'allow plugin "{name}" to hook:register on "events.{i}.*"'
-            + (' when context.env == "prod"' if i % 5 == 0 else ""),
-        ]
-        if i % 3 == 0:
-            lines.append(f'deny plugin "{name}" to database:read on "db{i}.secret*"')
-        manifests.append(manifest_from_mapping({
-            "name": name, "version": f"1.{i % 7}.0", "type": rng.choice(["agent", "workflow", "hook"]),
-            "entry_point": "p:P",
-            "permissions": [
-                "file:read /srv/**", "file:write {data_dir}/" + name + "/**", "file:delete",
-                "network:request", f"database:read db{i}.*", "config:read", "hook:register",
-            ],
-        }, file=f"{name}.yaml", plugin_path=_path(f"/srv/plugins/{name}")))
-    requests: list[tuple[str, str, str | None, dict[str, str] | None]] = []
-    for _ in range(5000):
+def policy_lines(i: int) -> list[str]:
+    """The rules of plugin number ``i``."""
+    name = f"plugin-{i:05d}"
+    lines = [
+        f'allow plugin "{name}" to file:read on "/srv/plugins/{name}/**", "/srv/shared/{i % 50}/*.csv"',
+        f'allow plugin "{name}" to file:write, file:delete on "{{data_dir}}/{name}/**"',
+        f'allow plugin "{name}" to network:request on "api{i}.example.com:443", "*.svc{i % 20}.example.com",'
+        f' "[2001:db8::{i:x}]:443"',
+        f'allow plugin "{name}" to database:read on "db{i}.*"',
+        f'allow plugin "{name}" to config:read on "plugins.{name}.*"',
+        f'allow plugin "{name}" to hook:register on "events.{i}.*"'
+        + (' when context.env == "prod"' if i % 5 == 0 else ""),
+    ]
+    if i % 3 == 0:
+        lines.append(f'deny plugin "{name}" to database:read on "db{i}.secret*"')
+    return lines
+
+
+def manifest_data(i: int, rng: random.Random) -> dict[str, Any]:
+    """The manifest of plugin number ``i``."""
+    name = f"plugin-{i:05d}"
+    return {
+        "name": name, "version": f"1.{i % 7}.0", "type": rng.choice(["agent", "workflow", "hook"]),
+        "entry_point": "p:P",
+        "permissions": [
+            "file:read /srv/**", "file:write {data_dir}/" + name + "/**", "file:delete",
+            "network:request", f"database:read db{i}.*", "config:read", "hook:register",
+        ],
+    }
+
+
+def requests_for(plugins: int, count: int, rng: random.Random) -> list[Request]:
+    """The mixed workload: every resource at most 4 KiB."""
+    out: list[Request] = []
+    for _ in range(count):
         i = rng.randrange(plugins)
         name = f"plugin-{i:05d}"
-        requests.append(rng.choice([
+        deep = "/".join(f"d{rng.randrange(99)}" for _ in range(rng.randrange(50, 900)))[:3900]
+        out.append(rng.choice([
             (name, "file:read", f"/srv/plugins/{name}/data/{rng.randrange(99)}.csv", None),
             (name, "file:read", f"/srv/shared/{i % 50}/x.csv", None),
             (name, "file:read", f"/srv/plugins/{name}/../../../etc/passwd", None),
             (name, "file:read", f"/srv/plugins/{name}x/secret", None),
+            (name, "file:read", f"/srv/plugins/{name}/{deep}", None),
+            (name, "file:read", f"/srv/plugins/{name}/{deep}/../../../../../../../etc/shadow", None),
             (name, "file:write", f"/var/lib/app/{name}/out/{rng.randrange(9)}.json", None),
             (name, "network:request", f"api{i}.example.com:443", None),
             (name, "network:request", f"api{i}.example.com:80", None),
-            (name, "network:request", f"https://a.svc{i % 20}.example.com/x", None),
+            (name, "network:request", f"https://a.svc{i % 20}.example.com/x?q={rng.randrange(99)}", None),
+            (name, "network:request", f"[2001:db8::{i:x}]:443", None),
+            (name, "network:request", "[fd00::1]:443", None),
             (name, "network:request", "x.evil.test:443", None),
             (name, "database:read", f"db{i}.table{rng.randrange(9)}", None),
             (name, "database:read", f"db{i}.secret_keys", None),
             (name, "config:read", f"plugins.{name}.level", None),
             (name, "hook:register", f"events.{i}.created", {"env": "prod"}),
+            (name, "hook:register", f"events.{i}.created", {"env": "dev"}),
             (name, "hook:register", "core.started", None),
             (f"ghost-{i}", "file:read", "/srv/x", None),
+            (f"plugin-{i:05d}x", "file:read", f"/srv/plugins/{name}/a", None),
         ]))
-    return "\n".join(lines), manifests, requests
-
-
-def _path(text: str) -> Any:
-    from pathlib import Path
-
-    return Path(text)
-
-
-def measure(plugins: int) -> dict[str, float]:
-    """Build and time one scale."""
-    policy, manifests, requests = workload(plugins)
-    variables = {"data_dir": "/var/lib/app", "home": "/home/app"}
-    gc.collect()
-    started = time.perf_counter()
-    engine = Engine.from_source(policy, manifests, variables, cache_size=0)
-    compile_s = time.perf_counter() - started  # parse + compile + one table per plugin
-    # Memory is measured in a second build: tracing allocations slows the build severalfold.
-    tracemalloc.start()
-    traced = Engine.from_source(policy, manifests, variables, cache_size=0)
-    memory = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    del traced
-    cached = Engine.from_source(policy, manifests, variables, cache_size=len(requests) * 2)
-    rules = len(engine.policy.rules)
-    uncached_us = _latencies(engine, requests)
-    for request in requests:  # warm the cache
-        cached.decide(*request)
-    cached_us = _latencies(cached, requests)
-    return {
-        "plugins": plugins,
-        "rules": rules,
-        "compile_s": compile_s,
-        "uncached_median": statistics.median(uncached_us),
-        "uncached_p99": _p99(uncached_us),
-        "cached_median": statistics.median(cached_us),
-        "cached_p99": _p99(cached_us),
-        "memory_mb": memory / 1e6,
-    }
-
-
-def _latencies(engine: Engine, requests: list[Any], repeat: int = 20) -> list[float]:
-    out = []
-    decide = engine.decide
-    gc.disable()
-    try:
-        for plugin, action, resource, context in requests:
-            started = time.perf_counter_ns()
-            for _ in range(repeat):
-                decide(plugin, action, resource, context)
-            out.append((time.perf_counter_ns() - started) / repeat / 1000)
-    finally:
-        gc.enable()
     return out
 
 
+def workload(plugins: int, count: int = 20000) -> tuple[str, list[Any], list[Request]]:
+    """Policy text, manifests and requests for ``plugins`` plugins."""
+    rng = random.Random(SEED)
+    lines = [GLOBAL_RULES]
+    manifests = []
+    for i in range(plugins):
+        lines += policy_lines(i)
+        manifests.append(manifest_from_mapping(
+            manifest_data(i, rng), file=f"plugin-{i:05d}.yaml", plugin_path=Path(f"/srv/plugins/plugin-{i:05d}")))
+    return "\n".join(lines), manifests, requests_for(plugins, count, rng)
+
+
+def special_requests(plugins: int, count: int) -> dict[str, list[Request]]:
+    """Classes timed on their own: unknown plugins and resources over 4 KiB."""
+    rng = random.Random(SEED + 1)
+    long_tail = "/".join("x" * 60 for _ in range(80))  # about 4.9 KiB
+    unknown = [(f"plugin-{rng.randrange(plugins):05d}{rng.choice('xyz')}", "file:read", "/srv/x", None)
+               for _ in range(count)]
+    unknown += [(f"q{rng.randrange(10**6)}", "file:read", "/srv/x", None) for _ in range(count)]
+    too_long = [(f"plugin-{rng.randrange(plugins):05d}", "file:read", f"/srv/plugins/{long_tail}", None)
+                for _ in range(count)]
+    too_long += [(f"plugin-{rng.randrange(plugins):05d}", "database:read", "db." + "*a" * 40000, None)
+                 for _ in range(count // 10)]
+    return {"unknown plugin": unknown, "resource > 4 KiB": too_long}
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def one_run(decide: Callable[..., Any], requests: Sequence[Request]) -> list[float]:
+    """Microseconds per request, each call timed alone (GC on)."""
+    clock = time.perf_counter_ns
+    out = []
+    for plugin, action, resource, context in requests:
+        started = clock()
+        decide(plugin, action, resource, context)
+        out.append((clock() - started) / 1000)
+    return out
+
+
+def summarise(runs: list[list[float]]) -> dict[str, float]:
+    """Median of medians, of p99s, and of maxima."""
+    return {
+        "median": statistics.median(statistics.median(r) for r in runs),
+        "p99": statistics.median(_p99(r) for r in runs),
+        "max": statistics.median(max(r) for r in runs),
+    }
+
+
+def timed(decide: Callable[..., Any], requests: Sequence[Request], runs: int) -> dict[str, float]:
+    """Warm up, then ``runs`` timed runs."""
+    one_run(decide, requests)
+    return summarise([one_run(decide, requests) for _ in range(runs)])
+
+
 def _p99(values: list[float]) -> float:
-    return sorted(values)[int(len(values) * 0.99) - 1]
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--plugins", type=int, nargs="+", default=[100, 2000])
-    args = parser.parse_args()
-    results = [measure(n) for n in args.plugins]
-    header = (f"{'plugins':>8} {'rules':>7} {'compile s':>10} {'uncached med µs':>16} {'p99 µs':>8} "
-              f"{'cached med µs':>14} {'p99 µs':>8} {'memory MB':>10}")
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(f"{r['plugins']:>8.0f} {r['rules']:>7.0f} {r['compile_s']:>10.2f} {r['uncached_median']:>16.2f} "
-              f"{r['uncached_p99']:>8.2f} {r['cached_median']:>14.2f} {r['cached_p99']:>8.2f} {r['memory_mb']:>10.1f}")
-    if len(results) >= 2:
-        ratio = results[-1]["uncached_median"] / results[0]["uncached_median"]
-        print(f"\nuncached median ratio {results[-1]['plugins']:.0f}/{results[0]['plugins']:.0f} plugins: {ratio:.2f}x")
+def measure(plugins: int, count: int, runs: int) -> dict[str, Any]:
+    """Decide latencies at one scale, engine and reference side by side."""
+    policy, manifests, requests = workload(plugins, count)
+    gc.collect()
+    started = time.perf_counter()
+    engine = Engine.from_source(policy, manifests, VARIABLES, cache_size=0)
+    from_source_s = time.perf_counter() - started
+    cached = Engine.from_source(policy, manifests, VARIABLES, cache_size=len(requests) * 2)
+    table = engine._state.table  # the reference decides from the same table
+
+    def reference(plugin: str, action: str, resource: str | None, context: Any) -> Any:
+        return reference_decide(table, plugin, action, resource, context)
+
+    for request in requests:  # the reference is the judge: the benchmark checks its answers
+        got, want = engine.decide(*request), reference(*request)
+        if (got.allowed, got.reason, got.rules) != (want.allowed, want.reason, want.rules):
+            raise SystemExit(f"engine and reference disagree on {request}: {got} != {want}")
+    result: dict[str, Any] = {
+        "plugins": plugins,
+        "rules": len(engine.policy.rules),
+        "from_source_s": from_source_s,
+        "engine": timed(engine.decide, requests, runs),
+        "reference": timed(reference, requests, runs),
+        "cached": timed(cached.decide, requests, runs),
+    }
+    for label, special in special_requests(plugins, max(20, count // 20)).items():
+        result[label] = timed(engine.decide, special, runs)
+        result[label + " (reference)"] = timed(reference, special, runs)
+    return result
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def write_tree(root: Path, plugins: int, files: int = 20) -> tuple[Path, Path]:
+    """A policy directory (``files`` files) and a plugins directory on disk."""
+    rng = random.Random(SEED)
+    policy_dir, plugin_dir = root / "policies", root / "plugins"
+    policy_dir.mkdir()
+    plugin_dir.mkdir()
+    chunks: list[list[str]] = [[] for _ in range(files)]
+    chunks[0].append(GLOBAL_RULES)
+    for i in range(plugins):
+        chunks[i % files].extend(policy_lines(i))
+        directory = plugin_dir / f"plugin-{i:05d}"
+        directory.mkdir()
+        (directory / "plugin.yaml").write_text(json.dumps(manifest_data(i, rng), indent=1), encoding="utf-8")
+    for index, chunk in enumerate(chunks):
+        (policy_dir / f"part{index:02d}.policy").write_text("\n".join(chunk) + "\n", encoding="utf-8")
+    return policy_dir, plugin_dir
+
+
+def measure_load(plugins: int, runs: int) -> dict[str, float]:
+    """Full load, and reload after one policy file and after one manifest changed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        policy_dir, plugin_dir = write_tree(Path(tmp), plugins)
+        loads = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            engine = Engine.load(policy_dir, plugin_dir, VARIABLES)
+            loads.append(time.perf_counter() - started)
+        policy_file = policy_dir / "part03.policy"
+        manifest = plugin_dir / f"plugin-{3 % plugins:05d}" / "plugin.yaml"
+        policy_reloads, manifest_reloads = [], []
+        for run in range(runs):
+            with policy_file.open("a", encoding="utf-8") as out:
+                out.write(f'allow plugin "plugin-{3 % plugins:05d}" to config:read on "extra.{run}"\n')
+            started = time.perf_counter()
+            engine.reload()
+            policy_reloads.append(time.perf_counter() - started)
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            data["permissions"].append(f"config:read extra{run}.*")
+            manifest.write_text(json.dumps(data), encoding="utf-8")
+            started = time.perf_counter()
+            engine.reload()
+            manifest_reloads.append(time.perf_counter() - started)
+    load = statistics.median(loads)
+    return {
+        "load_s": load,
+        "policy_reload": statistics.median(policy_reloads) / load,
+        "manifest_reload": statistics.median(manifest_reloads) / load,
+    }
+
+
+def measure_memory(plugins: int) -> float:
+    """Resident-memory growth per plugin (KB) of building an engine in a fresh process."""
+    code = (
+        "import sys, psutil\n"
+        f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import bench_decide as b\n"
+        f"policy, manifests, _ = b.workload({plugins}, 0)\n"
+        "import gc; gc.collect(); before = psutil.Process().memory_info().rss\n"
+        "engine = b.Engine.from_source(policy, manifests, b.VARIABLES, cache_size=0)\n"
+        "del policy, manifests; gc.collect()\n"
+        "print(psutil.Process().memory_info().rss - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / plugins / 1000
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(decides: list[dict[str, Any]], loads: dict[int, dict[str, float]], memory: dict[int, float]) -> str:
+    """The tables, as text."""
+    lines = []
+    header = (f"{'plugins':>8} {'rules':>7} {'measure':<28} {'median µs':>10} {'p99 µs':>9} {'max µs':>9}"
+              f"   {'ratio to reference (median / p99 / max)':<30}")
+    lines += [header, "-" * len(header)]
+    for r in decides:
+        for label in ("engine", "cached", "unknown plugin", "resource > 4 KiB"):
+            figures = r[label]
+            base = r["reference"] if label in ("engine", "cached") else r[label + " (reference)"]
+            shown = {"engine": "uncached decide", "cached": "cached decide"}.get(label, label)
+            ratios = " / ".join(f"{figures[k] / base[k]:.2f}" for k in ("median", "p99", "max"))
+            lines.append(f"{r['plugins']:>8} {r['rules']:>7} {shown:<28} {figures['median']:>10.2f} "
+                         f"{figures['p99']:>9.2f} {figures['max']:>9.1f}   {ratios}")
+        ref = r["reference"]
+        lines.append(f"{r['plugins']:>8} {r['rules']:>7} {'reference decide':<28} {ref['median']:>10.2f} "
+                     f"{ref['p99']:>9.2f} {ref['max']:>9.1f}")
+    if len(decides) >= 2:
+        first, last = decides[0], decides[-1]
+        lines.append("")
+        lines.append(
+            f"median at {last['plugins']} plugins / median at {first['plugins']}: "
+            f"{last['engine']['median'] / first['engine']['median']:.2f}x "
+            f"(reference {last['reference']['median'] / first['reference']['median']:.2f}x)")
+    lines.append("")
+    for r in decides:
+        top = r["engine"]["max"] / r["engine"]["median"]
+        lines.append(f"{r['plugins']} plugins: slowest request / median {top:.1f}x, "
+                     f"from_source {r['from_source_s']:.2f} s")
+    lines.append("")
+    header = f"{'plugins':>8} {'load s':>8} {'reload, 1 policy file':>22} {'reload, 1 manifest':>19} {'KB per plugin':>14}"
+    lines += [header, "-" * len(header)]
+    for plugins in sorted(set(loads) | set(memory)):
+        load = loads.get(plugins)
+        cells = (f"{load['load_s']:>8.2f} {load['policy_reload']:>21.0%} {load['manifest_reload']:>19.0%}"
+                 if load else f"{'':>8} {'':>22} {'':>19}")
+        kb = f"{memory[plugins]:>14.1f}" if plugins in memory else ""
+        lines.append(f"{plugins:>8} {cells} {kb}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its tables."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--plugins", type=int, nargs="+", default=[100, 2000, 10000])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--load", type=int, nargs="*", default=None,
+                        help="plugin counts to time loading at (default: the --plugins)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: tiny workload, one run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.plugins, args.requests, args.runs = [5, 20], 200, 1
+    load_counts = args.plugins if args.load is None else args.load
+    decides = [measure(n, args.requests, args.runs) for n in args.plugins]
+    loads = {n: measure_load(n, 1 if args.quick else 3) for n in load_counts}
+    memory = {n: measure_memory(n) for n in args.plugins[-1:]}
+    print(report(decides, loads, memory))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())

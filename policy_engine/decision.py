@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .nodes import Effect
+
+#: Resources longer than this (in characters) are denied as ``resource_too_long`` before any
+#: matching, so the cost of a decision has a bound whatever the caller sends.
+MAX_RESOURCE_LENGTH = 4096
 
 
 class Reason(str, enum.Enum):
@@ -21,6 +26,7 @@ class Reason(str, enum.Enum):
     PLUGIN_DISABLED = "plugin_disabled"
     UNTRUSTED = "untrusted"
     INVALID_RESOURCE = "invalid_resource"
+    RESOURCE_TOO_LONG = "resource_too_long"
     ERROR = "error"
 
 
@@ -65,8 +71,11 @@ class Decision:
 
     ``rules`` holds the determining rules: for an allow, the allow rules that granted it; for
     ``denied_by_rule``, the deny rules that blocked it; for ``not_declared``, the allow rules
-    that would grant it once declared. ``suggestions`` says what would change a denial.
-    ``bool(decision)`` is ``decision.allowed``.
+    that would grant it once declared. ``suggestions`` says what would change a denial, as
+    far as it was known when deciding; a "did you mean" that needs a search (an unknown
+    plugin's name) is only computed when :meth:`hints`, :meth:`explain` or :meth:`to_dict`
+    asks, so that deciding costs the same whoever asks. ``bool(decision)`` is
+    ``decision.allowed``.
     """
 
     allowed: bool
@@ -78,6 +87,10 @@ class Decision:
     errors: tuple[str, ...] = ()
     detail: str = ""
     suggestions: tuple[str, ...] = ()
+    #: Computes further suggestions on demand (not part of equality).
+    lazy_suggestions: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
+    #: The revision of the engine's policy and plugins that decided (see ``Engine.revision``).
+    revision: int = field(default=0, compare=False)
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -100,7 +113,8 @@ class Decision:
             Reason.UNTRUSTED: ("review the plugin's changes, then update its `trust` line",),
             Reason.UNKNOWN_PLUGIN: ("register the plugin's manifest with the engine",),
         }.get(reason, ())
-        return (*self.suggestions, *standard)
+        lazy = self.lazy_suggestions() if self.lazy_suggestions is not None else ()
+        return (*self.suggestions, *lazy, *standard)
 
     def describe(self) -> str:
         """One line saying what the reason means for this request."""
@@ -117,6 +131,8 @@ class Decision:
             Reason.UNKNOWN_PLUGIN: f"no manifest for plugin `{self.plugin}` is registered",
             Reason.UNKNOWN_ACTION: f"`{self.action}` is not a permission",
             Reason.INVALID_RESOURCE: "the resource is not valid",
+            Reason.RESOURCE_TOO_LONG: f"the resource is longer than {MAX_RESOURCE_LENGTH} characters,"
+                                      " so it is denied without being matched",
             Reason.ERROR: "deciding failed, so the answer is deny",
         }[self.reason]
 
@@ -160,16 +176,19 @@ def deny(
     rules: tuple[RuleRef, ...] = (),
     errors: tuple[str, ...] = (),
     suggestions: tuple[str, ...] = (),
+    revision: int = 0,
 ) -> Decision:
     """Build a denial."""
-    return Decision(False, reason, plugin, action, resource, rules, errors, detail, suggestions)
+    return Decision(False, reason, plugin, action, resource, rules, errors, detail, suggestions,
+                    revision=revision)
 
 
 # A frozen dataclass's __init__ goes through object.__setattr__ once per field, which is a
 # third of an uncached decision's cost; the slot descriptors set the same fields directly.
 _SETTERS = tuple(
     getattr(Decision, name).__set__
-    for name in ("allowed", "reason", "plugin", "action", "resource", "rules", "errors", "detail", "suggestions")
+    for name in ("allowed", "reason", "plugin", "action", "resource", "rules", "errors", "detail", "suggestions",
+                 "lazy_suggestions", "revision")
 )
 _new = object.__new__
 
@@ -184,10 +203,13 @@ def make_decision(
     errors: tuple[str, ...] = (),
     detail: str = "",
     suggestions: tuple[str, ...] = (),
+    revision: int = 0,
+    lazy_suggestions: Callable[[], tuple[str, ...]] | None = None,
 ) -> Decision:
     """Build a :class:`Decision` equal to ``Decision(...)`` with the same arguments, faster."""
     decision = _new(Decision)
-    s_allowed, s_reason, s_plugin, s_action, s_resource, s_rules, s_errors, s_detail, s_suggestions = _SETTERS
+    (s_allowed, s_reason, s_plugin, s_action, s_resource, s_rules, s_errors, s_detail, s_suggestions,
+     s_lazy, s_revision) = _SETTERS
     s_allowed(decision, allowed)
     s_reason(decision, reason)
     s_plugin(decision, plugin)
@@ -197,4 +219,6 @@ def make_decision(
     s_errors(decision, errors)
     s_detail(decision, detail)
     s_suggestions(decision, suggestions)
+    s_lazy(decision, lazy_suggestions)
+    s_revision(decision, revision)
     return decision

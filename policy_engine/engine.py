@@ -8,6 +8,7 @@ decision never mixes two policies, and a cached answer can never outlive its sna
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import tempfile
@@ -28,7 +29,13 @@ from .diagnostics import Diagnostic
 from .digest import plugin_digest
 from .errors import ManifestError, PermissionDeniedError, PolicySyntaxError, UsageError
 from .lifecycle import FETCH_TIMEOUT, Origin, Status, WatchHandle, describe
-from .manifest import PluginMetadata, load_manifests, manifest_from_mapping, parse_manifest
+from .manifest import (
+    PluginMetadata,
+    discover_manifests,
+    load_manifest,
+    manifest_from_mapping,
+    parse_manifest,
+)
 from .nodes import PolicyFile
 from .parser import parse_policy
 from .policyset import read_policy_sets
@@ -79,8 +86,55 @@ class _Snapshot:
     wildcard_rules: tuple[CompiledRule, ...]
     problems: tuple[Diagnostic, ...]
     cache: cachetools.Cache[Any, Decision] | None
+    # Per plugin: what its table was built from, the table and its problems, so that a
+    # reload rebuilds only the tables whose inputs changed.
+    built: Mapping[str, tuple[Any, PluginTable, list[Diagnostic]]] = field(default_factory=dict)
+    # The exact-key LRU cache of the common case (no TTL): functools' C implementation, which
+    # is thread-safe and costs a fraction of a Python-level cache with a lock.
+    memo: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     stats: _Stats = field(default_factory=_Stats)
+
+
+# Context values a cache key may hold: their type is part of the key, so `1`, `1.0` and
+# `True` (equal and of equal hash) never share an answer. Other values are decided uncached.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _context_key(context: Mapping[str, Any]) -> tuple[tuple[str, type, Any], ...] | None:
+    try:
+        items = sorted(context.items())
+    except (TypeError, AttributeError):
+        return None
+    key = []
+    for name, value in items:
+        if name.__class__ is not str or value.__class__ not in _SCALARS:
+            return None
+        key.append((name, value.__class__, value))
+    return tuple(key)
+
+
+def _table_inputs(
+    policy: PolicySet,
+    manifest: PluginMetadata,
+    rules_by_plugin: Mapping[str, tuple[CompiledRule, ...]],
+    wildcard: tuple[CompiledRule, ...],
+) -> tuple[Any, ...] | None:
+    """Everything one plugin's table is built from (None: always rebuild it).
+
+    A pinned plugin is always rebuilt: its digest is read from its files, which may change
+    without its manifest changing.
+    """
+    if manifest.name in policy.pins:
+        return None
+    return (
+        manifest,
+        rules_by_plugin.get(manifest.name, ()),
+        wildcard,
+        dict(policy.variables),
+        policy.defaults,
+        policy.plugin_settings.get(manifest.name),
+    )
 
 
 def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[str, str]:
@@ -94,15 +148,33 @@ def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[s
     return read_policy_sets(paths)
 
 
-def parse_sources(sources: Mapping[str, str]) -> list[PolicyFile]:
-    """Parse several policy texts, collecting the syntax errors of all of them."""
+def parse_sources(
+    sources: Mapping[str, str], memo: dict[tuple[str, str], PolicyFile] | None = None
+) -> list[PolicyFile]:
+    """Parse several policy texts, collecting the syntax errors of all of them.
+
+    ``memo`` maps ``(file name, text)`` to its parse: a file whose text did not change is not
+    parsed again (parsing is most of a load), and the memo keeps only the files of this set.
+    """
     parsed: list[PolicyFile] = []
     diagnostics: list[Diagnostic] = []
+    kept: dict[tuple[str, str], PolicyFile] = {}
     for name, text in sources.items():
+        known = memo.get((name, text)) if memo is not None else None
+        if known is not None:
+            parsed.append(known)
+            kept[(name, text)] = known
+            continue
         try:
-            parsed.append(parse_policy(text, name))
+            tree = parse_policy(text, name)
         except PolicySyntaxError as exc:
             diagnostics.extend(exc.diagnostics)
+            continue
+        parsed.append(tree)
+        kept[(name, text)] = tree
+    if memo is not None and not diagnostics:
+        memo.clear()
+        memo.update(kept)
     if diagnostics:
         raise PolicySyntaxError(diagnostics)
     return parsed
@@ -140,7 +212,10 @@ class Engine:
         self._write_lock = threading.RLock()
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
         self._sources = dict(policy_sources)
-        self._state = self._build(self._sources, self._all_manifests())
+        self._parsed: dict[tuple[str, str], PolicyFile] = {}
+        self._revision = 0
+        self._manifest_memo: dict[str, tuple[bytes, PluginMetadata]] = {}
+        self._state = self._build(self._sources, self._all_manifests(), None)
         self._origin: Origin | None = None
 
     # Construction ---------------------------------------------------------------------
@@ -226,7 +301,7 @@ class Engine:
         for directory in self._plugin_dirs:
             if not Path(directory).is_dir():
                 raise UsageError(f"plugins directory `{directory}` does not exist")
-            manifests, errors = load_manifests(directory)
+            manifests, errors = self._load_manifests(directory)
             found.extend(manifests)
             for error in errors:
                 problems.extend(error.diagnostics)
@@ -235,10 +310,46 @@ class Engine:
         found.extend(self._extra_manifests.values())
         return found, problems
 
+    def _load_manifests(
+        self, directory: PolicySource
+    ) -> tuple[list[PluginMetadata], list[ManifestError]]:
+        # As manifest.load_manifests, but a file whose bytes did not change since the last
+        # load is not parsed again: a reload after one manifest changed reads every file and
+        # parses one.
+        loaded: list[PluginMetadata] = []
+        errors: list[ManifestError] = []
+        seen: dict[str, tuple[bytes, PluginMetadata]] = {}
+        for path in discover_manifests(directory):
+            try:
+                # The resolved path is part of the key: a plugin directory that is a symlink
+                # now pointing elsewhere has another `{plugin_dir}` though the bytes are equal.
+                key = f"{path}\0{path.resolve()}"
+                raw = path.read_bytes()
+            except (OSError, ValueError, RuntimeError):
+                key, raw = str(path), None  # load_manifest reports why
+            known = self._manifest_memo.get(key)
+            if raw is not None and known is not None and known[0] == raw:
+                loaded.append(known[1])
+                seen[key] = known
+                continue
+            try:
+                manifest = load_manifest(path)
+            except ManifestError as exc:
+                errors.append(exc)
+                continue
+            loaded.append(manifest)
+            if raw is not None:
+                seen[key] = (raw, manifest)
+        self._manifest_memo.update(seen)
+        return loaded, errors
+
     def _build(
-        self, sources: Mapping[str, str], manifests: tuple[list[PluginMetadata], list[Diagnostic]]
+        self,
+        sources: Mapping[str, str],
+        manifests: tuple[list[PluginMetadata], list[Diagnostic]],
+        previous: _Snapshot | None,
     ) -> _Snapshot:
-        policy = compile_policy(parse_sources(sources), self._variables)
+        policy = compile_policy(parse_sources(sources, self._parsed), self._variables)
         by_plugin: dict[str, list[CompiledRule]] = {}
         wildcard: list[CompiledRule] = []
         for rule in policy.rules:
@@ -251,6 +362,11 @@ class Engine:
         plugin_list, problems = manifests
         tables: dict[str, PluginTable] = {}
         accepted: dict[str, PluginMetadata] = {}
+        built: dict[str, tuple[Any, PluginTable, list[Diagnostic]]] = {}
+        before = previous.built if previous is not None else {}
+        wildcard_rules = tuple(wildcard)
+        if previous is not None and previous.wildcard_rules == wildcard_rules:
+            wildcard_rules = previous.wildcard_rules  # identical objects compare fastest below
         for manifest in plugin_list:
             if manifest.name in accepted:
                 problems.append(Diagnostic(
@@ -258,7 +374,15 @@ class Engine:
                     None, f"the first is `{accepted[manifest.name].manifest_path}`", code="PL203",
                 ))
                 continue
-            table, scope_problems = self._table_for(policy, manifest, rules_by_plugin, wildcard)
+            inputs = _table_inputs(policy, manifest, rules_by_plugin, wildcard_rules)
+            known = before.get(manifest.name)
+            if inputs is not None and known is not None and known[0] == inputs:
+                _, table, scope_problems = known
+                scope_problems = list(scope_problems)
+            else:
+                table, scope_problems = self._table_for(policy, manifest, rules_by_plugin, wildcard)
+            if inputs is not None:
+                built[manifest.name] = (inputs, table, list(scope_problems))
             if scope_problems and self._strict:
                 raise ManifestError(scope_problems)
             problems.extend(scope_problems)
@@ -266,24 +390,37 @@ class Engine:
             accepted[manifest.name] = manifest
         for problem in problems:
             log.warning("%s", problem.render(caret=False))
-        cache = self._new_cache()
+        self._revision += 1
+        decision_table = DecisionTable(MappingProxyType(tables), policy.content_hash, self._revision)
         return _Snapshot(
             policy=policy,
-            table=DecisionTable(MappingProxyType(tables), policy.content_hash),
+            table=decision_table,
             manifests=MappingProxyType(accepted),
             rules_by_plugin=MappingProxyType(rules_by_plugin),
-            wildcard_rules=tuple(wildcard),
+            wildcard_rules=wildcard_rules,
             problems=tuple(problems),
-            cache=cache,
+            cache=self._new_cache(),
+            memo=self._new_memo(decision_table),
+            built=MappingProxyType(built),
         )
 
-    def _new_cache(self) -> cachetools.Cache[Any, Decision] | None:
+    def _new_memo(self, table: DecisionTable) -> Any:
         # Every snapshot gets its own cache: no answer can outlive the policy it came from.
-        if not self._cache_size:
+        if not self._cache_size or self._cache_ttl:
             return None
-        if self._cache_ttl:
-            return cachetools.TTLCache(self._cache_size, self._cache_ttl)
-        return cachetools.LRUCache(self._cache_size)
+
+        @functools.lru_cache(maxsize=self._cache_size)
+        def memo(plugin: str, action: str, resource: str | None,
+                 context_key: tuple[tuple[str, type, Any], ...] | None) -> Decision:
+            context = None if context_key is None else {name: value for name, _, value in context_key}
+            return table.decide(plugin, action, resource, context)
+
+        return memo
+
+    def _new_cache(self) -> cachetools.Cache[Any, Decision] | None:
+        if not self._cache_size or not self._cache_ttl:
+            return None
+        return cachetools.TTLCache(self._cache_size, self._cache_ttl)
 
     @staticmethod
     def _table_for(
@@ -331,37 +468,60 @@ class Engine:
     ) -> Decision:
         """May ``plugin`` do ``action`` on ``resource``? Never raises; errors deny."""
         state = self._state
-        cache = state.cache
-        decision: Any = _MISS
-        key: Any = None
-        if cache is not None:
-            try:
-                key = (plugin, action, resource,
-                       None if not context else tuple(sorted(context.items())))
-                hash(key)
-            except TypeError:
-                key = None  # unhashable context values: decide without the cache
-            if key is not None:
-                with state.lock:
-                    decision = cache.get(key, _MISS)
-                    if decision is _MISS:
-                        state.stats.misses += 1
-                    else:
-                        state.stats.hits += 1
-        if decision is _MISS:
-            if not isinstance(plugin, str) or not isinstance(action, str) or (
-                resource is not None and not isinstance(resource, str)
-            ):
-                decision = deny(Reason.INVALID_RESOURCE, str(plugin), str(action), repr(resource),
-                                "plugin, action and resource must be strings")
+        if plugin.__class__ is str and action.__class__ is str and (resource is None or resource.__class__ is str):
+            memo = state.memo
+            if memo is None:
+                if state.cache is None:
+                    decision: Decision = state.table.decide(plugin, action, resource, context)
+                else:
+                    decision = self._decide_slow(state, plugin, action, resource, context)
+            elif context is None:
+                decision = memo(plugin, action, resource, None)
             else:
-                decision = state.table.decide(plugin, action, resource, context)
-            if key is not None and cache is not None:
-                with state.lock:
-                    cache[key] = decision
+                key = _context_key(context)
+                if key is None:
+                    decision = state.table.decide(plugin, action, resource, context)
+                else:
+                    decision = memo(plugin, action, resource, key)
+        else:
+            decision = self._decide_slow(state, plugin, action, resource, context)
         if self.decision_log is not None:
             self.decision_log.record(decision, state.policy.content_hash, context)
-        result: Decision = decision
+        return decision
+
+    @staticmethod
+    def _decide_slow(
+        state: _Snapshot, plugin: str, action: str, resource: str | None, context: Mapping[str, Any] | None
+    ) -> Decision:
+        # No cache, a TTL cache, or arguments of odd types.
+        if not isinstance(plugin, str) or not isinstance(action, str) or (
+            resource is not None and not isinstance(resource, str)
+        ):
+            return deny(Reason.INVALID_RESOURCE, str(plugin), str(action), repr(resource),
+                        "plugin, action and resource must be strings", revision=state.table.revision)
+        cache = state.cache
+        if cache is None:
+            return state.table.decide(plugin, action, resource, context)
+        key: Any = None
+        if context is None:
+            key = (plugin, action, resource, None)
+        else:
+            context_key = _context_key(context)
+            if context_key is not None:
+                key = (plugin, action, resource, context_key)
+        if key is None:
+            return state.table.decide(plugin, action, resource, context)
+        with state.lock:
+            found: Any = cache.get(key, _MISS)
+            if found is _MISS:
+                state.stats.misses += 1
+            else:
+                state.stats.hits += 1
+        if found is _MISS:
+            found = state.table.decide(plugin, action, resource, context)
+            with state.lock:
+                cache[key] = found
+        result: Decision = found
         return result
 
     def check(
@@ -426,6 +586,13 @@ class Engine:
         return self._state.problems
 
     @property
+    def revision(self) -> int:
+        """Which build of policy and plugins is in force: 1 after construction, one more
+        after every reload, register and unregister. Each :class:`Decision` carries the
+        revision that decided it."""
+        return self._state.table.revision
+
+    @property
     def content_hash(self) -> str:
         """A hash of the policy texts and variables in force."""
         return self._state.policy.content_hash
@@ -457,15 +624,17 @@ class Engine:
 
     def _swap(self, state: _Snapshot, tables: dict[str, PluginTable],
               manifests: dict[str, PluginMetadata]) -> None:
-        cache = self._new_cache()
+        self._revision += 1
+        table = DecisionTable(MappingProxyType(tables), state.policy.content_hash, self._revision)
         self._state = _Snapshot(
             policy=state.policy,
-            table=DecisionTable(MappingProxyType(tables), state.policy.content_hash),
+            table=table,
             manifests=MappingProxyType(manifests),
             rules_by_plugin=state.rules_by_plugin,
             wildcard_rules=state.wildcard_rules,
             problems=state.problems,
-            cache=cache,
+            cache=self._new_cache(),
+            memo=self._new_memo(table),
         )
 
     def reload(self, policy: str | Mapping[str, str] | None = None) -> None:
@@ -480,13 +649,16 @@ class Engine:
             else:
                 sources = self._sources
             # Built aside and swapped in one assignment: an error leaves the old state in force.
-            state = self._build(sources, self._all_manifests())
+            state = self._build(sources, self._all_manifests(), self._state)
             self._sources = sources
             self._state = state
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses and size of the decision cache of the policy in force."""
         state = self._state
+        if state.memo is not None:
+            info = state.memo.cache_info()
+            return CacheInfo(info.hits, info.misses, info.currsize, int(info.maxsize))
         with state.lock:
             size = len(state.cache) if state.cache is not None else 0
             return CacheInfo(state.stats.hits, state.stats.misses, size,
@@ -495,6 +667,8 @@ class Engine:
     def clear_cache(self) -> None:
         """Drop every cached decision."""
         state = self._state
+        if state.memo is not None:
+            state.memo.cache_clear()
         if state.cache is not None:
             with state.lock:
                 state.cache.clear()
@@ -527,7 +701,7 @@ class Engine:
                 if sources is not None:
                     old = origin.serial
                     with self._write_lock:
-                        state = self._build(sources, self._all_manifests())
+                        state = self._build(sources, self._all_manifests(), self._state)
                         self._sources = dict(sources)
                         self._state = state
                     origin.commit()

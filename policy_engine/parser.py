@@ -162,6 +162,27 @@ def _check_tree(tree: Tree[Token], text: str, file: str, limits: InputLimits) ->
 
 
 _CONDITION_NODES = frozenset({"or_", "and_", "not_", "compare", "in_", "not_in", "matches", "truthy"})
+# The common manifest entry: an action, then unquoted scopes of printable ASCII, one space
+# apart, no quotes, commas, comments or escapes. Such text is split here without the LALR
+# parser (most of a manifest's load otherwise); tests/test_fast_paths.py checks that the
+# result equals the full parser's on every string this accepts.
+_SIMPLE_GRANT = re.compile(r"(?:[a-z][a-z_]*:(?:\*|[a-z][a-z_]*)|\*)(?: [!$-+\--~]+)*")
+_SIMPLE_SCOPE = re.compile(r"[!$-+\--~]+")
+
+
+def _simple_grant(text: str, file: str) -> nodes.Grant | None:
+    if len(text) > 1024 or _SIMPLE_GRANT.fullmatch(text) is None:
+        return None
+    action, _, _ = text.partition(" ")
+    refs = []
+    for found in _SIMPLE_SCOPE.finditer(text, len(action)):
+        start, end = found.span()
+        refs.append(nodes.PatternRef(found.group(), Span(file, 1, start + 1, 1, end + 1)))
+    return nodes.Grant(
+        nodes.ActionRef(action, Span(file, 1, 1, 1, len(action) + 1)),
+        tuple(refs),
+        Span(file, 1, 1, 1, len(text) + 1),
+    )
 
 
 def parse_grant(text: str, file: str = "<manifest>") -> nodes.Grant:
@@ -169,6 +190,13 @@ def parse_grant(text: str, file: str = "<manifest>") -> nodes.Grant:
     hidden = _invisible(text, file)
     if hidden:
         raise PolicySyntaxError(hidden)
+    simple = _simple_grant(text, file)
+    if simple is not None:
+        return simple
+    return _full_grant(text, file)
+
+
+def _full_grant(text: str, file: str) -> nodes.Grant:
     try:
         tree = _parse(text, "grant", [])
     except UnexpectedInput as exc:

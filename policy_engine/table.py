@@ -21,8 +21,9 @@ from typing import Any
 from . import nodes
 from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
 from .conditions import ConditionError, evaluate, references_context
-from .decision import Decision, Reason, RuleRef, deny, make_decision
+from .decision import MAX_RESOURCE_LENGTH, Decision, Reason, RuleRef, deny, make_decision
 from .diagnostics import Diagnostic, Span, did_you_mean
+from .matchers import Matcher, any_matcher
 from .nodes import Effect
 from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
 from .permissions import Permission, ResourceKind
@@ -80,12 +81,25 @@ class TableRule:
 
 @dataclass(frozen=True, slots=True)
 class ActionEntry:
-    """What applies to one plugin for one permission."""
+    """What applies to one plugin for one permission.
+
+    ``plan`` is the same data prepared for ``decide``: each rule paired with one predicate
+    over the resource (see :mod:`policy_engine.matchers`). It is built from the other fields
+    wherever an entry is made, in the host as in a worker, and never serialised.
+    """
 
     declared: bool
     declared_patterns: tuple[Pattern, ...] | None  # None: declared for any resource
     allows: tuple[TableRule, ...]
     denies: tuple[TableRule, ...]
+    plan: _Plan = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan", _Plan(
+            tuple(_step(r) for r in self.denies),
+            None if self.declared_patterns is None else any_matcher(self.declared_patterns),
+            tuple(_step(r) for r in self.allows),
+        ))
 
     def is_declared_for(self, resource: str | HostPort | None) -> bool:
         """Whether the manifest's declaration covers the resource."""
@@ -96,6 +110,23 @@ class ActionEntry:
         if resource is None:
             return False
         return any(p.matches(resource) for p in self.declared_patterns)
+
+
+#: One rule on the hot path: (matches the resource?, the rule, applies without a condition?).
+#: ``None`` as the predicate: the rule covers any resource.
+_Step = tuple["Matcher | None", TableRule, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    denies: tuple[_Step, ...]
+    declared: Matcher | None  # None: declared for any resource
+    allows: tuple[_Step, ...]
+
+
+def _step(rule: TableRule) -> _Step:
+    test = None if rule.patterns is None else any_matcher(rule.patterns)
+    return test, rule, rule.when is None and rule.unless is None and rule.error is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,22 +149,24 @@ class DecisionTable:
 
     plugins: Mapping[str, PluginTable]
     content_hash: str
-    # Plugin names by first letter, so that "did you mean" for an unknown plugin compares a
-    # handful of names, not thousands (difflib over 2,000 names costs milliseconds).
-    by_initial: Mapping[str, tuple[str, ...]] = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        index: dict[str, list[str]] = {}
-        for name in self.plugins:
-            index.setdefault(name[:1], []).append(name)
-        object.__setattr__(self, "by_initial", MappingProxyType({k: tuple(v) for k, v in index.items()}))
+    #: Which build of the engine this table is; every decision it makes carries it.
+    revision: int = 0
 
     def suggest_plugin(self, name: str) -> str | None:
-        """A ``did you mean`` for an unknown plugin name (same first letter, close spelling)."""
-        candidates = self.by_initial.get(name[:1], ())
+        """A ``did you mean`` for an unknown plugin name (same first letter, close spelling).
+
+        A search over the plugin names: ``decide`` never calls it, a denial's
+        :meth:`~policy_engine.decision.Decision.hints` does, when someone asks.
+        """
+        initial = name[:1]
+        candidates = tuple(c for c in self.plugins if c[:1] == initial)
         if len(candidates) > _SUGGEST_LIMIT:
             candidates = tuple(c for c in candidates if abs(len(c) - len(name)) <= 2)[:_SUGGEST_LIMIT]
         return did_you_mean(name, candidates)
+
+    def _plugin_hints(self, name: str) -> tuple[str, ...]:
+        hint = self.suggest_plugin(name)
+        return (hint,) if hint else ()
 
     def decide(
         self,
@@ -144,65 +177,88 @@ class DecisionTable:
     ) -> Decision:
         """Decide one request. Never raises: any failure is a deny with reason ``error``."""
         try:
-            return self._decide(plugin, action, resource, context)
+            # The hot path: plain loops and early exits over prepared predicates; explanations
+            # and "did you mean" are rendered lazily, so a decision costs no string formatting
+            # and no search, whoever asks.
+            revision = self.revision
+            table = self.plugins.get(plugin)
+            if table is None:
+                return make_decision(False, Reason.UNKNOWN_PLUGIN, plugin, action, resource, revision=revision,
+                                     lazy_suggestions=functools.partial(self._plugin_hints, plugin))
+            permission = _PERMISSIONS.get(action)
+            if permission is None:
+                return Decision(False, Reason.UNKNOWN_ACTION, plugin, action, resource,
+                                lazy_suggestions=functools.partial(_action_hints, action), revision=revision)
+            if not table.enabled:
+                return Decision(False, Reason.PLUGIN_DISABLED, plugin, action, resource, revision=revision)
+            if table.pin is PinStatus.MISMATCH:
+                return Decision(False, Reason.UNTRUSTED, plugin, action, resource,
+                                detail=f"the plugin's content digest `{table.digest}` does not match the policy's pin",
+                                revision=revision)
+            normalised: str | HostPort | None = None
+            if resource is not None:
+                if len(resource) > MAX_RESOURCE_LENGTH:
+                    return make_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, revision=revision)
+                try:
+                    normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
+                except (InvalidResourceError, TypeError, ValueError) as exc:
+                    return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc),
+                                    revision=revision)
+                resource = normalised if normalised.__class__ is str else str(normalised)
+            entry = table.entries.get(permission)
+            if entry is None:
+                return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, revision=revision)
+            plan = entry.plan
+            errors: list[str] | None = None
+            blocking: list[RuleRef] | None = None
+            for test, rule, plain in plan.denies:
+                if test is None or (normalised is not None and test(normalised)):
+                    if not plain:
+                        if errors is None:
+                            errors = []
+                        if not _deny_applies(rule, table, context, errors):
+                            continue
+                    if blocking is None:
+                        blocking = [rule.ref]
+                    else:
+                        blocking.append(rule.ref)
+            if blocking is not None:
+                return make_decision(False, Reason.DENIED_BY_RULE, plugin, action, resource, tuple(blocking),
+                                     () if errors is None else tuple(errors), revision=revision)
+            declared = plan.declared
+            if not entry.declared or (declared is not None and (normalised is None or not declared(normalised))):
+                would = tuple(
+                    rule.ref for test, rule, _ in plan.allows
+                    if rule.when is None and rule.unless is None
+                    and (test is None or (normalised is not None and test(normalised)))
+                )
+                return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, would,
+                                     () if errors is None else tuple(errors), revision=revision)
+            granting: list[RuleRef] | None = None
+            for test, rule, _ in plan.allows:
+                if test is None or (normalised is not None and test(normalised)):
+                    if not (rule.when is None and rule.unless is None):
+                        if errors is None:
+                            errors = []
+                        if not _allow_applies(rule, table, context, errors):
+                            continue
+                    if granting is None:
+                        granting = [rule.ref]
+                    else:
+                        granting.append(rule.ref)
+            if granting is not None:
+                return make_decision(True, Reason.ALLOWED, plugin, action, resource, tuple(granting),
+                                     () if errors is None else tuple(errors), revision=revision)
+            return make_decision(False, Reason.NO_MATCHING_ALLOW, plugin, action, resource, (),
+                                 () if errors is None else tuple(errors), revision=revision)
         except Exception as exc:  # fail closed: a bug or odd input must never become an allow
             return deny(Reason.ERROR, str(plugin), str(action), _text(resource),
-                        errors=(f"{type(exc).__name__}: {exc}",))
+                        errors=(f"{type(exc).__name__}: {exc}",), revision=self.revision)
 
-    def _decide(
-        self, plugin: str, action: str, resource: str | None, context: Mapping[str, Any] | None
-    ) -> Decision:
-        # The hot path: plain loops and early exits; explanations are rendered lazily by
-        # Decision.explain() from the reason, so a decision costs no string formatting.
-        table = self.plugins.get(plugin)
-        if table is None:
-            hint = self.suggest_plugin(plugin)
-            return Decision(False, Reason.UNKNOWN_PLUGIN, plugin, action, resource,
-                            suggestions=(hint,) if hint else ())
-        permission = _PERMISSIONS.get(action)
-        if permission is None:
-            hint = did_you_mean(action, _PERMISSIONS)
-            return Decision(False, Reason.UNKNOWN_ACTION, plugin, action, resource,
-                            suggestions=(hint,) if hint else ())
-        if not table.enabled:
-            return Decision(False, Reason.PLUGIN_DISABLED, plugin, action, resource)
-        if table.pin is PinStatus.MISMATCH:
-            return Decision(False, Reason.UNTRUSTED, plugin, action, resource,
-                            detail=f"the plugin's content digest `{table.digest}` does not match the policy's pin")
-        normalised: str | HostPort | None = None
-        if resource is not None:
-            try:
-                normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
-            except (InvalidResourceError, TypeError, ValueError) as exc:
-                return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc))
-            resource = normalised if normalised.__class__ is str else str(normalised)
-        entry = table.entries.get(permission)
-        if entry is None:
-            return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource)
-        errors: list[str] = []
-        blocking: list[RuleRef] = []
-        for rule in entry.denies:
-            if rule.matches_resource(normalised):
-                if (rule.when is None and rule.unless is None and rule.error is None) or _deny_applies(
-                    rule, table, context, errors
-                ):
-                    blocking.append(rule.ref)
-        if blocking:
-            return make_decision(False, Reason.DENIED_BY_RULE, plugin, action, resource, tuple(blocking), tuple(errors))
-        if not entry.is_declared_for(normalised):
-            would = tuple(
-                r.ref for r in entry.allows
-                if r.when is None and r.unless is None and r.matches_resource(normalised)
-            )
-            return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, would, tuple(errors))
-        granting: list[RuleRef] = []
-        for rule in entry.allows:
-            if rule.matches_resource(normalised):
-                if (rule.when is None and rule.unless is None) or _allow_applies(rule, table, context, errors):
-                    granting.append(rule.ref)
-        if granting:
-            return make_decision(True, Reason.ALLOWED, plugin, action, resource, tuple(granting), tuple(errors))
-        return make_decision(False, Reason.NO_MATCHING_ALLOW, plugin, action, resource, (), tuple(errors))
+
+def _action_hints(action: str) -> tuple[str, ...]:
+    hint = did_you_mean(action, _PERMISSIONS)
+    return (hint,) if hint else ()
 
 
 _SUGGEST_LIMIT = 500

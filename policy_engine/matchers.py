@@ -1,0 +1,186 @@
+"""Fast, linear-time predicates for compiled patterns, used on ``decide``'s hot path.
+
+:func:`matcher` turns a :class:`~policy_engine.patterns.Pattern` into a plain function of a
+normalised resource that answers exactly what ``pattern.matches`` answers. The common shapes
+become one comparison; globs that ``patterns`` matches with a regular expression are matched
+here without backtracking, so the cost is linear in the resource however many ``*`` and
+``**`` the pattern holds (a regular expression such as ``(?:/.*)?/a(?:/.*)?/a...`` takes
+polynomial time on a long path that almost matches). Patterns of other kinds, and shapes this
+module does not know, keep their own ``matches``.
+
+Nothing here generates source code: the predicates are closures over the pattern's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .patterns import NamePattern, PathPattern, Pattern, Resource
+
+__all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "star_match"]
+
+#: A predicate over a normalised resource.
+Matcher = Callable[[Resource], bool]
+
+# The matching modes of patterns.py, by value (kept in step by tests/test_matchers.py).
+_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX = range(6)
+
+
+def _always(resource: Resource) -> bool:
+    return True
+
+
+def matcher(pattern: Pattern) -> Matcher:
+    """A predicate equal to ``pattern.matches``, fast and linear in the resource."""
+    kind = type(pattern)
+    if kind is PathPattern:
+        assert isinstance(pattern, PathPattern)
+        return _path_matcher(pattern)
+    if kind is NamePattern:
+        assert isinstance(pattern, NamePattern)
+        return _name_matcher(pattern)
+    return pattern.matches
+
+
+def any_matcher(patterns: Sequence[Pattern]) -> Matcher:
+    """A predicate: does any of ``patterns`` match (none: nothing matches)."""
+    tests = tuple(matcher(p) for p in patterns)
+    if len(tests) == 1:
+        return tests[0]
+    if not tests:
+        return lambda resource: False
+
+    def any_of(resource: Resource) -> bool:
+        for test in tests:
+            if test(resource):
+                return True
+        return False
+
+    return any_of
+
+
+def _path_matcher(pattern: PathPattern) -> Matcher:
+    mode, fixed, canonical = pattern._mode, pattern._fixed, pattern.canonical
+    if mode == _LITERAL:
+        return lambda r: r.__class__ is str and r == canonical
+    if mode == _ALL:
+        return lambda r: r.__class__ is str
+    if mode == _PREFIX:
+        size = len(fixed)
+        return lambda r: r.__class__ is str and r.startswith(fixed) and (len(r) == size or r[size] == "/")
+    if mode == _CHILD:
+        size = len(fixed)
+        return lambda r: r.__class__ is str and r.startswith(fixed) and len(r) > size and r.find("/", size) < 0
+    if mode == _REGEX:
+        segments = pattern.segments
+        return lambda r: r.__class__ is str and glob_segments_match(segments, r)
+    return pattern.matches
+
+
+def _name_matcher(pattern: NamePattern) -> Matcher:
+    mode, fixed, canonical = pattern._mode, pattern._fixed, pattern.canonical
+    if mode == _LITERAL:
+        return lambda r: r.__class__ is str and r == canonical
+    if mode == _ALL:
+        return lambda r: r.__class__ is str
+    if mode == _PREFIX:
+        return lambda r: r.__class__ is str and r.startswith(fixed)
+    if mode == _SUFFIX:
+        return lambda r: r.__class__ is str and r.endswith(fixed)
+    if mode == _REGEX:
+        pieces = tuple(canonical.split("*"))
+        return lambda r: r.__class__ is str and star_match(pieces, r)
+    return pattern.matches
+
+
+def star_match(pieces: Sequence[str], text: str) -> bool:
+    """Whether ``text`` matches the glob ``"*".join(pieces)`` (``*``: any run of characters).
+
+    The first piece is a prefix, the last a suffix, and each piece between is found at its
+    leftmost place after the one before: taking the leftmost place never loses a match, so
+    no backtracking is needed and the cost is linear in ``text`` for a given pattern.
+    """
+    if len(pieces) == 1:
+        return text == pieces[0]
+    first, last = pieces[0], pieces[-1]
+    if len(text) < len(first) + len(last) or not text.startswith(first) or not text.endswith(last):
+        return False
+    position, end = len(first), len(text) - len(last)
+    for piece in pieces[1:-1]:
+        found = text.find(piece, position, end)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return True
+
+
+def _segment_match(glob: str, segment: str) -> bool:
+    """One path segment against one segment glob (``*`` within it, ``?`` one character).
+
+    The classic two-pointer wildcard match: on a mismatch it resumes after the last ``*``,
+    one character further, so it is at most ``len(glob) * len(segment)`` steps.
+    """
+    if glob == "*":
+        return segment != ""
+    g = s = 0
+    star, mark = -1, 0
+    glen, slen = len(glob), len(segment)
+    while s < slen:
+        if g < glen and (glob[g] == "?" or (glob[g] != "*" and glob[g] == segment[s])):
+            g += 1
+            s += 1
+        elif g < glen and glob[g] == "*":
+            star, mark = g, s
+            g += 1
+        elif star >= 0:
+            g = star + 1
+            mark += 1
+            s = mark
+        else:
+            return False
+    while g < glen and glob[g] == "*":
+        g += 1
+    return g == glen
+
+
+def _run_at(group: Sequence[str], parts: Sequence[str], start: int) -> bool:
+    for offset, glob in enumerate(group):
+        if not _segment_match(glob, parts[start + offset]):
+            return False
+    return True
+
+
+def glob_segments_match(segments: Sequence[str], path: str) -> bool:
+    """Whether the normalised absolute ``path`` matches a path glob given as segments.
+
+    ``**`` segments split the glob into runs of segment globs. The first run must match the
+    path's first segments, the last run its last ones, and each run between is placed at its
+    leftmost fit after the one before (``**`` absorbs any number of whole segments, so the
+    leftmost fit never loses a match). Cost: linear in the path for a given glob.
+    """
+    parts = path.split("/")[1:] if path != "/" else []
+    groups: list[list[str]] = [[]]
+    for segment in segments:
+        if segment == "**":
+            groups.append([])
+        else:
+            groups[-1].append(segment)
+    if len(groups) == 1:
+        only = groups[0]
+        return len(only) == len(parts) and _run_at(only, parts, 0)
+    head, tail = groups[0], groups[-1]
+    if len(parts) < len(head) + len(tail):
+        return False
+    if not _run_at(head, parts, 0) or not _run_at(tail, parts, len(parts) - len(tail)):
+        return False
+    position, end = len(head), len(parts) - len(tail)
+    for group in groups[1:-1]:
+        if not group:
+            continue
+        size = len(group)
+        while position + size <= end and not _run_at(group, parts, position):
+            position += 1
+        if position + size > end:
+            return False
+        position += size
+    return True

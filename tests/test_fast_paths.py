@@ -1,0 +1,468 @@
+"""The fast paths of ``decide`` and of loading answer exactly as the reference procedure.
+
+- matchers: the linear-time predicates agree with ``Pattern.matches``, and a pathological
+  glob on a long path costs a number of steps linear in the path;
+- decide: the engine agrees with ``tests/reference.py`` on random policies, manifests and
+  requests; cached answers equal uncached ones;
+- bounded cost: unknown plugins compute no suggestion until asked; resources over 4 KiB
+  are denied as ``resource_too_long`` without matching;
+- reload: random edit sequences give the same tables as a full load; unchanged plugins keep
+  their table; the swap is atomic under concurrent ``decide``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policy_engine import Engine
+from policy_engine import matchers as matchers_module
+from policy_engine.decision import MAX_RESOURCE_LENGTH, Decision, Reason
+from policy_engine.matchers import glob_segments_match, matcher, star_match
+from policy_engine.patterns import PathPattern, compile_pattern
+from policy_engine.permissions import ResourceKind
+from policy_engine.table import DecisionTable
+from tests.reference import reference_decide
+
+# ----------------------------------------------------------------------------- matchers
+
+_path_segment = st.sampled_from(["a", "b", "ab", "*", "a*", "*b", "?", "a?b", "*a*", "**", "x.y"])
+_path_glob = st.lists(_path_segment, min_size=1, max_size=6).map(lambda s: "/" + "/".join(s))
+_path = st.lists(st.sampled_from(["a", "b", "ab", "ba", "aab", "x.y", "abb", "c"]), max_size=7).map(
+    lambda s: "/" + "/".join(s))
+_name_glob = st.text(alphabet="ab.*", min_size=1, max_size=8).filter(lambda t: t.strip())
+_name = st.text(alphabet="ab.", max_size=10).filter(lambda t: t and not t.isspace())
+
+
+@settings(max_examples=400, deadline=None)
+@given(_path_glob, _path)
+def test_path_matcher_agrees_with_the_pattern(glob: str, path: str) -> None:
+    pattern = compile_pattern(ResourceKind.PATH, glob)
+    assert matcher(pattern)(path) is pattern.matches(path)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_name_glob, _name)
+def test_name_matcher_agrees_with_the_pattern(glob: str, name: str) -> None:
+    pattern = compile_pattern(ResourceKind.NAME, glob)
+    assert matcher(pattern)(name) is pattern.matches(name)
+
+
+def test_matchers_refuse_a_resource_of_another_kind() -> None:
+    from policy_engine.patterns import HostPort
+
+    for text in ("/srv/x", "/srv/**", "/srv/*", "/**", "/a/**/b*"):
+        assert matcher(compile_pattern(ResourceKind.PATH, text))(HostPort("srv")) is False
+    host = compile_pattern(ResourceKind.HOST, "example.com")
+    assert matcher(host)("/example.com") is False
+
+
+def test_pathological_path_glob_costs_steps_linear_in_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    glob = "/**/a/**/a/**/a/**/a/**/a/**/b"
+    pattern = compile_pattern(ResourceKind.PATH, glob)
+    assert isinstance(pattern, PathPattern) and pattern._regex is not None  # the backtracking shape
+    calls = 0
+    real = matchers_module._segment_match
+
+    def counting(g: str, s: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(g, s)
+
+    monkeypatch.setattr(matchers_module, "_segment_match", counting)
+    for segments in (500, 1000, 2000):
+        calls = 0
+        path = "/a" * segments  # almost matches: every `a` fits, the final `b` never comes
+        assert glob_segments_match(pattern.segments, path) is False
+        assert calls <= 3 * segments + 10
+
+
+def test_pathological_name_glob_and_long_resources_are_answered() -> None:
+    assert star_match(tuple("*a*a*a*a*a*b".split("*")), "a" * 4000) is False
+    assert star_match(tuple("x*y*z".split("*")), "x" + "y" * 4000 + "z") is True
+    engine = Engine.from_source('allow plugin * to file:read on "/**/a/**/a/**/a/**/a/**/b"',
+                                [_plugin_manifest(_manifest("p", ["file:read"]))])
+    decision = engine.decide("p", "file:read", ("/a" * 2000)[:MAX_RESOURCE_LENGTH])
+    assert decision.reason is Reason.NOT_DECLARED or decision.reason is Reason.NO_MATCHING_ALLOW
+
+
+# ----------------------------------------------------------------------------- engine vs reference
+
+_PLUGINS = ["p", "q", "r-1"]
+_ACTIONS = ["file:read", "file:write", "network:request", "database:read", "config:read", "hook:register"]
+_PATTERNS = {
+    "file": ['"/srv/**"', '"/srv/*"', '"/srv/a/x.csv"', '"{plugin_dir}/**"', '"/srv/**/b*"', '"/*/a?"',
+             '"/etc/**"'],
+    "network": ['"api.example.com:443"', '"*.example.com"', '"*"', '"[2001:db8::1]:443"', '"10.0.0.1"'],
+    "name": ['"db.*"', '"*.secret"', '"a*b*c"', '"plain"', '"*"'],
+}
+_CONDITIONS = ["", ' when context.env == "prod"', " unless plugin.trusted", ' when plugin.type == "agent"',
+               ' when context.level >= 2', ' when context.n > "text"']
+
+
+def _family(action: str) -> str:
+    return {"file": "file", "network": "network"}.get(action.split(":")[0], "name")
+
+
+@st.composite
+def _rules(draw: st.DrawFn) -> str:
+    effect = draw(st.sampled_from(["allow", "allow", "deny"]))
+    who = draw(st.sampled_from(["*", '"p"', '"q"', '"p", "r-1"']))
+    action = draw(st.sampled_from(_ACTIONS))
+    patterns = draw(st.lists(st.sampled_from(_PATTERNS[_family(action)]), max_size=3, unique=True))
+    on = f" on {', '.join(patterns)}" if patterns else ""
+    return f"{effect} plugin {who} to {action}{on}{draw(st.sampled_from(_CONDITIONS))}"
+
+
+_SCOPES = {
+    "file": ["/srv/**", "{plugin_dir}/**", "/etc/**", "/srv/a/*"],
+    "network": ["api.example.com:443", '"*.example.com"', "10.0.0.1", "[2001:db8::1]:443"],
+    "name": ["db.*", "plain", '"*"', "x.secret"],
+}
+_RESOURCES = {
+    "file": ["/srv/a/x.csv", "/srv/b", "/etc/passwd", "/srv/a/../../etc/x", "rel/x", "", "/srv/q/bb",
+             "/srv/z/a/b1", "/x/ab", "/srv/a"],
+    "network": ["api.example.com:443", "API.example.com.:443", "https://a.example.com/x", "[2001:db8::1]:443",
+                "10.0.0.1:80", "0x0a.0.0.1:80", "bad host", "x.evil.test"],
+    "name": ["db.x", "plain", "a.secret", "abc", "aXbYc", "", " "],
+}
+
+
+def _manifest(name: str, permissions: list[str] | None = None, kind: str = "agent") -> dict[str, Any]:
+    return {"name": name, "version": "1.0.0", "type": kind, "entry_point": "m:P",
+            "permissions": permissions if permissions is not None else ["file:read"],
+            "plugin_path": f"/srv/{name}"}
+
+
+@st.composite
+def _manifests(draw: st.DrawFn) -> list[dict[str, Any]]:
+    out = []
+    for name in _PLUGINS:
+        permissions = []
+        for action in draw(st.lists(st.sampled_from(_ACTIONS), min_size=2, max_size=6, unique=True)):
+            scope = draw(st.sampled_from(["", "", *_SCOPES[_family(action)]]))
+            permissions.append(f"{action} {scope}".strip())
+        data = _manifest(name, permissions, draw(st.sampled_from(["agent", "hook"])))
+        data["enabled"] = draw(st.sampled_from([True, True, True, False]))
+        out.append(data)
+    return out
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[str, str, str | None, dict[str, Any] | None]:
+    plugin = draw(st.sampled_from([*_PLUGINS, *_PLUGINS, *_PLUGINS, "ghost", "P"]))
+    action = draw(st.sampled_from([*_ACTIONS, *_ACTIONS, "file:raed"]))
+    resource = draw(st.one_of(st.none(), st.sampled_from(_RESOURCES[_family(action)])))
+    context = draw(st.sampled_from([None, {}, {"env": "prod"}, {"env": "dev", "level": 3}, {"level": True},
+                                    {"level": 1}, {"n": 3}, {"env": ["prod"]}]))
+    return plugin, action, resource, context
+
+
+def _plugin_manifest(data: dict[str, Any]) -> Any:
+    from policy_engine.manifest import manifest_from_mapping
+
+    copy = dict(data)
+    return manifest_from_mapping(copy, plugin_path=Path(copy.pop("plugin_path")))
+
+
+def _same(got: Decision, want: Decision) -> None:
+    assert (got.allowed, got.reason, got.plugin, got.action, got.resource, got.rules, got.errors) == (
+        want.allowed, want.reason, want.plugin, want.action, want.resource, want.rules, want.errors)
+    assert got.describe() == want.describe()
+    assert got.hints() == want.hints()
+    assert got.explain() == want.explain()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_rules(), min_size=3, max_size=10), _manifests(), st.lists(_requests(), min_size=1, max_size=25))
+def test_engine_agrees_with_the_reference(rules: list[str], manifests: list[dict[str, Any]],
+                                          requests: list[Any]) -> None:
+    policy = "\n".join(rules)
+    loaded = [_plugin_manifest(m) for m in manifests]
+    uncached = Engine.from_source(policy, loaded, {"home": "/home/u"}, cache_size=0)
+    cached = Engine.from_source(policy, loaded, {"home": "/home/u"}, cache_size=64)
+    ttl = Engine.from_source(policy, loaded, {"home": "/home/u"}, cache_size=64, cache_ttl=3600)
+    table = uncached._state.table
+    for request in requests + requests:  # twice: the second pass answers from the caches
+        want = reference_decide(table, *request)
+        _same(uncached.decide(*request), want)
+        _same(cached.decide(*request), want)
+        _same(ttl.decide(*request), want)
+
+
+def test_a_worker_table_rebuilt_from_json_agrees_with_the_host() -> None:
+    from policy_engine.table import plugin_table_from_json, plugin_table_to_json
+
+    engine = Engine.from_source('allow plugin * to file:read on "/srv/**/x*"\ndeny plugin * to file:read on "/srv/s/**"',
+                                [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    table = engine.plugin_table("p")
+    assert table is not None
+    worker = plugin_table_from_json(plugin_table_to_json(table))
+    for path in ("/srv/a/x1", "/srv/s/x", "/srv/a/b/y", "/etc/x"):
+        _same(worker.decide("p", "file:read", path), engine.decide("p", "file:read", path))
+
+
+# ----------------------------------------------------------------------------- bounded cost
+
+
+def test_unknown_plugins_compute_no_suggestion_until_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine.from_source("allow plugin * to hook:register",
+                                [_plugin_manifest(_manifest("analytics", ["hook:register"]))], cache_size=0)
+    asked: list[str] = []
+    real = DecisionTable.suggest_plugin
+
+    def spy(self: DecisionTable, name: str) -> str | None:
+        asked.append(name)
+        return real(self, name)
+
+    monkeypatch.setattr(DecisionTable, "suggest_plugin", spy)
+    decision = engine.decide("analytcs", "hook:register")
+    assert decision.reason is Reason.UNKNOWN_PLUGIN and asked == []
+    assert decision.suggestions == ()
+    assert any("analytics" in hint for hint in decision.hints())
+    assert asked == ["analytcs"]
+    assert "did you mean" in decision.explain()
+    assert decision.to_dict()["suggestions"] == list(decision.hints())
+    typo = engine.decide("analytics", "hook:registr")
+    assert typo.reason is Reason.UNKNOWN_ACTION and "hook:register" in typo.explain()
+
+
+def test_resources_over_the_limit_are_denied_without_matching(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine.from_source('allow plugin * to file:read on "/srv/**"',
+                                [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))], cache_size=0)
+    at_limit = "/srv/" + "x" * (MAX_RESOURCE_LENGTH - 5)
+    assert len(at_limit) == MAX_RESOURCE_LENGTH
+    assert engine.decide("p", "file:read", at_limit).allowed
+
+    def never(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a resource over the limit was normalised")
+
+    monkeypatch.setattr("policy_engine.table.normalize", never)
+    over = at_limit + "x"
+    decision = engine.decide("p", "file:read", over)
+    assert (decision.allowed, decision.reason, decision.resource) == (False, Reason.RESOURCE_TOO_LONG, over)
+    assert f"longer than {MAX_RESOURCE_LENGTH} characters" in decision.explain()
+    assert decision.to_dict()["reason"] == "resource_too_long"
+
+
+def test_cache_keys_keep_the_type_of_context_values() -> None:
+    policy = "allow plugin * to hook:register when context.flag == true"
+    engine = Engine.from_source(policy, [_plugin_manifest(_manifest("p", ["hook:register"]))])
+    uncached = Engine.from_source(policy, [_plugin_manifest(_manifest("p", ["hook:register"]))], cache_size=0)
+    for context in ({"flag": True}, {"flag": 1}, {"flag": 1.0}, {"flag": True}, {}, None, {"flag": [1]}):
+        _same(engine.decide("p", "hook:register", context=context),
+              uncached.decide("p", "hook:register", context=context))
+
+
+# ----------------------------------------------------------------------------- reload
+
+
+def _write_tree(root: Path, policy_files: dict[str, str], manifests: dict[str, list[str]]) -> tuple[Path, Path]:
+    import json
+
+    policies, plugins = root / "policies", root / "plugins"
+    policies.mkdir(exist_ok=True)
+    plugins.mkdir(exist_ok=True)
+    for old in policies.glob("*.policy"):
+        if old.name not in policy_files:
+            old.unlink()
+    for name, text in policy_files.items():
+        (policies / name).write_text(text, encoding="utf-8")
+    for old in plugins.iterdir():
+        if old.name not in manifests:
+            (old / "plugin.yaml").unlink()
+            old.rmdir()
+    for name, permissions in manifests.items():
+        (plugins / name).mkdir(exist_ok=True)
+        data = {"name": name, "version": "1.0.0", "type": "agent", "entry_point": "m:P", "permissions": permissions}
+        (plugins / name / "plugin.yaml").write_text(json.dumps(data), encoding="utf-8")
+    return policies, plugins
+
+
+_EDITS = st.lists(st.tuples(
+    st.sampled_from(["a.policy", "b.policy", "c.policy"]),
+    st.lists(_rules(), max_size=3),
+    st.sampled_from(_PLUGINS),
+    st.lists(st.sampled_from(["file:read /srv/**", "hook:register", "database:read db.*", "config:read",
+                              "network:request api.example.com:443"]), max_size=3, unique=True),
+    st.sampled_from(["", "defaults { timeout hook 3s }\n", 'trust plugin "q" sha256 "' + "0" * 64 + '"\n']),
+), min_size=1, max_size=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(_EDITS)
+def test_reload_after_random_edits_builds_what_a_full_load_builds(tmp_path_factory: pytest.TempPathFactory,
+                                                                   edits: list[Any]) -> None:
+    root = tmp_path_factory.mktemp("tree")
+    files = {"a.policy": "allow plugin * to hook:register\n"}
+    manifests: dict[str, list[str]] = {"p": ["hook:register"]}
+    policies, plugins = _write_tree(root, files, manifests)
+    engine = Engine.load(policies, plugins, {"home": "/home/u"})
+    for file, rules, plugin, permissions, extra in edits:
+        files[file] = extra + "\n".join(rules) + "\n"
+        manifests[plugin] = permissions
+        _write_tree(root, files, manifests)
+        try:
+            fresh = Engine.load(policies, plugins, {"home": "/home/u"})
+        except Exception as exc:  # an edit that does not compile: reload must refuse it too
+            with pytest.raises(type(exc)):
+                engine.reload()
+            continue
+        engine.reload()
+        assert engine.plugins == fresh.plugins
+        for name in fresh.plugins:
+            assert engine.plugin_table(name) == fresh.plugin_table(name)
+        assert engine.problems == fresh.problems
+
+
+def test_reload_rebuilds_only_the_tables_a_change_touches(tmp_path: Path) -> None:
+    files = {"a.policy": 'allow plugin "p" to hook:register\n', "b.policy": 'allow plugin "q" to hook:register\n'}
+    manifests = {"p": ["hook:register"], "q": ["hook:register"]}
+    policies, plugins = _write_tree(tmp_path, files, manifests)
+    engine = Engine.load(policies, plugins)
+    p_before, q_before = engine.plugin_table("p"), engine.plugin_table("q")
+    files["b.policy"] = 'allow plugin "q" to hook:register on "x.*"\n'
+    _write_tree(tmp_path, files, manifests)
+    engine.reload()
+    assert engine.plugin_table("p") is p_before
+    assert engine.plugin_table("q") is not q_before
+    assert not engine.decide("q", "hook:register", "y").allowed
+    manifests["p"] = ["hook:register", "config:read"]
+    _write_tree(tmp_path, files, manifests)
+    q_now = engine.plugin_table("q")
+    engine.reload()
+    assert engine.plugin_table("q") is q_now
+    assert engine.plugin_table("p") is not p_before
+
+
+def test_reload_is_atomic_under_concurrent_decide(tmp_path: Path) -> None:
+    allow = 'allow plugin * to hook:register on "a.*"\nallow plugin * to config:read\n'
+    deny = 'deny plugin * to hook:register on "a.*"\nallow plugin * to config:read\n'
+    policies, plugins = _write_tree(tmp_path, {"a.policy": allow}, {"p": ["hook:register", "config:read"]})
+    engine = Engine.load(policies, plugins)
+    stop = threading.Event()
+    seen: set[tuple[bool, Reason]] = set()
+    broken: list[Decision] = []
+
+    def ask() -> None:
+        while not stop.is_set():
+            decision = engine.decide("p", "hook:register", "a.b")
+            seen.add((decision.allowed, decision.reason))
+            if decision.reason not in (Reason.ALLOWED, Reason.DENIED_BY_RULE):
+                broken.append(decision)
+            if not engine.decide("p", "config:read", "k").allowed:
+                broken.append(decision)
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(6):
+            _write_tree(tmp_path, {"a.policy": deny if round_ % 2 == 0 else allow}, {"p": ["hook:register", "config:read"]})
+            engine.reload()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert broken == []
+    assert seen <= {(True, Reason.ALLOWED), (False, Reason.DENIED_BY_RULE)}
+
+
+# ----------------------------------------------------------------------------- the benchmark runs
+
+
+def test_the_benchmark_runs_in_quick_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_decide.py"
+    spec = importlib.util.spec_from_file_location("bench_decide", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    for label in ("uncached decide", "cached decide", "unknown plugin", "resource > 4 KiB",
+                  "reference decide", "reload, 1 policy file", "KB per plugin"):
+        assert label in out
+
+
+# ----------------------------------------------------------------------------- manifest fast parse
+
+_grant_text = st.one_of(
+    st.text(alphabet='abz_:*/{}.-" #,\\\t\n\u2028é0123456789', max_size=30),
+    st.builds(lambda a, scopes: " ".join([a, *scopes]),
+              st.sampled_from(["file:read", "file:*", "*", "network:request", "a_b:c_d", "File:read", "file:"]),
+              st.lists(st.text(alphabet="ab/*{}.:-_[]\\!$%?~é\"#,", min_size=1, max_size=8), max_size=3)),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_grant_text)
+def test_the_fast_grant_parse_agrees_with_the_full_parser(text: str) -> None:
+    from policy_engine import parser
+    from policy_engine.errors import PolicySyntaxError
+
+    fast = parser._simple_grant(text, "m.yaml")
+    try:
+        full: object = parser._full_grant(text, "m.yaml")
+    except PolicySyntaxError:
+        full = None
+    if fast is not None:
+        assert fast == full
+    assert parser.parse_grant.__name__ == "parse_grant"
+
+
+def test_the_fast_grant_parse_takes_the_common_entries() -> None:
+    from policy_engine import parser
+
+    for text in ("file:read {plugin_dir}/**", "network:request api.example.com:443", "hook:register",
+                 "database:read db1.*", "file:* /a /b"):
+        assert parser._simple_grant(text, "m") is not None
+    for text in ('network:request "*.x.com"', "file:read /a,/b", "file:read  /a", "file:read /a # c", " file:read"):
+        assert parser._simple_grant(text, "m") is None
+
+
+def test_every_decision_carries_the_revision_it_came_from(tmp_path: Path) -> None:
+    policies, plugins = _write_tree(tmp_path, {"a.policy": "allow plugin * to hook:register\n"},
+                                    {"p": ["hook:register"]})
+    engine = Engine.load(policies, plugins)
+    first = engine.decide("p", "hook:register")
+    assert engine.revision == first.revision == 1
+    assert engine.decide("p", "hook:register").revision == 1  # from the cache, same revision
+    assert engine.decide("ghost", "hook:register").revision == 1
+    assert engine.decide("p", "hook:register", "x" * (MAX_RESOURCE_LENGTH + 1)).revision == 1
+    _write_tree(tmp_path, {"a.policy": "deny plugin * to hook:register\n"}, {"p": ["hook:register"]})
+    engine.reload()
+    second = engine.decide("p", "hook:register")
+    assert (engine.revision, second.revision, second.allowed) == (2, 2, False)
+    assert first.revision == 1  # what was decided before keeps saying where it came from
+    engine.unregister("p")
+    assert engine.decide("p", "hook:register").revision == engine.revision == 3
+
+
+def test_reload_follows_a_plugin_directory_link_that_moved(tmp_path: Path) -> None:
+    import json
+
+    policy = tmp_path / "site.policy"
+    policy.write_text('allow plugin * to file:read on "{plugin_dir}/**"\n', encoding="utf-8")
+    manifest = {"name": "p", "version": "1.0.0", "type": "agent", "entry_point": "m:P",
+                "permissions": ["file:read {plugin_dir}/**"]}
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "plugin.yaml").write_text(json.dumps(manifest), encoding="utf-8")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "p").symlink_to(tmp_path / "one")
+    engine = Engine.load(policy, plugins)
+    assert engine.decide("p", "file:read", str(tmp_path / "one" / "x")).allowed
+    (plugins / "p").unlink()
+    (plugins / "p").symlink_to(tmp_path / "two")  # the same bytes, another directory
+    engine.reload()
+    assert engine.decide("p", "file:read", str(tmp_path / "two" / "x")).allowed
+    assert not engine.decide("p", "file:read", str(tmp_path / "one" / "x")).allowed
