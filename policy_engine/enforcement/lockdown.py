@@ -102,6 +102,9 @@ class LockdownSpec:
     run_as_uid: int | None = None
     run_as_gid: int | None = None
     no_drop_reason: str = ""
+    #: Test-only: False starts the worker without its audit hook, so tests can show that the
+    #: kernel layers alone hold. Only the host's spec carries it; the plugin cannot reach it.
+    audit_hook: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -121,6 +124,7 @@ class LockdownSpec:
             "run_as_uid": self.run_as_uid,
             "run_as_gid": self.run_as_gid,
             "no_drop_reason": self.no_drop_reason,
+            "audit_hook": self.audit_hook,
         }
 
     @classmethod
@@ -145,6 +149,7 @@ class LockdownSpec:
             run_as_uid=optional_int(data.get("run_as_uid")),
             run_as_gid=optional_int(data.get("run_as_gid")),
             no_drop_reason=str(data.get("no_drop_reason", "")),
+            audit_hook=bool(data.get("audit_hook", True)),
         )
 
 
