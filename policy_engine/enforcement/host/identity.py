@@ -61,6 +61,12 @@ class IdentityMap:
                 self._write(assigned)
             return Identity(uid, uid)
 
+    def lookup(self, plugin: str) -> Identity | None:
+        """The identity already assigned to ``plugin``, or None (nothing is assigned)."""
+        with self._lock:
+            uid = self._read().get(plugin)
+        return None if uid is None else Identity(uid, uid)
+
     def _read(self) -> dict[str, int]:
         try:
             data = json.loads(self.path.read_text())

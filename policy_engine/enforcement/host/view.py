@@ -204,15 +204,17 @@ class _Builder:
         self._dests[mount.dest] = mount
         self.mounts.append(mount)
 
-    def expose(self, path: str, reason: str, *, writable: bool = False) -> None:
-        """Bind ``path`` at its own location, with symlinks on the way reproduced as links."""
+    def expose(self, path: str, reason: str, *, writable: bool = False) -> bool:
+        """Bind ``path`` at its own location, with symlinks on the way reproduced as links;
+        False when it does not exist."""
         if not path or not os.path.isabs(path):
-            return
+            return False
         resolved = self._resolve(os.path.normpath(path), reason)
         if resolved is None:
-            return
+            return False
         kind = MountKind.BIND if writable else MountKind.RO_BIND
         self.add(Mount(kind, resolved, resolved, reason))
+        return True
 
     def _resolve(self, path: str, reason: str, depth: int = 0) -> str | None:
         """``path`` with every symlinked component replaced, links recorded on the way."""
@@ -281,11 +283,14 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
             builder.expose(path, "network configuration (network granted)")
     builder.expose(inputs.plugin_dir, "plugin code")
     for path in inputs.data_dirs:
-        builder.expose(path, "plugin data", writable=True)
+        if not builder.expose(path, "plugin data", writable=True):
+            builder.add(Mount(MountKind.BIND, path, path, "plugin data, created at start"))
     for path in _sorted(inputs.read_paths):
-        builder.expose(path, "granted file:read")
+        if not builder.expose(path, "granted file:read"):
+            builder.notes.append(f"granted `{path}` does not exist: left out")
     for path in _sorted(inputs.write_paths):
-        builder.expose(path, "granted file:write", writable=True)
+        if not builder.expose(path, "granted file:write", writable=True):
+            builder.notes.append(f"granted `{path}` does not exist: left out")
     return ViewPlan(inputs.plugin, _in_mount_order(builder.mounts), tuple(builder.notes))
 
 
