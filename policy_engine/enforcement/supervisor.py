@@ -166,7 +166,7 @@ class WorkerProcess:
 
     def __init__(self, *, capability_handler: CapabilityHandler | None = None,
                  python: str | None = None, debug_stderr: bool = False,
-                 spin: float = _DEFAULT_SPIN, sandbox: bool | None = False,
+                 spin: float = _DEFAULT_SPIN, sandbox: bool | None = None,
                  identities: IdentityMap | None = None) -> None:
         """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
         kernel; ``debug_stderr`` lets the worker write to the host's stderr. ``sandbox``
@@ -189,6 +189,7 @@ class WorkerProcess:
         self._identities = identities
         self._sandboxed = False  # the current worker runs under bubblewrap
         self._identity = (os.getuid(), os.getgid())
+        self._sandbox_pids: list[int] = []  # bwrap's reaper and the worker, as host pids
         self._may_fork = True
         self._call_lock = threading.RLock()  # one call (or start/stop) at a time
         self._signal_lock = threading.RLock()  # signalling and killing the tree
@@ -330,6 +331,10 @@ class WorkerProcess:
             raise self._error_from(reply)
         assert self._report is not None
         self._may_fork = spec.allow_subprocess or not self._report.seccomp
+        if self._sandboxed:
+            worker_pid = self._worker_host_pid()
+            self._sandbox_pids = [p for p in (*reaper.child_pids(self._proc.pid), worker_pid)
+                                  if p is not None]
         self._sampler = Sampler(
             self._proc.pid, plugin=init.plugin, limits=init.limits,
             with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
@@ -542,7 +547,9 @@ class WorkerProcess:
             return PluginCrashedError(f"worker of plugin `{self._plugin}` closed its channel "
                                       "to the host and was stopped", plugin=self._plugin)
         returncode = proc.wait() if proc is not None else None
-        pid = proc.pid if proc is not None else 0
+        if self._sandboxed and returncode is not None and 128 < returncode < 128 + 65:
+            returncode = 128 - returncode  # bwrap reports a signal death as 128 + signal
+        pid = self.pid or (proc.pid if proc is not None else 0)
         # Descendants were re-parented away from the dead worker; chase the ones last seen.
         self._kill()
         violation = self._violation
@@ -611,6 +618,20 @@ class WorkerProcess:
                 frozen = reaper.freeze([], known)
                 self._report_survivors(reaper.kill_frozen(frozen.values()))
             proc.wait()
+            if self._sandboxed:
+                self._kill_sandbox()
+
+    def _kill_sandbox(self) -> None:
+        """Kill bwrap's reaper (its PID namespace dies with it) and wait until all are gone."""
+        pids, self._sandbox_pids = self._sandbox_pids, []
+        for pid in pids:
+            _kill_pid(pid, signal.SIGKILL)
+        deadline = time.monotonic() + _REAP_TIMEOUT
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if not _is_gone(pid)]
+            if pids:
+                time.sleep(0.002)
+        self._report_survivors(pids)
 
     def _report_survivors(self, pids: list[int]) -> None:
         if pids:
@@ -756,6 +777,14 @@ def _kill_pid(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _is_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _signal_name(signum: int) -> str:

@@ -309,14 +309,15 @@ def _in_mount_order(mounts: Sequence[Mount]) -> tuple[Mount, ...]:
 
 
 def _shown_by_ancestor(mount: Mount, mounts: Sequence[Mount]) -> bool:
-    """A bind inside an identical host tree bound at least as permissively is redundant."""
-    if mount.kind not in (MountKind.RO_BIND, MountKind.BIND):
+    """A bind or link inside an identical host tree bound at least as permissively is
+    redundant (and a link there would collide with the one the tree already shows)."""
+    if mount.kind not in (MountKind.RO_BIND, MountKind.BIND, MountKind.SYMLINK):
         return False
     for other in mounts:
         if other is mount or other.kind not in (MountKind.RO_BIND, MountKind.BIND):
             continue
         inside = mount.dest.startswith(other.dest.rstrip("/") + "/")
         if inside and other.source == other.dest and (
-                other.kind is MountKind.BIND or mount.kind is MountKind.RO_BIND):
+                other.kind is MountKind.BIND or mount.kind is not MountKind.BIND):
             return True
     return False
