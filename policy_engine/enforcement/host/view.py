@@ -246,10 +246,10 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     builder.add(Mount(MountKind.TMPFS, "/", reason="empty root", size=1024 * 1024))
     builder.add(Mount(MountKind.PROC, "/proc", reason="the sandbox's own processes"))
     builder.add(Mount(MountKind.DEV, "/dev", reason="minimal devices"))
-    builder.add(Mount(MountKind.TMPFS, "/dev/shm", reason="shared memory, counted",
+    builder.add(Mount(MountKind.TMPFS, "/dev/shm", reason="shared memory, size-capped",
                       size=inputs.shm_bytes))
     builder.add(Mount(MountKind.REMOUNT_RO, "/dev", reason="devices read-only after set-up"))
-    builder.add(Mount(MountKind.TMPFS, "/tmp", reason="temporary files, counted",
+    builder.add(Mount(MountKind.TMPFS, "/tmp", reason="temporary files, size-capped",
                       size=inputs.tmp_bytes))
     name = _account_name(inputs.plugin)
     builder.add(Mount(MountKind.DATA, "/etc/passwd", reason="synthetic account",
