@@ -182,6 +182,8 @@ class _Builder:
         self.mounts: list[Mount] = []
         self.notes: list[str] = []
         self._dests: dict[str, Mount] = {}
+        #: Trees the plugin can write: a symlink inside one may have been planted by it.
+        self.writable: tuple[str, ...] = ()
 
     def _covered(self, dest: str, kind: MountKind) -> bool:
         """True when an identical host tree at least as permissive already shows ``dest``."""
@@ -230,6 +232,10 @@ class _Builder:
             except OSError:
                 return None  # does not exist (yet): nothing to show
             if os.path.islink(candidate) or (info.st_mode & 0o170000) == 0o120000:
+                if any(candidate.startswith(root.rstrip("/") + "/") for root in self.writable):
+                    self.notes.append(f"`{path}` left out: `{candidate}` is a symbolic link "
+                                      "inside a tree the plugin can write")
+                    return None
                 target = os.readlink(candidate)
                 self.add(Mount(MountKind.SYMLINK, candidate, target, reason))
                 rest = "/".join(parts[index + 1:])
@@ -281,6 +287,8 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     if inputs.allow_network:
         for path in _NETWORK_FILES:
             builder.expose(path, "network configuration (network granted)")
+    builder.writable = tuple(os.path.realpath(p) for p in (*inputs.data_dirs,
+                                                           *inputs.write_paths))
     builder.expose(inputs.plugin_dir, "plugin code")
     for path in inputs.data_dirs:
         if not builder.expose(path, "plugin data", writable=True):
