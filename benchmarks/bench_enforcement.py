@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -148,15 +149,15 @@ def bench_bubblewrap(scratch: Path) -> dict[str, list[float]]:
     engine = Engine.load(ROOT / "policies", plugins=EXAMPLES, variables={"data_dir": str(data)})
     sandbox = PluginSandbox(engine, data_dir=data, scratch_root=scratch)
     metadata = load_manifest(EXAMPLES / "summarizer")
-    init = sandbox.runner_for(metadata, lambda hook: lambda *a: None).init  # type: ignore[attr-defined]
+    runner: Any = sandbox.runner_for(metadata, lambda hook: lambda *a: None)
     times: dict[str, list[float]] = {"cold start, today's layers only": [],
                                      "cold start under bubblewrap": []}
     for _ in range(20):
         for name, sandboxed in (("cold start, today's layers only", False),
                                 ("cold start under bubblewrap", True)):
-            worker = WorkerProcess(sandbox=sandboxed)
+            worker = WorkerProcess(capability_handler=runner.services.handle, sandbox=sandboxed)
             started = time.perf_counter_ns()
-            worker.start(init)
+            worker.start(runner.init)
             times[name].append((time.perf_counter_ns() - started) / 1000)
             worker.stop()
     return times
