@@ -393,7 +393,9 @@ def landlock_plan(spec: LockdownSpec) -> landlock.LandlockPlan:
     grants += [(spec.plugin_dir, landlock.READ)]
     grants += [(p, landlock.READ) for p in spec.read_paths]
     grants += [(spec.scratch_dir, landlock.READ_WRITE)]
-    grants += [(p, landlock.READ_WRITE) for p in spec.write_paths]
+    # A write grant gives no read: reading needs its own grant (the rights of the same path
+    # are merged, so read and write together give both).
+    grants += [(p, landlock.WRITE_ONLY) for p in spec.write_paths]
     if spec.allow_subprocess:
         grants += [(p, landlock.READ_EXECUTE) for p in _PROGRAM_DIRS]
         grants += [(p, landlock.READ_FILE) for p in _PROGRAM_FILES]

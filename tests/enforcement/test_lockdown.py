@@ -322,3 +322,31 @@ def test_no_route_creates_a_set_id_file(spec: LockdownSpec) -> None:
     assert routes == dict.fromkeys(routes, "EPERM")
     assert result["set_id"] == []
     assert not [m for m in result["missing"] if "does not know" in m]
+
+
+@needs_landlock
+def test_a_write_grant_alone_is_write_only(spec: LockdownSpec, tmp_path: Path) -> None:
+    (tmp_path / "drop").mkdir()
+    (tmp_path / "drop" / "old.txt").write_text("written by the host")
+    (tmp_path / "both").mkdir()
+    spec = LockdownSpec(scratch_dir=spec.scratch_dir, plugin_dir=spec.plugin_dir,
+                        write_paths=(str(tmp_path / "drop"), str(tmp_path / "both")),
+                        read_paths=(str(tmp_path / "both"),))
+    result = run_locked(spec, '''
+        drop, both = sys.argv[2], sys.argv[3]
+        def write(path):
+            with open(path, "w") as handle:
+                handle.write("x")
+        def read(path):
+            with open(path) as handle:
+                handle.read()
+        out["write"] = attempt(lambda: write(drop + "/new.txt"))
+        out["read_new"] = attempt(lambda: read(drop + "/new.txt"))
+        out["read_old"] = attempt(lambda: read(drop + "/old.txt"))
+        out["list"] = attempt(lambda: os.listdir(drop) and None)
+        out["both_write"] = attempt(lambda: write(both + "/f.txt"))
+        out["both_read"] = attempt(lambda: read(both + "/f.txt"))
+    ''', str(tmp_path / "drop"), str(tmp_path / "both"))
+    assert result["write"] == "ok"
+    assert result["read_new"] == result["read_old"] == result["list"] == "EACCES"
+    assert result["both_write"] == result["both_read"] == "ok"
