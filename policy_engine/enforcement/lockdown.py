@@ -113,6 +113,8 @@ class LockdownSpec:
     #: Test-only: False starts the worker without its audit hook, so tests can show that the
     #: kernel layers alone hold. Only the host's spec carries it; the plugin cannot reach it.
     audit_hook: bool = True
+    #: Paths denied inside granted trees, masked in the sandbox's view by an empty mount.
+    mask_paths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -133,6 +135,7 @@ class LockdownSpec:
             "run_as_gid": self.run_as_gid,
             "no_drop_reason": self.no_drop_reason,
             "audit_hook": self.audit_hook,
+            "mask_paths": list(self.mask_paths),
         }
 
     @classmethod
@@ -158,6 +161,7 @@ class LockdownSpec:
             run_as_gid=optional_int(data.get("run_as_gid")),
             no_drop_reason=str(data.get("no_drop_reason", "")),
             audit_hook=bool(data.get("audit_hook", True)),
+            mask_paths=tuple(str(p) for p in data.get("mask_paths", ())),
         )
 
 

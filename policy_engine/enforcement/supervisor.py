@@ -727,7 +727,7 @@ def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
         read_paths=spec.read_paths, write_paths=spec.write_paths, python=python,
         package_dir=package_dir, import_roots=init.sys_path, uid=uid, gid=gid,
         allow_subprocess=spec.allow_subprocess, allow_network=spec.allow_network,
-        tmp_bytes=cap, shm_bytes=cap)
+        tmp_bytes=cap, shm_bytes=cap, masks=spec.mask_paths)
 
 
 def _sandbox_identity(plugin: str, identities: IdentityMap | None) -> tuple[int, int]:

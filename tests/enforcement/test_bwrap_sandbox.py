@@ -234,3 +234,38 @@ def test_an_id_held_by_a_running_process_is_skipped(tmp_path: Path) -> None:
     with pytest.raises(EnforcementError, match="outside the range"):
         (tmp_path / "bad.json").write_text('{"a": 5}')
         IdentityMap(tmp_path / "bad.json").identity("a")
+
+
+def test_a_denied_path_inside_a_grant_is_masked(start: Starter, tree: Path) -> None:
+    (tmp := tree / "granted" / "private").mkdir()
+    (tmp / "key").write_text("private key")
+    (tree / "granted" / "secret.txt").write_text("granted tree, denied file")
+    worker, _ = start(mask_paths=(str(tree / "granted" / "secret.txt"), str(tmp)))
+    for path in (tree / "granted" / "secret.txt", tmp / "key"):
+        with pytest.raises(PluginRaisedError, match="PermissionError"):
+            worker.call("read", [str(path)], timeout=10)
+    assert worker.call("read", [str(tree / "granted" / "public.txt")], timeout=10) == \
+        "public data"
+    worker.stop()
+    assert (tmp / "key").read_text() == "private key"  # the host's file is untouched
+
+
+def test_file_read_denies_become_masks(tmp_path: Path) -> None:
+    from policy_engine import Engine
+    from policy_engine.enforcement.spec import kernel_masks
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+    (tmp_path / "site.policy").write_text(
+        'deny plugin "summarizer" to file:read on "{plugin_dir}/words.txt", '
+        '"{plugin_dir}/private/**", "{plugin_dir}/*.key"\n')
+    engine = Engine.load([str(Path(__file__).resolve().parents[2] / "policies"),
+                          str(tmp_path / "site.policy")], plugins=examples,
+                         variables={"data_dir": str(tmp_path)})
+    table = engine.plugin_table("summarizer")
+    assert table is not None
+    masks = kernel_masks(table)
+    plugin_dir = examples / "summarizer"
+    assert str(plugin_dir / "words.txt") in masks
+    assert str(plugin_dir / "private") in masks
+    assert not [m for m in masks if m.endswith(".key")]  # a glob cannot be masked exactly
+    assert not [m for m in masks if m == str(plugin_dir)]  # write denies are not masks

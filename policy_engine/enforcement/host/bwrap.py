@@ -91,11 +91,12 @@ def _mount_arguments(mount: Mount, source: str, data_fds: Mapping[str, int]) -> 
     if kind is MountKind.SYMLINK:
         return ["--symlink", mount.source, mount.dest]
     if kind is MountKind.DATA:
-        return ["--perms", "0444", "--ro-bind-data", str(data_fds[mount.dest]), mount.dest]
+        return ["--perms", mount.mode or "0444", "--ro-bind-data", str(data_fds[mount.dest]),
+                mount.dest]
     if kind is MountKind.TMPFS:
         sized = ["--size", str(mount.size)] if mount.size else []
-        return [*sized, "--perms", "1777" if mount.dest != "/" else "0755", "--tmpfs",
-                mount.dest]
+        perms = mount.mode or ("1777" if mount.dest != "/" else "0755")
+        return [*sized, "--perms", perms, "--tmpfs", mount.dest]
     if kind is MountKind.PROC:
         return ["--proc", mount.dest]
     if kind is MountKind.DEV:

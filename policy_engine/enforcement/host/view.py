@@ -63,6 +63,7 @@ class Mount:
     reason: str = ""
     size: int = 0  # bytes, for TMPFS
     data: str = ""  # content, for DATA
+    mode: str = ""  # permissions of a TMPFS or DATA entry, when not the default
 
     def render(self) -> str:
         """``kind dest <- source  (reason)`` on one line."""
@@ -99,6 +100,7 @@ class ViewInputs:
     allow_network: bool = False
     tmp_bytes: int = 16 * 1024 * 1024
     shm_bytes: int = 16 * 1024 * 1024
+    masks: tuple[str, ...] = ()  # denied paths inside the view: covered by an empty mount
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +301,23 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     for path in _sorted(inputs.write_paths):
         if not builder.expose(path, "granted file:write", writable=True):
             builder.notes.append(f"granted `{path}` does not exist: left out")
+    for path in inputs.masks:
+        _mask(builder, path)
     return ViewPlan(inputs.plugin, _in_mount_order(builder.mounts), tuple(builder.notes))
+
+
+def _mask(builder: _Builder, path: str) -> None:
+    """Cover a denied path that the view would show with an empty, unreadable mount."""
+    shown = any(path == m.dest or path.startswith(m.dest.rstrip("/") + "/")
+                for m in builder.mounts if m.kind in (MountKind.RO_BIND, MountKind.BIND))
+    if not shown or not os.path.lexists(path):
+        return  # outside the view (it does not exist there) or not there yet
+    if os.path.isdir(path) and not os.path.islink(path):
+        builder.mounts.append(Mount(MountKind.TMPFS, path, reason="denied: masked", size=4096,
+                                    mode="0000"))
+        builder.mounts.append(Mount(MountKind.REMOUNT_RO, path, reason="denied: masked"))
+    else:
+        builder.mounts.append(Mount(MountKind.DATA, path, reason="denied: masked", mode="0000"))
 
 
 def _sorted(paths: Iterable[str]) -> list[str]:
