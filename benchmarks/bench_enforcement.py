@@ -5,7 +5,9 @@
    while an in-process plugin is active;
 3. process mode: round trip of a trivial call to a warm worker;
 4. cold start of a fully locked-down worker to an initialised plugin;
-5. time from a timeout's deadline to the worker being gone.
+5. time from a timeout's deadline to the worker being gone;
+6. cold start with and without bubblewrap, interleaved in the same run (the ratio and the
+   difference of the medians are printed after the table).
 
 Run: ``python benchmarks/bench_enforcement.py``.
 """
@@ -20,14 +22,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from policy_engine import Engine, PluginTimeoutError
 from policy_engine.enforcement.checker import make_checker
+from policy_engine.enforcement.host import bwrap
 from policy_engine.enforcement.inprocess import InprocessRunner, install_audit_hook, running_as
 from policy_engine.enforcement.loader import PluginLoader
 from policy_engine.enforcement.sandbox import PluginSandbox
+from policy_engine.enforcement.supervisor import WorkerProcess
 from policy_engine.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +140,29 @@ def bench_process(scratch: Path) -> dict[str, list[float]]:
     return results
 
 
+def bench_bubblewrap(scratch: Path) -> dict[str, list[float]]:
+    """Cold starts of the same plugin, alternating without and with bubblewrap."""
+    if bwrap.available():
+        return {}
+    data = scratch / "bwrap-data"
+    data.mkdir()
+    engine = Engine.load(ROOT / "policies", plugins=EXAMPLES, variables={"data_dir": str(data)})
+    sandbox = PluginSandbox(engine, data_dir=data, scratch_root=scratch)
+    metadata = load_manifest(EXAMPLES / "summarizer")
+    runner: Any = sandbox.runner_for(metadata, lambda hook: lambda *a: None)
+    times: dict[str, list[float]] = {"cold start, today's layers only": [],
+                                     "cold start under bubblewrap": []}
+    for _ in range(20):
+        for name, sandboxed in (("cold start, today's layers only", False),
+                                ("cold start under bubblewrap", True)):
+            worker = WorkerProcess(capability_handler=runner.services.handle, sandbox=sandboxed)
+            started = time.perf_counter_ns()
+            worker.start(runner.init)
+            times[name].append((time.perf_counter_ns() - started) / 1000)
+            worker.stop()
+    return times
+
+
 TARGETS = {
     "wrapped in-process call, added": "<= 2 µs",
     "audited event in host code, no plugin active, added": "(prototype: 0.13-0.15 µs)",
@@ -144,6 +172,8 @@ TARGETS = {
     "cold start of a locked-down worker to an initialised plugin": "<= 100 ms",
     "PluginLoader.load (manifest, validation, scan, start)": "(no target)",
     "worker gone after the deadline": "<= 100 ms",
+    "cold start, today's layers only": "(baseline)",
+    "cold start under bubblewrap": "<= baseline + 15 ms",
 }
 
 
@@ -151,7 +181,8 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the loader's scan warnings are not the point here
     with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
         scratch = Path(tmp)
-        rows = {**bench_inprocess(scratch), **bench_process(scratch)}
+        rows = {**bench_inprocess(scratch), **bench_process(scratch),
+                **bench_bubblewrap(scratch)}
     name_width = max(len(n) for n in rows)
     print(f"{'measure':<{name_width}}  {'median':>12}  {'p99':>12}  target")
     print("-" * (name_width + 40))
@@ -160,6 +191,14 @@ def main() -> None:
         unit = "ms" if med >= 1000 else "µs"
         scale = 1000 if unit == "ms" else 1
         print(f"{name:<{name_width}}  {med / scale:>9.2f} {unit}  {high / scale:>9.2f} {unit}  {TARGETS[name]}")
+    plain = rows.get("cold start, today's layers only")
+    boxed = rows.get("cold start under bubblewrap")
+    if plain and boxed:
+        added = (statistics.median(boxed) - statistics.median(plain)) / 1000
+        ratio = statistics.median(boxed) / statistics.median(plain)
+        print(f"\nbubblewrap adds {added:.1f} ms to a cold start (ratio {ratio:.2f})")
+    else:
+        print(f"\nbubblewrap not measured: {bwrap.available()}")
     print(f"\n(cpu count {os.cpu_count()}; times are wall clock)")
 
 

@@ -313,7 +313,7 @@ EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 #: Modules that, when present, add subcommands to :data:`EXTRA_COMMANDS` as they are imported.
 OPTIONAL_COMMAND_MODULES = ("policy_engine.cli.run", "policy_engine.cli.learn", "policy_engine.cli.policytest",
-                            "policy_engine.cli.bundle")
+                            "policy_engine.cli.bundle", "policy_engine.cli.sandbox", "policy_engine.cli.doctor")
 
 
 def _import_optional_commands() -> None:

@@ -73,6 +73,9 @@ READ_WRITE = (
     | TRUNCATE
 )
 
+#: Write and create without read: what a ``file:write``/``file:delete`` grant alone gives.
+WRITE_ONLY = READ_WRITE & ~(READ_FILE | READ_DIR)
+
 
 class LandlockError(OSError):
     """A Landlock system call failed for a reason other than the kernel lacking it."""

@@ -165,8 +165,16 @@ class PluginLoader:
         when it must not load."""
         metadata = load_manifest(plugin_dir_of(path))
         with self._lock:
-            if metadata.name in self._plugins:
+            existing = self._plugins.get(metadata.name)
+            if existing is not None and _same_dir(existing.metadata.plugin_path,
+                                                  metadata.plugin_path):
                 self.unload(metadata.name, reason="replaced by a new load")
+            elif existing is not None:
+                # A second directory must not inherit the first one's grants and data.
+                error = _claimed_twice(metadata.name, existing.metadata.plugin_path,
+                                       metadata.plugin_path)
+                self.unload(metadata.name, reason=str(error))
+                raise error
             self.engine.register(metadata)
             validation = self.sandbox.validate_plugin(metadata)
             for warning in validation.warnings:
@@ -198,7 +206,20 @@ class PluginLoader:
         directory name, why the others did not load."""
         loaded: dict[str, LoadedPlugin] = {}
         failed: dict[str, Exception] = {}
+        claims: dict[str, list[Path]] = {}
         for plugin_dir in self.discover(directory):
+            try:
+                claims.setdefault(load_manifest(plugin_dir).name, []).append(plugin_dir)
+            except ManifestError:
+                continue  # reported by load() below
+        for plugin_dir in self.discover(directory):
+            name = next((n for n, dirs in claims.items() if plugin_dir in dirs), None)
+            if name is not None and len(claims[name]) > 1:
+                # Refused for both, whatever the listing order.
+                error = _claimed_twice(name, *sorted(claims[name]))
+                log.warning("plugin in `%s` not loaded: %s", plugin_dir, error)
+                failed[plugin_dir.name] = error
+                continue
             try:
                 plugin = self.load(plugin_dir)
             except (PluginValidationError, ManifestError, EnforcementError) as exc:
@@ -245,3 +266,15 @@ class PluginLoader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _same_dir(first: str | Path | None, second: str | Path | None) -> bool:
+    if first is None or second is None:
+        return first is second
+    return Path(first).resolve() == Path(second).resolve()
+
+
+def _claimed_twice(name: str, *paths: str | Path | None) -> PluginValidationError:
+    where = " and ".join(f"`{path}`" for path in paths)
+    return PluginValidationError(name, [f"plugin name `{name}` is claimed by two directories: "
+                                        f"{where}; rename one"])

@@ -67,6 +67,14 @@ _ALWAYS_DENIED = (
     "delete_module", "acct", "swapon", "swapoff", "reboot",
 )
 _PROCESS_CREATION = ("execve", "execveat", "fork", "vfork")
+# Every system call that sets a file mode, with the index of its mode argument. A mode with
+# the set-user-ID or set-group-ID bit is refused, whatever the policy: a plugin must never
+# leave a set-id program behind. ``openat2`` passes its mode in a struct the filter cannot
+# read, so it is refused outright (ENOSYS: callers fall back to ``openat``).
+_MODE_ARGUMENT = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2),
+                  ("open", 2), ("openat", 3), ("creat", 1), ("mknod", 1), ("mknodat", 2))
+_SET_ID_BITS = (0o4000, 0o2000)  # S_ISUID, S_ISGID
+_UNREADABLE_MODE = ("openat2",)
 
 _SYSTEM_LIBRARIES = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib")
 _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
@@ -102,6 +110,11 @@ class LockdownSpec:
     run_as_uid: int | None = None
     run_as_gid: int | None = None
     no_drop_reason: str = ""
+    #: Test-only: False starts the worker without its audit hook, so tests can show that the
+    #: kernel layers alone hold. Only the host's spec carries it; the plugin cannot reach it.
+    audit_hook: bool = True
+    #: Paths denied inside granted trees, masked in the sandbox's view by an empty mount.
+    mask_paths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -121,6 +134,8 @@ class LockdownSpec:
             "run_as_uid": self.run_as_uid,
             "run_as_gid": self.run_as_gid,
             "no_drop_reason": self.no_drop_reason,
+            "audit_hook": self.audit_hook,
+            "mask_paths": list(self.mask_paths),
         }
 
     @classmethod
@@ -145,6 +160,8 @@ class LockdownSpec:
             run_as_uid=optional_int(data.get("run_as_uid")),
             run_as_gid=optional_int(data.get("run_as_gid")),
             no_drop_reason=str(data.get("no_drop_reason", "")),
+            audit_hook=bool(data.get("audit_hook", True)),
+            mask_paths=tuple(str(p) for p in data.get("mask_paths", ())),
         )
 
 
@@ -380,7 +397,9 @@ def landlock_plan(spec: LockdownSpec) -> landlock.LandlockPlan:
     grants += [(spec.plugin_dir, landlock.READ)]
     grants += [(p, landlock.READ) for p in spec.read_paths]
     grants += [(spec.scratch_dir, landlock.READ_WRITE)]
-    grants += [(p, landlock.READ_WRITE) for p in spec.write_paths]
+    # A write grant gives no read: reading needs its own grant (the rights of the same path
+    # are merged, so read and write together give both).
+    grants += [(p, landlock.WRITE_ONLY) for p in spec.write_paths]
     if spec.allow_subprocess:
         grants += [(p, landlock.READ_EXECUTE) for p in _PROGRAM_DIRS]
         grants += [(p, landlock.READ_FILE) for p in _PROGRAM_FILES]
@@ -424,18 +443,27 @@ def _apply_seccomp(spec: LockdownSpec, applied: _Progress) -> None:
         return
     try:
         _seccomp_rules(rules, spec)
+        unknown = list(rules.unknown)
         rules.load()
     except seccomp.SeccompError as error:
         rules.release()
         applied.missing.append(f"seccomp: {error}")
         return
     applied.seccomp = True
+    # A call libseccomp cannot name cannot be filtered: that rule is a missing layer.
+    applied.missing += [f"seccomp: libseccomp does not know `{name}`, which stays unfiltered"
+                        for name in dict.fromkeys(unknown)]
 
 
 def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec) -> None:
     eperm = errno.EPERM
     for name in _ALWAYS_DENIED:
         rules.deny(name, eperm)
+    for name, index in _MODE_ARGUMENT:
+        for bit in _SET_ID_BITS:
+            rules.deny(name, eperm, seccomp.masked_eq(index, bit, bit))
+    for name in _UNREADABLE_MODE:
+        rules.deny(name, errno.ENOSYS)
     # TCP Fast Open connects inside sendto/sendmsg, past Landlock's connect rule.
     rules.deny("sendto", eperm, seccomp.masked_eq(3, _MSG_FASTOPEN, _MSG_FASTOPEN))
     rules.deny("sendmsg", eperm, seccomp.masked_eq(2, _MSG_FASTOPEN, _MSG_FASTOPEN))

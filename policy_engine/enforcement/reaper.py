@@ -67,7 +67,10 @@ def freeze(roots: Iterable[int], known: Iterable[psutil.Process] = ()) -> dict[i
     root_list = list(roots)
     frozen: dict[int, psutil.Process] = {}
     for process in known:
-        _stop(process, frozen)
+        try:
+            _stop(process, frozen)
+        except psutil.Error:  # gone since it was seen
+            continue
     for _ in range(_MAX_ROUNDS):
         grew = False
         for pid in _walk([*root_list, *frozen]):

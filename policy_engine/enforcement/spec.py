@@ -18,7 +18,8 @@ from ..table import ActionEntry, PluginTable, plugin_table_to_json
 from .lockdown import LockdownSpec
 from .usage import ResourceLimits
 
-__all__ = ["KernelGrants", "kernel_grants", "lockdown_spec", "resource_limits", "checker_data"]
+__all__ = ["KernelGrants", "checker_data", "kernel_grants", "kernel_masks", "lockdown_spec",
+           "resource_limits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,27 @@ def kernel_grants(table: PluginTable) -> KernelGrants:
     )
 
 
+def kernel_masks(table: PluginTable) -> tuple[str, ...]:
+    """Paths an unconditional ``file:read`` deny names exactly (a literal, or a ``/dir/**``
+    tree): the sandbox masks each one it would show with an empty mount, so no route reads
+    it. (Write and delete denies are held by read-only binds and Landlock.)"""
+    masks: dict[str, None] = {}
+    for permission in (Permission.FILE_READ,):
+        entry = table.entries.get(permission)
+        for rule in entry.denies if entry is not None else ():
+            if rule.patterns is None or rule.when is not None or rule.unless is not None:
+                continue
+            for pattern in rule.patterns:
+                if not isinstance(pattern, PathPattern):
+                    continue
+                if pattern.is_literal:
+                    masks.setdefault(pattern.canonical, None)
+                elif len(pattern.segments) > 1 and pattern.segments[-1] == "**" and \
+                        pattern.landlock_root == "/" + "/".join(pattern.segments[:-1]):
+                    masks.setdefault(pattern.landlock_root, None)  # `/dir/**`: the whole tree
+    return tuple(masks)
+
+
 def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool = False) -> LockdownSpec:
     """The worker's lockdown for ``plugin``. In audit mode nothing is denied, so the
     filesystem and network stay open (only limits apply)."""
@@ -107,6 +129,7 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
         connect_any_port=grants.any_port,
         allow_network=grants.network,
         allow_subprocess=grants.subprocess,
+        mask_paths=() if audit else kernel_masks(table),
     )
 
 

@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import (
     EnforcementError,
@@ -44,6 +44,9 @@ from .remote import exception_from_data, exception_to_data
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 from .worker import BOOTSTRAP
+
+if TYPE_CHECKING:
+    from .host.identity import IdentityMap
 
 __all__ = ["CapabilityHandler", "StartResult", "WorkerInit", "WorkerProcess"]
 
@@ -163,9 +166,13 @@ class WorkerProcess:
 
     def __init__(self, *, capability_handler: CapabilityHandler | None = None,
                  python: str | None = None, debug_stderr: bool = False,
-                 spin: float = _DEFAULT_SPIN) -> None:
+                 spin: float = _DEFAULT_SPIN, sandbox: bool | None = None,
+                 identities: IdentityMap | None = None) -> None:
         """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
-        kernel; ``debug_stderr`` lets the worker write to the host's stderr."""
+        kernel; ``debug_stderr`` lets the worker write to the host's stderr. ``sandbox``
+        starts the worker under bubblewrap (None: whenever bubblewrap works here, see
+        :mod:`.host.bwrap`); on a root host each plugin then runs as its own uid from
+        ``identities`` (default: :class:`~.host.identity.IdentityMap` at its default path)."""
         self._capability_handler = capability_handler
         self._spin_seconds = spin
         self._python = python or sys.executable
@@ -178,6 +185,11 @@ class WorkerProcess:
         self._sampler: Sampler | None = None
         self._violation: EnforcementError | None = None
         self._report: IsolationReport | None = None
+        self._sandbox = sandbox
+        self._identities = identities
+        self._sandboxed = False  # the current worker runs under bubblewrap
+        self._identity = (os.getuid(), os.getgid())
+        self._sandbox_pids: list[int] = []  # bwrap's reaper and the worker, as host pids
         self._may_fork = True
         self._call_lock = threading.RLock()  # one call (or start/stop) at a time
         self._signal_lock = threading.RLock()  # signalling and killing the tree
@@ -189,7 +201,9 @@ class WorkerProcess:
     def pid(self) -> int | None:
         """The worker's pid, or None when no worker is running."""
         proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        if proc is None or proc.returncode is not None:
+            return None
+        return self._worker_host_pid() if self._sandboxed else proc.pid
 
     @property
     def alive(self) -> bool:
@@ -282,13 +296,15 @@ class WorkerProcess:
 
     def _start(self) -> StartResult:
         init = self._require_init()
-        spec = self._prepare(init)
+        self._sandboxed = self._use_sandbox()
+        spec = self._prepare_sandbox(init) if self._sandboxed else self._prepare(init)
         features = kernel.detect()
         # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
         self._may_fork = spec.allow_subprocess or not features.seccomp
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._proc = _SPAWNER.run(lambda: self._spawn(child_sock, spec))
+            spawn = self._spawn_sandboxed if self._sandboxed else self._spawn
+            self._proc = _SPAWNER.run(lambda: spawn(child_sock, spec))
         except BaseException:
             host_sock.close()
             raise
@@ -315,12 +331,16 @@ class WorkerProcess:
             raise self._error_from(reply)
         assert self._report is not None
         self._may_fork = spec.allow_subprocess or not self._report.seccomp
+        if self._sandboxed:
+            worker_pid = self._worker_host_pid()
+            self._sandbox_pids = [p for p in (*reaper.child_pids(self._proc.pid), worker_pid)
+                                  if p is not None]
         self._sampler = Sampler(
             self._proc.pid, plugin=init.plugin, limits=init.limits,
-            with_descendants=self._may_fork, on_violation=self._on_violation,
+            with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
             signal_tree=self._signal_tree)
         self._sampler.start()
-        return StartResult(self._report, reply.get("init_result"), self._proc.pid)
+        return StartResult(self._report, reply.get("init_result"), self.pid or self._proc.pid)
 
     def _prepare(self, init: WorkerInit) -> LockdownSpec:
         """Create the scratch directory and decide whether the worker can switch uid."""
@@ -333,6 +353,42 @@ class WorkerProcess:
             # The worker loses root before it runs plugin code; its scratch must stay its own.
             os.chown(spec.scratch_dir, spec.run_as_uid, gid)
         return spec
+
+    def _use_sandbox(self) -> bool:
+        if self._sandbox is not None:
+            return self._sandbox
+        from .host import bwrap
+
+        return not bwrap.available()
+
+    def _prepare_sandbox(self, init: WorkerInit) -> LockdownSpec:
+        """The plugin's identity and its data directories (owned by it, mode 0700)."""
+        spec = replace(init.lockdown, run_as_uid=None, run_as_gid=None, no_drop_reason="")
+        self._identity = _sandbox_identity(init.plugin, self._identities)
+        for path in dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir]):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(path, self._identity[0], self._identity[1])
+            os.chmod(path, 0o700)
+        return spec
+
+    def _spawn_sandboxed(self, child_sock: socket.socket,
+                         spec: LockdownSpec) -> subprocess.Popen[bytes]:
+        from .host import bwrap
+        from .host.view import plan_view
+
+        init = self._require_init()
+        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        uid, gid = self._identity
+        plan = plan_view(view_inputs(init, spec, python=self._python, uid=uid, gid=gid))
+        fd = child_sock.fileno()
+        flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
+        # In its PID namespace the worker's parent is bwrap's reaper, pid 1.
+        command = [self._python, *flags, "-c", BOOTSTRAP, package_dir, "1", str(fd)]
+        options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=spec.allow_network,
+                                       env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
+        return bwrap.spawn(plan, options, command, pass_fds=(fd,),
+                           stderr=None if self._debug_stderr else subprocess.DEVNULL)
 
     def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
         package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -491,7 +547,9 @@ class WorkerProcess:
             return PluginCrashedError(f"worker of plugin `{self._plugin}` closed its channel "
                                       "to the host and was stopped", plugin=self._plugin)
         returncode = proc.wait() if proc is not None else None
-        pid = proc.pid if proc is not None else 0
+        if self._sandboxed and returncode is not None and 128 < returncode < 128 + 65:
+            returncode = 128 - returncode  # bwrap reports a signal death as 128 + signal
+        pid = self.pid or (proc.pid if proc is not None else 0)
         # Descendants were re-parented away from the dead worker; chase the ones last seen.
         self._kill()
         violation = self._violation
@@ -560,6 +618,20 @@ class WorkerProcess:
                 frozen = reaper.freeze([], known)
                 self._report_survivors(reaper.kill_frozen(frozen.values()))
             proc.wait()
+            if self._sandboxed:
+                self._kill_sandbox()
+
+    def _kill_sandbox(self) -> None:
+        """Kill bwrap's reaper (its PID namespace dies with it) and wait until all are gone."""
+        pids, self._sandbox_pids = self._sandbox_pids, []
+        for pid in pids:
+            _kill_pid(pid, signal.SIGKILL)
+        deadline = time.monotonic() + _REAP_TIMEOUT
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if not _is_gone(pid)]
+            if pids:
+                time.sleep(0.002)
+        self._report_survivors(pids)
 
     def _report_survivors(self, pids: list[int]) -> None:
         if pids:
@@ -582,10 +654,11 @@ class WorkerProcess:
         proc = self._proc
         if not self._may_fork or proc is None or proc.poll() is not None:
             return
-        if not reaper.descendants(proc.pid):
+        root = self._worker_host_pid()
+        if root is None or not reaper.descendants(root):
             return
         with self._signal_lock:
-            frozen = reaper.freeze([proc.pid])
+            frozen = reaper.freeze([root])
             self._report_survivors(reaper.kill_frozen(frozen.values()))
         # The killed processes are now zombie children of the worker (the subreaper).
         deadline = time.monotonic() + _REAP_TIMEOUT
@@ -594,6 +667,21 @@ class WorkerProcess:
             self._exchange(deadline, "cleanup", _REAP_TIMEOUT)
         except EnforcementError as error:
             log.warning("cleaning up after plugin `%s` failed: %s", self._plugin, error)
+
+    def _worker_host_pid(self) -> int | None:
+        """The worker's pid in the host; under bwrap, the grandchild of bwrap's process."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if not self._sandboxed:
+            return proc.pid
+        pid = proc.pid
+        for _level in range(2):  # bwrap -> its reaper (pid 1 inside) -> the worker
+            children = reaper.child_pids(pid)
+            if not children:
+                return None
+            pid = children[0]
+        return pid
 
     def _polite_stop(self, timeout: float) -> None:
         """Let the plugin run ``cleanup()``; the worker answers and waits to be killed."""
@@ -623,6 +711,33 @@ class WorkerProcess:
             self._poller = None
             self._proc = None
         _LIVE.discard(self)
+
+
+def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
+                gid: int) -> Any:
+    """The :class:`~.host.view.ViewInputs` of a worker for ``init`` with lockdown ``spec``."""
+    from .host.view import ViewInputs
+
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The tmpfs caps are memory the sandbox holds: an eighth of the limit each.
+    cap = max(spec.memory_bytes // 8, 1024 * 1024) if spec.memory_bytes else 64 * 1024 * 1024
+    return ViewInputs(
+        plugin=init.plugin, plugin_dir=spec.plugin_dir,
+        data_dirs=tuple(dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir])),
+        read_paths=spec.read_paths, write_paths=spec.write_paths, python=python,
+        package_dir=package_dir, import_roots=init.sys_path, uid=uid, gid=gid,
+        allow_subprocess=spec.allow_subprocess, allow_network=spec.allow_network,
+        tmp_bytes=cap, shm_bytes=cap, masks=spec.mask_paths)
+
+
+def _sandbox_identity(plugin: str, identities: IdentityMap | None) -> tuple[int, int]:
+    """Root: the plugin's own uid and gid. Otherwise the host's (the user namespace maps it)."""
+    if os.geteuid() != 0:
+        return os.getuid(), os.getgid()
+    from .host.identity import IdentityMap
+
+    identity = (identities or IdentityMap()).identity(plugin)
+    return identity.uid, identity.gid
 
 
 def _choose_identity(init: WorkerInit, spec: LockdownSpec) -> LockdownSpec:
@@ -662,6 +777,14 @@ def _kill_pid(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _is_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _signal_name(signum: int) -> str:

@@ -279,3 +279,74 @@ def test_switch_to_an_unprivileged_uid(tmp_path: Path) -> None:
         assert not any(item.startswith("privilege-drop") for item in out["missing"])
     finally:
         shutil.rmtree(base)
+
+
+@needs_seccomp
+def test_no_route_creates_a_set_id_file(spec: LockdownSpec) -> None:
+    """Every system call that sets a mode refuses the set-user-ID and set-group-ID bits."""
+    result = run_locked(spec, '''
+        import ctypes, stat
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def raw(number, *args):
+            if libc.syscall(number, *args) < 0:
+                raise OSError(ctypes.get_errno(), "raw")
+
+        open("plain", "w").close()
+        os.mkdir("dir")
+        fd = os.open("plain", os.O_RDONLY)
+        dir_fd = os.open(".", os.O_RDONLY)
+        routes = {
+            "chmod": lambda: os.chmod("plain", 0o4755),
+            "chmod-setgid": lambda: os.chmod("plain", 0o2755),
+            "chmod-dir-setgid": lambda: os.chmod("dir", 0o2755),
+            "fchmod": lambda: os.fchmod(fd, 0o4755),
+            "fchmodat": lambda: os.chmod("plain", 0o4755, dir_fd=dir_fd),
+            "fchmodat2": lambda: raw(452, -100, b"plain", 0o4755, 0),
+            "open": lambda: os.close(os.open("o1", os.O_CREAT | os.O_WRONLY, 0o4755)),
+            "openat": lambda: os.close(os.open("o2", os.O_CREAT | os.O_WRONLY, 0o6755,
+                                               dir_fd=dir_fd)),
+            "creat": lambda: raw(85, b"o3", 0o4755),
+            "mknod": lambda: os.mknod("o4", stat.S_IFREG | 0o4755),
+            "mknodat": lambda: os.mknod("o5", stat.S_IFREG | 0o2755, dir_fd=dir_fd),
+            "openat2": lambda: raw(437, -100, b"o6", b"\\0" * 24, 24),
+            "plain-chmod": lambda: os.chmod("plain", 0o755),
+        }
+        out["routes"] = {name: attempt(route) for name, route in routes.items()}
+        out["set_id"] = sorted(name for name in os.listdir(".")
+                               if os.lstat(name).st_mode & 0o6000)
+    ''')
+    routes = result["routes"]
+    assert routes.pop("openat2") == "ENOSYS"  # its mode is in a struct: refused outright
+    assert routes.pop("plain-chmod") == "ok"
+    assert routes == dict.fromkeys(routes, "EPERM")
+    assert result["set_id"] == []
+    assert not [m for m in result["missing"] if "does not know" in m]
+
+
+@needs_landlock
+def test_a_write_grant_alone_is_write_only(spec: LockdownSpec, tmp_path: Path) -> None:
+    (tmp_path / "drop").mkdir()
+    (tmp_path / "drop" / "old.txt").write_text("written by the host")
+    (tmp_path / "both").mkdir()
+    spec = LockdownSpec(scratch_dir=spec.scratch_dir, plugin_dir=spec.plugin_dir,
+                        write_paths=(str(tmp_path / "drop"), str(tmp_path / "both")),
+                        read_paths=(str(tmp_path / "both"),))
+    result = run_locked(spec, '''
+        drop, both = sys.argv[2], sys.argv[3]
+        def write(path):
+            with open(path, "w") as handle:
+                handle.write("x")
+        def read(path):
+            with open(path) as handle:
+                handle.read()
+        out["write"] = attempt(lambda: write(drop + "/new.txt"))
+        out["read_new"] = attempt(lambda: read(drop + "/new.txt"))
+        out["read_old"] = attempt(lambda: read(drop + "/old.txt"))
+        out["list"] = attempt(lambda: os.listdir(drop) and None)
+        out["both_write"] = attempt(lambda: write(both + "/f.txt"))
+        out["both_read"] = attempt(lambda: read(both + "/f.txt"))
+    ''', str(tmp_path / "drop"), str(tmp_path / "both"))
+    assert result["write"] == "ok"
+    assert result["read_new"] == result["read_old"] == result["list"] == "EACCES"
+    assert result["both_write"] == result["both_read"] == "ok"

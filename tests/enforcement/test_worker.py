@@ -195,11 +195,12 @@ def start(tmp_path: Path, plugin_dir: Path, granted: Path) -> Iterator[Starter]:
     workers: list[WorkerProcess] = []
 
     def starter(*, allow: list[list[Any]] | None = None, limits: ResourceLimits | None = None,
-                handler: Any = None, **spec: Any) -> tuple[WorkerProcess, StartResult]:
+                handler: Any = None, sandbox: bool | None = None,
+                **spec: Any) -> tuple[WorkerProcess, StartResult]:
         rules = [["file:read", f"{granted}/*"]] + (allow or [])
         lockdown = LockdownSpec(scratch_dir=str(tmp_path / "scratch"),
                                 plugin_dir=str(plugin_dir), read_paths=(str(granted),), **spec)
-        worker = WorkerProcess(capability_handler=handler)
+        worker = WorkerProcess(capability_handler=handler, sandbox=sandbox)
         workers.append(worker)
         result = worker.start(WorkerInit(
             plugin="demo", plugin_dir=str(plugin_dir), entry_point="demo:Plugin",
@@ -223,7 +224,9 @@ def gone(pid: int) -> bool:
 
 def test_warm_call_returns_data(start: Starter) -> None:
     worker, result = start()
-    assert result.init_result == {"pid": result.pid, "name": "demo"}
+    # Under bubblewrap the plugin sees its own PID namespace: pid 2, after bwrap's reaper.
+    expected_pid = 2 if worker._sandboxed else result.pid
+    assert result.init_result == {"pid": expected_pid, "name": "demo"}
     assert worker.pid == result.pid and worker.alive
     assert worker.call("echo", [1, "two", [3.5]], {"k": {"n": None}}, timeout=5) == {
         "args": [1, "two", [3.5]], "kwargs": {"k": {"n": None}}}
@@ -281,7 +284,9 @@ def test_timeout_kills_a_loop_that_ignores_sigterm(start: Starter) -> None:
 # -- processes ---------------------------------------------------------------------------------
 
 def test_double_forked_daemon_does_not_outlive_the_call(start: Starter) -> None:
-    worker, _ = start(allow_subprocess=True, allow=[["subprocess:execute", None]])
+    # The reaper of the fallback (no PID namespace): the plugin's pids are the host's.
+    worker, _ = start(allow_subprocess=True, allow=[["subprocess:execute", None]],
+                      sandbox=False)
     daemon = worker.call("daemon", timeout=10)
     assert daemon != worker.pid
     assert gone(daemon)
@@ -571,7 +576,8 @@ def test_audit_mode_logs_instead_of_denying(tmp_path: Path, plugin_dir: Path, gr
     try:
         with caplog.at_level(logging.INFO, logger="policy_engine.plugins.audit"):
             # The audit hook lets it through; Landlock still holds the line underneath.
-            with pytest.raises(PluginRaisedError, match="PermissionError"):
+            # (Under bubblewrap the file is not even in the view.)
+            with pytest.raises(PluginRaisedError, match="PermissionError|FileNotFoundError"):
                 worker.call("read", [str(secret)], timeout=10)
         audited = [json.loads(r.getMessage()[len(AUDIT_PREFIX):]) for r in caplog.records
                    if r.getMessage().startswith(AUDIT_PREFIX)]
@@ -637,7 +643,8 @@ def test_init_failure_is_reported(tmp_path: Path, plugin_dir: Path) -> None:
 
 def test_daemon_left_behind_does_not_survive_stop(start: Starter,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    worker, _ = start(allow_subprocess=True, allow=[["subprocess:execute", None]])
+    worker, _ = start(allow_subprocess=True, allow=[["subprocess:execute", None]],
+                      sandbox=False)
     # Skip the sweep after the call, so the daemon is still there when stop() comes.
     monkeypatch.setattr(worker, "_sweep_leftovers", lambda: None)
     daemon = worker.call("daemon", timeout=10)

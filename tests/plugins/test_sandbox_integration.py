@@ -331,3 +331,27 @@ def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
     assert any(entry.startswith("file:read /etc/passwd — ") and "default.policy" in entry
                for entry in result.blocked)
     assert 'allow plugin "rogue" to network:request on "collector.evil.test:443"' in result.rules
+
+
+def test_a_name_claimed_by_two_directories_is_refused_for_both(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    for copy in ("a_first", "b_second"):
+        shutil.copytree(ROOT / "examples" / "plugins" / "summarizer", plugins / copy)
+    with make_loader(tmp_path, plugins) as loader:
+        loaded, failed = loader.load_all(plugins)
+        assert loaded == {}
+        assert set(failed) == {"a_first", "b_second"}
+        for error in failed.values():
+            assert "claimed by two directories" in str(error)
+            assert str(plugins / "a_first") in str(error) and str(plugins / "b_second") in str(error)
+
+
+def test_loading_a_second_directory_with_a_loaded_name_unloads_both(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    for copy in ("a_first", "b_second"):
+        shutil.copytree(ROOT / "examples" / "plugins" / "summarizer", plugins / copy)
+    with make_loader(tmp_path, plugins) as loader:
+        loader.load(plugins / "a_first")
+        with pytest.raises(PluginValidationError, match="claimed by two directories"):
+            loader.load(plugins / "b_second")
+        assert loader.get("summarizer") is None  # the first does not keep running either
