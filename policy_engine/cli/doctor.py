@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..enforcement.host.doctor import preflight
+from .conventions import exit_codes_epilog
 from .main import EXIT_OK, EXTRA_COMMANDS, add_engine_options, build_engine, print_json
 from .tables import Table, render_text
 
@@ -28,7 +29,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _register(commands: Any) -> None:
-    parser = commands.add_parser("doctor", help="which isolation layers this host offers")
+    parser = commands.add_parser(
+        "doctor", help="which isolation layers this host offers",
+        description="Report, before any deployment, which isolation layers this host offers "
+                    "(bubblewrap, user namespaces, cgroups, Landlock, seccomp) and the level "
+                    "each plugin would get.",
+        epilog=exit_codes_epilog(((0, "reported"), (2, "usage or input error"))))
     add_engine_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=cmd_doctor)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..enforcement.host.plan import plugin_view
+from .conventions import exit_codes_epilog
 from .main import EXIT_OK, EXTRA_COMMANDS, add_engine_options, build_engine, print_json
 
 __all__ = ["cmd_sandbox_plan"]
@@ -24,8 +25,11 @@ def cmd_sandbox_plan(args: argparse.Namespace) -> int:
 
 
 def _register(commands: Any) -> None:
-    parser = commands.add_parser("sandbox-plan",
-                                 help="the filesystem view of a plugin's sandbox, as computed")
+    parser = commands.add_parser(
+        "sandbox-plan", help="the filesystem view of a plugin's sandbox, as computed",
+        description="Print the filesystem view a plugin's bubblewrap sandbox gets: every mount, "
+                    "its source and why it is there. Nothing else exists inside.",
+        epilog=exit_codes_epilog(((0, "printed"), (2, "usage or input error"))))
     parser.add_argument("plugin", metavar="PLUGIN", help="the plugin's name")
     add_engine_options(parser)
     parser.add_argument("--data-dir", default="data", metavar="DIR",
