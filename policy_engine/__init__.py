@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from .decision import Decision, Reason, RuleRef
     from .decision_log import DecisionLog
     from .diagnostics import Diagnostic, Severity, Span
-    from .enforcement.loader import PluginLoader
-    from .enforcement.sandbox import PluginSandbox, ValidationResult
+    from .enforcement.host.loader import PluginLoader
+    from .enforcement.host.sandbox import PluginSandbox, ValidationResult
     from .engine import CacheInfo, Engine
     from .errors import (
         EnforcementError,
@@ -47,8 +47,8 @@ _LAZY = {
     "Decision": "decision", "Reason": "decision", "RuleRef": "decision",
     "DecisionLog": "decision_log",
     "Diagnostic": "diagnostics", "Severity": "diagnostics", "Span": "diagnostics",
-    "PluginLoader": "enforcement.loader",
-    "PluginSandbox": "enforcement.sandbox", "ValidationResult": "enforcement.sandbox",
+    "PluginLoader": "enforcement.host.loader",
+    "PluginSandbox": "enforcement.host.sandbox", "ValidationResult": "enforcement.host.sandbox",
     "CacheInfo": "engine", "Engine": "engine",
     "EnforcementError": "errors", "FileSizeError": "errors", "ManifestError": "errors",
     "PermissionDeniedError": "errors", "PluginCrashedError": "errors",

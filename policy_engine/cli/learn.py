@@ -9,7 +9,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from ..enforcement.learn import LearnResult, learn
+from ..enforcement.host.learn import LearnResult, learn
 from ..errors import UsageError
 from .main import DEFAULT_POLICY, EXIT_OK, EXTRA_COMMANDS, parse_pairs
 

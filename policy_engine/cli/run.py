@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from ..enforcement.run import RunReport, report_to_dict, run_plugins
+from ..enforcement.host.run import RunReport, report_to_dict, run_plugins
 from .main import DEFAULT_POLICY, EXIT_OK, EXTRA_COMMANDS, parse_pairs
 from .tables import Table, render_text
 

@@ -14,12 +14,12 @@ from typing import Any
 import psutil
 import pytest
 
-from policy_engine.enforcement import kernel
-from policy_engine.enforcement.checker import AUDIT_PREFIX
-from policy_engine.enforcement.lockdown import LockdownSpec
-from policy_engine.enforcement.remote import PluginRaisedError
-from policy_engine.enforcement.supervisor import StartResult, WorkerInit, WorkerProcess
-from policy_engine.enforcement.usage import ResourceLimits
+from policy_engine.enforcement.host import kernel
+from policy_engine.enforcement.host.supervisor import StartResult, WorkerInit, WorkerProcess
+from policy_engine.enforcement.host.usage import ResourceLimits
+from policy_engine.enforcement.worker.checker import AUDIT_PREFIX
+from policy_engine.enforcement.worker.lockdown import LockdownSpec
+from policy_engine.enforcement.worker.remote import PluginRaisedError
 from policy_engine.errors import (
     FileSizeError,
     PermissionDeniedError,
@@ -469,7 +469,7 @@ def test_capability_calls_reach_the_host(start: Starter) -> None:
     def handler(capability: str, method: str, args: list[Any]) -> Any:
         calls.append((capability, method, args))
         if args == ["forbidden"]:
-            from policy_engine.enforcement.checker import DeniedDecision, denial
+            from policy_engine.enforcement.worker.checker import DeniedDecision, denial
 
             raise denial(DeniedDecision("demo", "config:read", "forbidden", "not granted"))
         return {"value": args[0]} if method == "get" else None
@@ -582,7 +582,7 @@ def test_audit_mode_logs_instead_of_denying(tmp_path: Path, plugin_dir: Path, gr
 
 
 TYPED_PLUGIN = """
-from policy_engine.enforcement.base import BaseAgentPlugin
+from policy_engine.plugin_api import BaseAgentPlugin
 
 
 class Agent(BaseAgentPlugin):
@@ -650,8 +650,8 @@ def test_daemon_left_behind_does_not_survive_stop(start: Starter,
 HOST = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from policy_engine.enforcement.lockdown import LockdownSpec
-from policy_engine.enforcement.supervisor import WorkerInit, WorkerProcess
+from policy_engine.enforcement.worker.lockdown import LockdownSpec
+from policy_engine.enforcement.host.supervisor import WorkerInit, WorkerProcess
 worker = WorkerProcess()
 result = worker.start(WorkerInit(plugin="demo", plugin_dir={plugin!r}, entry_point="demo:Plugin",
     lockdown=LockdownSpec(scratch_dir={scratch!r}, plugin_dir={plugin!r})))

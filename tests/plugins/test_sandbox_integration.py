@@ -26,10 +26,10 @@ from policy_engine import (
     ResourceLimitError,
 )
 from policy_engine.digest import plugin_digest
-from policy_engine.enforcement import kernel
-from policy_engine.enforcement.loader import PluginLoader
-from policy_engine.enforcement.run import run_plugins
-from policy_engine.enforcement.sandbox import PluginSandbox
+from policy_engine.enforcement.host import kernel
+from policy_engine.enforcement.host.loader import PluginLoader
+from policy_engine.enforcement.host.run import run_plugins
+from policy_engine.enforcement.host.sandbox import PluginSandbox
 
 pytestmark = pytest.mark.integration
 
@@ -296,7 +296,7 @@ def test_the_run_job_on_the_examples(tmp_path: Path) -> None:
 
 
 def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
-    from policy_engine.enforcement.learn import learn
+    from policy_engine.enforcement.host.learn import learn
 
     result = learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies")
     assert "file:read /etc/passwd" in result.needed

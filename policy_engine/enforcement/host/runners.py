@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import psutil
 
-from ..errors import PluginValidationError
-from .base import PluginContext, base_for
+from ...errors import PluginValidationError
+from ...plugin_api import PluginContext, base_for
+from ..inprocess.runner import InprocessRunner
 from .capabilities import ConfigCapability, DatabaseCapability, HookCapability
-from .inprocess import InprocessRunner
 from .supervisor import WorkerInit, WorkerProcess
 from .usage import ResourceUsage
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import psutil
 
-from ..errors import ResourceLimitError
+from ...errors import ResourceLimitError
 from .reaper import descendants
 from .usage import ResourceLimits, ResourceUsage
 

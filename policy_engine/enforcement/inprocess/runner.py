@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EnforcementError, PluginTimeoutError, PluginValidationError
-from .audit import AuditGuard
+from ...errors import EnforcementError, PluginTimeoutError, PluginValidationError
+from ..worker.audit import AuditGuard
 
 __all__ = ["ActivePlugin", "InprocessRunner", "active_plugin", "install_audit_hook", "running_as"]
 

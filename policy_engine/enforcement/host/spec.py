@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import Engine
-from ..patterns import HostPattern, PathPattern, Pattern
-from ..permissions import Permission
-from ..table import ActionEntry, PluginTable, plugin_table_to_json
-from .lockdown import LockdownSpec
+from ...engine import Engine
+from ...patterns import HostPattern, PathPattern, Pattern
+from ...permissions import Permission
+from ...table import ActionEntry, PluginTable, plugin_table_to_json
+from ..worker.lockdown import LockdownSpec
 from .usage import ResourceLimits
 
 __all__ = ["KernelGrants", "kernel_grants", "lockdown_spec", "resource_limits", "checker_data"]

@@ -34,10 +34,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
+from ...errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
+from ..wire import FrameError, recv_frame, send_frame
 from .audit import AuditGuard
 from .checker import make_checker
-from .ipc import FrameError, recv_frame, send_frame
 from .lockdown import LockdownSpec, ParentGoneError, apply_lockdown
 from .remote import exception_from_data, exception_to_data
 
@@ -60,7 +60,7 @@ BOOTSTRAP = (
     "s.submodule_search_locations=[d];p=types.ModuleType('policy_engine')\n"
     "p.__spec__=s;p.__path__=[d];p.__package__='policy_engine'\n"
     "sys.modules['policy_engine']=p\n"
-    "from policy_engine.enforcement.worker import main\n"
+    "from policy_engine.enforcement.worker.main import main\n"
     "raise SystemExit(main(sys.argv[2:]))\n"
 )
 
@@ -129,7 +129,7 @@ class _HookProxy(_CapabilityProxy):
 class WorkerContext:
     """What a plugin's ``initialize(ctx)`` receives inside a worker.
 
-    The attribute names match :class:`policy_engine.enforcement.base.PluginContext`;
+    The attribute names match :class:`policy_engine.plugin_api.PluginContext`;
     ``config``, ``db`` and ``hooks`` are proxies whose calls go to the host, which checks
     each against the policy. :meth:`call_host` is the generic form.
     """
@@ -237,7 +237,7 @@ class _Worker:
     def _implicit_read(self) -> list[str]:
         paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
                  self.spec.plugin_dir, os.devnull, "/dev/urandom", "/dev/random",
-                 f"/proc/{os.getpid()}", os.path.dirname(os.path.dirname(__file__))]
+                 f"/proc/{os.getpid()}", os.path.dirname(os.path.dirname(os.path.dirname(__file__)))]
         paths += [p for p in sys.path if p and os.path.isabs(p)]
         return paths
 
@@ -272,7 +272,7 @@ class _Worker:
         plugin_type = str(self.init.get("plugin_type") or "")
         if not plugin_type:
             return
-        from .base import base_for  # only when asked: it is not needed otherwise
+        from ...plugin_api import base_for  # only when asked: it is not needed otherwise
 
         base = base_for(plugin_type)
         if not (isinstance(cls, type) and issubclass(cls, base)):

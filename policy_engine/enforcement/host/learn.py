@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import Engine
-from ..errors import PolicyEngineError
-from ..manifest import load_manifest
-from ..patterns import normalize
-from ..permissions import Permission
+from ...engine import Engine
+from ...errors import PolicyEngineError
+from ...manifest import load_manifest
+from ...patterns import normalize
+from ...permissions import Permission
 from .loader import PluginLoader
 from .run import _demo_environment, probe_methods
 from .sandbox import AuditRecord, PluginSandbox

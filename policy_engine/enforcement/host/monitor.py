@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..settings import Limits
+from ...settings import Limits
 from .usage import ResourceUsage
 
 __all__ = ["ResourceMonitor"]

@@ -3,7 +3,7 @@
 A plugin is a class deriving from the base of its type (``agent``, ``workflow`` or
 ``hook``)::
 
-    from policy_engine.enforcement.base import BaseHookPlugin, PluginContext
+    from policy_engine.plugin_api import BaseHookPlugin, PluginContext
 
     class Audit(BaseHookPlugin):
         def hooks(self):
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeAlias
 
-from ..errors import UsageError
+from .errors import UsageError
 
 __all__ = [
     "PLUGIN_BASES",

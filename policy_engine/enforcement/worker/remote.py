@@ -12,7 +12,7 @@ import errno
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import (
+from ...errors import (
     EnforcementError,
     FileSizeError,
     PermissionDeniedError,

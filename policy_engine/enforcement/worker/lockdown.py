@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kernel, landlock, seccomp
+from ..host import kernel
+from . import landlock, seccomp
 
 __all__ = ["AppliedLockdown", "LockdownSpec", "ParentGoneError", "apply_lockdown", "landlock_plan"]
 
@@ -362,7 +363,7 @@ def _interpreter_paths() -> list[str]:
     paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     paths += [entry for entry in sys.path if entry and os.path.isabs(entry)]
     # This package: the worker imports it lazily (tracebacks, error classes).
-    paths.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return [p for p in dict.fromkeys(paths) if os.path.exists(p)]
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from ..errors import (
+from ...errors import (
     EnforcementError,
     FileSizeError,
     PluginCrashedError,
@@ -36,14 +36,14 @@ from ..errors import (
     ResourceLimitError,
     UsageError,
 )
+from ..wire import ChannelClosedError, FrameError, recv_frame, send_frame
+from ..worker.lockdown import LockdownSpec
+from ..worker.main import BOOTSTRAP
+from ..worker.remote import exception_from_data, exception_to_data
 from . import kernel, reaper
-from .ipc import ChannelClosedError, FrameError, recv_frame, send_frame
 from .kernel import IsolationReport
-from .lockdown import LockdownSpec
-from .remote import exception_from_data, exception_to_data
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
-from .worker import BOOTSTRAP
 
 __all__ = ["CapabilityHandler", "StartResult", "WorkerInit", "WorkerProcess"]
 
@@ -335,7 +335,7 @@ class WorkerProcess:
         return spec
 
     def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
-        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         fd = child_sock.fileno()
         # -I ignores the environment, so mirror the host's choice about writing bytecode.
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]

@@ -12,10 +12,10 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import Engine
-from ..manifest import PluginMetadata
-from ..table import PinStatus
-from .base import PLUGIN_BASES
+from ...engine import Engine
+from ...manifest import PluginMetadata
+from ...plugin_api import PLUGIN_BASES
+from ...table import PinStatus
 from .scan import CodeFinding, scan_plugin
 
 __all__ = ["ValidationResult", "find_entry_point", "validate_plugin"]

@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..decision import Decision
-from ..engine import Engine
-from ..errors import PermissionDeniedError, PluginTimeoutError, PluginValidationError
-from ..manifest import PluginMetadata
-from ..permissions import Permission
-from ..settings import Isolation
+from ...decision import Decision
+from ...engine import Engine
+from ...errors import PermissionDeniedError, PluginTimeoutError, PluginValidationError
+from ...manifest import PluginMetadata
+from ...permissions import Permission
+from ...settings import Isolation
+from ..inprocess.runner import InprocessRunner, _Deadline, _watchdog
+from ..worker.checker import AUDIT_LOGGER, AUDIT_PREFIX
 from . import kernel
 from .capabilities import HookRegistry
-from .checker import AUDIT_LOGGER, AUDIT_PREFIX
-from .inprocess import InprocessRunner, _Deadline, _watchdog
 from .monitor import ResourceMonitor
 from .permission_manager import PermissionManager
 from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import landlock, seccomp
+from ..worker import landlock, seccomp
 
 __all__ = [
     "IsolationReport",
@@ -165,7 +165,7 @@ def unprivileged_ids() -> tuple[int, int] | None:
 
 def runtime_paths() -> tuple[str, ...]:
     """Where the interpreter and this package live: a worker must be able to read them."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # The host's own sys.path is not the worker's (``-I`` drops cwd and PYTHONPATH); the
     # worker's default path lies under these prefixes.
     candidates = [sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), package]

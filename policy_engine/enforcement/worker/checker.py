@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..errors import PermissionDeniedError
+from ...errors import PermissionDeniedError
 
 __all__ = ["AUDIT_LOGGER", "AUDIT_PREFIX", "Checker", "DeniedDecision", "denial", "make_checker"]
 
@@ -120,7 +120,7 @@ class _TableChecker:
         if self._table is None and self._failure is None and not self._loading:
             self._loading = True
             try:
-                from ..table import plugin_table_from_json
+                from ...table import plugin_table_from_json
 
                 self._table = plugin_table_from_json(self._data)
             except Exception as error:  # fail closed: every check is then a denial
