@@ -19,11 +19,11 @@ from policy_engine.enforcement.host.supervisor import StartResult, WorkerInit, W
 from policy_engine.enforcement.host.usage import ResourceLimits
 from policy_engine.enforcement.worker.checker import AUDIT_PREFIX
 from policy_engine.enforcement.worker.lockdown import LockdownSpec
-from policy_engine.enforcement.worker.remote import PluginRaisedError
 from policy_engine.errors import (
     FileSizeError,
     PermissionDeniedError,
     PluginCrashedError,
+    PluginRaisedError,
     PluginTimeoutError,
     ResourceLimitError,
 )

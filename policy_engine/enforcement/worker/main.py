@@ -50,16 +50,16 @@ if TYPE_CHECKING:
 
 __all__ = ["BOOTSTRAP", "WorkerContext", "main"]
 
-#: The ``-c`` program the host runs. It registers ``policy_engine`` as a bare package
-#: instead of importing it: the package's ``__init__`` loads the whole policy engine
-#: (parser, schemas), which a worker never needs and which would triple its start-up time.
+#: The ``-c`` program the host runs. It loads ``policy_engine`` from its directory without
+#: putting that directory's parent on ``sys.path`` (which may hold anything). The package's
+#: ``__init__`` is lazy (PEP 562), so ``from policy_engine import BasePlugin`` in plugin code
+#: loads the plugin API alone, never the parser or schemas.
 #: argv: package directory, host pid, IPC file descriptor.
 BOOTSTRAP = (
-    "import sys,types,importlib.machinery as m\n"
-    "d=sys.argv[1];s=m.ModuleSpec('policy_engine',None,is_package=True)\n"
-    "s.submodule_search_locations=[d];p=types.ModuleType('policy_engine')\n"
-    "p.__spec__=s;p.__path__=[d];p.__package__='policy_engine'\n"
-    "sys.modules['policy_engine']=p\n"
+    "import sys,importlib.util as u\n"
+    "d=sys.argv[1];s=u.spec_from_file_location('policy_engine',d+'/__init__.py',"
+    "submodule_search_locations=[d])\n"
+    "p=u.module_from_spec(s);sys.modules['policy_engine']=p;s.loader.exec_module(p)\n"
     "from policy_engine.enforcement.worker.main import main\n"
     "raise SystemExit(main(sys.argv[2:]))\n"
 )
