@@ -280,16 +280,13 @@ class AuditGuard:
 
     def _check_network(self, host: str, port: Any) -> None:
         resource = host if port in (None, 0, "") else f"{host}:{_text(port)}"
-        if not self._allow_network:
-            self._deny("network:request", resource, "the plugin has no network permission")
+        # The decision table alone answers: no coarse switch may contradict it.
         self._check("network:request", resource)
 
     # -- processes ---------------------------------------------------------------------------
 
     def _check_program(self, program: Any) -> None:
         name = os.path.basename(_text(program)) if program is not None else None
-        if not self._allow_subprocess:
-            self._deny("subprocess:execute", name, "the plugin has no subprocess permission")
         self._check("subprocess:execute", name)
 
     def _on_popen(self, args: tuple[Any, ...]) -> None:

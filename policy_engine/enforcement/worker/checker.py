@@ -1,24 +1,20 @@
 """The permission check a worker runs for each audited action, and its denial record.
 
 The worker only needs "may this plugin do ``action`` on ``resource``?". :func:`make_checker`
-is the one place that knows how the answer is computed (the plugin's compiled decision
-table, or a small interim format); everything else only sees a ``Checker``.
+is the one place that knows how the answer is computed (from the plugin's decision table,
+received as data); everything else only sees a ``Checker``. A denial names what was asked;
+the host, not the worker, says why.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from ...errors import PermissionDeniedError
 
-__all__ = ["AUDIT_LOGGER", "AUDIT_PREFIX", "Checker", "DeniedDecision", "denial", "make_checker"]
-
-#: Log lines an audit-mode worker sends for each decision start with this, on this logger.
-AUDIT_PREFIX = "policy-engine-audit: "
-AUDIT_LOGGER = "policy_engine.plugins.audit"
+__all__ = ["Checker", "DeniedDecision", "denial", "make_checker"]
 
 #: ``checker(action, resource)`` returns None when allowed, raises PermissionDeniedError if not.
 Checker = Callable[[str, "str | None"], None]
@@ -70,59 +66,42 @@ def denial(decision: DeniedDecision) -> PermissionDeniedError:
     return PermissionDeniedError(cast(Any, decision))
 
 
-def make_checker(data: Mapping[str, Any], *, plugin: str = "") -> Checker:
+def make_checker(data: Mapping[str, Any], *, plugin: str = "",
+                 on_audit: Callable[[str, str | None, bool], None] | None = None) -> Checker:
     """Build the checker for one plugin from its checker data (sent in the init frame).
 
-    This is the one place that knows the data's format. Two are accepted:
-
-    ``{"table": plugin_table_to_json(...), "audit": bool}``
-        the plugin's compiled decision table (:mod:`policy_engine.table`). It is rebuilt on
-        first use, not at start-up: importing the decision machinery costs more than the
-        rest of a worker's start. ``audit`` true logs would-be denials instead of raising.
-
-    ``{"allow": [[action, glob-or-null], ...]}``
-        the small interim format. ``action`` may itself be a glob (``file:*``). A null
-        glob allows every resource of that action, and is the only thing that allows a
-        resource-less request such as ``fork`` (resource None). Globs use :mod:`fnmatch`,
-        where ``*`` also crosses ``/``.
+    ``data`` is ``{"table": WireTable.encode(), "audit": bool}``: the plugin's own decision
+    table as data (:class:`~policy_engine.enforcement.wire.WireTable`). The checker answers
+    from it and nothing else. A denial carries only what the plugin asked (action and
+    resource); the host decides it again with its engine. ``audit`` true denies nothing and
+    reports each decision through ``on_audit(action, resource, allowed)``.
     """
-    if "table" in data:
-        return _TableChecker(data["table"], plugin=plugin, audit=bool(data.get("audit")))
-    entries: list[tuple[str, str | None]] = []
-    for item in data.get("allow", ()):
-        action, pattern = item
-        entries.append((str(action), None if pattern is None else str(pattern)))
-
-    def check(action: str, resource: str | None) -> None:
-        for allowed_action, pattern in entries:
-            if not fnmatch.fnmatchcase(action, allowed_action):
-                continue
-            if pattern is None or (resource is not None and fnmatch.fnmatchcase(resource, pattern)):
-                return
-        raise denial(DeniedDecision(plugin, action, resource, "no rule allows it"))
-
-    return check
+    return _TableChecker(data.get("table"), plugin=plugin, audit=bool(data.get("audit")),
+                         on_audit=on_audit)
 
 
 class _TableChecker:
-    """Decides with the plugin's own compiled decision table, loaded on first use."""
+    """Decides with the plugin's own decision table, built from data on first use."""
 
-    def __init__(self, table: Mapping[str, Any], *, plugin: str, audit: bool) -> None:
+    def __init__(self, table: Any, *, plugin: str, audit: bool,
+                 on_audit: Callable[[str, str | None, bool], None] | None) -> None:
         self._data = table
-        self._plugin = str(table.get("name") or plugin)
+        self._plugin = plugin
         self._audit = audit
-        self._table: Any = None
+        self._on_audit = on_audit
+        self._table: _Decider | None = None
         self._failure: str | None = None
         self._loading = False
 
     def preload(self) -> None:
-        """Load the table now (the worker does this while it waits for the first call)."""
+        """Build the matchers now (the worker does this while it waits for the first call)."""
         if self._table is None and self._failure is None and not self._loading:
             self._loading = True
             try:
-                from ...table import plugin_table_from_json
+                from ..wire import WireTable
 
-                self._table = plugin_table_from_json(self._data)
+                self._table = _Decider(WireTable.decode(self._data))
+                self._plugin = self._table.plugin
             except Exception as error:  # fail closed: every check is then a denial
                 self._failure = f"{type(error).__name__}: {error}"
             finally:
@@ -140,22 +119,81 @@ class _TableChecker:
                                             f"the decision table could not be loaded "
                                             f"({self._failure})"))
             return
-        decision = self._table.decide(self._plugin, action, resource)
+        allowed = self._table.allows(action, resource)
         if self._audit:
-            # Audit mode denies nothing and reports every decision to the host (the log
-            # channel carries it), so `learn` can list what the plugin needed.
-            import json
-            import logging
+            # Audit mode denies nothing and reports every decision to the host, which marks
+            # the record as reported by the worker.
+            if self._on_audit is not None:
+                self._on_audit(action, resource, allowed)
+            return
+        if not allowed:
+            raise denial(DeniedDecision(self._plugin, action, resource,
+                                        "the plugin's decision table does not allow it"))
 
-            audit_log = logging.getLogger(f"{AUDIT_LOGGER}.{self._plugin}")
-            audit_log.setLevel(logging.INFO)
-            audit_log.info(
-                "%s%s", AUDIT_PREFIX, json.dumps({
-                    "action": decision.action, "resource": decision.resource,
-                    "allowed": decision.allowed, "reason": decision.reason.value,
-                    "rules": [rule.location for rule in decision.rules],
-                }))
-            return
-        if decision.allowed:
-            return
-        raise PermissionDeniedError(decision)
+
+class _Decider:
+    """The answer of ``DecisionTable.decide(...).allowed`` for one plugin, without context.
+
+    Same steps in the same order as the engine: unknown action, disabled, untrusted,
+    normalisation, declaration, denies, declaration cover, allows.
+    """
+
+    def __init__(self, table: Any) -> None:
+        from ...patterns import compile_pattern
+        from ...permissions import Permission
+
+        self.plugin: str = table.plugin
+        self._dir: str = table.plugin_dir
+        self._open = bool(table.enabled and table.trusted)
+        self._entries: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
+        for entry in table.entries:
+            try:
+                permission = Permission(entry.permission)
+            except ValueError:
+                continue
+            kind = permission.kind
+
+            def compiled(texts: tuple[str, ...] | None, kind: Any = kind) -> Any:
+                if texts is None:
+                    return None
+                out = []
+                for text in texts:
+                    try:
+                        out.append(compile_pattern(kind, text))
+                    except ValueError:
+                        continue  # as the engine does: an invalid pattern matches nothing
+                return tuple(out)
+
+            self._entries[permission.value] = (
+                kind, entry.declared, compiled(entry.declared_patterns),
+                tuple(compiled(rule.patterns) for rule in entry.allows),
+                tuple(compiled(rule.patterns) for rule in entry.denies),
+            )
+
+    def allows(self, action: str, resource: str | None) -> bool:
+        from ...patterns import normalize
+
+        entry = self._entries.get(action)
+        if entry is None or not self._open:
+            return False
+        kind, declared, declared_patterns, allows, denies = entry
+        normalised: Any = None
+        if resource is not None:
+            try:
+                normalised = normalize(kind, resource, base_dir=self._dir)
+            except (TypeError, ValueError):
+                return False
+        if any(_covers(patterns, normalised) for patterns in denies):
+            return False
+        if not declared or (declared_patterns is not None
+                            and not _covers(declared_patterns, normalised)):
+            return False
+        return any(_covers(patterns, normalised) for patterns in allows)
+
+
+def _covers(patterns: Any, resource: Any) -> bool:
+    if patterns is None:
+        return True
+    if resource is None:
+        return False
+    return any(pattern.matches(resource) for pattern in patterns)

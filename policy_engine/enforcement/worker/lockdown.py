@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..host import kernel
+from ..wire import IsolationReport, isolation_level
 from . import landlock, seccomp
 
 __all__ = ["AppliedLockdown", "LockdownSpec", "ParentGoneError", "apply_lockdown", "landlock_plan"]
@@ -167,10 +167,10 @@ class AppliedLockdown:
     seccomp: bool
     missing: tuple[str, ...]
 
-    def report(self) -> kernel.IsolationReport:
+    def report(self) -> IsolationReport:
         """The isolation report the worker sends to the host."""
-        return kernel.IsolationReport(
-            level=kernel.isolation_level(self.landlock_abi, self.landlock, self.seccomp,
+        return IsolationReport(
+            level=isolation_level(self.landlock_abi, self.landlock, self.seccomp,
                                          self.scoping),
             landlock_abi=self.landlock_abi,
             seccomp=self.seccomp,

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
-from ..wire import FrameError, recv_frame, send_frame
+from ..wire import LIMITS, PROTOCOL_VERSION, AuditRecord, FrameError, recv_frame, send_frame
 from .audit import AuditGuard
 from .checker import make_checker
 from .lockdown import LockdownSpec, ParentGoneError, apply_lockdown
@@ -168,8 +168,9 @@ def _install_log_forwarder(channel: _Channel) -> None:
                 return  # outside a call nobody reads the channel; dropping beats deadlocking
             try:
                 message = record.getMessage()[:_MAX_LOG_MESSAGE]
-                channel.send({"op": "log", "level": record.levelno, "logger": record.name,
-                              "message": message})
+                level = min(max(int(record.levelno), 0), 50)
+                channel.send({"op": "log", "level": level,
+                              "logger": record.name[:LIMITS.name_chars], "message": message})
             except Exception:  # logging must never break the plugin
                 self.handleError(record)
 
@@ -212,7 +213,7 @@ class _Worker:
         sys.dont_write_bytecode = True  # the plugin's directory is read-only from here on
         # Past the lockdown the kernel would refuse what follows; the hook makes it precise.
         checker_data = self.init.get("checker") or {}
-        self.checker = make_checker(checker_data, plugin=self.plugin)
+        self.checker = make_checker(checker_data, plugin=self.plugin, on_audit=self._report_audit)
         self.guard = AuditGuard(
             self.checker,
             plugin=self.plugin,
@@ -225,14 +226,20 @@ class _Worker:
         # tempfile would probe /tmp first (denied); in-process only, the host's env stays clean.
         os.environ["TMPDIR"] = self.spec.scratch_dir
         self.guard.install()
-        if checker_data.get("audit"):
-            self._forward_logs(force=True)  # audit mode reports through logging
         try:
             init_result = self._load()
         except BaseException as error:  # reported to the host, which decides what to do
             return {"op": "error", "error": exception_to_data(self._translate(error)),
                     "report": report}
-        return {"op": "ready", "report": report, "init_result": init_result, "pid": os.getpid()}
+        return {"op": "ready", "version": PROTOCOL_VERSION, "report": report,
+                "init_result": init_result, "pid": os.getpid()}
+
+    def _report_audit(self, action: str, resource: str | None, allowed: bool) -> None:
+        """Audit mode: tell the host what the plugin did (only while it waits on a call)."""
+        if not self.channel.in_call:
+            return  # outside a call nobody reads the channel; a frame then would be refused
+        clipped = None if resource is None else resource[:LIMITS.resource_chars]
+        self.channel.send(AuditRecord(action[:LIMITS.name_chars], clipped, allowed).encode())
 
     def _implicit_read(self) -> list[str]:
         paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
@@ -458,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     channel = _Channel(sock)
     try:
         init = recv_frame(sock)
+        if not isinstance(init, dict) or init.get("version") != PROTOCOL_VERSION:
+            channel.send({"op": "error", "error": exception_to_data(EnforcementError(
+                f"protocol version `{init.get('version') if isinstance(init, dict) else None}`"
+                f" is not {PROTOCOL_VERSION}"), with_traceback=False)})
+            return 1
         worker = _Worker(channel, init, parent_pid)
         try:
             first = worker.start()
