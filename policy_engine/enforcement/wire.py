@@ -275,9 +275,8 @@ def decode_json(payload: bytes, limits: WireLimits = LIMITS) -> Any:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as error:
         raise WireError(f"frame is not UTF-8: {error.reason} at byte {error.start}") from None
-    # Cheap upper bound first: the decoder recurses per level, so refuse deep input unread.
-    if text.count("[") + text.count("{") > limits.nesting and _bracket_depth(text) > limits.nesting:
-        raise WireError(f"frame nests deeper than {limits.nesting} levels")
+    # The C decoder stops at the interpreter's recursion limit (RecursionError, early in
+    # the frame); what nests between that and the limit here is refused by the walk below.
     try:
         value = _JSON_DECODER.decode(text)
     except WireError:
@@ -288,28 +287,6 @@ def decode_json(payload: bytes, limits: WireLimits = LIMITS) -> Any:
         raise WireError(f"frame is not valid JSON: {error}") from None
     _check_value(value, limits)
     return value
-
-
-def _bracket_depth(text: str) -> int:
-    """Depth of brackets outside strings: a linear scan, only for bracket-heavy frames."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
 
 
 def _check_value(value: Any, limits: WireLimits) -> None:
@@ -336,6 +313,8 @@ def _check_value(value: Any, limits: WireLimits) -> None:
         elif kind is dict:
             if level > limits.nesting:
                 raise WireError(f"frame nests deeper than {limits.nesting} levels")
+            if len(item) > limits.object_keys:
+                raise WireError(f"an object has {len(item)} keys, more than {limits.object_keys}")
             stack.extend((child, level + 1) for child in item.values())
 
 
