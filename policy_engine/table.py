@@ -23,6 +23,7 @@ from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
 from .conditions import ConditionError, evaluate, references_context
 from .decision import Decision, Reason, RuleRef, deny, make_decision
 from .diagnostics import Diagnostic, Span, did_you_mean
+from .implicit import ImplicitReads, implicit_reads
 from .nodes import Effect
 from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
 from .permissions import Permission, ResourceKind
@@ -48,6 +49,12 @@ class PinStatus(str, enum.Enum):
     UNPINNED = "unpinned"
     MATCH = "match"
     MISMATCH = "mismatch"
+
+
+@functools.lru_cache(maxsize=4096)
+def implicit_reads_for(plugin_dir: str) -> ImplicitReads:
+    """The implicit-read list of a plugin in ``plugin_dir`` (the same list the worker uses)."""
+    return implicit_reads(plugin_dir)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -176,6 +183,9 @@ class DecisionTable:
             except (InvalidResourceError, TypeError, ValueError) as exc:
                 return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc))
             resource = normalised if normalised.__class__ is str else str(normalised)
+        if permission is Permission.FILE_READ and isinstance(normalised, str) and \
+                implicit_reads_for(table.plugin_dir).covers(normalised):
+            return Decision(True, Reason.IMPLICIT, plugin, action, resource)
         entry = table.entries.get(permission)
         if entry is None:
             return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource)

@@ -27,6 +27,7 @@ type: workflow
 entry_point: spawner:Spawner
 permissions:
   - file:read /srv/**
+  - file:read {plugin_dir}/**
   - subprocess:execute true
   - subprocess:execute false
   - network:request *.example.com:443
@@ -59,6 +60,8 @@ allow plugin * to subprocess:execute on "true"
 deny plugin * to subprocess:execute on "false"
 allow plugin * to file:read on "/srv/**"
 deny plugin * to file:read on "/srv/secret/**"
+allow plugin * to file:read on "{plugin_dir}/**"
+deny plugin * to file:read on "{plugin_dir}/secret.txt"
 allow plugin * to network:request on "*.example.com:443"
 deny plugin * to network:request on "bad.example.com"
 """
@@ -70,6 +73,7 @@ def make_loader(tmp_path: Path, isolation: str) -> PluginLoader:
         plugins.mkdir(parents=True)
         (plugins / "plugin.yaml").write_text(MANIFEST)
         (plugins / "spawner.py").write_text(CODE)
+        (plugins / "secret.txt").write_text("the plugin's own secret")
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     extra = f'plugin "spawner" {{ isolation {isolation} }}\n'
@@ -120,3 +124,22 @@ def test_denials_carry_the_hosts_own_decision(loaded: tuple[PluginLoader, object
     assert (decision.action, decision.resource) == (action, expected.resource)
     assert decision.reason == expected.reason
     assert decision.rules == expected.rules
+
+
+def test_a_deny_in_the_plugins_own_directory_is_enforced(
+        loaded: tuple[PluginLoader, object]) -> None:
+    loader, plugin = loaded
+    secret = str(Path(loader.get("spawner").metadata.plugin_path) / "secret.txt")
+    expected = loader.engine.decide("spawner", "file:read", secret)
+    assert expected.reason.value == "denied_by_rule"
+    with pytest.raises(PermissionDeniedError) as caught:
+        plugin.read(secret)  # type: ignore[attr-defined]
+    assert caught.value.decision.rules == expected.rules
+
+
+def test_code_files_are_implicit_reads(loaded: tuple[PluginLoader, object]) -> None:
+    loader, plugin = loaded
+    code = str(Path(loader.get("spawner").metadata.plugin_path) / "spawner.py")
+    assert "class Spawner" in plugin.read(code)  # type: ignore[attr-defined]
+    decision = loader.engine.decide("spawner", "file:read", code)
+    assert decision.allowed and decision.reason.value == "implicit"

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ...implicit import runtime_roots
 from ..wire import IsolationReport, isolation_level
 from ..worker import landlock, seccomp
 
@@ -114,10 +115,9 @@ def unprivileged_ids() -> tuple[int, int] | None:
 
 def runtime_paths() -> tuple[str, ...]:
     """Where the interpreter and this package live: a worker must be able to read them."""
-    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # The host's own sys.path is not the worker's (``-I`` drops cwd and PYTHONPATH); the
-    # worker's default path lies under these prefixes.
-    candidates = [sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), package]
+    # worker's default path lies under these prefixes (policy_engine.implicit).
+    candidates = [*runtime_roots(), os.path.realpath(sys.executable)]
     seen: dict[str, None] = {}
     for path in candidates:
         if os.path.exists(path):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import EnforcementError, PluginTimeoutError, PluginValidationError
+from ...implicit import implicit_reads
 from ..worker.audit import AuditGuard
 
 __all__ = ["ActivePlugin", "InprocessRunner", "active_plugin", "install_audit_hook", "running_as"]
@@ -202,7 +203,7 @@ class InprocessRunner:
             checker,
             plugin=name,
             scratch_dir=str(scratch_dir),
-            implicit_read=[str(self.plugin_dir), *_interpreter_roots()],
+            implicit=implicit_reads(str(self.plugin_dir), scratch_dir=str(scratch_dir)),
             allow_subprocess=allow_subprocess,
             allow_network=allow_network,
         )
@@ -289,7 +290,3 @@ def _is_under(path: str | None, root: Path) -> bool:
     return os.path.realpath(path).startswith(os.path.realpath(root) + os.sep)
 
 
-def _interpreter_roots() -> list[str]:
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__)}
-    roots.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(roots)

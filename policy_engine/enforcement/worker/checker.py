@@ -139,12 +139,14 @@ class _Decider:
     """
 
     def __init__(self, table: Any) -> None:
+        from ...implicit import implicit_reads
         from ...patterns import compile_pattern
         from ...permissions import Permission
 
         self.plugin: str = table.plugin
         self._dir: str = table.plugin_dir
         self._open = bool(table.enabled and table.trusted)
+        self._implicit = implicit_reads(self._dir)
         self._entries: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
         for entry in table.entries:
             try:
@@ -171,10 +173,21 @@ class _Decider:
             )
 
     def allows(self, action: str, resource: str | None) -> bool:
+        """Whether the engine would allow ``action`` on ``resource`` (no context)."""
         from ...patterns import normalize
+        from ...permissions import ResourceKind
 
+        if not self._open:
+            return False
+        if action == "file:read" and resource is not None:
+            try:
+                path = normalize(ResourceKind.PATH, resource, base_dir=self._dir)
+            except (TypeError, ValueError):
+                return False
+            if isinstance(path, str) and self._implicit.covers(path):
+                return True  # as decide: the implicit-read list needs no grant
         entry = self._entries.get(action)
-        if entry is None or not self._open:
+        if entry is None:
             return False
         kind, declared, declared_patterns, allows, denies = entry
         normalised: Any = None

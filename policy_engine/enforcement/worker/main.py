@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
+from ...implicit import ImplicitReads, implicit_reads
 from ..wire import LIMITS, PROTOCOL_VERSION, AuditRecord, FrameError, recv_frame, send_frame
 from .audit import AuditGuard
 from .checker import make_checker
@@ -218,7 +219,7 @@ class _Worker:
             self.checker,
             plugin=self.plugin,
             scratch_dir=self.spec.scratch_dir,
-            implicit_read=self._implicit_read(),
+            implicit=self._implicit_read(),
             allow_subprocess=self.spec.allow_subprocess,
             allow_network=self.spec.allow_network,
         )
@@ -241,12 +242,10 @@ class _Worker:
         clipped = None if resource is None else resource[:LIMITS.resource_chars]
         self.channel.send(AuditRecord(action[:LIMITS.name_chars], clipped, allowed).encode())
 
-    def _implicit_read(self) -> list[str]:
-        paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                 self.spec.plugin_dir, os.devnull, "/dev/urandom", "/dev/random",
-                 f"/proc/{os.getpid()}", os.path.dirname(os.path.dirname(os.path.dirname(__file__)))]
-        paths += [p for p in sys.path if p and os.path.isabs(p)]
-        return paths
+    def _implicit_read(self) -> ImplicitReads:
+        extra = tuple(p for p in sys.path if p and os.path.isabs(p))  # the worker's own path
+        return implicit_reads(self.spec.plugin_dir, scratch_dir=self.spec.scratch_dir,
+                              extra_paths=extra)
 
     def _load(self) -> Any:
         module_name, _, class_name = str(self.init["entry_point"]).partition(":")
