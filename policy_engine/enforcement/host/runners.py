@@ -30,7 +30,20 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    """What the loader needs from a way of running plugin code."""
+    """The extension point for isolation modes: what the loader needs to run plugin code.
+
+    A runner owns one plugin's code for the plugin's lifetime. ``isolation`` names the
+    mode for reports (``process (full)``, ``inprocess (not a security boundary)``).
+    ``start()`` loads the plugin and runs its ``initialize(ctx)`` (returning what that
+    returned, under the init timeout); ``call(method, args, kwargs, timeout=, phase=)`` runs
+    one method and raises :class:`~policy_engine.errors.PluginTimeoutError` past
+    ``timeout``, :class:`~policy_engine.errors.PermissionDeniedError` carrying the host's
+    own decision for a denial, and :class:`~policy_engine.errors.PluginRaisedError` (or
+    another :class:`~policy_engine.errors.EnforcementError`) for anything else the plugin
+    did; ``usage()`` is the latest resource sample; ``stop()`` runs ``cleanup()`` when it
+    can and releases everything, and is safe to call twice. A new mode is a class with
+    these members, chosen in :meth:`~.sandbox.PluginSandbox.runner_for`.
+    """
 
     isolation: str
 

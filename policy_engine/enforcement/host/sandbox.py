@@ -17,7 +17,6 @@ import inspect
 import logging
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from ...errors import PermissionDeniedError, PluginTimeoutError, PluginValidatio
 from ...manifest import PluginMetadata
 from ...permissions import Permission
 from ...settings import Isolation
-from ..inprocess.runner import InprocessRunner, _Deadline, _watchdog
+from ..inprocess.runner import DeadlineExceeded, InprocessRunner, call_with_deadline
 from . import kernel
 from .capabilities import HookRegistry
 from .monitor import ResourceMonitor
@@ -152,14 +151,8 @@ class PluginSandbox:
         outcome: dict[str, Any] = {}
 
         def target() -> None:
-            deadline = _Deadline(time.monotonic() + timeout_seconds)
-            thread_id = threading.get_ident()
-            _watchdog.watch(thread_id, deadline)
             try:
-                try:
-                    outcome["value"] = func(*args, **kwargs)
-                finally:
-                    _watchdog.unwatch(thread_id, deadline)
+                outcome["value"] = call_with_deadline(func, timeout_seconds, *args, **kwargs)
             except BaseException as exc:  # handed to the caller below, or dropped after a timeout
                 outcome["error"] = exc
 
@@ -170,8 +163,8 @@ class PluginSandbox:
             raise PluginTimeoutError(plugin, phase, timeout_seconds, "stopped at its next Python instruction")
         if "error" in outcome:
             error = outcome["error"]
-            if type(error).__name__ == "_Overrun":
-                raise PluginTimeoutError(plugin, phase, timeout_seconds)
+            if isinstance(error, DeadlineExceeded):
+                raise PluginTimeoutError(plugin, phase, timeout_seconds) from None
             raise error
         return outcome.get("value")
 

@@ -172,6 +172,30 @@ def _clear_async_exc(thread_id: int) -> None:
 _watchdog = _Watchdog()
 
 
+class DeadlineExceeded(Exception):
+    """:func:`call_with_deadline` stopped the function at its deadline."""
+
+
+def call_with_deadline(func: Callable[..., Any], seconds: float, *args: Any,
+                       **kwargs: Any) -> Any:
+    """Call ``func`` in this thread and stop it ``seconds`` from now.
+
+    The watchdog raises into the thread at its next Python instruction (a call blocked in
+    C stops when it returns); the caller then gets :class:`DeadlineExceeded`. Whatever
+    ``func`` raises itself passes through unchanged.
+    """
+    deadline = _Deadline(time.monotonic() + seconds)
+    thread_id = threading.get_ident()
+    _watchdog.watch(thread_id, deadline)
+    try:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _watchdog.unwatch(thread_id, deadline)
+    except _Overrun:
+        raise DeadlineExceeded(f"stopped after {seconds:g}s") from None
+
+
 class InprocessRunner:
     """Runs one plugin's code in the host process under the engine's decisions.
 
