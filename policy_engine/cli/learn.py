@@ -27,6 +27,7 @@ def render_learn(result: LearnResult) -> str:
     lines += [f"  {rule}" for rule in result.rules] or ["  (none)"]
     lines += ["", "blocked by deny rules (no allow can grant these):"]
     lines += [f"  {entry}" for entry in result.blocked] or ["  (none)"]
+    lines += ["", f"note: {result.caveat}"]
     return "\n".join(lines) + "\n"
 
 

@@ -304,3 +304,7 @@ def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
     assert any(entry.startswith("file:read /etc/passwd — ") and "default.policy" in entry
                for entry in result.blocked)
     assert 'allow plugin "rogue" to network:request on "collector.evil.test:443"' in result.rules
+    assert "can leave actions out or make them up" in result.caveat
+    from policy_engine.cli.learn import render_learn
+
+    assert "note: these needs were reported by the plugin's own worker" in render_learn(result)
