@@ -61,10 +61,12 @@ __all__ = [
     "WorkerMessage",
     "decode_json",
     "decode_worker_message",
+    "decode_worker_value",
     "encode_frame",
     "isolation_level",
     "recv_frame",
     "recv_frame_with_fds",
+    "recv_worker_message",
     "send_frame",
     "send_frame_with_fds",
 ]

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from policy_engine.plugin_api import BaseAgentPlugin, PluginContext
+from policy_engine import BaseAgentPlugin, PluginContext
 
 
 class SummarizerPlugin(BaseAgentPlugin):

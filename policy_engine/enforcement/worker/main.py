@@ -1,12 +1,14 @@
 """The plugin worker: one process per plugin, locked down, serving calls from the host.
 
-Started by :class:`~.supervisor.WorkerProcess` as ``python -I -B -c <bootstrap>`` with the
-IPC socket as its only extra file descriptor (see :data:`BOOTSTRAP`). Protocol, one JSON
-frame per message (:mod:`.ipc`):
+Started by :class:`~policy_engine.enforcement.host.supervisor.WorkerProcess` as
+``python -I -B -c <bootstrap>`` with the IPC socket as its only extra file descriptor (see
+:data:`BOOTSTRAP`). Protocol, one JSON frame per message; the host decodes what a worker
+sends strictly, in :mod:`policy_engine.enforcement.wire`:
 
 host -> worker
-    ``init``  {plugin, plugin_dir, entry_point "module:Class", sys_path, lockdown, checker,
-    limits, plugin_type, data_dir} - first frame, exactly once;
+    ``init``  {version, plugin, plugin_dir, entry_point "module:Class", sys_path, lockdown,
+    checker, limits, plugin_type, data_dir} - first frame, exactly once (another protocol
+    version is refused);
     ``call``  {method, args, kwargs} - ``method`` ``"hook:<name>"`` runs the function the
     plugin registered for hook ``name``;
     ``cap_result`` {value} / ``cap_error`` {error} - answers to the worker's ``cap``;
@@ -14,9 +16,10 @@ host -> worker
     the plugin's ``cleanup()``, answer, and wait to be killed with the whole tree.
 
 worker -> host
-    ``ready`` {report, init_result, pid}; ``result`` {value}; ``error`` {error};
+    ``ready`` {version, report, init_result, pid}; ``result`` {value}; ``error`` {error};
     ``cap`` {capability, method, args} - a capability call made by the plugin mid-call;
-    ``log`` {level, logger, message}; ``reaped`` {pids}; ``stopped``.
+    ``log`` {level, logger, message}; ``audit`` {action, resource, allowed} - audit mode
+    only; ``reaped`` {pids}; ``stopped``. Only while the host waits on a call.
 
 The worker applies the lockdown and installs the audit hook before it imports any plugin
 code, so from the first line the plugin runs boxed in.
