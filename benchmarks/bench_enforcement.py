@@ -27,12 +27,16 @@ from typing import Any
 import psutil
 
 from policy_engine import Engine, PluginTimeoutError
-from policy_engine.enforcement.checker import make_checker
 from policy_engine.enforcement.host import bwrap
-from policy_engine.enforcement.inprocess import InprocessRunner, install_audit_hook, running_as
-from policy_engine.enforcement.loader import PluginLoader
-from policy_engine.enforcement.sandbox import PluginSandbox
-from policy_engine.enforcement.supervisor import WorkerProcess
+from policy_engine.enforcement.host.loader import PluginLoader
+from policy_engine.enforcement.host.sandbox import PluginSandbox
+from policy_engine.enforcement.host.supervisor import WorkerProcess
+from policy_engine.enforcement.inprocess.runner import (
+    InprocessRunner,
+    install_audit_hook,
+    running_as,
+)
+from policy_engine.enforcement.worker.checker import make_checker
 from policy_engine.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent

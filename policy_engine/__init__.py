@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from .decision import Decision, Reason, RuleRef
     from .decision_log import DecisionLog, DecisionLogger
     from .diagnostics import Diagnostic, Severity, Span
-    from .enforcement.loader import PluginLoader
-    from .enforcement.sandbox import PluginSandbox, ValidationResult
+    from .enforcement.host.loader import PluginLoader
+    from .enforcement.host.sandbox import PluginSandbox, ValidationResult
     from .engine import CacheInfo, Engine
     from .errors import (
         BundleError,
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         ManifestError,
         PermissionDeniedError,
         PluginCrashedError,
+        PluginRaisedError,
         PluginTimeoutError,
         PluginValidationError,
         PolicyCompileError,
@@ -42,30 +43,44 @@ if TYPE_CHECKING:
     )
     from .manifest import PluginMetadata, load_manifest
     from .permissions import Permission, PluginPermission
+    from .plugin_api import (
+        BaseAgentPlugin,
+        BaseHookPlugin,
+        BasePlugin,
+        BaseWorkflowPlugin,
+        PluginContext,
+    )
     from .settings import Isolation, Limits, Timeouts, Violation
 
 # Names are imported on first use (PEP 562): a sandboxed worker imports small parts of the
-# package (errors, the decision table, plugin base classes) and must not pay for the
-# parser, YAML or JSON Schema at start-up.
+# package (errors, plugin base classes) and must not pay for the parser, YAML or JSON Schema
+# at start-up; ``from policy_engine import BasePlugin`` in a worker loads plugin_api only.
 _LAZY = {
     "Decision": "decision", "Reason": "decision", "RuleRef": "decision",
     "DecisionLog": "decision_log", "DecisionLogger": "decision_log",
     "Diagnostic": "diagnostics", "Severity": "diagnostics", "Span": "diagnostics",
-    "PluginLoader": "enforcement.loader",
-    "PluginSandbox": "enforcement.sandbox", "ValidationResult": "enforcement.sandbox",
+    "PluginLoader": "enforcement.host.loader",
+    "PluginSandbox": "enforcement.host.sandbox", "ValidationResult": "enforcement.host.sandbox",
     "CacheInfo": "engine", "Engine": "engine",
     "BundleError": "errors", "PolicyTestError": "errors",
     "EnforcementError": "errors", "FileSizeError": "errors", "ManifestError": "errors",
     "PermissionDeniedError": "errors", "PluginCrashedError": "errors",
+    "PluginRaisedError": "errors",
     "PluginTimeoutError": "errors", "PluginValidationError": "errors",
     "PolicyCompileError": "errors", "PolicyEngineError": "errors", "PolicyError": "errors",
     "PolicySyntaxError": "errors", "ResourceLimitError": "errors", "UsageError": "errors",
     "PluginMetadata": "manifest", "load_manifest": "manifest",
     "Permission": "permissions", "PluginPermission": "permissions",
+    "BaseAgentPlugin": "plugin_api", "BaseHookPlugin": "plugin_api", "BasePlugin": "plugin_api",
+    "BaseWorkflowPlugin": "plugin_api", "PluginContext": "plugin_api",
     "Isolation": "settings", "Limits": "settings", "Timeouts": "settings", "Violation": "settings",
 }
 
 __all__ = [
+    "BaseAgentPlugin",
+    "BaseHookPlugin",
+    "BasePlugin",
+    "BaseWorkflowPlugin",
     "BundleError",
     "CacheInfo",
     "Decision",
@@ -80,10 +95,12 @@ __all__ = [
     "ManifestError",
     "Permission",
     "PermissionDeniedError",
+    "PluginContext",
     "PluginCrashedError",
     "PluginLoader",
     "PluginMetadata",
     "PluginPermission",
+    "PluginRaisedError",
     "PluginSandbox",
     "PluginTimeoutError",
     "PluginValidationError",

@@ -18,6 +18,8 @@ class Reason(str, enum.Enum):
     """Why a decision came out the way it did."""
 
     ALLOWED = "allowed"
+    #: Allowed without a grant: on the implicit-read list (:mod:`policy_engine.implicit`).
+    IMPLICIT = "implicit"
     DENIED_BY_RULE = "denied_by_rule"
     NO_MATCHING_ALLOW = "no_matching_allow"
     NOT_DECLARED = "not_declared"
@@ -123,6 +125,8 @@ class Decision:
         scope = "" if self.resource is None else f" for `{self.resource}`"
         return {
             Reason.ALLOWED: "",
+            Reason.IMPLICIT: "every plugin may read it (the Python runtime, the plugin's code "
+                             "or read-only system data)",
             Reason.NOT_DECLARED: f"the manifest of `{self.plugin}` does not declare `{self.action}`{scope}",
             Reason.NO_MATCHING_ALLOW: "no allow rule grants it",
             Reason.DENIED_BY_RULE: "a deny rule matches",
@@ -142,6 +146,8 @@ class Decision:
         if self.allowed:
             lines = [f"allowed: plugin `{self.plugin}` may {target}"]
             lines += [f"  granted by {rule}" for rule in self.rules]
+            if self.reason is Reason.IMPLICIT:
+                lines.append(f"  implicit: {self.describe()}")
         else:
             lines = [f"denied ({self.reason.value}): plugin `{self.plugin}` may not {target}"]
             lines.append(f"  {self.describe()}")

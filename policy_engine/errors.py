@@ -18,7 +18,8 @@
         ├── ResourceLimitError      memory or CPU over the limit
         │   └── FileSizeError       a write past the file-size limit
         ├── PluginValidationError   a plugin failed validation and was not loaded
-        └── PluginCrashedError      the worker died (signal, OOM kill, os._exit)
+        ├── PluginCrashedError      the worker died (signal, OOM kill, os._exit)
+        └── PluginRaisedError       plugin code raised; carries the remote type as a string
 
 User mistakes never escape as anything but these; the CLI prints ``str(error)`` and exits 2.
 """
@@ -163,3 +164,26 @@ class PluginValidationError(EnforcementError):
 
 class PluginCrashedError(EnforcementError):
     """The worker process of a plugin died while running plugin code."""
+
+
+class PluginRaisedError(EnforcementError):
+    """Plugin code (or a host capability) raised an exception on the other side of a boundary.
+
+    ``remote_type`` is the ``module.qualname`` of the exception that was raised there (just
+    the name for built-in exceptions), clipped to a bounded length. It is a string and is
+    never imported or resolved on the host: a plugin chooses it. ``remote_message`` and
+    ``remote_traceback`` are the text of the original, clipped the same way.
+    """
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: str = "", *,
+                 plugin: str | None = None) -> None:
+        self.remote_type = remote_type
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+        who = f"plugin `{plugin}`" if plugin else "the other side"
+        super().__init__(f"{who} raised {remote_type}: {message}", plugin=plugin)
+
+    @property
+    def type_name(self) -> str:
+        """The remote type (older name of :attr:`remote_type`)."""
+        return self.remote_type

@@ -23,6 +23,7 @@ from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
 from .conditions import ConditionError, evaluate, references_context
 from .decision import MAX_RESOURCE_LENGTH, Decision, Reason, RuleRef, deny, make_decision
 from .diagnostics import Diagnostic, Span, did_you_mean
+from .implicit import ImplicitReads, implicit_reads
 from .matchers import Matcher, any_matcher
 from .nodes import Effect
 from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
@@ -49,6 +50,12 @@ class PinStatus(str, enum.Enum):
     UNPINNED = "unpinned"
     MATCH = "match"
     MISMATCH = "mismatch"
+
+
+@functools.lru_cache(maxsize=4096)
+def implicit_reads_for(plugin_dir: str) -> ImplicitReads:
+    """The implicit-read list of a plugin in ``plugin_dir`` (the same list the worker uses)."""
+    return implicit_reads(plugin_dir)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -205,6 +212,11 @@ class DecisionTable:
                     return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc),
                                     revision=revision)
                 resource = normalised if normalised.__class__ is str else str(normalised)
+                if permission is Permission.FILE_READ and table.plugin_dir is not None and \
+                        implicit_reads_for(table.plugin_dir).covers(resource):
+                    # The runtime, the plugin's code and read-only system data: one list, the
+                    # same the worker's kernel plan and audit hook use.
+                    return Decision(True, Reason.IMPLICIT, plugin, action, resource, revision=revision)
             entry = table.entries.get(permission)
             if entry is None:
                 return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, revision=revision)
@@ -466,109 +478,3 @@ def _declared_pattern(
         return cached_pattern(_KINDS[permission], filled)
     except ValueError:
         return None
-
-
-
-# Serialising one plugin's table (for the worker process, which must not import the parser)
-
-
-def _node_to_json(node: Any) -> Any:
-    if isinstance(node, Span):
-        return [node.file, node.line, node.column, node.end_line, node.end_column]
-    if isinstance(node, tuple):
-        return [_node_to_json(x) for x in node]
-    if hasattr(node, "__dataclass_fields__"):
-        out = {"_t": type(node).__name__}
-        for name in node.__dataclass_fields__:
-            out[name] = _node_to_json(getattr(node, name))
-        return out
-    return node
-
-
-def _node_from_json(data: Any) -> Any:
-    if isinstance(data, dict):
-        cls = getattr(nodes, data["_t"])
-        kwargs = {k: _node_from_json(v) for k, v in data.items() if k != "_t"}
-        if "span" in kwargs and isinstance(kwargs["span"], list):
-            kwargs["span"] = Span(*kwargs["span"])
-        if cls is nodes.In:
-            kwargs["values"] = tuple(kwargs["values"])
-        if cls is nodes.Attribute:
-            kwargs["path"] = tuple(kwargs["path"])
-        return cls(**kwargs)
-    if isinstance(data, list):
-        return [_node_from_json(x) for x in data]
-    return data
-
-
-def _rule_to_json(rule: TableRule) -> dict[str, Any]:
-    return {
-        "ref": rule.ref.to_dict(),
-        "patterns": None if rule.patterns is None else [[p.kind.value, p.text] for p in rule.patterns],
-        "when": _node_to_json(rule.when),
-        "unless": _node_to_json(rule.unless),
-        "error": rule.error,
-    }
-
-
-def _rule_from_json(data: Mapping[str, Any]) -> TableRule:
-    patterns = data["patterns"]
-    return TableRule(
-        ref=RuleRef.from_dict(data["ref"]),
-        patterns=None if patterns is None else tuple(
-            cached_pattern(ResourceKind(kind), text) for kind, text in patterns
-        ),
-        when=_node_from_json(data["when"]),
-        unless=_node_from_json(data["unless"]),
-        error=data["error"],
-    )
-
-
-def plugin_table_to_json(table: PluginTable) -> dict[str, Any]:
-    """A JSON-friendly copy of one plugin's table (settings excluded: the worker gets them
-    separately), so a worker process can decide without the parser or the policy files."""
-    return {
-        "name": table.name,
-        "plugin_dir": table.plugin_dir,
-        "enabled": table.enabled,
-        "pin": table.pin.value,
-        "digest": table.digest,
-        "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in table.attributes.items()},
-        "entries": {
-            permission.value: {
-                "declared": entry.declared,
-                "declared_patterns": None if entry.declared_patterns is None else [
-                    [p.kind.value, p.text] for p in entry.declared_patterns
-                ],
-                "allows": [_rule_to_json(r) for r in entry.allows],
-                "denies": [_rule_to_json(r) for r in entry.denies],
-            }
-            for permission, entry in table.entries.items()
-        },
-    }
-
-
-def plugin_table_from_json(data: Mapping[str, Any]) -> DecisionTable:
-    """A one-plugin :class:`DecisionTable` rebuilt from :func:`plugin_table_to_json`."""
-    entries = {}
-    for action, entry in data["entries"].items():
-        declared = entry["declared_patterns"]
-        entries[Permission(action)] = ActionEntry(
-            declared=bool(entry["declared"]),
-            declared_patterns=None if declared is None else tuple(
-                cached_pattern(ResourceKind(kind), text) for kind, text in declared
-            ),
-            allows=tuple(_rule_from_json(r) for r in entry["allows"]),
-            denies=tuple(_rule_from_json(r) for r in entry["denies"]),
-        )
-    table = PluginTable(
-        name=str(data["name"]),
-        plugin_dir=None if data["plugin_dir"] is None else str(data["plugin_dir"]),
-        enabled=bool(data["enabled"]),
-        pin=PinStatus(data["pin"]),
-        digest=data["digest"],
-        attributes=MappingProxyType(dict(data["attributes"])),
-        entries=MappingProxyType(entries),
-        effective=resolve(EMPTY_OVERLAY, EMPTY_OVERLAY),
-    )
-    return DecisionTable(MappingProxyType({table.name: table}), "")

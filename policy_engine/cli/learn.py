@@ -9,7 +9,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from ..enforcement.learn import LearnResult, learn
+from ..enforcement.host.learn import LearnResult, learn
 from ..errors import UsageError
 from .main import (
     DEFAULT_POLICY,
@@ -34,6 +34,7 @@ def render_learn(result: LearnResult) -> str:
     lines += [f"  {rule}" for rule in result.rules] or ["  (none)"]
     lines += ["", "blocked by deny rules (no allow can grant these):"]
     lines += [f"  {entry}" for entry in result.blocked] or ["  (none)"]
+    lines += ["", f"note: {result.caveat}"]
     return "\n".join(lines) + "\n"
 
 

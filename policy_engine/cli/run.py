@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from ..enforcement.run import RunReport, report_to_dict, run_plugins
+from ..enforcement.host.run import RunReport, report_to_dict, run_plugins
 from ..units import human_size
 from .main import (
     DEFAULT_POLICY,

@@ -1,6 +1,6 @@
 """Plugin code against its manifest, from the static code scan.
 
-:func:`~policy_engine.enforcement.scan.scan_plugin` says what the code appears to do; this
+:func:`~policy_engine.enforcement.host.scan.scan_plugin` says what the code appears to do; this
 module compares that with what the manifest declares (``PL401`` an undeclared capability,
 ``PL405`` a declared permission the code never uses) and turns the scan's findings about
 hiding and native code into lint findings (``PL402``-``PL404``, ``PL406``, ``PL407``).
@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..diagnostics import Diagnostic, Span
-from ..enforcement.scan import CodeFinding, implied_permissions, scan_plugin
+from ..enforcement.host.scan import CodeFinding, implied_permissions, scan_plugin
 from ..errors import UsageError
 from ..permissions import Permission
 from .findings import finding

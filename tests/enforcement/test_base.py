@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-import policy_engine.enforcement.base as base_module
-from policy_engine.enforcement.base import (
+import policy_engine.plugin_api as base_module
+from policy_engine.errors import UsageError
+from policy_engine.plugin_api import (
     PLUGIN_BASES,
     BaseAgentPlugin,
     BaseHookPlugin,
@@ -24,7 +25,6 @@ from policy_engine.enforcement.base import (
     plugin_logger,
     register_plugin_type,
 )
-from policy_engine.errors import UsageError
 
 
 class RecordingHooks:
@@ -158,7 +158,7 @@ def test_hook_plugin_registers_its_hooks() -> None:
 
 
 def test_hook_plugin_with_the_real_registry() -> None:
-    from policy_engine.enforcement.capabilities import HookCapability, HookRegistry
+    from policy_engine.enforcement.host.capabilities import HookCapability, HookRegistry
     from policy_engine.permissions import Permission
 
     granted: list[tuple[Permission, str]] = []
@@ -208,4 +208,4 @@ def test_base_module_depends_only_on_the_standard_library() -> None:
             imported.add("." * node.level + (module if node.level else module.split(".")[0]))
     third_party = {m for m in imported if not m.startswith(".")} - set(sys.stdlib_module_names)
     assert third_party == set()
-    assert {m for m in imported if m.startswith(".")} == {"..errors", "..plugin_types"}
+    assert {m for m in imported if m.startswith(".")} == {".errors", ".plugin_types"}

@@ -16,8 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from policy_engine.enforcement.base import ConfigAccess, DatabaseAccess, HookAccess
-from policy_engine.enforcement.capabilities import (
+from policy_engine.enforcement.host.capabilities import (
     ConfigCapability,
     DatabaseCapability,
     HookCapability,
@@ -31,6 +30,7 @@ from policy_engine.errors import (
     UsageError,
 )
 from policy_engine.permissions import Permission
+from policy_engine.plugin_api import ConfigAccess, DatabaseAccess, HookAccess
 
 READ, WRITE = Permission.DATABASE_READ, Permission.DATABASE_WRITE
 
@@ -461,7 +461,7 @@ def test_failing_hook_is_logged_and_skipped(registry: HookRegistry,
 
     registry.register("bad", "tick", broken, allow_hooks("bad"))
     registry.register("good", "tick", lambda: "ok", allow_hooks("good"))
-    with caplog.at_level(logging.WARNING, logger="policy_engine.enforcement.capabilities"):
+    with caplog.at_level(logging.WARNING, logger="policy_engine.enforcement.host.capabilities"):
         results = registry.run("tick")
     assert results[1] == HookResult("good", ok=True, value="ok")
     assert results[0].plugin == "bad" and not results[0].ok

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from policy_engine.enforcement.ipc import (
+from policy_engine.enforcement.wire import (
     ChannelClosedError,
     FrameError,
     encode_frame,

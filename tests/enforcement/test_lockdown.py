@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from policy_engine.enforcement import kernel
-from policy_engine.enforcement.lockdown import LockdownSpec
+from policy_engine.enforcement.host import kernel
+from policy_engine.enforcement.worker.lockdown import LockdownSpec
 
 FEATURES = kernel.detect()
 needs_landlock = pytest.mark.skipif(FEATURES.landlock_abi < 1, reason="no Landlock")
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 PRELUDE = '''
 import errno, json, os, signal, socket, sys
-from policy_engine.enforcement.lockdown import LockdownSpec, apply_lockdown
+from policy_engine.enforcement.worker.lockdown import LockdownSpec, apply_lockdown
 
 def attempt(function):
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from policy_engine.diagnostics import Severity
-from policy_engine.enforcement.scan import (
+from policy_engine.enforcement.host.scan import (
     FINDING_KINDS,
     CodeFinding,
     implied_permissions,
@@ -38,7 +38,7 @@ def only(code: str, finding_code: str) -> CodeFinding:
 
 
 def test_every_code_is_documented_in_the_module_table() -> None:
-    import policy_engine.enforcement.scan as module
+    import policy_engine.enforcement.host.scan as module
 
     assert module.__doc__ is not None
     for kind in FINDING_KINDS.values():

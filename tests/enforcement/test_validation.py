@@ -6,8 +6,8 @@ from pathlib import Path
 
 from policy_engine import Engine
 from policy_engine.digest import plugin_digest
-from policy_engine.enforcement.permission_manager import PermissionManager
-from policy_engine.enforcement.validation import validate_plugin
+from policy_engine.enforcement.host.permission_manager import PermissionManager
+from policy_engine.enforcement.host.validation import validate_plugin
 from policy_engine.manifest import load_manifest
 
 ROOT = Path(__file__).parent.parent.parent
@@ -46,13 +46,13 @@ def test_missing_module_class_and_wrong_base(tmp_path: Path) -> None:
 
 
 def test_base_class_through_a_local_subclass(tmp_path: Path) -> None:
-    code = ("from policy_engine.enforcement.base import BaseAgentPlugin\n"
+    code = ("from policy_engine.plugin_api import BaseAgentPlugin\n"
             "class Mid(BaseAgentPlugin): pass\nclass Plugin(Mid): pass\n")
     assert validate_plugin(load_manifest(make_plugin(tmp_path, code))).valid
 
 
 def test_pin_mismatch_fails_validation(tmp_path: Path) -> None:
-    code = "from policy_engine.enforcement.base import BaseAgentPlugin\nclass Plugin(BaseAgentPlugin): pass\n"
+    code = "from policy_engine.plugin_api import BaseAgentPlugin\nclass Plugin(BaseAgentPlugin): pass\n"
     plugin = make_plugin(tmp_path, code)
     good = plugin_digest(plugin)
     engine = Engine.from_source(f'trust plugin "demo" sha256 "{good}"\nallow plugin * to *',
@@ -65,7 +65,7 @@ def test_pin_mismatch_fails_validation(tmp_path: Path) -> None:
 
 
 def test_permission_manager_is_backed_by_the_engine(tmp_path: Path) -> None:
-    code = "from policy_engine.enforcement.base import BaseAgentPlugin\nclass Plugin(BaseAgentPlugin): pass\n"
+    code = "from policy_engine.plugin_api import BaseAgentPlugin\nclass Plugin(BaseAgentPlugin): pass\n"
     engine = Engine.from_source("allow plugin * to hook:register", [load_manifest(make_plugin(tmp_path, code))])
     manager = PermissionManager(engine)
     assert manager.has_permission("demo", "hook:register")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -14,16 +13,16 @@ from typing import Any
 import psutil
 import pytest
 
-from policy_engine.enforcement import kernel
-from policy_engine.enforcement.checker import AUDIT_PREFIX
-from policy_engine.enforcement.lockdown import LockdownSpec
-from policy_engine.enforcement.remote import PluginRaisedError
-from policy_engine.enforcement.supervisor import StartResult, WorkerInit, WorkerProcess
-from policy_engine.enforcement.usage import ResourceLimits
+from policy_engine.enforcement.host import kernel
+from policy_engine.enforcement.host.supervisor import StartResult, WorkerInit, WorkerProcess
+from policy_engine.enforcement.host.usage import ResourceLimits
+from policy_engine.enforcement.wire import AuditRecord, WireEntry, WireRule, WireTable
+from policy_engine.enforcement.worker.lockdown import LockdownSpec
 from policy_engine.errors import (
     FileSizeError,
     PermissionDeniedError,
     PluginCrashedError,
+    PluginRaisedError,
     PluginTimeoutError,
     ResourceLimitError,
 )
@@ -189,6 +188,18 @@ def secret(tmp_path: Path) -> Path:
 Starter = Callable[..., tuple[WorkerProcess, StartResult]]
 
 
+def rules_table(rules: list[list[Any]], plugin_dir: Path) -> dict[str, Any]:
+    """Checker data allowing each ``[permission, pattern-or-None]``, with the real patterns."""
+    by_permission: dict[str, list[WireRule]] = {}
+    for permission, pattern in rules:
+        by_permission.setdefault(permission, []).append(
+            WireRule("test.policy:1:1", None if pattern is None else (pattern,)))
+    table = WireTable("demo", str(plugin_dir), True, True, tuple(
+        WireEntry(permission, True, None, tuple(allows), ()) for permission, allows
+        in by_permission.items()))
+    return {"table": table.encode(), "audit": False}
+
+
 @pytest.fixture
 def start(tmp_path: Path, plugin_dir: Path, granted: Path) -> Iterator[Starter]:
     """Start a worker for the demo plugin; keyword arguments tweak the spec and checker."""
@@ -204,7 +215,7 @@ def start(tmp_path: Path, plugin_dir: Path, granted: Path) -> Iterator[Starter]:
         workers.append(worker)
         result = worker.start(WorkerInit(
             plugin="demo", plugin_dir=str(plugin_dir), entry_point="demo:Plugin",
-            lockdown=lockdown, checker={"allow": rules},
+            lockdown=lockdown, checker=rules_table(rules, plugin_dir),
             limits=limits or ResourceLimits(memory_bytes=256 * 1024 * 1024)))
         return worker, result
 
@@ -474,7 +485,7 @@ def test_capability_calls_reach_the_host(start: Starter) -> None:
     def handler(capability: str, method: str, args: list[Any]) -> Any:
         calls.append((capability, method, args))
         if args == ["forbidden"]:
-            from policy_engine.enforcement.checker import DeniedDecision, denial
+            from policy_engine.enforcement.worker.checker import DeniedDecision, denial
 
             raise denial(DeniedDecision("demo", "config:read", "forbidden", "not granted"))
         return {"value": args[0]} if method == "get" else None
@@ -530,8 +541,8 @@ def test_cpu_over_its_share_is_throttled_with_warn(start: Starter,
 # -- the real decision table and plugin types --------------------------------------------------
 
 def table_checker(granted: Path, *, audit: bool = False) -> dict[str, Any]:
+    from policy_engine.enforcement.host.spec import wire_table
     from policy_engine.engine import Engine
-    from policy_engine.table import plugin_table_to_json
 
     engine = Engine.from_source(
         f'allow plugin * to file:read on "{granted}/**"',
@@ -539,11 +550,12 @@ def table_checker(granted: Path, *, audit: bool = False) -> dict[str, Any]:
           "permissions": [f"file:read {granted}/**"]}])
     table = engine.plugin_table("demo")
     assert table is not None
-    return {"table": plugin_table_to_json(table), "audit": audit}
+    return {"table": wire_table(table).encode(), "audit": audit}
 
 
-def start_with(tmp_path: Path, plugin_dir: Path, granted: Path, **init: Any) -> WorkerProcess:
-    worker = WorkerProcess()
+def start_with(tmp_path: Path, plugin_dir: Path, granted: Path, *,
+               audit_handler: Any = None, **init: Any) -> WorkerProcess:
+    worker = WorkerProcess(audit_handler=audit_handler)
     lockdown = LockdownSpec(scratch_dir=str(tmp_path / "scratch"), plugin_dir=str(plugin_dir),
                             read_paths=(str(granted),))
     init.setdefault("entry_point", "demo:Plugin")
@@ -563,32 +575,31 @@ def test_real_decision_table_decides_in_the_worker(tmp_path: Path, plugin_dir: P
         assert worker.call("read", [str(granted / "public.txt")], timeout=10) == "public data"
         with pytest.raises(PermissionDeniedError) as caught:
             worker.call("read", [str(secret)], timeout=10)
-        assert "does not declare `file:read`" in str(caught.value)
+        # The worker's denial names what was asked; the host's runner decides why.
+        assert caught.value.decision.action == "file:read"
         assert caught.value.decision.resource == str(secret)
     finally:
         worker.stop()
 
 
-def test_audit_mode_logs_instead_of_denying(tmp_path: Path, plugin_dir: Path, granted: Path,
-                                            secret: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
-    worker = start_with(tmp_path, plugin_dir, granted, checker=table_checker(granted, audit=True))
+def test_audit_mode_reports_records_instead_of_denying(tmp_path: Path, plugin_dir: Path,
+                                                       granted: Path, secret: Path) -> None:
+    reported: list[AuditRecord] = []
+    worker = start_with(tmp_path, plugin_dir, granted, checker=table_checker(granted, audit=True),
+                        audit_handler=reported.append)
     try:
-        with caplog.at_level(logging.INFO, logger="policy_engine.plugins.audit"):
-            # The audit hook lets it through; Landlock still holds the line underneath.
-            # (Under bubblewrap the file is not even in the view.)
-            with pytest.raises(PluginRaisedError, match="PermissionError|FileNotFoundError"):
-                worker.call("read", [str(secret)], timeout=10)
-        audited = [json.loads(r.getMessage()[len(AUDIT_PREFIX):]) for r in caplog.records
-                   if r.getMessage().startswith(AUDIT_PREFIX)]
-        assert any(not a["allowed"] and a["action"] == "file:read" and a["resource"] == str(secret)
-                   for a in audited)
+        # The audit hook lets it through; Landlock still holds the line underneath.
+        # (Under bubblewrap the file is not even in the view.)
+        with pytest.raises(PluginRaisedError, match="PermissionError|FileNotFoundError"):
+            worker.call("read", [str(secret)], timeout=10)
+        assert AuditRecord("file:read", str(secret), False) in reported
+        assert all(record.worker_reported for record in reported)
     finally:
         worker.stop()
 
 
 TYPED_PLUGIN = """
-from policy_engine.enforcement.base import BaseAgentPlugin
+from policy_engine.plugin_api import BaseAgentPlugin
 
 
 class Agent(BaseAgentPlugin):
@@ -657,8 +668,8 @@ def test_daemon_left_behind_does_not_survive_stop(start: Starter,
 HOST = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from policy_engine.enforcement.lockdown import LockdownSpec
-from policy_engine.enforcement.supervisor import WorkerInit, WorkerProcess
+from policy_engine.enforcement.worker.lockdown import LockdownSpec
+from policy_engine.enforcement.host.supervisor import WorkerInit, WorkerProcess
 worker = WorkerProcess()
 result = worker.start(WorkerInit(plugin="demo", plugin_dir={plugin!r}, entry_point="demo:Plugin",
     lockdown=LockdownSpec(scratch_dir={scratch!r}, plugin_dir={plugin!r})))

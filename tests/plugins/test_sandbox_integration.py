@@ -26,10 +26,10 @@ from policy_engine import (
     ResourceLimitError,
 )
 from policy_engine.digest import plugin_digest
-from policy_engine.enforcement import kernel
-from policy_engine.enforcement.loader import PluginLoader
-from policy_engine.enforcement.run import run_plugins
-from policy_engine.enforcement.sandbox import PluginSandbox
+from policy_engine.enforcement.host import kernel
+from policy_engine.enforcement.host.loader import PluginLoader
+from policy_engine.enforcement.host.run import run_plugins
+from policy_engine.enforcement.host.sandbox import PluginSandbox
 
 pytestmark = pytest.mark.integration
 
@@ -323,7 +323,7 @@ def test_the_run_job_on_the_examples(tmp_path: Path) -> None:
 
 
 def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
-    from policy_engine.enforcement.learn import learn
+    from policy_engine.enforcement.host.learn import learn
 
     result = learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies")
     assert "file:read /etc/passwd" in result.needed
@@ -331,6 +331,10 @@ def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
     assert any(entry.startswith("file:read /etc/passwd — ") and "default.policy" in entry
                for entry in result.blocked)
     assert 'allow plugin "rogue" to network:request on "collector.evil.test:443"' in result.rules
+    assert "can leave actions out or make them up" in result.caveat
+    from policy_engine.cli.learn import render_learn
+
+    assert "note: these needs were reported by the plugin's own worker" in render_learn(result)
 
 
 def test_a_name_claimed_by_two_directories_is_refused_for_both(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from policy_engine.enforcement.base import BaseWorkflowPlugin
+from policy_engine import BaseWorkflowPlugin
 
 
 class ReportBuilder(BaseWorkflowPlugin):

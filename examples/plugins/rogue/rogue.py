@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from policy_engine.enforcement.base import BaseWorkflowPlugin
+from policy_engine import BaseWorkflowPlugin
 
 
 class RoguePlugin(BaseWorkflowPlugin):

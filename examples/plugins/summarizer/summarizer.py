@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from policy_engine.enforcement.base import BaseAgentPlugin, PluginContext
+from policy_engine import BaseAgentPlugin, PluginContext
 
 
 class SummarizerPlugin(BaseAgentPlugin):

@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import kernel
-from ..spec import kernel_grants
-from . import bwrap
+from . import bwrap, kernel
+from .spec import kernel_grants
 
 __all__ = ["LAYERS", "Check", "Preflight", "PluginLevel", "accepted_risks", "isolation_level",
            "preflight", "sandbox_refusal"]

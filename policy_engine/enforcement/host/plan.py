@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ...engine import Engine
 from ...errors import UsageError
-from ..spec import lockdown_spec
-from ..supervisor import WorkerInit, view_inputs
 from .identity import IdentityMap
+from .spec import lockdown_spec
+from .supervisor import WorkerInit, view_inputs
 from .view import ViewPlan, plan_view
 
 __all__ = ["plugin_view"]

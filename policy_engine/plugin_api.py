@@ -1,9 +1,9 @@
-"""Base classes for plugin authors and the context each plugin is initialised with.
+"""The plugin-facing API: base classes, the context a plugin gets, and the errors it meets.
 
 A plugin is a class deriving from the base of its type (``agent``, ``workflow`` or
 ``hook``)::
 
-    from policy_engine.enforcement.base import BaseHookPlugin, PluginContext
+    from policy_engine import BaseHookPlugin, PluginContext
 
     class Audit(BaseHookPlugin):
         def hooks(self):
@@ -12,10 +12,15 @@ A plugin is a class deriving from the base of its type (``agent``, ``workflow`` 
         def on_saved(self, path):
             self.ctx.logger.info("saved %s", path)
 
-This module is imported inside sandboxed worker processes, so it depends on nothing but the
-standard library and the tiny :mod:`policy_engine.errors`: the capability objects a plugin
-receives are described by protocols here, and the host's implementations live elsewhere
-(in a worker they are proxies that ask the host).
+This module is used on both sides of the process boundary: in the host, and inside sandboxed
+worker processes. It depends on nothing but the standard library and the tiny
+:mod:`policy_engine.errors`: the capability objects a plugin receives are described by
+protocols here, and the host's implementations live elsewhere (in a worker they are proxies
+that ask the host).
+
+:class:`PermissionDeniedError` is what a plugin's denied action raises (in the host it
+carries the host's own :class:`~policy_engine.decision.Decision`); :class:`PluginRaisedError`
+is what the host gets when the plugin's own code raises, with the remote type as a string.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeAlias
 
-from ..errors import UsageError
-from ..plugin_types import add_plugin_type
+from .errors import PermissionDeniedError, PluginRaisedError, UsageError
+from .plugin_types import add_plugin_type
 
 __all__ = [
     "PLUGIN_BASES",
@@ -39,7 +44,9 @@ __all__ = [
     "ConfigAccess",
     "DatabaseAccess",
     "HookAccess",
+    "PermissionDeniedError",
     "PluginContext",
+    "PluginRaisedError",
     "SqlParams",
     "base_for",
     "plugin_logger",

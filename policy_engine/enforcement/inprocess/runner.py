@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EnforcementError, PluginTimeoutError, PluginValidationError
-from .audit import AuditGuard
+from ...errors import EnforcementError, PluginTimeoutError, PluginValidationError
+from ...implicit import implicit_reads
+from ..worker.audit import AuditGuard
 
 __all__ = ["ActivePlugin", "InprocessRunner", "active_plugin", "install_audit_hook", "running_as"]
 
@@ -171,6 +172,30 @@ def _clear_async_exc(thread_id: int) -> None:
 _watchdog = _Watchdog()
 
 
+class DeadlineExceeded(Exception):
+    """:func:`call_with_deadline` stopped the function at its deadline."""
+
+
+def call_with_deadline(func: Callable[..., Any], seconds: float, *args: Any,
+                       **kwargs: Any) -> Any:
+    """Call ``func`` in this thread and stop it ``seconds`` from now.
+
+    The watchdog raises into the thread at its next Python instruction (a call blocked in
+    C stops when it returns); the caller then gets :class:`DeadlineExceeded`. Whatever
+    ``func`` raises itself passes through unchanged.
+    """
+    deadline = _Deadline(time.monotonic() + seconds)
+    thread_id = threading.get_ident()
+    _watchdog.watch(thread_id, deadline)
+    try:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _watchdog.unwatch(thread_id, deadline)
+    except _Overrun:
+        raise DeadlineExceeded(f"stopped after {seconds:g}s") from None
+
+
 class InprocessRunner:
     """Runs one plugin's code in the host process under the engine's decisions.
 
@@ -202,7 +227,7 @@ class InprocessRunner:
             checker,
             plugin=name,
             scratch_dir=str(scratch_dir),
-            implicit_read=[str(self.plugin_dir), *_interpreter_roots()],
+            implicit=implicit_reads(str(self.plugin_dir), scratch_dir=str(scratch_dir)),
             allow_subprocess=allow_subprocess,
             allow_network=allow_network,
         )
@@ -289,7 +314,3 @@ def _is_under(path: str | None, root: Path) -> bool:
     return os.path.realpath(path).startswith(os.path.realpath(root) + os.sep)
 
 
-def _interpreter_roots() -> list[str]:
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__)}
-    roots.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(roots)

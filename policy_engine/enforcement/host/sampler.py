@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import psutil
 
-from ..errors import ResourceLimitError
-from ..units import human_size
+from ...errors import ResourceLimitError
+from ...units import human_size
 from .reaper import descendants
 from .usage import ResourceLimits, ResourceUsage
 

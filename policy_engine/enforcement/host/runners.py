@@ -15,10 +15,12 @@ from typing import Any, Protocol
 
 import psutil
 
-from ..errors import PluginValidationError
-from .base import PluginContext, base_for
+from ...decision import Decision, Reason, deny
+from ...errors import PermissionDeniedError, PluginValidationError
+from ...plugin_api import PluginContext, base_for
+from ..inprocess.runner import InprocessRunner
+from ..wire import AuditRecord
 from .capabilities import ConfigCapability, DatabaseCapability, HookCapability, NoDatabase
-from .inprocess import InprocessRunner
 from .supervisor import WorkerInit, WorkerProcess
 from .usage import ResourceUsage
 
@@ -28,7 +30,20 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    """What the loader needs from a way of running plugin code."""
+    """The extension point for isolation modes: what the loader needs to run plugin code.
+
+    A runner owns one plugin's code for the plugin's lifetime. ``isolation`` names the
+    mode for reports (``process (full)``, ``inprocess (not a security boundary)``).
+    ``start()`` loads the plugin and runs its ``initialize(ctx)`` (returning what that
+    returned, under the init timeout); ``call(method, args, kwargs, timeout=, phase=)`` runs
+    one method and raises :class:`~policy_engine.errors.PluginTimeoutError` past
+    ``timeout``, :class:`~policy_engine.errors.PermissionDeniedError` carrying the host's
+    own decision for a denial, and :class:`~policy_engine.errors.PluginRaisedError` (or
+    another :class:`~policy_engine.errors.EnforcementError`) for anything else the plugin
+    did; ``usage()`` is the latest resource sample; ``stop()`` runs ``cleanup()`` when it
+    can and releases everything, and is safe to call twice. A new mode is a class with
+    these members, chosen in :meth:`~.sandbox.PluginSandbox.runner_for`.
+    """
 
     isolation: str
 
@@ -48,8 +63,15 @@ class HostServices:
 
     def __init__(self, plugin: str, check: Callable[[Any, str], object], *,
                  config: dict[str, Any], db_path: Path | None, hooks: Any,
-                 hook_caller: Callable[[str], Callable[..., Any]] | None = None) -> None:
+                 hook_caller: Callable[[str], Callable[..., Any]] | None = None,
+                 decide: Callable[[str, str | None], Decision] | None = None,
+                 on_reported: Callable[[str, str | None], None] | None = None) -> None:
+        """``decide(action, resource)`` is the host's own decision for the plugin, used for
+        every denial a worker reports; ``on_reported(action, resource)`` receives what an
+        audit-mode worker says its plugin did."""
         self.plugin = plugin
+        self.decide = decide
+        self.on_reported = on_reported
         self.config = ConfigCapability(plugin, check, config)
         self.db: DatabaseCapability | NoDatabase = (
             DatabaseCapability(plugin, check, db_path) if db_path is not None else NoDatabase(plugin))
@@ -80,11 +102,35 @@ class ProcessRunner:
     def __init__(self, init: WorkerInit, services: HostServices) -> None:
         self.init = init
         self.services = services
-        self.worker = WorkerProcess(capability_handler=services.handle)
+        self.worker = WorkerProcess(capability_handler=services.handle,
+                                    audit_handler=self._reported)
         self.isolation = "process"
 
+    def _reported(self, record: AuditRecord) -> None:
+        if self.services.on_reported is not None:
+            self.services.on_reported(record.action, record.resource)
+
+    def _decided_by_host(self, error: PermissionDeniedError) -> PermissionDeniedError:
+        """The host's own decision for what the worker was denied: the worker's bytes say
+        only what the plugin asked (action and resource), never why."""
+        decide = self.services.decide
+        asked = error.decision
+        if decide is None:
+            return error
+        action, resource = str(asked.action), asked.resource
+        decision = decide(action, None if resource is None else str(resource))
+        if decision.allowed:
+            # The worker's own layer refused what the policy allows (a bound port, a
+            # signal): still a denial, in the host's words.
+            decision = deny(Reason.ERROR, self.init.plugin, action, decision.resource,
+                            errors=("the worker refused it although the policy allows it",))
+        return PermissionDeniedError(decision)
+
     def start(self) -> Any:
-        result = self.worker.start(self.init)
+        try:
+            result = self.worker.start(self.init)
+        except PermissionDeniedError as error:
+            raise self._decided_by_host(error) from None
         self.isolation = f"process ({result.report.level})"
         return result.init_result
 
@@ -95,7 +141,10 @@ class ProcessRunner:
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
              timeout: float, phase: str) -> Any:
-        return self.worker.call(method, args, kwargs, timeout=timeout, phase=phase)
+        try:
+            return self.worker.call(method, args, kwargs, timeout=timeout, phase=phase)
+        except PermissionDeniedError as error:
+            raise self._decided_by_host(error) from None
 
     def usage(self) -> ResourceUsage:
         return self.worker.usage

@@ -1,12 +1,14 @@
 """The plugin worker: one process per plugin, locked down, serving calls from the host.
 
-Started by :class:`~.supervisor.WorkerProcess` as ``python -I -B -c <bootstrap>`` with the
-IPC socket as its only extra file descriptor (see :data:`BOOTSTRAP`). Protocol, one JSON
-frame per message (:mod:`.ipc`):
+Started by :class:`~policy_engine.enforcement.host.supervisor.WorkerProcess` as
+``python -I -B -c <bootstrap>`` with the IPC socket as its only extra file descriptor (see
+:data:`BOOTSTRAP`). Protocol, one JSON frame per message; the host decodes what a worker
+sends strictly, in :mod:`policy_engine.enforcement.wire`:
 
 host -> worker
-    ``init``  {plugin, plugin_dir, entry_point "module:Class", sys_path, lockdown, checker,
-    limits, plugin_type, data_dir} - first frame, exactly once;
+    ``init``  {version, plugin, plugin_dir, entry_point "module:Class", sys_path, lockdown,
+    checker, limits, plugin_type, data_dir} - first frame, exactly once (another protocol
+    version is refused);
     ``call``  {method, args, kwargs} - ``method`` ``"hook:<name>"`` runs the function the
     plugin registered for hook ``name``;
     ``cap_result`` {value} / ``cap_error`` {error} - answers to the worker's ``cap``;
@@ -14,9 +16,10 @@ host -> worker
     the plugin's ``cleanup()``, answer, and wait to be killed with the whole tree.
 
 worker -> host
-    ``ready`` {report, init_result, pid}; ``result`` {value}; ``error`` {error};
+    ``ready`` {version, report, init_result, pid}; ``result`` {value}; ``error`` {error};
     ``cap`` {capability, method, args} - a capability call made by the plugin mid-call;
-    ``log`` {level, logger, message}; ``reaped`` {pids}; ``stopped``.
+    ``log`` {level, logger, message}; ``audit`` {action, resource, allowed} - audit mode
+    only; ``reaped`` {pids}; ``stopped``. Only while the host waits on a call.
 
 The worker applies the lockdown and installs the audit hook before it imports any plugin
 code, so from the first line the plugin runs boxed in.
@@ -34,11 +37,12 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
-from ..units import human_size
+from ...errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
+from ...implicit import ImplicitReads, implicit_reads
+from ...units import human_size
+from ..wire import LIMITS, PROTOCOL_VERSION, AuditRecord, FrameError, recv_frame, send_frame
 from .audit import AuditGuard
 from .checker import make_checker
-from .ipc import FrameError, recv_frame, send_frame
 from .lockdown import LockdownSpec, ParentGoneError, apply_lockdown
 from .remote import exception_from_data, exception_to_data
 
@@ -51,17 +55,17 @@ if TYPE_CHECKING:
 
 __all__ = ["BOOTSTRAP", "WorkerContext", "main"]
 
-#: The ``-c`` program the host runs. It registers ``policy_engine`` as a bare package
-#: instead of importing it: the package's ``__init__`` loads the whole policy engine
-#: (parser, schemas), which a worker never needs and which would triple its start-up time.
+#: The ``-c`` program the host runs. It loads ``policy_engine`` from its directory without
+#: putting that directory's parent on ``sys.path`` (which may hold anything). The package's
+#: ``__init__`` is lazy (PEP 562), so ``from policy_engine import BasePlugin`` in plugin code
+#: loads the plugin API alone, never the parser or schemas.
 #: argv: package directory, host pid, IPC file descriptor.
 BOOTSTRAP = (
-    "import sys,types,importlib.machinery as m\n"
-    "d=sys.argv[1];s=m.ModuleSpec('policy_engine',None,is_package=True)\n"
-    "s.submodule_search_locations=[d];p=types.ModuleType('policy_engine')\n"
-    "p.__spec__=s;p.__path__=[d];p.__package__='policy_engine'\n"
-    "sys.modules['policy_engine']=p\n"
-    "from policy_engine.enforcement.worker import main\n"
+    "import sys,importlib.util as u\n"
+    "d=sys.argv[1];s=u.spec_from_file_location('policy_engine',d+'/__init__.py',"
+    "submodule_search_locations=[d])\n"
+    "p=u.module_from_spec(s);sys.modules['policy_engine']=p;s.loader.exec_module(p)\n"
+    "from policy_engine.enforcement.worker.main import main\n"
     "raise SystemExit(main(sys.argv[2:]))\n"
 )
 
@@ -130,7 +134,7 @@ class _HookProxy(_CapabilityProxy):
 class WorkerContext:
     """What a plugin's ``initialize(ctx)`` receives inside a worker.
 
-    The attribute names match :class:`policy_engine.enforcement.base.PluginContext`;
+    The attribute names match :class:`policy_engine.plugin_api.PluginContext`;
     ``config``, ``db`` and ``hooks`` are proxies whose calls go to the host, which checks
     each against the policy. :meth:`call_host` is the generic form.
     """
@@ -169,8 +173,9 @@ def _install_log_forwarder(channel: _Channel) -> None:
                 return  # outside a call nobody reads the channel; dropping beats deadlocking
             try:
                 message = record.getMessage()[:_MAX_LOG_MESSAGE]
-                channel.send({"op": "log", "level": record.levelno, "logger": record.name,
-                              "message": message})
+                level = min(max(int(record.levelno), 0), 50)
+                channel.send({"op": "log", "level": level,
+                              "logger": record.name[:LIMITS.name_chars], "message": message})
             except Exception:  # logging must never break the plugin
                 self.handleError(record)
 
@@ -213,12 +218,12 @@ class _Worker:
         sys.dont_write_bytecode = True  # the plugin's directory is read-only from here on
         # Past the lockdown the kernel would refuse what follows; the hook makes it precise.
         checker_data = self.init.get("checker") or {}
-        self.checker = make_checker(checker_data, plugin=self.plugin)
+        self.checker = make_checker(checker_data, plugin=self.plugin, on_audit=self._report_audit)
         self.guard = AuditGuard(
             self.checker,
             plugin=self.plugin,
             scratch_dir=self.spec.scratch_dir,
-            implicit_read=self._implicit_read(),
+            implicit=self._implicit_read(),
             allow_subprocess=self.spec.allow_subprocess,
             allow_network=self.spec.allow_network,
         )
@@ -227,21 +232,25 @@ class _Worker:
         os.environ["TMPDIR"] = self.spec.scratch_dir
         if self.spec.audit_hook:
             self.guard.install()
-        if checker_data.get("audit"):
-            self._forward_logs(force=True)  # audit mode reports through logging
         try:
             init_result = self._load()
         except BaseException as error:  # reported to the host, which decides what to do
             return {"op": "error", "error": exception_to_data(self._translate(error)),
                     "report": report}
-        return {"op": "ready", "report": report, "init_result": init_result, "pid": os.getpid()}
+        return {"op": "ready", "version": PROTOCOL_VERSION, "report": report,
+                "init_result": init_result, "pid": os.getpid()}
 
-    def _implicit_read(self) -> list[str]:
-        paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                 self.spec.plugin_dir, os.devnull, "/dev/urandom", "/dev/random",
-                 f"/proc/{os.getpid()}", os.path.dirname(os.path.dirname(__file__))]
-        paths += [p for p in sys.path if p and os.path.isabs(p)]
-        return paths
+    def _report_audit(self, action: str, resource: str | None, allowed: bool) -> None:
+        """Audit mode: tell the host what the plugin did (only while it waits on a call)."""
+        if not self.channel.in_call:
+            return  # outside a call nobody reads the channel; a frame then would be refused
+        clipped = None if resource is None else resource[:LIMITS.resource_chars]
+        self.channel.send(AuditRecord(action[:LIMITS.name_chars], clipped, allowed).encode())
+
+    def _implicit_read(self) -> ImplicitReads:
+        extra = tuple(p for p in sys.path if p and os.path.isabs(p))  # the worker's own path
+        return implicit_reads(self.spec.plugin_dir, scratch_dir=self.spec.scratch_dir,
+                              extra_paths=extra)
 
     def _load(self) -> Any:
         module_name, _, class_name = str(self.init["entry_point"]).partition(":")
@@ -274,7 +283,7 @@ class _Worker:
         plugin_type = str(self.init.get("plugin_type") or "")
         if not plugin_type:
             return
-        from .base import base_for  # only when asked: it is not needed otherwise
+        from ...plugin_api import base_for  # only when asked: it is not needed otherwise
 
         base = base_for(plugin_type)
         if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -463,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     channel = _Channel(sock)
     try:
         init = recv_frame(sock)
+        if not isinstance(init, dict) or init.get("version") != PROTOCOL_VERSION:
+            channel.send({"op": "error", "error": exception_to_data(EnforcementError(
+                f"protocol version `{init.get('version') if isinstance(init, dict) else None}`"
+                f" is not {PROTOCOL_VERSION}"), with_traceback=False)})
+            return 1
         worker = _Worker(channel, init, parent_pid)
         try:
             first = worker.start()

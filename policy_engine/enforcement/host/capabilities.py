@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from ..decision import Reason, deny
-from ..errors import PermissionDeniedError, PluginTimeoutError, ResourceLimitError, UsageError
-from ..permissions import Permission
-from .base import SqlParams
+from ...decision import Reason, deny
+from ...errors import PermissionDeniedError, PluginTimeoutError, ResourceLimitError, UsageError
+from ...permissions import Permission
+from ...plugin_api import SqlParams
 
 __all__ = [
     "ConfigCapability",

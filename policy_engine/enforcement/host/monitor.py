@@ -16,8 +16,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..settings import Limits
-from ..units import human_size
+from ...settings import Limits
+from ...units import human_size
 from .usage import ResourceUsage
 
 __all__ = ["ResourceMonitor"]

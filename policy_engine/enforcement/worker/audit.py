@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ...implicit import ImplicitReads
 from .checker import Checker, DeniedDecision, denial
 
 __all__ = ["AuditGuard"]
@@ -33,9 +34,9 @@ _INTROSPECTION = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_refere
 class AuditGuard:
     """Checks audited events of plugin code against a :data:`Checker`.
 
-    ``implicit_read`` are roots the plugin may always read (its own directory, the
-    interpreter's files, a few devices); the scratch directory is always readable and
-    writable. Everything else goes through ``checker``.
+    ``implicit`` is the plugin's implicit-read list (:mod:`policy_engine.implicit`: the
+    runtime, its code files, read-only system data); the scratch directory is always
+    readable and writable. Everything else goes through ``checker``.
     """
 
     def __init__(
@@ -44,14 +45,17 @@ class AuditGuard:
         *,
         plugin: str,
         scratch_dir: str,
-        implicit_read: Iterable[str],
+        implicit: ImplicitReads,
         allow_subprocess: bool,
         allow_network: bool,
     ) -> None:
         self._checker = checker
         self._plugin = plugin
         self._scratch = os.path.realpath(scratch_dir)
-        self._read_roots = tuple(dict.fromkeys(os.path.realpath(p) for p in implicit_read))
+        # Symlinks resolved once, as the hook resolves each path it sees.
+        self._implicit = ImplicitReads(
+            tuple(dict.fromkeys(os.path.realpath(p) for p in implicit.trees)),
+            None if implicit.plugin_dir is None else os.path.realpath(implicit.plugin_dir))
         self._allow_subprocess = allow_subprocess
         self._allow_network = allow_network
         self._local = threading.local()
@@ -201,7 +205,7 @@ class AuditGuard:
             self._check_write(resolved)
 
     def _check_read(self, path: str) -> None:
-        if _under_any(path, self._read_roots) or _under(path, self._scratch):
+        if self._implicit.covers(path) or _under(path, self._scratch):
             return
         self._check_path("file:read", path)
 
@@ -280,16 +284,13 @@ class AuditGuard:
 
     def _check_network(self, host: str, port: Any) -> None:
         resource = host if port in (None, 0, "") else f"{host}:{_text(port)}"
-        if not self._allow_network:
-            self._deny("network:request", resource, "the plugin has no network permission")
+        # The decision table alone answers: no coarse switch may contradict it.
         self._check("network:request", resource)
 
     # -- processes ---------------------------------------------------------------------------
 
     def _check_program(self, program: Any) -> None:
         name = os.path.basename(_text(program)) if program is not None else None
-        if not self._allow_subprocess:
-            self._deny("subprocess:execute", name, "the plugin has no subprocess permission")
         self._check("subprocess:execute", name)
 
     def _on_popen(self, args: tuple[Any, ...]) -> None:

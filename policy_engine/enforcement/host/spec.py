@@ -11,15 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import Engine
-from ..patterns import HostPattern, PathPattern, Pattern
-from ..permissions import Permission
-from ..table import ActionEntry, PluginTable, plugin_table_to_json
-from .lockdown import LockdownSpec
+from ...engine import Engine
+from ...errors import UsageError
+from ...patterns import HostPattern, PathPattern, Pattern
+from ...permissions import Permission
+from ...table import (
+    ActionEntry,
+    PinStatus,
+    PluginTable,
+    TableRule,
+    _allow_applies,
+    _deny_applies,
+)
+from ..wire import WireEntry, WireRule, WireTable
+from ..worker.lockdown import LockdownSpec
 from .usage import ResourceLimits
 
 __all__ = ["KernelGrants", "checker_data", "kernel_grants", "kernel_masks", "lockdown_spec",
-           "resource_limits"]
+           "resource_limits", "wire_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +155,46 @@ def resource_limits(engine: Engine, plugin: str) -> ResourceLimits:
 
 
 def checker_data(engine: Engine, plugin: str, *, audit: bool = False) -> dict[str, object]:
-    """The decision data the worker's audit hook consults: the plugin's own table."""
+    """The decision data the worker's audit hook consults: the plugin's own table, as data."""
     table = engine.plugin_table(plugin)
     if table is None:
         raise KeyError(plugin)
-    return {"table": plugin_table_to_json(table), "audit": audit}
+    return {"table": wire_table(table).encode(), "audit": audit}
+
+
+def wire_table(table: PluginTable) -> WireTable:
+    """``table`` as the worker receives it (:class:`~..wire.WireTable`).
+
+    A worker decides without a request context, as the host does when it decides a
+    denial again; so each conditional rule is evaluated here, for no context, with the
+    engine's own rules (a deny that cannot be evaluated applies, such an allow does not),
+    and crosses as an unconditional rule or not at all.
+    """
+    entries = []
+    for permission, entry in table.entries.items():
+        kind = permission.kind
+        entries.append(WireEntry(
+            permission=permission.value,
+            declared=entry.declared,
+            declared_patterns=None if entry.declared_patterns is None else tuple(
+                p.text for p in entry.declared_patterns if p.kind is kind),
+            allows=tuple(_wire_rule(r, kind) for r in entry.allows
+                         if _unconditional(r) or _allow_applies(r, table, None, [])),
+            denies=tuple(_wire_rule(r, kind) for r in entry.denies
+                         if (_unconditional(r) and r.error is None)
+                         or _deny_applies(r, table, None, [])),
+        ))
+    if table.plugin_dir is None:  # the sandbox refuses such a plugin before it gets here
+        raise UsageError(f"plugin `{table.name}` has no directory, so it cannot run in a worker")
+    return WireTable(plugin=table.name, plugin_dir=table.plugin_dir, enabled=table.enabled,
+                     trusted=table.pin is not PinStatus.MISMATCH, entries=tuple(entries))
+
+
+def _unconditional(rule: TableRule) -> bool:
+    return rule.when is None and rule.unless is None
+
+
+def _wire_rule(rule: TableRule, kind: object) -> WireRule:
+    patterns = None if rule.patterns is None else tuple(
+        p.text for p in rule.patterns if p.kind is kind)
+    return WireRule(location=rule.ref.location, patterns=patterns)

@@ -12,12 +12,12 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import Engine
-from ..manifest import PluginMetadata
-from ..risks import UNPINNED_INPROCESS
-from ..settings import Isolation
-from ..table import PinStatus
-from .base import PLUGIN_BASES
+from ...engine import Engine
+from ...manifest import PluginMetadata
+from ...plugin_api import PLUGIN_BASES
+from ...risks import UNPINNED_INPROCESS
+from ...settings import Isolation
+from ...table import PinStatus
 from .scan import CodeFinding, scan_plugin
 
 __all__ = ["ValidationResult", "find_entry_point", "inprocess_refusal", "validate_plugin"]

@@ -12,31 +12,21 @@ import errno
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import (
-    EnforcementError,
+from ...errors import (
     FileSizeError,
     PermissionDeniedError,
+    PluginRaisedError,
     PluginValidationError,
     ResourceLimitError,
 )
 from .checker import DeniedDecision, denial
 
-__all__ = ["PluginRaisedError", "exception_from_data", "exception_to_data"]
+__all__ = ["PluginRaisedError", "exception_from_data", "exception_to_data", "remote_type"]
 
 # Long enough for any real message, short enough that a hostile peer cannot flood logs.
 _MAX_TEXT = 64 * 1024
-
-
-class PluginRaisedError(EnforcementError):
-    """Plugin code (or a host capability) raised an exception on the other side."""
-
-    def __init__(self, type_name: str, message: str, remote_traceback: str = "", *,
-                 plugin: str | None = None) -> None:
-        self.type_name = type_name
-        self.remote_message = message
-        self.remote_traceback = remote_traceback
-        who = f"plugin `{plugin}`" if plugin else "the other side"
-        super().__init__(f"{who} raised {type_name}: {message}", plugin=plugin)
+# A type is named by ``module.qualname``: long enough for real names, no longer.
+_MAX_TYPE = 200
 
 
 def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
@@ -48,7 +38,7 @@ def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> d
     import traceback  # only on the error path: keeps it out of the worker's start-up
 
     data: dict[str, Any] = {
-        "type": type(error).__name__,
+        "type": remote_type(error),
         "message": _clip(str(error)),
         "traceback": _clip("".join(traceback.format_exception(error))) if with_traceback else "",
         "kind": "exception",
@@ -86,7 +76,7 @@ def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> d
 def exception_from_data(data: Mapping[str, Any], *, plugin: str | None = None) -> Exception:
     """The exception to raise for data made by :func:`exception_to_data`."""
     kind = data.get("kind")
-    type_name = _clip(str(data.get("type", "Exception")))
+    type_name = _clip(str(data.get("type", "Exception")), _MAX_TYPE)
     message = _clip(str(data.get("message", "")))
     remote_tb = _clip(str(data.get("traceback", "")))
     if kind == "permission_denied" and isinstance(data.get("decision"), Mapping):
@@ -98,7 +88,7 @@ def exception_from_data(data: Mapping[str, Any], *, plugin: str | None = None) -
         limit = _number(data.get("limit"))
         used = _number(data.get("used"))
         cls = FileSizeError if kind == "file_size" else ResourceLimitError
-        text = message if type_name in ("FileSizeError", "ResourceLimitError") else (
+        text = message if type_name.rpartition(".")[2] in ("FileSizeError", "ResourceLimitError") else (
             f"plugin `{plugin}` went over its {resource or 'resource'} limit ({type_name}: {message})"
         )
         error = cls(text, plugin=plugin, resource=resource, limit=limit, used=used)
@@ -111,5 +101,13 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "... [truncated]"
+def remote_type(error: BaseException) -> str:
+    """``module.qualname`` of ``error``'s type (the bare name for built-ins), clipped."""
+    cls = type(error)
+    module = getattr(cls, "__module__", "") or ""
+    name = getattr(cls, "__qualname__", cls.__name__)
+    return _clip(name if module == "builtins" else f"{module}.{name}", _MAX_TYPE)
+
+
+def _clip(text: str, limit: int = _MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + "... [truncated]"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from ..decision import Decision, Reason
-from ..engine import Engine
-from ..permissions import Permission, expand_action
+from ...decision import Decision, Reason
+from ...engine import Engine
+from ...permissions import Permission, expand_action
 
 __all__ = ["PermissionManager"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine import Engine
-from ..errors import PolicyEngineError
-from ..manifest import PluginMetadata, load_manifest
+from ...engine import Engine
+from ...errors import PolicyEngineError
+from ...manifest import PluginMetadata, load_manifest
 from .capabilities import HookRegistry
 from .loader import CallRecord, PluginLoader
 from .sandbox import AuditRecord, PluginSandbox

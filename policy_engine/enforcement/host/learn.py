@@ -13,16 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import Engine
-from ..errors import PolicyEngineError
-from ..manifest import load_manifest
-from ..patterns import normalize
-from ..permissions import Permission
+from ...engine import Engine
+from ...errors import PolicyEngineError
+from ...manifest import load_manifest
+from ...patterns import normalize
+from ...permissions import Permission
 from .loader import PluginLoader
 from .run import _demo_environment, probe_methods
 from .sandbox import AuditRecord, PluginSandbox
 
-__all__ = ["LearnResult", "learn"]
+__all__ = ["WORKER_REPORTED_CAVEAT", "LearnResult", "learn"]
+
+
+#: Said with every result: what a worker reports, its plugin controls.
+WORKER_REPORTED_CAVEAT = (
+    "these needs were reported by the plugin's own worker process, which the plugin "
+    "controls: it can leave actions out or make them up, so review the list before "
+    "granting it"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,8 @@ class LearnResult:
     unused: tuple[str, ...]  # declared but never used
     rules: tuple[str, ...]  # policy rules that would grant what no rule grants now
     blocked: tuple[str, ...]  # needed but denied by a deny rule ("entry — rule")
+    #: What the list rests on: the plugin's own worker reported it.
+    caveat: str = WORKER_REPORTED_CAVEAT
 
 
 def _scope(record: AuditRecord, plugin_dir: str, data_dir: str, name: str) -> str | None:

@@ -14,30 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..decision import Decision
-from ..engine import Engine
-from ..errors import PermissionDeniedError, PluginTimeoutError, PluginValidationError
-from ..manifest import PluginMetadata
-from ..permissions import Permission
-from ..settings import Isolation
+from ...decision import Decision
+from ...engine import Engine
+from ...errors import PermissionDeniedError, PluginTimeoutError, PluginValidationError
+from ...manifest import PluginMetadata
+from ...permissions import Permission
+from ...settings import Isolation
+from ..inprocess.runner import DeadlineExceeded, InprocessRunner, call_with_deadline
 from . import kernel
 from .capabilities import HookRegistry
-from .checker import AUDIT_LOGGER, AUDIT_PREFIX
-from .inprocess import InprocessRunner, _Deadline, _watchdog
 from .monitor import ResourceMonitor
 from .permission_manager import PermissionManager
 from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner
-from .spec import checker_data, lockdown_spec, resource_limits
+from .spec import checker_data, kernel_grants, lockdown_spec, resource_limits
 from .supervisor import WorkerInit
 from .usage import ResourceUsage
 from .validation import ValidationResult, inprocess_refusal, validate_plugin
@@ -59,33 +56,10 @@ class AuditRecord:
     allowed: bool
     reason: str
     rules: tuple[str, ...]
-
-
-class _AuditCollector(logging.Handler):
-    """Collects the decisions audit-mode workers report through the plugin log.
-
-    A plugin can write such lines itself; in audit mode that only adds to what ``learn``
-    suggests for that same plugin, which an administrator reviews anyway.
-    """
-
-    def __init__(self, sandbox: PluginSandbox) -> None:
-        super().__init__(logging.DEBUG)
-        self.sandbox = sandbox
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if not message.startswith(AUDIT_PREFIX):
-            return
-        try:
-            data = json.loads(message[len(AUDIT_PREFIX):])
-            plugin = record.name.rsplit(".", 1)[-1]
-            resource = data.get("resource")
-            self.sandbox.add_record(AuditRecord(
-                plugin, str(data["action"]), None if resource is None else str(resource),
-                bool(data["allowed"]), str(data["reason"]), tuple(str(r) for r in data.get("rules", ())),
-            ))
-        except (ValueError, KeyError, TypeError):
-            pass
+    #: True when the plugin's own worker reported the action (audit mode): the plugin
+    #: controls that process, so it can leave things out or make them up. The reason and
+    #: rules are still the host's decision for what was reported.
+    reported_by_worker: bool = False
 
 
 class PluginSandbox:
@@ -115,18 +89,9 @@ class PluginSandbox:
         self._scratch_root = Path(scratch_root) if scratch_root else Path(tempfile.gettempdir())
         self._records: list[AuditRecord] = []
         self._records_lock = threading.Lock()
-        if mode == "audit":
-            audit_log = logging.getLogger(AUDIT_LOGGER)
-            audit_log.setLevel(logging.INFO)
-            audit_log.propagate = False  # decisions are data for the sandbox, not log noise
-            audit_log.addHandler(_AuditCollector(self))
 
     def close(self) -> None:
-        """Detach from the workers' audit log (audit mode)."""
-        audit_log = logging.getLogger(AUDIT_LOGGER)
-        for handler in list(audit_log.handlers):
-            if isinstance(handler, _AuditCollector) and handler.sandbox is self:
-                audit_log.removeHandler(handler)
+        """Release what the sandbox holds (nothing today; kept for callers that close it)."""
 
     # -- the seed's API ----------------------------------------------------------------------
 
@@ -186,14 +151,8 @@ class PluginSandbox:
         outcome: dict[str, Any] = {}
 
         def target() -> None:
-            deadline = _Deadline(time.monotonic() + timeout_seconds)
-            thread_id = threading.get_ident()
-            _watchdog.watch(thread_id, deadline)
             try:
-                try:
-                    outcome["value"] = func(*args, **kwargs)
-                finally:
-                    _watchdog.unwatch(thread_id, deadline)
+                outcome["value"] = call_with_deadline(func, timeout_seconds, *args, **kwargs)
             except BaseException as exc:  # handed to the caller below, or dropped after a timeout
                 outcome["error"] = exc
 
@@ -204,8 +163,8 @@ class PluginSandbox:
             raise PluginTimeoutError(plugin, phase, timeout_seconds, "stopped at its next Python instruction")
         if "error" in outcome:
             error = outcome["error"]
-            if type(error).__name__ == "_Overrun":
-                raise PluginTimeoutError(plugin, phase, timeout_seconds)
+            if isinstance(error, DeadlineExceeded):
+                raise PluginTimeoutError(plugin, phase, timeout_seconds) from None
             raise error
         return outcome.get("value")
 
@@ -232,13 +191,21 @@ class PluginSandbox:
             self._records.append(record)
 
     def record_denial(self, error: PermissionDeniedError) -> None:
-        """Keep a denial that happened inside a worker (it arrives as an error)."""
+        """Keep a denial that happened inside a worker (it arrives as an error carrying the
+        host's own decision)."""
         decision = error.decision
-        explanation = decision.explain()
-        rules = tuple(line.split("blocked by ", 1)[1].split(": ", 1)[0]
-                      for line in explanation.splitlines() if "blocked by " in line)
+        rules = tuple(getattr(rule, "location", str(rule)) for rule in decision.rules)
         record = AuditRecord(str(decision.plugin), str(decision.action), decision.resource, False,
                              str(getattr(decision.reason, "value", decision.reason)), rules)
+        with self._records_lock:
+            self._records.append(record)
+
+    def record_reported(self, plugin: str, action: str, resource: str | None) -> None:
+        """Keep what an audit-mode worker reports, decided by the host, marked as reported."""
+        decision = self.permissions.decide(plugin, action, resource)
+        record = AuditRecord(decision.plugin, decision.action, decision.resource,
+                             decision.allowed, decision.reason.value,
+                             tuple(r.location for r in decision.rules), reported_by_worker=True)
         with self._records_lock:
             self._records.append(record)
 
@@ -268,15 +235,27 @@ class PluginSandbox:
         # The kernel can only fence a directory that exists: create the plugin's own.
         data_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"policy-engine-{name}-", dir=self._scratch_root))
+        def decide(action: str, resource: str | None) -> Decision:
+            return self.permissions.decide(name, action, resource)
+
+        def reported(action: str, resource: str | None) -> None:
+            self.record_reported(name, action, resource)
+
         services = HostServices(name, self._check_for(name), config=self.config, db_path=self.db_path,
-                                hooks=self.hooks, hook_caller=call_hook)
+                                hooks=self.hooks, hook_caller=call_hook, decide=decide,
+                                on_reported=reported)
         audit = self.mode == "audit"
         if limits.isolation is Isolation.INPROCESS:
             def checker(action: str, resource: str | None) -> None:
                 self.require(name, action, resource)
 
+            table = self.engine.plugin_table(name)
+            # The coarse switch only governs what the table cannot be asked about (ctypes);
+            # it follows the table, so a granted subprocess runs in-process too.
+            may_spawn = audit or (table is not None and kernel_grants(table).subprocess)
             runner = InprocessRunner(name, plugin_path, metadata.entry_point, checker,
-                                     allow_subprocess=audit, allow_network=True, scratch_dir=scratch)
+                                     allow_subprocess=may_spawn, allow_network=True,
+                                     scratch_dir=scratch)
             return InprocessPluginRunner(runner, services, plugin_type=metadata.type,
                                          data_dir=data_dir, init_timeout=timeouts.init)
         init = WorkerInit(

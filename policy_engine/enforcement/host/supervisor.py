@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import (
+from ...errors import (
     EnforcementError,
     FileSizeError,
     PluginCrashedError,
@@ -36,17 +36,33 @@ from ..errors import (
     ResourceLimitError,
     UsageError,
 )
+from ..wire import (
+    LIMITS,
+    PROTOCOL_VERSION,
+    AuditRecord,
+    CapabilityCall,
+    ChannelClosedError,
+    ErrorReply,
+    FrameError,
+    IsolationReport,
+    LogRecord,
+    Ready,
+    Result,
+    WireError,
+    WorkerMessage,
+    decode_worker_value,
+    recv_frame,
+    send_frame,
+)
+from ..worker.lockdown import LockdownSpec
+from ..worker.main import BOOTSTRAP
+from ..worker.remote import exception_from_data, exception_to_data
 from . import kernel, reaper
-from .ipc import ChannelClosedError, FrameError, recv_frame, send_frame
-from .kernel import IsolationReport
-from .lockdown import LockdownSpec
-from .remote import exception_from_data, exception_to_data
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
-from .worker import BOOTSTRAP
 
 if TYPE_CHECKING:
-    from .host.identity import IdentityMap
+    from .identity import IdentityMap
 
 __all__ = ["CapabilityHandler", "StartResult", "WorkerInit", "WorkerProcess"]
 
@@ -93,6 +109,7 @@ class WorkerInit:
         """The init frame."""
         return {
             "op": "init",
+            "version": PROTOCOL_VERSION,
             "plugin": self.plugin,
             "plugin_dir": self.plugin_dir,
             "entry_point": self.entry_point,
@@ -167,13 +184,16 @@ class WorkerProcess:
     def __init__(self, *, capability_handler: CapabilityHandler | None = None,
                  python: str | None = None, debug_stderr: bool = False,
                  spin: float = _DEFAULT_SPIN, sandbox: bool | None = None,
-                 identities: IdentityMap | None = None) -> None:
+                 identities: IdentityMap | None = None,
+                 audit_handler: Callable[[AuditRecord], None] | None = None) -> None:
         """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
         kernel; ``debug_stderr`` lets the worker write to the host's stderr. ``sandbox``
         starts the worker under bubblewrap (None: whenever bubblewrap works here, see
-        :mod:`.host.bwrap`); on a root host each plugin then runs as its own uid from
-        ``identities`` (default: :class:`~.host.identity.IdentityMap` at its default path)."""
+        :mod:`.bwrap`); on a root host each plugin then runs as its own uid from
+        ``identities`` (default: :class:`~.identity.IdentityMap` at its default path).
+        ``audit_handler`` receives the audit records an audit-mode worker reports."""
         self._capability_handler = capability_handler
+        self._audit_handler = audit_handler
         self._spin_seconds = spin
         self._python = python or sys.executable
         self._debug_stderr = debug_stderr
@@ -257,6 +277,7 @@ class WorkerProcess:
                 log.info("starting a fresh worker for plugin `%s`", init.plugin)
                 self._start()
             deadline = time.monotonic() + timeout
+            self._refuse_stray_frames()
             try:
                 self._send(frame, deadline, phase, timeout)
                 reply = self._exchange(deadline, phase, timeout)
@@ -323,9 +344,9 @@ class WorkerProcess:
         frame = replace(init, lockdown=spec).to_frame()
         self._send(frame, deadline, "init", limit)
         reply = self._exchange(deadline, "init", limit)
-        if reply.get("report"):
-            self._report = IsolationReport.from_json(reply["report"])
-        if reply.get("op") != "ready":
+        if isinstance(reply, (Ready, ErrorReply)) and reply.report is not None:
+            self._report = reply.report
+        if not isinstance(reply, Ready):
             self._kill()
             self._shutdown()
             raise self._error_from(reply)
@@ -340,7 +361,7 @@ class WorkerProcess:
             with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
             signal_tree=self._signal_tree)
         self._sampler.start()
-        return StartResult(self._report, reply.get("init_result"), self.pid or self._proc.pid)
+        return StartResult(self._report, reply.init_result, self.pid or self._proc.pid)
 
     def _prepare(self, init: WorkerInit) -> LockdownSpec:
         """Create the scratch directory and decide whether the worker can switch uid."""
@@ -357,7 +378,7 @@ class WorkerProcess:
     def _use_sandbox(self) -> bool:
         if self._sandbox is not None:
             return self._sandbox
-        from .host import bwrap
+        from . import bwrap
 
         return not bwrap.available()
 
@@ -374,8 +395,8 @@ class WorkerProcess:
 
     def _spawn_sandboxed(self, child_sock: socket.socket,
                          spec: LockdownSpec) -> subprocess.Popen[bytes]:
-        from .host import bwrap
-        from .host.view import plan_view
+        from . import bwrap
+        from .view import plan_view
 
         init = self._require_init()
         package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -391,7 +412,7 @@ class WorkerProcess:
                            stderr=None if self._debug_stderr else subprocess.DEVNULL)
 
     def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
-        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         fd = child_sock.fileno()
         # -I ignores the environment, so mirror the host's choice about writing bytecode.
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
@@ -422,19 +443,45 @@ class WorkerProcess:
         except OSError as error:
             raise self._death() from error
 
-    def _exchange(self, deadline: float, phase: str, limit: float) -> dict[str, Any]:
-        """Wait for the reply to what was sent, serving capability and log frames meanwhile."""
-        while True:
-            frame = self._receive(deadline, phase, limit)
-            op = frame.get("op")
-            if op == "cap":
-                self._send(self._capability(frame), deadline, phase, limit)
-            elif op == "log":
-                self._relay_log(frame)
-            else:
-                return frame
+    def _refuse_stray_frames(self) -> None:
+        """Frames that arrived between calls are refused: the worker is ended, not read.
 
-    def _receive(self, deadline: float, phase: str, limit: float) -> dict[str, Any]:
+        A worker writes only while the host waits on a call, so anything already waiting
+        when a call starts could only be taken for that call's reply.
+        """
+        sock = self._sock
+        if sock is None or not self.alive:
+            return
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # nothing waiting: the normal case
+        except OSError:
+            return  # the next send or receive reports the channel's state
+        self._kill()
+        self._shutdown()
+        raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: it "
+                                 "sent a frame between calls", plugin=self._plugin)
+
+    def _exchange(self, deadline: float, phase: str, limit: float) -> WorkerMessage:
+        """Wait for the reply to what was sent, serving capability, log and audit frames."""
+        for _ in range(LIMITS.frames_per_call):
+            message = self._receive(deadline, phase, limit)
+            if isinstance(message, CapabilityCall):
+                self._send(self._capability(message), deadline, phase, limit)
+            elif isinstance(message, LogRecord):
+                self._relay_log(message)
+            elif isinstance(message, AuditRecord):
+                if self._audit_handler is not None:
+                    self._audit_handler(message)
+            else:
+                return message
+        self._kill()
+        raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: more "
+                                 f"than {LIMITS.frames_per_call} frames in one call",
+                                 plugin=self._plugin)
+
+    def _receive(self, deadline: float, phase: str, limit: float) -> WorkerMessage:
         sock = self._sock
         assert sock is not None and self._poller is not None
         # When nothing can have forked, only the worker holds the other end of the socket,
@@ -466,11 +513,12 @@ class WorkerProcess:
             self._kill()
             raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: "
                                      f"{error}", plugin=self._plugin) from error
-        if not isinstance(frame, dict):
+        try:
+            return decode_worker_value(frame)
+        except WireError as error:
             self._kill()
-            raise PluginCrashedError(f"worker of plugin `{self._plugin}` sent a frame that is "
-                                     "not an object", plugin=self._plugin)
-        return frame
+            raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: "
+                                     f"{error}", plugin=self._plugin) from error
 
     def _spin(self, sock: socket.socket) -> None:
         """Busy-wait up to the spin budget for the first byte of the reply."""
@@ -486,32 +534,28 @@ class WorkerProcess:
             except OSError:
                 return
 
-    def _capability(self, frame: Mapping[str, Any]) -> dict[str, Any]:
+    def _capability(self, call: CapabilityCall) -> dict[str, Any]:
         handler = self._capability_handler
-        capability = str(frame.get("capability", ""))
-        method = str(frame.get("method", ""))
-        args = frame.get("args")
+        capability, method, args = call.capability, call.method, list(call.args)
         try:
             if handler is None:
                 raise EnforcementError(f"the host offers no capabilities (`{capability}` "
                                        f"requested)", plugin=self._plugin)
-            value = handler(capability, method, list(args) if isinstance(args, list) else [])
+            value = handler(capability, method, args)
             return {"op": "cap_result", "value": value}
         except Exception as error:  # sent back to the plugin; the host carries on
             # No traceback: the host's stack is none of the plugin's business.
             return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
 
-    def _relay_log(self, frame: Mapping[str, Any]) -> None:
-        name = str(frame.get("logger", ""))
+    def _relay_log(self, record: LogRecord) -> None:
+        name = record.logger
         if not name.startswith(_PLUGIN_LOGGER + ".") and name != _PLUGIN_LOGGER:
             name = f"{_PLUGIN_LOGGER}.{self._plugin}"
-        level = frame.get("level")
-        level = level if isinstance(level, int) and 0 <= level <= 50 else logging.INFO
-        logging.getLogger(name).log(level, "%s", str(frame.get("message", ""))[:8192])
+        logging.getLogger(name).log(record.level, "%s", record.message[:8192])
 
-    def _result(self, reply: Mapping[str, Any]) -> Any:
-        if reply.get("op") == "result":
-            return reply.get("value")
+    def _result(self, reply: WorkerMessage) -> Any:
+        if isinstance(reply, Result):
+            return reply.value
         error = self._error_from(reply)
         if isinstance(error, ResourceLimitError) and not isinstance(error, FileSizeError):
             # After a MemoryError the interpreter may be in a poor state: start afresh.
@@ -519,12 +563,12 @@ class WorkerProcess:
             self._shutdown()
         raise error
 
-    def _error_from(self, reply: Mapping[str, Any]) -> Exception:
-        if reply.get("op") == "error" and isinstance(reply.get("error"), Mapping):
-            return exception_from_data(reply["error"], plugin=self._plugin)
+    def _error_from(self, reply: WorkerMessage) -> Exception:
+        if isinstance(reply, ErrorReply):
+            return exception_from_data(reply.error, plugin=self._plugin)
         self._kill()
         return PluginCrashedError(f"worker of plugin `{self._plugin}` sent an unexpected "
-                                  f"{reply.get('op')!r} frame", plugin=self._plugin)
+                                  f"`{reply.op}` frame", plugin=self._plugin)
 
     @property
     def _plugin(self) -> str:
@@ -715,8 +759,8 @@ class WorkerProcess:
 
 def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
                 gid: int) -> Any:
-    """The :class:`~.host.view.ViewInputs` of a worker for ``init`` with lockdown ``spec``."""
-    from .host.view import ViewInputs
+    """The :class:`~.view.ViewInputs` of a worker for ``init`` with lockdown ``spec``."""
+    from .view import ViewInputs
 
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # The tmpfs caps are memory the sandbox holds: an eighth of the limit each.
@@ -734,7 +778,7 @@ def _sandbox_identity(plugin: str, identities: IdentityMap | None) -> tuple[int,
     """Root: the plugin's own uid and gid. Otherwise the host's (the user namespace maps it)."""
     if os.geteuid() != 0:
         return os.getuid(), os.getgid()
-    from .host.identity import IdentityMap
+    from .identity import IdentityMap
 
     identity = (identities or IdentityMap()).identity(plugin)
     return identity.uid, identity.gid

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine import Engine
-from ..errors import (
+from ...engine import Engine
+from ...errors import (
     EnforcementError,
     FileSizeError,
     ManifestError,
@@ -28,8 +28,8 @@ from ..errors import (
     PluginValidationError,
     ResourceLimitError,
 )
-from ..manifest import PluginMetadata, discover_manifests, load_manifest
-from ..settings import Violation
+from ...manifest import PluginMetadata, discover_manifests, load_manifest
+from ...settings import Violation
 from .runners import Runner
 from .sandbox import PluginSandbox
 from .usage import ResourceUsage

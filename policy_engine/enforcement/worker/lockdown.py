@@ -29,7 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kernel, landlock, seccomp
+from ...implicit import CODE_SUFFIXES, DEVICES, implicit_reads
+from ..wire import IsolationReport, isolation_level
+from . import landlock, seccomp
 
 __all__ = ["AppliedLockdown", "LockdownSpec", "ParentGoneError", "apply_lockdown", "landlock_plan"]
 
@@ -76,8 +78,6 @@ _MODE_ARGUMENT = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2)
 _SET_ID_BITS = (0o4000, 0o2000)  # S_ISUID, S_ISGID
 _UNREADABLE_MODE = ("openat2",)
 
-_SYSTEM_LIBRARIES = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib")
-_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 _PROGRAM_DIRS = ("/usr", "/bin", "/sbin")  # only with subprocess permission
 _PROGRAM_FILES = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 _NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
@@ -183,10 +183,10 @@ class AppliedLockdown:
     seccomp: bool
     missing: tuple[str, ...]
 
-    def report(self) -> kernel.IsolationReport:
+    def report(self) -> IsolationReport:
         """The isolation report the worker sends to the host."""
-        return kernel.IsolationReport(
-            level=kernel.isolation_level(self.landlock_abi, self.landlock, self.seccomp,
+        return IsolationReport(
+            level=isolation_level(self.landlock_abi, self.landlock, self.seccomp,
                                          self.scoping),
             landlock_abi=self.landlock_abi,
             seccomp=self.seccomp,
@@ -379,22 +379,35 @@ def _interpreter_paths() -> list[str]:
     paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     paths += [entry for entry in sys.path if entry and os.path.isabs(entry)]
     # This package: the worker imports it lazily (tracebacks, error classes).
-    paths.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return [p for p in dict.fromkeys(paths) if os.path.exists(p)]
+
+
+def _code_files(plugin_dir: str, limit: int = 10_000) -> list[str]:
+    """The plugin's code files (:data:`~policy_engine.implicit.CODE_SUFFIXES`), bounded."""
+    found: list[str] = []
+    for root, _dirs, files in os.walk(plugin_dir):
+        found += [os.path.join(root, f) for f in files if f.endswith(CODE_SUFFIXES)]
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def landlock_plan(spec: LockdownSpec) -> landlock.LandlockPlan:
     """The Landlock rules for ``spec``: what the worker can still reach afterwards."""
     grants: list[tuple[str, int]] = []
-    grants += [(p, landlock.READ_EXECUTE) for p in _interpreter_paths()]
-    grants += [(p, landlock.READ_EXECUTE) for p in _SYSTEM_LIBRARIES]
-    grants += [(p, landlock.READ_FILE) for p in _SYSTEM_FILES]
+    # The implicit-read list (policy_engine.implicit), as the audit hook and decide use it.
+    implicit = implicit_reads(spec.plugin_dir, extra_paths=tuple(_interpreter_paths()))
+    grants += [(p, landlock.READ_EXECUTE) for p in implicit.trees
+               if p not in DEVICES and os.path.exists(p)]
     grants += [("/dev/null", landlock.READ_FILE | landlock.WRITE_FILE | landlock.TRUNCATE
                 | landlock.IOCTL_DEV)]
     grants += [(p, landlock.READ_FILE | landlock.IOCTL_DEV)
                for p in ("/dev/urandom", "/dev/random", "/dev/zero")]
     grants += [("/proc/self", landlock.READ)]
-    grants += [(spec.plugin_dir, landlock.READ)]
+    # The plugin's directory: listing, and its code files; other files only if granted.
+    grants += [(spec.plugin_dir, landlock.READ_DIR)]
+    grants += [(p, landlock.READ_FILE) for p in _code_files(spec.plugin_dir)]
     grants += [(p, landlock.READ) for p in spec.read_paths]
     grants += [(spec.scratch_dir, landlock.READ_WRITE)]
     # A write grant gives no read: reading needs its own grant (the rights of the same path

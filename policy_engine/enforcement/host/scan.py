@@ -57,9 +57,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..diagnostics import Diagnostic, Severity, Span, source_line
-from ..errors import UsageError
-from ..permissions import Permission
+from ...diagnostics import Diagnostic, Severity, Span, source_line
+from ...errors import UsageError
+from ...permissions import Permission
 
 __all__ = [
     "FINDING_KINDS",

@@ -14,11 +14,12 @@ import os
 import pwd
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from . import landlock, seccomp
+from ...implicit import runtime_roots
+from ..wire import IsolationReport, isolation_level
+from ..worker import landlock, seccomp
 
 __all__ = [
     "IsolationReport",
@@ -79,57 +80,6 @@ class KernelFeatures:
         return tuple(gaps)
 
 
-@dataclass(frozen=True, slots=True)
-class IsolationReport:
-    """What isolation a worker actually runs under, sent by the worker after lockdown.
-
-    ``level`` is one of ``full`` (Landlock with scoping, and seccomp), ``landlock-without-
-    scoping``, ``filesystem-only`` (Landlock without seccomp) and ``process-only`` (no
-    Landlock: rlimits, audit hook and whatever else applied). ``missing`` names every
-    protection that was wanted but not applied, with the reason.
-    """
-
-    level: str
-    landlock_abi: int
-    seccomp: bool
-    scoping: bool
-    privileges_dropped: bool
-    missing: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict, as sent in the worker's ready frame."""
-        return {
-            "level": self.level,
-            "landlock_abi": self.landlock_abi,
-            "seccomp": self.seccomp,
-            "scoping": self.scoping,
-            "privileges_dropped": self.privileges_dropped,
-            "missing": list(self.missing),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> IsolationReport:
-        """Rebuild a report from :meth:`to_json` output (as received from a worker)."""
-        return cls(
-            level=str(data["level"]),
-            landlock_abi=int(data["landlock_abi"]),
-            seccomp=bool(data["seccomp"]),
-            scoping=bool(data["scoping"]),
-            privileges_dropped=bool(data["privileges_dropped"]),
-            missing=tuple(str(item) for item in data["missing"]),
-        )
-
-
-def isolation_level(landlock_abi: int, landlock_applied: bool, seccomp_applied: bool,
-                    scoping: bool) -> str:
-    """The level name for a combination of applied protections."""
-    if not landlock_applied or landlock_abi <= 0:
-        return "process-only"
-    if not seccomp_applied:
-        return "filesystem-only"
-    return "full" if scoping else "landlock-without-scoping"
-
-
 @functools.cache
 def detect() -> KernelFeatures:
     """Probe the kernel once; later calls return the cached answer."""
@@ -165,10 +115,9 @@ def unprivileged_ids() -> tuple[int, int] | None:
 
 def runtime_paths() -> tuple[str, ...]:
     """Where the interpreter and this package live: a worker must be able to read them."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # The host's own sys.path is not the worker's (``-I`` drops cwd and PYTHONPATH); the
-    # worker's default path lies under these prefixes.
-    candidates = [sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), package]
+    # worker's default path lies under these prefixes (policy_engine.implicit).
+    candidates = [*runtime_roots(), os.path.realpath(sys.executable)]
     seen: dict[str, None] = {}
     for path in candidates:
         if os.path.exists(path):

@@ -1,0 +1,212 @@
+"""The permission check a worker runs for each audited action, and its denial record.
+
+The worker only needs "may this plugin do ``action`` on ``resource``?". :func:`make_checker`
+is the one place that knows how the answer is computed (from the plugin's decision table,
+received as data); everything else only sees a ``Checker``. A denial names what was asked;
+the host, not the worker, says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from ...errors import PermissionDeniedError
+
+__all__ = ["Checker", "DeniedDecision", "denial", "make_checker"]
+
+#: ``checker(action, resource)`` returns None when allowed, raises PermissionDeniedError if not.
+Checker = Callable[[str, "str | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeniedDecision:
+    """A stand-in for ``policy_engine.decision.Decision``, enough for PermissionDeniedError.
+
+    The worker cannot ship the real decision object to the host (it never unpickles), and
+    the host rebuilds a denial from plain data, so both sides use this small record.
+    """
+
+    plugin: str
+    action: str
+    resource: str | None
+    reason: str
+    explanation: str = ""  # the full message, when the deciding side wrote a richer one
+
+    @property
+    def allowed(self) -> bool:
+        """Always False: this only records denials."""
+        return False
+
+    def explain(self) -> str:
+        """One sentence saying what was denied and why."""
+        if self.explanation:
+            return self.explanation
+        target = f" on `{self.resource}`" if self.resource is not None else ""
+        return f"plugin `{self.plugin}` may not {self.action}{target}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict, for sending the denial across the IPC channel."""
+        return {"plugin": self.plugin, "action": self.action, "resource": self.resource,
+                "reason": self.reason, "explanation": self.explain()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeniedDecision:
+        """Rebuild from :meth:`to_json` output."""
+        resource = data.get("resource")
+        return cls(plugin=str(data.get("plugin", "")), action=str(data.get("action", "")),
+                   resource=None if resource is None else str(resource),
+                   reason=str(data.get("reason", "")),
+                   explanation=str(data.get("explanation", "")))
+
+
+def denial(decision: DeniedDecision) -> PermissionDeniedError:
+    """The error for a denial, built without depending on the real Decision class."""
+    return PermissionDeniedError(cast(Any, decision))
+
+
+def make_checker(data: Mapping[str, Any], *, plugin: str = "",
+                 on_audit: Callable[[str, str | None, bool], None] | None = None) -> Checker:
+    """Build the checker for one plugin from its checker data (sent in the init frame).
+
+    ``data`` is ``{"table": WireTable.encode(), "audit": bool}``: the plugin's own decision
+    table as data (:class:`~policy_engine.enforcement.wire.WireTable`). The checker answers
+    from it and nothing else. A denial carries only what the plugin asked (action and
+    resource); the host decides it again with its engine. ``audit`` true denies nothing and
+    reports each decision through ``on_audit(action, resource, allowed)``.
+    """
+    return _TableChecker(data.get("table"), plugin=plugin, audit=bool(data.get("audit")),
+                         on_audit=on_audit)
+
+
+class _TableChecker:
+    """Decides with the plugin's own decision table, built from data on first use."""
+
+    def __init__(self, table: Any, *, plugin: str, audit: bool,
+                 on_audit: Callable[[str, str | None, bool], None] | None) -> None:
+        self._data = table
+        self._plugin = plugin
+        self._audit = audit
+        self._on_audit = on_audit
+        self._table: _Decider | None = None
+        self._failure: str | None = None
+        self._loading = False
+
+    def preload(self) -> None:
+        """Build the matchers now (the worker does this while it waits for the first call)."""
+        if self._table is None and self._failure is None and not self._loading:
+            self._loading = True
+            try:
+                from ..wire import WireTable
+
+                self._table = _Decider(WireTable.decode(self._data))
+                self._plugin = self._table.plugin
+            except Exception as error:  # fail closed: every check is then a denial
+                self._failure = f"{type(error).__name__}: {error}"
+            finally:
+                self._loading = False
+
+    def __call__(self, action: str, resource: str | None) -> None:
+        if self._loading:
+            # Loading the table must not need a decision; if it does, refuse rather than loop.
+            raise denial(DeniedDecision(self._plugin, action, resource,
+                                        "the decision table is still loading"))
+        self.preload()
+        if self._table is None:
+            if not self._audit:
+                raise denial(DeniedDecision(self._plugin, action, resource,
+                                            f"the decision table could not be loaded "
+                                            f"({self._failure})"))
+            return
+        allowed = self._table.allows(action, resource)
+        if self._audit:
+            # Audit mode denies nothing and reports every decision to the host, which marks
+            # the record as reported by the worker.
+            if self._on_audit is not None:
+                self._on_audit(action, resource, allowed)
+            return
+        if not allowed:
+            raise denial(DeniedDecision(self._plugin, action, resource,
+                                        "the plugin's decision table does not allow it"))
+
+
+class _Decider:
+    """The answer of ``DecisionTable.decide(...).allowed`` for one plugin, without context.
+
+    Same steps in the same order as the engine: unknown action, disabled, untrusted,
+    normalisation, declaration, denies, declaration cover, allows.
+    """
+
+    def __init__(self, table: Any) -> None:
+        from ...implicit import implicit_reads
+        from ...patterns import compile_pattern
+        from ...permissions import Permission
+
+        self.plugin: str = table.plugin
+        self._dir: str = table.plugin_dir
+        self._open = bool(table.enabled and table.trusted)
+        self._implicit = implicit_reads(self._dir)
+        self._entries: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
+        for entry in table.entries:
+            try:
+                permission = Permission(entry.permission)
+            except ValueError:
+                continue
+            kind = permission.kind
+
+            def compiled(texts: tuple[str, ...] | None, kind: Any = kind) -> Any:
+                if texts is None:
+                    return None
+                out = []
+                for text in texts:
+                    try:
+                        out.append(compile_pattern(kind, text))
+                    except ValueError:
+                        continue  # as the engine does: an invalid pattern matches nothing
+                return tuple(out)
+
+            self._entries[permission.value] = (
+                kind, entry.declared, compiled(entry.declared_patterns),
+                tuple(compiled(rule.patterns) for rule in entry.allows),
+                tuple(compiled(rule.patterns) for rule in entry.denies),
+            )
+
+    def allows(self, action: str, resource: str | None) -> bool:
+        """Whether the engine would allow ``action`` on ``resource`` (no context)."""
+        from ...patterns import normalize
+        from ...permissions import ResourceKind
+
+        if not self._open:
+            return False
+        if action == "file:read" and resource is not None:
+            try:
+                path = normalize(ResourceKind.PATH, resource, base_dir=self._dir)
+            except (TypeError, ValueError):
+                return False
+            if isinstance(path, str) and self._implicit.covers(path):
+                return True  # as decide: the implicit-read list needs no grant
+        entry = self._entries.get(action)
+        if entry is None:
+            return False
+        kind, declared, declared_patterns, allows, denies = entry
+        normalised: Any = None
+        if resource is not None:
+            try:
+                normalised = normalize(kind, resource, base_dir=self._dir)
+            except (TypeError, ValueError):
+                return False
+        if any(_covers(patterns, normalised) for patterns in denies):
+            return False
+        if not declared or (declared_patterns is not None
+                            and not _covers(declared_patterns, normalised)):
+            return False
+        return any(_covers(patterns, normalised) for patterns in allows)
+
+
+def _covers(patterns: Any, resource: Any) -> bool:
+    if patterns is None:
+        return True
+    if resource is None:
+        return False
+    return any(pattern.matches(resource) for pattern in patterns)

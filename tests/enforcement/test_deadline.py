@@ -1,0 +1,62 @@
+"""The public deadline helper of in-process isolation, and execute_with_timeout on top of it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from policy_engine.enforcement.inprocess.runner import DeadlineExceeded, call_with_deadline
+from policy_engine.errors import PluginTimeoutError
+
+
+def spin() -> None:
+    while True:
+        time.sleep(0.001)
+
+
+def test_a_function_past_its_deadline_is_stopped() -> None:
+    with pytest.raises(DeadlineExceeded):
+        call_with_deadline(spin, 0.05)
+
+
+def test_results_and_errors_pass_through() -> None:
+    assert call_with_deadline(lambda a, b=0: a + b, 5, 1, b=2) == 3
+    with pytest.raises(ValueError, match="own"):
+        call_with_deadline(lambda: (_ for _ in ()).throw(ValueError("own")), 5)
+
+
+class _Overrun(Exception):
+    """A plugin's own exception that happens to share the watchdog's private name."""
+
+
+def test_execute_with_timeout_does_not_match_exceptions_by_name() -> None:
+    from policy_engine import Engine
+    from policy_engine.enforcement.host.sandbox import PluginSandbox
+
+    box = PluginSandbox(Engine.from_source("", []), data_dir="/nonexistent-data")
+
+    def raises() -> None:
+        raise _Overrun("not a timeout")
+
+    with pytest.raises(_Overrun):
+        box.execute_with_timeout(raises, 5)
+    with pytest.raises(PluginTimeoutError):
+        box.execute_with_timeout(spin, 0.05)
+
+
+def test_sandbox_constructors_leave_global_logging_alone() -> None:
+    import logging
+
+    from policy_engine import Engine
+    from policy_engine.enforcement.host.sandbox import PluginSandbox
+
+    loggers = ["policy_engine", "policy_engine.plugins", "policy_engine.plugins.audit"]
+    before = [(logging.getLogger(n).level, list(logging.getLogger(n).handlers),
+               logging.getLogger(n).propagate) for n in loggers]
+    for mode in ("enforce", "audit"):
+        PluginSandbox(Engine.from_source("", []), mode=mode,  # type: ignore[arg-type]
+                      data_dir="/nonexistent-data").close()
+    after = [(logging.getLogger(n).level, list(logging.getLogger(n).handlers),
+              logging.getLogger(n).propagate) for n in loggers]
+    assert after == before
