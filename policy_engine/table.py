@@ -53,7 +53,7 @@ class PinStatus(str, enum.Enum):
 
 
 @functools.lru_cache(maxsize=4096)
-def implicit_reads_for(plugin_dir: str) -> ImplicitReads:
+def implicit_reads_for(plugin_dir: str | None) -> ImplicitReads:
     """The implicit-read list of a plugin in ``plugin_dir`` (the same list the worker uses)."""
     return implicit_reads(plugin_dir)
 
@@ -212,7 +212,7 @@ class DecisionTable:
                     return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc),
                                     revision=revision)
                 resource = normalised if normalised.__class__ is str else str(normalised)
-                if permission is Permission.FILE_READ and table.plugin_dir is not None and \
+                if permission is Permission.FILE_READ and \
                         implicit_reads_for(table.plugin_dir).covers(resource):
                     # The runtime, the plugin's code and read-only system data: one list, the
                     # same the worker's kernel plan and audit hook use.

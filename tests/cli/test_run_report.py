@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from policy_engine.cli.run import render_report
-from policy_engine.enforcement.loader import CallRecord
-from policy_engine.enforcement.run import PluginReport, RunReport, report_to_dict
-from policy_engine.enforcement.sandbox import AuditRecord
+from policy_engine.enforcement.host.loader import CallRecord
+from policy_engine.enforcement.host.run import PluginReport, RunReport, report_to_dict
+from policy_engine.enforcement.host.sandbox import AuditRecord
 from policy_engine.units import human_size
 
 from ..conftest import assert_golden

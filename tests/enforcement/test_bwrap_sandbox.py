@@ -17,12 +17,11 @@ import pytest
 
 from policy_engine.enforcement.host import bwrap
 from policy_engine.enforcement.host.identity import IdentityMap
+from policy_engine.enforcement.host.supervisor import WorkerInit, WorkerProcess, view_inputs
+from policy_engine.enforcement.host.usage import ResourceLimits
 from policy_engine.enforcement.host.view import MountKind, plan_view
-from policy_engine.enforcement.lockdown import LockdownSpec
-from policy_engine.enforcement.remote import PluginRaisedError
-from policy_engine.enforcement.supervisor import WorkerInit, WorkerProcess, view_inputs
-from policy_engine.enforcement.usage import ResourceLimits
-from policy_engine.errors import EnforcementError
+from policy_engine.enforcement.worker.lockdown import LockdownSpec
+from policy_engine.errors import EnforcementError, PluginRaisedError
 
 pytestmark = [
     pytest.mark.integration,
@@ -252,7 +251,7 @@ def test_a_denied_path_inside_a_grant_is_masked(start: Starter, tree: Path) -> N
 
 def test_file_read_denies_become_masks(tmp_path: Path) -> None:
     from policy_engine import Engine
-    from policy_engine.enforcement.spec import kernel_masks
+    from policy_engine.enforcement.host.spec import kernel_masks
 
     examples = Path(__file__).resolve().parents[2] / "examples" / "plugins"
     (tmp_path / "site.policy").write_text(

@@ -260,7 +260,7 @@ MANIFEST = {"name": "demo", "version": "1.0.0", "type": "agent", "entry_point": 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine.from_source(POLICY, [MANIFEST])
+    return Engine.from_source(POLICY, [MANIFEST], plugin_paths={"demo": "/srv/plugins/demo"})
 
 
 def test_table_codec_round_trips_and_is_strict(engine: Engine) -> None:
@@ -356,7 +356,7 @@ def start_worker(tmp_path: Path) -> Iterator[Any]:
     plugin_dir.mkdir()
     (plugin_dir / "demo.py").write_text(WORKER_PLUGIN)
     engine = Engine.from_source('allow plugin * to file:read on "/nowhere/**"', [
-        {**MANIFEST, "permissions": ["file:read /nowhere/**"]}])
+        {**MANIFEST, "permissions": ["file:read /nowhere/**"]}], plugin_paths={"demo": plugin_dir})
     table = engine.plugin_table("demo")
     assert table is not None
 
@@ -380,7 +380,8 @@ def start_worker(tmp_path: Path) -> Iterator[Any]:
 WORKER_ALLOWED = {
     "policy_engine", "policy_engine.errors", "policy_engine.diagnostics",
     "policy_engine.plugin_api", "policy_engine.patterns", "policy_engine.permissions",
-    "policy_engine.implicit",
+    "policy_engine.implicit", "policy_engine._version", "policy_engine.units",
+    "policy_engine.plugin_types",
     "policy_engine.enforcement", "policy_engine.enforcement.wire",
     "policy_engine.enforcement.worker", "policy_engine.enforcement.worker.main",
     "policy_engine.enforcement.worker.audit", "policy_engine.enforcement.worker.checker",

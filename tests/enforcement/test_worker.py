@@ -547,7 +547,7 @@ def table_checker(granted: Path, *, audit: bool = False) -> dict[str, Any]:
     engine = Engine.from_source(
         f'allow plugin * to file:read on "{granted}/**"',
         [{"name": "demo", "version": "1.0.0", "type": "agent", "entry_point": "demo:Plugin",
-          "permissions": [f"file:read {granted}/**"]}])
+          "permissions": [f"file:read {granted}/**"]}], plugin_paths={"demo": granted.parent / "plugin"})
     table = engine.plugin_table("demo")
     assert table is not None
     return {"table": wire_table(table).encode(), "audit": audit}

@@ -76,7 +76,9 @@ def make_loader(tmp_path: Path, isolation: str) -> PluginLoader:
         (plugins / "secret.txt").write_text("the plugin's own secret")
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    extra = f'plugin "spawner" {{ isolation {isolation} }}\n'
+    # In-process needs a pin or the accepted risk; the test accepts it (it is not the subject).
+    accept = " accept unpinned-inprocess" if isolation == "inprocess" else ""
+    extra = f'plugin "spawner" {{ isolation {isolation}{accept} }}\n'
     (tmp_path / "site.policy").write_text(POLICY + extra)
     engine = Engine.load(tmp_path / "site.policy", plugins=tmp_path / "plugins",
                          variables={"data_dir": str(data)})

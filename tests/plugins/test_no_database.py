@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from policy_engine import EnforcementError, Engine, UsageError
-from policy_engine.enforcement.loader import PluginLoader
-from policy_engine.enforcement.runners import HostServices
-from policy_engine.enforcement.sandbox import PluginSandbox
+from policy_engine.enforcement.host.loader import PluginLoader
+from policy_engine.enforcement.host.runners import HostServices
+from policy_engine.enforcement.host.sandbox import PluginSandbox
 
 MANIFEST = """\
 name: db-user
@@ -22,7 +22,7 @@ permissions:
 timeouts: {init: 10s, execute: 5s}
 """
 CODE = """\
-from policy_engine.enforcement.base import BaseAgentPlugin
+from policy_engine import BaseAgentPlugin
 
 
 class DbUser(BaseAgentPlugin):

@@ -82,6 +82,8 @@ _DEFAULT_SPIN = 0.0
 _WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "MALLOC_ARENA_MAX": "2"}
 _PLUGIN_LOGGER = "policy_engine.plugins"
+#: The ``policy_engine`` package directory (this file is ``enforcement/host/supervisor.py``).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +401,7 @@ class WorkerProcess:
         from .view import plan_view
 
         init = self._require_init()
-        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_dir = _PACKAGE_DIR
         uid, gid = self._identity
         plan = plan_view(view_inputs(init, spec, python=self._python, uid=uid, gid=gid))
         fd = child_sock.fileno()
@@ -412,7 +414,7 @@ class WorkerProcess:
                            stderr=None if self._debug_stderr else subprocess.DEVNULL)
 
     def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
-        package_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        package_dir = _PACKAGE_DIR
         fd = child_sock.fileno()
         # -I ignores the environment, so mirror the host's choice about writing bytecode.
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
@@ -762,7 +764,7 @@ def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
     """The :class:`~.view.ViewInputs` of a worker for ``init`` with lockdown ``spec``."""
     from .view import ViewInputs
 
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_dir = _PACKAGE_DIR
     # The tmpfs caps are memory the sandbox holds: an eighth of the limit each.
     cap = max(spec.memory_bytes // 8, 1024 * 1024) if spec.memory_bytes else 64 * 1024 * 1024
     return ViewInputs(
