@@ -1,0 +1,1 @@
+"""What runs in the host: supervising workers and serving their requests."""
