@@ -48,9 +48,10 @@ class HostServices:
 
     def __init__(self, plugin: str, check: Callable[[Any, str], object], *,
                  config: dict[str, Any], db_path: Path | None, hooks: Any,
-                 hook_caller: Callable[[str], Callable[..., Any]] | None = None) -> None:
+                 hook_caller: Callable[[str], Callable[..., Any]] | None = None,
+                 peek: Callable[[Any, str], bool] | None = None) -> None:
         self.plugin = plugin
-        self.config = ConfigCapability(plugin, check, config)
+        self.config = ConfigCapability(plugin, check, config, peek=peek)
         self.db = DatabaseCapability(plugin, check, db_path) if db_path is not None else None
         self.hooks = HookCapability(plugin, check, hooks)
         self._hook_caller = hook_caller
@@ -64,7 +65,7 @@ class HostServices:
             return [list(row) for row in rows] if isinstance(rows, list) else rows
         if capability == "hooks" and method == "register" and self._hook_caller is not None:
             name = str(args[0])
-            self.hooks.register(name, self._hook_caller(name))
+            self.hooks.register_worker_hook(name, self._hook_caller(name))
             return None
         raise PluginValidationError(self.plugin, [f"unknown capability call `{capability}.{method}`"])
 

@@ -262,8 +262,12 @@ class PluginSandbox:
         # The kernel can only fence a directory that exists: create the plugin's own.
         data_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"policy-engine-{name}-", dir=self._scratch_root))
+        def peek(permission: Any, resource: str) -> bool:
+            # Listing config keys is not an attempt to read them: nothing is recorded.
+            return self.permissions.decide(name, permission, resource).allowed
+
         services = HostServices(name, self._check_for(name), config=self.config, db_path=self.db_path,
-                                hooks=self.hooks, hook_caller=call_hook)
+                                hooks=self.hooks, hook_caller=call_hook, peek=peek)
         audit = self.mode == "audit"
         if limits.isolation is Isolation.INPROCESS:
             def checker(action: str, resource: str | None) -> None:
