@@ -63,6 +63,8 @@ _DEFAULT_SPIN = 0.0
 _WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "MALLOC_ARENA_MAX": "2"}
 _PLUGIN_LOGGER = "policy_engine.plugins"
+#: The most frames (capability calls and log lines) a worker may send during one call.
+MAX_FRAMES_PER_CALL = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,9 @@ class WorkerProcess:
         self._violation: EnforcementError | None = None
         self._report: IsolationReport | None = None
         self._may_fork = True
+        #: host CPU seconds spent on this plugin's frames, over all calls, and in this call
+        self.host_cpu_seconds = 0.0
+        self._call_host_cpu = 0.0
         self._call_lock = threading.RLock()  # one call (or start/stop) at a time
         self._signal_lock = threading.RLock()  # signalling and killing the tree
         self.restarts = 0
@@ -243,6 +248,7 @@ class WorkerProcess:
                 log.info("starting a fresh worker for plugin `%s`", init.plugin)
                 self._start()
             deadline = time.monotonic() + timeout
+            self._call_host_cpu = 0.0
             try:
                 self._send(frame, deadline, phase, timeout)
                 reply = self._exchange(deadline, phase, timeout)
@@ -367,16 +373,54 @@ class WorkerProcess:
             raise self._death() from error
 
     def _exchange(self, deadline: float, phase: str, limit: float) -> dict[str, Any]:
-        """Wait for the reply to what was sent, serving capability and log frames meanwhile."""
+        """Wait for the reply to what was sent, serving capability and log frames meanwhile.
+
+        The deadline is checked before every frame, not only while waiting: a worker that
+        keeps the socket busy with cheap frames cannot keep the call alive. The host CPU
+        spent on the plugin's frames (decoding, capability calls, logging) is charged to the
+        plugin: past its CPU share of the call's wall time (plus a small grace), the worker
+        is stopped as over its CPU limit.
+        """
+        started = time.monotonic()
+        frames = 0
+        share = self._init.limits.cpu_share if self._init is not None else 1.0
+        window = self._init.limits.cpu_window if self._init is not None else 2.0
         while True:
+            if time.monotonic() >= deadline:
+                raise self._timeout(phase, limit, "the worker kept sending frames")
+            before = time.thread_time()
             frame = self._receive(deadline, phase, limit)
+            frames += 1
             op = frame.get("op")
-            if op == "cap":
-                self._send(self._capability(frame), deadline, phase, limit)
-            elif op == "log":
-                self._relay_log(frame)
-            else:
-                return frame
+            try:
+                if frames > MAX_FRAMES_PER_CALL:
+                    self._kill()
+                    self._shutdown()
+                    raise PluginCrashedError(
+                        f"worker of plugin `{self._plugin}` sent more than "
+                        f"{MAX_FRAMES_PER_CALL} frames in one call and was stopped",
+                        plugin=self._plugin)
+                if op == "cap":
+                    self._send(self._capability(frame), deadline, phase, limit)
+                elif op == "log":
+                    self._relay_log(frame)
+                else:
+                    return frame
+            finally:
+                spent = time.thread_time() - before
+                self.host_cpu_seconds += spent
+                self._call_host_cpu += spent
+            # As for the worker's own CPU, bursts over the share within one window are fine.
+            allowance = share * (time.monotonic() - started + window)
+            if self._call_host_cpu > allowance:
+                self._kill()
+                self._shutdown()
+                raise ResourceLimitError(
+                    f"plugin `{self._plugin}` made the host spend "
+                    f"{self._call_host_cpu:.2f}s of CPU on its requests, over its CPU limit "
+                    f"of {share:.0%} of one core; the worker was stopped",
+                    plugin=self._plugin, resource="cpu", limit=share,
+                    used=self._call_host_cpu)
 
     def _receive(self, deadline: float, phase: str, limit: float) -> dict[str, Any]:
         sock = self._sock
