@@ -414,7 +414,7 @@ def test_the_plugin_gets_neither_path_nor_connection(open_db: Any, db_path: Path
     db = open_db((READ, "*"))
     assert str(db_path) not in repr(db)
     assert not [name for name in dir(db) if not name.startswith("_")
-                and name not in {"execute", "executemany", "close"}]
+                and name not in {"execute", "executemany", "close", "budget", "cpu_seconds"}]
 
 
 def test_closed_database(open_db: Any) -> None:

@@ -35,6 +35,7 @@ from ...plugin_api import SqlParams
 
 __all__ = [
     "ConfigCapability",
+    "DatabaseBudget",
     "DatabaseCapability",
     "HookCapability",
     "HookRegistry",
@@ -75,18 +76,20 @@ class ConfigCapability:
     read (or one it wrote) cannot change the host's configuration without ``config:write``.
     """
 
-    __slots__ = ("_check", "_lock", "_mapping", "_plugin")
+    __slots__ = ("_check", "_lock", "_mapping", "_peek", "_plugin")
 
     def __init__(self, plugin: str, check: PermissionCheck,
-                 mapping: MutableMapping[str, Any]) -> None:
+                 mapping: MutableMapping[str, Any], *,
+                 peek: Callable[[Permission, str], bool] | None = None) -> None:
         self._plugin = plugin
         self._check = check
         self._mapping = mapping
+        self._peek = peek
         self._lock = threading.Lock()
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` (``config:read`` on the key), or ``default`` when unset."""
-        self._check(Permission.CONFIG_READ, _require_name("a config key", key))
+        self._check(Permission.CONFIG_READ, _config_key(key))
         with self._lock:
             if key not in self._mapping:
                 return default
@@ -94,23 +97,80 @@ class ConfigCapability:
 
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` to a copy of ``value`` (``config:write`` on the key)."""
-        self._check(Permission.CONFIG_WRITE, _require_name("a config key", key))
+        self._check(Permission.CONFIG_WRITE, _config_key(key))
+        _check_config_value(key, value)
         stored = copy.deepcopy(value)
         with self._lock:
+            if key not in self._mapping and len(self._mapping) >= MAX_CONFIG_KEYS:
+                raise ResourceLimitError(
+                    f"plugin `{self._plugin}` may not add config key `{key}`: the host "
+                    f"configuration already holds {MAX_CONFIG_KEYS} keys",
+                    plugin=self._plugin, resource="config keys", limit=MAX_CONFIG_KEYS,
+                    used=float(len(self._mapping)))
             self._mapping[key] = stored
 
     def keys(self) -> list[str]:
-        """The keys the plugin may read, in the mapping's order."""
+        """The keys the plugin may read, in the mapping's order.
+
+        With a ``peek`` (a decision that records nothing), keys the plugin may not read are
+        left out without a denial on record: listing is not an attempt to read them.
+        """
         with self._lock:
-            candidates = [k for k in self._mapping if isinstance(k, str) and k]
+            candidates = [k for k in self._mapping
+                          if isinstance(k, str) and 0 < len(k) <= MAX_CONFIG_KEY_LENGTH]
         readable: list[str] = []
         for key in candidates:
+            if self._peek is not None:
+                if self._peek(Permission.CONFIG_READ, key):
+                    readable.append(key)
+                continue
             try:
                 self._check(Permission.CONFIG_READ, key)
             except PermissionDeniedError:
                 continue
             readable.append(key)
-        return readable
+        return readable[:MAX_CONFIG_KEYS]
+
+
+#: The longest config key a plugin may name, the most keys the host keeps, and the largest
+#: value (counted as the nodes and characters of its JSON-like form) a plugin may store.
+MAX_CONFIG_KEY_LENGTH = 256
+MAX_CONFIG_KEYS = 4096
+MAX_CONFIG_VALUE_NODES = 10_000
+MAX_CONFIG_VALUE_CHARS = 1_000_000
+
+
+def _config_key(key: object) -> str:
+    name = _require_name("a config key", key)
+    if len(name) > MAX_CONFIG_KEY_LENGTH:
+        raise UsageError(f"a config key may be at most {MAX_CONFIG_KEY_LENGTH} characters, "
+                         f"not {len(name)}")
+    return name
+
+
+def _check_config_value(key: str, value: object) -> None:
+    """Refuse a value too big or too deep to keep, before copying any of it."""
+    nodes = chars = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_CONFIG_VALUE_NODES or depth > 64:
+            raise UsageError(f"the value for config key `{key}` is too large or too deeply "
+                             f"nested (at most {MAX_CONFIG_VALUE_NODES} items, depth 64)")
+        if isinstance(item, (str, bytes)):
+            chars += len(item)
+        elif isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+        elif not (item is None or isinstance(item, (bool, int, float))):
+            raise UsageError(f"config values are JSON-like data; `{key}` holds a "
+                             f"`{type(item).__name__}`")
+        if chars > MAX_CONFIG_VALUE_CHARS:
+            raise UsageError(f"the value for config key `{key}` is over "
+                             f"{MAX_CONFIG_VALUE_CHARS} characters")
 
 
 # --------------------------------------------------------------------------------------
@@ -154,10 +214,61 @@ _TABLE_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "foreign_
 _REFUSED_FUNCTIONS = frozenset({
     "load_extension", "fts3_tokenizer", "readfile", "writefile", "edit", "fsdir",
 })
-# The largest string or blob a statement may build (SQLite's own default is a gigabyte).
-_MAX_VALUE_BYTES = 64 * 1024 * 1024
-# How many SQLite virtual-machine steps run between checks of the query deadline.
+# How many SQLite virtual-machine steps run between checks of the statement's budget.
 _PROGRESS_STEPS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseBudget:
+    """What one database statement of a plugin may cost the host.
+
+    Time is wall time of the statement; ``max_memory_bytes`` is the growth of the host's
+    resident memory while the statement runs, sampled by SQLite's progress handler, and
+    ``cache_bytes`` caps SQLite's page cache for the plugin's connection so that sorting and
+    grouping spill instead of growing. The CPU the host spends is added to the plugin's
+    account (:attr:`DatabaseCapability.cpu_seconds`) for its CPU limit.
+    """
+
+    timeout_seconds: float = 5.0
+    max_rows: int = 10_000
+    max_result_bytes: int = 16 * 1000 * 1000
+    max_memory_bytes: int = 64 * 1000 * 1000
+    cache_bytes: int = 8 * 1000 * 1000
+    #: the largest string or blob a statement may build (SQLite's own default is 1 GB)
+    max_value_bytes: int = 16 * 1000 * 1000
+    max_sql_length: int = 100_000
+    max_params: int = 10_000
+
+
+# SQLite's run-time limits for a plugin's connection: what one statement may be built of.
+_SQLITE_LIMITS: tuple[tuple[str, int], ...] = (
+    ("SQLITE_LIMIT_COLUMN", 1000),
+    ("SQLITE_LIMIT_EXPR_DEPTH", 200),
+    ("SQLITE_LIMIT_COMPOUND_SELECT", 50),
+    ("SQLITE_LIMIT_VDBE_OP", 250_000),
+    ("SQLITE_LIMIT_FUNCTION_ARG", 32),
+    ("SQLITE_LIMIT_ATTACHED", 0),
+    ("SQLITE_LIMIT_LIKE_PATTERN_LENGTH", 1000),
+    ("SQLITE_LIMIT_TRIGGER_DEPTH", 10),
+)
+
+
+def _resident_bytes() -> int:
+    """The host's resident memory, cheaply (one read of /proc)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _value_bytes(value: object) -> int:
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        return len(value) + 8
+    return 16
 
 
 class DatabaseCapability:
@@ -183,11 +294,26 @@ class DatabaseCapability:
     """
 
     def __init__(self, plugin: str, check: PermissionCheck, db_path: str | os.PathLike[str],
-                 *, timeout_seconds: float = 5.0, max_rows: int = 10_000) -> None:
+                 *, timeout_seconds: float | None = None, max_rows: int | None = None,
+                 budget: DatabaseBudget | None = None) -> None:
+        budget = budget or DatabaseBudget()
+        if timeout_seconds is not None or max_rows is not None:
+            budget = DatabaseBudget(
+                timeout_seconds=budget.timeout_seconds if timeout_seconds is None
+                else timeout_seconds,
+                max_rows=budget.max_rows if max_rows is None else max_rows,
+                max_result_bytes=budget.max_result_bytes,
+                max_memory_bytes=budget.max_memory_bytes, cache_bytes=budget.cache_bytes,
+                max_value_bytes=budget.max_value_bytes, max_sql_length=budget.max_sql_length,
+                max_params=budget.max_params)
+        self.budget = budget
         self._plugin = plugin
         self._check = check
-        self._timeout = timeout_seconds
-        self._max_rows = max_rows
+        self._timeout = budget.timeout_seconds
+        self._max_rows = budget.max_rows
+        self._cpu = 0.0
+        self._memory_floor = 0
+        self._progress_calls = 0
         self._lock = threading.Lock()
         self._closed = False
         # Per-statement state, reset before each statement is prepared.
@@ -200,14 +326,22 @@ class DatabaseCapability:
         self._deadline: float | None = None
         # isolation_level=None: no implicit BEGIN that the authorizer would have to allow;
         # cached_statements=0: a cached statement would skip the authorizer on reuse.
-        self._conn = sqlite3.connect(os.fspath(db_path), timeout=timeout_seconds,
+        self._conn = sqlite3.connect(os.fspath(db_path), timeout=self._timeout,
                                      isolation_level=None, check_same_thread=False,
                                      cached_statements=0)
         # Defence in depth: SQL functions with side effects stay out of views and triggers.
         self._conn.execute("PRAGMA trusted_schema = OFF")
+        # A small page cache: big sorts and groupings spill to temporary files instead of
+        # growing the host; one thread, so the sorter does not start helpers of its own.
+        self._conn.execute(f"PRAGMA cache_size = -{max(budget.cache_bytes // 1024, 64)}")
+        self._conn.execute("PRAGMA threads = 0")
         if sys.version_info >= (3, 11):
             # One `zeroblob(1e9)` would otherwise allocate a gigabyte in the host.
-            self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_VALUE_BYTES)
+            self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, budget.max_value_bytes)
+            self._conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, budget.max_sql_length)
+            self._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, budget.max_params)
+            for name, value in _SQLITE_LIMITS:
+                self._conn.setlimit(getattr(sqlite3, name), value)
         if sys.version_info >= (3, 12):
             self._conn.setconfig(sqlite3.SQLITE_DBCONFIG_DEFENSIVE, True)
         self._conn.set_authorizer(self._authorize)
@@ -216,29 +350,51 @@ class DatabaseCapability:
     def __repr__(self) -> str:
         return f"DatabaseCapability(plugin={self._plugin!r})"
 
+    @property
+    def cpu_seconds(self) -> float:
+        """Host CPU this plugin's statements have cost so far (charged to its CPU limit)."""
+        return self._cpu
+
     # -- the plugin's API -------------------------------------------------------------------
 
     def execute(self, sql: str, params: SqlParams = ()) -> list[tuple[Any, ...]]:
         """Run one SQL statement and return its rows (empty for statements without rows)."""
-        _require_name("an SQL statement", sql)
+        self._check_statement(sql)
+        rows: list[tuple[Any, ...]] = []
+        size = 0
         with self._lock, self._statement():
             cursor = self._conn.execute(sql, params)
             try:
-                rows = cursor.fetchmany(self._max_rows + 1)
+                # One row at a time: a batch of huge values would be in memory before
+                # the budget could be checked.
+                for row in cursor:
+                    rows.append(tuple(row))
+                    size += sum(_value_bytes(value) for value in row) + 8
+                    if len(rows) > self._max_rows:
+                        raise ResourceLimitError(
+                            f"plugin `{self._plugin}` ran a query returning more than "
+                            f"{self._max_rows} rows; add a LIMIT", plugin=self._plugin,
+                            resource="rows", limit=float(self._max_rows), used=float(len(rows)))
+                    if size > self.budget.max_result_bytes:
+                        raise ResourceLimitError(
+                            f"plugin `{self._plugin}` ran a query returning more than "
+                            f"{self.budget.max_result_bytes:,} bytes; select fewer or smaller "
+                            "columns", plugin=self._plugin, resource="result bytes",
+                            limit=float(self.budget.max_result_bytes), used=float(size))
             finally:
                 cursor.close()
-        if len(rows) > self._max_rows:
-            raise ResourceLimitError(
-                f"plugin `{self._plugin}` ran a query returning more than {self._max_rows} "
-                "rows; add a LIMIT", plugin=self._plugin, resource="rows",
-                limit=float(self._max_rows), used=float(len(rows)))
-        return [tuple(row) for row in rows]
+        return rows
 
     def executemany(self, sql: str, seq_of_params: Iterable[SqlParams]) -> int:
         """Run one statement per parameter set in a single transaction; rows changed."""
-        _require_name("an SQL statement", sql)
+        self._check_statement(sql)
         # Materialised first: a generator would run plugin code while the lock is held.
         batch = list(seq_of_params)
+        if len(batch) > self._max_rows:
+            raise ResourceLimitError(
+                f"plugin `{self._plugin}` passed {len(batch)} parameter sets; at most "
+                f"{self._max_rows} run in one call", plugin=self._plugin,
+                resource="rows", limit=float(self._max_rows), used=float(len(batch)))
         with self._lock:
             self._ensure_open()
             self._run_internal("BEGIN")
@@ -271,6 +427,15 @@ class DatabaseCapability:
 
     # -- statement bookkeeping --------------------------------------------------------------
 
+    def _check_statement(self, sql: object) -> None:
+        text = _require_name("an SQL statement", sql)
+        if len(text) > self.budget.max_sql_length:
+            raise ResourceLimitError(
+                f"plugin `{self._plugin}` sent an SQL statement of {len(text):,} characters; "
+                f"at most {self.budget.max_sql_length:,} are taken", plugin=self._plugin,
+                resource="sql length", limit=float(self.budget.max_sql_length),
+                used=float(len(text)))
+
     @contextmanager
     def _statement(self) -> Iterator[None]:
         """Reset per-statement state, and turn authorizer and deadline failures into ours."""
@@ -281,12 +446,16 @@ class DatabaseCapability:
         self._schema_change = False
         self._tables = self._table_names()
         self._deadline = time.monotonic() + self._timeout
+        self._memory_floor = _resident_bytes()
+        self._progress_calls = 0
+        started = time.thread_time()
         try:
             yield
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
         finally:
             self._deadline = None
+            self._cpu += time.thread_time() - started
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -319,7 +488,22 @@ class DatabaseCapability:
     def _progress(self) -> int:
         # A non-zero answer interrupts the statement.
         deadline = self._deadline
-        return 1 if deadline is not None and time.monotonic() > deadline else 0
+        if deadline is None:
+            return 0
+        if time.monotonic() > deadline:
+            return 1
+        self._progress_calls += 1
+        if self._progress_calls % 8 == 0:
+            grown = _resident_bytes() - self._memory_floor
+            if grown > self.budget.max_memory_bytes:
+                if self._failure is None:
+                    self._failure = ResourceLimitError(
+                        f"plugin `{self._plugin}` ran a statement that grew the host's memory "
+                        f"by more than {self.budget.max_memory_bytes:,} bytes; it was stopped",
+                        plugin=self._plugin, resource="database memory",
+                        limit=float(self.budget.max_memory_bytes), used=float(grown))
+                return 1
+        return 0
 
     # -- the authorizer ---------------------------------------------------------------------
 
@@ -448,6 +632,11 @@ class HookResult:
 class _Registration:
     plugin: str
     fn: Callable[..., Any]
+    key: object = None
+
+
+#: The most hook registrations one plugin may hold; a worker cannot grow the host's table.
+MAX_HOOKS_PER_PLUGIN = 256
 
 
 class _Outcome:
@@ -486,17 +675,33 @@ class HookRegistry:
         self._quarantined: set[str] = set()
 
     def register(self, plugin: str, name: str, fn: Callable[..., Any],
-                 check: PermissionCheck) -> None:
+                 check: PermissionCheck, *, key: object = None) -> None:
         """Register ``fn`` for hook ``name`` (``hook:register`` on the name).
 
-        When ``check`` raises, nothing is registered. Registering lifts a quarantine.
+        When ``check`` raises, nothing is registered. Registering lifts a quarantine. A
+        registration with a ``key`` replaces the plugin's earlier one for the same hook and
+        key instead of adding to it: a restarted worker registering its hooks again gets
+        each hook once, not twice. A plugin holds at most :data:`MAX_HOOKS_PER_PLUGIN`.
         """
-        _require_name("a hook name", name)
+        name = _require_name("a hook name", name)
+        if len(name) > MAX_CONFIG_KEY_LENGTH:
+            raise UsageError(f"a hook name may be at most {MAX_CONFIG_KEY_LENGTH} characters")
         if not callable(fn):
             raise UsageError(f"the hook `{name}` of plugin `{plugin}` must be callable")
         check(Permission.HOOK_REGISTER, name)
         with self._lock:
-            self._hooks.setdefault(name, []).append(_Registration(plugin, fn))
+            entries = self._hooks.setdefault(name, [])
+            if key is not None:
+                entries[:] = [r for r in entries if not (r.plugin == plugin and r.key == key)]
+            held = sum(1 for regs in self._hooks.values() for r in regs if r.plugin == plugin)
+            if held >= MAX_HOOKS_PER_PLUGIN:
+                if not entries:
+                    del self._hooks[name]
+                raise ResourceLimitError(
+                    f"plugin `{plugin}` already holds {MAX_HOOKS_PER_PLUGIN} hook "
+                    "registrations", plugin=plugin, resource="hooks",
+                    limit=float(MAX_HOOKS_PER_PLUGIN), used=float(held))
+            entries.append(_Registration(plugin, fn, key))
             self._quarantined.discard(plugin)
 
     def unregister_plugin(self, plugin: str) -> None:
@@ -607,3 +812,7 @@ class HookCapability:
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         """Run ``fn`` whenever the host fires hook ``name`` (``hook:register`` on it)."""
         self._registry.register(self._plugin, name, fn, self._check)
+
+    def register_worker_hook(self, name: str, fn: Callable[..., Any]) -> None:
+        """Register the host's proxy for a worker's hook ``name``, replacing any earlier one."""
+        self._registry.register(self._plugin, name, fn, self._check, key="worker")

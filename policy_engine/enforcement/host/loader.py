@@ -10,6 +10,7 @@ timeout with resource monitoring. An invalid plugin never loads and never stops 
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -49,6 +50,10 @@ class CallRecord:
     detail: str = ""
 
 
+#: How many call records one loaded plugin keeps for the run report.
+MAX_CALL_RECORDS = 1_000
+
+
 @dataclass
 class LoadedPlugin:
     """A loaded plugin: call its methods as attributes (``plugin.run(...)``) or with
@@ -61,10 +66,17 @@ class LoadedPlugin:
     loader: PluginLoader
     init_result: Any = None
     unloaded: str | None = None
-    calls: list[CallRecord] = field(default_factory=list)
+    #: the latest calls, a ring of :data:`MAX_CALL_RECORDS`
+    calls: collections.deque[CallRecord] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_CALL_RECORDS))
     peak_memory: int = 0
     peak_cpu: float = 0.0
+    #: the decision table the running sandbox was built from, and how to rebuild it
+    table: Any = None
+    rebuilds: int = 0
+    _hook_factory: Callable[[str], Callable[..., Any]] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _rebuild_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
@@ -92,6 +104,7 @@ class LoadedPlugin:
     def _invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, phase: str) -> Any:
         if self.unloaded is not None:
             raise EnforcementError(f"plugin `{self.name}` was unloaded: {self.unloaded}", plugin=self.name)
+        self._follow_policy()
         timeouts = self.loader.engine.timeouts(self.name)
         timeout = timeouts.hook if phase == "hook" else timeouts.execute
         try:
@@ -125,6 +138,48 @@ class LoadedPlugin:
             raise
         self._note(method, "ok", _summary(result))
         return result
+
+    def _follow_policy(self) -> None:
+        """Rebuild the sandbox when the policy in force gave this plugin a new table.
+
+        A worker's kernel sandbox is built from the table when the worker starts, so a
+        reload that revoked a grant must not leave it live in a warm worker: the next call
+        after a change stops the old worker and starts one from the new table (its
+        ``initialize`` runs again). A call already in flight finishes in the sandbox it
+        started in. A plugin that no longer validates (revoked, disabled, pin broken) is
+        unloaded, naming why.
+        """
+        current = self.loader.engine.plugin_table(self.name)
+        if current is self.table or self._hook_factory is None:
+            return
+        with self._rebuild_lock:
+            current = self.loader.engine.plugin_table(self.name)
+            if current is self.table or current == self.table:
+                self.table = current
+                return
+            if self.unloaded is not None:
+                raise EnforcementError(f"plugin `{self.name}` was unloaded: {self.unloaded}",
+                                       plugin=self.name)
+            log.info("policy changed for plugin `%s`: rebuilding its sandbox", self.name)
+            validation = self.loader.sandbox.validate_plugin(self.metadata) \
+                if current is not None else None
+            if validation is None or not validation.valid:
+                why = "; ".join(validation.errors) if validation is not None else \
+                    "the policy in force no longer knows it"
+                self.loader.unload(self.name, reason=f"the policy changed: {why}")
+                raise EnforcementError(f"plugin `{self.name}` was unloaded: the policy "
+                                       f"changed: {why}", plugin=self.name)
+            old = self.runner
+            try:
+                old.stop()
+            except Exception as exc:  # stopping must never take the host down
+                log.warning("stopping plugin `%s` failed: %s", self.name, exc)
+            self.loader.sandbox.hooks.unregister_plugin(self.name)
+            runner = self.loader.sandbox.runner_for(self.metadata, self._hook_factory)
+            self.runner = runner
+            self.table = current
+            self.rebuilds += 1
+            self.init_result = runner.start()
 
     def _note(self, method: str, outcome: str, detail: str = "") -> None:
         try:
@@ -186,8 +241,10 @@ class PluginLoader:
             def call_hook(hook: str) -> Callable[..., Any]:
                 return lambda *args, **kwargs: loaded_ref[0].call_hook(hook, *args, **kwargs)
 
+            table = self.engine.plugin_table(metadata.name)
             runner = self.sandbox.runner_for(metadata, call_hook)
-            loaded = LoadedPlugin(metadata, validation, runner, self)
+            loaded = LoadedPlugin(metadata, validation, runner, self, table=table,
+                                  _hook_factory=call_hook)
             loaded_ref.append(loaded)
             self._plugins[metadata.name] = loaded
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,14 +66,16 @@ class HostServices:
                  config: dict[str, Any], db_path: Path | None, hooks: Any,
                  hook_caller: Callable[[str], Callable[..., Any]] | None = None,
                  decide: Callable[[str, str | None], Decision] | None = None,
-                 on_reported: Callable[[str, str | None], None] | None = None) -> None:
+                 on_reported: Callable[[str, str | None], None] | None = None,
+                 peek: Callable[[Any, str], bool] | None = None) -> None:
         """``decide(action, resource)`` is the host's own decision for the plugin, used for
         every denial a worker reports; ``on_reported(action, resource)`` receives what an
-        audit-mode worker says its plugin did."""
+        audit-mode worker says its plugin did; ``peek(permission, resource)`` answers
+        without recording (for listing config keys)."""
         self.plugin = plugin
         self.decide = decide
         self.on_reported = on_reported
-        self.config = ConfigCapability(plugin, check, config)
+        self.config = ConfigCapability(plugin, check, config, peek=peek)
         self.db: DatabaseCapability | NoDatabase = (
             DatabaseCapability(plugin, check, db_path) if db_path is not None else NoDatabase(plugin))
         self.hooks = HookCapability(plugin, check, hooks)
@@ -87,7 +90,7 @@ class HostServices:
             return [list(row) for row in rows] if isinstance(rows, list) else rows
         if capability == "hooks" and method == "register" and self._hook_caller is not None:
             name = str(args[0])
-            self.hooks.register(name, self._hook_caller(name))
+            self.hooks.register_worker_hook(name, self._hook_caller(name))
             return None
         raise PluginValidationError(self.plugin, [f"unknown capability call `{capability}.{method}`"])
 
@@ -99,7 +102,9 @@ class HostServices:
 class ProcessRunner:
     """Runs a plugin in its own locked-down worker process."""
 
-    def __init__(self, init: WorkerInit, services: HostServices) -> None:
+    def __init__(self, init: WorkerInit, services: HostServices, *,
+                 scratch_dir: Path | None = None) -> None:
+        self.scratch_dir = scratch_dir
         self.init = init
         self.services = services
         self.worker = WorkerProcess(capability_handler=services.handle,
@@ -152,6 +157,7 @@ class ProcessRunner:
     def stop(self) -> None:
         self.worker.stop()
         self.services.close()
+        _remove_scratch(self.scratch_dir)
 
 
 class InprocessPluginRunner:
@@ -160,7 +166,9 @@ class InprocessPluginRunner:
     isolation = "inprocess (not a security boundary)"
 
     def __init__(self, runner: InprocessRunner, services: HostServices, *, plugin_type: str,
-                 data_dir: Path | None, init_timeout: float) -> None:
+                 data_dir: Path | None, init_timeout: float,
+                 scratch_dir: Path | None = None) -> None:
+        self.scratch_dir = scratch_dir
         self.runner = runner
         self.services = services
         self.plugin_type = plugin_type
@@ -207,3 +215,11 @@ class InprocessPluginRunner:
             except Exception as exc:  # cleanup failing must not stop the unload
                 log.warning("plugin `%s` cleanup failed: %s", self.runner.name, exc)
         self.services.close()
+        _remove_scratch(self.scratch_dir)
+
+
+def _remove_scratch(path: Path | None) -> None:
+    """Nothing a load made on the host outlives the unload but the data directory."""
+    if path is not None:
+        # shutil.rmtree does not follow symlinks a plugin left there (fd-based on Linux).
+        shutil.rmtree(path, ignore_errors=True)

@@ -13,6 +13,7 @@ filesystem and network open: use it on a machine you can afford to lose.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import tempfile
@@ -38,6 +39,9 @@ from .spec import checker_data, kernel_grants, lockdown_spec, resource_limits
 from .supervisor import WorkerInit
 from .usage import ResourceUsage
 from .validation import ValidationResult, inprocess_refusal, validate_plugin
+
+#: The most decision records the sandbox keeps; older ones are dropped (and counted).
+MAX_RECORDS = 10_000
 
 __all__ = ["AuditRecord", "PluginSandbox", "ValidationResult"]
 
@@ -87,7 +91,9 @@ class PluginSandbox:
         self.db_path = Path(db_path) if db_path is not None else None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(engine.variables["data_dir"])
         self._scratch_root = Path(scratch_root) if scratch_root else Path(tempfile.gettempdir())
-        self._records: list[AuditRecord] = []
+        # A ring: a plugin that is denied in a loop cannot grow the host.
+        self._records: collections.deque[AuditRecord] = collections.deque(maxlen=MAX_RECORDS)
+        self.dropped_records = 0
         self._records_lock = threading.Lock()
 
     def close(self) -> None:
@@ -181,14 +187,14 @@ class PluginSandbox:
         record = AuditRecord(decision.plugin, decision.action, decision.resource, decision.allowed,
                              decision.reason.value, tuple(r.location for r in decision.rules))
         with self._records_lock:
-            self._records.append(record)
+            self._keep(record)
         if self.mode == "audit":
             log.info("audit: %s", decision.explain().splitlines()[0])
 
     def add_record(self, record: AuditRecord) -> None:
         """Keep one decision record."""
         with self._records_lock:
-            self._records.append(record)
+            self._keep(record)
 
     def record_denial(self, error: PermissionDeniedError) -> None:
         """Keep a denial that happened inside a worker (it arrives as an error carrying the
@@ -198,7 +204,12 @@ class PluginSandbox:
         record = AuditRecord(str(decision.plugin), str(decision.action), decision.resource, False,
                              str(getattr(decision.reason, "value", decision.reason)), rules)
         with self._records_lock:
-            self._records.append(record)
+            self._keep(record)
+
+    def _keep(self, record: AuditRecord) -> None:
+        if len(self._records) == self._records.maxlen:
+            self.dropped_records += 1
+        self._records.append(record)
 
     def record_reported(self, plugin: str, action: str, resource: str | None) -> None:
         """Keep what an audit-mode worker reports, decided by the host, marked as reported."""
@@ -241,9 +252,13 @@ class PluginSandbox:
         def reported(action: str, resource: str | None) -> None:
             self.record_reported(name, action, resource)
 
+        def peek(permission: Any, resource: str) -> bool:
+            # Listing config keys is not an attempt to read them: nothing is recorded.
+            return self.permissions.decide(name, permission, resource).allowed
+
         services = HostServices(name, self._check_for(name), config=self.config, db_path=self.db_path,
                                 hooks=self.hooks, hook_caller=call_hook, decide=decide,
-                                on_reported=reported)
+                                on_reported=reported, peek=peek)
         audit = self.mode == "audit"
         if limits.isolation is Isolation.INPROCESS:
             def checker(action: str, resource: str | None) -> None:
@@ -257,7 +272,8 @@ class PluginSandbox:
                                      allow_subprocess=may_spawn, allow_network=True,
                                      scratch_dir=scratch)
             return InprocessPluginRunner(runner, services, plugin_type=metadata.type,
-                                         data_dir=data_dir, init_timeout=timeouts.init)
+                                         data_dir=data_dir, init_timeout=timeouts.init,
+                                         scratch_dir=scratch)
         init = WorkerInit(
             plugin=name,
             plugin_dir=str(plugin_path),
@@ -270,4 +286,4 @@ class PluginSandbox:
         )
         if limits.isolation is not Isolation.PROCESS:
             raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])
-        return ProcessRunner(init, services)
+        return ProcessRunner(init, services, scratch_dir=scratch)

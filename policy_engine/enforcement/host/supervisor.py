@@ -84,6 +84,7 @@ _WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
 _PLUGIN_LOGGER = "policy_engine.plugins"
 #: The ``policy_engine`` package directory (this file is ``enforcement/host/supervisor.py``).
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_MAX_LOGGER_NAME = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,9 @@ class WorkerProcess:
         self._identity = (os.getuid(), os.getgid())
         self._sandbox_pids: list[int] = []  # bwrap's reaper and the worker, as host pids
         self._may_fork = True
+        #: host CPU seconds spent on this plugin's frames, over all calls, and in this call
+        self.host_cpu_seconds = 0.0
+        self._call_host_cpu = 0.0
         self._call_lock = threading.RLock()  # one call (or start/stop) at a time
         self._signal_lock = threading.RLock()  # signalling and killing the tree
         self.restarts = 0
@@ -280,6 +284,7 @@ class WorkerProcess:
                 self._start()
             deadline = time.monotonic() + timeout
             self._refuse_stray_frames()
+            self._call_host_cpu = 0.0
             try:
                 self._send(frame, deadline, phase, timeout)
                 reply = self._exchange(deadline, phase, timeout)
@@ -466,18 +471,46 @@ class WorkerProcess:
                                  "sent a frame between calls", plugin=self._plugin)
 
     def _exchange(self, deadline: float, phase: str, limit: float) -> WorkerMessage:
-        """Wait for the reply to what was sent, serving capability, log and audit frames."""
+        """Wait for the reply to what was sent, serving capability, log and audit frames.
+
+        The deadline is checked before every frame, not only while waiting: a worker that
+        keeps the socket busy with cheap frames cannot keep the call alive. The host CPU
+        spent on the plugin's frames (decoding, capability calls, logging) is charged to the
+        plugin: past its CPU share of the call's wall time (plus one window of burst, as for
+        the worker's own CPU), the worker is stopped as over its CPU limit.
+        """
+        started = time.monotonic()
+        limits = self._init.limits if self._init is not None else None
+        share = limits.cpu_share if limits is not None else 1.0
+        window = limits.cpu_window if limits is not None else 2.0
         for _ in range(LIMITS.frames_per_call):
-            message = self._receive(deadline, phase, limit)
-            if isinstance(message, CapabilityCall):
-                self._send(self._capability(message), deadline, phase, limit)
-            elif isinstance(message, LogRecord):
-                self._relay_log(message)
-            elif isinstance(message, AuditRecord):
-                if self._audit_handler is not None:
-                    self._audit_handler(message)
-            else:
-                return message
+            if time.monotonic() >= deadline:
+                raise self._timeout(phase, limit, "the worker kept sending frames")
+            before = time.thread_time()
+            try:
+                message = self._receive(deadline, phase, limit)
+                if isinstance(message, CapabilityCall):
+                    self._send(self._capability(message), deadline, phase, limit)
+                elif isinstance(message, LogRecord):
+                    self._relay_log(message)
+                elif isinstance(message, AuditRecord):
+                    if self._audit_handler is not None:
+                        self._audit_handler(message)
+                else:
+                    return message
+            finally:
+                spent = time.thread_time() - before
+                self.host_cpu_seconds += spent
+                self._call_host_cpu += spent
+            if self._call_host_cpu > share * (time.monotonic() - started + window):
+                self._kill()
+                self._shutdown()
+                raise ResourceLimitError(
+                    f"plugin `{self._plugin}` made the host spend "
+                    f"{self._call_host_cpu:.2f}s of CPU on its requests, over its CPU limit "
+                    f"of {share:.0%} of one core; the worker was stopped",
+                    plugin=self._plugin, resource="cpu", limit=share,
+                    used=self._call_host_cpu)
         self._kill()
         raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: more "
                                  f"than {LIMITS.frames_per_call} frames in one call",
@@ -550,10 +583,15 @@ class WorkerProcess:
             return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
 
     def _relay_log(self, record: LogRecord) -> None:
-        name = record.logger
-        if not name.startswith(_PLUGIN_LOGGER + ".") and name != _PLUGIN_LOGGER:
-            name = f"{_PLUGIN_LOGGER}.{self._plugin}"
-        logging.getLogger(name).log(record.level, "%s", record.message[:8192])
+        # Always the plugin's own logger: every name a worker invents would otherwise stay
+        # in logging's registry for the host's lifetime. The worker's name is text, clipped.
+        source = record.logger[:_MAX_LOGGER_NAME]
+        own = f"{_PLUGIN_LOGGER}.{self._plugin}"
+        message = record.message[:8192]
+        if source == own:
+            logging.getLogger(own).log(record.level, "%s", message)
+        else:
+            logging.getLogger(own).log(record.level, "[%s] %s", source, message)
 
     def _result(self, reply: WorkerMessage) -> Any:
         if isinstance(reply, Result):
