@@ -6,6 +6,7 @@ in-worker audit hook (``LockdownSpec(audit_hook=False)``).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -77,7 +78,24 @@ class Plugin:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
         shmid = libc.shmget(0, 1 << 20, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
-        return shmid
+        return shmid, ctypes.get_errno()
+
+    def memfd(self, size):
+        try:
+            fd = os.memfd_create("held")
+        except OSError as error:
+            return error.errno
+        os.ftruncate(fd, size)
+        return 0
+
+    def fill(self, path, size):
+        try:
+            with open(path, "wb") as handle:
+                for _ in range(size >> 20):
+                    handle.write(b"x" * (1 << 20))
+        except OSError as error:
+            return error.errno
+        return 0
 '''
 
 Starter = Callable[..., tuple[WorkerProcess, Any]]
@@ -197,16 +215,29 @@ def test_the_host_sockets_are_not_visible(start: Starter) -> None:
         assert "eth" not in worker.call("net", ["dev"], timeout=10)
 
 
-def test_system_v_shared_memory_dies_with_the_sandbox(start: Starter) -> None:
+def test_system_v_shared_memory_is_refused_and_leaves_nothing(start: Starter) -> None:
     def segments() -> set[str]:
         with open("/proc/sysvipc/shm") as table:
             return {line.split()[1] for line in table.readlines()[1:]}
 
     before = segments()
     worker, _ = start()
-    assert worker.call("shm", timeout=10) >= 0
+    # No cgroup counts it, so seccomp refuses it (the memory fallback).
+    assert worker.call("shm", timeout=10) == [-1, errno.EPERM]
     worker.stop()
     assert segments() <= before
+
+
+def test_memory_outside_the_resident_set_is_refused_or_capped(start: Starter) -> None:
+    worker, _ = start()
+    # An anonymous memfd is memory the sampler would not see: refused.
+    assert worker.call("memfd", [512 * 1024 * 1024], timeout=10) == errno.EPERM
+    # POSIX shared memory and /tmp are tmpfs capped at an eighth of the limit each (and
+    # counted in it), where the plugin may write at all.
+    for path in ("/dev/shm/held", "/tmp/held"):
+        assert worker.call("fill", [path, 64 * 1024 * 1024], timeout=30) in (errno.ENOSPC,
+                                                                             errno.EACCES)
+    assert worker.usage.memory_bytes < 256 * 1024 * 1024
 
 
 def test_the_grants_are_not_on_the_command_line(start: Starter, tree: Path) -> None:

@@ -30,7 +30,7 @@ from ...manifest import PluginMetadata
 from ...permissions import Permission
 from ...settings import Isolation
 from ..inprocess.runner import DeadlineExceeded, InprocessRunner, call_with_deadline
-from . import kernel
+from . import doctor, kernel
 from .capabilities import HookRegistry
 from .monitor import ResourceMonitor
 from .permission_manager import PermissionManager
@@ -116,6 +116,9 @@ class PluginSandbox:
                     f"{', '.join(report.missing)}); add `isolation process allow degraded` to the "
                     f"plugin's policy block to run it anyway"
                 )
+            refusal = doctor.plugin_refusal(self.engine, metadata.name)
+            if refusal:
+                errors.append(refusal)
         return ValidationResult(not errors, tuple(errors), result.warnings, result.findings)
 
     def check_permission(self, plugin: str, operation: str | Permission, resource: str | None = None) -> bool:
@@ -238,6 +241,10 @@ class PluginSandbox:
         limits, timeouts = self.engine.limits(name), self.engine.timeouts(name)
         refusal = inprocess_refusal(self.engine, name)
         if refusal is not None:  # also checked by validate_plugin; a runner never skips it
+            raise PluginValidationError(name, [refusal])
+        # An untrusted plugin without full process isolation, unless each gap is accepted.
+        refusal = doctor.plugin_refusal(self.engine, name) or None
+        if refusal is not None:
             raise PluginValidationError(name, [refusal])
         plugin_path = metadata.plugin_path
         if plugin_path is None:

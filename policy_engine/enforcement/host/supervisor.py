@@ -366,7 +366,8 @@ class WorkerProcess:
         self._sampler = Sampler(
             self._proc.pid, plugin=init.plugin, limits=init.limits,
             with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
-            signal_tree=self._signal_tree)
+            signal_tree=self._signal_tree,
+            reserved_bytes=2 * tmpfs_cap(spec.memory_bytes) if self._sandboxed else 0)
         self._sampler.start()
         return StartResult(self._report, reply.init_result, self.pid or self._proc.pid)
 
@@ -797,14 +798,19 @@ class WorkerProcess:
         _LIVE.discard(self)
 
 
+def tmpfs_cap(memory_bytes: int) -> int:
+    """The size cap of each of a sandbox's tmpfs mounts (``/tmp``, ``/dev/shm``): an eighth
+    of the memory limit. The sampler counts both caps in the limit, as if they were full."""
+    return max(memory_bytes // 8, 1024 * 1024) if memory_bytes else 64 * 1024 * 1024
+
+
 def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
                 gid: int) -> Any:
     """The :class:`~.view.ViewInputs` of a worker for ``init`` with lockdown ``spec``."""
     from .view import ViewInputs
 
     package_dir = _PACKAGE_DIR
-    # The tmpfs caps are memory the sandbox holds: an eighth of the limit each.
-    cap = max(spec.memory_bytes // 8, 1024 * 1024) if spec.memory_bytes else 64 * 1024 * 1024
+    cap = tmpfs_cap(spec.memory_bytes)
     return ViewInputs(
         plugin=init.plugin, plugin_dir=spec.plugin_dir,
         data_dirs=tuple(dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir])),

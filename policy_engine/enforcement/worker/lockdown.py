@@ -68,6 +68,10 @@ _ALWAYS_DENIED = (
     "fsmount", "fspick", "kexec_load", "kexec_file_load", "init_module", "finit_module",
     "delete_module", "acct", "swapon", "swapoff", "reboot",
 )
+# Memory held outside the resident set the host samples, with no cgroup to count it: an
+# anonymous memfd and System V shared memory (POSIX shared memory lives in the capped
+# /dev/shm tmpfs, which the host counts).
+_OUTSIDE_MEMORY = ("memfd_create", "shmget")
 _PROCESS_CREATION = ("execve", "execveat", "fork", "vfork")
 # Every system call that sets a file mode, with the index of its mode argument. A mode with
 # the set-user-ID or set-group-ID bit is refused, whatever the policy: a plugin must never
@@ -471,6 +475,9 @@ def _apply_seccomp(spec: LockdownSpec, applied: _Progress) -> None:
 def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec) -> None:
     eperm = errno.EPERM
     for name in _ALWAYS_DENIED:
+        rules.deny(name, eperm)
+    # Workers never run in a cgroup yet: this is the memory fallback, so it always applies.
+    for name in _OUTSIDE_MEMORY:
         rules.deny(name, eperm)
     for name, index in _MODE_ARGUMENT:
         for bit in _SET_ID_BITS:
