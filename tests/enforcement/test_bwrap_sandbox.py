@@ -299,3 +299,28 @@ def test_file_read_denies_become_masks(tmp_path: Path) -> None:
     assert str(plugin_dir / "private") in masks
     assert not [m for m in masks if m.endswith(".key")]  # a glob cannot be masked exactly
     assert not [m for m in masks if m == str(plugin_dir)]  # write denies are not masks
+
+
+def test_inexact_denies_are_named_and_a_grant_a_tree_deny_covers_is_left_out(
+        tmp_path: Path) -> None:
+    from policy_engine import Engine
+    from policy_engine.enforcement.host.spec import inexact_denies, kernel_grants
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+    (tmp_path / "srv" / "public").mkdir(parents=True)
+    (tmp_path / "site.policy").write_text(
+        f'allow plugin "summarizer" to file:read on "{tmp_path}/srv/**", "{tmp_path}/srv/public/**"\n'
+        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/**/*.key"\n'
+        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/later.txt"\n'
+        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/public/**"\n')
+    engine = Engine.load([str(Path(__file__).resolve().parents[2] / "policies"),
+                          str(tmp_path / "site.policy")], plugins=examples,
+                         variables={"data_dir": str(tmp_path)})
+    table = engine.plugin_table("summarizer")
+    assert table is not None
+    found = inexact_denies(table)
+    assert [why.split(": `", 1)[0].rsplit(":", 2)[-2] for why in found] == ["2", "3"]
+    assert "glob inside granted" in found[0] and "does not exist yet" in found[1]
+    # The deny of the whole public tree leaves that grant out of the kernel plan.
+    assert str(tmp_path / "srv" / "public") not in kernel_grants(table).read_paths
+    assert str(tmp_path / "srv") in kernel_grants(table).read_paths

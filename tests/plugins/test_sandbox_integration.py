@@ -413,3 +413,36 @@ def test_a_pinned_plugin_is_trusted_whatever_the_level(
     with make_loader(tmp_path, plugins, pinned) as loader:
         assert doctor.plugin_refusal(loader.engine, "example-agent") == ""
         assert doctor.plugin_refusal(loader.engine, "malicious") != ""
+
+
+def test_a_deny_the_kernel_cannot_hold_is_refused_naming_the_rule(
+    tmp_path: Path, plugins: Path
+) -> None:
+    policy = POLICY + 'deny plugin "example-agent" to file:read on "{plugin_dir}/**/*.key"\n'
+    with make_loader(tmp_path, plugins, policy) as loader:
+        with pytest.raises(PluginValidationError) as caught:
+            loader.load(plugins / "example_agent_plugin")
+        message = str(caught.value)
+        assert "site.policy:8:1" in message and '"{plugin_dir}/**/*.key"' in message
+        assert "glob inside granted" in message and "accept inexact-deny" in message
+        metadata = loader.engine.manifest("example-agent")
+        assert metadata is not None
+        with pytest.raises(PluginValidationError, match="inexact-deny"):
+            loader.sandbox.runner_for(metadata, lambda hook: lambda *a, **k: None)
+    missing = POLICY + f'deny plugin "example-agent" to file:read on "{plugins}/example_agent_plugin/later.txt"\n'
+    (tmp_path / "second").mkdir()
+    with make_loader(tmp_path / "second", plugins, missing) as loader:
+        with pytest.raises(PluginValidationError, match="does not exist yet"):
+            loader.load(plugins / "example_agent_plugin")
+
+
+def test_an_accepted_inexact_deny_loads_and_the_table_still_holds_it(
+    tmp_path: Path, plugins: Path
+) -> None:
+    policy = POLICY + ('deny plugin "example-agent" to file:read on "{plugin_dir}/**/*.key"\n'
+                       'plugin "example-agent" { accept inexact-deny }\n')
+    with make_loader(tmp_path, plugins, policy) as loader:
+        agent = loader.load(plugins / "example_agent_plugin")
+        assert agent.run("tests") == "hello, tests"
+        key = str(plugins / "example_agent_plugin" / "sub" / "a.key")
+        assert loader.sandbox.check_permission("example-agent", "file:read", key) is False

@@ -38,7 +38,12 @@ from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner
 from .spec import checker_data, kernel_grants, lockdown_spec, resource_limits
 from .supervisor import WorkerInit
 from .usage import ResourceUsage
-from .validation import ValidationResult, inprocess_refusal, validate_plugin
+from .validation import (
+    ValidationResult,
+    inexact_deny_refusal,
+    inprocess_refusal,
+    validate_plugin,
+)
 
 #: The most decision records the sandbox keeps; older ones are dropped (and counted).
 MAX_RECORDS = 10_000
@@ -246,6 +251,9 @@ class PluginSandbox:
         refusal = doctor.plugin_refusal(self.engine, name) or None
         if refusal is not None:
             raise PluginValidationError(name, [refusal])
+        inexact = inexact_deny_refusal(self.engine, name)
+        if inexact:
+            raise PluginValidationError(name, inexact)
         plugin_path = metadata.plugin_path
         if plugin_path is None:
             raise PluginValidationError(name, ["the manifest came without a plugin directory"])
