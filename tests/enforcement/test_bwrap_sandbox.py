@@ -80,6 +80,24 @@ class Plugin:
         shmid = libc.shmget(0, 1 << 20, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
         return shmid, ctypes.get_errno()
 
+    def tasks(self, most):
+        import threading
+        threading.stack_size(256 * 1024)  # small stacks: the address-space limit stays far
+        stop = threading.Event()
+        started = []
+        try:
+            for _ in range(most):
+                thread = threading.Thread(target=stop.wait)
+                thread.start()
+                started.append(thread)
+            return len(started)
+        except RuntimeError:
+            return len(started)
+        finally:
+            stop.set()
+            for thread in started:
+                thread.join()
+
     def memfd(self, size):
         try:
             fd = os.memfd_create("held")
@@ -324,3 +342,18 @@ def test_inexact_denies_are_named_and_a_grant_a_tree_deny_covers_is_left_out(
     # The deny of the whole public tree leaves that grant out of the kernel plan.
     assert str(tmp_path / "srv" / "public") not in kernel_grants(table).read_paths
     assert str(tmp_path / "srv") in kernel_grants(table).read_paths
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC is per uid: only a root host gives "
+                    "each plugin its own")
+def test_a_plugin_cannot_start_more_tasks_than_its_pids_limit(start: Starter) -> None:
+    from policy_engine.enforcement.host.supervisor import SANDBOX_TASKS
+
+    worker, _ = start()
+    started = worker.call("tasks", [SANDBOX_TASKS * 2], timeout=60)
+    assert SANDBOX_TASKS // 2 < started < SANDBOX_TASKS
+    worker.stop()
+    worker, _ = start(nproc=40)
+    assert 20 < worker.call("tasks", [SANDBOX_TASKS], timeout=60) < 40
+    # The worker is still healthy after the refusal.
+    assert worker.call("status", ["CapEff"], timeout=10) == "0000000000000000"

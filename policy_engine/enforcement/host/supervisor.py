@@ -393,6 +393,9 @@ class WorkerProcess:
     def _prepare_sandbox(self, init: WorkerInit) -> LockdownSpec:
         """The plugin's identity and its data directories (owned by it, mode 0700)."""
         spec = replace(init.lockdown, run_as_uid=None, run_as_gid=None, no_drop_reason="")
+        if os.geteuid() == 0 and not spec.nproc:
+            # The plugin's own uid: RLIMIT_NPROC, counted per uid, is its pids limit.
+            spec = replace(spec, nproc=SANDBOX_TASKS)
         self._identity = _sandbox_identity(init.plugin, self._identities)
         for path in dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir]):
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -796,6 +799,10 @@ class WorkerProcess:
             self._poller = None
             self._proc = None
         _LIVE.discard(self)
+
+
+#: The most tasks (processes and threads) a sandboxed plugin may hold on a root host.
+SANDBOX_TASKS = 256
 
 
 def tmpfs_cap(memory_bytes: int) -> int:

@@ -119,6 +119,10 @@ class LockdownSpec:
     audit_hook: bool = True
     #: Paths denied inside granted trees, masked in the sandbox's view by an empty mount.
     mask_paths: tuple[str, ...] = ()
+    #: RLIMIT_NPROC: the most tasks (processes and threads) the worker's uid may have; 0 is
+    #: none. The kernel counts it per uid, so the host sets it only where the worker runs
+    #: under a uid of its own (a sandbox on a root host).
+    nproc: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -140,6 +144,7 @@ class LockdownSpec:
             "no_drop_reason": self.no_drop_reason,
             "audit_hook": self.audit_hook,
             "mask_paths": list(self.mask_paths),
+            "nproc": self.nproc,
         }
 
     @classmethod
@@ -166,6 +171,7 @@ class LockdownSpec:
             no_drop_reason=str(data.get("no_drop_reason", "")),
             audit_hook=bool(data.get("audit_hook", True)),
             mask_paths=tuple(str(p) for p in data.get("mask_paths", ())),
+            nproc=int(data.get("nproc", 0)),
         )
 
 
@@ -275,6 +281,8 @@ def _apply_rlimits(spec: LockdownSpec, applied: _Progress) -> None:
         wanted.append(("nofile", resource.RLIMIT_NOFILE, spec.nofile))
     if spec.cpu_seconds > 0:
         wanted.append(("cpu", resource.RLIMIT_CPU, spec.cpu_seconds))
+    if spec.nproc > 0:
+        wanted.append(("nproc", resource.RLIMIT_NPROC, spec.nproc))
     for name, which, value in wanted:
         try:
             _soft, hard = resource.getrlimit(which)
