@@ -446,3 +446,24 @@ def test_an_accepted_inexact_deny_loads_and_the_table_still_holds_it(
         assert agent.run("tests") == "hello, tests"
         key = str(plugins / "example_agent_plugin" / "sub" / "a.key")
         assert loader.sandbox.check_permission("example-agent", "file:read", key) is False
+
+
+def test_the_level_reported_is_the_workers_own_and_a_shortfall_is_refused(
+    tmp_path: Path, plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with make_loader(tmp_path, plugins) as loader:
+        agent = loader.load(plugins / "example_agent_plugin")
+        report = agent.runner.report  # type: ignore[attr-defined]
+        sandboxed = agent.runner.worker.sandboxed  # type: ignore[attr-defined]
+        level = doctor.isolation_level(doctor.plugin_layers(
+            loader.engine, "example-agent", doctor.worker_layers(report, sandboxed)))
+        assert agent.isolation == f"process ({level})"
+    # The worker came up without seccomp although the host promised it: stopped, refused.
+    real = doctor.worker_layers
+    monkeypatch.setattr(doctor, "worker_layers",
+                        lambda report, sandboxed: {**real(report, sandboxed), "seccomp": False})
+    (tmp_path / "second").mkdir()
+    with make_loader(tmp_path / "second", plugins) as loader:
+        with pytest.raises(PluginValidationError, match="layer `seccomp` is missing"):
+            loader.load(plugins / "example_agent_plugin")
+        assert loader.get("example-agent") is None

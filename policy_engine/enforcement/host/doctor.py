@@ -39,7 +39,7 @@ from .spec import kernel_grants
 
 __all__ = ["LAYERS", "RISK_FOR_LAYER", "Check", "Preflight", "PluginLevel", "accepted_risks",
            "host_layers", "isolation_level", "plugin_layers", "plugin_refusal", "preflight",
-           "sandbox_refusal"]
+           "sandbox_refusal", "worker_layers"]
 
 #: Every layer, in the order the level names the first one missing.
 LAYERS = ("bubblewrap", "user-namespace", "network-namespace", "landlock", "landlock-scoping",
@@ -162,6 +162,22 @@ def plugin_layers(engine: Any, plugin: str, layers: Mapping[str, bool] | None = 
     if table is not None and kernel_grants(table).network:
         own["network-namespace"] = False  # network granted: the host's is shared
     return own
+
+
+def worker_layers(report: Any, sandboxed: bool) -> dict[str, bool]:
+    """The layers a started worker actually has, from its own isolation report: never
+    more than was applied (a system call seccomp could not name is a missing layer)."""
+    seccomp_ok = bool(report.seccomp) and not any(
+        str(m).startswith("seccomp:") for m in report.missing)
+    return {
+        "bubblewrap": sandboxed,
+        "user-namespace": sandboxed,
+        "network-namespace": sandboxed,
+        "landlock": report.landlock_abi > 0,
+        "landlock-scoping": bool(report.scoping),
+        "seccomp": seccomp_ok,
+        "cgroup": sandboxed and seccomp_ok,
+    }
 
 
 def plugin_refusal(engine: Any, plugin: str, layers: Mapping[str, bool] | None = None) -> str:

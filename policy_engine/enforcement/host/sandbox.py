@@ -301,4 +301,9 @@ class PluginSandbox:
         )
         if limits.isolation is not Isolation.PROCESS:
             raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])
-        return ProcessRunner(init, services, scratch_dir=scratch)
+        def levels(report: Any, sandboxed: bool) -> tuple[str, str]:
+            layers = doctor.plugin_layers(self.engine, name, doctor.worker_layers(report, sandboxed))
+            return (doctor.isolation_level(layers),
+                    doctor.plugin_refusal(self.engine, name, layers))
+
+        return ProcessRunner(init, services, scratch_dir=scratch, levels=levels)

@@ -243,6 +243,11 @@ class WorkerProcess:
         return self._report
 
     @property
+    def sandboxed(self) -> bool:
+        """Whether the current (or last) worker started under bubblewrap."""
+        return bool(getattr(self, "_sandboxed", False))
+
+    @property
     def usage(self) -> ResourceUsage:
         """The latest resource sample of the worker's tree."""
         sampler = self._sampler
