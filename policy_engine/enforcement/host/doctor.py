@@ -23,6 +23,7 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ...risks import (
@@ -140,7 +141,7 @@ def host_layers() -> Mapping[str, bool]:
     """The layers a worker started on this host gets (before any plugin's grants)."""
     features = kernel.detect()
     sandboxed = bwrap.bwrap_path() is not None and not bwrap.available()
-    return {
+    return MappingProxyType({
         "bubblewrap": sandboxed,
         "user-namespace": sandboxed,
         "network-namespace": sandboxed,
@@ -150,7 +151,7 @@ def host_layers() -> Mapping[str, bool]:
         # The memory fallback (see the module docstring): tmpfs caps counted, memfd and
         # System V shared memory refused.
         "cgroup": sandboxed and features.seccomp,
-    }
+    })
 
 
 def plugin_layers(engine: Any, plugin: str, layers: Mapping[str, bool] | None = None
