@@ -330,7 +330,8 @@ def test_inexact_denies_are_named_and_a_grant_a_tree_deny_covers_is_left_out(
         f'allow plugin "summarizer" to file:read on "{tmp_path}/srv/**", "{tmp_path}/srv/public/**"\n'
         f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/**/*.key"\n'
         f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/later.txt"\n'
-        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/public/**"\n')
+        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/public/**"\n'
+        f'deny plugin "summarizer" to file:write on "{tmp_path}/own/**/*.db"\n')
     engine = Engine.load([str(Path(__file__).resolve().parents[2] / "policies"),
                           str(tmp_path / "site.policy")], plugins=examples,
                          variables={"data_dir": str(tmp_path)})
@@ -339,6 +340,9 @@ def test_inexact_denies_are_named_and_a_grant_a_tree_deny_covers_is_left_out(
     found = inexact_denies(table)
     assert [why.split(": `", 1)[0].rsplit(":", 2)[-2] for why in found] == ["2", "3"]
     assert "glob inside granted" in found[0] and "does not exist yet" in found[1]
+    # The plugin's own data directory is shown writable, granted or not.
+    own = inexact_denies(table, str(tmp_path / "own"))
+    assert len(own) == 3 and f"granted `{tmp_path}/own`" in own[2]
     # The deny of the whole public tree leaves that grant out of the kernel plan.
     assert str(tmp_path / "srv" / "public") not in kernel_grants(table).read_paths
     assert str(tmp_path / "srv") in kernel_grants(table).read_paths

@@ -124,6 +124,10 @@ class PluginSandbox:
             refusal = doctor.plugin_refusal(self.engine, metadata.name)
             if refusal:
                 errors.append(refusal)
+            # The data directory is shown writable: a deny inside it counts too.
+            errors.extend(e for e in inexact_deny_refusal(
+                self.engine, metadata.name, str(self.data_dir / metadata.name))
+                if e not in result.errors)
         return ValidationResult(not errors, tuple(errors), result.warnings, result.findings)
 
     def check_permission(self, plugin: str, operation: str | Permission, resource: str | None = None) -> bool:
@@ -251,7 +255,7 @@ class PluginSandbox:
         refusal = doctor.plugin_refusal(self.engine, name) or None
         if refusal is not None:
             raise PluginValidationError(name, [refusal])
-        inexact = inexact_deny_refusal(self.engine, name)
+        inexact = inexact_deny_refusal(self.engine, name, str(self.data_dir / name))
         if inexact:
             raise PluginValidationError(name, inexact)
         plugin_path = metadata.plugin_path

@@ -115,17 +115,20 @@ def kernel_grants(table: PluginTable) -> KernelGrants:
     )
 
 
-def inexact_denies(table: PluginTable) -> tuple[str, ...]:
+def inexact_denies(table: PluginTable, data_dir: str | None = None) -> tuple[str, ...]:
     """Each file deny of ``table`` the kernel sandbox cannot hold exactly, as a message
-    naming the rule (see :mod:`policy_engine.exactness`); empty when all are exact."""
+    naming the rule (see :mod:`policy_engine.exactness`); empty when all are exact.
+    ``data_dir`` is the plugin's own data directory, which the view shows writable."""
     grants = kernel_grants(table)
-    shown = (*grants.read_paths, *grants.write_paths,
+    own = (data_dir,) if data_dir else ()
+    writable = (*grants.write_paths, *own)
+    shown = (*grants.read_paths, *writable,
              *((table.plugin_dir,) if table.plugin_dir else ()))
     masks = set(kernel_masks(table))
     found: dict[str, None] = {}
     for permission, trees in ((Permission.FILE_READ, shown),
-                              (Permission.FILE_WRITE, grants.write_paths),
-                              (Permission.FILE_DELETE, grants.write_paths)):
+                              (Permission.FILE_WRITE, writable),
+                              (Permission.FILE_DELETE, writable)):
         entry = table.entries.get(permission)
         for rule in entry.denies if entry is not None else ():
             conditional = rule.when is not None or rule.unless is not None

@@ -89,9 +89,10 @@ def inprocess_refusal(engine: Engine, plugin: str) -> str | None:
             f"`plugin \"{plugin}\"` block")
 
 
-def inexact_deny_refusal(engine: Engine, plugin: str) -> list[str]:
+def inexact_deny_refusal(engine: Engine, plugin: str, data_dir: str | None = None) -> list[str]:
     """One error per file deny the kernel sandbox cannot hold exactly for ``plugin`` (in
-    process isolation), unless the policy says ``accept inexact-deny`` for it."""
+    process isolation, with its own data directory ``data_dir``), unless the policy says
+    ``accept inexact-deny`` for it."""
     table = engine.plugin_table(plugin)
     if table is None or table.effective.limits.isolation is not Isolation.PROCESS:
         return []
@@ -100,7 +101,7 @@ def inexact_deny_refusal(engine: Engine, plugin: str) -> list[str]:
     return [f"the kernel cannot hold this deny exactly: {why}; narrow the grant or the deny "
             f"to whole existing paths, or add `accept {INEXACT_DENY}` to its "
             f"`plugin \"{plugin}\"` block (`policy-lint`: PL313)"
-            for why in inexact_denies(table)]
+            for why in inexact_denies(table, data_dir)]
 
 
 def find_entry_point(metadata: PluginMetadata) -> list[str]:
