@@ -13,13 +13,14 @@ a :class:`~policy_engine.compiler.PolicySet`:
 - conditions (``PL307`` constant, ``PL308`` can fail at run time, ``PL312`` a ``matches``
   glob whose meaning changed with the language's glob semantics);
 - refusals and opt-outs (``PL310`` an unpinned in-process plugin, ``PL311`` each accepted
-  risk).
+  risk, ``PL313`` a file deny the kernel sandbox cannot hold exactly).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from ..compiler import CompiledRule, PolicySet, compile_policy
 from ..conditions import ConditionError, evaluate, version_key
 from ..diagnostics import Diagnostic, Span
 from ..errors import PolicyCompileError, PolicySyntaxError
+from ..exactness import inexact_reason
 from ..nodes import Effect
 from ..parser import parse_policy
 from ..patterns import (
@@ -41,7 +43,7 @@ from ..patterns import (
     glob_matches,
 )
 from ..permissions import ALL_PERMISSIONS, Permission, ResourceKind
-from ..risks import RISKS, UNPINNED_INPROCESS
+from ..risks import INEXACT_DENY, RISKS, UNPINNED_INPROCESS
 from ..settings import Isolation, Overlay
 from ..units import UnitError, format_duration, format_percent, format_size, parse_percent
 from .findings import finding, first_line_span, recode, snippet
@@ -114,7 +116,87 @@ def analyse_policy_set(policy: PolicySet) -> list[Diagnostic]:
     found.extend(_changed_globs(policy.rules, sources))
     found.extend(_unpinned_inprocess(policy, sources))
     found.extend(_accepted_risks(policy, sources))
+    found.extend(_inexact_denies(policy, sources))
     return found
+
+
+# PL313 ------------------------------------------------------------------------------------
+
+_READ, _WRITE, _DELETE = Permission.FILE_READ, Permission.FILE_WRITE, Permission.FILE_DELETE
+#: For each deny, the grants whose trees it must be held inside: a read deny inside every
+#: tree the view shows (read and write grants), a write or delete deny inside write grants.
+_SHOWN_BY = {_READ: (_READ, _WRITE, _DELETE), _WRITE: (_WRITE, _DELETE), _DELETE: (_WRITE, _DELETE)}
+_SAMPLE_PLUGIN = ("sample", "/sample")
+
+
+def _path_patterns(rule: CompiledRule) -> list[tuple[Any, PathPattern]]:
+    out: list[tuple[Any, PathPattern]] = []
+    for compiled in rule.patterns or ():
+        if ResourceKind.PATH not in compiled.kinds:
+            continue
+        try:
+            out.append((compiled, compile_pattern(ResourceKind.PATH,
+                                                  compiled.instantiate(*_SAMPLE_PLUGIN))))
+        except PatternError:
+            continue
+    return out
+
+
+def _same_plugins(a: CompiledRule, b: CompiledRule) -> bool:
+    return a.plugins is None or b.plugins is None or bool(a.plugins & b.plugins)
+
+
+def _accepts(policy: PolicySet, rule: CompiledRule) -> bool:
+    key = f"accept.{INEXACT_DENY}"
+    if policy.defaults.get(key):
+        return True
+    return rule.plugins is not None and all(
+        name in policy.plugin_settings and policy.plugin_settings[name].get(key)
+        for name in rule.plugins)
+
+
+def _inexact_denies(policy: PolicySet, sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    read_masks = {
+        (pattern.canonical, rule.plugins) for rule in policy.rules
+        if rule.effect is Effect.DENY and _READ in rule.permissions and rule.when is None
+        and rule.unless is None for _, pattern in _path_patterns(rule)}
+    for rule in policy.rules:
+        if rule.effect is Effect.DENY and not _accepts(policy, rule):
+            found = _first_inexact(policy, rule, read_masks)
+            if found is not None:
+                compiled, why = found
+                yield finding("PL313", f"the kernel sandbox cannot hold the deny of "
+                              f"`{compiled.text}` exactly: {why}", compiled.span,
+                              hint="deny whole existing paths (a file or `/dir/**`), narrow "
+                              f"the grant, or add `accept {INEXACT_DENY}` to the plugin's block; "
+                              "the loader refuses it as it is",
+                              source=sources.get(compiled.span.file))
+
+
+def _first_inexact(policy: PolicySet, rule: CompiledRule,
+                   read_masks: set[tuple[str, frozenset[str] | None]]) -> tuple[Any, str] | None:
+    """The first pattern of deny ``rule`` the kernel cannot hold exactly, and why."""
+    conditional = rule.when is not None or rule.unless is not None
+    for permission in (_READ, _WRITE, _DELETE):
+        if permission not in rule.permissions:
+            continue
+        trees: dict[str, None] = {}
+        for allow in policy.rules:
+            if allow.effect is not Effect.ALLOW or not _same_plugins(rule, allow) or \
+                    not allow.permissions & set(_SHOWN_BY[permission]):
+                continue
+            if allow.patterns is None:
+                trees["/"] = None
+            trees.update(dict.fromkeys(p.landlock_root for _, p in _path_patterns(allow)))
+        for compiled, pattern in _path_patterns(rule) if trees else ():
+            masked = permission is _READ or (pattern.canonical, rule.plugins) in read_masks
+            # A path with plugin variables is only known per plugin: not checked here.
+            exists = None if compiled.per_plugin else os.path.lexists
+            why = inexact_reason(pattern, trees, conditional=conditional, masked=masked,
+                                 exists=exists)
+            if why is not None:
+                return compiled, why
+    return None
 
 
 # PL310, PL311 -----------------------------------------------------------------------------

@@ -475,6 +475,23 @@ RULES: tuple[Rule, ...] = (
         fix: write `"/srv/**"` to keep matching below `/srv`, or add `# noqa: PL312` once
         the new meaning has been checked.
         """),
+    _rule("PL313", "inexact-deny", E, "a file deny the kernel sandbox cannot hold exactly", """
+        Reports a `file:read` deny that reaches into a tree the same plugins are granted
+        (a `file:write` or `file:delete` deny: into a write grant) and that the sandbox
+        cannot mask with an empty mount: a glob (`/srv/data/**/*.key`), a deny with a
+        condition, a path that does not exist yet where the linter runs, a deny wider than
+        the granted tree, or a write deny without a `file:read` deny of the same path.
+        Unless `defaults` or every named plugin's block says `accept inexact-deny`.
+        """, """
+        Such a deny is held by the decision table and the worker's audit hook alone, and a
+        route the hook does not see (a C library opening a file) reads through it. The
+        loader refuses the plugin, so the policy would not do what it says.
+        """, """
+            allow plugin * to file:read on "/srv/data/**"
+            deny plugin * to file:read on "/srv/data/**/*.key"
+        fix: keep the keys in a directory of their own and deny it whole, or accept it:
+            deny plugin * to file:read on "/srv/data/keys/**"
+        """),
     # PL4xx: code against manifest --------------------------------------------------------
     _rule("PL401", "undeclared-capability", E, "plugin code uses a capability its manifest does not declare", """
         Compares what the static code scan finds (file reads and writes, deletions,

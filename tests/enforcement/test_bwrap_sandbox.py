@@ -6,6 +6,7 @@ in-worker audit hook (``LockdownSpec(audit_hook=False)``).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -77,7 +78,42 @@ class Plugin:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
         shmid = libc.shmget(0, 1 << 20, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
-        return shmid
+        return shmid, ctypes.get_errno()
+
+    def tasks(self, most):
+        import threading
+        threading.stack_size(256 * 1024)  # small stacks: the address-space limit stays far
+        stop = threading.Event()
+        started = []
+        try:
+            for _ in range(most):
+                thread = threading.Thread(target=stop.wait)
+                thread.start()
+                started.append(thread)
+            return len(started)
+        except RuntimeError:
+            return len(started)
+        finally:
+            stop.set()
+            for thread in started:
+                thread.join()
+
+    def memfd(self, size):
+        try:
+            fd = os.memfd_create("held")
+        except OSError as error:
+            return error.errno
+        os.ftruncate(fd, size)
+        return 0
+
+    def fill(self, path, size):
+        try:
+            with open(path, "wb") as handle:
+                for _ in range(size >> 20):
+                    handle.write(b"x" * (1 << 20))
+        except OSError as error:
+            return error.errno
+        return 0
 '''
 
 Starter = Callable[..., tuple[WorkerProcess, Any]]
@@ -197,16 +233,29 @@ def test_the_host_sockets_are_not_visible(start: Starter) -> None:
         assert "eth" not in worker.call("net", ["dev"], timeout=10)
 
 
-def test_system_v_shared_memory_dies_with_the_sandbox(start: Starter) -> None:
+def test_system_v_shared_memory_is_refused_and_leaves_nothing(start: Starter) -> None:
     def segments() -> set[str]:
         with open("/proc/sysvipc/shm") as table:
             return {line.split()[1] for line in table.readlines()[1:]}
 
     before = segments()
     worker, _ = start()
-    assert worker.call("shm", timeout=10) >= 0
+    # No cgroup counts it, so seccomp refuses it (the memory fallback).
+    assert worker.call("shm", timeout=10) == [-1, errno.EPERM]
     worker.stop()
     assert segments() <= before
+
+
+def test_memory_outside_the_resident_set_is_refused_or_capped(start: Starter) -> None:
+    worker, _ = start()
+    # An anonymous memfd is memory the sampler would not see: refused.
+    assert worker.call("memfd", [512 * 1024 * 1024], timeout=10) == errno.EPERM
+    # POSIX shared memory and /tmp are tmpfs capped at an eighth of the limit each (and
+    # counted in it), where the plugin may write at all.
+    for path in ("/dev/shm/held", "/tmp/held"):
+        assert worker.call("fill", [path, 64 * 1024 * 1024], timeout=30) in (errno.ENOSPC,
+                                                                             errno.EACCES)
+    assert worker.usage.memory_bytes < 256 * 1024 * 1024
 
 
 def test_the_grants_are_not_on_the_command_line(start: Starter, tree: Path) -> None:
@@ -268,3 +317,47 @@ def test_file_read_denies_become_masks(tmp_path: Path) -> None:
     assert str(plugin_dir / "private") in masks
     assert not [m for m in masks if m.endswith(".key")]  # a glob cannot be masked exactly
     assert not [m for m in masks if m == str(plugin_dir)]  # write denies are not masks
+
+
+def test_inexact_denies_are_named_and_a_grant_a_tree_deny_covers_is_left_out(
+        tmp_path: Path) -> None:
+    from policy_engine import Engine
+    from policy_engine.enforcement.host.spec import inexact_denies, kernel_grants
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+    (tmp_path / "srv" / "public").mkdir(parents=True)
+    (tmp_path / "site.policy").write_text(
+        f'allow plugin "summarizer" to file:read on "{tmp_path}/srv/**", "{tmp_path}/srv/public/**"\n'
+        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/**/*.key"\n'
+        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/later.txt"\n'
+        f'deny plugin "summarizer" to file:read on "{tmp_path}/srv/public/**"\n'
+        f'deny plugin "summarizer" to file:write on "{tmp_path}/own/**/*.db"\n')
+    engine = Engine.load([str(Path(__file__).resolve().parents[2] / "policies"),
+                          str(tmp_path / "site.policy")], plugins=examples,
+                         variables={"data_dir": str(tmp_path)})
+    table = engine.plugin_table("summarizer")
+    assert table is not None
+    found = inexact_denies(table)
+    assert [why.split(": `", 1)[0].rsplit(":", 2)[-2] for why in found] == ["2", "3"]
+    assert "glob inside granted" in found[0] and "does not exist yet" in found[1]
+    # The plugin's own data directory is shown writable, granted or not.
+    own = inexact_denies(table, str(tmp_path / "own"))
+    assert len(own) == 3 and f"granted `{tmp_path}/own`" in own[2]
+    # The deny of the whole public tree leaves that grant out of the kernel plan.
+    assert str(tmp_path / "srv" / "public") not in kernel_grants(table).read_paths
+    assert str(tmp_path / "srv") in kernel_grants(table).read_paths
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC is per uid: only a root host gives "
+                    "each plugin its own")
+def test_a_plugin_cannot_start_more_tasks_than_its_pids_limit(start: Starter) -> None:
+    from policy_engine.enforcement.host.supervisor import SANDBOX_TASKS
+
+    worker, _ = start()
+    started = worker.call("tasks", [SANDBOX_TASKS * 2], timeout=60)
+    assert SANDBOX_TASKS // 2 < started < SANDBOX_TASKS
+    worker.stop()
+    worker, _ = start(nproc=40)
+    assert 20 < worker.call("tasks", [SANDBOX_TASKS], timeout=60) < 40
+    # The worker is still healthy after the refusal.
+    assert worker.call("status", ["CapEff"], timeout=10) == "0000000000000000"

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from policy_engine import Engine, ResourceLimitError
 from policy_engine.cli.main import main
-from policy_engine.enforcement.host import doctor
+from policy_engine.enforcement.host import bwrap, doctor
+from policy_engine.enforcement.host.sampler import Sampler
+from policy_engine.enforcement.host.supervisor import tmpfs_cap
+from policy_engine.enforcement.host.usage import ResourceLimits
+from policy_engine.risks import RISKS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 ALL = dict.fromkeys(doctor.LAYERS, True)
@@ -25,10 +31,43 @@ def test_full_only_when_every_layer_is_active() -> None:
 def test_without_namespaces_an_untrusted_plugin_is_refused_unless_the_risk_is_accepted() -> None:
     layers = {**ALL, "bubblewrap": False}
     refusal = doctor.sandbox_refusal(layers, frozenset())
-    assert "`missing-bubblewrap`" in refusal and "apt-get install bubblewrap" in refusal
+    assert "layer `bubblewrap` is missing" in refusal and "apt-get install bubblewrap" in refusal
+    assert "`accept missing-bubblewrap`" in refusal
     assert doctor.sandbox_refusal(layers, frozenset({"missing-bubblewrap"})) == ""
     assert doctor.sandbox_refusal(ALL, frozenset()) == ""
-    assert doctor.accepted_risks(None) == frozenset()
+
+
+def test_every_layer_but_the_network_namespace_has_a_registered_risk() -> None:
+    assert set(doctor.RISK_FOR_LAYER) == set(doctor.LAYERS) - {"network-namespace"}
+    assert set(doctor.RISK_FOR_LAYER.values()) <= set(RISKS)
+    for layer, risk in doctor.RISK_FOR_LAYER.items():
+        refusal = doctor.sandbox_refusal({**ALL, layer: False}, frozenset())
+        assert f"`{layer}`" in refusal and f"`accept {risk}`" in refusal
+        assert doctor.sandbox_refusal({**ALL, layer: False}, frozenset({risk})) == ""
+    # Granted network is the policy's choice, not a missing layer.
+    assert doctor.sandbox_refusal({**ALL, "network-namespace": False}, frozenset()) == ""
+
+
+def test_the_cgroup_layer_holds_only_with_the_memory_fallback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    doctor.host_layers.cache_clear()
+    monkeypatch.setattr(bwrap, "available", lambda: "no namespaces here")
+    try:
+        layers = doctor.host_layers()
+        assert not layers["bubblewrap"] and not layers["cgroup"]
+        assert doctor.isolation_level(layers) == "without-bubblewrap"
+    finally:
+        doctor.host_layers.cache_clear()
+    check = doctor._cgroup_check(False)
+    assert not check.ok and "does not hold" in check.detail
+    assert doctor._cgroup_check(True).ok
+
+
+def test_accepted_risks_are_the_plugins_effective_ones() -> None:
+    engine = Engine.from_source('defaults { accept missing-cgroup }\n'
+                                'plugin "a" { accept missing-seccomp }')
+    assert doctor.accepted_risks(engine, "a") == {"missing-cgroup", "missing-seccomp"}
+    assert doctor.accepted_risks(engine, "b") == {"missing-cgroup"}
 
 
 def test_preflight_reports_every_layer_and_each_plugin(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,3 +83,19 @@ def test_preflight_reports_every_layer_and_each_plugin(capsys: pytest.CaptureFix
 def test_the_text_report_names_the_level(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 0
     assert capsys.readouterr().out.startswith("isolation level: ")
+
+
+def test_the_sampler_counts_the_tmpfs_caps_in_the_memory_limit() -> None:
+    errors: list[ResourceLimitError] = []
+    mib = 1024 * 1024
+
+    def sampler(reserved: int) -> Sampler:
+        return Sampler(os.getpid(), plugin="demo", limits=ResourceLimits(memory_bytes=100 * mib),
+                       with_descendants=False, on_violation=errors.append,
+                       signal_tree=lambda signal: None, reserved_bytes=reserved)
+
+    sampler(0)._check_memory(80 * mib)
+    assert errors == []
+    sampler(2 * tmpfs_cap(100 * mib))._check_memory(80 * mib)
+    assert len(errors) == 1 and "of it the sandbox's tmpfs caps" in str(errors[0])
+    assert errors[0].used == 80 * mib + 2 * tmpfs_cap(100 * mib)

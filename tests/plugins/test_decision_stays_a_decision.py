@@ -77,7 +77,9 @@ def make_loader(tmp_path: Path, isolation: str) -> PluginLoader:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     # In-process needs a pin or the accepted risk; the test accepts it (it is not the subject).
-    accept = " accept unpinned-inprocess" if isolation == "inprocess" else ""
+    # /srv/secret does not exist here, so its deny is held by the table alone: accepted
+    # too (the refusal is tested in test_sandbox_integration).
+    accept = " accept unpinned-inprocess" if isolation == "inprocess" else " accept inexact-deny"
     extra = f'plugin "spawner" {{ isolation {isolation}{accept} }}\n'
     (tmp_path / "site.policy").write_text(POLICY + extra)
     engine = Engine.load(tmp_path / "site.policy", plugins=tmp_path / "plugins",

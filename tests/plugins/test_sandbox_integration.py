@@ -26,7 +26,7 @@ from policy_engine import (
     ResourceLimitError,
 )
 from policy_engine.digest import plugin_digest
-from policy_engine.enforcement.host import kernel
+from policy_engine.enforcement.host import doctor, kernel
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.run import run_plugins
 from policy_engine.enforcement.host.sandbox import PluginSandbox
@@ -359,3 +359,111 @@ def test_loading_a_second_directory_with_a_loaded_name_unloads_both(tmp_path: Pa
         with pytest.raises(PluginValidationError, match="claimed by two directories"):
             loader.load(plugins / "b_second")
         assert loader.get("summarizer") is None  # the first does not keep running either
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *missing: str) -> None:
+    layers = {**doctor.host_layers(), **dict.fromkeys(missing, False)}
+    monkeypatch.setattr(doctor, "host_layers", lambda: layers)
+
+
+def test_an_untrusted_plugin_without_full_isolation_is_refused_naming_the_layer(
+    tmp_path: Path, plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without(monkeypatch, "bubblewrap", "user-namespace", "cgroup")
+    with make_loader(tmp_path, plugins) as loader:
+        with pytest.raises(PluginValidationError) as caught:
+            loader.load(plugins / "example_agent_plugin")
+        message = str(caught.value)
+        assert "`bubblewrap`, `user-namespace`, `cgroup` are missing" in message
+        assert "apt-get install bubblewrap" in message
+        assert "`accept missing-bubblewrap`, `accept missing-user-namespace`, " \
+               "`accept missing-cgroup`" in message
+        # The runner refuses it too, for callers that skip validation.
+        metadata = loader.engine.manifest("example-agent")
+        assert metadata is not None
+        with pytest.raises(PluginValidationError, match="missing-bubblewrap"):
+            loader.sandbox.runner_for(metadata, lambda hook: lambda *a, **k: None)
+
+
+def test_each_missing_layer_must_be_accepted_by_name(
+    tmp_path: Path, plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without(monkeypatch, "seccomp", "cgroup")
+    partly = POLICY + 'plugin "example-agent" { accept missing-seccomp }\n'
+    with make_loader(tmp_path, plugins, partly) as loader:
+        with pytest.raises(PluginValidationError, match="layer `cgroup` is missing"):
+            loader.load(plugins / "example_agent_plugin")
+    monkeypatch.undo()
+    _without(monkeypatch, "seccomp", "cgroup")
+    both = POLICY.replace("defaults { isolation process allow degraded }",
+                          "defaults { isolation process allow degraded\n accept missing-cgroup }")
+    both += 'plugin "example-agent" { accept missing-seccomp }\n'
+    (tmp_path / "second").mkdir()
+    with make_loader(tmp_path / "second", plugins, both) as loader:
+        assert doctor.plugin_refusal(loader.engine, "example-agent") == ""
+        assert "missing-seccomp" in doctor.plugin_refusal(loader.engine, "malicious")
+
+
+def test_a_pinned_plugin_is_trusted_whatever_the_level(
+    tmp_path: Path, plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without(monkeypatch, "bubblewrap", "user-namespace", "cgroup")
+    digest = plugin_digest(plugins / "example_agent_plugin")
+    pinned = POLICY + f'trust plugin "example-agent" sha256 "{digest}"\n'
+    with make_loader(tmp_path, plugins, pinned) as loader:
+        assert doctor.plugin_refusal(loader.engine, "example-agent") == ""
+        assert doctor.plugin_refusal(loader.engine, "malicious") != ""
+
+
+def test_a_deny_the_kernel_cannot_hold_is_refused_naming_the_rule(
+    tmp_path: Path, plugins: Path
+) -> None:
+    policy = POLICY + 'deny plugin "example-agent" to file:read on "{plugin_dir}/**/*.key"\n'
+    with make_loader(tmp_path, plugins, policy) as loader:
+        with pytest.raises(PluginValidationError) as caught:
+            loader.load(plugins / "example_agent_plugin")
+        message = str(caught.value)
+        assert "site.policy:8:1" in message and '"{plugin_dir}/**/*.key"' in message
+        assert "glob inside granted" in message and "accept inexact-deny" in message
+        metadata = loader.engine.manifest("example-agent")
+        assert metadata is not None
+        with pytest.raises(PluginValidationError, match="inexact-deny"):
+            loader.sandbox.runner_for(metadata, lambda hook: lambda *a, **k: None)
+    missing = POLICY + f'deny plugin "example-agent" to file:read on "{plugins}/example_agent_plugin/later.txt"\n'
+    (tmp_path / "second").mkdir()
+    with make_loader(tmp_path / "second", plugins, missing) as loader:
+        with pytest.raises(PluginValidationError, match="does not exist yet"):
+            loader.load(plugins / "example_agent_plugin")
+
+
+def test_an_accepted_inexact_deny_loads_and_the_table_still_holds_it(
+    tmp_path: Path, plugins: Path
+) -> None:
+    policy = POLICY + ('deny plugin "example-agent" to file:read on "{plugin_dir}/**/*.key"\n'
+                       'plugin "example-agent" { accept inexact-deny }\n')
+    with make_loader(tmp_path, plugins, policy) as loader:
+        agent = loader.load(plugins / "example_agent_plugin")
+        assert agent.run("tests") == "hello, tests"
+        key = str(plugins / "example_agent_plugin" / "sub" / "a.key")
+        assert loader.sandbox.check_permission("example-agent", "file:read", key) is False
+
+
+def test_the_level_reported_is_the_workers_own_and_a_shortfall_is_refused(
+    tmp_path: Path, plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with make_loader(tmp_path, plugins) as loader:
+        agent = loader.load(plugins / "example_agent_plugin")
+        report = agent.runner.report  # type: ignore[attr-defined]
+        sandboxed = agent.runner.worker.sandboxed  # type: ignore[attr-defined]
+        level = doctor.isolation_level(doctor.plugin_layers(
+            loader.engine, "example-agent", doctor.worker_layers(report, sandboxed)))
+        assert agent.isolation == f"process ({level})"
+    # The worker came up without seccomp although the host promised it: stopped, refused.
+    real = doctor.worker_layers
+    monkeypatch.setattr(doctor, "worker_layers",
+                        lambda report, sandboxed: {**real(report, sandboxed), "seccomp": False})
+    (tmp_path / "second").mkdir()
+    with make_loader(tmp_path / "second", plugins) as loader:
+        with pytest.raises(PluginValidationError, match="layer `seccomp` is missing"):
+            loader.load(plugins / "example_agent_plugin")
+        assert loader.get("example-agent") is None

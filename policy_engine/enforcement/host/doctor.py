@@ -3,30 +3,68 @@
 :func:`preflight` is the library call behind ``policy-engine doctor``. Levels are named and
 machine-readable: :attr:`Preflight.layers` says which layers are active, and the level is
 ``full`` only when every one is; otherwise it is ``without-<first missing layer>``.
-Without bubblewrap or user namespaces a worker falls back to the in-process layers
-(Landlock, seccomp, rlimits); an untrusted plugin is then refused unless the policy accepts
-the risk by name (:func:`sandbox_refusal`).
+An untrusted plugin (one without a matching ``trust`` pin) whose level is not ``full`` is
+refused unless the policy accepts, for that plugin, the risk of each missing layer by name
+(:func:`plugin_refusal`; the names are in :mod:`policy_engine.risks`).
+
+The ``cgroup`` layer stands for "memory is counted from outside, all of it". The engine
+does not place workers in cgroups yet, so the layer holds through the documented fallback:
+the worker runs under bubblewrap (``/tmp`` and ``/dev/shm`` are size-capped tmpfs whose caps
+are subtracted from the memory limit the sampler enforces) and seccomp refuses
+``memfd_create`` and System V ``shmget``, the ways to hold memory outside the counted ones.
+When either of those is missing, so is the layer; a delegated cgroup v2 is reported by the
+``cgroup`` check but not used.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from ...risks import (
+    MISSING_BUBBLEWRAP,
+    MISSING_CGROUP,
+    MISSING_LANDLOCK,
+    MISSING_SECCOMP,
+    MISSING_USER_NAMESPACE,
+)
+from ...settings import Isolation
+from ...table import PinStatus
 from . import bwrap, kernel
 from .spec import kernel_grants
 
-__all__ = ["LAYERS", "Check", "Preflight", "PluginLevel", "accepted_risks", "isolation_level",
-           "preflight", "sandbox_refusal"]
+__all__ = ["LAYERS", "RISK_FOR_LAYER", "Check", "Preflight", "PluginLevel", "accepted_risks",
+           "host_layers", "isolation_level", "plugin_layers", "plugin_refusal", "preflight",
+           "sandbox_refusal", "worker_layers"]
 
 #: Every layer, in the order the level names the first one missing.
 LAYERS = ("bubblewrap", "user-namespace", "network-namespace", "landlock", "landlock-scoping",
           "seccomp", "cgroup")
-#: The risk a policy accepts to run a plugin without each layer.
-RISK_FOR_LAYER = {"bubblewrap": "missing-bubblewrap", "user-namespace": "missing-user-namespace"}
+#: The risk a policy accepts to run an untrusted plugin without each layer. The network
+#: namespace is absent only where the policy grants network, so it has no risk.
+RISK_FOR_LAYER: Mapping[str, str] = {
+    "bubblewrap": MISSING_BUBBLEWRAP,
+    "user-namespace": MISSING_USER_NAMESPACE,
+    "landlock": MISSING_LANDLOCK,
+    "landlock-scoping": MISSING_LANDLOCK,
+    "seccomp": MISSING_SECCOMP,
+    "cgroup": MISSING_CGROUP,
+}
+#: What to install or change to get each layer.
+_REMEDY: Mapping[str, str] = {
+    "bubblewrap": "install bubblewrap 0.8 or later (`apt-get install bubblewrap`)",
+    "user-namespace": "allow user namespaces (run the host as root, or allow `userns` for "
+                      "bwrap in AppArmor, `kernel.apparmor_restrict_unprivileged_userns`)",
+    "landlock": "run a kernel with Landlock ABI 6 or later (Linux 6.12), enabled in `lsm=`",
+    "landlock-scoping": "run a kernel with Landlock ABI 6 or later (Linux 6.12)",
+    "seccomp": "install libseccomp (`apt-get install libseccomp2`) on a kernel with seccomp",
+    "cgroup": "install bubblewrap and libseccomp so that the memory fallback holds",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +114,84 @@ def isolation_level(layers: Mapping[str, bool]) -> str:
     return "full"
 
 
-def accepted_risks(settings: object) -> frozenset[str]:
-    """The risks a plugin's settings accept (``accept <risk>``); none until that construct
-    exists, so every refusal below stands."""
-    return frozenset()
+def accepted_risks(engine: Any, plugin: str) -> frozenset[str]:
+    """The risks the policy accepts for ``plugin`` (``accept <risk>`` in its block and in
+    ``defaults``)."""
+    return frozenset(engine.effective(plugin).accepted_risks)
 
 
 def sandbox_refusal(layers: Mapping[str, bool], accepted: frozenset[str]) -> str:
-    """Why an untrusted plugin may not run with these layers, or empty."""
-    for layer, risk in RISK_FOR_LAYER.items():
-        if not layers.get(layer, False) and risk not in accepted:
-            return (f"layer `{layer}` is missing and the policy does not accept `{risk}`; "
-                    "install bubblewrap (`apt-get install bubblewrap`) or allow user "
-                    "namespaces")
-    return ""
+    """Why an untrusted plugin may not run with these layers, or empty: every missing layer
+    whose risk is not accepted, each with what to install."""
+    missing = [layer for layer, risk in RISK_FOR_LAYER.items()
+               if not layers.get(layer, False) and risk not in accepted]
+    if not missing:
+        return ""
+    risks = ", ".join(f"`accept {risk}`" for risk in dict.fromkeys(RISK_FOR_LAYER[m]
+                                                                    for m in missing))
+    remedies = "; ".join(dict.fromkeys(_REMEDY[m] for m in missing))
+    names = ", ".join(f"`{m}`" for m in missing)
+    return (f"an untrusted plugin needs full process isolation, and layer{'s' if len(missing) > 1 else ''} "
+            f"{names} {'are' if len(missing) > 1 else 'is'} missing on this host; {remedies}; "
+            f"or pin the plugin with a `trust` line, or add {risks} to its `plugin` block")
+
+
+@functools.cache
+def host_layers() -> Mapping[str, bool]:
+    """The layers a worker started on this host gets (before any plugin's grants)."""
+    features = kernel.detect()
+    sandboxed = bwrap.bwrap_path() is not None and not bwrap.available()
+    return MappingProxyType({
+        "bubblewrap": sandboxed,
+        "user-namespace": sandboxed,
+        "network-namespace": sandboxed,
+        "landlock": features.landlock_abi > 0,
+        "landlock-scoping": features.scoping,
+        "seccomp": features.seccomp,
+        # The memory fallback (see the module docstring): tmpfs caps counted, memfd and
+        # System V shared memory refused.
+        "cgroup": sandboxed and features.seccomp,
+    })
+
+
+def plugin_layers(engine: Any, plugin: str, layers: Mapping[str, bool] | None = None
+                  ) -> dict[str, bool]:
+    """The layers ``plugin``'s worker would get: the host's, less the network namespace
+    where the policy grants network."""
+    own = dict(host_layers() if layers is None else layers)
+    table = engine.plugin_table(plugin)
+    if table is not None and kernel_grants(table).network:
+        own["network-namespace"] = False  # network granted: the host's is shared
+    return own
+
+
+def worker_layers(report: Any, sandboxed: bool) -> dict[str, bool]:
+    """The layers a started worker actually has, from its own isolation report: never
+    more than was applied (a system call seccomp could not name is a missing layer)."""
+    seccomp_ok = bool(report.seccomp) and not any(
+        str(m).startswith("seccomp:") for m in report.missing)
+    return {
+        "bubblewrap": sandboxed,
+        "user-namespace": sandboxed,
+        "network-namespace": sandboxed,
+        "landlock": report.landlock_abi > 0,
+        "landlock-scoping": bool(report.scoping),
+        "seccomp": seccomp_ok,
+        "cgroup": sandboxed and seccomp_ok,
+    }
+
+
+def plugin_refusal(engine: Any, plugin: str, layers: Mapping[str, bool] | None = None) -> str:
+    """Why ``plugin`` may not run in a worker on this host, or empty.
+
+    A plugin whose ``trust`` pin matches is trusted and never refused here; an in-process
+    plugin is :func:`~.validation.inprocess_refusal`'s business."""
+    table = engine.plugin_table(plugin)
+    if table is None or table.pin is PinStatus.MATCH:
+        return ""
+    if table.effective.limits.isolation is not Isolation.PROCESS:
+        return ""
+    return sandbox_refusal(plugin_layers(engine, plugin, layers), accepted_risks(engine, plugin))
 
 
 def _read(path: str) -> str | None:
@@ -127,7 +229,7 @@ def _userns_check() -> Check:
     return Check("user-namespace", ok, detail)
 
 
-def _cgroup_check() -> Check:
+def _cgroup_state() -> str:
     mounts = _read("/proc/self/mounts") or ""
     for line in mounts.splitlines():
         parts = line.split()
@@ -136,44 +238,41 @@ def _cgroup_check() -> Check:
             delegated = os.access(where, os.W_OK) and "ro" not in options and \
                 os.path.exists(os.path.join(where, "cgroup.subtree_control"))
             if where == "/sys/fs/cgroup" and delegated:
-                return Check("cgroup", False, "cgroup v2 at /sys/fs/cgroup; no delegated "
-                             "cgroup configured: limits are sampled from outside")
+                return "cgroup v2 at /sys/fs/cgroup, not used by workers yet"
             state = "read-only" if not delegated else "writable"
-            return Check("cgroup", False, f"cgroup v2 at {where} is {state} (cgroup v1 host): "
-                         "memory and CPU limits are sampled from outside")
-    return Check("cgroup", False, "no cgroup v2 mount: limits are sampled from outside")
+            return f"cgroup v2 at {where} is {state} (cgroup v1 host)"
+    return "no cgroup v2 mount"
+
+
+def _cgroup_check(fallback: bool) -> Check:
+    """The ``cgroup`` layer: memory counted from outside, here by the fallback."""
+    if fallback:
+        how = ("memory fallback holds: resident memory sampled from outside, tmpfs caps "
+               "counted in the limit, memfd_create and shmget refused by seccomp")
+    else:
+        how = ("memory fallback does not hold (it needs bubblewrap and seccomp): memory in "
+               "memfd or shared memory is not counted")
+    return Check("cgroup", fallback, f"{_cgroup_state()}; {how}; CPU sampled")
 
 
 def preflight(engine: Any = None) -> Preflight:
     """Probe this host; with ``engine``, the level each of its plugins would get."""
     features = kernel.detect()
+    layers = dict(host_layers())
     checks = (
         _bwrap_check(),
         _userns_check(),
-        _cgroup_check(),
+        _cgroup_check(layers["cgroup"]),
         Check("landlock", features.landlock_abi > 0, f"ABI {features.landlock_abi}"),
         Check("seccomp", features.seccomp, "libseccomp and kernel filtering"
               if features.seccomp else "libseccomp or kernel support missing"),
     )
-    by_name = {check.name: check.ok for check in checks}
-    layers = {
-        "bubblewrap": by_name["bubblewrap"],
-        "user-namespace": by_name["user-namespace"],
-        "network-namespace": by_name["bubblewrap"] and by_name["user-namespace"],
-        "landlock": features.landlock_abi > 0,
-        "landlock-scoping": features.scoping,
-        "seccomp": features.seccomp,
-        "cgroup": by_name["cgroup"],
-    }
     plugins: list[PluginLevel] = []
     if engine is not None:
         for name in _names(engine.plugins):
-            table = engine.plugin_table(name)
-            own = dict(layers)
-            if table is not None and kernel_grants(table).network:
-                own["network-namespace"] = False  # network granted: the host's is shared
-            refusal = sandbox_refusal(own, accepted_risks(None))
-            plugins.append(PluginLevel(name, isolation_level(own), own, refusal))
+            own = plugin_layers(engine, name, layers)
+            plugins.append(PluginLevel(name, isolation_level(own), own,
+                                       plugin_refusal(engine, name, layers)))
     return Preflight(checks, layers, isolation_level(layers), tuple(plugins))
 
 

@@ -103,8 +103,12 @@ class ProcessRunner:
     """Runs a plugin in its own locked-down worker process."""
 
     def __init__(self, init: WorkerInit, services: HostServices, *,
-                 scratch_dir: Path | None = None) -> None:
+                 scratch_dir: Path | None = None,
+                 levels: Callable[[Any, bool], tuple[str, str]] | None = None) -> None:
+        """``levels(report, sandboxed)`` names the level of the started worker from its own
+        report and why it must not run at that level (empty when it may)."""
         self.scratch_dir = scratch_dir
+        self._levels = levels
         self.init = init
         self.services = services
         self.worker = WorkerProcess(capability_handler=services.handle,
@@ -136,7 +140,13 @@ class ProcessRunner:
             result = self.worker.start(self.init)
         except PermissionDeniedError as error:
             raise self._decided_by_host(error) from None
-        self.isolation = f"process ({result.report.level})"
+        level = result.report.level
+        if self._levels is not None:
+            level, refusal = self._levels(result.report, self.worker.sandboxed)
+            if refusal:  # the worker got less than this host promised: it does not run
+                self.stop()
+                raise PluginValidationError(self.init.plugin, [refusal])
+        self.isolation = f"process ({level})"
         return result.init_result
 
     @property

@@ -42,8 +42,12 @@ class Sampler:
         with_descendants: bool,
         on_violation: Callable[[ResourceLimitError], None],
         signal_tree: Callable[[int], None],
+        reserved_bytes: int = 0,
     ) -> None:
+        """``reserved_bytes`` is memory the sandbox can hold outside its processes' resident
+        set (its size-capped tmpfs mounts): it counts toward the limit as if always full."""
         self._pid = pid
+        self._reserved = max(0, reserved_bytes)
         self._plugin = plugin
         self._limits = limits
         self._with_descendants = with_descendants
@@ -171,14 +175,17 @@ class Sampler:
         self._check_cpu(now, cpu)
         return True
 
-    def _check_memory(self, rss: int) -> None:
+    def _check_memory(self, resident: int) -> None:
         limit = self._limits.memory_bytes
         if limit <= 0:
             return
+        rss = resident + self._reserved
         if rss > limit:
             self._on_violation(ResourceLimitError(
                 f"plugin `{self._plugin}` ran out of memory: it used {human_size(rss)} (peak), "
-                f"over its limit of {human_size(limit)}, and was stopped",
+                f"over its limit of {human_size(limit)}, and was stopped"
+                + (f" ({human_size(self._reserved)} of it the sandbox's tmpfs caps)"
+                   if self._reserved else ""),
                 plugin=self._plugin, resource="memory",
                 limit=float(limit), used=float(rss)))
         elif rss > limit * self._limits.memory_warn_fraction and not self._warned:

@@ -30,7 +30,7 @@ from ...manifest import PluginMetadata
 from ...permissions import Permission
 from ...settings import Isolation
 from ..inprocess.runner import DeadlineExceeded, InprocessRunner, call_with_deadline
-from . import kernel
+from . import doctor, kernel
 from .capabilities import HookRegistry
 from .monitor import ResourceMonitor
 from .permission_manager import PermissionManager
@@ -38,7 +38,12 @@ from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner
 from .spec import checker_data, kernel_grants, lockdown_spec, resource_limits
 from .supervisor import WorkerInit
 from .usage import ResourceUsage
-from .validation import ValidationResult, inprocess_refusal, validate_plugin
+from .validation import (
+    ValidationResult,
+    inexact_deny_refusal,
+    inprocess_refusal,
+    validate_plugin,
+)
 
 #: The most decision records the sandbox keeps; older ones are dropped (and counted).
 MAX_RECORDS = 10_000
@@ -116,6 +121,13 @@ class PluginSandbox:
                     f"{', '.join(report.missing)}); add `isolation process allow degraded` to the "
                     f"plugin's policy block to run it anyway"
                 )
+            refusal = doctor.plugin_refusal(self.engine, metadata.name)
+            if refusal:
+                errors.append(refusal)
+            # The data directory is shown writable: a deny inside it counts too.
+            errors.extend(e for e in inexact_deny_refusal(
+                self.engine, metadata.name, str(self.data_dir / metadata.name))
+                if e not in result.errors)
         return ValidationResult(not errors, tuple(errors), result.warnings, result.findings)
 
     def check_permission(self, plugin: str, operation: str | Permission, resource: str | None = None) -> bool:
@@ -239,6 +251,13 @@ class PluginSandbox:
         refusal = inprocess_refusal(self.engine, name)
         if refusal is not None:  # also checked by validate_plugin; a runner never skips it
             raise PluginValidationError(name, [refusal])
+        # An untrusted plugin without full process isolation, unless each gap is accepted.
+        refusal = doctor.plugin_refusal(self.engine, name) or None
+        if refusal is not None:
+            raise PluginValidationError(name, [refusal])
+        inexact = inexact_deny_refusal(self.engine, name, str(self.data_dir / name))
+        if inexact:
+            raise PluginValidationError(name, inexact)
         plugin_path = metadata.plugin_path
         if plugin_path is None:
             raise PluginValidationError(name, ["the manifest came without a plugin directory"])
@@ -286,4 +305,9 @@ class PluginSandbox:
         )
         if limits.isolation is not Isolation.PROCESS:
             raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])
-        return ProcessRunner(init, services, scratch_dir=scratch)
+        def levels(report: Any, sandboxed: bool) -> tuple[str, str]:
+            layers = doctor.plugin_layers(self.engine, name, doctor.worker_layers(report, sandboxed))
+            return (doctor.isolation_level(layers),
+                    doctor.plugin_refusal(self.engine, name, layers))
+
+        return ProcessRunner(init, services, scratch_dir=scratch, levels=levels)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ...engine import Engine
 from ...errors import UsageError
+from ...exactness import inexact_reason, is_under, mask_path
 from ...patterns import HostPattern, PathPattern, Pattern
 from ...permissions import Permission
 from ...table import (
@@ -27,8 +28,8 @@ from ..wire import WireEntry, WireRule, WireTable
 from ..worker.lockdown import LockdownSpec
 from .usage import ResourceLimits
 
-__all__ = ["KernelGrants", "checker_data", "kernel_grants", "kernel_masks", "lockdown_spec",
-           "resource_limits", "wire_table"]
+__all__ = ["KernelGrants", "checker_data", "inexact_denies", "kernel_grants", "kernel_masks",
+           "lockdown_spec", "resource_limits", "wire_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,25 @@ def _granted(entry: ActionEntry | None) -> tuple[Pattern, ...] | None:
         if rule.patterns is None:
             return entry.declared_patterns  # any resource, narrowed by the declaration
         rule_patterns.extend(rule.patterns)
-    return tuple(rule_patterns)
+    # A grant inside a tree an unconditional deny covers whole is never shown: the kernel
+    # then holds that deny exactly (see policy_engine.exactness).
+    denied = _denied_trees(entry)
+    return tuple(p for p in rule_patterns
+                 if not (isinstance(p, PathPattern) and any(is_under(p.landlock_root, tree)
+                                                            for tree in denied)))
+
+
+def _denied_trees(entry: ActionEntry) -> tuple[str, ...]:
+    trees: list[str] = []
+    for rule in entry.denies:
+        if rule.patterns is None or rule.when is not None or rule.unless is not None:
+            continue
+        for pattern in rule.patterns:
+            if isinstance(pattern, PathPattern) and not pattern.is_literal:
+                tree = mask_path(pattern)
+                if tree is not None:
+                    trees.append(tree)
+    return tuple(trees)
 
 
 def _roots(patterns: tuple[Pattern, ...] | None) -> tuple[str, ...]:
@@ -94,6 +113,39 @@ def kernel_grants(table: PluginTable) -> KernelGrants:
         network=network != (),
         subprocess=_granted(entries.get(Permission.SUBPROCESS_EXECUTE)) != (),
     )
+
+
+def inexact_denies(table: PluginTable, data_dir: str | None = None) -> tuple[str, ...]:
+    """Each file deny of ``table`` the kernel sandbox cannot hold exactly, as a message
+    naming the rule (see :mod:`policy_engine.exactness`); empty when all are exact.
+    ``data_dir`` is the plugin's own data directory, which the view shows writable."""
+    grants = kernel_grants(table)
+    own = (data_dir,) if data_dir else ()
+    writable = (*grants.write_paths, *own)
+    shown = (*grants.read_paths, *writable,
+             *((table.plugin_dir,) if table.plugin_dir else ()))
+    masks = set(kernel_masks(table))
+    found: dict[str, None] = {}
+    for permission, trees in ((Permission.FILE_READ, shown),
+                              (Permission.FILE_WRITE, writable),
+                              (Permission.FILE_DELETE, writable)):
+        entry = table.entries.get(permission)
+        for rule in entry.denies if entry is not None else ():
+            conditional = rule.when is not None or rule.unless is not None
+            if rule.patterns is None:
+                if conditional and trees:
+                    found.setdefault(f"{rule.ref.location}: `{rule.ref.text}`: it has a "
+                                     "condition, which the kernel cannot evaluate", None)
+                continue
+            for pattern in rule.patterns:
+                if not isinstance(pattern, PathPattern):
+                    continue
+                masked = permission is Permission.FILE_READ or pattern.canonical in masks or \
+                    pattern.landlock_root in masks and pattern.segments[-1:] == ("**",)
+                why = inexact_reason(pattern, trees, conditional=conditional, masked=masked)
+                if why is not None:
+                    found.setdefault(f"{rule.ref.location}: `{rule.ref.text}`: {why}", None)
+    return tuple(found)
 
 
 def kernel_masks(table: PluginTable) -> tuple[str, ...]:

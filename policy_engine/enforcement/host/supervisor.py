@@ -243,6 +243,11 @@ class WorkerProcess:
         return self._report
 
     @property
+    def sandboxed(self) -> bool:
+        """Whether the current (or last) worker started under bubblewrap."""
+        return bool(getattr(self, "_sandboxed", False))
+
+    @property
     def usage(self) -> ResourceUsage:
         """The latest resource sample of the worker's tree."""
         sampler = self._sampler
@@ -366,7 +371,8 @@ class WorkerProcess:
         self._sampler = Sampler(
             self._proc.pid, plugin=init.plugin, limits=init.limits,
             with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
-            signal_tree=self._signal_tree)
+            signal_tree=self._signal_tree,
+            reserved_bytes=2 * tmpfs_cap(spec.memory_bytes) if self._sandboxed else 0)
         self._sampler.start()
         return StartResult(self._report, reply.init_result, self.pid or self._proc.pid)
 
@@ -392,6 +398,9 @@ class WorkerProcess:
     def _prepare_sandbox(self, init: WorkerInit) -> LockdownSpec:
         """The plugin's identity and its data directories (owned by it, mode 0700)."""
         spec = replace(init.lockdown, run_as_uid=None, run_as_gid=None, no_drop_reason="")
+        if os.geteuid() == 0 and not spec.nproc:
+            # The plugin's own uid: RLIMIT_NPROC, counted per uid, is its pids limit.
+            spec = replace(spec, nproc=SANDBOX_TASKS)
         self._identity = _sandbox_identity(init.plugin, self._identities)
         for path in dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir]):
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -797,14 +806,23 @@ class WorkerProcess:
         _LIVE.discard(self)
 
 
+#: The most tasks (processes and threads) a sandboxed plugin may hold on a root host.
+SANDBOX_TASKS = 256
+
+
+def tmpfs_cap(memory_bytes: int) -> int:
+    """The size cap of each of a sandbox's tmpfs mounts (``/tmp``, ``/dev/shm``): an eighth
+    of the memory limit. The sampler counts both caps in the limit, as if they were full."""
+    return max(memory_bytes // 8, 1024 * 1024) if memory_bytes else 64 * 1024 * 1024
+
+
 def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
                 gid: int) -> Any:
     """The :class:`~.view.ViewInputs` of a worker for ``init`` with lockdown ``spec``."""
     from .view import ViewInputs
 
     package_dir = _PACKAGE_DIR
-    # The tmpfs caps are memory the sandbox holds: an eighth of the limit each.
-    cap = max(spec.memory_bytes // 8, 1024 * 1024) if spec.memory_bytes else 64 * 1024 * 1024
+    cap = tmpfs_cap(spec.memory_bytes)
     return ViewInputs(
         plugin=init.plugin, plugin_dir=spec.plugin_dir,
         data_dirs=tuple(dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir])),

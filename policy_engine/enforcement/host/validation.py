@@ -15,12 +15,14 @@ from pathlib import Path
 from ...engine import Engine
 from ...manifest import PluginMetadata
 from ...plugin_api import PLUGIN_BASES
-from ...risks import UNPINNED_INPROCESS
+from ...risks import INEXACT_DENY, UNPINNED_INPROCESS
 from ...settings import Isolation
 from ...table import PinStatus
 from .scan import CodeFinding, scan_plugin
+from .spec import inexact_denies
 
-__all__ = ["ValidationResult", "find_entry_point", "inprocess_refusal", "validate_plugin"]
+__all__ = ["ValidationResult", "find_entry_point", "inexact_deny_refusal", "inprocess_refusal",
+           "validate_plugin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
         refusal = inprocess_refusal(engine, metadata.name)
         if refusal is not None:
             errors.append(refusal)
+        errors.extend(inexact_deny_refusal(engine, metadata.name))
     findings: tuple[CodeFinding, ...] = ()
     if scan and metadata.plugin_path is not None and metadata.plugin_path.is_dir():
         findings = scan_plugin(metadata.plugin_path)
@@ -84,6 +87,21 @@ def inprocess_refusal(engine: Engine, plugin: str) -> str | None:
             f"{'a pin that does not match' if table.pin is PinStatus.MISMATCH else 'none'}; pin it "
             f"(`policy-engine digest` prints the line), or add `accept {UNPINNED_INPROCESS}` to its "
             f"`plugin \"{plugin}\"` block")
+
+
+def inexact_deny_refusal(engine: Engine, plugin: str, data_dir: str | None = None) -> list[str]:
+    """One error per file deny the kernel sandbox cannot hold exactly for ``plugin`` (in
+    process isolation, with its own data directory ``data_dir``), unless the policy says
+    ``accept inexact-deny`` for it."""
+    table = engine.plugin_table(plugin)
+    if table is None or table.effective.limits.isolation is not Isolation.PROCESS:
+        return []
+    if INEXACT_DENY in table.effective.accepted_risks:
+        return []
+    return [f"the kernel cannot hold this deny exactly: {why}; narrow the grant or the deny "
+            f"to whole existing paths, or add `accept {INEXACT_DENY}` to its "
+            f"`plugin \"{plugin}\"` block (`policy-lint`: PL313)"
+            for why in inexact_denies(table, data_dir)]
 
 
 def find_entry_point(metadata: PluginMetadata) -> list[str]:

@@ -68,6 +68,10 @@ _ALWAYS_DENIED = (
     "fsmount", "fspick", "kexec_load", "kexec_file_load", "init_module", "finit_module",
     "delete_module", "acct", "swapon", "swapoff", "reboot",
 )
+# Memory held outside the resident set the host samples, with no cgroup to count it: an
+# anonymous memfd and System V shared memory (POSIX shared memory lives in the capped
+# /dev/shm tmpfs, which the host counts).
+_OUTSIDE_MEMORY = ("memfd_create", "shmget")
 _PROCESS_CREATION = ("execve", "execveat", "fork", "vfork")
 # Every system call that sets a file mode, with the index of its mode argument. A mode with
 # the set-user-ID or set-group-ID bit is refused, whatever the policy: a plugin must never
@@ -115,6 +119,10 @@ class LockdownSpec:
     audit_hook: bool = True
     #: Paths denied inside granted trees, masked in the sandbox's view by an empty mount.
     mask_paths: tuple[str, ...] = ()
+    #: RLIMIT_NPROC: the most tasks (processes and threads) the worker's uid may have; 0 is
+    #: none. The kernel counts it per uid, so the host sets it only where the worker runs
+    #: under a uid of its own (a sandbox on a root host).
+    nproc: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -136,6 +144,7 @@ class LockdownSpec:
             "no_drop_reason": self.no_drop_reason,
             "audit_hook": self.audit_hook,
             "mask_paths": list(self.mask_paths),
+            "nproc": self.nproc,
         }
 
     @classmethod
@@ -162,6 +171,7 @@ class LockdownSpec:
             no_drop_reason=str(data.get("no_drop_reason", "")),
             audit_hook=bool(data.get("audit_hook", True)),
             mask_paths=tuple(str(p) for p in data.get("mask_paths", ())),
+            nproc=int(data.get("nproc", 0)),
         )
 
 
@@ -271,6 +281,8 @@ def _apply_rlimits(spec: LockdownSpec, applied: _Progress) -> None:
         wanted.append(("nofile", resource.RLIMIT_NOFILE, spec.nofile))
     if spec.cpu_seconds > 0:
         wanted.append(("cpu", resource.RLIMIT_CPU, spec.cpu_seconds))
+    if spec.nproc > 0:
+        wanted.append(("nproc", resource.RLIMIT_NPROC, spec.nproc))
     for name, which, value in wanted:
         try:
             _soft, hard = resource.getrlimit(which)
@@ -471,6 +483,9 @@ def _apply_seccomp(spec: LockdownSpec, applied: _Progress) -> None:
 def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec) -> None:
     eperm = errno.EPERM
     for name in _ALWAYS_DENIED:
+        rules.deny(name, eperm)
+    # Workers never run in a cgroup yet: this is the memory fallback, so it always applies.
+    for name in _OUTSIDE_MEMORY:
         rules.deny(name, eperm)
     for name, index in _MODE_ARGUMENT:
         for bit in _SET_ID_BITS:
