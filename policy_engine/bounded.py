@@ -47,6 +47,7 @@ __all__ = [
     "load_yaml",
     "read_bounded_file",
     "read_bounded_lines",
+    "UndecodableLineError",
 ]
 
 #: Every diagnostic about a cap starts with this, so tools can tell them apart.
@@ -185,12 +186,21 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
     return b"".join(chunks)
 
 
+class UndecodableLineError(ValueError):
+    """A line of :func:`read_bounded_lines` is not UTF-8: its number and the byte (1-based)."""
+
+    def __init__(self, line: int, byte: int) -> None:
+        super().__init__(f"line {line} is not UTF-8 text (byte {byte})")
+        self.line = line
+        self.byte = byte
+
+
 def read_bounded_lines(path: str, *, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of each non-empty line of the regular file ``path`` (a log),
     within ``limits.log_bytes``, ``limits.log_entries`` and ``limits.log_line_chars``.
 
     Streams: at most one line is held at a time. Non-regular files are refused by ``stat``
-    before any open. Raises :class:`OSError`, :class:`UnicodeDecodeError` for a line that
+    before any open. Raises :class:`OSError`, :class:`UndecodableLineError` for a line that
     is not UTF-8, or :class:`InputLimitError` naming the line.
     """
     info = os.stat(path)
@@ -216,7 +226,10 @@ def read_bounded_lines(path: str, *, limits: InputLimits = DEFAULT_LIMITS) -> It
             if size > limits.log_bytes:  # it grew since the stat
                 raise InputLimitError([limit_diagnostic(path, f"the file has more than {limits.log_bytes:,} bytes",
                                                         "log_bytes", limits.log_bytes, line=number, column=1)])
-            text = raw.decode("utf-8")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UndecodableLineError(number, exc.start + 1) from None
             if len(text.rstrip("\r\n")) > limits.log_line_chars or not raw.endswith(b"\n") and len(raw) == line_bytes:
                 raise InputLimitError([limit_diagnostic(
                     path, f"line {number} is longer than {limits.log_line_chars:,} characters", "log_line_chars",

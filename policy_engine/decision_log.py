@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .bounded import DEFAULT_LIMITS, InputLimits, read_bounded_lines
+from .bounded import DEFAULT_LIMITS, InputLimits, UndecodableLineError, read_bounded_lines
 from .decision import Decision
 from .diagnostics import Diagnostic, Span
 from .errors import DecisionLogError
@@ -114,18 +114,16 @@ def read_decision_log(path: str | Path, *, limits: InputLimits = DEFAULT_LIMITS)
     """
     name = str(path)
     entries = []
-    lines = read_bounded_lines(name, limits=limits)
-    number = 0
     try:
-        for number, line in lines:
+        for number, line in read_bounded_lines(name, limits=limits):
             entries.append(flatten_event(_parse_line(name, number, line)))
-    except UnicodeDecodeError as exc:
-        raise DecisionLogError([Diagnostic(f"line {number + 1} is not UTF-8 text (byte {exc.start + 1} of "
-                                           "the line)", Span(name, number + 1, exc.start + 1),
+    except UndecodableLineError as exc:
+        raise DecisionLogError([Diagnostic(f"decision log line is not UTF-8 text (byte {exc.byte})",
+                                           Span(name, exc.line, exc.byte),
                                            "a decision log is UTF-8 JSON lines")]) from None
     except OSError as exc:
-        raise DecisionLogError([Diagnostic(f"cannot read the decision log: {exc.strerror or exc}",
-                                           Span(name, 0, 0))]) from None
+        raise DecisionLogError([Diagnostic(f"cannot read the decision log `{name}`: {exc.strerror or exc}",
+                                           None)]) from None
     return entries
 
 
@@ -133,11 +131,11 @@ def _parse_line(name: str, number: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DecisionLogError([Diagnostic(f"line {number} is not JSON: {exc.msg}",
+        raise DecisionLogError([Diagnostic(f"decision log line is not JSON: {exc.msg[:1].lower()}{exc.msg[1:]}",
                                            Span(name, number, exc.colno),
                                            "a decision log has one JSON object per line")]) from None
     except RecursionError:
-        raise DecisionLogError([Diagnostic(f"line {number} is nested too deeply to read",
+        raise DecisionLogError([Diagnostic("decision log line is nested too deeply to read",
                                            Span(name, number, 1))]) from None
 
 

@@ -141,13 +141,15 @@ def test_a_log_over_its_caps_is_refused_naming_the_line(tmp_path: Path) -> None:
 def test_a_bad_line_is_named_with_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     path.write_text(f"{LINE}\n{{\"plugin\": oops}}\n")
-    with pytest.raises(DecisionLogError, match="line 2 is not JSON") as info:
+    with pytest.raises(DecisionLogError, match="line is not JSON: expecting value") as info:
         read_replay_log(path)
     span = info.value.diagnostics[0].span
     assert span is not None and (span.line, span.column) == (2, 12)
-    path.write_bytes(LINE.encode() + b"\n\xff\n")
-    with pytest.raises(DecisionLogError, match="line 2 is not UTF-8"):
+    path.write_bytes(LINE.encode() + b"\n\n{\xff\n")
+    with pytest.raises(DecisionLogError, match="line is not UTF-8") as info:
         read_replay_log(path)
+    span = info.value.diagnostics[0].span
+    assert span is not None and (span.line, span.column) == (3, 2)
     path.write_text("[" * 60_000 + "\n")
     with pytest.raises(DecisionLogError, match="nested too deeply"):
         read_replay_log(path)
