@@ -22,6 +22,7 @@ from typing import Any
 
 import cachetools
 
+from .changes import ChangeDetector
 from .compiler import CompiledRule, PolicySet, compile_policy
 from .decision import Decision, Reason, deny
 from .decision_log import DecisionLog
@@ -149,21 +150,22 @@ def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[s
 
 
 def parse_sources(
-    sources: Mapping[str, str], memo: dict[tuple[str, str], PolicyFile] | None = None
+    sources: Mapping[str, str], memo: ChangeDetector[PolicyFile] | None = None
 ) -> list[PolicyFile]:
     """Parse several policy texts, collecting the syntax errors of all of them.
 
-    ``memo`` maps ``(file name, text)`` to its parse: a file whose text did not change is not
-    parsed again (parsing is most of a load), and the memo keeps only the files of this set.
+    ``memo`` (the change detector of :mod:`policy_engine.changes`) keeps each file's parse
+    by content digest: a file whose text did not change is not parsed again (parsing is most
+    of a load), and the memo keeps only the files of this set once all of them parsed.
     """
     parsed: list[PolicyFile] = []
     diagnostics: list[Diagnostic] = []
-    kept: dict[tuple[str, str], PolicyFile] = {}
+    kept: dict[str, tuple[str, PolicyFile]] = {}
     for name, text in sources.items():
-        known = memo.get((name, text)) if memo is not None else None
+        known = memo.kept(name, text) if memo is not None else None
         if known is not None:
             parsed.append(known)
-            kept[(name, text)] = known
+            kept[name] = (text, known)
             continue
         try:
             tree = parse_policy(text, name)
@@ -171,10 +173,9 @@ def parse_sources(
             diagnostics.extend(exc.diagnostics)
             continue
         parsed.append(tree)
-        kept[(name, text)] = tree
+        kept[name] = (text, tree)
     if memo is not None and not diagnostics:
-        memo.clear()
-        memo.update(kept)
+        memo.adopt(kept)
     if diagnostics:
         raise PolicySyntaxError(diagnostics)
     return parsed
@@ -212,9 +213,13 @@ class Engine:
         self._write_lock = threading.RLock()
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
         self._sources = dict(policy_sources)
-        self._parsed: dict[tuple[str, str], PolicyFile] = {}
+        self._parsed: ChangeDetector[PolicyFile] = ChangeDetector()
         self._revision = 0
-        self._manifest_memo: dict[str, tuple[bytes, PluginMetadata]] = {}
+        # One change detector per plugins directory: its manifests by path, content = the
+        # resolved path and the bytes (a symlinked plugin directory moved is a change).
+        self._manifest_memo: dict[str, ChangeDetector[PluginMetadata | None]] = {}
+        self._manifest_staged: list[tuple[str, ChangeDetector[PluginMetadata | None],
+                                          dict[str, tuple[bytes, PluginMetadata | None]]]] = []
         self._state = self._build(self._sources, self._all_manifests(), None)
         self._origin: Origin | None = None
 
@@ -296,6 +301,7 @@ class Engine:
         return cls(sources, loaded, variables, **options)
 
     def _all_manifests(self) -> tuple[list[PluginMetadata], list[Diagnostic]]:
+        self._manifest_staged = []
         found: list[PluginMetadata] = []
         problems: list[Diagnostic] = []
         for directory in self._plugin_dirs:
@@ -318,29 +324,32 @@ class Engine:
         # parses one.
         loaded: list[PluginMetadata] = []
         errors: list[ManifestError] = []
-        seen: dict[str, tuple[bytes, PluginMetadata]] = {}
+        detector = self._manifest_memo.setdefault(os.fspath(directory), ChangeDetector())
+        seen: dict[str, tuple[bytes, PluginMetadata | None]] = {}
         for path in discover_manifests(directory):
+            key = str(path)
             try:
-                # The resolved path is part of the key: a plugin directory that is a symlink
-                # now pointing elsewhere has another `{plugin_dir}` though the bytes are equal.
-                key = f"{path}\0{path.resolve()}"
-                raw = path.read_bytes()
+                raw: bytes | None = os.fsencode(path.resolve()) + b"\0" + path.read_bytes()
             except (OSError, ValueError, RuntimeError):
-                key, raw = str(path), None  # load_manifest reports why
-            known = self._manifest_memo.get(key)
-            if raw is not None and known is not None and known[0] == raw:
-                loaded.append(known[1])
-                seen[key] = known
-                continue
+                raw = None  # load_manifest reports why
+            if raw is not None:
+                known = detector.kept(key, raw)
+                if known is not None:
+                    loaded.append(known)
+                    seen[key] = (raw, known)
+                    continue
             try:
                 manifest = load_manifest(path)
             except ManifestError as exc:
                 errors.append(exc)
+                if raw is not None:
+                    seen[key] = (raw, None)  # an invalid manifest is still a content to watch
                 continue
             loaded.append(manifest)
             if raw is not None:
                 seen[key] = (raw, manifest)
-        self._manifest_memo.update(seen)
+        # Adopted by _build once the new state is in force: a refused build is seen again.
+        self._manifest_staged.append((os.fspath(directory), detector, seen))
         return loaded, errors
 
     def _build(
@@ -391,6 +400,9 @@ class Engine:
         for problem in problems:
             log.warning("%s", problem.render(caret=False))
         self._revision += 1
+        for _, detector, seen in self._manifest_staged:
+            detector.adopt(seen)
+        self._manifest_staged = []
         decision_table = DecisionTable(MappingProxyType(tables), policy.content_hash, self._revision)
         return _Snapshot(
             policy=policy,

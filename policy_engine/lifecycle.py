@@ -13,7 +13,6 @@ cap, conditional GET with ``ETag``/``If-None-Match``, and no redirect to another
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from .changes import ChangeDetector, content_digest
+from .changes import fingerprint as content_fingerprint
 from .errors import BundleError, PolicyEngineError, UsageError
 
 if TYPE_CHECKING:
@@ -143,6 +144,10 @@ class Origin:
         self._candidate: str | None = None
         self._pending: tuple[Bundle, bytes | None] | None = None
         self._pending_fingerprint: str | None = None
+        # The files of a directory source, by content: the change detector the engine's
+        # incremental reload uses too.
+        self._files: ChangeDetector[None] = ChangeDetector()
+        self._pending_files: Mapping[str, str] | None = None
         self.lock = threading.Lock()
         self.activated_at = time.time()
         self.last_success: float | None = None
@@ -206,6 +211,7 @@ class Origin:
         """Forget a staged version that failed to build."""
         self._pending = None
         self._pending_fingerprint = None
+        self._pending_files = None
 
     def commit(self) -> None:
         """Record the staged version as the one in force: revision, serial, the cached
@@ -215,6 +221,9 @@ class Origin:
         if self._pending_fingerprint is not None:
             self.fingerprint, self._pending_fingerprint = self._pending_fingerprint, None
             self._candidate = None
+            if self._pending_files is not None:
+                self._files.adopt({name: (text, None) for name, text in self._pending_files.items()})
+                self._pending_files = None
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -254,7 +263,8 @@ class Origin:
         if self.keyring is not None:
             raise UsageError("a public key verifies bundles only: pass one bundle file or URL")
         sources = read_policy_sources(self.paths)
-        self.fingerprint = _fingerprint(sources)
+        self._files.adopt({name: (text, None) for name, text in sources.items()})
+        self.fingerprint = self._files.fingerprint
         return sources
 
     def poll(self) -> dict[str, str] | None:
@@ -263,7 +273,7 @@ class Origin:
 
         if self.url is not None:
             data, etag = fetch(self.url, etag=self.etag, timeout=self.timeout)
-            if data is None or hashlib.sha256(data).hexdigest() == self.fingerprint:
+            if data is None or content_digest(data) == self.fingerprint:
                 self.etag = etag
                 return None
             bundle = self._verify(data)
@@ -271,20 +281,24 @@ class Origin:
             return self._stage(bundle, data)
         if self.is_bundle:
             data = _read_capped(Path(self.paths[0]))
-            if hashlib.sha256(data).hexdigest() == self.fingerprint:
+            if content_digest(data) == self.fingerprint:
                 return None
             return self._stage(self._verify(data), None)
         sources = read_policy_sources(self.paths)
-        fingerprint = _fingerprint(sources)
-        if fingerprint == self.fingerprint:
+        changes = self._files.changes(sources)
+        if not changes:
             self._candidate = None
             return None
+        fingerprint = content_fingerprint(sources)
         # A directory is adopted only when two consecutive polls read the same content: a
         # half-written file that happens to parse must not replace (and drop) a deny.
         if fingerprint != self._candidate:
             self._candidate = fingerprint
             return None
+        log.info("policy source `%s` changed: added %s, changed %s, removed %s", self.name,
+                 list(changes.added), list(changes.changed), list(changes.removed))
         self._pending_fingerprint = fingerprint  # adopted by commit() once it compiled
+        self._pending_files = sources
         return sources
 
 
@@ -296,15 +310,6 @@ def _read_capped(path: Path) -> bytes:
             return handle.read(MAX_BUNDLE_BYTES + 1)
     except OSError as exc:
         raise BundleError(f"cannot read `{path}`: {exc.strerror or exc}") from None
-
-
-def _fingerprint(sources: Mapping[str, str]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(sources):
-        for part in (name, sources[name]):
-            data = part.encode("utf-8")
-            digest.update(len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
 
 
 class WatchHandle:
