@@ -336,8 +336,10 @@ class DecisionLogger:
 
     @property
     def dropped(self) -> int:
-        """How many events a full queue dropped."""
-        return self._handler.dropped
+        """How many events were dropped: by a full queue here, and by any handler that
+        counts its own (``dropped``, as :class:`~policy_engine.uploader.DecisionUploader`)."""
+        own = sum(int(getattr(h, "dropped", 0)) for h in self._handlers)
+        return self._handler.dropped + own
 
     def set_bundle(self, revision: str, serial: int | None = None, name: str = "policy") -> None:
         """Name the bundle in force, for the ``bundles`` field of later events."""
