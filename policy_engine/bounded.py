@@ -46,6 +46,8 @@ __all__ = [
     "limit_diagnostic",
     "load_yaml",
     "read_bounded_file",
+    "read_bounded_lines",
+    "UndecodableLineError",
 ]
 
 #: Every diagnostic about a cap starts with this, so tools can tell them apart.
@@ -91,6 +93,12 @@ class InputLimits:
     mapping_keys: int = 1000
     #: Items of one YAML sequence.
     sequence_items: int = 10_000
+    #: Bytes of one decision log read back (``diff --replay``).
+    log_bytes: int = 256 * 1024 * 1024
+    #: Entries (non-empty lines) of one decision log read back.
+    log_entries: int = 1_000_000
+    #: Characters of one line of a decision log.
+    log_line_chars: int = 64 * 1024
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -176,6 +184,65 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
         raise InputLimitError([limit_diagnostic(path, f"the file has more than {max_bytes:,} bytes",
                                                 cap, max_bytes)])
     return b"".join(chunks)
+
+
+class UndecodableLineError(ValueError):
+    """A line of :func:`read_bounded_lines` is not UTF-8: its number and the byte (1-based)."""
+
+    def __init__(self, line: int, byte: int) -> None:
+        super().__init__(f"line {line} is not UTF-8 text (byte {byte})")
+        self.line = line
+        self.byte = byte
+
+
+def read_bounded_lines(path: str, *, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each non-empty line of the regular file ``path`` (a log),
+    within ``limits.log_bytes``, ``limits.log_entries`` and ``limits.log_line_chars``.
+
+    Streams: at most one line is held at a time. Non-regular files are refused by ``stat``
+    before any open. Raises :class:`OSError`, :class:`UndecodableLineError` for a line that
+    is not UTF-8, or :class:`InputLimitError` naming the line.
+    """
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, f"it is {describe_file_type(info.st_mode)}, not a regular file")
+    if info.st_size > limits.log_bytes:
+        raise InputLimitError([limit_diagnostic(path, f"the file has {info.st_size:,} bytes", "log_bytes",
+                                                limits.log_bytes)])
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "it changed into something that is not a regular file")
+        # A UTF-8 character is at most 4 bytes: reading 4x the cap (+1) bounds the line.
+        line_bytes = 4 * limits.log_line_chars + 1
+        number = entries = size = 0
+        while True:
+            raw = stream.readline(line_bytes)
+            if not raw:
+                return
+            number += 1
+            size += len(raw)
+            if size > limits.log_bytes:  # it grew since the stat
+                raise InputLimitError([limit_diagnostic(path, f"the file has more than {limits.log_bytes:,} bytes",
+                                                        "log_bytes", limits.log_bytes, line=number, column=1)])
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UndecodableLineError(number, exc.start + 1) from None
+            if len(text.rstrip("\r\n")) > limits.log_line_chars or not raw.endswith(b"\n") and len(raw) == line_bytes:
+                raise InputLimitError([limit_diagnostic(
+                    path, f"line {number} is longer than {limits.log_line_chars:,} characters", "log_line_chars",
+                    limits.log_line_chars, line=number, column=limits.log_line_chars + 1)])
+            text = text.strip()
+            if not text:
+                continue
+            entries += 1
+            if entries > limits.log_entries:
+                raise InputLimitError([limit_diagnostic(
+                    path, f"the log has more than {limits.log_entries:,} entries", "log_entries",
+                    limits.log_entries, line=number, column=1)])
+            yield number, text
 
 
 # Text ---------------------------------------------------------------------------------------

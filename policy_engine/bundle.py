@@ -335,12 +335,11 @@ def build_bundle(files: Mapping[str, str], *, revision: str = "", serial: int | 
 
 
 def is_bundle(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a regular file that starts like a gzip stream."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(2) == b"\x1f\x8b"
-    except OSError:
-        return False
+    """True when ``path`` is a regular file that starts like a gzip stream (see
+    :func:`policy_engine.policyset.is_bundle_file`, which reads it)."""
+    from .policyset import is_bundle_file
+
+    return is_bundle_file(path)
 
 
 def _canonical_name(name: str) -> str:

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .bounded import DEFAULT_LIMITS, InputLimits, UndecodableLineError, read_bounded_lines
 from .decision import Decision
+from .diagnostics import Diagnostic, Span
+from .errors import DecisionLogError
 
 __all__ = [
     "DecisionLog",
@@ -100,17 +103,40 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def read_decision_log(path: str | Path) -> list[dict[str, Any]]:
+def read_decision_log(path: str | Path, *, limits: InputLimits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
     """Read back a decision log (for ``policy-engine diff --replay``): flat lines of
     :class:`DecisionLog` as they are, decision events of :class:`DecisionLogger` flattened
-    to the same shape by :func:`flatten_event`."""
+    to the same shape by :func:`flatten_event`.
+
+    Bounded by ``limits`` (``log_bytes``, ``log_entries``, ``log_line_chars``;
+    :class:`~policy_engine.errors.InputLimitError`); a line that is not UTF-8 or not JSON is
+    a :class:`~policy_engine.errors.DecisionLogError` naming its line and column.
+    """
+    name = str(path)
     entries = []
-    with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            line = line.strip()
-            if line:
-                entries.append(flatten_event(json.loads(line)))
+    try:
+        for number, line in read_bounded_lines(name, limits=limits):
+            entries.append(flatten_event(_parse_line(name, number, line)))
+    except UndecodableLineError as exc:
+        raise DecisionLogError([Diagnostic(f"decision log line is not UTF-8 text (byte {exc.byte})",
+                                           Span(name, exc.line, exc.byte),
+                                           "a decision log is UTF-8 JSON lines")]) from None
+    except OSError as exc:
+        raise DecisionLogError([Diagnostic(f"cannot read the decision log `{name}`: {exc.strerror or exc}",
+                                           None)]) from None
     return entries
+
+
+def _parse_line(name: str, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DecisionLogError([Diagnostic(f"decision log line is not JSON: {exc.msg[:1].lower()}{exc.msg[1:]}",
+                                           Span(name, number, exc.colno),
+                                           "a decision log has one JSON object per line")]) from None
+    except RecursionError:
+        raise DecisionLogError([Diagnostic("decision log line is nested too deeply to read",
+                                           Span(name, number, 1))]) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +336,10 @@ class DecisionLogger:
 
     @property
     def dropped(self) -> int:
-        """How many events a full queue dropped."""
-        return self._handler.dropped
+        """How many events were dropped: by a full queue here, and by any handler that
+        counts its own (``dropped``, as :class:`~policy_engine.uploader.DecisionUploader`)."""
+        own = sum(int(getattr(h, "dropped", 0)) for h in self._handlers)
+        return self._handler.dropped + own
 
     def set_bundle(self, revision: str, serial: int | None = None, name: str = "policy") -> None:
         """Name the bundle in force, for the ``bundles`` field of later events."""

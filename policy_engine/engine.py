@@ -22,6 +22,7 @@ from typing import Any
 
 import cachetools
 
+from .changes import ChangeDetector
 from .compiler import CompiledRule, PolicySet, compile_policy
 from .decision import Decision, Reason, deny
 from .decision_log import DecisionLog
@@ -42,7 +43,13 @@ from .policyset import read_policy_sets
 from .settings import EMPTY_OVERLAY, Effective, Limits, Timeouts, resolve
 from .table import DecisionTable, PluginFacts, PluginTable, build_plugin_table
 
-__all__ = ["CacheInfo", "Engine", "default_variables", "read_policy_sources"]
+__all__ = ["AUDIT_LOGGER_NAME", "CacheInfo", "Engine", "default_variables", "read_policy_sources"]
+
+#: The logger of plugin-directory audit events (a manifest added, changed or removed, a
+#: pinned plugin's files changed, a new manifest claiming a loaded name refused), each a
+#: WARNING whose record carries ``plugin_event`` (a dict: ``kind``, ``path``, ``plugin``).
+AUDIT_LOGGER_NAME = "policy_engine.audit"
+audit_log = logging.getLogger(AUDIT_LOGGER_NAME)
 
 log = logging.getLogger("policy_engine")
 
@@ -149,21 +156,22 @@ def read_policy_sources(policy: PolicySource | Sequence[PolicySource]) -> dict[s
 
 
 def parse_sources(
-    sources: Mapping[str, str], memo: dict[tuple[str, str], PolicyFile] | None = None
+    sources: Mapping[str, str], memo: ChangeDetector[PolicyFile] | None = None
 ) -> list[PolicyFile]:
     """Parse several policy texts, collecting the syntax errors of all of them.
 
-    ``memo`` maps ``(file name, text)`` to its parse: a file whose text did not change is not
-    parsed again (parsing is most of a load), and the memo keeps only the files of this set.
+    ``memo`` (the change detector of :mod:`policy_engine.changes`) keeps each file's parse
+    by content digest: a file whose text did not change is not parsed again (parsing is most
+    of a load), and the memo keeps only the files of this set once all of them parsed.
     """
     parsed: list[PolicyFile] = []
     diagnostics: list[Diagnostic] = []
-    kept: dict[tuple[str, str], PolicyFile] = {}
+    kept: dict[str, tuple[str, PolicyFile]] = {}
     for name, text in sources.items():
-        known = memo.get((name, text)) if memo is not None else None
+        known = memo.kept(name, text) if memo is not None else None
         if known is not None:
             parsed.append(known)
-            kept[(name, text)] = known
+            kept[name] = (text, known)
             continue
         try:
             tree = parse_policy(text, name)
@@ -171,10 +179,9 @@ def parse_sources(
             diagnostics.extend(exc.diagnostics)
             continue
         parsed.append(tree)
-        kept[(name, text)] = tree
+        kept[name] = (text, tree)
     if memo is not None and not diagnostics:
-        memo.clear()
-        memo.update(kept)
+        memo.adopt(kept)
     if diagnostics:
         raise PolicySyntaxError(diagnostics)
     return parsed
@@ -212,9 +219,16 @@ class Engine:
         self._write_lock = threading.RLock()
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
         self._sources = dict(policy_sources)
-        self._parsed: dict[tuple[str, str], PolicyFile] = {}
+        self._parsed: ChangeDetector[PolicyFile] = ChangeDetector()
         self._revision = 0
-        self._manifest_memo: dict[str, tuple[bytes, PluginMetadata]] = {}
+        # One change detector per plugins directory: its manifests by path, content = the
+        # resolved path and the bytes (a symlinked plugin directory moved is a change).
+        self._manifest_memo: dict[str, ChangeDetector[PluginMetadata | None]] = {}
+        # What ``watch(plugins=True)`` compares: manifests (resolved path and bytes) and the
+        # digest of each pinned plugin's files.
+        self._plugin_watch: ChangeDetector[None] = ChangeDetector()
+        self._manifest_staged: list[tuple[str, ChangeDetector[PluginMetadata | None],
+                                          dict[str, tuple[bytes, PluginMetadata | None]]]] = []
         self._state = self._build(self._sources, self._all_manifests(), None)
         self._origin: Origin | None = None
 
@@ -296,6 +310,7 @@ class Engine:
         return cls(sources, loaded, variables, **options)
 
     def _all_manifests(self) -> tuple[list[PluginMetadata], list[Diagnostic]]:
+        self._manifest_staged = []
         found: list[PluginMetadata] = []
         problems: list[Diagnostic] = []
         for directory in self._plugin_dirs:
@@ -318,29 +333,32 @@ class Engine:
         # parses one.
         loaded: list[PluginMetadata] = []
         errors: list[ManifestError] = []
-        seen: dict[str, tuple[bytes, PluginMetadata]] = {}
+        detector = self._manifest_memo.setdefault(os.fspath(directory), ChangeDetector())
+        seen: dict[str, tuple[bytes, PluginMetadata | None]] = {}
         for path in discover_manifests(directory):
+            key = str(path)
             try:
-                # The resolved path is part of the key: a plugin directory that is a symlink
-                # now pointing elsewhere has another `{plugin_dir}` though the bytes are equal.
-                key = f"{path}\0{path.resolve()}"
-                raw = path.read_bytes()
+                raw: bytes | None = os.fsencode(path.resolve()) + b"\0" + path.read_bytes()
             except (OSError, ValueError, RuntimeError):
-                key, raw = str(path), None  # load_manifest reports why
-            known = self._manifest_memo.get(key)
-            if raw is not None and known is not None and known[0] == raw:
-                loaded.append(known[1])
-                seen[key] = known
-                continue
+                raw = None  # load_manifest reports why
+            if raw is not None:
+                known = detector.kept(key, raw)
+                if known is not None:
+                    loaded.append(known)
+                    seen[key] = (raw, known)
+                    continue
             try:
                 manifest = load_manifest(path)
             except ManifestError as exc:
                 errors.append(exc)
+                if raw is not None:
+                    seen[key] = (raw, None)  # an invalid manifest is still a content to watch
                 continue
             loaded.append(manifest)
             if raw is not None:
                 seen[key] = (raw, manifest)
-        self._manifest_memo.update(seen)
+        # Adopted by _build once the new state is in force: a refused build is seen again.
+        self._manifest_staged.append((os.fspath(directory), detector, seen))
         return loaded, errors
 
     def _build(
@@ -367,7 +385,22 @@ class Engine:
         wildcard_rules = tuple(wildcard)
         if previous is not None and previous.wildcard_rules == wildcard_rules:
             wildcard_rules = previous.wildcard_rules  # identical objects compare fastest below
+        # A manifest already in force under its name is considered first, so a new directory
+        # claiming a loaded name is the one refused (sorting earlier must not take it over).
+        loaded_from = {name: m.manifest_path for name, m in previous.manifests.items()} if previous else {}
+        plugin_list = sorted(plugin_list, key=lambda m: loaded_from.get(m.name, m.manifest_path) != m.manifest_path)
         for manifest in plugin_list:
+            if manifest.name in accepted and manifest.name in loaded_from:
+                problems.append(Diagnostic(
+                    f"plugin `{manifest.name}` is already loaded; the new manifest `{manifest.manifest_path}` "
+                    "claiming it is refused", None,
+                    f"it is loaded from `{accepted[manifest.name].manifest_path}`; rename one of them",
+                    code="PL203"))
+                audit_log.warning("plugin `%s` claimed by a new manifest `%s`: refused", manifest.name,
+                                  manifest.manifest_path, extra={"plugin_event": {
+                                      "kind": "claim-refused", "plugin": manifest.name,
+                                      "path": str(manifest.manifest_path)}})
+                continue
             if manifest.name in accepted:
                 problems.append(Diagnostic(
                     f"plugin `{manifest.name}` is declared by two manifests; the second is ignored",
@@ -391,6 +424,9 @@ class Engine:
         for problem in problems:
             log.warning("%s", problem.render(caret=False))
         self._revision += 1
+        for _, detector, seen in self._manifest_staged:
+            detector.adopt(seen)
+        self._manifest_staged = []
         decision_table = DecisionTable(MappingProxyType(tables), policy.content_hash, self._revision)
         return _Snapshot(
             policy=policy,
@@ -675,29 +711,74 @@ class Engine:
 
     # Staying current --------------------------------------------------------------------
 
-    def watch(self, interval: float = 5.0, *, max_backoff: float = 60.0) -> WatchHandle:
+    def watch(self, interval: float = 5.0, *, max_backoff: float = 60.0, plugins: bool = False) -> WatchHandle:
         """Keep the engine current in a background thread; returns a handle with ``stop()``.
 
         Directories are adopted when their content is the same on two consecutive polls;
         bundle files when their bytes change; URLs by conditional GET. Each new version is
         verified, compiled and swapped in atomically; one that fails is never swapped in,
         and failures back off (doubling up to ``max_backoff`` seconds).
+
+        With ``plugins=True`` (opt-in) the plugin directories are watched too: a new,
+        changed or removed manifest is an audit event (:data:`AUDIT_LOGGER_NAME`) and is
+        adopted; a pinned plugin whose files changed is rebuilt and so fails its pin; a new
+        manifest claiming the name of a loaded plugin is refused.
         """
         if self._origin is None:
             raise UsageError("only an engine built by `Engine.load` has a source to watch")
         if interval <= 0:
             raise UsageError("watch interval must be > 0")
+        if plugins:
+            contents = self._plugin_contents()  # the state to compare with: what is loaded now
+            self._plugin_watch.adopt({name: (content, None) for name, content in contents.items()})
+            return WatchHandle(lambda: self.poll(plugins=True), interval, max_backoff)
         return WatchHandle(self.poll, interval, max_backoff)
 
-    def poll(self) -> bool:
-        """Check the source once and swap in a new version; False when that failed (the
-        error is in :meth:`status`)."""
+    def _plugin_contents(self) -> dict[str, bytes | str]:
+        contents: dict[str, bytes | str] = {}
+        for directory in self._plugin_dirs:
+            for path in discover_manifests(directory):
+                try:
+                    contents[str(path)] = os.fsencode(path.resolve()) + b"\0" + path.read_bytes()
+                except (OSError, ValueError, RuntimeError) as exc:
+                    contents[str(path)] = f"unreadable: {exc}"
+        state = self._state
+        for name in state.policy.pins:
+            manifest = state.manifests.get(name)
+            if manifest is not None and manifest.plugin_path is not None:
+                try:
+                    contents[f"pinned plugin `{name}`"] = plugin_digest(manifest.plugin_path)
+                except (OSError, ValueError) as exc:
+                    contents[f"pinned plugin `{name}`"] = f"unreadable: {exc}"
+        return contents
+
+    def _plugin_changes(self) -> dict[str, bytes | str] | None:
+        """Compare the plugin directories with the state in force; log each change as an
+        audit event; the new contents (to adopt once built) when something changed."""
+        contents = self._plugin_contents()
+        changes = self._plugin_watch.changes(contents)
+        if not changes:
+            return None
+        for kind, names in (("added", changes.added), ("changed", changes.changed), ("removed", changes.removed)):
+            for name in names:
+                what = "files" if name.startswith("pinned plugin") else "manifest"
+                audit_log.warning("plugin %s %s: %s", what, kind, name, extra={"plugin_event": {
+                    "kind": f"{what}-{kind}", "path": name}})
+        return contents
+
+    def poll(self, *, plugins: bool = False) -> bool:
+        """Check the source once (and with ``plugins=True`` the plugin directories) and
+        swap in a new version; False when that failed (the error is in :meth:`status`)."""
         origin = self._origin
         if origin is None:
             raise UsageError("only an engine built by `Engine.load` has a source to poll")
         with origin.lock:
             try:
                 sources = origin.poll()
+                plugin_contents = self._plugin_changes() if plugins else None
+                if sources is None and plugin_contents is not None:
+                    with self._write_lock:
+                        self._state = self._build(self._sources, self._all_manifests(), self._state)
                 if sources is not None:
                     old = origin.serial
                     with self._write_lock:
@@ -708,6 +789,8 @@ class Engine:
                     origin.activated_at = time.time()
                     log.info("policy activated from %s: serial %s -> %s, revision %s, key %s",
                              origin.name, old, origin.serial, origin.revision, origin.key_id)
+                if plugin_contents is not None:  # adopted only once built: a refused build is seen again
+                    self._plugin_watch.adopt({n: (c, None) for n, c in plugin_contents.items()})
             except Exception as exc:  # noqa: BLE001 - any failure keeps the policy in force
                 origin.discard()
                 origin.failures += 1

@@ -59,6 +59,14 @@ class UsageError(PolicyEngineError):
     """The library or the command line was called with arguments that cannot work."""
 
 
+class DecisionLogError(UsageError):
+    """A decision log cannot be read back; ``diagnostics`` says where (``file:line:col``)."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
 class PolicySetError(PolicyError, UsageError):
     """A policy set cannot be read: a bad entry, an empty directory, bad encoding, a cap.
 

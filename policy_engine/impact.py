@@ -218,12 +218,8 @@ def compare_grants(
 def read_replay_log(path: str | Path) -> list[LoggedDecision]:
     """A decision log's entries, each read by :func:`read_log_entry`; raises
     :class:`UsageError` naming the first entry that is no decision."""
-    try:
-        entries = read_decision_log(path)
-    except OSError as exc:
-        raise UsageError(f"cannot read the decision log `{path}`: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"decision log `{path}` is not JSON lines: {exc}") from None
+    # Caps and bad lines raise their own positioned errors (InputLimitError, DecisionLogError).
+    entries = read_decision_log(path)
     decisions: list[LoggedDecision] = []
     for number, entry in enumerate(entries, 1):
         try:

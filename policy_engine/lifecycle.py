@@ -7,13 +7,13 @@ state). :meth:`Origin.poll` returns a new policy set when the source changed and
 :class:`Watcher` polls in a background thread with backoff and swaps each new version in
 through :meth:`Engine.reload`.
 
-Remote bundles are fetched with ``urllib`` from the standard library: a timeout, a size
-cap, conditional GET with ``ETag``/``If-None-Match``, and no redirect to another scheme.
+Bundle files and URLs are read by :func:`policy_engine.policyset.read_bundle_bytes`, the
+one policy-set reader (``urllib`` for URLs: a timeout, a size cap, conditional GET with
+``ETag``/``If-None-Match``, and no redirect to another scheme); this module verifies them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from .changes import ChangeDetector, content_digest
+from .changes import fingerprint as content_fingerprint
 from .errors import BundleError, PolicyEngineError, UsageError
+from .policyset import FETCH_TIMEOUT, fetch, is_bundle_file, is_url, read_bundle_bytes
 
 if TYPE_CHECKING:
     from .bundle import Bundle, Keyring
@@ -32,60 +35,8 @@ __all__ = ["FETCH_TIMEOUT", "Origin", "Status", "WatchHandle", "fetch", "is_url"
 
 log = logging.getLogger("policy_engine")
 
-FETCH_TIMEOUT = 10.0
 CACHE_NAME = "bundle.tar.gz"
 SERIAL_NAME = "serial.json"
-
-
-def is_url(source: object) -> bool:
-    """True for an ``http://`` or ``https://`` string."""
-    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
-
-
-def _same_scheme_handler() -> Any:
-    import urllib.request
-
-    class SameScheme(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req: Any, fp: IO[bytes], code: int, msg: str, headers: Any,
-                             newurl: str) -> urllib.request.Request | None:
-            old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
-            if old != new:
-                raise BundleError(f"redirect from `{old}` to `{new}` refused",
-                                  "serve the bundle without a scheme change")
-            return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-    return SameScheme()
-
-
-def fetch(url: str, *, etag: str | None = None, timeout: float = FETCH_TIMEOUT,
-          max_bytes: int | None = None) -> tuple[bytes | None, str | None]:
-    """``(bytes, etag)`` of ``url``, or ``(None, etag)`` when the server says 304 Not Modified.
-
-    Raises :class:`BundleError` for a network error, an HTTP error status, a redirect to
-    another scheme, or a body over ``max_bytes``.
-    """
-    # urllib (and with it http.client and ssl) is imported only when a URL is fetched.
-    import urllib.error
-    import urllib.request
-
-    from .bundle import MAX_BUNDLE_BYTES
-
-    limit = MAX_BUNDLE_BYTES if max_bytes is None else max_bytes
-    request = urllib.request.Request(url, headers={"If-None-Match": etag} if etag else {})
-    opener = urllib.request.build_opener(_same_scheme_handler())
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            data = response.read(limit + 1)
-            if len(data) > limit:
-                raise BundleError(f"the bundle at `{url}` is over the limit of {limit} bytes")
-            return data, response.headers.get("ETag")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 304:
-            return None, etag
-        raise BundleError(f"cannot fetch `{url}`: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise BundleError(f"cannot fetch `{url}`: {reason}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +94,10 @@ class Origin:
         self._candidate: str | None = None
         self._pending: tuple[Bundle, bytes | None] | None = None
         self._pending_fingerprint: str | None = None
+        # The files of a directory source, by content: the change detector the engine's
+        # incremental reload uses too.
+        self._files: ChangeDetector[None] = ChangeDetector()
+        self._pending_files: Mapping[str, str] | None = None
         self.lock = threading.Lock()
         self.activated_at = time.time()
         self.last_success: float | None = None
@@ -157,10 +112,7 @@ class Origin:
     @property
     def is_bundle(self) -> bool:
         """True for a URL or a bundle file."""
-        from .bundle import is_bundle
-
-        return self.url is not None or (len(self.paths) == 1 and Path(self.paths[0]).is_file()
-                                        and is_bundle(self.paths[0]))
+        return self.url is not None or (len(self.paths) == 1 and is_bundle_file(self.paths[0]))
 
     def _state_file(self) -> Path | None:
         return self.cache_dir / SERIAL_NAME if self.cache_dir is not None else None
@@ -206,6 +158,7 @@ class Origin:
         """Forget a staged version that failed to build."""
         self._pending = None
         self._pending_fingerprint = None
+        self._pending_files = None
 
     def commit(self) -> None:
         """Record the staged version as the one in force: revision, serial, the cached
@@ -215,6 +168,9 @@ class Origin:
         if self._pending_fingerprint is not None:
             self.fingerprint, self._pending_fingerprint = self._pending_fingerprint, None
             self._candidate = None
+            if self._pending_files is not None:
+                self._files.adopt({name: (text, None) for name, text in self._pending_files.items()})
+                self._pending_files = None
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -235,7 +191,7 @@ class Origin:
 
         if self.url is not None:
             try:
-                data, etag = fetch(self.url, timeout=self.timeout)
+                data, etag = read_bundle_bytes(self.url, timeout=self.timeout)
                 assert data is not None
                 bundle = self._verify(data)
                 self.etag = etag
@@ -246,15 +202,18 @@ class Origin:
                     raise
                 log.warning("policy source `%s` failed (%s); starting from the cached bundle", self.url, exc)
                 self.last_error = str(exc)
-                return self._adopt(self._verify(cached.read_bytes()))
+                data, _ = read_bundle_bytes(cached)
+                assert data is not None
+                return self._adopt(self._verify(data))
         if self.is_bundle:
-            data = _read_capped(Path(self.paths[0]))
-            bundle = self._verify(data)
-            return self._adopt(bundle)
+            data, _ = read_bundle_bytes(self.paths[0])
+            assert data is not None
+            return self._adopt(self._verify(data))
         if self.keyring is not None:
             raise UsageError("a public key verifies bundles only: pass one bundle file or URL")
         sources = read_policy_sources(self.paths)
-        self.fingerprint = _fingerprint(sources)
+        self._files.adopt({name: (text, None) for name, text in sources.items()})
+        self.fingerprint = self._files.fingerprint
         return sources
 
     def poll(self) -> dict[str, str] | None:
@@ -262,49 +221,35 @@ class Origin:
         from .engine import read_policy_sources
 
         if self.url is not None:
-            data, etag = fetch(self.url, etag=self.etag, timeout=self.timeout)
-            if data is None or hashlib.sha256(data).hexdigest() == self.fingerprint:
+            data, etag = read_bundle_bytes(self.url, etag=self.etag, timeout=self.timeout)
+            if data is None or content_digest(data) == self.fingerprint:
                 self.etag = etag
                 return None
             bundle = self._verify(data)
             self.etag = etag
             return self._stage(bundle, data)
         if self.is_bundle:
-            data = _read_capped(Path(self.paths[0]))
-            if hashlib.sha256(data).hexdigest() == self.fingerprint:
+            data, _ = read_bundle_bytes(self.paths[0])
+            assert data is not None
+            if content_digest(data) == self.fingerprint:
                 return None
             return self._stage(self._verify(data), None)
         sources = read_policy_sources(self.paths)
-        fingerprint = _fingerprint(sources)
-        if fingerprint == self.fingerprint:
+        changes = self._files.changes(sources)
+        if not changes:
             self._candidate = None
             return None
+        fingerprint = content_fingerprint(sources)
         # A directory is adopted only when two consecutive polls read the same content: a
         # half-written file that happens to parse must not replace (and drop) a deny.
         if fingerprint != self._candidate:
             self._candidate = fingerprint
             return None
+        log.info("policy source `%s` changed: added %s, changed %s, removed %s", self.name,
+                 list(changes.added), list(changes.changed), list(changes.removed))
         self._pending_fingerprint = fingerprint  # adopted by commit() once it compiled
+        self._pending_files = sources
         return sources
-
-
-def _read_capped(path: Path) -> bytes:
-    from .bundle import MAX_BUNDLE_BYTES
-
-    try:
-        with path.open("rb") as handle:
-            return handle.read(MAX_BUNDLE_BYTES + 1)
-    except OSError as exc:
-        raise BundleError(f"cannot read `{path}`: {exc.strerror or exc}") from None
-
-
-def _fingerprint(sources: Mapping[str, str]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(sources):
-        for part in (name, sources[name]):
-            data = part.encode("utf-8")
-            digest.update(len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
 
 
 class WatchHandle:

@@ -15,8 +15,13 @@ that names the entry. Non-regular files are refused by ``stat`` before any open,
 blocks. A symlink that resolves is followed.
 
 Text is UTF-8; a leading UTF-8 byte-order mark is dropped. Sources are dispatched on their
-kind (:data:`SOURCE_READERS`); today only local paths are read, and any ``scheme://``
-source is refused as unsupported, which is where bundle and URL readers plug in.
+kind (:data:`SOURCE_READERS`): local files and directories, bundle files (a regular file
+that starts like a gzip stream) and ``http(s)://`` URLs of bundles; any other
+``scheme://`` source is refused as unsupported. :func:`read_bundle_bytes` is the one place
+the bytes of a bundle file or URL are read (size cap, timeout, conditional GET, no redirect
+to another scheme); :class:`~policy_engine.lifecycle.Origin` verifies what it returns. A
+bundle read here without a key is checked for integrity only; a URL read here without a
+key is refused (a remote source needs one: ``Engine.load(url, public_key=...)``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO, Any
 
 from .bounded import (
     DEFAULT_LIMITS,
@@ -37,9 +43,10 @@ from .bounded import (
     read_bounded_file,
 )
 from .diagnostics import Diagnostic, Span
-from .errors import InputLimitError, PolicySetError
+from .errors import BundleError, InputLimitError, PolicyEngineError, PolicySetError
 
 __all__ = [
+    "FETCH_TIMEOUT",
     "POLICY_SUFFIX",
     "SOURCE_READERS",
     "PolicyFile",
@@ -47,6 +54,10 @@ __all__ = [
     "PolicySet",
     "PolicySetScan",
     "ProblemKind",
+    "fetch",
+    "is_bundle_file",
+    "is_url",
+    "read_bundle_bytes",
     "read_policy_set",
     "read_policy_sets",
     "scan_policy_set",
@@ -147,14 +158,135 @@ def _scan_local(source: str, limits: InputLimits) -> PolicySetScan:
     return _LocalScan(source, limits).run()
 
 
-#: Readers by source kind: ``"path"`` for local files and directories; a bundle or URL
-#: reader is one more entry here (keyed by the URL scheme).
-SOURCE_READERS: Mapping[str, SourceReader] = {"path": _scan_local}
+def _scan_bundle(source: str, limits: InputLimits) -> PolicySetScan:
+    from .bundle import read_bundle
+
+    if is_url(source):
+        return PolicySetScan(source, (), (PolicyFileProblem(
+            source, ProblemKind.UNSUPPORTED, f"a remote policy source needs a public key: `{source}`",
+            "load it with `Engine.load(url, public_key=...)` or `--public-key`"),))
+    try:
+        data, _ = read_bundle_bytes(source)
+        assert data is not None
+        bundle = read_bundle(data)  # no key given: integrity only (listed files, digests)
+    except PolicyEngineError as exc:
+        return PolicySetScan(source, (), (PolicyFileProblem(
+            source, ProblemKind.UNREADABLE, f"cannot read the bundle `{source}`: {_one_line(exc)}"),))
+    files = tuple(PolicyFile(name, text) for name, text in sorted(bundle.files.items()))
+    problems = _set_caps(source, len(files), sum(len(f.text.encode("utf-8")) for f in files), limits)
+    return PolicySetScan(source, files, tuple(problems))
+
+
+#: Readers by source kind: ``"path"`` for local files and directories, ``"path:bundle"``
+#: for a bundle file (no URL scheme has a colon), ``"http"``/``"https"`` for a bundle's
+#: URL; one more kind is one more entry.
+SOURCE_READERS: Mapping[str, SourceReader] = {
+    "path": _scan_local, "path:bundle": _scan_bundle, "http": _scan_bundle, "https": _scan_bundle,
+}
 
 
 def _kind_of(source: str) -> str:
     match = _SCHEME.match(source)
-    return match.group(1).lower() if match else "path"
+    if match:
+        return match.group(1).lower()
+    return "path:bundle" if is_bundle_file(source) else "path"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+# Bundle files and URLs: the one place their bytes are read ----------------------------------
+
+#: Seconds a download may take.
+FETCH_TIMEOUT = 10.0
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_url(source: object) -> bool:
+    """True for an ``http://`` or ``https://`` string."""
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+def is_bundle_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a regular file that starts like a gzip stream (checked by
+    ``stat`` first: a FIFO is never opened)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return os.read(fd, 2) == _GZIP_MAGIC
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return False
+
+
+def read_bundle_bytes(source: str | os.PathLike[str], *, etag: str | None = None,
+                      timeout: float = FETCH_TIMEOUT, max_bytes: int | None = None) -> tuple[bytes | None, str | None]:
+    """``(bytes, etag)`` of a bundle file or ``http(s)://`` URL, within ``max_bytes``
+    (default :data:`policy_engine.bundle.MAX_BUNDLE_BYTES`); ``(None, etag)`` when a URL
+    answers 304 Not Modified to ``etag``. Raises :class:`BundleError`."""
+    from .bundle import MAX_BUNDLE_BYTES
+
+    limit = MAX_BUNDLE_BYTES if max_bytes is None else max_bytes
+    name = os.fspath(source)
+    if is_url(name):
+        return fetch(name, etag=etag, timeout=timeout, max_bytes=limit)
+    try:
+        return read_bounded_file(name, limit, cap="bundle_bytes"), None
+    except InputLimitError:
+        raise BundleError(f"the bundle `{name}` is over the limit of {limit} bytes") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read `{name}`: {exc.strerror or exc}") from None
+
+
+def _same_scheme_handler() -> Any:
+    import urllib.request
+
+    class SameScheme(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: Any, fp: IO[bytes], code: int, msg: str, headers: Any,
+                             newurl: str) -> urllib.request.Request | None:
+            old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
+            if old != new:
+                raise BundleError(f"redirect from `{old}` to `{new}` refused",
+                                  "serve the bundle without a scheme change")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return SameScheme()
+
+
+def fetch(url: str, *, etag: str | None = None, timeout: float = FETCH_TIMEOUT,
+          max_bytes: int | None = None) -> tuple[bytes | None, str | None]:
+    """``(bytes, etag)`` of ``url``, or ``(None, etag)`` when the server says 304 Not Modified.
+
+    Raises :class:`BundleError` for a network error, an HTTP error status, a redirect to
+    another scheme, or a body over ``max_bytes``.
+    """
+    # urllib (and with it http.client and ssl) is imported only when a URL is fetched.
+    import urllib.error
+    import urllib.request
+
+    from .bundle import MAX_BUNDLE_BYTES
+
+    limit = MAX_BUNDLE_BYTES if max_bytes is None else max_bytes
+    request = urllib.request.Request(url, headers={"If-None-Match": etag} if etag else {})
+    opener = urllib.request.build_opener(_same_scheme_handler())
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            data = response.read(limit + 1)
+            if len(data) > limit:
+                raise BundleError(f"the bundle at `{url}` is over the limit of {limit} bytes")
+            return data, response.headers.get("ETag")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304:
+            return None, etag
+        raise BundleError(f"cannot fetch `{url}`: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BundleError(f"cannot fetch `{url}`: {reason}") from None
 
 
 def scan_policy_set(source: PolicySource, *, limits: InputLimits = DEFAULT_LIMITS) -> PolicySetScan:
@@ -165,7 +297,7 @@ def scan_policy_set(source: PolicySource, *, limits: InputLimits = DEFAULT_LIMIT
     if reader is None:
         return PolicySetScan(name, (), (PolicyFileProblem(
             name, ProblemKind.UNSUPPORTED, f"unsupported policy source `{name}`: `{kind}://` sources cannot be read",
-            "give a `.policy` file or a directory of them"),))
+            "give a `.policy` file, a directory of them, a bundle or an `http(s)://` URL of one"),))
     return reader(name, limits)
 
 

@@ -13,6 +13,7 @@ cannot be read, is not valid YAML or does not match the schema raises
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,10 +26,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .bounded import DEFAULT_LIMITS, bounded_loader, read_bounded_file
 from .decision import Decision, Reason
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
 from .engine import Engine
-from .errors import PolicyTestError
+from .errors import InputLimitError, PolicyTestError
 
 __all__ = [
     "CaseResult",
@@ -50,6 +52,9 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "policytest.schema.json"
 #: Bounds of a test file: it is read before anything else checks it.
 MAX_TEST_FILE_BYTES = 4 << 20
 MAX_NESTING = 64
+#: The caps of :mod:`policy_engine.bounded` for test files: a test file may be larger and
+#: hold more nodes than a manifest (anchors and aliases are refused, so nodes do not fan out).
+TEST_FILE_LIMITS = dataclasses.replace(DEFAULT_LIMITS, yaml_bytes=MAX_TEST_FILE_BYTES, yaml_nodes=1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +195,9 @@ def read_test_file(path: str | os.PathLike[str]) -> PolicyTestFile:
     file = Path(path)
     name = str(file)
     try:
-        info = file.stat()
-        if info.st_size > MAX_TEST_FILE_BYTES:
-            raise PolicyTestError([Diagnostic(
-                f"test file is {info.st_size} bytes, over the limit of {MAX_TEST_FILE_BYTES}",
-                Span(name, 0, 0), "split it into several test files")])
-        raw = file.read_bytes()
+        raw = read_bounded_file(name, MAX_TEST_FILE_BYTES, cap="yaml_bytes")
+    except InputLimitError as exc:
+        raise PolicyTestError(exc.diagnostics) from None
     except OSError as exc:
         raise PolicyTestError([Diagnostic(f"cannot read test file: {exc.strerror or exc}",
                                           Span(name, 0, 0))]) from None
@@ -212,10 +214,15 @@ def read_test_file(path: str | os.PathLike[str]) -> PolicyTestFile:
 def load_test_yaml(text: str, name: str) -> tuple[Any, Mapping[str, Span]]:
     """The data of a YAML document and the span of every JSON pointer in it.
 
-    Bounded: anchors and aliases are refused (they are how a small file becomes a huge
-    document), as are documents nested deeper than :data:`MAX_NESTING`.
+    Read through :func:`policy_engine.bounded.bounded_loader` with :data:`TEST_FILE_LIMITS`
+    (sizes, line lengths, depth, keys, items); anchors and aliases are refused as well (they
+    are how a small file becomes a huge document), as are documents nested deeper than
+    :data:`MAX_NESTING`.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = bounded_loader(text, name=name, limits=TEST_FILE_LIMITS)
+    except InputLimitError as exc:
+        raise PolicyTestError(exc.diagnostics) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -223,6 +230,8 @@ def load_test_yaml(text: str, name: str) -> tuple[Any, Mapping[str, Span]]:
                                               Span(name, 1, 1), "see schemas/policytest.schema.json")])
         spans = _spans(root, name, text)
         data = loader.construct_document(root)
+    except InputLimitError as exc:
+        raise PolicyTestError(exc.diagnostics) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)

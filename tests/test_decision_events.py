@@ -3,19 +3,25 @@ formats read back for ``diff --replay``."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from policy_engine import Engine
+from policy_engine.bounded import DEFAULT_LIMITS
 from policy_engine.decision_log import (
     DecisionLog,
     DecisionLogger,
     decision_event,
     read_decision_log,
 )
+from policy_engine.errors import DecisionLogError, InputLimitError
 from policy_engine.impact import read_replay_log
 
 POLICY = 'allow plugin * to network:request on "*.example.com"\n'
@@ -109,3 +115,47 @@ def test_both_log_formats_are_read_back_for_replay(tmp_path: Path) -> None:
     assert [(e.resource, e.allowed, e.context) for e in entries] == [
         ("api.example.com:443", True, {"env": "prod"}), ("a.evil.test:443", False, {"env": "dev"})]
     assert "decision_id" in read_decision_log(path)[1]
+
+
+# Reading back is bounded ------------------------------------------------------------------------
+
+LINE = json.dumps({"plugin": "p", "action": "network:request", "resource": "a:1", "allowed": True})
+
+
+def test_a_log_over_its_caps_is_refused_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    limits = dataclasses.replace(DEFAULT_LIMITS, log_entries=2, log_line_chars=200, log_bytes=10_000)
+    path.write_text(f"{LINE}\n\n{LINE}\n{LINE}\n")
+    with pytest.raises(InputLimitError, match="log_entries") as info:
+        read_decision_log(path, limits=limits)
+    assert info.value.diagnostics[0].span is not None and info.value.diagnostics[0].span.line == 4
+    path.write_text(f"{LINE}\n" + "x" * 300 + "\n")
+    with pytest.raises(InputLimitError, match="line 2 is longer.*log_line_chars"):
+        read_decision_log(path, limits=limits)
+    path.write_text(f"{LINE}\n" * 200)
+    with pytest.raises(InputLimitError, match="log_bytes"):
+        read_decision_log(path, limits=limits)
+    assert len(read_decision_log(path)) == 200
+
+
+def test_a_bad_line_is_named_with_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text(f"{LINE}\n{{\"plugin\": oops}}\n")
+    with pytest.raises(DecisionLogError, match="line is not JSON: expecting value") as info:
+        read_replay_log(path)
+    span = info.value.diagnostics[0].span
+    assert span is not None and (span.line, span.column) == (2, 12)
+    path.write_bytes(LINE.encode() + b"\n\n{\xff\n")
+    with pytest.raises(DecisionLogError, match="line is not UTF-8") as info:
+        read_replay_log(path)
+    span = info.value.diagnostics[0].span
+    assert span is not None and (span.line, span.column) == (3, 2)
+    path.write_text("[" * 60_000 + "\n")
+    with pytest.raises(DecisionLogError, match="nested too deeply"):
+        read_replay_log(path)
+    with pytest.raises(DecisionLogError, match="cannot read"):
+        read_replay_log(tmp_path / "missing.jsonl")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DecisionLogError, match="not a regular file"):
+        read_replay_log(fifo)

@@ -15,6 +15,7 @@ from typing import Any
 from ..bundle import build_bundle, generate_key_pair, load_keyring, read_bundle, signing_key
 from ..engine import Engine, read_policy_sources
 from ..errors import BundleError, UsageError
+from ..policyset import read_bundle_bytes
 from ..policytest import find_test_files, run_tests
 from .conventions import exit_codes_epilog
 from .main import EXIT_DENIED, EXIT_OK, EXTRA_COMMANDS, print_json
@@ -70,9 +71,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """``bundle verify BUNDLE --public-key KEY``: exit 0 only for a valid, fully listed bundle."""
     keyring = load_keyring(args.public_key)
     try:
-        data = Path(args.bundle).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read `{args.bundle}`: {exc.strerror or exc}") from None
+        data, _ = read_bundle_bytes(args.bundle)  # the one reader: a regular file, size-capped
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
+    assert data is not None
     try:
         bundle = read_bundle(data, keyring, state_file=args.state)
     except BundleError as exc:

@@ -158,8 +158,8 @@ ERRORS = [
     (["diff", *FIXTURE_DIFF, "--replay", "bad.jsonl"],
      "policy-engine: error: entry 2 of the decision log `bad.jsonl` needs `allowed` (true or false)\n"),
     (["diff", *FIXTURE_DIFF, "--replay", "bad.policy"],
-     "policy-engine: error: decision log `bad.policy` is not JSON lines: "
-     "Expecting value: line 1 column 1 (char 0)\n"),
+     "policy-engine: error: bad.policy:1:1: decision log line is not JSON: expecting value "
+     "(a decision log has one JSON object per line)\n"),
     (["digest", "fixtures/plugins/nope"],
      "policy-engine: error: plugin directory `fixtures/plugins/nope` does not exist or is not a directory\n"),
     (["matrix", "--json", "--markdown"],

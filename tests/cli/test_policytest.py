@@ -4,6 +4,7 @@ codes, and a bad test file named with line and column."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -152,7 +153,7 @@ def test_anchors_and_duplicate_keys_are_refused() -> None:
 
 
 def test_deep_nesting_is_refused() -> None:
-    with pytest.raises(PolicyTestError, match="nested deeper"):
+    with pytest.raises(PolicyTestError, match="nesting deeper.*yaml_depth"):
         load_test_yaml("a: " + "[" * 100 + "]" * 100 + "\n", "t.test.yaml")
 
 
@@ -187,3 +188,19 @@ def test_every_shipped_deny_rule_has_a_deny_case() -> None:
                 for number, line in enumerate(path.read_text().splitlines(), 1):
                     if line.startswith("deny "):
                         assert (path.resolve(), number) in denied, f"{path}:{number}"
+
+
+def test_test_files_are_read_by_the_bounded_loader(tmp_path: Path) -> None:
+    # A line over `line_chars` and a mapping over `mapping_keys`: the caps of bounded.py,
+    # named with their position, never parsed whole.
+    with pytest.raises(PolicyTestError, match="input limit exceeded.*line_chars") as info:
+        load_test_yaml("cases: []\nx: " + "a" * 10_000 + "\n", "t.test.yaml")
+    span = info.value.diagnostics[0].span
+    assert span is not None and span.line == 2
+    keys = "".join(f"k{i}: 1\n" for i in range(2000))
+    with pytest.raises(PolicyTestError, match="input limit exceeded.*mapping_keys"):
+        load_test_yaml(keys, "t.test.yaml")
+    fifo = tmp_path / "f.test.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(PolicyTestError, match="not a regular file"):
+        read_test_file(fifo)
