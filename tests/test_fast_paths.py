@@ -468,3 +468,76 @@ def test_reload_follows_a_plugin_directory_link_that_moved(tmp_path: Path) -> No
     engine.reload()
     assert engine.decide("p", "file:read", str(tmp_path / "two" / "x")).allowed
     assert not engine.decide("p", "file:read", str(tmp_path / "one" / "x")).allowed
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def _outcome(function: Any, *args: Any) -> tuple[str, Any]:
+    from policy_engine import patterns
+
+    try:
+        return "ok", function(*args)
+    except (patterns._Bad, patterns.InvalidResourceError) as exc:  # the same failure, same words
+        return type(exc).__name__, str(exc)
+
+
+_path_piece = st.sampled_from(["", ".", "..", "a", "b.c", ".x", "..y", "a\0b", "é", " ", "x/"])
+_any_path = st.one_of(
+    st.lists(_path_piece, max_size=8).map("/".join),
+    st.lists(_path_piece, max_size=8).map(lambda s: "/" + "/".join(s)),
+    st.text(alphabet="/.ab\0", max_size=16),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_any_path, st.sampled_from([None, "/base", "/b/./c/", "rel", "/with\0nul"]))
+def test_the_path_fast_path_answers_as_the_full_normalisation(path: str, base_dir: str | None) -> None:
+    from policy_engine import patterns
+
+    assert _outcome(patterns._normalize_path, path, base_dir) == \
+        _outcome(patterns._normalize_path_full, path, base_dir)
+
+
+_octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "0x7f", "", "a"]))
+_port = st.one_of(st.none(), st.integers(0, 70000).map(str), st.sampled_from(["", "00443", "http", "*"]))
+_any_host = st.one_of(
+    st.tuples(st.lists(_octet, min_size=1, max_size=5).map(".".join), _port).map(
+        lambda t: t[0] if t[1] is None else f"{t[0]}:{t[1]}"),
+    st.tuples(st.sampled_from(["Api.Example.com", "a.b", "x_y-1.test", "a..b", "-a", "a.1", "1a.b2",
+                               "a.", "xn--p.de", "é.de", "a b", "a\0b", "", ":", "a:b:c"]), _port).map(
+        lambda t: t[0] if t[1] is None else f"{t[0]}:{t[1]}"),
+    st.sampled_from(["[::1]:443", "[::ffff:127.0.0.1]", "::1", "[fe80::1%eth0]:22", "[2001:DB8::0:1]",
+                     "https://a.example.com/x", "http://[::1]:8080/", "ftp://h", "https://h:0/",
+                     "[1.2.3.4]", "[::1", "[::1]x"]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_any_host)
+def test_the_host_fast_paths_answer_as_the_full_normalisation(host: str) -> None:
+    from policy_engine import patterns
+
+    assert _outcome(patterns._normalize_host, host) == _outcome(patterns._normalize_host_full, host)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789abcdefABCDEF:.%x", max_size=50),
+                 st.sampled_from(["::1", "::ffff:1.2.3.4", "fe80::1%" + "z" * 80, "127.1", "0x7f.1"])),
+       st.booleans())
+def test_remembered_addresses_answer_as_parsing_them_again(host: str, bracketed: bool) -> None:
+    from policy_engine import patterns
+
+    first = _outcome(patterns._canonical_ip, host, bracketed)
+    assert first == _outcome(patterns._canonical_ip, host, bracketed)  # a second time: remembered
+    assert first == _outcome(patterns._canonical_ip_full, host, bracketed)
+
+
+def test_normalize_keeps_its_answers_for_the_common_shapes() -> None:
+    from policy_engine.patterns import HostPort, normalize
+
+    assert normalize(ResourceKind.PATH, "/srv/a/b.csv") == "/srv/a/b.csv"
+    assert normalize(ResourceKind.PATH, "/srv/a/../b/") == "/srv/b"
+    assert normalize(ResourceKind.PATH, "//srv//a/.") == "/srv/a"
+    assert normalize(ResourceKind.HOST, "10.0.0.1:443") == HostPort("10.0.0.1", 443)
+    assert normalize(ResourceKind.HOST, "010.0.0.1") == HostPort("8.0.0.1")
+    assert normalize(ResourceKind.HOST, "127.1:80") == HostPort("127.0.0.1", 80)
