@@ -541,3 +541,72 @@ def test_normalize_keeps_its_answers_for_the_common_shapes() -> None:
     assert normalize(ResourceKind.HOST, "10.0.0.1:443") == HostPort("10.0.0.1", 443)
     assert normalize(ResourceKind.HOST, "010.0.0.1") == HostPort("8.0.0.1")
     assert normalize(ResourceKind.HOST, "127.1:80") == HostPort("127.0.0.1", 80)
+
+
+# ----------------------------------------------------------------------------- manifest YAML
+
+def _yaml_reading(text: str, fast: bool) -> tuple[str, Any]:
+    from policy_engine import manifest
+    from policy_engine.errors import ManifestError
+
+    try:
+        data, source, early = manifest._read_yaml_with(text, "m.yaml", fast=fast)
+    except ManifestError as exc:
+        return "error", [str(d) for d in exc.diagnostics]
+    except Exception as exc:  # noqa: BLE001 - the fast reader may fail in its own words
+        return "failed", type(exc).__name__
+    scalars = {pointer: (node.tag, node.value, node.start_mark.line, node.start_mark.column,
+                         node.start_mark.index, node.end_mark.line, node.end_mark.column, node.end_mark.index)
+               for pointer, node in source.scalars.items()}
+    return "ok", (data, dict(source.values), dict(source.keys), scalars, [str(d) for d in early])
+
+
+_yaml_scalar = st.one_of(
+    st.text(alphabet="ab:#-'\" {}[],&*!|>%@`?.01\\\n", max_size=8), st.integers(-10, 10), st.booleans(),
+    st.none(), st.sampled_from(["1.0.0", "yes", "~", "2024-01-02", "0x1f", "1e3", "file:read /srv/**"]))
+_yaml_data = st.recursive(_yaml_scalar, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(alphabet="abn: -", min_size=1, max_size=6), inner,
+                                                 max_size=4)), max_leaves=12)
+
+
+def _texts_of(data: Any) -> list[str]:
+    import json
+
+    import yaml
+
+    return [json.dumps(data), json.dumps(data, indent=1), yaml.safe_dump(data),
+            yaml.safe_dump(data, default_flow_style=True), yaml.safe_dump(data, default_style='"')]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_data, st.integers(0, 4), st.integers(0, 200), st.sampled_from(["", ":", "- ", "\n", "&a ", "*a",
+                                                                          "#", "'", '"', "{", "]", " x", "\n  "]))
+def test_libyaml_events_read_a_manifest_as_pyyaml_does(data: Any, style: int, at: int, insert: str) -> None:
+    from policy_engine.bounded import is_plain_yaml_text
+
+    text = _texts_of(data)[style]
+    for candidate in (text, text[:at] + insert + text[at:]):
+        if not is_plain_yaml_text(candidate):
+            continue
+        fast, full = _yaml_reading(candidate, True), _yaml_reading(candidate, False)
+        # What the fast reader accepts it reads exactly so; anything else is read again in full.
+        assert fast[0] != "ok" or fast == full, candidate
+
+
+def test_a_manifest_the_fast_reader_refuses_gets_pyyaml_s_own_words() -> None:
+    from policy_engine import manifest
+    from policy_engine.errors import ManifestError
+
+    for text in ("name: [1, 2\n", "a: &x 1\nb: *y\n", "a: b: c\n", "name: x\nname: y\n", "- 1\n"):
+        try:
+            manifest._read_yaml_with(text, "m.yaml", fast=False)
+        except ManifestError as exc:
+            want = [str(d) for d in exc.diagnostics]
+        else:
+            want = None
+        try:
+            manifest._read_yaml(text, "m.yaml")
+        except ManifestError as exc:
+            assert [str(d) for d in exc.diagnostics] == want
+        else:
+            assert want is None
