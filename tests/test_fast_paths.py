@@ -209,6 +209,25 @@ def test_a_worker_table_rebuilt_from_the_wire_agrees_with_the_host() -> None:
         assert worker.allows("file:read", path) == engine.decide("p", "file:read", path).allowed, path
 
 
+def test_equal_patterns_share_one_compiled_predicate_across_plugins() -> None:
+    from policy_engine.permissions import Permission
+
+    engine = Engine.from_source('deny plugin * to file:read on "/etc/**", "/srv/*/k*"\n'
+                                'allow plugin * to file:read on "/srv/**"',
+                                [_plugin_manifest(_manifest(n, ["file:read /srv/**"])) for n in ("p", "q")])
+    plans = []
+    for name in ("p", "q"):
+        table = engine.plugin_table(name)
+        assert table is not None
+        plans.append(table.entries[Permission.FILE_READ].plan)
+    first, second = plans
+    assert first.denies[0][0] is second.denies[0][0]  # the wildcard rule: compiled once
+    assert first.allows[0][0] is second.allows[0][0]
+    assert first.declared is second.declared  # the same manifest line in both
+    for path in ("/etc/x", "/srv/a/key", "/srv/a/b", "/tmp/x"):
+        assert engine.decide("p", "file:read", path).allowed == engine.decide("q", "file:read", path).allowed
+
+
 # ----------------------------------------------------------------------------- bounded cost
 
 
