@@ -119,16 +119,19 @@ def requests_for(plugins: int, count: int, rng: random.Random) -> list[Request]:
     return out
 
 
-def workload(plugins: int, count: int = 20000) -> tuple[str, list[Any], list[Request]]:
-    """Policy text, manifests and requests for ``plugins`` plugins."""
+def workload(plugins: int, count: int = 20000, files: int = 20) -> tuple[dict[str, str], list[Any], list[Request]]:
+    """Policy files (``{name: text}``, each under the policy file size cap), manifests and
+    requests for ``plugins`` plugins."""
     rng = random.Random(SEED)
-    lines = [GLOBAL_RULES]
+    chunks: list[list[str]] = [[] for _ in range(files)]
+    chunks[0].append(GLOBAL_RULES)
     manifests = []
     for i in range(plugins):
-        lines += policy_lines(i)
+        chunks[i % files].extend(policy_lines(i))
         manifests.append(manifest_from_mapping(
             manifest_data(i, rng), file=f"plugin-{i:05d}.yaml", plugin_path=Path(f"/srv/plugins/plugin-{i:05d}")))
-    return "\n".join(lines), manifests, requests_for(plugins, count, rng)
+    policy = {f"part{index:02d}.policy": "\n".join(chunk) + "\n" for index, chunk in enumerate(chunks)}
+    return policy, manifests, requests_for(plugins, count, rng)
 
 
 def special_requests(plugins: int, count: int) -> dict[str, list[Request]]:

@@ -412,6 +412,62 @@ def bounded_loader(text: str, *, name: str, limits: InputLimits = DEFAULT_LIMITS
     return instance
 
 
+class _NotPlain(Exception):
+    """Internal: libyaml's reading may differ from PyYAML's here; read the text again."""
+
+
+def _same_index(start: Any, stop: Any) -> bool:
+    return bool(start.index == stop.index)
+
+
+def is_plain_yaml_text(text: str) -> bool:
+    """Whether ``text`` is a shape libyaml reads exactly as PyYAML does: ASCII, no tabs, no
+    carriage returns (positions count the same characters and lines in both)."""
+    return text.isascii() and "\t" not in text and "\r" not in text
+
+
+def use_libyaml_events(loader: BoundedSafeLoader, text: str) -> bool:
+    """Let ``loader`` take its events from libyaml (when PyYAML has it) instead of PyYAML's
+    pure-Python scanner and parser; True when it does.
+
+    Only the event source changes: composing, and so every cap, stays the loader's own, as
+    do the resolver and the constructor. Callers use it for :func:`is_plain_yaml_text` texts
+    and read the text again with a plain loader on any failure, so that every error is
+    PyYAML's, word for word.
+    """
+    parser_type = getattr(getattr(yaml, "_yaml", None), "CParser", None)
+    if parser_type is None or not getattr(yaml, "__with_libyaml__", False):
+        return False
+    parser = parser_type(text)
+    # libyaml places the end of a text without a final line break on a line after it,
+    # PyYAML at the end of the last line: the marks at the very end are PyYAML's here.
+    end = len(text) if text and not text.endswith("\n") else -1
+    line = text.count("\n")
+    column = len(text) - (text.rfind("\n") + 1)
+
+    def checked(event: Any) -> Any:
+        if event.__class__ is ScalarEvent and not event.value and _same_index(event.start_mark, event.end_mark):
+            # An implicit empty scalar (`a:`): the two place it differently; PyYAML decides.
+            raise _NotPlain("an implicit empty scalar")
+        if end >= 0:
+            for attribute in ("start_mark", "end_mark"):
+                mark = getattr(event, attribute, None)
+                if mark is not None and mark.index == end and (mark.line, mark.column) != (line, column):
+                    # No buffer: like libyaml's own marks, this one shows no snippet.
+                    setattr(event, attribute, yaml.Mark(mark.name, end, line, column, None, None))  # type: ignore[arg-type]
+        return event
+
+    def peek_event() -> Any:
+        return checked(parser.peek_event())
+
+    def get_event() -> Any:
+        return checked(parser.get_event())
+
+    # Instance attributes shadow the pure-Python parser's methods for this loader only.
+    vars(loader).update(check_event=parser.check_event, peek_event=peek_event, get_event=get_event)
+    return True
+
+
 def compose_yaml(text: str, *, name: str, limits: InputLimits = DEFAULT_LIMITS) -> Node | None:
     """The node tree of the single YAML document ``text`` (None when empty), within the caps.
 

@@ -32,7 +32,14 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .bounded import DEFAULT_LIMITS, BoundedSafeLoader, bounded_loader, read_bounded_file
+from .bounded import (
+    DEFAULT_LIMITS,
+    BoundedSafeLoader,
+    bounded_loader,
+    is_plain_yaml_text,
+    read_bounded_file,
+    use_libyaml_events,
+)
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
 from .errors import InputLimitError, ManifestError, PolicySyntaxError
 from .nodes import Grant
@@ -369,9 +376,21 @@ def _from_text(text: str, file: str, plugin_path: Path, manifest_path: Path | No
 
 def _read_yaml(text: str, file: str) -> tuple[object, _Source, list[Diagnostic]]:
     """The document's data, where its fields are, and duplicate-key problems."""
+    if is_plain_yaml_text(text):
+        try:
+            return _read_yaml_with(text, file, fast=True)
+        except Exception:  # noqa: BLE001 - any failure is reported by the pure-Python reader
+            pass
+    return _read_yaml_with(text, file, fast=False)
+
+
+def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Source, list[Diagnostic]]:
+    """:func:`_read_yaml` with libyaml's events (``fast``, plain texts) or PyYAML's own."""
     loader: BoundedSafeLoader | None = None
     try:
         loader = bounded_loader(text, name=file, loader=_Loader)
+        if fast and not use_libyaml_events(loader, text):
+            raise ValueError("libyaml is not available")
         root = loader.get_single_node()
         if root is None:
             raise ManifestError([Diagnostic(

@@ -13,6 +13,7 @@ Nothing here generates source code: the predicates are closures over the pattern
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from .patterns import NamePattern, PathPattern, Pattern, Resource
@@ -43,7 +44,17 @@ def matcher(pattern: Pattern) -> Matcher:
 
 
 def any_matcher(patterns: Sequence[Pattern]) -> Matcher:
-    """A predicate: does any of ``patterns`` match (none: nothing matches)."""
+    """A predicate: does any of ``patterns`` match (none: nothing matches).
+
+    Equal patterns match the same resources by construction (their canonical forms are
+    equal), so one predicate serves every table that holds the same patterns: a wildcard
+    rule, or a manifest line many plugins share, is compiled once, not once per plugin.
+    """
+    return _shared_any_matcher(tuple(patterns))
+
+
+@functools.lru_cache(maxsize=65536)
+def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
     tests = tuple(matcher(p) for p in patterns)
     if len(tests) == 1:
         return tests[0]

@@ -209,6 +209,25 @@ def test_a_worker_table_rebuilt_from_the_wire_agrees_with_the_host() -> None:
         assert worker.allows("file:read", path) == engine.decide("p", "file:read", path).allowed, path
 
 
+def test_equal_patterns_share_one_compiled_predicate_across_plugins() -> None:
+    from policy_engine.permissions import Permission
+
+    engine = Engine.from_source('deny plugin * to file:read on "/etc/**", "/srv/*/k*"\n'
+                                'allow plugin * to file:read on "/srv/**"',
+                                [_plugin_manifest(_manifest(n, ["file:read /srv/**"])) for n in ("p", "q")])
+    plans = []
+    for name in ("p", "q"):
+        table = engine.plugin_table(name)
+        assert table is not None
+        plans.append(table.entries[Permission.FILE_READ].plan)
+    first, second = plans
+    assert first.denies[0][0] is second.denies[0][0]  # the wildcard rule: compiled once
+    assert first.allows[0][0] is second.allows[0][0]
+    assert first.declared is second.declared  # the same manifest line in both
+    for path in ("/etc/x", "/srv/a/key", "/srv/a/b", "/tmp/x"):
+        assert engine.decide("p", "file:read", path).allowed == engine.decide("q", "file:read", path).allowed
+
+
 # ----------------------------------------------------------------------------- bounded cost
 
 
@@ -468,3 +487,145 @@ def test_reload_follows_a_plugin_directory_link_that_moved(tmp_path: Path) -> No
     engine.reload()
     assert engine.decide("p", "file:read", str(tmp_path / "two" / "x")).allowed
     assert not engine.decide("p", "file:read", str(tmp_path / "one" / "x")).allowed
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def _outcome(function: Any, *args: Any) -> tuple[str, Any]:
+    from policy_engine import patterns
+
+    try:
+        return "ok", function(*args)
+    except (patterns._Bad, patterns.InvalidResourceError) as exc:  # the same failure, same words
+        return type(exc).__name__, str(exc)
+
+
+_path_piece = st.sampled_from(["", ".", "..", "a", "b.c", ".x", "..y", "a\0b", "é", " ", "x/"])
+_any_path = st.one_of(
+    st.lists(_path_piece, max_size=8).map("/".join),
+    st.lists(_path_piece, max_size=8).map(lambda s: "/" + "/".join(s)),
+    st.text(alphabet="/.ab\0", max_size=16),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_any_path, st.sampled_from([None, "/base", "/b/./c/", "rel", "/with\0nul"]))
+def test_the_path_fast_path_answers_as_the_full_normalisation(path: str, base_dir: str | None) -> None:
+    from policy_engine import patterns
+
+    assert _outcome(patterns._normalize_path, path, base_dir) == \
+        _outcome(patterns._normalize_path_full, path, base_dir)
+
+
+_octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "0x7f", "", "a"]))
+_port = st.one_of(st.none(), st.integers(0, 70000).map(str), st.sampled_from(["", "00443", "http", "*"]))
+_any_host = st.one_of(
+    st.tuples(st.lists(_octet, min_size=1, max_size=5).map(".".join), _port).map(
+        lambda t: t[0] if t[1] is None else f"{t[0]}:{t[1]}"),
+    st.tuples(st.sampled_from(["Api.Example.com", "a.b", "x_y-1.test", "a..b", "-a", "a.1", "1a.b2",
+                               "a.", "xn--p.de", "é.de", "a b", "a\0b", "", ":", "a:b:c"]), _port).map(
+        lambda t: t[0] if t[1] is None else f"{t[0]}:{t[1]}"),
+    st.sampled_from(["[::1]:443", "[::ffff:127.0.0.1]", "::1", "[fe80::1%eth0]:22", "[2001:DB8::0:1]",
+                     "https://a.example.com/x", "http://[::1]:8080/", "ftp://h", "https://h:0/",
+                     "[1.2.3.4]", "[::1", "[::1]x"]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_any_host)
+def test_the_host_fast_paths_answer_as_the_full_normalisation(host: str) -> None:
+    from policy_engine import patterns
+
+    assert _outcome(patterns._normalize_host, host) == _outcome(patterns._normalize_host_full, host)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789abcdefABCDEF:.%x", max_size=50),
+                 st.sampled_from(["::1", "::ffff:1.2.3.4", "fe80::1%" + "z" * 80, "127.1", "0x7f.1"])),
+       st.booleans())
+def test_remembered_addresses_answer_as_parsing_them_again(host: str, bracketed: bool) -> None:
+    from policy_engine import patterns
+
+    first = _outcome(patterns._canonical_ip, host, bracketed)
+    assert first == _outcome(patterns._canonical_ip, host, bracketed)  # a second time: remembered
+    assert first == _outcome(patterns._canonical_ip_full, host, bracketed)
+
+
+def test_normalize_keeps_its_answers_for_the_common_shapes() -> None:
+    from policy_engine.patterns import HostPort, normalize
+
+    assert normalize(ResourceKind.PATH, "/srv/a/b.csv") == "/srv/a/b.csv"
+    assert normalize(ResourceKind.PATH, "/srv/a/../b/") == "/srv/b"
+    assert normalize(ResourceKind.PATH, "//srv//a/.") == "/srv/a"
+    assert normalize(ResourceKind.HOST, "10.0.0.1:443") == HostPort("10.0.0.1", 443)
+    assert normalize(ResourceKind.HOST, "010.0.0.1") == HostPort("8.0.0.1")
+    assert normalize(ResourceKind.HOST, "127.1:80") == HostPort("127.0.0.1", 80)
+
+
+# ----------------------------------------------------------------------------- manifest YAML
+
+def _yaml_reading(text: str, fast: bool) -> tuple[str, Any]:
+    from policy_engine import manifest
+    from policy_engine.errors import ManifestError
+
+    try:
+        data, source, early = manifest._read_yaml_with(text, "m.yaml", fast=fast)
+    except ManifestError as exc:
+        return "error", [str(d) for d in exc.diagnostics]
+    except Exception as exc:  # noqa: BLE001 - the fast reader may fail in its own words
+        return "failed", type(exc).__name__
+    scalars = {pointer: (node.tag, node.value, node.start_mark.line, node.start_mark.column,
+                         node.start_mark.index, node.end_mark.line, node.end_mark.column, node.end_mark.index)
+               for pointer, node in source.scalars.items()}
+    return "ok", (data, dict(source.values), dict(source.keys), scalars, [str(d) for d in early])
+
+
+_yaml_scalar = st.one_of(
+    st.text(alphabet="ab:#-'\" {}[],&*!|>%@`?.01\\\n", max_size=8), st.integers(-10, 10), st.booleans(),
+    st.none(), st.sampled_from(["1.0.0", "yes", "~", "2024-01-02", "0x1f", "1e3", "file:read /srv/**"]))
+_yaml_data = st.recursive(_yaml_scalar, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(alphabet="abn: -", min_size=1, max_size=6), inner,
+                                                 max_size=4)), max_leaves=12)
+
+
+def _texts_of(data: Any) -> list[str]:
+    import json
+
+    import yaml
+
+    return [json.dumps(data), json.dumps(data, indent=1), yaml.safe_dump(data),
+            yaml.safe_dump(data, default_flow_style=True), yaml.safe_dump(data, default_style='"')]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_data, st.integers(0, 4), st.integers(0, 200), st.sampled_from(["", ":", "- ", "\n", "&a ", "*a",
+                                                                          "#", "'", '"', "{", "]", " x", "\n  "]))
+def test_libyaml_events_read_a_manifest_as_pyyaml_does(data: Any, style: int, at: int, insert: str) -> None:
+    from policy_engine.bounded import is_plain_yaml_text
+
+    text = _texts_of(data)[style]
+    for candidate in (text, text[:at] + insert + text[at:]):
+        if not is_plain_yaml_text(candidate):
+            continue
+        fast, full = _yaml_reading(candidate, True), _yaml_reading(candidate, False)
+        # What the fast reader accepts it reads exactly so; anything else is read again in full.
+        assert fast[0] != "ok" or fast == full, candidate
+
+
+def test_a_manifest_the_fast_reader_refuses_gets_pyyaml_s_own_words() -> None:
+    from policy_engine import manifest
+    from policy_engine.errors import ManifestError
+
+    for text in ("name: [1, 2\n", "a: &x 1\nb: *y\n", "a: b: c\n", "name: x\nname: y\n", "- 1\n"):
+        try:
+            manifest._read_yaml_with(text, "m.yaml", fast=False)
+        except ManifestError as exc:
+            want = [str(d) for d in exc.diagnostics]
+        else:
+            want = None
+        try:
+            manifest._read_yaml(text, "m.yaml")
+        except ManifestError as exc:
+            assert [str(d) for d in exc.diagnostics] == want
+        else:
+            assert want is None
