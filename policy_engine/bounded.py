@@ -62,7 +62,7 @@ class InputLimits:
     """
 
     #: Bytes of one ``.policy`` file.
-    policy_file_bytes: int = 1024 * 1024
+    policy_file_bytes: int = 512 * 1024
     #: Bytes of all the files of one policy set together.
     policy_set_bytes: int = 16 * 1024 * 1024
     #: ``.policy`` files in one policy set.

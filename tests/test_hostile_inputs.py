@@ -63,6 +63,9 @@ POLICIES: dict[str, Callable[[], bytes]] = {
     "not-chain": lambda: ("allow plugin * to file:read when " + "not\n" * 100_000 + "true\n").encode(),
     "line-1mb": lambda: ("# " + "x" * MB + "\n" + VALID_POLICY).encode(),
     "file-2mb": lambda: ("# padding\n" * (2 * MB // 10)).encode(),
+    # Valid rules, 1 MB of them: refused by the per-file cap before the parser sees them.
+    "rules-1mb": lambda: "".join(
+        f'allow plugin "p{i}" to file:read on "/srv/{i}/**"\n' for i in range(MB // 40)).encode(),
     "random-bytes": _random_bytes,
     "utf-16": lambda: VALID_POLICY.encode("utf-16"),
     "undecodable": lambda: b"# \xff\n" + VALID_POLICY.encode(),
