@@ -258,7 +258,7 @@ class PluginSandbox:
 
         services = HostServices(name, self._check_for(name), config=self.config, db_path=self.db_path,
                                 hooks=self.hooks, hook_caller=call_hook, decide=decide,
-                                on_reported=reported, peek=peek)
+                                on_reported=reported, peek=peek, on_decision=self.record)
         audit = self.mode == "audit"
         if limits.isolation is Isolation.INPROCESS:
             def checker(action: str, resource: str | None) -> None:
