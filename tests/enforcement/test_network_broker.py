@@ -95,7 +95,7 @@ class Plugin:
         return "sent"
 '''
 
-Starter = Callable[[str], tuple[WorkerProcess, list[Decision]]]
+Starter = Callable[..., tuple[WorkerProcess, list[Decision]]]
 
 
 class FakeResolver:
@@ -149,7 +149,7 @@ def start(tmp_path: Path, resolver: FakeResolver) -> Iterator[Starter]:
     (tmp_path / "plugin" / "demo.py").write_text(PLUGIN)
     workers: list[WorkerProcess] = []
 
-    def starter(policy: str) -> tuple[WorkerProcess, list[Decision]]:
+    def starter(policy: str, *, sandbox: bool = True) -> tuple[WorkerProcess, list[Decision]]:
         manifest = manifest_from_mapping(
             {"name": "demo", "version": "1.0.0", "type": "agent", "entry_point": "demo:Plugin",
              "permissions": ["network:request"]},
@@ -169,7 +169,7 @@ def start(tmp_path: Path, resolver: FakeResolver) -> Iterator[Starter]:
                           data_dir=str(tmp_path / "data"),
                           limits=ResourceLimits(memory_bytes=256 * 1024 * 1024))
         identities = IdentityMap(tmp_path / "identities.json", first=0x5E000000, count=1024)
-        worker = WorkerProcess(sandbox=True, identities=identities, broker_factory=broker)
+        worker = WorkerProcess(sandbox=sandbox, identities=identities, broker_factory=broker)
         workers.append(worker)
         worker.start(init)
         return worker, seen
@@ -253,3 +253,17 @@ def test_a_connect_outside_an_allowed_port_is_refused(start: Starter, server: in
     with pytest.raises(PermissionDeniedError) as caught:
         worker.call("get", ["api.example.com", server], timeout=20)
     assert caught.value.decision.resource == f"api.example.com:{server}"
+
+
+def test_without_bubblewrap_the_shim_still_goes_through_the_broker(
+        start: Starter, server: int, resolver: FakeResolver) -> None:
+    # The fallback keeps the host's network namespace (and today's layers); the shim still
+    # asks the broker, so the decision is by name and made by the host.
+    worker, seen = start(f'allow plugin "demo" to network:request on "api.example.com:{server}"',
+                         sandbox=False)
+    assert worker.call("get", ["api.example.com", server], timeout=20) == "hello /raw"
+    assert resolver.asked == ["api.example.com"]
+    assert worker.call("refused", ["leak.attacker.test", server], timeout=20).startswith(
+        "permission: ")
+    assert resolver.asked == ["api.example.com"]
+    assert seen[-1].resource == f"leak.attacker.test:{server}" and not seen[-1].allowed

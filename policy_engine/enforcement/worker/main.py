@@ -19,7 +19,11 @@ worker -> host
     ``ready`` {version, report, init_result, pid}; ``result`` {value}; ``error`` {error};
     ``cap`` {capability, method, args} - a capability call made by the plugin mid-call;
     ``log`` {level, logger, message}; ``audit`` {action, resource, allowed} - audit mode
-    only; ``reaped`` {pids}; ``stopped``. Only while the host waits on a call.
+    only; ``connect`` {host, port, family} - answered by an ``fds`` frame carrying the
+    connected socket (SCM_RIGHTS) or ``cap_error``; ``resolve`` {host, port, family} -
+    answered by ``cap_result`` [[family, address], ...] or ``cap_error`` (the network
+    broker, when the init frame says ``network_broker``); ``reaped`` {pids}; ``stopped``.
+    Only while the host waits on a call.
 
 The worker applies the lockdown and installs the audit hook before it imports any plugin
 code, so from the first line the plugin runs boxed in.
