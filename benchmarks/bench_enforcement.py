@@ -7,7 +7,11 @@
 4. cold start of a fully locked-down worker to an initialised plugin;
 5. time from a timeout's deadline to the worker being gone;
 6. cold start with and without bubblewrap, interleaved in the same run (the ratio and the
-   difference of the medians are printed after the table).
+   difference of the medians are printed after the table);
+7. the network broker: a call that opens and closes one TCP connection through the host's
+   broker, a trivial call on the same worker, a direct connect in the host; the broker's
+   added cost per connection (printed after the table) is the first minus the other two;
+   and the host CPU charged per frame.
 
 Run: ``python benchmarks/bench_enforcement.py``.
 """
@@ -28,16 +32,19 @@ import psutil
 
 from policy_engine import Engine, PluginTimeoutError
 from policy_engine.enforcement.host import bwrap
+from policy_engine.enforcement.host.broker import BrokerLimits, NetworkBroker
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.sandbox import PluginSandbox
-from policy_engine.enforcement.host.supervisor import WorkerProcess
+from policy_engine.enforcement.host.supervisor import WorkerInit, WorkerProcess
+from policy_engine.enforcement.host.usage import ResourceLimits
 from policy_engine.enforcement.inprocess.runner import (
     InprocessRunner,
     install_audit_hook,
     running_as,
 )
 from policy_engine.enforcement.worker.checker import make_checker
-from policy_engine.manifest import load_manifest
+from policy_engine.enforcement.worker.lockdown import LockdownSpec
+from policy_engine.manifest import load_manifest, manifest_from_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "plugins"
@@ -167,6 +174,80 @@ def bench_bubblewrap(scratch: Path) -> dict[str, list[float]]:
     return times
 
 
+_NET_PLUGIN = """
+import socket
+
+
+class Plugin:
+    def connect(self, host, port):
+        socket.create_connection((host, port), timeout=5).close()
+
+    def nothing(self):
+        return None
+"""
+_BROKERED = "call opening one TCP connection through the broker"
+_TRIVIAL = "trivial call on the same worker"
+_DIRECT = "direct TCP connect in the host"
+_PER_FRAME = "host CPU charged per frame"
+
+
+def bench_broker(scratch: Path) -> dict[str, list[float]]:
+    """One connection per call through the host's broker, against a loopback listener."""
+    import socket
+
+    plugin_dir = scratch / "net-plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "net.py").write_text(_NET_PLUGIN)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    port = listener.getsockname()[1]
+    manifest = manifest_from_mapping(
+        {"name": "net", "version": "1.0.0", "type": "agent", "entry_point": "net:Plugin",
+         "permissions": ["network:request"]}, file="net.yaml", plugin_path=plugin_dir)
+    engine = Engine.from_source(f'allow plugin "net" to network:request on "localhost:{port}"',
+                                [manifest])
+
+    def broker() -> NetworkBroker:
+        # Every iteration looks `localhost` up: lift the lookup budget, not the point here.
+        return NetworkBroker("net", engine.decide,
+                             limits=BrokerLimits(lookups_per_second=1e6, lookup_burst=10**6))
+
+    spec = LockdownSpec(scratch_dir=str(scratch / "net-scratch"), plugin_dir=str(plugin_dir),
+                        allow_network=True, connect_ports=(port,))
+    init = WorkerInit(plugin="net", plugin_dir=str(plugin_dir), entry_point="net:Plugin",
+                      lockdown=spec, checker={"allow": []}, data_dir=str(scratch / "net-data"),
+                      limits=ResourceLimits(memory_bytes=256 * 1024 * 1024))
+    results: dict[str, list[float]] = {_BROKERED: [], _TRIVIAL: [], _DIRECT: [], _PER_FRAME: []}
+    with WorkerProcess(broker_factory=broker) as worker:
+        worker.start(init)
+
+        def drain() -> None:
+            listener.setblocking(False)
+            try:
+                while True:
+                    listener.accept()[0].close()
+            except BlockingIOError:
+                pass
+
+        for _ in range(20):
+            worker.call("connect", ["localhost", port], timeout=10)
+        drain()
+        for _ in range(300):
+            started = time.perf_counter_ns()
+            worker.call("connect", ["localhost", port], timeout=10)
+            results[_BROKERED].append((time.perf_counter_ns() - started) / 1000)
+            cpu = worker.host_cpu_seconds
+            started = time.perf_counter_ns()
+            worker.call("nothing", timeout=10)
+            results[_TRIVIAL].append((time.perf_counter_ns() - started) / 1000)
+            results[_PER_FRAME].append((worker.host_cpu_seconds - cpu) * 1e6)  # one frame
+            started = time.perf_counter_ns()
+            socket.create_connection(("127.0.0.1", port)).close()
+            results[_DIRECT].append((time.perf_counter_ns() - started) / 1000)
+            drain()
+    listener.close()
+    return results
+
+
 TARGETS = {
     "wrapped in-process call, added": "<= 2 µs",
     "audited event in host code, no plugin active, added": "(prototype: 0.13-0.15 µs)",
@@ -178,6 +259,10 @@ TARGETS = {
     "worker gone after the deadline": "<= 100 ms",
     "cold start, today's layers only": "(baseline)",
     "cold start under bubblewrap": "<= baseline + 15 ms",
+    _BROKERED: "(see below)",
+    _TRIVIAL: "(baseline)",
+    _DIRECT: "(baseline)",
+    _PER_FRAME: "(no target)",
 }
 
 
@@ -186,7 +271,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
         scratch = Path(tmp)
         rows = {**bench_inprocess(scratch), **bench_process(scratch),
-                **bench_bubblewrap(scratch)}
+                **bench_bubblewrap(scratch), **bench_broker(scratch)}
     name_width = max(len(n) for n in rows)
     print(f"{'measure':<{name_width}}  {'median':>12}  {'p99':>12}  target")
     print("-" * (name_width + 40))
@@ -203,6 +288,11 @@ def main() -> None:
         print(f"\nbubblewrap adds {added:.1f} ms to a cold start (ratio {ratio:.2f})")
     else:
         print(f"\nbubblewrap not measured: {bwrap.available()}")
+    brokered, trivial, direct = rows[_BROKERED], rows[_TRIVIAL], rows[_DIRECT]
+    added = [b - t - d for b, t, d in zip(brokered, trivial, direct, strict=True)]
+    print(f"the broker adds {statistics.median(added) / 1000:.2f} ms per connection "
+          f"(p99 {p99(added) / 1000:.2f} ms; target <= 2 ms; ratio to a direct connect "
+          f"{statistics.median(brokered) / statistics.median([t + d for t, d in zip(trivial, direct, strict=True)]):.2f})")
     print(f"\n(cpu count {os.cpu_count()}; times are wall clock)")
 
 

@@ -49,7 +49,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--args takes JSON values: {exc}") from None
         calls = [(method, parsed) for method in args.call]
-    result = learn(args.plugin_dir, args.policy or [DEFAULT_POLICY], variables, calls)
+    result = learn(args.plugin_dir, args.policy or [DEFAULT_POLICY], variables, calls,
+                   unsandboxed=args.unsandboxed)
     if args.json:
         print(json.dumps(asdict(result), indent=2, sort_keys=True))
     else:
@@ -71,6 +72,9 @@ def _register_learn(commands: Any) -> None:
     parser.add_argument("--call", action="append", metavar="METHOD",
                         help="a method to call (repeatable; default: the entry point and no-argument methods)")
     parser.add_argument("--args", nargs="*", metavar="JSON", help="JSON arguments for each --call")
+    parser.add_argument("--unsandboxed", action="store_true",
+                        help="learn runs in audit mode, which is NOT a sandbox: the plugin runs with "
+                             "the filesystem and network open and reports on itself; required")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=cmd_learn)
 

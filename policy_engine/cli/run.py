@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         format="policy-engine: %(levelname)s: %(message)s")
     variables = parse_pairs(args.var, "variable", typed=False)
     report = run_plugins(args.policy or [DEFAULT_POLICY], args.plugins_dir, variables,
-                         mode="audit" if args.audit else "enforce")
+                         mode="audit" if args.audit else "enforce", unsandboxed=args.unsandboxed)
     if args.json:
         print(json.dumps(report_to_dict(report), indent=2, sort_keys=True))
     else:
@@ -95,6 +95,9 @@ def _register_run(commands: Any) -> None:
     add_variable_option(run)
     run.add_argument("--audit", action="store_true",
                      help="audit mode: decide and record everything, deny nothing")
+    run.add_argument("--unsandboxed", action="store_true",
+                     help="audit mode is NOT a sandbox: the plugin runs with the filesystem and network open "
+                     "and reports on itself; required with --audit, for code you would run unsandboxed")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="show the log as the run goes")
     run.set_defaults(handler=cmd_run)

@@ -49,6 +49,7 @@ __all__ = [
     "IsolationReport",
     "LogRecord",
     "PassFds",
+    "ResolveRequest",
     "Ready",
     "Reaped",
     "Result",
@@ -65,6 +66,7 @@ __all__ = [
     "encode_frame",
     "isolation_level",
     "recv_frame",
+    "recv_frame_and_fds",
     "recv_frame_with_fds",
     "recv_worker_message",
     "send_frame",
@@ -691,16 +693,44 @@ class ConnectRequest:
     op: ClassVar[str] = "connect"
     host: str
     port: int
+    #: the plugin's socket's address family (0: either)
+    family: int = 0
 
     def encode(self) -> dict[str, Any]:
         """The frame's JSON value."""
-        return {"op": self.op, "host": self.host, "port": self.port}
+        return {"op": self.op, "host": self.host, "port": self.port, "family": self.family}
 
     @classmethod
     def decode(cls, data: Any) -> ConnectRequest:
         """Strict decoder; WireError when ``data`` is not this kind."""
-        fields = _fields(data, cls.op, ("host", "port"))
-        return cls(_str(fields, "host", LIMITS.name_chars), _int(fields, "port", 0, 65535))
+        fields = _fields(data, cls.op, ("host", "port"), ("family",))
+        family = _int(fields, "family", 0, 255) if "family" in fields else 0
+        return cls(_str(fields, "host", LIMITS.name_chars), _int(fields, "port", 0, 65535),
+                   family)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """``resolve``: the worker's ``getaddrinfo`` for ``host``, served by the host's broker.
+
+    The host answers ``cap_result`` with ``[[family, address], ...]`` or ``cap_error``.
+    """
+
+    op: ClassVar[str] = "resolve"
+    host: str
+    port: int
+    family: int = 0
+
+    def encode(self) -> dict[str, Any]:
+        """The frame's JSON value."""
+        return {"op": self.op, "host": self.host, "port": self.port, "family": self.family}
+
+    @classmethod
+    def decode(cls, data: Any) -> ResolveRequest:
+        """Strict decoder; WireError when ``data`` is not this kind."""
+        fields = _fields(data, cls.op, ("host", "port", "family"))
+        return cls(_str(fields, "host", LIMITS.name_chars), _int(fields, "port", 0, 65535),
+                   _int(fields, "family", 0, 255))
 
 
 @dataclass(frozen=True, slots=True)
@@ -729,12 +759,13 @@ class PassFds:
 
 WorkerMessage: TypeAlias = (
     "Ready | Result | ErrorReply | CapabilityCall | LogRecord | AuditRecord | Reaped | Stopped"
-    " | ConnectRequest | PassFds"
+    " | ConnectRequest | ResolveRequest | PassFds"
 )
 
 _WORKER_KINDS: dict[str, Any] = {
     kind.op: kind for kind in (Ready, Result, ErrorReply, CapabilityCall, LogRecord,
-                               AuditRecord, Reaped, Stopped, ConnectRequest, PassFds)
+                               AuditRecord, Reaped, Stopped, ConnectRequest, ResolveRequest,
+                               PassFds)
 }
 
 
@@ -804,6 +835,36 @@ def recv_frame_with_fds(sock: socket.socket, *, limits: WireLimits = LIMITS
             _close(fd)
         raise
     return message, fds
+
+
+def recv_frame_and_fds(sock: socket.socket, *, max_fds: int = 1,
+                       max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Any, list[int]]:
+    """The worker's side: one frame from the host and the descriptors that came with it.
+
+    A reply that may carry descriptors (the answer to :class:`ConnectRequest`) is read with
+    this; a reply without any gives an empty list. Descriptors arrive with the frame's first
+    byte; more than ``max_fds`` (or truncated control data) is refused, all of them closed.
+    """
+    data, fds, flags, _address = socket.recv_fds(sock, _HEADER.size, max_fds)
+    try:
+        if not data:
+            raise ChannelClosedError("channel closed by peer")
+        if flags & socket.MSG_CTRUNC or len(fds) > max_fds:
+            raise FrameError("more descriptors than announced arrived")
+        header = data + _recv_exact(sock, _HEADER.size - len(data), None)
+        (length,) = _HEADER.unpack(header)
+        if length > max_bytes:
+            raise FrameError(f"frame of {length} bytes exceeds the limit of {max_bytes} bytes")
+        payload = _recv_exact(sock, length, None)
+        try:
+            value = json.loads(payload.decode("utf-8"))
+        except (RecursionError, UnicodeDecodeError, ValueError) as error:
+            raise FrameError(f"frame is not valid UTF-8 JSON: {error}") from error
+    except BaseException:
+        for fd in fds:
+            _close(fd)
+        raise
+    return value, list(fds)
 
 
 def _close(fd: int) -> None:

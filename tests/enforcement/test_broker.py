@@ -19,7 +19,7 @@ import pytest
 from policy_engine import Engine, PermissionDeniedError, Reason
 from policy_engine.decision import Decision
 from policy_engine.enforcement.host.broker import BrokerLimits, NetworkBroker, format_resource
-from policy_engine.enforcement.netshim import BrokerClient, install
+from policy_engine.enforcement.worker.netshim import BrokerClient, install
 from policy_engine.errors import PluginTimeoutError
 from policy_engine.manifest import manifest_from_mapping
 

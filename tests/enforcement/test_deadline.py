@@ -56,7 +56,7 @@ def test_sandbox_constructors_leave_global_logging_alone() -> None:
                logging.getLogger(n).propagate) for n in loggers]
     for mode in ("enforce", "audit"):
         PluginSandbox(Engine.from_source("", []), mode=mode,  # type: ignore[arg-type]
-                      data_dir="/nonexistent-data").close()
+                      data_dir="/nonexistent-data", unsandboxed_audit=True).close()
     after = [(logging.getLogger(n).level, list(logging.getLogger(n).handlers),
               logging.getLogger(n).propagate) for n in loggers]
     assert after == before

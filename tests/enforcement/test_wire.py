@@ -62,6 +62,8 @@ MESSAGES: list[Any] = [
     Reaped((10, 11)),
     Stopped(),
     wire.ConnectRequest("example.com", 443),
+    wire.ConnectRequest("example.com", 443, socket.AF_INET6),
+    wire.ResolveRequest("example.com", 443, 0),
     PassFds("socket", 1),
 ]
 
@@ -238,6 +240,35 @@ def test_descriptors_beyond_the_announced_count_are_refused_and_closed(tmp_path:
         before = set(os.listdir("/proc/self/fd"))
         with pytest.raises(WireError, match="announces 1 descriptors, 2 arrived"):
             recv_frame_with_fds(host)
+        assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_the_worker_reads_a_reply_with_or_without_descriptors(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_text("a socket, in real life")
+    host, worker = socket.socketpair()
+    with host, worker, open(target) as handle:
+        send_frame_with_fds(host, PassFds("socket", 1), [handle.fileno()])
+        value, fds = wire.recv_frame_and_fds(worker, max_fds=1)
+        assert value == PassFds("socket", 1).encode() and len(fds) == 1
+        with os.fdopen(fds[0]) as received:
+            assert received.read() == "a socket, in real life"
+        host.sendall(encode_frame({"op": "cap_error", "error": {"message": "no"}}))
+        assert wire.recv_frame_and_fds(worker) == (
+            {"op": "cap_error", "error": {"message": "no"}}, [])
+
+
+def test_the_worker_refuses_more_descriptors_than_it_asked_for() -> None:
+    host, worker = socket.socketpair()
+    with host, worker:
+        read_end, write_end = os.pipe()
+        socket.send_fds(host, [encode_frame(PassFds("socket", 2).encode())],
+                        [read_end, write_end])
+        os.close(read_end)
+        os.close(write_end)
+        before = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(wire.FrameError):
+            wire.recv_frame_and_fds(worker, max_fds=1)
         assert set(os.listdir("/proc/self/fd")) <= before
 
 

@@ -13,7 +13,9 @@ from typing import Any
 import psutil
 import pytest
 
+from policy_engine import Engine
 from policy_engine.enforcement.host import kernel
+from policy_engine.enforcement.host.broker import NetworkBroker
 from policy_engine.enforcement.host.supervisor import StartResult, WorkerInit, WorkerProcess
 from policy_engine.enforcement.host.usage import ResourceLimits
 from policy_engine.enforcement.wire import AuditRecord, WireEntry, WireRule, WireTable
@@ -26,6 +28,7 @@ from policy_engine.errors import (
     PluginTimeoutError,
     ResourceLimitError,
 )
+from policy_engine.manifest import manifest_from_mapping
 
 pytestmark = pytest.mark.integration
 
@@ -207,11 +210,24 @@ def start(tmp_path: Path, plugin_dir: Path, granted: Path) -> Iterator[Starter]:
 
     def starter(*, allow: list[list[Any]] | None = None, limits: ResourceLimits | None = None,
                 handler: Any = None, sandbox: bool | None = None,
+                network_policy: str | None = None,
                 **spec: Any) -> tuple[WorkerProcess, StartResult]:
         rules = [["file:read", f"{granted}/*"]] + (allow or [])
         lockdown = LockdownSpec(scratch_dir=str(tmp_path / "scratch"),
                                 plugin_dir=str(plugin_dir), read_paths=(str(granted),), **spec)
-        worker = WorkerProcess(capability_handler=handler, sandbox=sandbox)
+        broker: Callable[[], NetworkBroker] | None = None
+        if network_policy is not None:
+            manifest = manifest_from_mapping(
+                {"name": "demo", "version": "1.0.0", "type": "agent",
+                 "entry_point": "demo:Plugin", "permissions": ["network:request"]},
+                file="demo.yaml", plugin_path=plugin_dir)
+            engine = Engine.from_source(network_policy, [manifest])
+
+            def broker() -> NetworkBroker:
+                return NetworkBroker("demo", engine.decide)
+
+        worker = WorkerProcess(capability_handler=handler, sandbox=sandbox,
+                               broker_factory=broker)
         workers.append(worker)
         result = worker.start(WorkerInit(
             plugin="demo", plugin_dir=str(plugin_dir), entry_point="demo:Plugin",
@@ -453,7 +469,9 @@ def test_connect_to_an_ungranted_port_is_refused(start: Starter,
     granted_port = servers[0].getsockname()[1]
     other_port = servers[1].getsockname()[1]
     worker, _ = start(allow_network=True, connect_ports=(granted_port,),
-                      allow=[["network:request", f"127.0.0.1:{granted_port}"]])
+                      allow=[["network:request", f"127.0.0.1:{granted_port}"]],
+                      network_policy=f'allow plugin "demo" to network:request on '
+                                     f'"127.0.0.1:{granted_port}"')
     with pytest.raises(PermissionDeniedError) as caught:
         worker.call("connect", [other_port], timeout=5)
     assert caught.value.decision.resource == f"127.0.0.1:{other_port}"

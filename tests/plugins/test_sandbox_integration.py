@@ -24,6 +24,7 @@ from policy_engine import (
     PluginTimeoutError,
     PluginValidationError,
     ResourceLimitError,
+    UsageError,
 )
 from policy_engine.digest import plugin_digest
 from policy_engine.enforcement.host import doctor, kernel
@@ -264,12 +265,24 @@ def test_inprocess_mode(tmp_path: Path, plugins: Path) -> None:
 
 
 def test_audit_mode_denies_nothing_and_records_everything(tmp_path: Path, plugins: Path) -> None:
-    with make_loader(tmp_path, plugins, mode="audit") as loader:
+    with make_loader(tmp_path, plugins, mode="audit", unsandboxed_audit=True) as loader:
         bad = loader.load(plugins / "malicious_plugin")
         assert bad.read(str(plugins / "malicious_plugin" / "plugin.yaml")).startswith("name: malicious")
         assert loader.sandbox.check_permission("malicious", "network:request", "example.com:443")
         records = loader.sandbox.records("malicious")
         assert any(not r.allowed and r.action == "network:request" for r in records)
+
+
+def test_audit_mode_is_refused_without_its_explicit_option(tmp_path: Path, plugins: Path) -> None:
+    from policy_engine.enforcement.host.learn import learn
+
+    with pytest.raises(UsageError, match="audit mode is not a sandbox") as caught:
+        make_loader(tmp_path, plugins, mode="audit")
+    assert "unsandboxed_audit=True" in str(caught.value)
+    with pytest.raises(UsageError, match="audit mode is not a sandbox"):
+        learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies")
+    with pytest.raises(UsageError, match="audit mode is not a sandbox"):
+        run_plugins(ROOT / "policies", ROOT / "examples" / "plugins", mode="audit")
 
 
 def test_execute_with_timeout_stops_sync_and_async_work(loader: PluginLoader) -> None:
@@ -325,7 +338,7 @@ def test_the_run_job_on_the_examples(tmp_path: Path) -> None:
 def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
     from policy_engine.enforcement.host.learn import learn
 
-    result = learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies")
+    result = learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies", unsandboxed=True)
     assert "file:read /etc/passwd" in result.needed
     assert "file:write {data_dir}/rogue/**" in result.needed
     assert any(entry.startswith("file:read /etc/passwd — ") and "default.policy" in entry

@@ -61,11 +61,13 @@ def _scope(record: AuditRecord, plugin_dir: str, data_dir: str, name: str) -> st
 
 
 def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None = None,
-          calls: list[tuple[str, list[Any]]] | None = None) -> LearnResult:
+          calls: list[tuple[str, list[Any]]] | None = None, *,
+          unsandboxed: bool = False) -> LearnResult:
     """Run the plugin in ``plugin_dir`` once in audit mode and report what it needed.
 
     ``calls`` are ``(method, args)`` pairs; by default its entry point and other public
-    no-argument methods are called (as ``run`` does).
+    no-argument methods are called (as ``run`` does). Audit mode is not a sandbox, so
+    this refuses (UsageError) unless ``unsandboxed`` is true.
     """
     plugin_dir = Path(plugin_dir).resolve()
     metadata = load_manifest(plugin_dir)
@@ -74,7 +76,8 @@ def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None 
         data_dir.mkdir()
         engine = Engine.load(policy, plugins=plugin_dir,
                              variables={"data_dir": str(data_dir), **(variables or {})})
-        sandbox = PluginSandbox(engine, mode="audit", data_dir=data_dir, scratch_root=root)
+        sandbox = PluginSandbox(engine, mode="audit", data_dir=data_dir, scratch_root=root,
+                               unsandboxed_audit=unsandboxed)
         made: list[str] = []
         try:
             with PluginLoader(engine, sandbox) as loader:

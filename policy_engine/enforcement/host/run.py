@@ -104,7 +104,8 @@ def _demo_environment() -> Iterator[Path]:
 
 
 def run_plugins(policy: str | Path | list[str | Path], plugins_dir: str | Path,
-                variables: dict[str, str] | None = None, *, mode: str = "enforce") -> RunReport:
+                variables: dict[str, str] | None = None, *, mode: str = "enforce",
+                unsandboxed: bool = False) -> RunReport:
     """Load every plugin under ``plugins_dir`` with ``policy`` and exercise it."""
     started = time.monotonic()
     with _demo_environment() as root:
@@ -114,6 +115,7 @@ def run_plugins(policy: str | Path | list[str | Path], plugins_dir: str | Path,
         engine = Engine.load(policy, plugins=plugins_dir, variables=variables)
         config = {"plugins.summarizer.top": 3, "agents.model": "small"}
         sandbox = PluginSandbox(engine, mode=mode, data_dir=data_dir, config=config,  # type: ignore[arg-type]
+                                unsandboxed_audit=unsandboxed,
                                 hooks=HookRegistry(), scratch_root=root)
         reports: list[PluginReport] = []
         with PluginLoader(engine, sandbox) as loader:

@@ -21,6 +21,7 @@ from ...errors import PermissionDeniedError, PluginValidationError
 from ...plugin_api import PluginContext, base_for
 from ..inprocess.runner import InprocessRunner
 from ..wire import AuditRecord
+from .broker import NetworkBroker, Resolver
 from .capabilities import ConfigCapability, DatabaseCapability, HookCapability, NoDatabase
 from .supervisor import WorkerInit, WorkerProcess
 from .usage import ResourceUsage
@@ -67,11 +68,15 @@ class HostServices:
                  hook_caller: Callable[[str], Callable[..., Any]] | None = None,
                  decide: Callable[[str, str | None], Decision] | None = None,
                  on_reported: Callable[[str, str | None], None] | None = None,
-                 peek: Callable[[Any, str], bool] | None = None) -> None:
+                 peek: Callable[[Any, str], bool] | None = None,
+                 on_decision: Callable[[Decision], None] | None = None,
+                 resolver: Resolver | None = None) -> None:
         """``decide(action, resource)`` is the host's own decision for the plugin, used for
         every denial a worker reports; ``on_reported(action, resource)`` receives what an
         audit-mode worker says its plugin did; ``peek(permission, resource)`` answers
-        without recording (for listing config keys)."""
+        without recording (for listing config keys). ``on_decision`` receives every
+        network decision the broker makes (the decision log); ``resolver`` replaces
+        ``socket.getaddrinfo`` for the broker (tests)."""
         self.plugin = plugin
         self.decide = decide
         self.on_reported = on_reported
@@ -80,6 +85,23 @@ class HostServices:
             DatabaseCapability(plugin, check, db_path) if db_path is not None else NoDatabase(plugin))
         self.hooks = HookCapability(plugin, check, hooks)
         self._hook_caller = hook_caller
+        self.on_decision = on_decision
+        self.resolver = resolver
+
+    def network_broker(self) -> NetworkBroker:
+        """A fresh broker for one worker of this plugin, deciding with the host's engine."""
+        decide = self.decide
+
+        def decide_for(plugin: str, action: str, resource: str) -> Decision:
+            if decide is None:
+                return deny(Reason.ERROR, plugin, action, resource,
+                            "the host has no decision function for the network")
+            return decide(action, resource)
+
+        if self.resolver is None:
+            return NetworkBroker(self.plugin, decide_for, on_decision=self.on_decision)
+        return NetworkBroker(self.plugin, decide_for, on_decision=self.on_decision,
+                             resolver=self.resolver)
 
     def handle(self, capability: str, method: str, args: list[Any]) -> Any:
         """Run a capability call a worker made (``config.get``, ``db.execute``, ...)."""
@@ -112,7 +134,8 @@ class ProcessRunner:
         self.init = init
         self.services = services
         self.worker = WorkerProcess(capability_handler=services.handle,
-                                    audit_handler=self._reported)
+                                    audit_handler=self._reported,
+                                    broker_factory=services.network_broker)
         self.isolation = "process"
 
     def _reported(self, record: AuditRecord) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from ...decision import Decision
 from ...engine import Engine
-from ...errors import PermissionDeniedError, PluginTimeoutError, PluginValidationError
+from ...errors import PermissionDeniedError, PluginTimeoutError, PluginValidationError, UsageError
 from ...manifest import PluginMetadata
 from ...permissions import Permission
 from ...settings import Isolation
@@ -47,8 +47,14 @@ from .validation import (
 
 #: The most decision records the sandbox keeps; older ones are dropped (and counted).
 MAX_RECORDS = 10_000
+#: Why audit mode needs its explicit option (library ``unsandboxed_audit``, CLI ``--unsandboxed``).
+AUDIT_REFUSAL = (
+    "audit mode is not a sandbox: the plugin runs with the filesystem and the network open "
+    "and its own worker reports what it did\n"
+    "  hint: pass `unsandboxed_audit=True` (on the command line `--unsandboxed`) only for "
+    "code you would run unsandboxed anyway")
 
-__all__ = ["AuditRecord", "PluginSandbox", "ValidationResult"]
+__all__ = ["AUDIT_REFUSAL", "AuditRecord", "PluginSandbox", "ValidationResult"]
 
 log = logging.getLogger(__name__)
 Mode = Literal["enforce", "audit"]
@@ -84,9 +90,15 @@ class PluginSandbox:
         db_path: str | Path | None = None,
         hooks: HookRegistry | None = None,
         scratch_root: str | Path | None = None,
+        unsandboxed_audit: bool = False,
     ) -> None:
+        """``mode="audit"`` is not a sandbox (the plugin's filesystem and network stay
+        open, and what it did is what its own worker reports), so it is refused unless
+        ``unsandboxed_audit=True`` says the caller knows."""
         if mode not in ("enforce", "audit"):
             raise ValueError(f"mode must be `enforce` or `audit`, not `{mode}`")
+        if mode == "audit" and not unsandboxed_audit:
+            raise UsageError(AUDIT_REFUSAL)
         self.engine = engine
         self.mode: Mode = mode
         self.permissions = PermissionManager(engine)
@@ -277,7 +289,7 @@ class PluginSandbox:
 
         services = HostServices(name, self._check_for(name), config=self.config, db_path=self.db_path,
                                 hooks=self.hooks, hook_caller=call_hook, decide=decide,
-                                on_reported=reported, peek=peek)
+                                on_reported=reported, peek=peek, on_decision=self.record)
         audit = self.mode == "audit"
         if limits.isolation is Isolation.INPROCESS:
             def checker(action: str, resource: str | None) -> None:

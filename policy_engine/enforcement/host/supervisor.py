@@ -42,17 +42,21 @@ from ..wire import (
     AuditRecord,
     CapabilityCall,
     ChannelClosedError,
+    ConnectRequest,
     ErrorReply,
     FrameError,
     IsolationReport,
     LogRecord,
+    PassFds,
     Ready,
+    ResolveRequest,
     Result,
     WireError,
     WorkerMessage,
     decode_worker_value,
     recv_frame,
     send_frame,
+    send_frame_with_fds,
 )
 from ..worker.lockdown import LockdownSpec
 from ..worker.main import BOOTSTRAP
@@ -62,6 +66,7 @@ from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 
 if TYPE_CHECKING:
+    from .broker import NetworkBroker
     from .identity import IdentityMap
 
 __all__ = ["CapabilityHandler", "StartResult", "WorkerInit", "WorkerProcess"]
@@ -188,15 +193,21 @@ class WorkerProcess:
                  python: str | None = None, debug_stderr: bool = False,
                  spin: float = _DEFAULT_SPIN, sandbox: bool | None = None,
                  identities: IdentityMap | None = None,
-                 audit_handler: Callable[[AuditRecord], None] | None = None) -> None:
+                 audit_handler: Callable[[AuditRecord], None] | None = None,
+                 broker_factory: Callable[[], NetworkBroker] | None = None) -> None:
         """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
         kernel; ``debug_stderr`` lets the worker write to the host's stderr. ``sandbox``
         starts the worker under bubblewrap (None: whenever bubblewrap works here, see
         :mod:`.bwrap`); on a root host each plugin then runs as its own uid from
         ``identities`` (default: :class:`~.identity.IdentityMap` at its default path).
-        ``audit_handler`` receives the audit records an audit-mode worker reports."""
+        ``audit_handler`` receives the audit records an audit-mode worker reports.
+        ``broker_factory`` makes the :class:`~.broker.NetworkBroker` that serves the
+        connects and lookups of a worker granted the network (one per worker started);
+        without it such a worker has no route out."""
         self._capability_handler = capability_handler
         self._audit_handler = audit_handler
+        self._broker_factory = broker_factory
+        self._broker: NetworkBroker | None = None
         self._spin_seconds = spin
         self._python = python or sys.executable
         self._debug_stderr = debug_stderr
@@ -354,6 +365,9 @@ class WorkerProcess:
         limit = init.limits.init_timeout
         deadline = time.monotonic() + limit
         frame = replace(init, lockdown=spec).to_frame()
+        if spec.allow_network and self._broker_factory is not None:
+            self._broker = self._broker_factory()
+            frame["network_broker"] = True
         self._send(frame, deadline, "init", limit)
         reply = self._exchange(deadline, "init", limit)
         if isinstance(reply, (Ready, ErrorReply)) and reply.report is not None:
@@ -422,7 +436,8 @@ class WorkerProcess:
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
         # In its PID namespace the worker's parent is bwrap's reaper, pid 1.
         command = [self._python, *flags, "-c", BOOTSTRAP, package_dir, "1", str(fd)]
-        options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=spec.allow_network,
+        # Never the host's network: an empty namespace, the broker is the only route out.
+        options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
                                        env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
         return bwrap.spawn(plan, options, command, pass_fds=(fd,),
                            stderr=None if self._debug_stderr else subprocess.DEVNULL)
@@ -505,6 +520,10 @@ class WorkerProcess:
                 elif isinstance(message, AuditRecord):
                     if self._audit_handler is not None:
                         self._audit_handler(message)
+                elif isinstance(message, ConnectRequest):
+                    self._serve_connect(message, deadline, phase, limit)
+                elif isinstance(message, ResolveRequest):
+                    self._send(self._serve_resolve(message, deadline), deadline, phase, limit)
                 else:
                     return message
             finally:
@@ -590,6 +609,42 @@ class WorkerProcess:
         except Exception as error:  # sent back to the plugin; the host carries on
             # No traceback: the host's stack is none of the plugin's business.
             return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
+
+    def _serve_connect(self, request: ConnectRequest, deadline: float, phase: str,
+                       limit: float) -> None:
+        """Connect for the worker and pass the socket (SCM_RIGHTS), or send the error."""
+        broker = self._broker
+        try:
+            if broker is None:
+                raise EnforcementError("the host offers this plugin no network",
+                                       plugin=self._plugin)
+            connected = broker.connect(request.host, request.port, deadline=deadline,
+                                       family=request.family)
+        except Exception as error:
+            self._send({"op": "cap_error", "error": exception_to_data(
+                error, with_traceback=False)}, deadline, phase, limit)
+            return
+        sock = self._sock
+        assert sock is not None
+        try:
+            send_frame_with_fds(sock, PassFds("socket", 1), [connected.fileno()])
+        except OSError as error:
+            raise self._death() from error
+        finally:
+            connected.close()  # the worker holds the connection now
+            broker.closed()  # the host cannot see the worker close it: count in flight only
+
+    def _serve_resolve(self, request: ResolveRequest, deadline: float) -> dict[str, Any]:
+        broker = self._broker
+        try:
+            if broker is None:
+                raise EnforcementError("the host offers this plugin no network",
+                                       plugin=self._plugin)
+            found = broker.getaddrinfo(request.host, request.port, deadline=deadline,
+                                       family=request.family)
+        except Exception as error:
+            return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
+        return {"op": "cap_result", "value": [[family, address] for family, address in found]}
 
     def _relay_log(self, record: LogRecord) -> None:
         # Always the plugin's own logger: every name a worker invents would otherwise stay
@@ -792,6 +847,9 @@ class WorkerProcess:
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
+        if self._broker is not None:
+            self._broker.shutdown()
+            self._broker = None
         if self._proc is not None and self._proc.poll() is None:
             self._kill()
         with self._signal_lock:  # never close what a concurrent _kill may be using

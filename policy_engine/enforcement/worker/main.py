@@ -19,7 +19,11 @@ worker -> host
     ``ready`` {version, report, init_result, pid}; ``result`` {value}; ``error`` {error};
     ``cap`` {capability, method, args} - a capability call made by the plugin mid-call;
     ``log`` {level, logger, message}; ``audit`` {action, resource, allowed} - audit mode
-    only; ``reaped`` {pids}; ``stopped``. Only while the host waits on a call.
+    only; ``connect`` {host, port, family} - answered by an ``fds`` frame carrying the
+    connected socket (SCM_RIGHTS) or ``cap_error``; ``resolve`` {host, port, family} -
+    answered by ``cap_result`` [[family, address], ...] or ``cap_error`` (the network
+    broker, when the init frame says ``network_broker``); ``reaped`` {pids}; ``stopped``.
+    Only while the host waits on a call.
 
 The worker applies the lockdown and installs the audit hook before it imports any plugin
 code, so from the first line the plugin runs boxed in.
@@ -40,7 +44,17 @@ from typing import TYPE_CHECKING, Any
 from ...errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
 from ...implicit import ImplicitReads, implicit_reads
 from ...units import human_size
-from ..wire import LIMITS, PROTOCOL_VERSION, AuditRecord, FrameError, recv_frame, send_frame
+from ..wire import (
+    LIMITS,
+    PROTOCOL_VERSION,
+    AuditRecord,
+    ConnectRequest,
+    FrameError,
+    ResolveRequest,
+    recv_frame,
+    recv_frame_and_fds,
+    send_frame,
+)
 from .audit import AuditGuard
 from .checker import make_checker
 from .lockdown import LockdownSpec, ParentGoneError, apply_lockdown
@@ -98,6 +112,55 @@ class _Channel:
         if reply.get("op") == "cap_error":
             raise exception_from_data(reply.get("error") or {})
         raise FrameError(f"unexpected reply to a capability call: {reply.get('op')!r}")
+
+
+    def broker_connect(self, host: str, port: int, family: int) -> int:
+        """A descriptor of a socket the host's broker connected to ``host:port``."""
+        with self.lock:
+            self._require_call()
+            send_frame(self.sock, ConnectRequest(host, port, family).encode())
+            reply, fds = recv_frame_and_fds(self.sock, max_fds=1)
+        op = reply.get("op") if isinstance(reply, dict) else None
+        if op == "fds" and len(fds) == 1 and reply.get("count") == 1:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        raise _network_error(reply, host, port)
+
+    def broker_resolve(self, host: str, port: int, family: int) -> list[tuple[int, str]]:
+        """``getaddrinfo`` by the host's broker: ``[(family, address), ...]``."""
+        with self.lock:
+            self._require_call()
+            send_frame(self.sock, ResolveRequest(host, port, family).encode())
+            reply = recv_frame(self.sock)
+        if isinstance(reply, dict) and reply.get("op") == "cap_result":
+            value = reply.get("value")
+            if isinstance(value, list):
+                return [(int(fam), str(address)) for fam, address in value]
+        raise _network_error(reply, host, port)
+
+    def _require_call(self) -> None:
+        if not self.in_call:
+            # Nobody serves the channel between calls: a frame now would end the worker.
+            raise PermissionError("the network is only reachable while the host waits on a "
+                                  "call to the plugin")
+
+
+def _network_error(reply: Any, host: str, port: int) -> OSError:
+    """The OSError a socket call raises for the host's refusal or failure."""
+    data = reply.get("error") if isinstance(reply, dict) else None
+    if not isinstance(data, dict) or reply.get("op") != "cap_error":
+        return ConnectionError(f"the host gave no answer for `{host}:{port}`")
+    error = exception_from_data(data)
+    if isinstance(error, OSError):
+        return error  # PermissionDeniedError is a PermissionError, a timeout a TimeoutError
+    kind = str(data.get("type", ""))
+    message = str(data.get("message", ""))
+    if kind.endswith("PluginTimeoutError"):
+        return TimeoutError(message)
+    if kind.endswith("gaierror"):
+        return socket.gaierror(socket.EAI_NONAME, message)
+    return ConnectionError(message or f"cannot reach `{host}:{port}`")
 
 
 class _CapabilityProxy:
@@ -232,6 +295,11 @@ class _Worker:
         os.environ["TMPDIR"] = self.spec.scratch_dir
         if self.spec.audit_hook:
             self.guard.install()
+        if self.init.get("network_broker") and self.spec.allow_network:
+            # Before any plugin code: its sockets connect through the host from the start.
+            from .netshim import BrokerClient, install
+
+            install(BrokerClient(self.channel.broker_connect, self.channel.broker_resolve))
         try:
             init_result = self._load()
         except BaseException as error:  # reported to the host, which decides what to do
