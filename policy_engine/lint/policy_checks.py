@@ -29,6 +29,7 @@ from ..compiler import CompiledRule, PolicySet, compile_policy
 from ..conditions import ConditionError, evaluate, version_key
 from ..diagnostics import Diagnostic, Span
 from ..errors import PolicyCompileError, PolicySyntaxError
+from ..families import over_broad_checks
 from ..nodes import Effect
 from ..parser import parse_policy
 from ..patterns import (
@@ -504,10 +505,16 @@ def _covers(broad: CompiledRule, narrow: CompiledRule) -> bool:
 
 # PL304 ------------------------------------------------------------------------------------
 
-_WRITES = (Permission.FILE_WRITE, Permission.FILE_DELETE)
+def _is_wide(pattern: Pattern) -> bool:
+    """A pattern that matches everything of its kind (a port alone does not narrow a host)."""
+    if isinstance(pattern, HostPattern):
+        return pattern.host_text == "*"
+    return pattern.is_overbroad
 
 
 def _overbroad(rules: Iterable[CompiledRule], sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    # What is checked, and for which permissions, is the registry's `over_broad` facet.
+    checked = {Permission(a): facet for a, facet in over_broad_checks().items()}
     for rule in rules:
         if rule.effect is not Effect.ALLOW:
             continue
@@ -518,19 +525,17 @@ def _overbroad(rules: Iterable[CompiledRule], sources: Mapping[str, str]) -> Ite
             problem = f"grants {who} every permission on every resource"
         else:
             for permission in sorted(rule.permissions, key=lambda p: p.value):
+                facet = checked.get(permission)
+                if facet is None:
+                    continue
                 patterns = _rule_patterns(rule, permission.kind)
-                if permission in _WRITES or permission is Permission.NETWORK_REQUEST:
-                    what = "every path" if permission.kind is ResourceKind.PATH else "any host"
-                    if patterns is None:
-                        problem = f"grants {who} `{permission.value}` on {what}"
-                    elif permission in _WRITES and any(p.is_overbroad for p in patterns):
-                        wide = next(p for p in patterns if p.is_overbroad)
-                        problem = f"grants {who} `{permission.value}` on `{wide.text}`"
-                    elif permission is Permission.NETWORK_REQUEST and any(
-                        isinstance(p, HostPattern) and p.host_text == "*" for p in patterns
-                    ):
-                        wide = next(p for p in patterns if isinstance(p, HostPattern) and p.host_text == "*")
-                        problem = f"grants {who} `{permission.value}` to `{wide.text}`"
+                wide = None if patterns is None else next(
+                    (p for p in patterns if _is_wide(p)), None)
+                if patterns is None:
+                    problem = f"grants {who} `{permission.value}` on {facet.everything}"
+                elif wide is not None:
+                    word = "to" if isinstance(wide, HostPattern) else "on"
+                    problem = f"grants {who} `{permission.value}` {word} `{wide.text}`"
                 if problem:
                     break
         if problem:
