@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..enforcement.host.run import RunReport, report_to_dict, run_plugins
@@ -24,7 +27,29 @@ from .main import (
 )
 from .tables import Table, render_text
 
-__all__ = ["cmd_run", "render_report"]
+__all__ = ["DEMO_CONFIG", "DEMO_SECRET", "cmd_run", "demo_secret", "render_report"]
+
+
+#: The host configuration ``run`` gives plugins: what the example plugins read.
+DEMO_CONFIG: dict[str, object] = {"plugins.summarizer.top": 3, "agents.model": "small"}
+#: A pretend secret in the host's environment while ``run`` runs, so that the report shows a
+#: plugin (the ``rogue`` example) cannot read it.
+DEMO_SECRET = ("HOST_SECRET", "host-secret-value")
+
+
+@contextmanager
+def demo_secret() -> Iterator[None]:
+    """:data:`DEMO_SECRET` in the environment, and the previous value back afterwards."""
+    name, value = DEMO_SECRET
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def render_report(report: RunReport, *, verbose: bool = False) -> str:
@@ -73,8 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="policy-engine: %(levelname)s: %(message)s")
     variables = parse_pairs(args.var, "variable", typed=False)
-    report = run_plugins(args.policy or [DEFAULT_POLICY], args.plugins_dir, variables,
-                         mode="audit" if args.audit else "enforce")
+    with demo_secret():
+        report = run_plugins(args.policy or [DEFAULT_POLICY], args.plugins_dir, variables,
+                             mode="audit" if args.audit else "enforce", config=DEMO_CONFIG)
     if args.json:
         print(json.dumps(report_to_dict(report), indent=2, sort_keys=True))
     else:
