@@ -17,10 +17,9 @@ from typing import Any
 
 from ..enforcement.host.run import RunReport, report_to_dict, run_plugins
 from ..units import human_size
-from .main import (
+from .options import (
     DEFAULT_POLICY,
     EXIT_OK,
-    EXTRA_COMMANDS,
     add_command,
     add_variable_option,
     parse_pairs,
@@ -108,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register_run(commands: Any) -> None:
+def register_run(commands: Any) -> None:
     run = add_command(
         commands, "run", "load plugins under the sandbox, call them, and report",
         "Load every plugin under PLUGINS_DIR under the sandbox and the policy, call its entry "
@@ -125,5 +124,3 @@ def _register_run(commands: Any) -> None:
     run.add_argument("-v", "--verbose", action="store_true", help="show the log as the run goes")
     run.set_defaults(handler=cmd_run)
 
-
-EXTRA_COMMANDS.append(_register_run)
