@@ -219,7 +219,7 @@ def test_known_types(type_name: str) -> None:
 
 
 def test_type_is_extendable_by_registering_it() -> None:
-    from policy_engine.enforcement.base import PLUGIN_BASES, BasePlugin, register_plugin_type
+    from policy_engine.plugin_api import PLUGIN_BASES, BasePlugin, register_plugin_type
     from policy_engine.plugin_types import KNOWN_PLUGIN_TYPES
 
     with pytest.raises(ManifestError, match="unknown plugin type `exporter_v2`"):
