@@ -1,8 +1,9 @@
 """Syntax trees to a :class:`PolicySet`: names, units, variables and patterns checked, every
 problem of every file collected into one :class:`PolicyCompileError`.
 
-The compiler is a tuple of small passes over the parsed files (``PASSES``), each adding
-diagnostics and contributing one part of the result. Rule order carries no meaning, so the
+The compiler is three small passes over the parsed files (rules, settings blocks, pins),
+each adding diagnostics to the shared context and returning its own typed part of the
+result (``tuple[CompiledRule, ...]``, :class:`Settings`, the pins). Rule order carries no meaning, so the
 result does not depend on the order of files or of rules within them.
 """
 
@@ -35,7 +36,8 @@ from .settings import (
 )
 from .units import UnitError, parse_duration, parse_percent, parse_size
 
-__all__ = ["CompiledPattern", "CompiledRule", "Pin", "PolicySet", "compile_policy", "PLUGIN_VARIABLES"]
+__all__ = ["CompiledPattern", "CompiledRule", "Pin", "PolicySet", "Settings", "compile_policy",
+           "PLUGIN_VARIABLES"]
 
 #: Template variables every pattern may use, filled in per plugin.
 PLUGIN_VARIABLES = ("plugin", "plugin_dir")
@@ -113,7 +115,6 @@ class _Context:
     variables: Mapping[str, str]
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
-    result: dict[str, Any] = field(default_factory=dict)
 
     def error(self, message: str, span: Span, hint: str | None = None, *, code: str) -> None:
         self.diagnostics.append(
@@ -133,8 +134,9 @@ def compile_policy(
     ordered = tuple(sorted(files, key=lambda f: f.path))
     ctx = _Context(ordered, dict(variables or {}))
     ctx.sources = {f.path: f.source for f in ordered}
-    for compile_pass in PASSES:
-        compile_pass(ctx)
+    rules = _compile_rules(ctx)
+    settings = _compile_settings(ctx)
+    pins = _compile_pins(ctx)
     if ctx.diagnostics:
         raise PolicyCompileError(sorted(ctx.diagnostics, key=_position))
     digest = hashlib.sha256()
@@ -144,10 +146,10 @@ def compile_policy(
         digest.update(f"{key}={ctx.variables[key]}\0".encode())
     return PolicySet(
         files=ordered,
-        rules=ctx.result["rules"],
-        defaults=ctx.result["defaults"],
-        plugin_settings=ctx.result["plugin_settings"],
-        pins=ctx.result["pins"],
+        rules=rules,
+        defaults=settings.defaults,
+        plugin_settings=settings.per_plugin,
+        pins=pins,
         variables=MappingProxyType(dict(ctx.variables)),
         content_hash=digest.hexdigest(),
     )
@@ -161,14 +163,14 @@ def _position(d: Diagnostic) -> tuple[str, int, int]:
 # Pass: rules ------------------------------------------------------------------------------
 
 
-def _compile_rules(ctx: _Context) -> None:
+def _compile_rules(ctx: _Context) -> tuple[CompiledRule, ...]:
     rules: list[CompiledRule] = []
     for policy_file in ctx.files:
         for rule in policy_file.rules:
             compiled = _compile_rule(ctx, rule)
             if compiled is not None:
                 rules.append(compiled)
-    ctx.result["rules"] = tuple(rules)
+    return tuple(rules)
 
 
 def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
@@ -296,7 +298,15 @@ def _check_condition(ctx: _Context, condition: nodes.Condition | None) -> bool:
 # Pass: settings blocks --------------------------------------------------------------------
 
 
-def _compile_settings(ctx: _Context) -> None:
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the settings pass returns: the ``defaults`` overlay and each plugin's own."""
+
+    defaults: Overlay
+    per_plugin: Mapping[str, Overlay]
+
+
+def _compile_settings(ctx: _Context) -> Settings:
     defaults: dict[str, SettingValue] = {}
     per_plugin: dict[str, dict[str, SettingValue]] = {}
     for policy_file in ctx.files:
@@ -317,9 +327,9 @@ def _compile_settings(ctx: _Context) -> None:
                         )
                     else:
                         target[key] = SettingValue(value, setting.span)
-    ctx.result["defaults"] = Overlay(MappingProxyType(defaults)) if defaults else EMPTY_OVERLAY
-    ctx.result["plugin_settings"] = MappingProxyType(
-        {name: Overlay(MappingProxyType(values)) for name, values in per_plugin.items()}
+    return Settings(
+        Overlay(MappingProxyType(defaults)) if defaults else EMPTY_OVERLAY,
+        MappingProxyType({name: Overlay(MappingProxyType(values)) for name, values in per_plugin.items()}),
     )
 
 
@@ -412,7 +422,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-def _compile_pins(ctx: _Context) -> None:
+def _compile_pins(ctx: _Context) -> Mapping[str, Pin]:
     pins: dict[str, Pin] = {}
     for policy_file in ctx.files:
         for statement in policy_file.statements:
@@ -434,7 +444,4 @@ def _compile_pins(ctx: _Context) -> None:
                           f"the other pin is at {previous.span}", code=codes.MALFORMED_PIN)
                 continue
             pins[statement.plugin] = Pin(statement.plugin, digest, statement.span)
-    ctx.result["pins"] = MappingProxyType(pins)
-
-
-PASSES: tuple[Callable[[_Context], None], ...] = (_compile_rules, _compile_settings, _compile_pins)
+    return MappingProxyType(pins)
