@@ -1,8 +1,9 @@
 """Syntax trees to a :class:`PolicySet`: names, units, variables and patterns checked, every
 problem of every file collected into one :class:`PolicyCompileError`.
 
-The compiler is a tuple of small passes over the parsed files (``PASSES``), each adding
-diagnostics and contributing one part of the result. Rule order carries no meaning, so the
+The compiler is three small passes over the parsed files (rules, settings blocks, pins),
+each adding diagnostics to the shared context and returning its own typed part of the
+result (``tuple[CompiledRule, ...]``, :class:`Settings`, the pins). Rule order carries no meaning, so the
 result does not depend on the order of files or of rules within them.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import nodes
+from . import codes, nodes
 from .conditions import PLUGIN_ATTRIBUTES, attributes
 from .decision import RuleRef
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
@@ -35,7 +36,8 @@ from .settings import (
 )
 from .units import UnitError, parse_duration, parse_percent, parse_size
 
-__all__ = ["CompiledPattern", "CompiledRule", "Pin", "PolicySet", "compile_policy", "PLUGIN_VARIABLES"]
+__all__ = ["CompiledPattern", "CompiledRule", "Pin", "PolicySet", "Settings", "compile_policy",
+           "PLUGIN_VARIABLES"]
 
 #: Template variables every pattern may use, filled in per plugin.
 PLUGIN_VARIABLES = ("plugin", "plugin_dir")
@@ -113,9 +115,8 @@ class _Context:
     variables: Mapping[str, str]
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
-    result: dict[str, Any] = field(default_factory=dict)
 
-    def error(self, message: str, span: Span, hint: str | None = None, code: str = "PL100") -> None:
+    def error(self, message: str, span: Span, hint: str | None = None, *, code: str) -> None:
         self.diagnostics.append(
             Diagnostic(message, span, hint, code=code,
                        source_line=source_line(self.sources.get(span.file, ""), span.line))
@@ -133,8 +134,9 @@ def compile_policy(
     ordered = tuple(sorted(files, key=lambda f: f.path))
     ctx = _Context(ordered, dict(variables or {}))
     ctx.sources = {f.path: f.source for f in ordered}
-    for compile_pass in PASSES:
-        compile_pass(ctx)
+    rules = _compile_rules(ctx)
+    settings = _compile_settings(ctx)
+    pins = _compile_pins(ctx)
     if ctx.diagnostics:
         raise PolicyCompileError(sorted(ctx.diagnostics, key=_position))
     digest = hashlib.sha256()
@@ -144,10 +146,10 @@ def compile_policy(
         digest.update(f"{key}={ctx.variables[key]}\0".encode())
     return PolicySet(
         files=ordered,
-        rules=ctx.result["rules"],
-        defaults=ctx.result["defaults"],
-        plugin_settings=ctx.result["plugin_settings"],
-        pins=ctx.result["pins"],
+        rules=rules,
+        defaults=settings.defaults,
+        plugin_settings=settings.per_plugin,
+        pins=pins,
         variables=MappingProxyType(dict(ctx.variables)),
         content_hash=digest.hexdigest(),
     )
@@ -161,14 +163,14 @@ def _position(d: Diagnostic) -> tuple[str, int, int]:
 # Pass: rules ------------------------------------------------------------------------------
 
 
-def _compile_rules(ctx: _Context) -> None:
+def _compile_rules(ctx: _Context) -> tuple[CompiledRule, ...]:
     rules: list[CompiledRule] = []
     for policy_file in ctx.files:
         for rule in policy_file.rules:
             compiled = _compile_rule(ctx, rule)
             if compiled is not None:
                 rules.append(compiled)
-    ctx.result["rules"] = tuple(rules)
+    return tuple(rules)
 
 
 def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
@@ -178,7 +180,7 @@ def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
         expanded = expand_action(action.text)
         if expanded is None:
             ctx.error(f"unknown permission `{action.text}`", action.span,
-                      did_you_mean(action.text, ACTION_SPELLINGS), code="PL101")
+                      did_you_mean(action.text, ACTION_SPELLINGS), code=codes.UNKNOWN_PERMISSION)
             ok = False
         else:
             permissions |= expanded
@@ -259,14 +261,14 @@ def _compile_pattern(
             hint = f"did you mean `{{{hint.split('`')[1]}}}`?" if hint else (
                 f"known variables: {', '.join('{' + k + '}' for k in known)}; the host passes others to the engine"
             )
-            ctx.error(f"unknown variable `{{{name}}}` in pattern `{pattern.text}`", pattern.span, hint, code="PL102")
+            ctx.error(f"unknown variable `{{{name}}}` in pattern `{pattern.text}`", pattern.span, hint, code=codes.UNKNOWN_VARIABLE)
         return None
     if not kinds:
         return None
     valid, error = check_pattern(text, kinds)
     if not valid:
         assert error is not None
-        ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code="PL103")
+        ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code=codes.INVALID_PATTERN)
         return None
     return CompiledPattern(
         text=text,
@@ -287,7 +289,7 @@ def _check_condition(ctx: _Context, condition: nodes.Condition | None) -> bool:
                     f"unknown plugin attribute `{attribute.text}`",
                     attribute.span,
                     did_you_mean(f"plugin.{name}", [f"plugin.{a}" for a in PLUGIN_ATTRIBUTES]),
-                    code="PL104",
+                    code=codes.UNKNOWN_PLUGIN_ATTRIBUTE,
                 )
                 ok = False
     return ok
@@ -296,7 +298,15 @@ def _check_condition(ctx: _Context, condition: nodes.Condition | None) -> bool:
 # Pass: settings blocks --------------------------------------------------------------------
 
 
-def _compile_settings(ctx: _Context) -> None:
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the settings pass returns: the ``defaults`` overlay and each plugin's own."""
+
+    defaults: Overlay
+    per_plugin: Mapping[str, Overlay]
+
+
+def _compile_settings(ctx: _Context) -> Settings:
     defaults: dict[str, SettingValue] = {}
     per_plugin: dict[str, dict[str, SettingValue]] = {}
     for policy_file in ctx.files:
@@ -313,13 +323,13 @@ def _compile_settings(ctx: _Context) -> None:
                             f"`{key}` is set twice in {where} blocks with different values",
                             setting.span,
                             f"the other value is set at {previous.span}; rule and block order carry no meaning, so keep one",
-                            code="PL105",
+                            code=codes.CONFLICTING_SETTINGS,
                         )
                     else:
                         target[key] = SettingValue(value, setting.span)
-    ctx.result["defaults"] = Overlay(MappingProxyType(defaults)) if defaults else EMPTY_OVERLAY
-    ctx.result["plugin_settings"] = MappingProxyType(
-        {name: Overlay(MappingProxyType(values)) for name, values in per_plugin.items()}
+    return Settings(
+        Overlay(MappingProxyType(defaults)) if defaults else EMPTY_OVERLAY,
+        MappingProxyType({name: Overlay(MappingProxyType(values)) for name, values in per_plugin.items()}),
     )
 
 
@@ -327,7 +337,7 @@ def _quantity(ctx: _Context, quantity: nodes.Quantity, parse: Callable[[str], An
     try:
         return parse(quantity.text)
     except UnitError as exc:
-        ctx.error(str(exc), quantity.span, exc.hint, code="PL106")
+        ctx.error(str(exc), quantity.span, exc.hint, code=codes.INVALID_QUANTITY)
         return None
 
 
@@ -342,7 +352,7 @@ def _positive_values(ctx: _Context, key: str, value: nodes.Quantity, maximum: no
         if parsed is None:
             continue
         if parsed <= 0:
-            ctx.error(f"{what} `{quantity.text}` must be positive", quantity.span, code="PL106")
+            ctx.error(f"{what} `{quantity.text}` must be positive", quantity.span, code=codes.INVALID_QUANTITY)
         else:
             out.append((key + suffix, parsed))
     return out
@@ -354,7 +364,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
         if setting.phase not in TIMEOUT_PHASES:
             ctx.error(f"unknown timeout `{setting.phase}`", setting.span,
                       did_you_mean(setting.phase, TIMEOUT_PHASES) or "timeouts are init, hook and execute",
-                      code="PL107")
+                      code=codes.UNKNOWN_SETTING)
             return out
         key = f"timeout.{setting.phase}"
         out += _positive_values(ctx, key, setting.value, setting.maximum, parse_duration, "timeout")
@@ -363,7 +373,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
         if setting.resource not in LIMIT_RESOURCES:
             ctx.error(f"unknown limit `{setting.resource}`", setting.span,
                       did_you_mean(setting.resource, LIMIT_RESOURCES) or "limits are memory, cpu and file_size",
-                      code="PL107")
+                      code=codes.UNKNOWN_SETTING)
             return out
         key = f"limit.{setting.resource}"
         parse: Callable[[str], Any] = parse_percent if setting.resource == "cpu" else parse_size
@@ -371,7 +381,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
         if setting.warn is not None:
             if setting.resource != "memory":
                 ctx.error(f"`warn` applies to the memory limit, not `{setting.resource}`", setting.warn.span,
-                          "remove the `warn` part", code="PL107")
+                          "remove the `warn` part", code=codes.UNKNOWN_SETTING)
             else:
                 value = _quantity(ctx, setting.warn, parse_percent)
                 if value is not None:
@@ -381,7 +391,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
         choices = [v.value for v in Violation]
         if setting.action not in choices:
             ctx.error(f"unknown violation action `{setting.action}`", setting.span,
-                      did_you_mean(setting.action, choices) or "write `terminate` or `warn`", code="PL107")
+                      did_you_mean(setting.action, choices) or "write `terminate` or `warn`", code=codes.UNKNOWN_SETTING)
         else:
             out.append(("on_violation", Violation(setting.action)))
         return out
@@ -394,12 +404,12 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
                 hint = did_you_mean(name, risk_names()) or f"the risks a policy can accept are {known}"
                 if name.lower() in ("all", "any", "everything"):
                     hint = f"there is no blanket opt-out: name each risk ({known})"
-                ctx.error(f"unknown risk `{name}`", span, hint, code="PL107")
+                ctx.error(f"unknown risk `{name}`", span, hint, code=codes.UNKNOWN_SETTING)
         return out
     choices = [v.value for v in Isolation]
     if setting.mode not in choices:
         ctx.error(f"unknown isolation mode `{setting.mode}`", setting.span,
-                  did_you_mean(setting.mode, choices) or "write `process` or `inprocess`", code="PL107")
+                  did_you_mean(setting.mode, choices) or "write `process` or `inprocess`", code=codes.UNKNOWN_SETTING)
     else:
         out.append(("isolation", Isolation(setting.mode)))
         if setting.allow_degraded:
@@ -412,7 +422,7 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-def _compile_pins(ctx: _Context) -> None:
+def _compile_pins(ctx: _Context) -> Mapping[str, Pin]:
     pins: dict[str, Pin] = {}
     for policy_file in ctx.files:
         for statement in policy_file.statements:
@@ -420,21 +430,18 @@ def _compile_pins(ctx: _Context) -> None:
                 continue
             if statement.algorithm != "sha256":
                 ctx.error(f"unknown digest algorithm `{statement.algorithm}`", statement.span,
-                          "write `sha256`", code="PL108")
+                          "write `sha256`", code=codes.MALFORMED_PIN)
                 continue
             if not _HEX64.match(statement.digest):
                 ctx.error(f"malformed sha256 digest `{statement.digest}`", statement.digest_span,
                           "a sha256 digest is 64 hexadecimal characters; `policy-engine digest DIR` prints it",
-                          code="PL108")
+                          code=codes.MALFORMED_PIN)
                 continue
             digest = statement.digest.lower()
             previous = pins.get(statement.plugin)
             if previous is not None and previous.digest != digest:
                 ctx.error(f"plugin `{statement.plugin}` is pinned to two different digests", statement.span,
-                          f"the other pin is at {previous.span}", code="PL108")
+                          f"the other pin is at {previous.span}", code=codes.MALFORMED_PIN)
                 continue
             pins[statement.plugin] = Pin(statement.plugin, digest, statement.span)
-    ctx.result["pins"] = MappingProxyType(pins)
-
-
-PASSES: tuple[Callable[[_Context], None], ...] = (_compile_rules, _compile_settings, _compile_pins)
+    return MappingProxyType(pins)

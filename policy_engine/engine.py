@@ -22,6 +22,7 @@ from typing import Any
 
 import cachetools
 
+from . import codes
 from .changes import ChangeDetector
 from .compiler import CompiledRule, PolicySet, compile_policy
 from .decision import Decision, Reason, deny
@@ -404,7 +405,7 @@ class Engine:
             if manifest.name in accepted:
                 problems.append(Diagnostic(
                     f"plugin `{manifest.name}` is declared by two manifests; the second is ignored",
-                    None, f"the first is `{accepted[manifest.name].manifest_path}`", code="PL203",
+                    None, f"the first is `{accepted[manifest.name].manifest_path}`", code=codes.DUPLICATE_PLUGIN,
                 ))
                 continue
             inputs = _table_inputs(policy, manifest, rules_by_plugin, wildcard_rules)

@@ -6,19 +6,31 @@ what it contributes to the kernel plan, the static-scan signatures that suggest 
 ``policy-lint`` calls over-broad for it, and its row of the README's table. A facet that
 does not apply says so with a reason (:class:`NotApplicable`), never by being empty.
 
-Consumers: ``permissions.FAMILY_KINDS`` and the README's family table are generated from
-here (tests check both); the audit hook's event table and the scanner's module lists are
-checked against the registry by tests, so a facet and its consumer cannot drift apart.
-Adding a family is one entry here plus its tests.
+Consumers read it, nothing restates it: ``permissions.FAMILY_KINDS`` (resource kinds and
+pattern types), the worker's audit hook (its event table), the host's kernel plan
+(``spec.kernel_grants``), the scanner's module signatures, ``policy-lint``'s over-broad rule
+(PL304) and the README's family table. This module is pure data with no imports of the
+package, so the locked-down worker may import it. Adding a family is one entry here plus
+its tests.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-from .permissions import Permission, ResourceKind
+__all__ = ["FAMILIES", "AuditEvent", "Family", "KernelPlan", "NotApplicable", "OverBroad",
+           "ResourceKind", "audit_events", "family", "kernel_actions", "over_broad_checks",
+           "readme_table",
+           "scan_modules"]
 
-__all__ = ["FAMILIES", "Family", "NotApplicable", "family", "readme_table"]
+
+class ResourceKind(str, enum.Enum):
+    """How the resources of a permission family are written and matched."""
+
+    PATH = "path"  # absolute file paths, `*` within a segment, `**` across segments
+    HOST = "host"  # host[:port], `*.example.com` for subdomains
+    NAME = "name"  # dotted names, `*` matches any run of characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,25 +41,65 @@ class NotApplicable:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A PEP 578 audit event and the worker handler that checks it (by role name)."""
+
+    event: str
+    handler: str
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPlan:
+    """What a family's grants contribute to the kernel plan.
+
+    Each field lists permission spellings: grants of ``read_paths`` become Landlock read
+    trees, of ``write_paths`` read-write trees, of ``connect_ports`` TCP connect ports (and
+    the inet-socket switch of seccomp), of ``exec`` the execve/fork switch of seccomp.
+    """
+
+    text: str
+    read_paths: tuple[str, ...] = ()
+    write_paths: tuple[str, ...] = ()
+    connect_ports: tuple[str, ...] = ()
+    exec: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OverBroad:
+    """What ``policy-lint`` (PL304) calls over-broad: a grant of one of ``permissions`` on
+    every resource (``everything`` names it in the message) or on a pattern of the
+    family's kind that matches everything."""
+
+    text: str
+    permissions: tuple[str, ...]
+    everything: str
+
+
+@dataclass(frozen=True, slots=True)
 class Family:
     """One permission family and every facet of it."""
 
     name: str
-    permissions: tuple[Permission, ...]
+    permissions: tuple[str, ...]
     kind: ResourceKind
     pattern: str
-    audit_events: tuple[str, ...] | NotApplicable
-    kernel: str | NotApplicable
+    audit_events: tuple[AuditEvent, ...] | NotApplicable
+    kernel: KernelPlan | NotApplicable
     scan_modules: tuple[str, ...] | NotApplicable
-    over_broad: str | NotApplicable
+    over_broad: OverBroad | NotApplicable
     readme: str
 
     def facets(self) -> dict[str, object]:
         """Every facet by name (for the completeness test)."""
-        return {"permissions": self.permissions, "pattern": self.pattern,
+        return {"permissions": self.permissions, "kind": self.kind, "pattern": self.pattern,
                 "audit_events": self.audit_events, "kernel": self.kernel,
                 "scan_modules": self.scan_modules, "over_broad": self.over_broad,
                 "readme": self.readme}
+
+
+def _events(**by_handler: str | tuple[str, ...]) -> tuple[AuditEvent, ...]:
+    return tuple(AuditEvent(event, handler) for handler, events in by_handler.items()
+                 for event in ((events,) if isinstance(events, str) else events))
 
 
 _HOST_SIDE = "the host checks each call of the capability object; no code of the plugin's own can reach it"
@@ -55,50 +107,58 @@ _HOST_SIDE = "the host checks each call of the capability object; no code of the
 FAMILIES: tuple[Family, ...] = (
     Family(
         name="file",
-        permissions=(Permission.FILE_READ, Permission.FILE_WRITE, Permission.FILE_DELETE),
+        permissions=("file:read", "file:write", "file:delete"),
         kind=ResourceKind.PATH,
         pattern="absolute path glob: `*` within a segment, `**` across segments",
-        audit_events=("open", "os.listdir", "os.scandir", "os.remove", "os.rmdir",
-                      "shutil.rmtree", "os.rename", "os.link", "os.symlink", "os.chmod",
-                      "os.chown", "os.mkdir", "os.truncate", "os.utime", "os.setxattr",
-                      "os.removexattr"),
-        kernel="Landlock path rules: read on granted trees, read-write on write/delete trees",
-        scan_modules=("os", "shutil", "pathlib", "glob", "io", "builtins.open"),
-        over_broad="a write or delete on every path or on a pattern that covers `/` or a top-level directory",
+        audit_events=_events(open="open", read_dir=("os.listdir", "os.scandir"),
+                             delete=("os.remove", "os.rmdir", "shutil.rmtree"),
+                             rename="os.rename", link="os.link", symlink="os.symlink",
+                             modify=("os.chmod", "os.chown", "os.mkdir", "os.truncate",
+                                     "os.utime", "os.setxattr", "os.removexattr")),
+        kernel=KernelPlan("Landlock path rules: read on granted trees, read-write on write/delete trees",
+                          read_paths=("file:read",), write_paths=("file:write", "file:delete")),
+        scan_modules=NotApplicable("the scanner finds file access by call (`open`, `os.remove`, "
+                                   "pathlib methods), not by import: every program imports `os`"),
+        over_broad=OverBroad("a write or delete on every path or on a pattern that covers `/` or a top-level directory",
+                             ("file:write", "file:delete"), "every path"),
         readme="files, by absolute path; reads of the implicit-read list need no grant",
     ),
     Family(
         name="network",
-        permissions=(Permission.NETWORK_REQUEST,),
+        permissions=("network:request",),
         kind=ResourceKind.HOST,
         pattern="`host[:port]`: `*.example.com` for subdomains, no port for any port",
-        audit_events=("socket.connect", "socket.sendto", "socket.bind", "socket.getaddrinfo",
-                      "socket.gethostbyname", "socket.gethostbyname_ex",
-                      "socket.gethostbyaddr"),
-        kernel="Landlock TCP connect on granted ports; seccomp refuses inet sockets without a grant",
+        audit_events=_events(connect=("socket.connect", "socket.sendto"), bind="socket.bind",
+                             getaddrinfo="socket.getaddrinfo",
+                             resolve=("socket.gethostbyname", "socket.gethostbyname_ex",
+                                      "socket.gethostbyaddr")),
+        kernel=KernelPlan("Landlock TCP connect on granted ports; seccomp refuses inet sockets without a grant",
+                          connect_ports=("network:request",)),
         scan_modules=("socket", "urllib", "urllib.request", "urllib3", "http.client",
                       "requests", "httpx", "aiohttp", "ftplib", "smtplib", "poplib",
                       "imaplib", "nntplib", "telnetlib", "xmlrpc.client", "websocket",
                       "websockets", "socketserver"),
-        over_broad="any host (`*`) or no resource at all",
+        over_broad=OverBroad("any host (`*`) or no resource at all", ("network:request",), "any host"),
         readme="outgoing connections, by host name and port",
     ),
     Family(
         name="subprocess",
-        permissions=(Permission.SUBPROCESS_EXECUTE,),
+        permissions=("subprocess:execute",),
         kind=ResourceKind.NAME,
         pattern="program name: `*` matches any run of characters",
-        audit_events=("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn",
-                      "os.spawn", "os.fork", "os.forkpty", "pty.spawn", "os.kill",
-                      "os.killpg"),
-        kernel="seccomp allows execve/fork only with a grant; Landlock adds the program directories",
+        audit_events=_events(popen="subprocess.Popen", system="os.system",
+                             exec=("os.exec", "os.posix_spawn"), spawn="os.spawn",
+                             fork=("os.fork", "os.forkpty"), pty_spawn="pty.spawn",
+                             kill=("os.kill", "os.killpg")),
+        kernel=KernelPlan("seccomp allows execve/fork only with a grant; Landlock adds the program directories",
+                          exec=("subprocess:execute",)),
         scan_modules=("subprocess", "pty"),
         over_broad=NotApplicable("a grant names programs; `policy-lint` has no subprocess-specific breadth rule"),
         readme="running programs, by program name (a fork without exec has no name: it needs a grant on every program)",
     ),
     Family(
         name="hook",
-        permissions=(Permission.HOOK_REGISTER,),
+        permissions=("hook:register",),
         kind=ResourceKind.NAME,
         pattern="hook name: `*` matches any run of characters",
         audit_events=NotApplicable(_HOST_SIDE),
@@ -109,7 +169,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         name="config",
-        permissions=(Permission.CONFIG_READ, Permission.CONFIG_WRITE),
+        permissions=("config:read", "config:write"),
         kind=ResourceKind.NAME,
         pattern="dotted key: `*` matches any run of characters, dots included",
         audit_events=NotApplicable(_HOST_SIDE),
@@ -120,7 +180,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         name="database",
-        permissions=(Permission.DATABASE_READ, Permission.DATABASE_WRITE),
+        permissions=("database:read", "database:write"),
         kind=ResourceKind.NAME,
         pattern="SQLite table name: `*` matches any run of characters",
         audit_events=NotApplicable(_HOST_SIDE),
@@ -139,7 +199,39 @@ def family(name: str) -> Family:
     return _BY_NAME[name]
 
 
+def audit_events() -> tuple[AuditEvent, ...]:
+    """Every audit event of every family, for the worker's audit hook."""
+    return tuple(e for f in FAMILIES if not isinstance(f.audit_events, NotApplicable)
+                 for e in f.audit_events)
+
+
+def scan_modules(name: str) -> frozenset[str]:
+    """The modules whose import suggests family ``name`` (empty where not applicable)."""
+    modules = family(name).scan_modules
+    return frozenset() if isinstance(modules, NotApplicable) else frozenset(modules)
+
+
+def over_broad_checks() -> dict[str, OverBroad]:
+    """What ``policy-lint`` calls over-broad, by permission spelling (PL304)."""
+    return {action: f.over_broad for f in FAMILIES if isinstance(f.over_broad, OverBroad)
+            for action in f.over_broad.permissions}
+
+
+def kernel_actions(part: str) -> tuple[str, ...]:
+    """The permission spellings whose grants feed one part of the kernel plan:
+    ``read_paths``, ``write_paths``, ``connect_ports`` or ``exec``."""
+    if part not in ("read_paths", "write_paths", "connect_ports", "exec"):
+        raise KeyError(part)
+    actions: list[str] = []
+    for f in FAMILIES:
+        if isinstance(f.kernel, KernelPlan):
+            actions.extend(getattr(f.kernel, part))
+    return tuple(actions)
+
+
 def _cell(facet: object) -> str:
+    if isinstance(facet, KernelPlan | OverBroad):
+        return facet.text
     if isinstance(facet, NotApplicable):
         return f"n/a: {facet.reason}"
     if isinstance(facet, tuple):
@@ -152,6 +244,6 @@ def readme_table() -> str:
     lines = ["| family | permissions | what it governs | patterns | kernel |",
              "|---|---|---|---|---|"]
     for f in FAMILIES:
-        lines.append(f"| `{f.name}` | {_cell(tuple(p.value for p in f.permissions))} | "
+        lines.append(f"| `{f.name}` | {_cell(f.permissions)} | "
                      f"{f.readme} | {f.pattern} | {_cell(f.kernel)} |")
     return "\n".join(lines) + "\n"

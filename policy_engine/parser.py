@@ -11,7 +11,7 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from . import nodes
+from . import codes, nodes
 from .bounded import DEFAULT_LIMITS, InputLimits, check_text, limit_diagnostic
 from .characters import ascii_lookalike, describe, invisible_characters
 from .diagnostics import Diagnostic, Fix, Span, closest_keyword, source_line
@@ -324,7 +324,7 @@ def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
         message=message,
         span=Span(file, line, max(column, 1), line, end),
         hint=hint,
-        code="PL001",
+        code=codes.SYNTAX_ERROR,
         source_line=source_line(text, line),
         fix=fix,
     )
@@ -440,7 +440,7 @@ def _invisible(text: str, file: str) -> list[Diagnostic]:
             span=span,
             hint="remove it (bidirectional controls and zero-width characters are refused "
                  "everywhere in a policy)",
-            code="PL001",
+            code=codes.SYNTAX_ERROR,
             source_line=source_line(text, span.line),
             fix=Fix(span, ""),
         ))
@@ -473,7 +473,7 @@ def _plugin_name_errors(statements: list[nodes.Statement], text: str) -> list[Di
             fix = Fix(span, f'"{plain}"')
         errors.append(Diagnostic(
             message=f"plugin name `{name}` is not ASCII: it holds {describe(odd)}",
-            span=span, hint=hint, code="PL001", source_line=source_line(text, span.line),
+            span=span, hint=hint, code=codes.SYNTAX_ERROR, source_line=source_line(text, span.line),
             fix=fix,
         ))
     return errors

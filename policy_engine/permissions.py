@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import enum
 
+from .families import FAMILIES, ResourceKind
 
-class ResourceKind(str, enum.Enum):
-    """How the resources of a permission family are written and matched."""
-
-    PATH = "path"  # absolute file paths, `*` within a segment, `**` across segments
-    HOST = "host"  # host[:port], `*.example.com` for subdomains
-    NAME = "name"  # dotted names, `*` matches any run of characters
+__all__ = ["ACTION_SPELLINGS", "ALL_PERMISSIONS", "FAMILY_KINDS", "Permission",
+           "PluginPermission", "ResourceKind", "expand_action", "parse_permission"]
 
 
 class Permission(str, enum.Enum):
@@ -44,14 +41,8 @@ class Permission(str, enum.Enum):
 #: The seed's name for :class:`Permission`.
 PluginPermission = Permission
 
-FAMILY_KINDS: dict[str, ResourceKind] = {
-    "file": ResourceKind.PATH,
-    "network": ResourceKind.HOST,
-    "subprocess": ResourceKind.NAME,
-    "hook": ResourceKind.NAME,
-    "config": ResourceKind.NAME,
-    "database": ResourceKind.NAME,
-}
+#: Each family's resource kind, read from the registry (:mod:`policy_engine.families`).
+FAMILY_KINDS: dict[str, ResourceKind] = {f.name: f.kind for f in FAMILIES}
 
 ALL_PERMISSIONS: frozenset[Permission] = frozenset(Permission)
 _BY_VALUE: dict[str, Permission] = {p.value: p for p in Permission}

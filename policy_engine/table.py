@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import nodes
+from . import codes, nodes
 from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
 from .conditions import ConditionError, evaluate, references_context
 from .decision import MAX_RESOURCE_LENGTH, Decision, Reason, RuleRef, deny, make_decision
@@ -458,20 +458,20 @@ def _declared_pattern(
         hint = did_you_mean(unknown[0], ("plugin", "plugin_dir", *policy.variables))
         problems.append(Diagnostic(
             f"unknown variable {names} in scope `{scope}` of `{permission.value}`",
-            Span(facts.manifest_file, 0, 0), hint, code="PL201", pointer=pointer))
+            Span(facts.manifest_file, 0, 0), hint, code=codes.MANIFEST_UNKNOWN_VARIABLE, pointer=pointer))
         return None
     valid, error = check_pattern(text, (_KINDS[permission],))
     if not valid:
         problems.append(Diagnostic(
             f"invalid scope `{scope}` for `{permission.value}`: {error}",
-            Span(facts.manifest_file, 0, 0), error.hint if error else None, code="PL202", pointer=pointer))
+            Span(facts.manifest_file, 0, 0), error.hint if error else None, code=codes.MANIFEST_INVALID_SCOPE, pointer=pointer))
         return None
     if facts.plugin_dir is None and "{plugin_dir}" in text:
         problems.append(Diagnostic(
             f"scope `{scope}` of `{permission.value}` uses `{{plugin_dir}}`, but the plugin has no directory",
             Span(facts.manifest_file, 0, 0),
             "give the plugin's directory (`Engine.from_source(..., plugin_paths={name: dir})`) "
-            "or load the manifest from its file", code="PL202", pointer=pointer))
+            "or load the manifest from its file", code=codes.MANIFEST_INVALID_SCOPE, pointer=pointer))
         return None
     filled = text.replace("{plugin_dir}", facts.plugin_dir or "").replace("{plugin}", facts.name)
     try:

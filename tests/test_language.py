@@ -218,3 +218,24 @@ def test_mutated_sources_raise_only_our_errors(position: int, cut: int, insert: 
         compile_text(mutated)
     except PolicyError as exc:
         assert str(exc)
+
+
+def test_each_compiler_pass_returns_its_typed_part() -> None:
+    from policy_engine import compiler
+    from policy_engine.parser import parse_policy
+
+    source = ('allow plugin "a" to file:read on "/srv/**"\n'
+              'defaults {\n    timeout init 5s\n}\n'
+              'trust plugin "a" sha256 "' + "ab" * 32 + '"\n')
+    tree = parse_policy(source, "p.policy")
+    ctx = compiler._Context((tree,), {})
+    ctx.sources = {"p.policy": source}
+    rules = compiler._compile_rules(ctx)
+    settings = compiler._compile_settings(ctx)
+    pins = compiler._compile_pins(ctx)
+    assert not ctx.diagnostics
+    assert [r.ref.file for r in rules] == ["p.policy"]
+    assert isinstance(settings, compiler.Settings) and not settings.per_plugin
+    assert settings.defaults != compiler.EMPTY_OVERLAY
+    assert pins["a"].digest == "ab" * 32
+    assert not hasattr(ctx, "result")  # no shared untyped result between passes

@@ -18,7 +18,7 @@ from ..errors import BundleError, UsageError
 from ..policyset import read_bundle_bytes
 from ..policytest import find_test_files, run_tests
 from .conventions import exit_codes_epilog
-from .main import EXIT_DENIED, EXIT_OK, EXTRA_COMMANDS, print_json
+from .options import EXIT_DENIED, EXIT_OK, print_json
 
 __all__ = ["cmd_build", "cmd_keygen", "cmd_verify"]
 
@@ -91,7 +91,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register_bundle(commands: Any) -> None:
+def register_bundle(commands: Any) -> None:
     bundle = commands.add_parser(
         "bundle", help="build, sign and verify policy bundles",
         description="Signed bundles of a policy set, in OPA's bundle layout.",
@@ -131,5 +131,3 @@ def _register_bundle(commands: Any) -> None:
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(handler=cmd_verify)
 
-
-EXTRA_COMMANDS.append(_register_bundle)

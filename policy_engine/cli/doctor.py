@@ -7,7 +7,7 @@ from typing import Any
 
 from ..enforcement.host.doctor import preflight
 from .conventions import exit_codes_epilog
-from .main import EXIT_OK, EXTRA_COMMANDS, add_engine_options, build_engine, print_json
+from .options import EXIT_OK, add_engine_options, build_engine, print_json
 from .tables import Table, render_text
 
 __all__ = ["cmd_doctor"]
@@ -28,7 +28,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register(commands: Any) -> None:
+def register(commands: Any) -> None:
     parser = commands.add_parser(
         "doctor", help="which isolation layers this host offers",
         description="Report, before any deployment, which isolation layers this host offers "
@@ -39,5 +39,3 @@ def _register(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=cmd_doctor)
 
-
-EXTRA_COMMANDS.append(_register)

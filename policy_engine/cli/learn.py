@@ -11,10 +11,9 @@ from typing import Any
 
 from ..enforcement.host.learn import LearnResult, learn
 from ..errors import UsageError
-from .main import (
+from .options import (
     DEFAULT_POLICY,
     EXIT_OK,
-    EXTRA_COMMANDS,
     add_command,
     add_variable_option,
     parse_pairs,
@@ -58,7 +57,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register_learn(commands: Any) -> None:
+def register_learn(commands: Any) -> None:
     parser = add_command(
         commands, "learn", "run a plugin in audit mode and print the least privilege it needs",
         "Run one plugin in audit mode and print the least-privilege manifest entries it "
@@ -78,5 +77,3 @@ def _register_learn(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=cmd_learn)
 
-
-EXTRA_COMMANDS.append(_register_learn)

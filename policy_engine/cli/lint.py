@@ -19,24 +19,14 @@ from ..lint import DEFAULT_PATHS, explain, format_json, format_sarif, format_tex
 from ..lint.formatters import check_doc_url
 from ..lint.rules import DOCS_URL
 from .conventions import add_version_option, exit_codes_epilog, run_console
+from .options import EXIT_DENIED, EXIT_ERROR, EXIT_OK, add_variable_option, engine_variables
 
-EXIT_CLEAN = 0
-EXIT_FINDINGS = 1
-EXIT_ERROR = 2
+EXIT_CLEAN = EXIT_OK
+EXIT_FINDINGS = EXIT_DENIED
 
 
 def _codes(values: Sequence[str] | None) -> list[str]:
     return [code.strip() for value in values or () for code in value.split(",") if code.strip()]
-
-
-def _variables(pairs: Sequence[str] | None) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise PolicyEngineError(f"expected `KEY=VALUE` after `--var`, found `{pair}`")
-        result[key] = value
-    return result
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -66,11 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     parser.add_argument("--exit-zero", action="store_true",
                         help="exit 0 even with findings (errors running the linter still exit 2)")
-    parser.add_argument("--var", "--variables", dest="variables", action="append",
-                        metavar="KEY=VALUE",
-                        help="a template variable for patterns, such as data_dir=/var/lib/app "
-                             "(repeatable; alias --variables; defaults: the engine's home, tmp "
-                             "and data_dir)")
+    add_variable_option(parser, defaults="the engine's home, tmp and data_dir")
     parser.add_argument("--skip-code-outside-plugins", action="store_true",
                         help="skip a .py path that belongs to no plugin instead of failing "
                              "(the pre-commit hook passes every changed .py file)")
@@ -108,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = lint_paths(
             args.paths or list(DEFAULT_PATHS),
-            variables=_variables(args.variables),
+            variables=engine_variables(args),
             select=_codes(args.select),
             ignore=_codes(args.ignore),
             skip_code_outside_plugins=args.skip_code_outside_plugins,

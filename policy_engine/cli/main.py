@@ -13,116 +13,36 @@ files) and ``digest`` (the content pin of a plugin directory).
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from ..diagnostics import Diagnostic
 from ..digest import plugin_digest
-from ..engine import Engine, read_policy_sources
+from ..engine import read_policy_sources
 from ..errors import ManifestError, PolicyEngineError, UsageError
 from ..formatter import format_policy, quote
 from ..grants import grant_matrix
 from ..impact import policy_impact, read_replay_log
 from ..manifest import load_manifest
-from .conventions import add_version_option, exit_codes_epilog, run_console
+from . import bundle, doctor, learn, policytest, run, sandbox
+from .conventions import add_version_option, run_console
+from .options import (
+    DEFAULT_POLICY,
+    EXIT_DENIED,
+    EXIT_ERROR,
+    EXIT_OK,
+    OneLineParser,
+    add_command,
+    add_engine_options,
+    add_plugin_options,
+    build_engine,
+    load_engine,
+    parse_pairs,
+    print_json,
+)
 from .tables import grant_tables, impact_summary, impact_tables, render_markdown, render_text
-
-EXIT_OK = 0
-EXIT_DENIED = 1  # also: `diff` found changes, `fmt --check` found files to reformat
-EXIT_ERROR = 2
-
-DEFAULT_POLICY = "policies"
-
-#: The exit codes every subcommand shares, for the ``--help`` epilogs.
-ERROR_CODE = (EXIT_ERROR, "usage or input error (one line on stderr)")
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line (and exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def parse_pairs(pairs: Sequence[str] | None, what: str, *, typed: bool = True) -> dict[str, Any]:
-    """``KEY=VALUE`` arguments to a dict; with ``typed``, a value that reads as JSON (``3``,
-    ``true``) is typed, otherwise every value stays a string."""
-    result: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} `{pair}` is not KEY=VALUE")
-        result[key] = value
-        if typed:
-            try:
-                result[key] = json.loads(value)
-            except ValueError:
-                pass
-    return result
-
-
-def add_plugin_options(parser: argparse.ArgumentParser) -> None:
-    """``--plugins`` and ``--var``: what every engine is built against."""
-    parser.add_argument("--plugins", action="append", metavar="DIR",
-                        help="a plugins directory or one plugin's directory (repeatable)")
-    add_variable_option(parser)
-
-
-def add_variable_option(parser: argparse.ArgumentParser) -> None:
-    """``--var KEY=VALUE`` (alias ``--variables``, the spelling both tools accept)."""
-    parser.add_argument("--var", "--variables", dest="var", action="append", metavar="KEY=VALUE",
-                        help="a template variable for patterns, such as data_dir=/var/lib/app "
-                             "(repeatable; alias --variables)")
-
-
-def add_command(commands: Any, name: str, summary: str, description: str,
-                codes: Sequence[tuple[int, str]]) -> argparse.ArgumentParser:
-    """A subcommand with a one-line ``summary`` (in the command list), a ``description`` and
-    its exit codes (in its ``--help``)."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        name, help=summary, description=description,
-        epilog=exit_codes_epilog([*codes, ERROR_CODE]))
-    return parser
-
-
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """The options every subcommand that builds an engine takes."""
-    parser.add_argument("--policy", action="append", metavar="PATH",
-                        help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/), "
-                             "or one bundle file")
-    parser.add_argument("--public-key", metavar="KEY",
-                        help="verify the bundle with this NAME.pub (or a directory of them)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="accept an http(s):// policy source without a public key")
-    add_plugin_options(parser)
-
-
-def engine_variables(args: argparse.Namespace) -> dict[str, str]:
-    """The ``--var`` values (strings, whatever they look like)."""
-    return parse_pairs(args.var, "variable", typed=False)
-
-
-def load_engine(args: argparse.Namespace, policy: Sequence[str]) -> Engine:
-    """An engine for ``policy`` with the common ``--plugins`` and ``--var`` options."""
-    return Engine.load(list(policy), plugins=args.plugins or None, variables=engine_variables(args),
-                       public_key=getattr(args, "public_key", None),
-                       insecure=getattr(args, "insecure", False))
-
-
-def build_engine(args: argparse.Namespace) -> Engine:
-    """An engine from the common options."""
-    return load_engine(args, args.policy or [DEFAULT_POLICY])
-
-
-def print_json(data: Any) -> None:
-    """Print ``data`` as indented, key-sorted JSON."""
-    print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
-
 
 # decide -------------------------------------------------------------------------------------
 
@@ -308,34 +228,36 @@ def _register_digest(commands: Any) -> None:
 
 # The parser ---------------------------------------------------------------------------------
 
-#: Further subcommands register themselves here: ``register(subparsers)``.
-EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+#: A subcommand's registration: it adds its parser to ``policy-engine``'s subparsers.
+Register = Callable[[Any], None]
 
-#: Modules that, when present, add subcommands to :data:`EXTRA_COMMANDS` as they are imported.
-OPTIONAL_COMMAND_MODULES = ("policy_engine.cli.run", "policy_engine.cli.learn", "policy_engine.cli.policytest",
-                            "policy_engine.cli.bundle", "policy_engine.cli.sandbox", "policy_engine.cli.doctor")
-
-
-def _import_optional_commands() -> None:
-    for name in OPTIONAL_COMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+#: The one command table of ``policy-engine``, in the order ``--help`` lists them.
+COMMANDS: tuple[tuple[str, Register], ...] = (
+    ("decide", _register_decide),
+    ("matrix", _register_matrix),
+    ("diff", _register_diff),
+    ("fmt", _register_fmt),
+    ("digest", _register_digest),
+    ("run", run.register_run),
+    ("learn", learn.register_learn),
+    ("test", policytest.register_test),
+    ("bundle", bundle.register_bundle),
+    ("sandbox-plan", sandbox.register),
+    ("doctor", doctor.register),
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of ``policy-engine``."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="policy-engine",
         description="Ask a policy set questions and run plugins under it.",
         epilog="Run `policy-engine COMMAND --help` for a command's options and exit codes.",
     )
     add_version_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in (_register_decide, _register_matrix, _register_diff, _register_fmt, _register_digest):
+    for _name, register in COMMANDS:
         register(commands)
-    _import_optional_commands()
-    for extra in EXTRA_COMMANDS:
-        extra(commands)
     return parser
 
 

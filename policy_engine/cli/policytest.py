@@ -14,7 +14,7 @@ from typing import Any
 
 from ..policytest import CaseResult, PolicyTestReport, run_tests
 from .conventions import exit_codes_epilog
-from .main import DEFAULT_POLICY, EXIT_DENIED, EXIT_OK, EXTRA_COMMANDS
+from .options import DEFAULT_POLICY, EXIT_DENIED, EXIT_OK
 
 __all__ = ["render_json", "render_junit", "render_text"]
 
@@ -128,7 +128,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_DENIED
 
 
-def _register_test(commands: Any) -> None:
+def register_test(commands: Any) -> None:
     test = commands.add_parser(
         "test", help="run the *.test.yaml cases of policy sets",
         description="Run the cases of *.test.yaml files: requests and the decisions they must get.",
@@ -142,5 +142,3 @@ def _register_test(commands: Any) -> None:
                       help="list the rules that no case exercised")
     test.set_defaults(handler=cmd_test)
 
-
-EXTRA_COMMANDS.append(_register_test)

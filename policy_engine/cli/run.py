@@ -10,21 +10,45 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..enforcement.host.run import RunReport, report_to_dict, run_plugins
 from ..units import human_size
-from .main import (
+from .options import (
     DEFAULT_POLICY,
     EXIT_OK,
-    EXTRA_COMMANDS,
     add_command,
     add_variable_option,
     parse_pairs,
 )
 from .tables import Table, render_text
 
-__all__ = ["cmd_run", "render_report"]
+__all__ = ["DEMO_CONFIG", "DEMO_SECRET", "cmd_run", "demo_secret", "render_report"]
+
+
+#: The host configuration ``run`` gives plugins: what the example plugins read.
+DEMO_CONFIG: dict[str, object] = {"plugins.summarizer.top": 3, "agents.model": "small"}
+#: A pretend secret in the host's environment while ``run`` runs, so that the report shows a
+#: plugin (the ``rogue`` example) cannot read it.
+DEMO_SECRET = ("HOST_SECRET", "host-secret-value")
+
+
+@contextmanager
+def demo_secret() -> Iterator[None]:
+    """:data:`DEMO_SECRET` in the environment, and the previous value back afterwards."""
+    name, value = DEMO_SECRET
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def render_report(report: RunReport, *, verbose: bool = False) -> str:
@@ -73,8 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="policy-engine: %(levelname)s: %(message)s")
     variables = parse_pairs(args.var, "variable", typed=False)
-    report = run_plugins(args.policy or [DEFAULT_POLICY], args.plugins_dir, variables,
-                         mode="audit" if args.audit else "enforce", unsandboxed=args.unsandboxed)
+    with demo_secret():
+        report = run_plugins(args.policy or [DEFAULT_POLICY], args.plugins_dir, variables,
+                             mode="audit" if args.audit else "enforce", config=DEMO_CONFIG,
+                             unsandboxed=args.unsandboxed)
     if args.json:
         print(json.dumps(report_to_dict(report), indent=2, sort_keys=True))
     else:
@@ -82,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register_run(commands: Any) -> None:
+def register_run(commands: Any) -> None:
     run = add_command(
         commands, "run", "load plugins under the sandbox, call them, and report",
         "Load every plugin under PLUGINS_DIR under the sandbox and the policy, call its entry "
@@ -102,5 +128,3 @@ def _register_run(commands: Any) -> None:
     run.add_argument("-v", "--verbose", action="store_true", help="show the log as the run goes")
     run.set_defaults(handler=cmd_run)
 
-
-EXTRA_COMMANDS.append(_register_run)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..enforcement.host.plan import plugin_view
 from .conventions import exit_codes_epilog
-from .main import EXIT_OK, EXTRA_COMMANDS, add_engine_options, build_engine, print_json
+from .options import EXIT_OK, add_engine_options, build_engine, print_json
 
 __all__ = ["cmd_sandbox_plan"]
 
@@ -24,7 +24,7 @@ def cmd_sandbox_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register(commands: Any) -> None:
+def register(commands: Any) -> None:
     parser = commands.add_parser(
         "sandbox-plan", help="the filesystem view of a plugin's sandbox, as computed",
         description="Print the filesystem view a plugin's bubblewrap sandbox gets: every mount, "
@@ -37,5 +37,3 @@ def _register(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=cmd_sandbox_plan)
 
-
-EXTRA_COMMANDS.append(_register)

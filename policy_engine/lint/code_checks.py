@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .. import codes
 from ..diagnostics import Diagnostic, Span
 from ..enforcement.host.scan import CodeFinding, implied_permissions, scan_plugin
 from ..errors import UsageError
@@ -22,16 +23,16 @@ __all__ = ["check_code", "SCAN_CODES"]
 
 #: Scan codes that are lint findings in themselves, and their lint codes.
 SCAN_CODES: dict[str, str] = {
-    "SC000": "PL406",
-    "SC001": "PL406",
-    "SC002": "PL406",
-    "SC003": "PL406",
-    "SC401": "PL404",
-    "SC402": "PL404",
-    "SC403": "PL404",
-    "SC501": "PL403",
-    "SC502": "PL402",
-    "SC503": "PL407",
+    "SC000": codes.UNSCANNABLE_CODE,
+    "SC001": codes.UNSCANNABLE_CODE,
+    "SC002": codes.UNSCANNABLE_CODE,
+    "SC003": codes.UNSCANNABLE_CODE,
+    "SC401": codes.NATIVE_CODE,
+    "SC402": codes.NATIVE_CODE,
+    "SC403": codes.NATIVE_CODE,
+    "SC501": codes.OBFUSCATED_IMPORT,
+    "SC502": codes.DYNAMIC_CODE,
+    "SC503": codes.COMPUTED_ATTRIBUTE,
 }
 
 # Permissions plugin code exercises itself, so the scan can tell whether it uses them.
@@ -82,7 +83,7 @@ def check_code(manifest: LoadedManifest) -> Iterator[Diagnostic]:
         if key in seen:
             continue
         seen.add(key)
-        yield _at(item, root, sources, "PL401",
+        yield _at(item, root, sources, codes.UNDECLARED_CAPABILITY,
                   f"{item.message}, but the manifest does not declare `{permission.value}`",
                   f"declare `{permission.value}` with the scopes the code needs in "
                   f"`{manifest.path}`, or remove the call: the engine denies it")
@@ -97,7 +98,7 @@ def check_code(manifest: LoadedManifest) -> Iterator[Diagnostic]:
             continue  # loading the plugin reads its own directory, whatever the code does
         if visible and visible == entry.permissions and not visible & used:
             yield manifest.at(
-                "PL405", f"`{entry.action}` is declared but the code never uses it", entry.pointer,
+                codes.UNUSED_PERMISSION, f"`{entry.action}` is declared but the code never uses it", entry.pointer,
                 "least privilege: remove the entry, or keep it if the use is hidden from the scan",
             )
 
@@ -110,11 +111,11 @@ def _scan_findings(scanned: Sequence[CodeFinding], root: Path, sources: _Sources
 
 
 _HINTS: dict[str, str] = {
-    "PL402": "code built at run time escapes review and the scan: call the code directly",
-    "PL403": "import modules by their names, so that reviewers and the scan see them",
-    "PL404": "native code runs beneath every python-level check: remove it",
-    "PL406": "code that cannot be scanned cannot be checked against the manifest",
-    "PL407": "name the attribute in the code, so that reviewers and the scan see it",
+    codes.DYNAMIC_CODE: "code built at run time escapes review and the scan: call the code directly",
+    codes.OBFUSCATED_IMPORT: "import modules by their names, so that reviewers and the scan see them",
+    codes.NATIVE_CODE: "native code runs beneath every python-level check: remove it",
+    codes.UNSCANNABLE_CODE: "code that cannot be scanned cannot be checked against the manifest",
+    codes.COMPUTED_ATTRIBUTE: "name the attribute in the code, so that reviewers and the scan see it",
 }
 
 

@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Iterable
 
+from .. import codes
 from ..diagnostics import Diagnostic, Span
 from .findings import finding
 
@@ -55,7 +56,7 @@ def check_permissions(paths: Iterable[str], *, uid: int | None = None) -> list[D
                 continue
             shown = entry if what == "policy file" else _shown(checked)
             found.append(finding(
-                "PL003",
+                codes.WRITABLE_POLICY_FILE,
                 f"the {what} `{shown}` can be changed by others: {reason}",
                 Span(entry, 0, 0),
                 hint="whoever can write a policy decides what plugins may do: "

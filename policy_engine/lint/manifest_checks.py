@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import codes
 from ..bounded import (
     DEFAULT_LIMITS,
     compose_yaml,
@@ -101,17 +102,17 @@ def classify(diagnostic: Diagnostic) -> Diagnostic:
     message = diagnostic.message
     pointer = diagnostic.pointer or ""
     if is_limit_diagnostic(diagnostic):
-        code = "PL205"
+        code = codes.MANIFEST_YAML_ERROR
     elif message.startswith(("cannot read the manifest", "cannot list")):
-        code = "PL204"
+        code = codes.MANIFEST_UNREADABLE
     elif message.startswith(("invalid YAML", "expected UTF-8", "duplicate field")):
-        code = "PL205"
+        code = codes.MANIFEST_YAML_ERROR
     elif message.startswith("unknown permission"):
-        code = "PL207"
+        code = codes.MANIFEST_UNKNOWN_PERMISSION
     elif re.fullmatch(r"/permissions/\d+", pointer):
-        code = "PL208"
+        code = codes.MANIFEST_INVALID_PERMISSION
     else:
-        code = "PL206"
+        code = codes.MANIFEST_SCHEMA_ERROR
     return recode(diagnostic, code)
 
 
@@ -158,7 +159,7 @@ def check_entry_point(manifest: LoadedManifest) -> Iterator[Diagnostic]:
     shown = metadata.entry_point
     if found is None:
         yield manifest.at(
-            "PL209", f"module `{module}` of entry point `{shown}` is not in the plugin directory",
+            codes.MISSING_ENTRY_POINT, f"module `{module}` of entry point `{shown}` is not in the plugin directory",
             "/entry_point",
             f"expected `{_relative(candidates[0], root)}` or `{_relative(candidates[1], root)}` "
             f"in `{manifest.plugin_dir}`",
@@ -174,7 +175,7 @@ def check_entry_point(manifest: LoadedManifest) -> Iterator[Diagnostic]:
     if name not in defined:
         classes = sorted(n for n in defined if n[:1].isupper())
         yield manifest.at(
-            "PL209", f"class `{name}` of entry point `{shown}` is not defined in `{_relative(found, root)}`",
+            codes.MISSING_ENTRY_POINT, f"class `{name}` of entry point `{shown}` is not defined in `{_relative(found, root)}`",
             "/entry_point",
             did_you_mean(name, classes) or f"define `class {name}` at the top level of the module",
         )
@@ -213,7 +214,7 @@ def duplicate_names(manifests: Sequence[LoadedManifest]) -> Iterator[Diagnostic]
             continue
         if name in first:
             yield manifest.at(
-                "PL203", f"plugin `{name}` is already declared by `{first[name].path}`", "/name",
+                codes.DUPLICATE_PLUGIN, f"plugin `{name}` is already declared by `{first[name].path}`", "/name",
                 "the engine keeps the first manifest it reads and ignores this one: rename one plugin",
             )
         else:
@@ -242,16 +243,16 @@ def check_unknown_plugins(policy: PolicySet, known: Iterable[str]) -> Iterator[D
         for index, name in enumerate(rule.node.plugins or ()):
             if name not in known_set:
                 span = spans[index] if index < len(spans) else rule.node.span
-                yield finding("PL303", f"plugin `{name}` is not declared by any manifest", span,
+                yield finding(codes.UNKNOWN_PLUGIN, f"plugin `{name}` is not declared by any manifest", span,
                               hint=hint(name), source=sources.get(span.file))
     for name, overlay in sorted(policy.plugin_settings.items()):
         if name not in known_set and overlay.values:
             span = min((v.span for v in overlay.values.values()), key=lambda s: (s.file, s.line, s.column))
-            yield finding("PL303", f"settings for plugin `{name}`, which no manifest declares", span,
+            yield finding(codes.UNKNOWN_PLUGIN, f"settings for plugin `{name}`, which no manifest declares", span,
                           hint=hint(name), source=sources.get(span.file))
     for name, pin in sorted(policy.pins.items()):
         if name not in known_set:
-            yield finding("PL303", f"trust pin for plugin `{name}`, which no manifest declares", pin.span,
+            yield finding(codes.UNKNOWN_PLUGIN, f"trust pin for plugin `{name}`, which no manifest declares", pin.span,
                           hint=hint(name), source=sources.get(pin.span.file))
 
 
@@ -316,7 +317,7 @@ def check_against_policies(
             if not granted.get((manifest.path, entry.pointer), True):
                 where = "any linted policy" if several else "the policy"
                 yield manifest.at(
-                    "PL211", f"`{entry.action}` is declared but no rule of {where} grants it to "
+                    codes.PERMISSION_NEVER_GRANTED, f"`{entry.action}` is declared but no rule of {where} grants it to "
                              f"plugin `{manifest.metadata.name}`",
                     entry.pointer,
                     f"every use will be denied: add `allow plugin \"{manifest.metadata.name}\" to "
@@ -325,7 +326,7 @@ def check_against_policies(
 
 
 def _locate_problem(problem: Diagnostic, manifests: Sequence[LoadedManifest]) -> Diagnostic | None:
-    if problem.code not in ("PL201", "PL202") or problem.span is None:
+    if problem.code not in (codes.MANIFEST_UNKNOWN_VARIABLE, codes.MANIFEST_INVALID_SCOPE) or problem.span is None:
         return None  # PL203 duplicates are found by `duplicate_names`, with a position
     for manifest in manifests:
         assert manifest.metadata is not None
@@ -339,7 +340,7 @@ def _locate_problem(problem: Diagnostic, manifests: Sequence[LoadedManifest]) ->
 def _ceiling_finding(manifest: LoadedManifest, note: str, label: str | None) -> Iterator[Diagnostic]:
     match = _NOTE.fullmatch(note)
     if match is None:  # pragma: no cover - the notes' wording is settings.py's
-        yield manifest.at("PL210", note, "")
+        yield manifest.at(codes.REQUEST_ABOVE_CEILING, note, "")
         return
     kind, name, asked, ceiling = match.groups()
     field = "timeouts" if kind == "timeout" else "limits"
@@ -348,7 +349,7 @@ def _ceiling_finding(manifest: LoadedManifest, note: str, label: str | None) -> 
         pointer = "/timeout_seconds" if "/timeout_seconds" in manifest.spans else pointer
     where = f" of {label}" if label else ""
     yield manifest.at(
-        "PL210", f"expected `{field}.{name}` at most the policy's ceiling `{ceiling}`{where}, found `{asked}`",
+        codes.REQUEST_ABOVE_CEILING, f"expected `{field}.{name}` at most the policy's ceiling `{ceiling}`{where}, found `{asked}`",
         pointer,
         f"the plugin gets `{ceiling}`; ask for less, or raise the ceiling with `max` in the policy",
     )

@@ -22,6 +22,7 @@ import tokenize
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from .. import codes
 from ..diagnostics import Diagnostic, Span
 from .findings import finding
 from .rules import rules_matching
@@ -208,4 +209,4 @@ def _unused(suppression: Suppression, used: set[str], is_selected: Callable[[str
 
 
 def _finding(message: str, span: Span, hint: str, source_line: str) -> Diagnostic:
-    return replace(finding("PL901", message, span, hint=hint), source_line=source_line)
+    return replace(finding(codes.UNUSED_NOQA, message, span, hint=hint), source_line=source_line)

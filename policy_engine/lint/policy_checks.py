@@ -25,12 +25,13 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import nodes
+from .. import codes, nodes
 from ..compiler import CompiledRule, PolicySet, compile_policy
 from ..conditions import ConditionError, evaluate, version_key
 from ..diagnostics import Diagnostic, Span
 from ..errors import PolicyCompileError, PolicySyntaxError
 from ..exactness import inexact_reason
+from ..families import over_broad_checks
 from ..nodes import Effect
 from ..parser import parse_policy
 from ..patterns import (
@@ -81,7 +82,7 @@ def parse_file(path: str, source: str) -> ParsedFile:
     try:
         return ParsedFile(path, source, parse_policy(source, path), ())
     except PolicySyntaxError as exc:
-        return ParsedFile(path, source, None, tuple(recode(d, "PL001") for d in exc.diagnostics))
+        return ParsedFile(path, source, None, tuple(recode(d, codes.SYNTAX_ERROR) for d in exc.diagnostics))
 
 
 def compile_files(
@@ -212,13 +213,13 @@ def _unpinned_inprocess(policy: PolicySet, sources: Mapping[str, str]) -> Iterat
             continue
         if overlay.get(accept_key) or policy.defaults.get(accept_key):
             continue
-        yield finding("PL310", f"plugin `{name}` runs in-process but has no `trust` pin",
+        yield finding(codes.UNPINNED_INPROCESS, f"plugin `{name}` runs in-process but has no `trust` pin",
                       isolation.span, hint=fix + "; the loader refuses it as it is",
                       source=sources.get(isolation.span.file))
     isolation = policy.defaults.values.get("isolation")
     if (isolation is not None and isolation.value is Isolation.INPROCESS
             and not policy.defaults.get(accept_key)):
-        yield finding("PL310", "`defaults` run every plugin without a `trust` pin in-process",
+        yield finding(codes.UNPINNED_INPROCESS, "`defaults` run every plugin without a `trust` pin in-process",
                       isolation.span, hint="set `isolation inprocess` only in the blocks of pinned "
                       f"plugins, or add `accept {UNPINNED_INPROCESS}` to `defaults`",
                       source=sources.get(isolation.span.file))
@@ -237,7 +238,7 @@ def _accepted_risks(policy: PolicySet, sources: Mapping[str, str]) -> Iterator[D
                     risk = RISKS.get(risk_name)
                     if risk is None:
                         continue  # the compiler reports it
-                    yield finding("PL311", f"the policy accepts `{risk_name}` for {who}: {risk.gives_up}",
+                    yield finding(codes.ACCEPTED_RISK, f"the policy accepts `{risk_name}` for {who}: {risk.gives_up}",
                                   span, hint=f"without it, {risk.refusal}",
                                   source=sources.get(span.file))
 
@@ -278,7 +279,7 @@ def _changed_globs(rules: Iterable[CompiledRule], sources: Mapping[str, str]) ->
                 if change is None or node.span in seen:
                     continue
                 seen.add(node.span)
-                yield finding("PL312", f"the meaning of `matches \"{node.pattern}\"` changed: {change}",
+                yield finding(codes.GLOB_MEANING_CHANGED, f"the meaning of `matches \"{node.pattern}\"` changed: {change}",
                               node.span, hint="check that the condition still means what you want; "
                               "`# noqa: PL312` once it does", source=sources.get(node.span.file))
 
@@ -510,7 +511,7 @@ class _RuleAnalysis:
             else:
                 first = min(blockers, key=_position)
                 yield finding(
-                    "PL301",
+                    codes.ALLOW_ALWAYS_DENIED,
                     f"this allow never takes effect: the deny at `{first.ref.location}` always overrides it",
                     self._finding_span(rule),
                     hint="deny beats allow whatever the order: remove the allow, or narrow the deny",
@@ -551,7 +552,7 @@ class _RuleAnalysis:
         else:
             message = f"this rule is subsumed by the broader rule at `{other.ref.location}`"
         return finding(
-            "PL302", message, self._finding_span(rule),
+            codes.REDUNDANT_RULE, message, self._finding_span(rule),
             hint=f"remove this rule: the other one already {verb} everything it does",
             source=self.sources.get(rule.ref.file),
         )
@@ -586,10 +587,16 @@ def _covers(broad: CompiledRule, narrow: CompiledRule) -> bool:
 
 # PL304 ------------------------------------------------------------------------------------
 
-_WRITES = (Permission.FILE_WRITE, Permission.FILE_DELETE)
+def _is_wide(pattern: Pattern) -> bool:
+    """A pattern that matches everything of its kind (a port alone does not narrow a host)."""
+    if isinstance(pattern, HostPattern):
+        return pattern.host_text == "*"
+    return pattern.is_overbroad
 
 
 def _overbroad(rules: Iterable[CompiledRule], sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    # What is checked, and for which permissions, is the registry's `over_broad` facet.
+    checked = {Permission(a): facet for a, facet in over_broad_checks().items()}
     for rule in rules:
         if rule.effect is not Effect.ALLOW:
             continue
@@ -600,25 +607,23 @@ def _overbroad(rules: Iterable[CompiledRule], sources: Mapping[str, str]) -> Ite
             problem = f"grants {who} every permission on every resource"
         else:
             for permission in sorted(rule.permissions, key=lambda p: p.value):
+                facet = checked.get(permission)
+                if facet is None:
+                    continue
                 patterns = _rule_patterns(rule, permission.kind)
-                if permission in _WRITES or permission is Permission.NETWORK_REQUEST:
-                    what = "every path" if permission.kind is ResourceKind.PATH else "any host"
-                    if patterns is None:
-                        problem = f"grants {who} `{permission.value}` on {what}"
-                    elif permission in _WRITES and any(p.is_overbroad for p in patterns):
-                        wide = next(p for p in patterns if p.is_overbroad)
-                        problem = f"grants {who} `{permission.value}` on `{wide.text}`"
-                    elif permission is Permission.NETWORK_REQUEST and any(
-                        isinstance(p, HostPattern) and p.host_text == "*" for p in patterns
-                    ):
-                        wide = next(p for p in patterns if isinstance(p, HostPattern) and p.host_text == "*")
-                        problem = f"grants {who} `{permission.value}` to `{wide.text}`"
+                wide = None if patterns is None else next(
+                    (p for p in patterns if _is_wide(p)), None)
+                if patterns is None:
+                    problem = f"grants {who} `{permission.value}` on {facet.everything}"
+                elif wide is not None:
+                    word = "to" if isinstance(wide, HostPattern) else "on"
+                    problem = f"grants {who} `{permission.value}` {word} `{wide.text}`"
                 if problem:
                     break
         if problem:
             source = sources.get(rule.ref.file, "")
             yield finding(
-                "PL304", f"over-broad grant: {problem}", first_line_span(source, rule.node.span),
+                codes.OVERBROAD_GRANT, f"over-broad grant: {problem}", first_line_span(source, rule.node.span),
                 hint="scope the grant to what the plugin needs, such as `{data_dir}/{plugin}/**` "
                      "or `api.example.com:443`",
                 source=source,
@@ -658,7 +663,7 @@ def _warn_threshold(warn: nodes.Quantity, source: str) -> Iterator[Diagnostic]:
         return  # the compiler reports it
     if fraction >= 1.0:
         yield finding(
-            "PL306", f"expected a warning threshold below 100%, found `warn {warn.text}`", warn.span,
+            codes.WARN_THRESHOLD_TOO_HIGH, f"expected a warning threshold below 100%, found `warn {warn.text}`", warn.span,
             hint="the limit is enforced at 100%, so this warning never comes first: write `warn 80%`",
             source=source,
         )
@@ -677,7 +682,7 @@ def _ceilings(
             setting = _setting_words(key)
             if value is not None and maximum is not None and value.value > maximum.value:
                 yield finding(
-                    "PL305",
+                    codes.LIMIT_ABOVE_CEILING,
                     f"expected `{setting}` at most its `max {_render(key, maximum.value)}`, "
                     f"found `{_render(key, value.value)}`",
                     value.span,
@@ -688,7 +693,7 @@ def _ceilings(
             if where != "defaults" and value is not None and default_max is not None \
                     and value.value > default_max.value:
                 yield finding(
-                    "PL305",
+                    codes.LIMIT_ABOVE_CEILING,
                     f"`{setting} {_render(key, value.value)}` in `{where}` is above the ceiling "
                     f"`max {_render(key, default_max.value)}` of `defaults`",
                     value.span,
@@ -764,15 +769,15 @@ class _ConditionAnalysis:
         try:
             value = evaluate(node, {}, {})
         except ConditionError as exc:
-            self._report("PL308", f"condition `{self._text(node.span)}` always fails: {exc}", node.span,
+            self._report(codes.FALLIBLE_CONDITION, f"condition `{self._text(node.span)}` always fails: {exc}", node.span,
                          _FAIL_HINT)
             return
-        self._report("PL307", f"condition `{self._text(node.span)}` is always {str(value).lower()}",
+        self._report(codes.CONSTANT_CONDITION, f"condition `{self._text(node.span)}` is always {str(value).lower()}",
                      node.span, "it reads only literals: remove it, or compare an attribute")
 
     def _fails(self, node: nodes.Condition, why: str, always: bool = True) -> None:
         how = "always fails" if always else "can fail at run time"
-        self._report("PL308", f"condition `{self._text(node.span)}` {how}: {why}", node.span, _FAIL_HINT)
+        self._report(codes.FALLIBLE_CONDITION, f"condition `{self._text(node.span)}` {how}: {why}", node.span, _FAIL_HINT)
 
     def _visit(self, node: nodes.Condition) -> None:
         if isinstance(node, (nodes.And, nodes.Or)):
@@ -801,7 +806,7 @@ class _ConditionAnalysis:
             self._constant(node)
             return
         if isinstance(left, nodes.Attribute) and isinstance(right, nodes.Attribute) and left.text == right.text:
-            self._report("PL307", f"condition `{self._text(node.span)}` is always "
+            self._report(codes.CONSTANT_CONDITION, f"condition `{self._text(node.span)}` is always "
                                   f"{str(_ALWAYS[node.op]).lower()}: it compares `{left.text}` with itself",
                          node.span, "compare the attribute with a value or another attribute")
             return
@@ -830,7 +835,7 @@ class _ConditionAnalysis:
     def _in(self, node: nodes.In) -> None:
         if not node.values:
             value = "true" if node.negated else "false"
-            self._report("PL307", f"condition `{self._text(node.span)}` is always {value}: the list is empty",
+            self._report(codes.CONSTANT_CONDITION, f"condition `{self._text(node.span)}` is always {value}: the list is empty",
                          node.span, "list the values, or remove the condition")
             return
         if isinstance(node.operand, nodes.Literal):
@@ -875,7 +880,7 @@ class _ConditionAnalysis:
         kind = _kind_of(operand)
         if operand.root == "context":
             self._report(
-                "PL308",
+                codes.FALLIBLE_CONDITION,
                 f"condition `{operand.text}` fails at run time unless `{operand.text}` is a boolean",
                 node.span,
                 f"write `{operand.text} == true` to say what is meant; errors fail closed",
@@ -890,7 +895,7 @@ class _ConditionAnalysis:
             for kind, span in uses[1:]:
                 if kind != first_kind and _equality_fails(kind, first_kind):
                     self._report(
-                        "PL308",
+                        codes.FALLIBLE_CONDITION,
                         f"`{attribute}` is compared with a {kind} here and with a {first_kind} at "
                         f"`{first_span}`; one of the two fails at run time",
                         span,

@@ -20,6 +20,7 @@ import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .. import codes
 from ..diagnostics import Severity
 
 __all__ = [
@@ -83,7 +84,7 @@ E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 RULES: tuple[Rule, ...] = (
     # PL0xx: syntax ----------------------------------------------------------------------
-    _rule("PL001", "syntax-error", E, "the policy text does not parse", """
+    _rule(codes.SYNTAX_ERROR, "syntax-error", E, "the policy text does not parse", """
         Reports every syntax error of a `.policy` file, with the expected tokens in words.
         The parser resumes at the next statement, so one mistake does not hide the next.
         """, """
@@ -94,7 +95,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin * to file:read on "/srv/**"
         """),
-    _rule("PL002", "unreadable-policy-file", E, "a policy file cannot be read as part of its set", """
+    _rule(codes.UNREADABLE_POLICY_FILE, "unreadable-policy-file", E, "a policy file cannot be read as part of its set", """
         Reports every entry of a policy set the engine would refuse: a dangling or looping
         symlink, a directory, FIFO, socket or device named `*.policy`, a file that cannot be
         read, a file that is not UTF-8 text (with the byte offset), a file or set over its
@@ -109,7 +110,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             restore the target, or remove the link
         """),
-    _rule("PL003", "writable-policy-file", E, "others than the engine's user or root can change a policy file", """
+    _rule(codes.WRITABLE_POLICY_FILE, "writable-policy-file", E, "others than the engine's user or root can change a policy file", """
         Reports a policy file, its symlink target, or the directory of either that is
         writable by group or others, or owned by another user than the one running the check
         (root is fine), as sshd's `StrictModes` does for its key files.
@@ -122,7 +123,7 @@ RULES: tuple[Rule, ...] = (
             chmod go-w policies/site.policy policies
         """),
     # PL1xx: compile errors --------------------------------------------------------------
-    _rule("PL101", "unknown-permission", E, "a rule names a permission that does not exist", """
+    _rule(codes.UNKNOWN_PERMISSION, "unknown-permission", E, "a rule names a permission that does not exist", """
         Reports an action that is not a known permission, a `family:*` or `*`, with the
         closest spelling as a hint.
         """, """
@@ -133,7 +134,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin "analytics" to file:read on "/srv/data/**"
         """),
-    _rule("PL102", "unknown-variable", E, "a pattern uses a template variable nobody defines", """
+    _rule(codes.UNKNOWN_VARIABLE, "unknown-variable", E, "a pattern uses a template variable nobody defines", """
         Reports a `{name}` in a pattern that is neither `{plugin}`, `{plugin_dir}` nor a
         variable the host passes (built in: `{home}`, `{tmp}`, `{data_dir}`; more with
         `--variables KEY=VALUE`).
@@ -145,7 +146,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin * to file:write on "{data_dir}/{plugin}/**"
         """),
-    _rule("PL103", "invalid-pattern", E, "a resource pattern is malformed", """
+    _rule(codes.INVALID_PATTERN, "invalid-pattern", E, "a resource pattern is malformed", """
         Reports a pattern that is not valid for the permissions of its rule: a relative
         path, `**` inside a segment, a bad port or host, a URL where a host is expected.
         """, """
@@ -156,7 +157,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin * to network:request on "api.example.com:443"
         """),
-    _rule("PL104", "unknown-plugin-attribute", E, "a condition reads a plugin attribute that does not exist", """
+    _rule(codes.UNKNOWN_PLUGIN_ATTRIBUTE, "unknown-plugin-attribute", E, "a condition reads a plugin attribute that does not exist", """
         Reports `plugin.<attr>` where `<attr>` is not one of `name`, `version`, `type`,
         `trusted`, `enabled`, `description`, `entry_point`, `author` or `tags`.
         """, """
@@ -167,7 +168,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin * to config:read on "agents.*" when plugin.type == "agent"
         """),
-    _rule("PL105", "conflicting-settings", E, "two blocks set the same setting to different values", """
+    _rule(codes.CONFLICTING_SETTINGS, "conflicting-settings", E, "two blocks set the same setting to different values", """
         Reports a setting of a `defaults` block, or of the `plugin` blocks of one plugin,
         that another block (often in another file) sets to a different value.
         """, """
@@ -178,7 +179,7 @@ RULES: tuple[Rule, ...] = (
             defaults { timeout hook 5s }    defaults { timeout hook 10s }
         fix: set `timeout hook` in one place only.
         """),
-    _rule("PL106", "invalid-quantity", E, "a duration, size or percentage is malformed", """
+    _rule(codes.INVALID_QUANTITY, "invalid-quantity", E, "a duration, size or percentage is malformed", """
         Reports a quantity with an unknown unit, a number where a percentage is expected,
         or a value that is zero or negative.
         """, """
@@ -189,7 +190,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             defaults { limit memory 500MiB }
         """),
-    _rule("PL107", "unknown-setting", E, "a block names a setting or a choice that does not exist", """
+    _rule(codes.UNKNOWN_SETTING, "unknown-setting", E, "a block names a setting or a choice that does not exist", """
         Reports an unknown timeout phase, limit, violation action or isolation mode, and
         `warn` on a limit other than memory.
         """, """
@@ -200,7 +201,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             defaults { timeout execute 60s }
         """),
-    _rule("PL108", "malformed-pin", E, "a trust pin is not a valid sha256 digest, or pins a plugin twice", """
+    _rule(codes.MALFORMED_PIN, "malformed-pin", E, "a trust pin is not a valid sha256 digest, or pins a plugin twice", """
         Reports a `trust` statement with an algorithm other than `sha256`, a digest that
         is not 64 hexadecimal characters, or a plugin pinned to two different digests.
         """, """
@@ -211,7 +212,7 @@ RULES: tuple[Rule, ...] = (
         fix: paste the full digest that `policy-engine digest DIR` prints.
         """),
     # PL2xx: manifests -------------------------------------------------------------------
-    _rule("PL201", "manifest-unknown-variable", E, "a manifest scope uses an unknown template variable", """
+    _rule(codes.MANIFEST_UNKNOWN_VARIABLE, "manifest-unknown-variable", E, "a manifest scope uses an unknown template variable", """
         Reports a `{name}` in a manifest permission scope that neither the engine nor the
         host defines.
         """, """
@@ -223,7 +224,7 @@ RULES: tuple[Rule, ...] = (
         fix:
               - file:read {plugin_dir}/**
         """),
-    _rule("PL202", "manifest-invalid-scope", E, "a manifest scope is not a valid pattern for its permission", """
+    _rule(codes.MANIFEST_INVALID_SCOPE, "manifest-invalid-scope", E, "a manifest scope is not a valid pattern for its permission", """
         Reports a manifest scope that does not compile as a pattern of its permission's
         kind (a path for `file`, a host for `network`, a name for the others).
         """, """
@@ -234,7 +235,7 @@ RULES: tuple[Rule, ...] = (
         fix:
               - file:read {plugin_dir}/data/**
         """),
-    _rule("PL203", "duplicate-plugin", E, "two manifests declare the same plugin name", """
+    _rule(codes.DUPLICATE_PLUGIN, "duplicate-plugin", E, "two manifests declare the same plugin name", """
         Reports a manifest whose `name` another manifest already uses.
         """, """
         The engine keeps the first manifest it reads and ignores the second: which plugin
@@ -244,7 +245,7 @@ RULES: tuple[Rule, ...] = (
             plugins/b/plugin.yaml: name: reports
         fix: give each plugin its own name.
         """),
-    _rule("PL204", "manifest-unreadable", E, "a manifest cannot be read", """
+    _rule(codes.MANIFEST_UNREADABLE, "manifest-unreadable", E, "a manifest cannot be read", """
         Reports a `plugin.yaml` that cannot be opened or listed.
         """, """
         A plugin without a readable manifest is left out when the engine loads.
@@ -252,7 +253,7 @@ RULES: tuple[Rule, ...] = (
             plugins/reports/plugin.yaml: permission denied
         fix: make the file readable by the user that runs the host.
         """),
-    _rule("PL205", "manifest-yaml-error", E, "a manifest is not valid YAML or not UTF-8", """
+    _rule(codes.MANIFEST_YAML_ERROR, "manifest-yaml-error", E, "a manifest is not valid YAML or not UTF-8", """
         Reports YAML syntax errors (with line and column), duplicate keys (YAML keeps the
         last one silently), control characters and text that is not UTF-8.
         """, """
@@ -264,7 +265,7 @@ RULES: tuple[Rule, ...] = (
             permissions: []
         fix: keep one `permissions` key.
         """),
-    _rule("PL206", "manifest-schema-error", E, "a manifest field does not match the schema", """
+    _rule(codes.MANIFEST_SCHEMA_ERROR, "manifest-schema-error", E, "a manifest field does not match the schema", """
         Reports a missing required field, an unknown field, a value of the wrong type or
         shape, with the JSON pointer of the field.
         """, """
@@ -275,7 +276,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             name: my-plugin
         """),
-    _rule("PL207", "manifest-unknown-permission", E, "a manifest asks for a permission that does not exist", """
+    _rule(codes.MANIFEST_UNKNOWN_PERMISSION, "manifest-unknown-permission", E, "a manifest asks for a permission that does not exist", """
         Reports a permission entry whose action is not a known permission, `family:*` or
         `*`, with the closest spelling as a hint.
         """, """
@@ -286,7 +287,7 @@ RULES: tuple[Rule, ...] = (
         fix:
               - file:read {plugin_dir}/**
         """),
-    _rule("PL208", "manifest-invalid-permission", E, "a manifest permission entry is malformed", """
+    _rule(codes.MANIFEST_INVALID_PERMISSION, "manifest-invalid-permission", E, "a manifest permission entry is malformed", """
         Reports a permission entry that does not parse: stray characters, scopes after
         `*`, or a `#` that would start a comment inside the entry.
         """, """
@@ -297,7 +298,7 @@ RULES: tuple[Rule, ...] = (
         fix:
               - file:* /srv/**
         """),
-    _rule("PL209", "missing-entry-point", E, "the entry point's module or class is not in the plugin directory", """
+    _rule(codes.MISSING_ENTRY_POINT, "missing-entry-point", E, "the entry point's module or class is not in the plugin directory", """
         Looks for the module of `entry_point` (`package.module:Class`) as a `.py` file or
         package below the plugin directory and for the class at its top level. The module
         is parsed with `ast`, never imported.
@@ -309,7 +310,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             entry_point: reports.plugin:ReportsPlugin
         """),
-    _rule("PL210", "request-above-ceiling", W, "a manifest asks for a timeout or limit above the policy's ceiling", """
+    _rule(codes.REQUEST_ABOVE_CEILING, "request-above-ceiling", W, "a manifest asks for a timeout or limit above the policy's ceiling", """
         Reports a manifest `timeouts` or `limits` value that the policy cuts down to its
         ceiling (the setting's value, or its `max`).
         """, """
@@ -320,7 +321,7 @@ RULES: tuple[Rule, ...] = (
             timeouts: {execute: 600s}
         fix: ask for at most 300s, or raise the ceiling with `timeout execute 300s max 600s`.
         """),
-    _rule("PL211", "permission-never-granted", W, "a manifest declares a permission no policy rule grants", """
+    _rule(codes.PERMISSION_NEVER_GRANTED, "permission-never-granted", W, "a manifest declares a permission no policy rule grants", """
         Reports a declared permission for which no `allow` rule of the policy can apply
         to the plugin (conditions on `plugin.*` are taken into account).
         """, """
@@ -332,7 +333,7 @@ RULES: tuple[Rule, ...] = (
         fix: remove the entry, or add `allow plugin "<name>" to subprocess:execute ...`.
         """),
     # PL3xx: policy analysis --------------------------------------------------------------
-    _rule("PL301", "allow-always-denied", W, "an allow rule that a deny rule always overrides", """
+    _rule(codes.ALLOW_ALWAYS_DENIED, "allow-always-denied", W, "an allow rule that a deny rule always overrides", """
         Reports an `allow` for which, for every plugin and permission it names, an
         unconditional `deny` covers the same plugins and every resource it allows.
         """, """
@@ -343,7 +344,7 @@ RULES: tuple[Rule, ...] = (
             allow plugin "backup" to file:read on "/etc/hosts"
         fix: remove the allow, or narrow the deny.
         """),
-    _rule("PL302", "redundant-rule", W, "a rule duplicates or is subsumed by another rule", """
+    _rule(codes.REDUNDANT_RULE, "redundant-rule", W, "a rule duplicates or is subsumed by another rule", """
         Reports a rule when another rule with the same effect names at least the same
         plugins and permissions, covers every resource it covers, and applies at least as
         often (no condition, or the same condition).
@@ -355,7 +356,7 @@ RULES: tuple[Rule, ...] = (
             allow plugin "reports" to file:read on "/srv/data/reports/*.csv"
         fix: remove the second rule.
         """),
-    _rule("PL303", "unknown-plugin", W, "a rule or block names a plugin no manifest declares", """
+    _rule(codes.UNKNOWN_PLUGIN, "unknown-plugin", W, "a rule or block names a plugin no manifest declares", """
         Reports plugin names in rules, `plugin` blocks and `trust` pins that no linted
         manifest declares. Runs only when manifests were linted too.
         """, """
@@ -366,7 +367,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin "analytics" to database:read on "metrics.*"
         """),
-    _rule("PL304", "overbroad-grant", W, "an allow rule grants far more than a plugin needs", """
+    _rule(codes.OVERBROAD_GRANT, "overbroad-grant", W, "an allow rule grants far more than a plugin needs", """
         Reports `allow` rules that grant every permission without a scope, `file:write`
         or `file:delete` on every path (no scope, `/**`, `/*`), or `network:request` to
         any host.
@@ -378,7 +379,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin * to file:write on "{data_dir}/{plugin}/**"
         """),
-    _rule("PL305", "limit-above-ceiling", W, "a timeout or limit is above its ceiling", """
+    _rule(codes.LIMIT_ABOVE_CEILING, "limit-above-ceiling", W, "a timeout or limit is above its ceiling", """
         Reports a setting whose value is above its own `max`, and a `plugin` block value
         above the `max` that the `defaults` block sets for it.
         """, """
@@ -389,7 +390,7 @@ RULES: tuple[Rule, ...] = (
             plugin "analytics" { limit memory 8GB }
         fix: stay at or below 2GB, or raise the `max` in `defaults`.
         """),
-    _rule("PL306", "warn-threshold-too-high", W, "a memory warning threshold of 100 % or more", """
+    _rule(codes.WARN_THRESHOLD_TOO_HIGH, "warn-threshold-too-high", W, "a memory warning threshold of 100 % or more", """
         Reports `limit memory ... warn N%` with N at or above 100.
         """, """
         The limit is enforced at 100 %, so the warning can never come before it: nobody
@@ -399,7 +400,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             limit memory 1GB warn 80%
         """),
-    _rule("PL307", "constant-condition", W, "a condition that is always true or always false", """
+    _rule(codes.CONSTANT_CONDITION, "constant-condition", W, "a condition that is always true or always false", """
         Reports comparisons of two literals, an attribute compared with itself
         (`plugin.type == plugin.type`), `x in []`, and literal operands of `in`,
         `matches` or a bare condition.
@@ -410,7 +411,7 @@ RULES: tuple[Rule, ...] = (
             allow plugin * to hook:register when plugin.type in []
         fix: list the types, or remove the rule.
         """),
-    _rule("PL308", "fallible-condition", W, "a condition that can fail to evaluate at run time", """
+    _rule(codes.FALLIBLE_CONDITION, "fallible-condition", W, "a condition that can fail to evaluate at run time", """
         Reports conditions that raise an evaluation error for some or all requests: a bare
         `context.x` (it must be a boolean), ordering booleans, `plugin.version` against a
         number or a string that is not a version, comparing values of different types,
@@ -424,7 +425,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             allow plugin * to network:request on "*.svc:443" when context.prod == true
         """),
-    _rule("PL309", "conflicting-policy-sets", W, "policies under one directory conflict when loaded as one set", """
+    _rule(codes.CONFLICTING_POLICY_SETS, "conflicting-policy-sets", W, "policies under one directory conflict when loaded as one set", """
         The linter compiles the files of each policy (files naming the same
         `policy "<name>"`, or no name) as one set. When a directory holds several
         policies, it also compiles everything below it together, as `Engine.load(dir)`
@@ -437,7 +438,7 @@ RULES: tuple[Rule, ...] = (
             policies/strict.policy: defaults { timeout hook 1s }
         fix: load one policy file, or keep one policy per directory.
         """),
-    _rule("PL310", "unpinned-inprocess", E, "a plugin runs in-process without a trust pin", """
+    _rule(codes.UNPINNED_INPROCESS, "unpinned-inprocess", E, "a plugin runs in-process without a trust pin", """
         Reports `isolation inprocess` in a `plugin "<name>"` block when the policy has no
         `trust` pin for that plugin, and in `defaults` (where it applies to every plugin
         without a pin), unless the same block or `defaults` says `accept unpinned-inprocess`.
@@ -451,7 +452,7 @@ RULES: tuple[Rule, ...] = (
             plugin "report-builder" { isolation inprocess
                                       accept unpinned-inprocess }
         """),
-    _rule("PL311", "accepted-risk", INFO, "the policy accepts a risk the engine would otherwise refuse", """
+    _rule(codes.ACCEPTED_RISK, "accepted-risk", INFO, "the policy accepts a risk the engine would otherwise refuse", """
         Notes every name of every `accept` setting: what the engine no longer refuses, for
         which plugins, and what that gives up.
         """, """
@@ -461,7 +462,7 @@ RULES: tuple[Rule, ...] = (
             plugin "legacy" { accept unpinned-inprocess }
         fix: none needed if the risk is understood; remove the `accept` otherwise.
         """),
-    _rule("PL312", "glob-meaning-changed", W, "a `matches` glob means something else than it did", """
+    _rule(codes.GLOB_MEANING_CHANGED, "glob-meaning-changed", W, "a `matches` glob means something else than it did", """
         Reports `matches "<glob>"` conditions that the language's glob semantics read
         differently from the `fnmatch` semantics of earlier versions: a `[...]` that was a
         character class is now literal, and `*` or `?` no longer match `/` when the
@@ -493,7 +494,7 @@ RULES: tuple[Rule, ...] = (
             deny plugin * to file:read on "/srv/data/keys/**"
         """),
     # PL4xx: code against manifest --------------------------------------------------------
-    _rule("PL401", "undeclared-capability", E, "plugin code uses a capability its manifest does not declare", """
+    _rule(codes.UNDECLARED_CAPABILITY, "undeclared-capability", E, "plugin code uses a capability its manifest does not declare", """
         Compares what the static code scan finds (file reads and writes, deletions,
         network, subprocesses, direct database access) with the manifest's permissions.
         """, """
@@ -503,7 +504,7 @@ RULES: tuple[Rule, ...] = (
             import subprocess            # manifest declares no `subprocess:execute`
         fix: declare `subprocess:execute` (scoped to the programs) or remove the call.
         """),
-    _rule("PL402", "dynamic-code", W, "plugin code runs code built at run time", """
+    _rule(codes.DYNAMIC_CODE, "dynamic-code", W, "plugin code runs code built at run time", """
         Reports `eval`, `exec`, `compile`, `runpy` and friends in plugin code.
         """, """
         Code built at run time cannot be reviewed or scanned: the manifest check above
@@ -512,7 +513,7 @@ RULES: tuple[Rule, ...] = (
             exec(source_from_somewhere)
         fix: call the code directly.
         """),
-    _rule("PL403", "obfuscated-import", W, "plugin code imports a module whose name is computed", """
+    _rule(codes.OBFUSCATED_IMPORT, "obfuscated-import", W, "plugin code imports a module whose name is computed", """
         Reports `__import__`, `importlib.import_module` with a computed name, and loading
         modules from file paths.
         """, """
@@ -522,7 +523,7 @@ RULES: tuple[Rule, ...] = (
         fix:
             import subprocess
         """),
-    _rule("PL404", "native-code", E, "plugin code calls native code or ships compiled modules", """
+    _rule(codes.NATIVE_CODE, "native-code", E, "plugin code calls native code or ships compiled modules", """
         Reports imports of `ctypes` or `cffi`, compiled extension modules and loose
         bytecode files shipped in the plugin directory.
         """, """
@@ -532,7 +533,7 @@ RULES: tuple[Rule, ...] = (
             import ctypes
         fix: remove it, or run the plugin only with kernel-level isolation.
         """),
-    _rule("PL405", "unused-permission", W, "a manifest declares a permission the code never uses", """
+    _rule(codes.UNUSED_PERMISSION, "unused-permission", W, "a manifest declares a permission the code never uses", """
         Reports declared `file`, `network` and `subprocess` permissions that the code scan
         finds no use of (other permissions are used through host capabilities the scan
         cannot see). Skipped when the code hides what it does (dynamic code, computed
@@ -544,7 +545,7 @@ RULES: tuple[Rule, ...] = (
               - network:request api.example.com:443   # nothing in the code talks to the network
         fix: remove the entry.
         """),
-    _rule("PL406", "unscannable-code", E, "plugin code cannot be scanned", """
+    _rule(codes.UNSCANNABLE_CODE, "unscannable-code", E, "plugin code cannot be scanned", """
         Reports plugin files that do not parse as Python, cannot be read, nest too deeply
         for the scan, or are symlinks to outside the plugin directory.
         """, """
@@ -554,7 +555,7 @@ RULES: tuple[Rule, ...] = (
             def run(self:          # syntax error
         fix: fix the file so that it parses.
         """),
-    _rule("PL407", "computed-attribute", W, "plugin code reads or sets an attribute whose name is computed", """
+    _rule(codes.COMPUTED_ATTRIBUTE, "computed-attribute", W, "plugin code reads or sets an attribute whose name is computed", """
         Reports `getattr`, `setattr`, `delattr` and `__dict__` lookups with names built at
         run time.
         """, """
@@ -565,7 +566,7 @@ RULES: tuple[Rule, ...] = (
         fix: call the function by its name.
         """),
     # PL9xx: the linter itself ------------------------------------------------------------
-    _rule("PL901", "unused-noqa", W, "a noqa comment suppresses nothing", """
+    _rule(codes.UNUSED_NOQA, "unused-noqa", W, "a noqa comment suppresses nothing", """
         Reports `# noqa`, `# noqa: CODE` and `# policy-lint: noqa` comments (in policies
         and manifests; in Python files only for `PL` codes) that suppress no finding.
         """, """

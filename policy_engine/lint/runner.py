@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import codes
 from ..compiler import PolicySet
 from ..diagnostics import Diagnostic, Severity
 from ..engine import default_variables
@@ -142,7 +143,7 @@ def lint_paths(
     for path, (text, language) in texts.items():
         suppressions.extend(find_suppressions(path, text, language))
     kept, unused = apply_suppressions(selected, suppressions, is_selected)
-    if is_selected("PL901"):
+    if is_selected(codes.UNUSED_NOQA):
         kept.extend(u for u in unused if is_wanted(u))
     unique = {(f.code, f.span, f.message, f.pointer): f for f in kept}
     ordered = tuple(sorted(unique.values(), key=position))
@@ -199,7 +200,7 @@ def _reader_findings(scan: PolicySetScan, *, empty_ok: bool) -> list[Diagnostic]
         if empty_ok and problem.kind is ProblemKind.EMPTY:
             continue
         diagnostic = problem.to_diagnostic()
-        found.append(finding("PL002", diagnostic.message, diagnostic.span, hint=diagnostic.hint))
+        found.append(finding(codes.UNREADABLE_POLICY_FILE, diagnostic.message, diagnostic.span, hint=diagnostic.hint))
     return found
 
 
@@ -382,7 +383,7 @@ def _conflicting_sets(
         first = errors[0]
         names = ", ".join(f"`{k[1]}`" if k[1] is not None else "an unnamed policy" for k in keys)
         found.append(finding(
-            "PL309",
+            codes.CONFLICTING_POLICY_SETS,
             f"policies {names} under `{root}` conflict when loaded as one set: {first.message}",
             first.span,
             hint=f"`Engine.load(\"{root}\")` compiles them together and fails with {len(errors)} "

@@ -71,8 +71,8 @@ def test_every_subcommand_help_has_a_description_and_exit_codes() -> None:
 def test_shared_options_have_one_spelling() -> None:
     """``--var`` on both tools, ``--variables`` kept as an alias on both."""
     lint = lint_cli.make_parser()
-    assert lint.parse_args(["--var", "a=1"]).variables == ["a=1"]
-    assert lint.parse_args(["--variables", "a=1"]).variables == ["a=1"]
+    assert lint.parse_args(["--var", "a=1"]).var == ["a=1"]
+    assert lint.parse_args(["--variables", "a=1"]).var == ["a=1"]
     assert lint.parse_args(["--json"]).format == "json"
     for name, parser in _subcommands().items():
         options = {o for action in parser._actions for o in action.option_strings}
@@ -120,3 +120,33 @@ def test_piped_into_head_exits_quietly(tmp_path: Path, tool: str) -> None:
                           timeout=300, check=False, env={"PATH": "/usr/bin:/bin",
                                                          "PYTHONPATH": str(ROOT)})
     assert (done.returncode, done.stdout.count("\n"), done.stderr) == (0, 1, "")
+
+
+def test_one_command_table_lists_every_subcommand() -> None:
+    assert [name for name, _ in engine_cli.COMMANDS] == list(_subcommands())
+    source = Path(engine_cli.__file__).read_text(encoding="utf-8")
+    assert "find_spec" not in source and "import_module" not in source
+
+
+@pytest.mark.parametrize("module", ["run", "learn", "policytest", "bundle", "sandbox", "doctor",
+                                    "lint"])
+def test_a_subcommand_module_does_not_import_main(module: str) -> None:
+    # main imports the subcommand modules for its table; the other way would be a cycle.
+    code = (f"import sys; import policy_engine.cli.{module}; "
+            "sys.exit('policy_engine.cli.main' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_both_tools_parse_var_with_the_same_option() -> None:
+    lint_var = next(a for a in lint_cli.make_parser()._actions if "--var" in a.option_strings)
+    run_var = next(a for a in _subcommands()["run"]._actions if "--var" in a.option_strings)
+    assert lint_var.option_strings == run_var.option_strings == ["--var", "--variables"]
+    assert lint_var.dest == run_var.dest == "var"
+
+
+def test_a_bad_var_is_the_same_error_in_both_tools(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "a.policy"
+    policy.write_text('allow plugin * to file:read on "/srv/**"\n', encoding="utf-8")
+    assert lint_cli.main([str(policy), "--var", "novalue"]) == 2
+    assert "variable `novalue` is not KEY=VALUE" in capsys.readouterr().err

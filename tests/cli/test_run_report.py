@@ -67,3 +67,45 @@ def test_report_json_keeps_everything() -> None:
 ])
 def test_human_size(size: int, text: str) -> None:
     assert human_size(size) == text
+
+
+def test_the_demo_data_lives_in_the_cli_not_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from policy_engine.cli import run as cli_run
+    from policy_engine.enforcement.host import run as host_run
+
+    library = inspect.getsource(host_run)
+    assert "HOST_SECRET" not in library and "summarizer" not in library
+    assert "os.environ" not in library  # the library leaves the host's environment alone
+    monkeypatch.delenv("HOST_SECRET", raising=False)
+    with cli_run.demo_secret():
+        assert cli_run.DEMO_SECRET == ("HOST_SECRET", "host-secret-value")
+        import os
+        assert os.environ["HOST_SECRET"] == "host-secret-value"
+    assert "HOST_SECRET" not in os.environ
+    monkeypatch.setenv("HOST_SECRET", "mine")
+    with cli_run.demo_secret():
+        pass
+    assert os.environ["HOST_SECRET"] == "mine"
+
+
+def test_run_passes_the_demo_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from policy_engine.cli import run as cli_run
+
+    seen: dict[str, object] = {}
+
+    def fake_run(policy: object, plugins_dir: object, variables: object, *, mode: str,
+                 config: object) -> RunReport:
+        import os
+        seen.update(config=config, mode=mode, secret=os.environ.get("HOST_SECRET"))
+        return RunReport((), 0.0, "sha256:0", mode=mode)
+
+    monkeypatch.setattr(cli_run, "run_plugins", fake_run)
+    args = argparse.Namespace(verbose=False, var=None, policy=["p"], plugins_dir="d",
+                              audit=False, json=True)
+    assert cli_run.cmd_run(args) == 0
+    assert seen == {"config": cli_run.DEMO_CONFIG, "mode": "enforce",
+                    "secret": "host-secret-value"}

@@ -411,7 +411,8 @@ def start_worker(tmp_path: Path) -> Iterator[Any]:
 WORKER_ALLOWED = {
     "policy_engine", "policy_engine.errors", "policy_engine.diagnostics",
     "policy_engine.plugin_api", "policy_engine.patterns", "policy_engine.permissions",
-    "policy_engine.implicit", "policy_engine._version", "policy_engine.units",
+    "policy_engine.implicit", "policy_engine.families", "policy_engine._version",
+    "policy_engine.units",
     "policy_engine.plugin_types",
     "policy_engine.enforcement", "policy_engine.enforcement.wire",
     "policy_engine.enforcement.worker", "policy_engine.enforcement.worker.main",

@@ -605,3 +605,22 @@ def test_a_wider_cidr_allow_makes_a_narrower_one_redundant(tmp_path: Path) -> No
         'allow plugin * to network:request on "10.0.0.0/8"\n'
         'allow plugin * to network:request on "10.1.0.0/16:443"\n')
     assert "PL302" in [f.code for f in lint_paths([str(tmp_path)]).findings]
+
+
+def test_every_code_is_defined_once_and_documented() -> None:
+    import re
+    from pathlib import Path
+
+    from policy_engine import codes
+    from policy_engine.lint.rules import RULES
+
+    defined = {getattr(codes, name): name for name in codes.__all__}
+    assert len(defined) == len(codes.__all__)  # no code under two names
+    assert sorted(defined) == sorted(r.code for r in RULES)
+    for rule in RULES:
+        assert defined[rule.code] == rule.name.upper().replace("-", "_")
+    package = Path(codes.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name != "codes.py":
+            text = path.read_text(encoding="utf-8")
+            assert not re.search(r"[\"']PL\d{3}[\"']", text), f"{path.name} spells a code"

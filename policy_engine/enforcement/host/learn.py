@@ -19,7 +19,7 @@ from ...manifest import load_manifest
 from ...patterns import normalize
 from ...permissions import Permission
 from .loader import PluginLoader
-from .run import _demo_environment, probe_methods
+from .run import probe_methods, throwaway_root
 from .sandbox import AuditRecord, PluginSandbox
 
 __all__ = ["WORKER_REPORTED_CAVEAT", "LearnResult", "learn"]
@@ -71,7 +71,7 @@ def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None 
     """
     plugin_dir = Path(plugin_dir).resolve()
     metadata = load_manifest(plugin_dir)
-    with _demo_environment() as root:
+    with throwaway_root() as root:
         data_dir = root / "data"
         data_dir.mkdir()
         engine = Engine.load(policy, plugins=plugin_dir,

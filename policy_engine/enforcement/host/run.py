@@ -10,11 +10,10 @@ denials with the rule that denied them, timeouts, peak memory and CPU, and the o
 from __future__ import annotations
 
 import ast
-import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from .capabilities import HookRegistry
 from .loader import CallRecord, PluginLoader
 from .sandbox import AuditRecord, PluginSandbox
 
-__all__ = ["PluginReport", "RunReport", "probe_methods", "run_plugins"]
+__all__ = ["PluginReport", "RunReport", "probe_methods", "run_plugins", "throwaway_root"]
 
 _ENTRY = {"agent": "run", "workflow": "execute"}
 
@@ -87,34 +86,33 @@ def probe_methods(metadata: PluginMetadata) -> list[str]:
 
 
 @contextmanager
-def _demo_environment() -> Iterator[Path]:
-    # A throwaway data directory, removed afterwards: the run leaves nothing behind. The
-    # host gets a pretend secret so the report can show a plugin cannot read it.
+def throwaway_root() -> Iterator[Path]:
+    """A temporary directory for a run's data and scratch space, removed afterwards: a run
+    leaves nothing behind."""
     root = Path(tempfile.mkdtemp(prefix="policy-engine-run-"))
-    previous = os.environ.get("HOST_SECRET")
-    os.environ["HOST_SECRET"] = "host-secret-value"
     try:
         yield root
     finally:
-        if previous is None:
-            os.environ.pop("HOST_SECRET", None)
-        else:
-            os.environ["HOST_SECRET"] = previous
         shutil.rmtree(root, ignore_errors=True)
 
 
 def run_plugins(policy: str | Path | list[str | Path], plugins_dir: str | Path,
                 variables: dict[str, str] | None = None, *, mode: str = "enforce",
-                unsandboxed: bool = False) -> RunReport:
-    """Load every plugin under ``plugins_dir`` with ``policy`` and exercise it."""
+                unsandboxed: bool = False,
+                config: Mapping[str, object] | None = None) -> RunReport:
+    """Load every plugin under ``plugins_dir`` with ``policy`` and exercise it.
+
+    ``config`` is the host configuration the plugins see through ``ctx.config`` (empty by
+    default; the CLI passes the examples' demo configuration); ``unsandboxed`` allows audit
+    mode, which is not a sandbox.
+    """
     started = time.monotonic()
-    with _demo_environment() as root:
+    with throwaway_root() as root:
         data_dir = root / "data"
         data_dir.mkdir()
         variables = {"data_dir": str(data_dir), **(variables or {})}
         engine = Engine.load(policy, plugins=plugins_dir, variables=variables)
-        config = {"plugins.summarizer.top": 3, "agents.model": "small"}
-        sandbox = PluginSandbox(engine, mode=mode, data_dir=data_dir, config=config,  # type: ignore[arg-type]
+        sandbox = PluginSandbox(engine, mode=mode, data_dir=data_dir, config=dict(config or {}),  # type: ignore[arg-type]
                                 unsandboxed_audit=unsandboxed,
                                 hooks=HookRegistry(), scratch_root=root)
         reports: list[PluginReport] = []

@@ -59,6 +59,7 @@ from pathlib import Path
 
 from ...diagnostics import Diagnostic, Severity, Span, source_line
 from ...errors import UsageError
+from ...families import scan_modules
 from ...permissions import Permission
 
 __all__ = [
@@ -175,11 +176,8 @@ def implied_permissions(findings: Iterable[CodeFinding]) -> frozenset[Permission
 # What is sensitive. Names are fully qualified after alias resolution; ``()`` marks the
 # result of a call, so ``requests.Session().get`` is a method of a Session object.
 
-_NETWORK_MODULES = frozenset({
-    "socket", "urllib", "urllib.request", "urllib3", "http.client", "requests", "httpx",
-    "aiohttp", "ftplib", "smtplib", "poplib", "imaplib", "nntplib", "telnetlib",
-    "xmlrpc.client", "websocket", "websockets", "socketserver",
-})
+# Module signatures come from the registry of families (``families.scan_modules``).
+_NETWORK_MODULES = scan_modules("network")
 # Parts of ``urllib`` that only manipulate strings; importing them is not networking.
 _NOT_NETWORK = ("urllib.parse", "urllib.error", "urllib.response")
 _NETWORK_FUNCTIONS = frozenset({
@@ -187,7 +185,7 @@ _NETWORK_FUNCTIONS = frozenset({
     "asyncio.start_unix_server",
 })
 
-_SUBPROCESS_MODULES = frozenset({"subprocess", "pty"})
+_SUBPROCESS_MODULES = scan_modules("subprocess")
 _SUBPROCESS_FUNCTIONS = frozenset({
     "os.system", "os.popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.posix_spawnp",
     "os.startfile", "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
@@ -195,7 +193,7 @@ _SUBPROCESS_FUNCTIONS = frozenset({
 _SUBPROCESS_PREFIXES = ("os.exec", "os.spawn")
 
 _NATIVE_MODULES = frozenset({"ctypes", "_ctypes", "cffi"})
-_DATABASE_MODULES = frozenset({"sqlite3", "_sqlite3"})
+_DATABASE_MODULES = scan_modules("database")
 
 _FILE_DELETE = frozenset({"os.remove", "os.unlink", "os.rmdir", "os.removedirs", "shutil.rmtree"})
 _FILE_WRITE = frozenset({

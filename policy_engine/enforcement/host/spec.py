@@ -14,6 +14,7 @@ from pathlib import Path
 from ...engine import Engine
 from ...errors import UsageError
 from ...exactness import inexact_reason, is_under, mask_path
+from ...families import kernel_actions
 from ...patterns import HostPattern, PathPattern, Pattern
 from ...permissions import Permission
 from ...table import (
@@ -91,12 +92,17 @@ _MAX_KERNEL_PORTS = 1024
 def kernel_grants(table: PluginTable) -> KernelGrants:
     """The coarse grants for ``table``."""
     entries = table.entries
-    reads = _roots(_granted(entries.get(Permission.FILE_READ)))
-    writes = tuple(dict.fromkeys(
-        _roots(_granted(entries.get(Permission.FILE_WRITE)))
-        + _roots(_granted(entries.get(Permission.FILE_DELETE)))
-    ))
-    network = _granted(entries.get(Permission.NETWORK_REQUEST))
+
+    def granted(part: str) -> list[tuple[Pattern, ...] | None]:
+        # Which permissions feed which part of the plan is the registry's.
+        return [_granted(entries.get(Permission(action))) for action in kernel_actions(part)]
+
+    reads = tuple(dict.fromkeys(r for g in granted("read_paths") for r in _roots(g)))
+    writes = tuple(dict.fromkeys(r for g in granted("write_paths") for r in _roots(g)))
+    connects = granted("connect_ports")
+    network: tuple[Pattern, ...] | None = (
+        None if any(g is None for g in connects) else tuple(p for g in connects if g for p in g))
+    network_granted = any(g != () for g in connects)
     # A port range becomes its ports for the kernel, up to a bound; a wider range is "any
     # port" there (the decision table still holds the range exactly).
     ranges = [p.port_range for p in network or () if isinstance(p, HostPattern)]
@@ -109,9 +115,9 @@ def kernel_grants(table: PluginTable) -> KernelGrants:
         read_paths=reads,
         write_paths=writes,
         connect_ports=ports,
-        any_port=any_port and network != (),
-        network=network != (),
-        subprocess=_granted(entries.get(Permission.SUBPROCESS_EXECUTE)) != (),
+        any_port=any_port and network_granted,
+        network=network_granted,
+        subprocess=any(g != () for g in granted("exec")),
     )
 
 

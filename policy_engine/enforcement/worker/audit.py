@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ...families import audit_events
 from ...implicit import ImplicitReads
 from .checker import Checker, DeniedDecision, denial
 
@@ -63,41 +64,20 @@ class AuditGuard:
         #: Files opened for writing, newest last; the worker removes the ones cut short by
         #: the file-size limit.
         self.written: dict[str, None] = {}
-        self._handlers: dict[str, Callable[[tuple[Any, ...]], None]] = {
-            "open": self._on_open,
-            "os.listdir": self._on_read_dir,
-            "os.scandir": self._on_read_dir,
-            "os.remove": self._on_delete,
-            "os.rmdir": self._on_delete,
-            "shutil.rmtree": self._on_delete,
-            "os.rename": self._on_rename,
-            "os.link": self._on_link,
-            "os.symlink": self._on_symlink,
-            "os.chmod": self._on_modify,
-            "os.chown": self._on_modify,
-            "os.mkdir": self._on_modify,
-            "os.truncate": self._on_modify,
-            "os.utime": self._on_modify,
-            "os.setxattr": self._on_modify,
-            "os.removexattr": self._on_modify,
-            "socket.connect": self._on_connect,
-            "socket.sendto": self._on_connect,
-            "socket.bind": self._on_bind,
-            "socket.getaddrinfo": self._on_getaddrinfo,
-            "socket.gethostbyname": self._on_resolve,
-            "socket.gethostbyname_ex": self._on_resolve,
-            "socket.gethostbyaddr": self._on_resolve,
-            "subprocess.Popen": self._on_popen,
-            "os.system": self._on_system,
-            "os.exec": self._on_exec,
-            "os.posix_spawn": self._on_exec,
-            "os.spawn": self._on_spawn,
-            "os.fork": self._on_fork,
-            "os.forkpty": self._on_fork,
-            "pty.spawn": self._on_pty_spawn,
-            "os.kill": self._on_kill,
-            "os.killpg": self._on_kill,
+        # The checks by role; which audit events each role handles is the registry's
+        # (`families.audit_events`), so an event and its family cannot drift apart. A role
+        # the registry names and this hook lacks is a KeyError here: refused at start-up.
+        roles: dict[str, Callable[[tuple[Any, ...]], None]] = {
+            "open": self._on_open, "read_dir": self._on_read_dir, "delete": self._on_delete,
+            "rename": self._on_rename, "link": self._on_link, "symlink": self._on_symlink,
+            "modify": self._on_modify, "connect": self._on_connect, "bind": self._on_bind,
+            "getaddrinfo": self._on_getaddrinfo, "resolve": self._on_resolve,
+            "popen": self._on_popen, "system": self._on_system, "exec": self._on_exec,
+            "spawn": self._on_spawn, "fork": self._on_fork, "pty_spawn": self._on_pty_spawn,
+            "kill": self._on_kill,
         }
+        self._handlers: dict[str, Callable[[tuple[Any, ...]], None]] = {
+            e.event: roles[e.handler] for e in audit_events()}
 
     # -- installation ------------------------------------------------------------------------
 
