@@ -396,7 +396,7 @@ class Engine:
                     f"plugin `{manifest.name}` is already loaded; the new manifest `{manifest.manifest_path}` "
                     "claiming it is refused", None,
                     f"it is loaded from `{accepted[manifest.name].manifest_path}`; rename one of them",
-                    code="PL203"))
+                    code=codes.DUPLICATE_PLUGIN))
                 audit_log.warning("plugin `%s` claimed by a new manifest `%s`: refused", manifest.name,
                                   manifest.manifest_path, extra={"plugin_event": {
                                       "kind": "claim-refused", "plugin": manifest.name,

@@ -166,7 +166,7 @@ def _inexact_denies(policy: PolicySet, sources: Mapping[str, str]) -> Iterator[D
             found = _first_inexact(policy, rule, read_masks)
             if found is not None:
                 compiled, why = found
-                yield finding("PL313", f"the kernel sandbox cannot hold the deny of "
+                yield finding(codes.INEXACT_DENY, f"the kernel sandbox cannot hold the deny of "
                               f"`{compiled.text}` exactly: {why}", compiled.span,
                               hint="deny whole existing paths (a file or `/dir/**`), narrow "
                               f"the grant, or add `accept {INEXACT_DENY}` to the plugin's block; "

@@ -476,7 +476,7 @@ RULES: tuple[Rule, ...] = (
         fix: write `"/srv/**"` to keep matching below `/srv`, or add `# noqa: PL312` once
         the new meaning has been checked.
         """),
-    _rule("PL313", "inexact-deny", E, "a file deny the kernel sandbox cannot hold exactly", """
+    _rule(codes.INEXACT_DENY, "inexact-deny", E, "a file deny the kernel sandbox cannot hold exactly", """
         Reports a `file:read` deny that reaches into a tree the same plugins are granted
         (a `file:write` or `file:delete` deny: into a write grant) and that the sandbox
         cannot mask with an empty mount: a glob (`/srv/data/**/*.key`), a deny with a

@@ -98,14 +98,14 @@ def test_run_passes_the_demo_config(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
 
     def fake_run(policy: object, plugins_dir: object, variables: object, *, mode: str,
-                 config: object) -> RunReport:
+                 config: object, unsandboxed: bool = False) -> RunReport:
         import os
         seen.update(config=config, mode=mode, secret=os.environ.get("HOST_SECRET"))
         return RunReport((), 0.0, "sha256:0", mode=mode)
 
     monkeypatch.setattr(cli_run, "run_plugins", fake_run)
     args = argparse.Namespace(verbose=False, var=None, policy=["p"], plugins_dir="d",
-                              audit=False, json=True)
+                              audit=False, unsandboxed=False, json=True)
     assert cli_run.cmd_run(args) == 0
     assert seen == {"config": cli_run.DEMO_CONFIG, "mode": "enforce",
                     "secret": "host-secret-value"}
