@@ -75,8 +75,6 @@ class BrokerLimits:
     max_remembered: int = 1024
     #: the longest a single connect may take, whatever the call's deadline leaves
     connect_timeout: float = 30.0
-    #: connections one worker may hold open through the broker at once
-    max_open: int = 64
 
 
 def format_resource(host: str, port: int) -> str:
@@ -156,7 +154,6 @@ class NetworkBroker:
         # address -> the name whose lookup produced it, most recent last
         self._names: OrderedDict[str, str] = OrderedDict()
         self._cpu = 0.0
-        self._open = 0
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"dns-{plugin}"[:15])
         self.lookups = 0
         self.refused_lookups = 0
@@ -167,11 +164,6 @@ class NetworkBroker:
     def cpu_seconds(self) -> float:
         """Host CPU spent for this plugin so far (decisions, lookups, connects)."""
         return self._cpu
-
-    def closed(self) -> None:
-        """The worker closed (or lost) one brokered connection."""
-        with self._lock:
-            self._open = max(0, self._open - 1)
 
     def shutdown(self) -> None:
         """Stop the lookup threads; pending lookups are abandoned."""
@@ -206,14 +198,6 @@ class NetworkBroker:
         """
         started = time.thread_time()
         try:
-            with self._lock:
-                if self._open >= self.limits.max_open:
-                    decision = deny(
-                        Reason.DENIED_BY_RULE, self.plugin, _ACTION, format_resource(host, port),
-                        f"the plugin already holds {self.limits.max_open} brokered connections",
-                    )
-                    self._report(decision)
-                    raise PermissionDeniedError(decision)
             literal = _literal_address(host)
             if literal is not None:
                 with self._lock:
@@ -233,10 +217,7 @@ class NetworkBroker:
                 if not addresses:
                     raise ConnectionError(
                         f"`{host}` has no address of the socket's family")
-            sock = self._connect_any(host, port, addresses, deadline)
-            with self._lock:
-                self._open += 1
-            return sock
+            return self._connect_any(host, port, addresses, deadline)
         finally:
             self._cpu += time.thread_time() - started
 

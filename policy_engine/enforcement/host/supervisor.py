@@ -607,22 +607,21 @@ class WorkerProcess:
             value = handler(capability, method, args)
             return {"op": "cap_result", "value": value}
         except Exception as error:  # sent back to the plugin; the host carries on
-            # No traceback: the host's stack is none of the plugin's business.
-            return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
+            return _cap_error(error)
+
+    def _require_broker(self) -> NetworkBroker:
+        if self._broker is None:
+            raise EnforcementError("the host offers this plugin no network", plugin=self._plugin)
+        return self._broker
 
     def _serve_connect(self, request: ConnectRequest, deadline: float, phase: str,
                        limit: float) -> None:
         """Connect for the worker and pass the socket (SCM_RIGHTS), or send the error."""
-        broker = self._broker
         try:
-            if broker is None:
-                raise EnforcementError("the host offers this plugin no network",
-                                       plugin=self._plugin)
-            connected = broker.connect(request.host, request.port, deadline=deadline,
-                                       family=request.family)
+            connected = self._require_broker().connect(request.host, request.port,
+                                                       deadline=deadline, family=request.family)
         except Exception as error:
-            self._send({"op": "cap_error", "error": exception_to_data(
-                error, with_traceback=False)}, deadline, phase, limit)
+            self._send(_cap_error(error), deadline, phase, limit)
             return
         sock = self._sock
         assert sock is not None
@@ -631,19 +630,14 @@ class WorkerProcess:
         except OSError as error:
             raise self._death() from error
         finally:
-            connected.close()  # the worker holds the connection now
-            broker.closed()  # the host cannot see the worker close it: count in flight only
+            connected.close()  # the worker holds the connection now (bounded by its RLIMIT_NOFILE)
 
     def _serve_resolve(self, request: ResolveRequest, deadline: float) -> dict[str, Any]:
-        broker = self._broker
         try:
-            if broker is None:
-                raise EnforcementError("the host offers this plugin no network",
-                                       plugin=self._plugin)
-            found = broker.getaddrinfo(request.host, request.port, deadline=deadline,
-                                       family=request.family)
+            found = self._require_broker().getaddrinfo(request.host, request.port,
+                                                       deadline=deadline, family=request.family)
         except Exception as error:
-            return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
+            return _cap_error(error)
         return {"op": "cap_result", "value": [[family, address] for family, address in found]}
 
     def _relay_log(self, record: LogRecord) -> None:
@@ -912,6 +906,12 @@ def _choose_identity(init: WorkerInit, spec: LockdownSpec) -> LockdownSpec:
     if blocker is not None:
         return replace(spec, no_drop_reason=blocker)
     return replace(spec, run_as_uid=uid, run_as_gid=gid)
+
+
+def _cap_error(error: BaseException) -> dict[str, Any]:
+    """The reply that hands an error to the plugin; no traceback: the host's stack is none
+    of the plugin's business."""
+    return {"op": "cap_error", "error": exception_to_data(error, with_traceback=False)}
 
 
 def _pidfd_open(pid: int) -> int | None:
