@@ -9,41 +9,10 @@ from __future__ import annotations
 
 import warnings
 
-from ...plugin_api import (
-    PLUGIN_BASES,
-    BaseAgentPlugin,
-    BaseHookPlugin,
-    BasePlugin,
-    BaseWorkflowPlugin,
-    ConfigAccess,
-    DatabaseAccess,
-    HookAccess,
-    PermissionDeniedError,
-    PluginContext,
-    PluginRaisedError,
-    SqlParams,
-    base_for,
-    plugin_logger,
-    register_plugin_type,
-)
+from ... import plugin_api
+from ...plugin_api import *  # noqa: F403 - the shim is the whole plugin API, re-exported
 
-__all__ = [
-    "PLUGIN_BASES",
-    "BaseAgentPlugin",
-    "BaseHookPlugin",
-    "BasePlugin",
-    "BaseWorkflowPlugin",
-    "ConfigAccess",
-    "DatabaseAccess",
-    "HookAccess",
-    "PermissionDeniedError",
-    "PluginContext",
-    "PluginRaisedError",
-    "SqlParams",
-    "base_for",
-    "plugin_logger",
-    "register_plugin_type",
-]
+__all__ = list(plugin_api.__all__)
 
 warnings.warn(
     "`policy_engine.enforcement.base` is deprecated and will be removed in the next release; "
