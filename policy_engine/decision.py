@@ -29,6 +29,9 @@ class Reason(str, enum.Enum):
     UNTRUSTED = "untrusted"
     INVALID_RESOURCE = "invalid_resource"
     RESOURCE_TOO_LONG = "resource_too_long"
+    #: Refused because the plugin spent a budget the host sets (e.g. its DNS lookups); the
+    #: policy would allow the request itself.
+    OVER_BUDGET = "over_budget"
     ERROR = "error"
 
 
@@ -114,6 +117,8 @@ class Decision:
             Reason.PLUGIN_DISABLED: ("set `enabled: true` in its manifest",),
             Reason.UNTRUSTED: ("review the plugin's changes, then update its `trust` line",),
             Reason.UNKNOWN_PLUGIN: ("register the plugin's manifest with the engine",),
+            Reason.OVER_BUDGET: ("the budget refills over time: retry later, or raise the "
+                                 "host's limit for this plugin",),
         }.get(reason, ())
         lazy = self.lazy_suggestions() if self.lazy_suggestions is not None else ()
         return (*self.suggestions, *lazy, *standard)
@@ -137,6 +142,7 @@ class Decision:
             Reason.INVALID_RESOURCE: "the resource is not valid",
             Reason.RESOURCE_TOO_LONG: f"the resource is longer than {MAX_RESOURCE_LENGTH} characters,"
                                       " so it is denied without being matched",
+            Reason.OVER_BUDGET: "the plugin is over a budget the host sets for it",
             Reason.ERROR: "deciding failed, so the answer is deny",
         }[self.reason]
 

@@ -180,8 +180,13 @@ def test_lookups_are_rate_limited() -> None:
                            limits=BrokerLimits(lookups_per_second=1.0, lookup_burst=2))
     for _ in range(2):
         broker.getaddrinfo("a.example.com", 443, deadline=10.0)
-    with pytest.raises(PermissionDeniedError, match="budget"):
+    with pytest.raises(PermissionDeniedError, match="budget") as refused:
         broker.getaddrinfo("a.example.com", 443, deadline=10.0)
+    # Its own reason: no deny rule is involved, so no hint points at one.
+    decision = refused.value.decision
+    assert decision.reason is Reason.OVER_BUDGET and not decision.rules
+    assert "deny rule" not in " ".join(decision.hints())
+    assert "retry later" in " ".join(decision.hints())
     now[0] = 1.5
     broker.getaddrinfo("a.example.com", 443, deadline=10.0)
     assert len(resolver.asked) == 3 and broker.refused_lookups == 1
@@ -302,3 +307,35 @@ def test_udp_is_not_brokered(shim: tuple[int, FakeResolver]) -> None:
     # A datagram socket is left to the kernel: in a sandbox its empty network namespace.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect(("127.0.0.1", 9))  # allowed here because this test runs on the host
+
+
+class _BusyResolver(FakeResolver):
+    """A resolver that burns CPU in its own thread before answering."""
+
+    def __call__(self, host: str, port: int, family: int = 0, type: int = 0,
+                 *args: Any) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.05:
+            pass
+        return super().__call__(host, port, family, type, *args)
+
+
+def test_the_cpu_a_lookup_spends_in_its_thread_is_charged_to_the_plugin() -> None:
+    engine = _engine('allow plugin * to network:request on "*"')
+    broker = NetworkBroker("net", engine.decide,
+                           resolver=_BusyResolver({"a.example.com": ["192.0.2.1"]}))
+    broker.getaddrinfo("a.example.com", 443, deadline=time.monotonic() + 30)
+    # The caller's thread did almost nothing; the resolver thread spent the 50 ms.
+    assert broker.lookup_cpu_seconds >= 0.05
+    assert broker.cpu_seconds >= broker.lookup_cpu_seconds
+    broker.shutdown()
+
+
+def test_a_lookup_abandoned_at_the_deadline_is_still_charged() -> None:
+    engine = _engine('allow plugin * to network:request on "*"')
+    broker = NetworkBroker("net", engine.decide,
+                           resolver=_BusyResolver({"a.example.com": ["192.0.2.1"]}))
+    with pytest.raises(PluginTimeoutError):
+        broker.getaddrinfo("a.example.com", 443, deadline=time.monotonic() + 0.01)
+    broker._pool.shutdown(wait=True)  # let the abandoned lookup finish
+    assert broker.lookup_cpu_seconds >= 0.05

@@ -154,6 +154,7 @@ class NetworkBroker:
         # address -> the name whose lookup produced it, most recent last
         self._names: OrderedDict[str, str] = OrderedDict()
         self._cpu = 0.0
+        self._lookup_cpu = 0.0
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"dns-{plugin}"[:15])
         self.lookups = 0
         self.refused_lookups = 0
@@ -162,8 +163,34 @@ class NetworkBroker:
 
     @property
     def cpu_seconds(self) -> float:
-        """Host CPU spent for this plugin so far (decisions, lookups, connects)."""
-        return self._cpu
+        """Host CPU spent for this plugin so far (decisions, lookups, connects).
+
+        A lookup's CPU is measured in the resolver thread that spent it and charged when that
+        thread finishes, also when the call's deadline gave up waiting for it first.
+        """
+        with self._lock:
+            return self._cpu + self._lookup_cpu
+
+    @property
+    def lookup_cpu_seconds(self) -> float:
+        """The part of :attr:`cpu_seconds` spent in resolver threads (DNS), which the
+        caller's own ``time.thread_time()`` does not see."""
+        with self._lock:
+            return self._lookup_cpu
+
+    def _charge(self, seconds: float) -> None:
+        with self._lock:
+            self._cpu += max(0.0, seconds)
+
+    def _timed_lookup(self, name: str, port: int, family: int) -> Any:
+        """Run in a resolver thread: the lookup, with the CPU it spent charged to the plugin."""
+        started = time.thread_time()
+        try:
+            return self._resolver(name, port, family, socket.SOCK_STREAM)
+        finally:
+            spent = max(0.0, time.thread_time() - started)
+            with self._lock:
+                self._lookup_cpu += spent
 
     def shutdown(self) -> None:
         """Stop the lookup threads; pending lookups are abandoned."""
@@ -186,7 +213,7 @@ class NetworkBroker:
                     self._names.popitem(last=False)
             return addresses
         finally:
-            self._cpu += time.thread_time() - started
+            self._charge(time.thread_time() - started)
 
     def connect(self, host: str, port: int, *, deadline: float,
                 family: int = 0) -> socket.socket:
@@ -219,7 +246,7 @@ class NetworkBroker:
                         f"`{host}` has no address of the socket's family")
             return self._connect_any(host, port, addresses, deadline)
         finally:
-            self._cpu += time.thread_time() - started
+            self._charge(time.thread_time() - started)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -268,16 +295,18 @@ class NetworkBroker:
         self._allow_name(name, port)
         if not self._bucket.take():
             self.refused_lookups += 1
-            decision = deny(Reason.DENIED_BY_RULE, self.plugin, _ACTION,
+            decision = deny(Reason.OVER_BUDGET, self.plugin, _ACTION,
                             format_resource(name, port),
-                            "the plugin is over its DNS lookup budget; try again later")
+                            f"the plugin is over its DNS lookup budget "
+                            f"({self.limits.lookup_burst} at once, "
+                            f"{self.limits.lookups_per_second:g} per second)")
             self._report(decision)
             raise PermissionDeniedError(decision)
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise PluginTimeoutError(self.plugin, "network", 0.0, f"no time left to resolve `{name}`")
         self.lookups += 1
-        future = self._pool.submit(self._resolver, name, port, family, socket.SOCK_STREAM)
+        future = self._pool.submit(self._timed_lookup, name, port, family)
         try:
             infos = future.result(timeout=remaining)
         except FutureTimeout:

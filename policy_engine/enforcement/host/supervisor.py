@@ -511,6 +511,8 @@ class WorkerProcess:
             if time.monotonic() >= deadline:
                 raise self._timeout(phase, limit, "the worker kept sending frames")
             before = time.thread_time()
+            broker = self._broker
+            dns_before = broker.lookup_cpu_seconds if broker is not None else 0.0
             try:
                 message = self._receive(deadline, phase, limit)
                 if isinstance(message, CapabilityCall):
@@ -528,6 +530,8 @@ class WorkerProcess:
                     return message
             finally:
                 spent = time.thread_time() - before
+                if broker is not None:  # DNS runs in the broker's resolver threads
+                    spent += broker.lookup_cpu_seconds - dns_before
                 self.host_cpu_seconds += spent
                 self._call_host_cpu += spent
             if self._call_host_cpu > share * (time.monotonic() - started + window):
