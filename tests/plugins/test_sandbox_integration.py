@@ -273,15 +273,19 @@ def test_audit_mode_denies_nothing_and_records_everything(tmp_path: Path, plugin
         assert any(not r.allowed and r.action == "network:request" for r in records)
 
 
-def test_audit_mode_is_refused_without_its_explicit_option(tmp_path: Path, plugins: Path) -> None:
+def test_audit_mode_without_bubblewrap_is_refused_without_its_explicit_option(
+        tmp_path: Path, plugins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policy_engine.enforcement.host import bwrap
     from policy_engine.enforcement.host.learn import learn
 
-    with pytest.raises(UsageError, match="audit mode is not a sandbox") as caught:
+    monkeypatch.setattr(bwrap, "available", lambda: "bubblewrap is not installed")
+    with pytest.raises(UsageError, match="audit mode runs plugins in the kernel sandbox") as caught:
         make_loader(tmp_path, plugins, mode="audit")
     assert "unsandboxed_audit=True" in str(caught.value)
-    with pytest.raises(UsageError, match="audit mode is not a sandbox"):
+    assert "bubblewrap is not installed" in str(caught.value)
+    with pytest.raises(UsageError, match="needs bubblewrap"):
         learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies")
-    with pytest.raises(UsageError, match="audit mode is not a sandbox"):
+    with pytest.raises(UsageError, match="needs bubblewrap"):
         run_plugins(ROOT / "policies", ROOT / "examples" / "plugins", mode="audit")
 
 

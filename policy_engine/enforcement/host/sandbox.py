@@ -80,9 +80,10 @@ class AuditRecord:
     #: rules are still the host's decision for what was reported.
     reported_by_worker: bool = False
     #: Who saw the action: ``host`` (a request the host served: capabilities, the network
-    #: broker, or a denial the worker's hook raised, decided again by the host), ``kernel``
-    #: (a system call the host saw through the worker's seccomp listener, from outside the
-    #: plugin's reach) or ``worker`` (reported by the plugin's own worker: forgeable).
+    #: broker, an in-process plugin), ``kernel`` (a system call the host saw through the
+    #: worker's seccomp listener, from outside the plugin's reach) or ``worker`` (reported
+    #: by the plugin's own worker, its audit-mode reports and the denials its hook raised:
+    #: forgeable, though the reason and rules are always the host's decision).
     source: str = "host"
 
 
@@ -243,13 +244,17 @@ class PluginSandbox:
         with self._records_lock:
             self._keep(record)
 
-    def record_denial(self, error: PermissionDeniedError) -> None:
+    def record_denial(self, error: PermissionDeniedError, *, from_worker: bool = False) -> None:
         """Keep a denial that happened inside a worker (it arrives as an error carrying the
-        host's own decision)."""
+        host's own decision). A worker's denial is seen by the worker's hook, so it is
+        marked as reported by the worker: the plugin can make one up (``source`` ``worker``);
+        an in-process denial is the host's own."""
         decision = error.decision
         rules = tuple(getattr(rule, "location", str(rule)) for rule in decision.rules)
         record = AuditRecord(str(decision.plugin), str(decision.action), decision.resource, False,
-                             str(getattr(decision.reason, "value", decision.reason)), rules)
+                             str(getattr(decision.reason, "value", decision.reason)), rules,
+                             reported_by_worker=from_worker,
+                             source="worker" if from_worker else "host")
         with self._records_lock:
             self._keep(record)
 
