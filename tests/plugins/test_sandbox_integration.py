@@ -351,7 +351,7 @@ def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
     assert "can leave actions out or make them up" in result.caveat
     from policy_engine.cli.learn import render_learn
 
-    assert "note: these needs were reported by the plugin's own worker" in render_learn(result)
+    assert "note: needs marked `worker` were reported by the plugin's own worker" in render_learn(result)
 
 
 def test_a_name_claimed_by_two_directories_is_refused_for_both(tmp_path: Path) -> None:

@@ -442,7 +442,9 @@ class WorkerProcess:
         self._listener = SyscallListener(
             fds[0], plugin=init.plugin, decide=self._syscall_decide,
             plugin_dir=spec.plugin_dir, scratch_dir=spec.scratch_dir,
-            passthrough=kernel_extras(spec), import_roots=init.sys_path, audit=self._audit,
+            # Audit mode records those too (the kernel plan's extras serve its own wide grants).
+            passthrough=kernel_extras(spec, devices_only=self._audit),
+            import_roots=init.sys_path, audit=self._audit,
             may_exec=spec.allow_subprocess, on_cpu=charge)
         self._listener.start()
         self.kernel_records = True

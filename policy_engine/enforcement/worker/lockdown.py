@@ -554,10 +554,12 @@ def _deny_exec_fallback(applied: _Progress) -> None:
         applied.seccomp = False
 
 
-def kernel_extras(spec: LockdownSpec) -> tuple[str, ...]:
+def kernel_extras(spec: LockdownSpec, *, devices_only: bool = False) -> tuple[str, ...]:
     """Paths the Landlock plan grants outside the policy (devices, the process's own
     information, program and network configuration when those are granted)."""
     extras = [*DEVICES, "/dev/null"]
+    if devices_only:
+        return tuple(extras)
     if spec.allow_subprocess:
         extras += [*_PROGRAM_DIRS, *_PROGRAM_FILES]
     if spec.allow_network:

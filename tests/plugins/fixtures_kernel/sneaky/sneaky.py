@@ -26,7 +26,6 @@ class Sneaky(BaseWorkflowPlugin):
         return Path(path).read_text()[:40]
 
     def write(self, path, text):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
         return "written"
 
@@ -39,3 +38,12 @@ class Sneaky(BaseWorkflowPlugin):
         except OSError as error:
             return f"refused: {type(error).__name__}"
         return "connected"
+
+    def exec_program(self, path):
+        try:
+            os.execv(path, [path])
+        except OSError as error:
+            import errno
+
+            return f"refused: {errno.errorcode.get(error.errno, error.errno)}"
+        return "unreachable"
