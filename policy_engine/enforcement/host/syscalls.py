@@ -66,6 +66,7 @@ _O_CREAT, _O_TRUNC, _O_PATH = 0o100, 0o1000, 0o10000000
 _CREAT_FLAGS = _O_CREAT | _O_WRONLY | _O_TRUNC
 _PATH_MAX = 4096
 _POLL_MS = 100
+_MAX_MEMORY_FDS = 64
 _LISTENER_LINK = "anon_inode:seccomp notify"
 
 #: ``decide(action, resource)``: the host's decision for one call the listener saw (it
@@ -129,6 +130,7 @@ class SyscallListener:
         self._implicit = implicit_reads(plugin_dir, scratch_dir=scratch_dir,
                                         extra_paths=tuple(import_roots))
         self._numbers = _numbers()
+        self._memory: dict[int, int] = {}  # pid -> open /proc/<pid>/mem (bounded)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name=f"policy-engine-syscalls-{plugin}")
@@ -148,6 +150,9 @@ class SyscallListener:
             self._close()
 
     def _close(self) -> None:
+        for memory in self._memory.values():
+            os.close(memory)
+        self._memory.clear()
         fd, self.fd = self.fd, -1
         if fd >= 0:
             try:
@@ -196,6 +201,25 @@ class SyscallListener:
                 raise
         self.answered += 1
 
+    def _path(self, pid: int, address: int) -> str | None:
+        """The string at ``address`` in ``pid``'s memory, through a kept descriptor (a
+        reused pid is caught by the ID_VALID check that follows every read)."""
+        memory = self._memory.get(pid)
+        if memory is None:
+            if len(self._memory) >= _MAX_MEMORY_FDS:
+                for old in self._memory.values():
+                    os.close(old)
+                self._memory.clear()
+            try:
+                memory = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            self._memory[pid] = memory
+        text = _read_string(pid, address, memory)
+        if text is None:  # the process may be gone: reopen next time
+            os.close(self._memory.pop(pid))
+        return text
+
     def _valid(self, ident: int) -> bool:
         """The call is still waiting (its pid was not reused while we read its memory)."""
         try:
@@ -220,7 +244,7 @@ class SyscallListener:
             flags = _CREAT_FLAGS if name == "creat" else args[1]
         if flags & _O_PATH:
             return 0  # a handle without access to the content; the kernel decides
-        path = _absolute(pid, dirfd, _read_string(pid, address))
+        path = _absolute(pid, dirfd, self._path(pid, address))
         if path is None or not self._valid(ident):
             return 0  # unreadable: the kernel layers answer, nothing is recorded
         writes = (flags & _O_ACCMODE) in (_O_WRONLY, _O_RDWR) or bool(flags & (_O_CREAT | _O_TRUNC))
@@ -239,7 +263,7 @@ class SyscallListener:
             dirfd, address = _int32(args[0]), args[1]
         else:
             dirfd, address = _AT_FDCWD, args[0]
-        text = _read_string(pid, address)
+        text = self._path(pid, address)
         path = _absolute(pid, dirfd, text) if text else None
         if path is not None and self._valid(ident):
             allowed = self._decide("subprocess:execute", os.path.basename(path)).allowed
@@ -259,32 +283,41 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def _read_string(pid: int, address: int) -> str | None:
-    """A NUL-terminated path from the caller's memory (page by page, at most PATH_MAX)."""
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _read_string(pid: int, address: int, memory: int | None = None) -> str | None:
+    """A NUL-terminated path from the caller's memory (page by page, at most PATH_MAX);
+    ``memory`` is an open ``/proc/<pid>/mem`` of the caller (else one is opened)."""
     if not address:
         return None
+    if memory is not None:
+        return _read_from(memory, address)
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        data = b""
-        page = os.sysconf("SC_PAGE_SIZE")
-        while len(data) < _PATH_MAX:
-            want = min(page - (address + len(data)) % page, _PATH_MAX - len(data))
-            try:
-                chunk = os.pread(fd, want, address + len(data))
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            end = chunk.find(b"\0")
-            if end >= 0:
-                return os.fsdecode(data + chunk[:end])
-            data += chunk
-        return None
+        return _read_from(fd, address)
     finally:
         os.close(fd)
+
+
+def _read_from(fd: int, address: int) -> str | None:
+    data = b""
+    while len(data) < _PATH_MAX:
+        want = min(_PAGE - (address + len(data)) % _PAGE, _PATH_MAX - len(data))
+        try:
+            chunk = os.pread(fd, want, address + len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        end = chunk.find(b"\0")
+        if end >= 0:
+            return os.fsdecode(data + chunk[:end])
+        data += chunk
+    return None
 
 
 def _absolute(pid: int, dirfd: int, path: str | None) -> str | None:
