@@ -16,6 +16,8 @@ host -> worker
     the plugin's ``cleanup()``, answer, and wait to be killed with the whole tree.
 
 worker -> host
+    ``fds`` {purpose "seccomp", count 1} with the seccomp listener (SCM_RIGHTS) - first,
+    when the lockdown asks for kernel records, right after the listener filter loads;
     ``ready`` {version, report, init_result, pid}; ``result`` {value}; ``error`` {error};
     ``cap`` {capability, method, args} - a capability call made by the plugin mid-call;
     ``log`` {level, logger, message}; ``audit`` {action, resource, allowed} - audit mode

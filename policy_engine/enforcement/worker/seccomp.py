@@ -101,7 +101,7 @@ def _library() -> ctypes.CDLL | None:
 
 def notify_unavailable(*, kernel: bool = True) -> str:
     """Empty when a filter can hand its system calls to a listener (seccomp user
-    notification, kernel 5.0 and libseccomp 2.4), else why not. ``kernel=False`` skips
+    notification with its continue flag, kernel 5.5, and libseccomp 2.4), else why not. ``kernel=False`` skips
     asking the kernel (a locked-down worker cannot read ``/proc/sys``; loading the filter
     answers then)."""
     lib = _library()
@@ -111,6 +111,12 @@ def notify_unavailable(*, kernel: bool = True) -> str:
         return "libseccomp is older than 2.4 (no user notification)"
     if not kernel:
         return ""
+    release = os.uname().release.split(".")
+    try:
+        if (int(release[0]), int(release[1].split("-")[0])) < (5, 5):
+            return "the kernel is older than 5.5 (no SECCOMP_USER_NOTIF_FLAG_CONTINUE)"
+    except (IndexError, ValueError):
+        return "the kernel's version cannot be read"
     try:
         with open("/proc/sys/kernel/seccomp/actions_avail") as actions:
             if "user_notif" not in actions.read().split():
