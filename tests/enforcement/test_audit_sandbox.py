@@ -139,3 +139,37 @@ def test_decision_events_carry_the_source_and_flatten_it() -> None:
     event = record.msg
     assert isinstance(event, dict) and event["source"] == "kernel"
     assert flatten_event(event)["source"] == "kernel"
+
+
+def test_the_listener_frame_carries_exactly_its_descriptor_and_nothing_else_may() -> None:
+    import socket
+
+    import pytest
+
+    from policy_engine.enforcement.wire import (
+        PassFds,
+        WireError,
+        encode_frame,
+        recv_worker_message_and_fds,
+        send_frame_with_fds,
+    )
+
+    host, worker = socket.socketpair()
+    read, write = os.pipe()
+    try:
+        send_frame_with_fds(worker, PassFds("seccomp", 1), [read])
+        message, fds = recv_worker_message_and_fds(host, deadline=None)
+        assert message == PassFds("seccomp", 1) and len(fds) == 1
+        os.close(fds[0])
+        # A descriptor on a frame that announces none is refused, and closed.
+        socket.send_fds(worker, [encode_frame({"op": "result", "value": 1})], [read])
+        with pytest.raises(WireError, match="announces 0 descriptors"):
+            recv_worker_message_and_fds(host)
+        worker.sendall(encode_frame({"op": "result", "value": 2}))
+        message, fds = recv_worker_message_and_fds(host)
+        assert fds == [] and message.op == "result"
+    finally:
+        for fd in (read, write):
+            os.close(fd)
+        host.close()
+        worker.close()
