@@ -173,3 +173,50 @@ def test_the_listener_frame_carries_exactly_its_descriptor_and_nothing_else_may(
             os.close(fd)
         host.close()
         worker.close()
+
+
+def test_a_listener_the_host_never_got_refuses_instead_of_opening(tmp_path: Path) -> None:
+    """Fail closed: when the hand-off fails, programs are refused (the errno filter comes
+    back) and listened calls fail with ENOSYS, and the report says why."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from policy_engine.enforcement.host import kernel
+
+    if not kernel.detect().seccomp or syscalls.unavailable():
+        pytest.skip("no seccomp user notification")
+    repo = Path(__file__).resolve().parents[2]
+    spec = LockdownSpec(scratch_dir=str(tmp_path), plugin_dir=str(tmp_path),
+                        kernel_records=True)
+    program = f"""
+import sys, types
+package = types.ModuleType('policy_engine'); package.__path__ = [{str(repo / 'policy_engine')!r}]
+sys.modules['policy_engine'] = package
+import errno, json, os
+from policy_engine.enforcement.worker.lockdown import LockdownSpec, apply_lockdown
+
+def refuse(fd):
+    raise OSError(errno.EPIPE, "the host went away")
+
+spec = LockdownSpec.from_json(json.loads(sys.argv[1]))
+applied = apply_lockdown(spec, parent_pid=os.getppid(), hand_off=refuse)
+out = {{"missing": list(applied.missing)}}
+for name, call in (("exec", lambda: os.execv("/bin/true", ["/bin/true"])),
+                   ("open", lambda: os.open("/etc/hostname", os.O_RDONLY))):
+    try:
+        call()
+        out[name] = "ok"
+    except OSError as error:
+        out[name] = errno.errorcode[error.errno]
+sys.stdout.write(json.dumps(out) + "\\n")
+"""
+    completed = subprocess.run([sys.executable, "-I", "-B", "-c", program,
+                                json.dumps(spec.to_json())], capture_output=True, text=True,
+                               timeout=30, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert out["exec"] == "EPERM"
+    assert out["open"] == "ENOSYS"
+    assert any(m.startswith("kernel-records: could not hand the listener") for m in out["missing"])
