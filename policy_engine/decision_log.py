@@ -67,8 +67,10 @@ class DecisionLog:
             self._stream = target
             self._owned = False
 
-    def record(self, decision: Decision, policy_hash: str, context: Mapping[str, Any] | None = None) -> None:
-        """Write one decision (a failure to write is swallowed: logging must not break deciding)."""
+    def record(self, decision: Decision, policy_hash: str, context: Mapping[str, Any] | None = None,
+               *, source: str | None = None) -> None:
+        """Write one decision (a failure to write is swallowed: logging must not break deciding).
+        ``source`` (who saw the request, e.g. ``kernel``) becomes the line's ``source``."""
         if self.only_denials and decision.allowed:
             return
         entry: dict[str, Any] = {
@@ -83,6 +85,8 @@ class DecisionLog:
         }
         if self.include_context and context:
             entry["context"] = {str(k): _jsonable(v) for k, v in context.items()}
+        if source is not None:
+            entry["source"] = source
         line = json.dumps(entry, sort_keys=True)
         try:
             with self._lock:
@@ -249,6 +253,8 @@ def flatten_event(entry: Any) -> Any:
     }
     if "context" in given:
         flat["context"] = given["context"]
+    if "source" in entry:
+        flat["source"] = entry["source"]
     return flat
 
 
@@ -348,8 +354,10 @@ class DecisionLogger:
             info["serial"] = serial
         self.bundles = {name: info}
 
-    def record(self, decision: Decision, policy_hash: str, context: Mapping[str, Any] | None = None) -> None:
-        """Queue one decision event (never blocks, never raises)."""
+    def record(self, decision: Decision, policy_hash: str, context: Mapping[str, Any] | None = None,
+               *, source: str | None = None) -> None:
+        """Queue one decision event (never blocks, never raises); ``source`` (who saw the
+        request, e.g. ``kernel``) becomes the event's ``source``."""
         if self.only_denials and decision.allowed:
             return
         try:
@@ -358,6 +366,8 @@ class DecisionLogger:
                 bundles=self.bundles or {"policy": {"revision": policy_hash}},
                 context=context if self.include_context else None, masks=self.masks,
             )
+            if source is not None:
+                event["source"] = source
             self.logger.info(event)
         except Exception:  # noqa: BLE001 - logging must never break deciding
             pass

@@ -502,8 +502,13 @@ class Engine:
         action: str,
         resource: str | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        source: str | None = None,
     ) -> Decision:
-        """May ``plugin`` do ``action`` on ``resource``? Never raises; errors deny."""
+        """May ``plugin`` do ``action`` on ``resource``? Never raises; errors deny.
+
+        ``source`` names who saw the request (``kernel`` for a system call the host saw
+        through a worker's seccomp listener); it goes to the decision log only."""
         state = self._state
         if plugin.__class__ is str and action.__class__ is str and (resource is None or resource.__class__ is str):
             memo = state.memo
@@ -523,7 +528,11 @@ class Engine:
         else:
             decision = self._decide_slow(state, plugin, action, resource, context)
         if self.decision_log is not None:
-            self.decision_log.record(decision, state.policy.content_hash, context)
+            if source is None:
+                self.decision_log.record(decision, state.policy.content_hash, context)
+            else:
+                self.decision_log.record(decision, state.policy.content_hash, context,
+                                         source=source)
         return decision
 
     @staticmethod

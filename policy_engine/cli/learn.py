@@ -25,8 +25,11 @@ __all__ = ["cmd_learn", "render_learn"]
 def render_learn(result: LearnResult) -> str:
     """The result as text: manifest diff, rules it would need, what deny rules block."""
     lines = [f"plugin `{result.plugin}` in audit mode, calls: {', '.join(result.calls) or '(none)'}", "",
-             "manifest permissions it needed (+ not declared):"]
-    lines += [f"  {'+' if entry in result.missing else ' '} {entry}" for entry in result.needed] or ["  (none)"]
+             "manifest permissions it needed (+ not declared; who saw it: kernel, host, worker):"]
+    width = max((len(entry) for entry in result.needed), default=0)
+    lines += [f"  {'+' if entry in result.missing else ' '} {entry:<{width}}  "
+              f"({', '.join(result.sources.get(entry, ())) or '?'})"
+              for entry in result.needed] or ["  (none)"]
     lines += ["", "declared but never used (- remove for least privilege):"]
     lines += [f"  - {entry}" for entry in result.unused] or ["  (none)"]
     lines += ["", "policy rules it would need:"]
@@ -60,9 +63,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def register_learn(commands: Any) -> None:
     parser = add_command(
         commands, "learn", "run a plugin in audit mode and print the least privilege it needs",
-        "Run one plugin in audit mode and print the least-privilege manifest entries it "
-        "needed, a diff with what it declares, the rules it would need and what deny rules "
-        "block.",
+        "Run one plugin in audit mode, in the kernel sandbox, and print the least-privilege "
+        "manifest entries it needed (and who saw each: the kernel, the host, or the plugin's "
+        "own worker), a diff with what it declares, the rules it would need and what deny "
+        "rules block.",
         [(EXIT_OK, "learned")])
     parser.add_argument("plugin_dir", metavar="PLUGIN_DIR")
     parser.add_argument("--policy", action="append", metavar="PATH",
@@ -72,8 +76,10 @@ def register_learn(commands: Any) -> None:
                         help="a method to call (repeatable; default: the entry point and no-argument methods)")
     parser.add_argument("--args", nargs="*", metavar="JSON", help="JSON arguments for each --call")
     parser.add_argument("--unsandboxed", action="store_true",
-                        help="learn runs in audit mode, which is NOT a sandbox: the plugin runs with "
-                             "the filesystem and network open and reports on itself; required")
+                        help="the old audit mode, which is NOT a sandbox: the plugin runs with the "
+                             "host's filesystem open, read-write (by default learn runs it in the "
+                             "kernel sandbox, writes thrown away); only for code you would run "
+                             "unsandboxed anyway")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=cmd_learn)
 

@@ -74,8 +74,8 @@ def render_report(report: RunReport, *, verbose: bool = False) -> str:
     )
     denials = Table(
         "denials (audit: recorded, would be denied when enforced)" if audit else "denials",
-        ("PLUGIN", "ACTION", "RESOURCE", "REASON", "RULE"),
-        tuple((p.name, d.action, d.resource or "-", d.reason, ", ".join(d.rules) or "-")
+        ("PLUGIN", "ACTION", "RESOURCE", "REASON", "RULE", "SEEN BY"),
+        tuple((p.name, d.action, d.resource or "-", d.reason, ", ".join(d.rules) or "-", d.source)
               for p in report.plugins for d in p.denials),
     )
     warnings = Table(
@@ -120,10 +120,13 @@ def register_run(commands: Any) -> None:
                      help=f"a .policy file or directory (repeatable; default: {DEFAULT_POLICY}/)")
     add_variable_option(run)
     run.add_argument("--audit", action="store_true",
-                     help="audit mode: decide and record everything, deny nothing")
+                     help="audit mode: decide and record everything, the hook denies nothing; "
+                     "runs in the kernel sandbox (read-only view, writes thrown away, network "
+                     "only as the policy allows)")
     run.add_argument("--unsandboxed", action="store_true",
-                     help="audit mode is NOT a sandbox: the plugin runs with the filesystem and network open "
-                     "and reports on itself; required with --audit, for code you would run unsandboxed")
+                     help="with --audit: the old audit mode, which is NOT a sandbox: plugins run with the "
+                     "host's filesystem open, read-write (by default --audit runs them in the kernel "
+                     "sandbox, writes thrown away); only for code you would run unsandboxed anyway")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="show the log as the run goes")
     run.set_defaults(handler=cmd_run)

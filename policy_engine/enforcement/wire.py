@@ -67,6 +67,7 @@ __all__ = [
     "isolation_level",
     "recv_frame",
     "recv_frame_and_fds",
+    "recv_worker_message_and_fds",
     "recv_frame_with_fds",
     "recv_worker_message",
     "send_frame",
@@ -741,7 +742,8 @@ class PassFds:
     purpose: str
     count: int
 
-    PURPOSES: ClassVar[tuple[str, ...]] = ("socket", "file")
+    #: ``seccomp``: the worker's seccomp listener, sent once, before any plugin code runs.
+    PURPOSES: ClassVar[tuple[str, ...]] = ("socket", "file", "seccomp")
 
     def encode(self) -> dict[str, Any]:
         """The frame's JSON value."""
@@ -835,6 +837,44 @@ def recv_frame_with_fds(sock: socket.socket, *, limits: WireLimits = LIMITS
             _close(fd)
         raise
     return message, fds
+
+
+def recv_worker_message_and_fds(sock: socket.socket, *, deadline: float | None = None,
+                                max_fds: int = 1, limits: WireLimits = LIMITS
+                                ) -> tuple[WorkerMessage, list[int]]:
+    """The host's side: one message from a worker, strictly decoded, and the descriptors
+    that came with its first byte (at most ``max_fds``; more, truncated control data, or
+    descriptors on anything but a :class:`PassFds` announcing exactly them, are refused
+    with every one closed)."""
+    import select
+
+    if deadline is not None:
+        import time
+
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([sock], [], [], max(remaining, 0))
+        if not ready:
+            raise TimeoutError("no frame before the deadline")
+    data, fds, flags, _address = socket.recv_fds(sock, _HEADER.size, max_fds)
+    try:
+        if not data:
+            raise ChannelClosedError("channel closed by peer")
+        if flags & socket.MSG_CTRUNC or len(fds) > max_fds:
+            raise WireError("more descriptors than announced arrived")
+        header = data + _recv_exact(sock, _HEADER.size - len(data), deadline)
+        (length,) = _HEADER.unpack(header)
+        if length > limits.frame_bytes:
+            raise WireError(f"frame of {length} bytes exceeds the limit of "
+                            f"{limits.frame_bytes} bytes")
+        message = decode_worker_message(_recv_exact(sock, length, deadline), limits)
+        announced = message.count if isinstance(message, PassFds) else 0
+        if len(fds) != announced:
+            raise WireError(f"the frame announces {announced} descriptors, {len(fds)} arrived")
+    except BaseException:
+        for fd in fds:
+            _close(fd)
+        raise
+    return message, list(fds)
 
 
 def recv_frame_and_fds(sock: socket.socket, *, max_fds: int = 1,

@@ -76,7 +76,12 @@ def test_preflight_reports_every_layer_and_each_plugin(capsys: pytest.CaptureFix
     assert set(report["layers"]) == set(doctor.LAYERS)
     assert report["level"] == doctor.isolation_level(report["layers"])
     assert {c["name"] for c in report["checks"]} == {"bubblewrap", "user-namespace", "cgroup",
-                                                     "landlock", "seccomp"}
+                                                     "landlock", "seccomp", "kernel-records",
+                                                     "landlock-audit"}
+    checks = {c["name"]: c for c in report["checks"]}
+    # Landlock's audit records are never claimed as a record source: they are not read.
+    assert checks["landlock-audit"]["ok"] is False
+    assert "does not read them" in checks["landlock-audit"]["detail"]
     assert {p["plugin"] for p in report["plugins"]} == {"report-builder", "rogue", "summarizer"}
 
 

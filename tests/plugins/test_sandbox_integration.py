@@ -273,15 +273,19 @@ def test_audit_mode_denies_nothing_and_records_everything(tmp_path: Path, plugin
         assert any(not r.allowed and r.action == "network:request" for r in records)
 
 
-def test_audit_mode_is_refused_without_its_explicit_option(tmp_path: Path, plugins: Path) -> None:
+def test_audit_mode_without_bubblewrap_is_refused_without_its_explicit_option(
+        tmp_path: Path, plugins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policy_engine.enforcement.host import bwrap
     from policy_engine.enforcement.host.learn import learn
 
-    with pytest.raises(UsageError, match="audit mode is not a sandbox") as caught:
+    monkeypatch.setattr(bwrap, "available", lambda: "bubblewrap is not installed")
+    with pytest.raises(UsageError, match="audit mode runs plugins in the kernel sandbox") as caught:
         make_loader(tmp_path, plugins, mode="audit")
     assert "unsandboxed_audit=True" in str(caught.value)
-    with pytest.raises(UsageError, match="audit mode is not a sandbox"):
+    assert "bubblewrap is not installed" in str(caught.value)
+    with pytest.raises(UsageError, match="needs bubblewrap"):
         learn(ROOT / "examples" / "plugins" / "rogue", ROOT / "policies")
-    with pytest.raises(UsageError, match="audit mode is not a sandbox"):
+    with pytest.raises(UsageError, match="needs bubblewrap"):
         run_plugins(ROOT / "policies", ROOT / "examples" / "plugins", mode="audit")
 
 
@@ -347,7 +351,7 @@ def test_learn_lists_what_a_plugin_needed(tmp_path: Path) -> None:
     assert "can leave actions out or make them up" in result.caveat
     from policy_engine.cli.learn import render_learn
 
-    assert "note: these needs were reported by the plugin's own worker" in render_learn(result)
+    assert "note: needs marked `worker` were reported by the plugin's own worker" in render_learn(result)
 
 
 def test_a_name_claimed_by_two_directories_is_refused_for_both(tmp_path: Path) -> None:

@@ -255,6 +255,59 @@ def _cgroup_check(fallback: bool) -> Check:
     return Check("cgroup", fallback, f"{_cgroup_state()}; {how}; CPU sampled")
 
 
+def _kernel_records_check() -> Check:
+    """Whether workers can hand the host a seccomp listener (what the kernel refused)."""
+    from . import syscalls
+
+    why = syscalls.unavailable()
+    if why:
+        return Check("kernel-records", False, f"{why}: denials that bypass the worker's hook "
+                                              "are refused by the kernel but not recorded")
+    return Check("kernel-records", True, "seccomp user notification: the host sees each "
+                                         "worker's opens and program starts and records "
+                                         "what it refuses (source `kernel`)")
+
+
+#: Landlock's first ABI with audit records (Linux 6.15).
+_LANDLOCK_AUDIT_ABI = 7
+_AUDIT_GET = 1000
+_NETLINK_AUDIT = 9
+
+
+def _audit_enabled() -> bool | None:
+    """The audit subsystem's ``enabled`` flag, or None when it cannot be asked."""
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_AUDIT) as sock:
+            sock.settimeout(1.0)
+            sock.send(struct.pack("=LHHLL", 16, _AUDIT_GET, 1, 1, 0))  # NLM_F_REQUEST
+            for _ in range(4):
+                data = sock.recv(8192)
+                length, kind = struct.unpack("=LH", data[:6])
+                if kind == _AUDIT_GET and len(data) >= 24:
+                    return bool(struct.unpack("=L", data[20:24])[0])
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _landlock_audit_check(abi: int) -> Check:
+    """Landlock's own audit records: named so nobody assumes they are read."""
+    unread = ("policy_engine does not read them: a Landlock refusal the seccomp listener "
+              "does not see (metadata, mkdir, unlink, rename, links, TCP ports) is refused "
+              "without a record")
+    if abi < _LANDLOCK_AUDIT_ABI:
+        return Check("landlock-audit", False, f"Landlock ABI {abi} has no audit records "
+                                              f"(ABI {_LANDLOCK_AUDIT_ABI}, Linux 6.15); {unread}")
+    enabled = _audit_enabled()
+    state = {None: "the audit subsystem cannot be reached from here",
+             False: "the audit subsystem is disabled", True: "the audit subsystem is enabled"}
+    return Check("landlock-audit", False, f"Landlock ABI {abi} logs denials to the audit "
+                                          f"subsystem; {state[enabled]}; {unread}")
+
+
 def preflight(engine: Any = None) -> Preflight:
     """Probe this host; with ``engine``, the level each of its plugins would get."""
     features = kernel.detect()
@@ -266,6 +319,8 @@ def preflight(engine: Any = None) -> Preflight:
         Check("landlock", features.landlock_abi > 0, f"ABI {features.landlock_abi}"),
         Check("seccomp", features.seccomp, "libseccomp and kernel filtering"
               if features.seccomp else "libseccomp or kernel support missing"),
+        _kernel_records_check(),
+        _landlock_audit_check(features.landlock_abi),
     )
     plugins: list[PluginLevel] = []
     if engine is not None:

@@ -9,7 +9,7 @@ would grant what no rule grants now; and what a deny rule blocks (no allow can f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,21 @@ from .loader import PluginLoader
 from .run import probe_methods, throwaway_root
 from .sandbox import AuditRecord, PluginSandbox
 
-__all__ = ["WORKER_REPORTED_CAVEAT", "LearnResult", "learn"]
+__all__ = ["NO_KERNEL_RECORDS", "WORKER_REPORTED_CAVEAT", "LearnResult", "learn"]
 
 
 #: Said with every result: what a worker reports, its plugin controls.
 WORKER_REPORTED_CAVEAT = (
-    "these needs were reported by the plugin's own worker process, which the plugin "
-    "controls: it can leave actions out or make them up, so review the list before "
-    "granting it"
+    "needs marked `worker` were reported by the plugin's own worker process, which the "
+    "plugin controls: it can leave actions out or make them up, so review the list before "
+    "granting it; `kernel` needs were seen by the host through the worker's seccomp "
+    "listener (opens and program starts) and `host` needs are requests the host served "
+    "(network, capabilities), which the plugin cannot forge"
+)
+#: Said when the worker could not hand the host its seccomp listener.
+NO_KERNEL_RECORDS = (
+    "no kernel records: this host or worker has no seccomp user notification, so every "
+    "file and program need below was reported by the worker alone"
 )
 
 
@@ -44,8 +51,14 @@ class LearnResult:
     unused: tuple[str, ...]  # declared but never used
     rules: tuple[str, ...]  # policy rules that would grant what no rule grants now
     blocked: tuple[str, ...]  # needed but denied by a deny rule ("entry — rule")
-    #: What the list rests on: the plugin's own worker reported it.
+    #: What the list rests on: who saw each need.
     caveat: str = WORKER_REPORTED_CAVEAT
+    #: Who saw each needed entry: ``kernel``, ``host`` and/or ``worker`` (sorted).
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Needed entries only the plugin's own worker reported (forgeable).
+    worker_only: tuple[str, ...] = ()
+    #: Whether the host saw the plugin's opens and program starts from the kernel's side.
+    kernel_records: bool = False
 
 
 def _scope(record: AuditRecord, plugin_dir: str, data_dir: str, name: str) -> str | None:
@@ -66,8 +79,10 @@ def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None 
     """Run the plugin in ``plugin_dir`` once in audit mode and report what it needed.
 
     ``calls`` are ``(method, args)`` pairs; by default its entry point and other public
-    no-argument methods are called (as ``run`` does). Audit mode is not a sandbox, so
-    this refuses (UsageError) unless ``unsandboxed`` is true.
+    no-argument methods are called (as ``run`` does). Audit mode runs in the kernel
+    sandbox (writes are thrown away, the network goes through the host's broker and is
+    allowed only as the policy says); without bubblewrap this refuses (UsageError) unless
+    ``unsandboxed`` asks for the old audit mode, which is not a sandbox.
     """
     plugin_dir = Path(plugin_dir).resolve()
     metadata = load_manifest(plugin_dir)
@@ -88,7 +103,9 @@ def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None 
                         plugin.call(method, *args)
                     except (PolicyEngineError, Exception):
                         pass  # audit mode reports, it does not judge
-            records = sandbox.records(metadata.name)
+                records = sandbox.records(metadata.name)
+            kernel_records = sandbox.kernel_records and any(
+                r.source == "kernel" for r in records)
         finally:
             sandbox.close()
         needed: dict[str, None] = {}
@@ -96,6 +113,7 @@ def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None 
         rules: dict[str, None] = {}
         blocked: dict[str, None] = {}
         used: set[Permission] = set()
+        seen_by: dict[str, set[str]] = {}
         for record in records:
             try:
                 permission = Permission(record.action)
@@ -105,6 +123,7 @@ def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None 
             entry = permission.value if scope is None else f"{permission.value} {scope}"
             entry = entry.replace(str(data_dir), "{data_dir}")
             needed[entry] = None
+            seen_by.setdefault(entry, set()).add(record.source)
             used.add(permission)
             if record.reason == "not_declared":
                 missing[entry] = None
@@ -115,8 +134,14 @@ def learn(plugin_dir: str | Path, policy: Any, variables: dict[str, str] | None 
                 on = f' on "{resource}"' if record.resource is not None else ""
                 rules[f'allow plugin "{metadata.name}" to {permission.value}{on}'] = None
         unused = tuple(entry.text for entry in metadata.permissions if not (entry.permissions & used))
+    sources = {entry: tuple(sorted(seen_by[entry])) for entry in sorted(needed)}
     return LearnResult(metadata.name, tuple(made), tuple(sorted(needed)), tuple(sorted(missing)),
-                       unused, tuple(sorted(rules)), tuple(sorted(blocked)))
+                       unused, tuple(sorted(rules)), tuple(sorted(blocked)),
+                       caveat=WORKER_REPORTED_CAVEAT if kernel_records else
+                       f"{NO_KERNEL_RECORDS}; {WORKER_REPORTED_CAVEAT}",
+                       sources=sources,
+                       worker_only=tuple(e for e, who in sources.items() if who == ("worker",)),
+                       kernel_records=kernel_records)
 
 
 def _granted(record: AuditRecord, engine: Engine) -> bool:

@@ -111,7 +111,8 @@ class LoadedPlugin:
             result = self.runner.call(method, args, kwargs, timeout=timeout, phase=phase)
         except PermissionDeniedError as exc:
             self._note(method, "denied", str(exc).splitlines()[0])
-            self.loader.sandbox.record_denial(exc)
+            self.loader.sandbox.record_denial(
+                exc, from_worker=self.runner.isolation.startswith("process"))
             raise
         except PluginTimeoutError as exc:
             self._note(method, "timeout", str(exc))

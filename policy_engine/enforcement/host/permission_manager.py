@@ -45,8 +45,10 @@ class PermissionManager:
             else:
                 self._active[plugin_name] = active
 
-    def decide(self, plugin_name: str, operation: str | Permission, resource: str | None = None) -> Decision:
-        """The engine's decision, denied when the plugin is revoked or the permission inactive."""
+    def decide(self, plugin_name: str, operation: str | Permission, resource: str | None = None,
+               *, source: str | None = None) -> Decision:
+        """The engine's decision, denied when the plugin is revoked or the permission inactive.
+        ``source`` says who saw the request, for the engine's decision log."""
         action = operation.value if isinstance(operation, Permission) else str(operation)
         with self._lock:
             revoked = plugin_name in self._revoked
@@ -57,6 +59,8 @@ class PermissionManager:
         if active is not None and action not in {p.value for p in active}:
             return Decision(False, Reason.NOT_DECLARED, plugin_name, action, resource,
                             detail="the host did not grant this permission to the plugin")
+        if source is not None:
+            return self.engine.decide(plugin_name, action, resource, source=source)
         return self.engine.decide(plugin_name, action, resource)
 
     def has_permission(self, plugin_name: str, operation: str | Permission, resource: str | None = None) -> bool:

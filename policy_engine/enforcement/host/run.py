@@ -103,8 +103,8 @@ def run_plugins(policy: str | Path | list[str | Path], plugins_dir: str | Path,
     """Load every plugin under ``plugins_dir`` with ``policy`` and exercise it.
 
     ``config`` is the host configuration the plugins see through ``ctx.config`` (empty by
-    default; the CLI passes the examples' demo configuration); ``unsandboxed`` allows audit
-    mode, which is not a sandbox.
+    default; the CLI passes the examples' demo configuration). Audit mode runs in the
+    kernel sandbox; ``unsandboxed`` asks for the old audit mode, which is not a sandbox.
     """
     started = time.monotonic()
     with throwaway_root() as root:
@@ -171,7 +171,7 @@ def report_to_dict(report: RunReport) -> dict[str, Any]:
                 "name": p.name, "validation": p.validation, "isolation": p.isolation,
                 "calls": [{"method": c.method, "outcome": c.outcome, "detail": c.detail} for c in p.calls],
                 "denials": [{"action": d.action, "resource": d.resource, "reason": d.reason,
-                             "rules": list(d.rules)} for d in p.denials],
+                             "rules": list(d.rules), "source": d.source} for d in p.denials],
                 "timeouts": p.timeouts, "peak_memory": p.peak_memory, "cpu_percent": p.cpu_percent,
                 "outcome": p.outcome,
             }

@@ -126,16 +126,23 @@ class ProcessRunner:
 
     def __init__(self, init: WorkerInit, services: HostServices, *,
                  scratch_dir: Path | None = None,
-                 levels: Callable[[Any, bool], tuple[str, str]] | None = None) -> None:
+                 levels: Callable[[Any, bool], tuple[str, str]] | None = None,
+                 sandbox: bool | None = None,
+                 on_syscall: Callable[[str, str], Decision] | None = None,
+                 audit: bool = False) -> None:
         """``levels(report, sandboxed)`` names the level of the started worker from its own
-        report and why it must not run at that level (empty when it may)."""
+        report and why it must not run at that level (empty when it may). ``sandbox``
+        True never starts the worker without bubblewrap (None: whenever it works here);
+        ``on_syscall(action, resource)`` decides and records what the worker's seccomp
+        listener shows the host; ``audit`` lets those calls through."""
         self.scratch_dir = scratch_dir
         self._levels = levels
         self.init = init
         self.services = services
         self.worker = WorkerProcess(capability_handler=services.handle,
                                     audit_handler=self._reported,
-                                    broker_factory=services.network_broker)
+                                    broker_factory=services.network_broker,
+                                    sandbox=sandbox, syscall_decide=on_syscall, audit=audit)
         self.isolation = "process"
 
     def _reported(self, record: AuditRecord) -> None:

@@ -5,9 +5,11 @@ validation, worker processes or in-process runners, resource monitoring, host
 capabilities) and holds no policy logic of its own: every check asks the engine.
 
 ``mode="enforce"`` (the default) denies what the policy denies. ``mode="audit"`` makes and
-logs every decision but denies nothing, so an administrator can run a plugin once and see
-what it needs; only limits and timeouts still apply. Audit mode runs plugin code with the
-filesystem and network open: use it on a machine you can afford to lose.
+logs every decision but the worker's hook denies nothing, so an administrator can run a
+plugin once and see what it needs. Audit mode still runs in the kernel sandbox: the view its
+grants give, read-only, writes to throwaway tmpfs mounts, the network through the host's
+broker (allowed only as the policy says); limits and timeouts apply. The old audit mode,
+with the filesystem open, needs ``unsandboxed_audit=True``.
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ from .validation import (
 
 #: The most decision records the sandbox keeps; older ones are dropped (and counted).
 MAX_RECORDS = 10_000
-#: Why audit mode needs its explicit option (library ``unsandboxed_audit``, CLI ``--unsandboxed``).
+#: Why audit mode cannot run here without its explicit option (library
+#: ``unsandboxed_audit``, CLI ``--unsandboxed``): its sandbox needs bubblewrap.
 AUDIT_REFUSAL = (
-    "audit mode is not a sandbox: the plugin runs with the filesystem and the network open "
-    "and its own worker reports what it did\n"
-    "  hint: pass `unsandboxed_audit=True` (on the command line `--unsandboxed`) only for "
-    "code you would run unsandboxed anyway")
+    "audit mode runs plugins in the kernel sandbox, which needs bubblewrap: {why}\n"
+    "  hint: install bubblewrap; or pass `unsandboxed_audit=True` (on the command line "
+    "`--unsandboxed`), which is not a sandbox, only for code you would run unsandboxed anyway")
+#: Record sources (:attr:`AuditRecord.source`).
+SOURCES = ("host", "kernel", "worker")
 
 __all__ = ["AUDIT_REFUSAL", "AuditRecord", "PluginSandbox", "ValidationResult"]
 
@@ -75,6 +79,12 @@ class AuditRecord:
     #: controls that process, so it can leave things out or make them up. The reason and
     #: rules are still the host's decision for what was reported.
     reported_by_worker: bool = False
+    #: Who saw the action: ``host`` (a request the host served: capabilities, the network
+    #: broker, an in-process plugin), ``kernel`` (a system call the host saw through the
+    #: worker's seccomp listener, from outside the plugin's reach) or ``worker`` (reported
+    #: by the plugin's own worker, its audit-mode reports and the denials its hook raised:
+    #: forgeable, though the reason and rules are always the host's decision).
+    source: str = "host"
 
 
 class PluginSandbox:
@@ -91,16 +101,30 @@ class PluginSandbox:
         hooks: HookRegistry | None = None,
         scratch_root: str | Path | None = None,
         unsandboxed_audit: bool = False,
+        kernel_records: bool | None = None,
     ) -> None:
-        """``mode="audit"`` is not a sandbox (the plugin's filesystem and network stay
-        open, and what it did is what its own worker reports), so it is refused unless
-        ``unsandboxed_audit=True`` says the caller knows."""
+        """``mode="audit"`` runs in the kernel sandbox (see the module doc), so it needs
+        bubblewrap; without it, it is refused unless ``unsandboxed_audit=True`` asks for
+        the old audit mode, which is not a sandbox. ``kernel_records`` (default: whenever
+        this host has seccomp user notification) makes each worker hand the host a seccomp
+        listener, so opens and program starts the worker's hook did not see are still
+        decided and recorded by the host."""
         if mode not in ("enforce", "audit"):
             raise ValueError(f"mode must be `enforce` or `audit`, not `{mode}`")
         if mode == "audit" and not unsandboxed_audit:
-            raise UsageError(AUDIT_REFUSAL)
+            from . import bwrap
+
+            why = bwrap.available()
+            if why:
+                raise UsageError(AUDIT_REFUSAL.format(why=why))
         self.engine = engine
         self.mode: Mode = mode
+        self.unsandboxed_audit = mode == "audit" and unsandboxed_audit
+        if kernel_records is None:
+            from . import syscalls
+
+            kernel_records = not syscalls.unavailable()
+        self.kernel_records = kernel_records
         self.permissions = PermissionManager(engine)
         self.monitor = ResourceMonitor()
         self.hooks = hooks or HookRegistry()
@@ -220,13 +244,17 @@ class PluginSandbox:
         with self._records_lock:
             self._keep(record)
 
-    def record_denial(self, error: PermissionDeniedError) -> None:
+    def record_denial(self, error: PermissionDeniedError, *, from_worker: bool = False) -> None:
         """Keep a denial that happened inside a worker (it arrives as an error carrying the
-        host's own decision)."""
+        host's own decision). A worker's denial is seen by the worker's hook, so it is
+        marked as reported by the worker: the plugin can make one up (``source`` ``worker``);
+        an in-process denial is the host's own."""
         decision = error.decision
         rules = tuple(getattr(rule, "location", str(rule)) for rule in decision.rules)
         record = AuditRecord(str(decision.plugin), str(decision.action), decision.resource, False,
-                             str(getattr(decision.reason, "value", decision.reason)), rules)
+                             str(getattr(decision.reason, "value", decision.reason)), rules,
+                             reported_by_worker=from_worker,
+                             source="worker" if from_worker else "host")
         with self._records_lock:
             self._keep(record)
 
@@ -240,9 +268,24 @@ class PluginSandbox:
         decision = self.permissions.decide(plugin, action, resource)
         record = AuditRecord(decision.plugin, decision.action, decision.resource,
                              decision.allowed, decision.reason.value,
-                             tuple(r.location for r in decision.rules), reported_by_worker=True)
+                             tuple(r.location for r in decision.rules), reported_by_worker=True,
+                             source="worker")
         with self._records_lock:
-            self._records.append(record)
+            self._keep(record)
+
+    def decide_syscall(self, plugin: str, action: str, resource: str) -> Decision:
+        """The host's decision for a system call its seccomp listener saw, recorded with
+        source ``kernel`` (every one in audit mode, the denials otherwise) and logged in
+        the engine's decision log with that source."""
+        decision = self.permissions.decide(plugin, action, resource, source="kernel")
+        if decision.allowed and self.mode != "audit":
+            return decision
+        record = AuditRecord(decision.plugin, decision.action, decision.resource,
+                             decision.allowed, decision.reason.value,
+                             tuple(r.location for r in decision.rules), source="kernel")
+        with self._records_lock:
+            self._keep(record)
+        return decision
 
     def records(self, plugin: str | None = None) -> list[AuditRecord]:
         """Recorded decisions, optionally of one plugin."""
@@ -291,6 +334,13 @@ class PluginSandbox:
                                 hooks=self.hooks, hook_caller=call_hook, decide=decide,
                                 on_reported=reported, peek=peek, on_decision=self.record)
         audit = self.mode == "audit"
+        sandboxed_audit = audit and not self.unsandboxed_audit
+        if limits.isolation is Isolation.INPROCESS and sandboxed_audit:
+            raise PluginValidationError(name, [
+                "audit mode runs plugins in the kernel sandbox, and this plugin runs "
+                "`isolation inprocess`, which is not one; hint: audit it with "
+                "`unsandboxed_audit=True` (`--unsandboxed`) only if you would run it "
+                "unsandboxed anyway"])
         if limits.isolation is Isolation.INPROCESS:
             def checker(action: str, resource: str | None) -> None:
                 self.require(name, action, resource)
@@ -311,7 +361,9 @@ class PluginSandbox:
             entry_point=metadata.entry_point,
             plugin_type=metadata.type,
             data_dir=str(data_dir),
-            lockdown=lockdown_spec(self.engine, name, scratch, audit=audit),
+            lockdown=lockdown_spec(self.engine, name, scratch, audit=audit,
+                                   unsandboxed=self.unsandboxed_audit, data_dir=str(data_dir),
+                                   kernel_records=self.kernel_records),
             checker=checker_data(self.engine, name, audit=audit),
             limits=resource_limits(self.engine, name),
         )
@@ -322,4 +374,11 @@ class PluginSandbox:
             return (doctor.isolation_level(layers),
                     doctor.plugin_refusal(self.engine, name, layers))
 
-        return ProcessRunner(init, services, scratch_dir=scratch, levels=levels)
+        def syscall(action: str, resource: str) -> Decision:
+            return self.decide_syscall(name, action, resource)
+
+        # A sandboxed audit never falls back to an unsandboxed worker: it fails instead.
+        return ProcessRunner(init, services, scratch_dir=scratch, levels=levels,
+                             sandbox=True if sandboxed_audit else None,
+                             on_syscall=syscall if self.kernel_records else None,
+                             audit=audit)

@@ -175,16 +175,34 @@ def kernel_masks(table: PluginTable) -> tuple[str, ...]:
     return tuple(masks)
 
 
-def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool = False) -> LockdownSpec:
-    """The worker's lockdown for ``plugin``. In audit mode nothing is denied, so the
-    filesystem and network stay open (only limits apply)."""
+def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool = False,
+                  unsandboxed: bool = False, data_dir: str | None = None,
+                  kernel_records: bool = False) -> LockdownSpec:
+    """The worker's lockdown for ``plugin``.
+
+    In audit mode nothing is denied by the worker's hook, and the sandbox is what holds:
+    the plugin's view is the one its grants give, read-only, with the default denies
+    masked; its write grants and its data directory (``data_dir``) are throwaway tmpfs
+    mounts, so whatever it writes is gone when the worker stops; it may start programs
+    (inside the same sandbox) and reach the network through the host's broker, which
+    allows only what the policy allows. ``unsandboxed`` is the old audit mode: the whole
+    filesystem open, read-write. ``kernel_records`` asks the worker to hand the host a
+    seccomp listener, so the host sees (and records) opens and program starts from the
+    kernel's side (:mod:`.syscalls`).
+    """
     table = engine.plugin_table(plugin)
     if table is None or table.plugin_dir is None:
         raise KeyError(plugin)  # the runner refuses a plugin without a directory before this
     limits = engine.limits(plugin)
     grants = kernel_grants(table)
-    if audit:
+    throwaway: tuple[str, ...] = ()
+    masks = kernel_masks(table)
+    if audit and unsandboxed:
         grants = KernelGrants(("/",), ("/",), (), True, True, True)
+        masks = ()
+    elif audit:
+        throwaway = tuple(dict.fromkeys((*grants.write_paths, *((data_dir,) if data_dir else ()))))
+        grants = KernelGrants(grants.read_paths, (), (), True, True, True)
     return LockdownSpec(
         scratch_dir=str(scratch_dir),
         plugin_dir=table.plugin_dir,
@@ -196,7 +214,9 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
         connect_any_port=grants.any_port,
         allow_network=grants.network,
         allow_subprocess=grants.subprocess,
-        mask_paths=() if audit else kernel_masks(table),
+        mask_paths=masks,
+        throwaway_paths=throwaway,
+        kernel_records=kernel_records,
     )
 
 

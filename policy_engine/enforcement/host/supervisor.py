@@ -55,6 +55,7 @@ from ..wire import (
     WorkerMessage,
     decode_worker_value,
     recv_frame,
+    recv_worker_message_and_fds,
     send_frame,
     send_frame_with_fds,
 )
@@ -68,6 +69,7 @@ from .usage import ResourceLimits, ResourceUsage
 if TYPE_CHECKING:
     from .broker import NetworkBroker
     from .identity import IdentityMap
+    from .syscalls import SyscallListener
 
 __all__ = ["CapabilityHandler", "StartResult", "WorkerInit", "WorkerProcess"]
 
@@ -194,7 +196,9 @@ class WorkerProcess:
                  spin: float = _DEFAULT_SPIN, sandbox: bool | None = None,
                  identities: IdentityMap | None = None,
                  audit_handler: Callable[[AuditRecord], None] | None = None,
-                 broker_factory: Callable[[], NetworkBroker] | None = None) -> None:
+                 broker_factory: Callable[[], NetworkBroker] | None = None,
+                 syscall_decide: Callable[[str, str], Any] | None = None,
+                 audit: bool = False) -> None:
         """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
         kernel; ``debug_stderr`` lets the worker write to the host's stderr. ``sandbox``
         starts the worker under bubblewrap (None: whenever bubblewrap works here, see
@@ -203,11 +207,19 @@ class WorkerProcess:
         ``audit_handler`` receives the audit records an audit-mode worker reports.
         ``broker_factory`` makes the :class:`~.broker.NetworkBroker` that serves the
         connects and lookups of a worker granted the network (one per worker started);
-        without it such a worker has no route out."""
+        without it such a worker has no route out. ``syscall_decide(action, resource)``
+        decides (and records) the opens and program starts a worker's seccomp listener
+        hands the host (:mod:`.syscalls`; asked for with ``LockdownSpec.kernel_records``);
+        with ``audit`` those are recorded and never refused."""
         self._capability_handler = capability_handler
         self._audit_handler = audit_handler
         self._broker_factory = broker_factory
         self._broker: NetworkBroker | None = None
+        self._syscall_decide = syscall_decide
+        self._audit = audit
+        self._listener: SyscallListener | None = None
+        #: whether the current (or last) worker handed the host its seccomp listener
+        self.kernel_records = False
         self._spin_seconds = spin
         self._python = python or sys.executable
         self._debug_stderr = debug_stderr
@@ -369,7 +381,9 @@ class WorkerProcess:
             self._broker = self._broker_factory()
             frame["network_broker"] = True
         self._send(frame, deadline, "init", limit)
-        reply = self._exchange(deadline, "init", limit)
+        first = self._receive_listener(init, spec, deadline, limit) if spec.kernel_records \
+            else None
+        reply = self._exchange(deadline, "init", limit, first=first)
         if isinstance(reply, (Ready, ErrorReply)) and reply.report is not None:
             self._report = reply.report
         if not isinstance(reply, Ready):
@@ -386,9 +400,55 @@ class WorkerProcess:
             self._proc.pid, plugin=init.plugin, limits=init.limits,
             with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
             signal_tree=self._signal_tree,
-            reserved_bytes=2 * tmpfs_cap(spec.memory_bytes) if self._sandboxed else 0)
+            reserved_bytes=(2 + len(spec.throwaway_paths)) * tmpfs_cap(spec.memory_bytes)
+            if self._sandboxed else 0)
         self._sampler.start()
         return StartResult(self._report, reply.init_result, self.pid or self._proc.pid)
+
+    def _receive_listener(self, init: WorkerInit, spec: LockdownSpec, deadline: float,
+                          limit: float) -> WorkerMessage | None:
+        """The worker's first frame: its seccomp listener (served from now on), or, when it
+        could not make one, the frame that came instead (for :meth:`_exchange`)."""
+        from .syscalls import SyscallListener, is_listener
+
+        self.kernel_records = False
+        sock = self._sock
+        assert sock is not None
+        try:
+            message, fds = recv_worker_message_and_fds(sock, deadline=deadline)
+        except TimeoutError:
+            raise self._timeout("init", limit, "no answer to the init frame") from None
+        except ChannelClosedError as error:
+            raise self._death() from error
+        except (FrameError, WireError) as error:
+            self._kill()
+            raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: "
+                                     f"{error}", plugin=self._plugin) from error
+        if not isinstance(message, PassFds):
+            return message
+        if message.purpose != "seccomp" or len(fds) != 1 or not is_listener(fds[0]) \
+                or self._syscall_decide is None:
+            for fd in fds:
+                os.close(fd)
+            self._kill()
+            raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: "
+                                     "its first frame is not its seccomp listener",
+                                     plugin=self._plugin)
+        from ..worker.lockdown import kernel_extras
+
+        def charge(seconds: float) -> None:
+            self.host_cpu_seconds += seconds
+
+        self._listener = SyscallListener(
+            fds[0], plugin=init.plugin, decide=self._syscall_decide,
+            plugin_dir=spec.plugin_dir, scratch_dir=spec.scratch_dir,
+            # Audit mode records those too (the kernel plan's extras serve its own wide grants).
+            passthrough=kernel_extras(spec, devices_only=self._audit),
+            import_roots=init.sys_path, audit=self._audit,
+            may_exec=spec.allow_subprocess, on_cpu=charge)
+        self._listener.start()
+        self.kernel_records = True
+        return None
 
     def _prepare(self, init: WorkerInit) -> LockdownSpec:
         """Create the scratch directory and decide whether the worker can switch uid."""
@@ -494,7 +554,8 @@ class WorkerProcess:
         raise PluginCrashedError(f"worker of plugin `{self._plugin}` broke the protocol: it "
                                  "sent a frame between calls", plugin=self._plugin)
 
-    def _exchange(self, deadline: float, phase: str, limit: float) -> WorkerMessage:
+    def _exchange(self, deadline: float, phase: str, limit: float, *,
+                  first: WorkerMessage | None = None) -> WorkerMessage:
         """Wait for the reply to what was sent, serving capability, log and audit frames.
 
         The deadline is checked before every frame, not only while waiting: a worker that
@@ -514,7 +575,8 @@ class WorkerProcess:
             broker = self._broker
             dns_before = broker.lookup_cpu_seconds if broker is not None else 0.0
             try:
-                message = self._receive(deadline, phase, limit)
+                message = self._receive(deadline, phase, limit) if first is None else first
+                first = None
                 if isinstance(message, CapabilityCall):
                     self._send(self._capability(message), deadline, phase, limit)
                 elif isinstance(message, LogRecord):
@@ -848,6 +910,9 @@ class WorkerProcess:
         if self._broker is not None:
             self._broker.shutdown()
             self._broker = None
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         if self._proc is not None and self._proc.poll() is None:
             self._kill()
         with self._signal_lock:  # never close what a concurrent _kill may be using
@@ -879,13 +944,15 @@ def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
 
     package_dir = _PACKAGE_DIR
     cap = tmpfs_cap(spec.memory_bytes)
+    data_dirs = [spec.scratch_dir, init.data_dir or spec.scratch_dir]
     return ViewInputs(
         plugin=init.plugin, plugin_dir=spec.plugin_dir,
-        data_dirs=tuple(dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir])),
+        data_dirs=tuple(d for d in dict.fromkeys(data_dirs) if d not in spec.throwaway_paths),
         read_paths=spec.read_paths, write_paths=spec.write_paths, python=python,
         package_dir=package_dir, import_roots=init.sys_path, uid=uid, gid=gid,
         allow_subprocess=spec.allow_subprocess, allow_network=spec.allow_network,
-        tmp_bytes=cap, shm_bytes=cap, masks=spec.mask_paths)
+        tmp_bytes=cap, shm_bytes=cap, masks=spec.mask_paths, throwaway=spec.throwaway_paths,
+        throwaway_bytes=cap)
 
 
 def _sandbox_identity(plugin: str, identities: IdentityMap | None) -> tuple[int, int]:

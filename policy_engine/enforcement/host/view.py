@@ -101,6 +101,10 @@ class ViewInputs:
     tmp_bytes: int = 16 * 1024 * 1024
     shm_bytes: int = 16 * 1024 * 1024
     masks: tuple[str, ...] = ()  # denied paths inside the view: covered by an empty mount
+    #: Audit mode: writable places covered by an empty tmpfs (``throwaway_bytes`` each), so
+    #: nothing the plugin writes reaches the host.
+    throwaway: tuple[str, ...] = ()
+    throwaway_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +305,10 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     for path in _sorted(inputs.write_paths):
         if not builder.expose(path, "granted file:write", writable=True):
             builder.notes.append(f"granted `{path}` does not exist: left out")
+    for path in _sorted(inputs.throwaway):
+        # Over the host's directory when it exists (its content is hidden, never changed).
+        builder.add(Mount(MountKind.TMPFS, path, reason="audit: writes are thrown away",
+                          size=inputs.throwaway_bytes))
     for path in inputs.masks:
         _mask(builder, path)
     return ViewPlan(inputs.plugin, _in_mount_order(builder.mounts), tuple(builder.notes))

@@ -25,7 +25,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,8 @@ from ...implicit import CODE_SUFFIXES, DEVICES, implicit_reads
 from ..wire import IsolationReport, isolation_level
 from . import landlock, seccomp
 
-__all__ = ["AppliedLockdown", "LockdownSpec", "ParentGoneError", "apply_lockdown", "landlock_plan"]
+__all__ = ["LISTENED", "AppliedLockdown", "LockdownSpec", "ParentGoneError", "apply_lockdown",
+           "kernel_extras", "landlock_plan"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
@@ -123,6 +124,13 @@ class LockdownSpec:
     #: none. The kernel counts it per uid, so the host sets it only where the worker runs
     #: under a uid of its own (a sandbox on a root host).
     nproc: int = 0
+    #: Audit mode: directories the sandbox covers with an empty, size-capped tmpfs the
+    #: plugin may write (its write grants, its data directory); nothing written there
+    #: reaches the host.
+    throwaway_paths: tuple[str, ...] = ()
+    #: Hand the host a seccomp listener for opens and program starts (see
+    #: :func:`apply_lockdown`), so the host sees them from the kernel's side.
+    kernel_records: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -145,6 +153,8 @@ class LockdownSpec:
             "audit_hook": self.audit_hook,
             "mask_paths": list(self.mask_paths),
             "nproc": self.nproc,
+            "throwaway_paths": list(self.throwaway_paths),
+            "kernel_records": self.kernel_records,
         }
 
     @classmethod
@@ -172,6 +182,8 @@ class LockdownSpec:
             audit_hook=bool(data.get("audit_hook", True)),
             mask_paths=tuple(str(p) for p in data.get("mask_paths", ())),
             nproc=int(data.get("nproc", 0)),
+            throwaway_paths=tuple(str(p) for p in data.get("throwaway_paths", ())),
+            kernel_records=bool(data.get("kernel_records", False)),
         )
 
 
@@ -239,8 +251,14 @@ class ParentGoneError(RuntimeError):
     """The host died before the worker could tie its life to it."""
 
 
-def apply_lockdown(spec: LockdownSpec, *, parent_pid: int) -> AppliedLockdown:
-    """Apply every step to the calling (single-threaded) process; see the module doc."""
+def apply_lockdown(spec: LockdownSpec, *, parent_pid: int,
+                   hand_off: Callable[[int], None] | None = None) -> AppliedLockdown:
+    """Apply every step to the calling (single-threaded) process; see the module doc.
+
+    With ``spec.kernel_records`` and a ``hand_off``, a second seccomp filter hands opens and
+    program starts to a listener: ``hand_off(fd)`` gives its descriptor to the host right
+    after it is loaded (before anything else opens a file, which would wait on it), and
+    this process closes its own copy, so no plugin code ever holds it."""
     applied = _Progress()
     libc = ctypes.CDLL(None, use_errno=True)
     applied.subreaper = _prctl(libc, _PR_SET_CHILD_SUBREAPER, 1) == 0
@@ -253,7 +271,7 @@ def apply_lockdown(spec: LockdownSpec, *, parent_pid: int) -> AppliedLockdown:
     if not applied.no_new_privs:
         applied.missing.append("no_new_privs: not supported by the kernel")
     _apply_landlock(spec, applied)
-    _apply_seccomp(spec, applied)
+    _apply_seccomp(spec, applied, hand_off if spec.kernel_records else None)
     return applied.freeze()
 
 
@@ -422,6 +440,7 @@ def landlock_plan(spec: LockdownSpec) -> landlock.LandlockPlan:
     grants += [(p, landlock.READ_FILE) for p in _code_files(spec.plugin_dir)]
     grants += [(p, landlock.READ) for p in spec.read_paths]
     grants += [(spec.scratch_dir, landlock.READ_WRITE)]
+    grants += [(p, landlock.READ_WRITE) for p in spec.throwaway_paths if os.path.isdir(p)]
     # A write grant gives no read: reading needs its own grant (the rights of the same path
     # are merged, so read and write together give both).
     grants += [(p, landlock.WRITE_ONLY) for p in spec.write_paths]
@@ -457,17 +476,22 @@ def _apply_landlock(spec: LockdownSpec, applied: _Progress) -> None:
 
 # -- 7. seccomp -----------------------------------------------------------------------------
 
-def _apply_seccomp(spec: LockdownSpec, applied: _Progress) -> None:
+def _apply_seccomp(spec: LockdownSpec, applied: _Progress,
+                   hand_off: Callable[[int], None] | None = None) -> None:
     if not seccomp.available():
         applied.missing.append("seccomp: libseccomp or kernel support not available")
         return
+    why = seccomp.notify_unavailable(kernel=False) if hand_off is not None else "not requested"
+    listen = not why
     try:
         rules = seccomp.SeccompFilter()
     except seccomp.SeccompError as error:
         applied.missing.append(f"seccomp: {error}")
         return
     try:
-        _seccomp_rules(rules, spec)
+        # With a listener, program starts go to it (the host answers EPERM without the
+        # permission and records them); the errno filter would win over the listener.
+        _seccomp_rules(rules, spec, exec_to_listener=listen)
         unknown = list(rules.unknown)
         rules.load()
     except seccomp.SeccompError as error:
@@ -478,9 +502,73 @@ def _apply_seccomp(spec: LockdownSpec, applied: _Progress) -> None:
     # A call libseccomp cannot name cannot be filtered: that rule is a missing layer.
     applied.missing += [f"seccomp: libseccomp does not know `{name}`, which stays unfiltered"
                         for name in dict.fromkeys(unknown)]
+    if hand_off is None:
+        return
+    if listen:
+        why = _apply_listener(hand_off)
+    if why:
+        applied.missing.append(f"kernel-records: {why}")
+        if listen and not spec.allow_subprocess:
+            _deny_exec_fallback(applied)
 
 
-def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec) -> None:
+#: System calls the listener filter hands to the host (:mod:`..host.syscalls`).
+LISTENED = ("open", "openat", "creat", "execve", "execveat")
+
+
+def _apply_listener(hand_off: Callable[[int], None]) -> str:
+    """Load the listener filter and give its descriptor away; empty, or why it failed."""
+    try:
+        rules = seccomp.SeccompFilter()
+    except seccomp.SeccompError as error:
+        return str(error)
+    try:
+        for name in LISTENED:
+            rules.notify(name)
+        listener = rules.load()
+    except seccomp.SeccompError as error:
+        rules.release()
+        return str(error)
+    if listener is None:
+        return "libseccomp gave no listener descriptor"
+    try:
+        hand_off(listener)
+    except OSError as error:
+        # Nobody holds the listener once this copy is closed: every listened call then
+        # fails with ENOSYS, which refuses programs too (closed, never open).
+        return f"could not hand the listener to the host: {error}"
+    finally:
+        os.close(listener)
+    return ""
+
+
+def _deny_exec_fallback(applied: _Progress) -> None:
+    """The exec refusal the listener would have held, as a plain errno filter."""
+    try:
+        rules = seccomp.SeccompFilter()
+        for name in ("execve", "execveat"):
+            rules.deny(name, errno.EPERM)
+        rules.load()
+    except seccomp.SeccompError as error:
+        applied.missing.append(f"seccomp: exec refusal: {error}")
+        applied.seccomp = False
+
+
+def kernel_extras(spec: LockdownSpec, *, devices_only: bool = False) -> tuple[str, ...]:
+    """Paths the Landlock plan grants outside the policy (devices, the process's own
+    information, program and network configuration when those are granted)."""
+    extras = [*DEVICES, "/dev/null"]
+    if devices_only:
+        return tuple(extras)
+    if spec.allow_subprocess:
+        extras += [*_PROGRAM_DIRS, *_PROGRAM_FILES]
+    if spec.allow_network:
+        extras += list(_NETWORK_FILES)
+    return tuple(dict.fromkeys(extras))
+
+
+def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec, *,
+                   exec_to_listener: bool = False) -> None:
     eperm = errno.EPERM
     for name in _ALWAYS_DENIED:
         rules.deny(name, eperm)
@@ -503,7 +591,8 @@ def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec) -> None:
         rules.deny("clone", eperm, seccomp.masked_eq(0, flag, flag))
     if not spec.allow_subprocess:
         for name in _PROCESS_CREATION:
-            rules.deny(name, eperm)
+            if not (exec_to_listener and name.startswith("exec")):
+                rules.deny(name, eperm)
         # Threads (CLONE_THREAD) stay allowed: plugins and the interpreter use them.
         rules.deny("clone", eperm, seccomp.masked_eq(0, _CLONE_THREAD, 0))
     allowed = {socket.AF_INET, socket.AF_INET6} if spec.allow_network else set()

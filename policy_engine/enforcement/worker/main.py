@@ -16,6 +16,8 @@ host -> worker
     the plugin's ``cleanup()``, answer, and wait to be killed with the whole tree.
 
 worker -> host
+    ``fds`` {purpose "seccomp", count 1} with the seccomp listener (SCM_RIGHTS) - first,
+    when the lockdown asks for kernel records, right after the listener filter loads;
     ``ready`` {version, report, init_result, pid}; ``result`` {value}; ``error`` {error};
     ``cap`` {capability, method, args} - a capability call made by the plugin mid-call;
     ``log`` {level, logger, message}; ``audit`` {action, resource, allowed} - audit mode
@@ -50,10 +52,12 @@ from ..wire import (
     AuditRecord,
     ConnectRequest,
     FrameError,
+    PassFds,
     ResolveRequest,
     recv_frame,
     recv_frame_and_fds,
     send_frame,
+    send_frame_with_fds,
 )
 from .audit import AuditGuard
 from .checker import make_checker
@@ -271,8 +275,12 @@ class _Worker:
         for entry in reversed([str(p) for p in self.init.get("sys_path", ())]):
             if entry not in sys.path:
                 sys.path.insert(0, entry)  # before lockdown, so Landlock grants read on it
+        def hand_off(listener: int) -> None:
+            # Right after the listener filter loads: the host serves it from now on.
+            send_frame_with_fds(self.channel.sock, PassFds("seccomp", 1), [listener])
+
         try:
-            applied = apply_lockdown(self.spec, parent_pid=self.parent_pid)
+            applied = apply_lockdown(self.spec, parent_pid=self.parent_pid, hand_off=hand_off)
         except ParentGoneError:
             raise
         except Exception as error:  # a bug or an unexpected kernel answer: never run unboxed

@@ -20,10 +20,12 @@ __all__ = [
     "SeccompFilter",
     "available",
     "masked_eq",
+    "notify_unavailable",
 ]
 
 _ACT_ALLOW = 0x7FFF0000
 _ACT_ERRNO = 0x00050000
+_ACT_NOTIFY = 0x7FC00000  # SECCOMP_RET_USER_NOTIF: the listener's holder answers
 
 # enum scmp_compare
 CMP_NE = 1
@@ -91,7 +93,37 @@ def _library() -> ctypes.CDLL | None:
     ]
     lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    if hasattr(lib, "seccomp_notify_fd"):  # libseccomp 2.4 and later
+        lib.seccomp_notify_fd.restype = ctypes.c_int
+        lib.seccomp_notify_fd.argtypes = [ctypes.c_void_p]
     return lib
+
+
+def notify_unavailable(*, kernel: bool = True) -> str:
+    """Empty when a filter can hand its system calls to a listener (seccomp user
+    notification with its continue flag, kernel 5.5, and libseccomp 2.4), else why not. ``kernel=False`` skips
+    asking the kernel (a locked-down worker cannot read ``/proc/sys``; loading the filter
+    answers then)."""
+    lib = _library()
+    if lib is None:
+        return "libseccomp is not available"
+    if not hasattr(lib, "seccomp_notify_fd"):
+        return "libseccomp is older than 2.4 (no user notification)"
+    if not kernel:
+        return ""
+    release = os.uname().release.split(".")
+    try:
+        if (int(release[0]), int(release[1].split("-")[0])) < (5, 5):
+            return "the kernel is older than 5.5 (no SECCOMP_USER_NOTIF_FLAG_CONTINUE)"
+    except (IndexError, ValueError):
+        return "the kernel's version cannot be read"
+    try:
+        with open("/proc/sys/kernel/seccomp/actions_avail") as actions:
+            if "user_notif" not in actions.read().split():
+                return "the kernel has no seccomp user notification"
+    except OSError:
+        return "the kernel has no seccomp filtering"
+    return ""
 
 
 @functools.cache
@@ -118,6 +150,14 @@ class SeccompFilter:
 
     def deny(self, syscall: str, code: int, *conditions: ArgCmp) -> None:
         """Make ``syscall`` fail with errno ``code`` when every condition holds."""
+        self._add(syscall, _ACT_ERRNO | (code & 0xFFFF), conditions)
+
+    def notify(self, syscall: str, *conditions: ArgCmp) -> None:
+        """Hand ``syscall`` to the filter's listener (see :meth:`load`) when every
+        condition holds: the calling thread waits until the listener answers."""
+        self._add(syscall, _ACT_NOTIFY, conditions)
+
+    def _add(self, syscall: str, action: int, conditions: tuple[ArgCmp, ...]) -> None:
         number = self._lib.seccomp_syscall_resolve_name(syscall.encode())
         if number < 0:
             self.unknown.append(syscall)
@@ -125,18 +165,26 @@ class SeccompFilter:
         array = (_ArgCmpStruct * max(len(conditions), 1))(
             *(_ArgCmpStruct(c.arg, c.op, c.datum_a, c.datum_b) for c in conditions)
         )
-        result = self._lib.seccomp_rule_add_array(
-            self._ctx, _ACT_ERRNO | (code & 0xFFFF), number, len(conditions), array
-        )
+        result = self._lib.seccomp_rule_add_array(self._ctx, action, number, len(conditions),
+                                                  array)
         if result < 0:
             raise SeccompError(-result, f"seccomp_rule_add({syscall}): {os.strerror(-result)}")
 
-    def load(self) -> None:
-        """Install the filter in the calling thread; it cannot be removed afterwards."""
+    def load(self) -> int | None:
+        """Install the filter in the calling thread; it cannot be removed afterwards.
+
+        Returns the listener descriptor of a filter with :meth:`notify` rules (whoever
+        holds it answers those calls; when every copy is closed they fail with ENOSYS),
+        otherwise None."""
         result = self._lib.seccomp_load(self._ctx)
+        listener: int | None = None
+        if result >= 0 and hasattr(self._lib, "seccomp_notify_fd"):
+            fd = int(self._lib.seccomp_notify_fd(self._ctx))
+            listener = fd if fd >= 0 else None
         self.release()
         if result < 0:
             raise SeccompError(-result, f"seccomp_load: {os.strerror(-result)}")
+        return listener
 
     def release(self) -> None:
         """Free the libseccomp context (after load, or when giving up)."""
