@@ -265,24 +265,12 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
                            "/usr/sbin/nologin\n"))
     builder.add(Mount(MountKind.DATA, "/etc/group", reason="synthetic group",
                       data=f"{name}:x:{inputs.gid}:\n"))
-    # Runtime: the interpreter and what it imports and loads.
-    runtime = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-               inputs.python, os.path.realpath(inputs.python), inputs.package_dir,
-               *worker_sys_path(inputs.python)]
-    for path in runtime:
-        builder.expose(path, "python runtime")
+    runtime, runtime_notes = _runtime_mounts(inputs.python, inputs.package_dir)
+    for mount in runtime:
+        builder.add(mount)
+    builder.notes += runtime_notes
     for path in inputs.import_roots:
         builder.expose(path, "plugin import root")
-    for path in (*_ELF_INTERPRETERS, *_library_dirs()):
-        builder.expose(path, "system libraries")
-    for path in _SYSTEM_FILES:
-        builder.expose(path, "system libraries")
-    for path in _ZONEINFO:
-        builder.expose(path, "timezone data")
-    for path in _ca_paths():
-        builder.expose(path, "CA certificates")
-    for path in _LOCALE:
-        builder.expose(path, "locale data")
     if inputs.allow_subprocess:
         for path in (*_PROGRAM_DIRS, *_PROGRAM_FILES):
             builder.expose(path, "programs (subprocess granted)")
@@ -304,6 +292,33 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     for path in inputs.masks:
         _mask(builder, path)
     return ViewPlan(inputs.plugin, _in_mount_order(builder.mounts), tuple(builder.notes))
+
+
+@functools.cache
+def _runtime_mounts(python: str, package_dir: str) -> tuple[tuple[Mount, ...], tuple[str, ...]]:
+    """The part of every view that depends only on the host: the interpreter, what it
+    imports and loads, and the system data a Python program needs.
+
+    Computed once per host process and interpreter (resolving each path component by
+    component and reading this process's loaded libraries costs milliseconds on every cold
+    start otherwise); a runtime changed under a running host needs a host restart anyway.
+    """
+    builder = _Builder()
+    runtime = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+               python, os.path.realpath(python), package_dir, *worker_sys_path(python)]
+    for path in runtime:
+        builder.expose(path, "python runtime")
+    for path in (*_ELF_INTERPRETERS, *_library_dirs()):
+        builder.expose(path, "system libraries")
+    for path in _SYSTEM_FILES:
+        builder.expose(path, "system libraries")
+    for path in _ZONEINFO:
+        builder.expose(path, "timezone data")
+    for path in _ca_paths():
+        builder.expose(path, "CA certificates")
+    for path in _LOCALE:
+        builder.expose(path, "locale data")
+    return tuple(builder.mounts), tuple(builder.notes)
 
 
 def _mask(builder: _Builder, path: str) -> None:
