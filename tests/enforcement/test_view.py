@@ -152,3 +152,10 @@ def test_only_sources_the_plugin_cannot_reach_are_staged(tmp_path: Path) -> None
     # The owner of the closed directory reaches it: nothing of it needs staging.
     own = bwrap._staging(plan, os.getuid(), os.getgid())[0]
     assert str(closed / "inner") not in own or not reachable
+
+
+def test_a_path_granted_read_and_write_is_bound_writable(tmp_path: Path) -> None:
+    both = tmp_path / "both.txt"
+    both.write_text("x")
+    plan = plan_view(_inputs(tmp_path, read_paths=(str(both),), write_paths=(str(both),)))
+    assert _by_dest(plan)[str(both)].kind is MountKind.BIND

@@ -283,11 +283,13 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     for path in inputs.data_dirs:
         if not builder.expose(path, "plugin data", writable=True):
             builder.add(Mount(MountKind.BIND, path, path, "plugin data, created at start"))
-    for path in _sorted(inputs.read_paths):
-        if not builder.expose(path, "granted file:read"):
-            builder.notes.append(f"granted `{path}` does not exist: left out")
+    # Writes first: a path granted both ways is bound writable (the first bind of a
+    # destination stands), and Landlock gives it read and write.
     for path in _sorted(inputs.write_paths):
         if not builder.expose(path, "granted file:write", writable=True):
+            builder.notes.append(f"granted `{path}` does not exist: left out")
+    for path in _sorted(inputs.read_paths):
+        if not builder.expose(path, "granted file:read"):
             builder.notes.append(f"granted `{path}` does not exist: left out")
     for path in inputs.masks:
         _mask(builder, path)
