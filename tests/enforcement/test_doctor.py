@@ -76,7 +76,7 @@ def test_preflight_reports_every_layer_and_each_plugin(capsys: pytest.CaptureFix
     assert set(report["layers"]) == set(doctor.LAYERS)
     assert report["level"] == doctor.isolation_level(report["layers"])
     assert {c["name"] for c in report["checks"]} == {"bubblewrap", "user-namespace", "cgroup",
-                                                     "landlock", "seccomp"}
+                                                     "landlock", "seccomp", "disk-limit"}
     assert {p["plugin"] for p in report["plugins"]} == {"report-builder", "rogue", "summarizer"}
 
 

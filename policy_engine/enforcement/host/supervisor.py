@@ -220,6 +220,7 @@ class WorkerProcess:
         self._violation: EnforcementError | None = None
         self._report: IsolationReport | None = None
         self._sandbox = sandbox
+        self._disk_dir: str | None = None  # a data directory this worker mounted (limit disk)
         self._identities = identities
         self._sandboxed = False  # the current worker runs under bubblewrap
         self._identity = (os.getuid(), os.getgid())
@@ -324,6 +325,11 @@ class WorkerProcess:
             self._kill()
         with self._call_lock:
             self._shutdown()
+            disk_dir, self._disk_dir = self._disk_dir, None
+        if disk_dir is not None:  # restarts keep it; the last stop detaches it (data kept)
+            from .disk import unmount_data_dir
+
+            unmount_data_dir(disk_dir)
 
     def __enter__(self) -> WorkerProcess:
         return self
@@ -400,6 +406,10 @@ class WorkerProcess:
             gid = spec.run_as_gid if spec.run_as_gid is not None else spec.run_as_uid
             # The worker loses root before it runs plugin code; its scratch must stay its own.
             os.chown(spec.scratch_dir, spec.run_as_uid, gid)
+        if init.limits.disk_bytes and init.data_dir:
+            uid = spec.run_as_uid if spec.run_as_uid is not None else os.geteuid()
+            gid = spec.run_as_gid if spec.run_as_gid is not None else uid
+            self._mount_disk(init, uid, gid)
         return spec
 
     def _use_sandbox(self) -> bool:
@@ -416,12 +426,24 @@ class WorkerProcess:
             # The plugin's own uid: RLIMIT_NPROC, counted per uid, is its pids limit.
             spec = replace(spec, nproc=SANDBOX_TASKS)
         self._identity = _sandbox_identity(init.plugin, self._identities)
+        if init.limits.disk_bytes and init.data_dir:
+            self._mount_disk(init, *self._identity)
         for path in dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir]):
             os.makedirs(path, mode=0o700, exist_ok=True)
             if os.geteuid() == 0:
                 os.chown(path, self._identity[0], self._identity[1])
             os.chmod(path, 0o700)
         return spec
+
+    def _mount_disk(self, init: WorkerInit, uid: int, gid: int) -> None:
+        """``limit disk``: the data directory on its capped image, before the worker starts
+        (fail closed: no worker without it)."""
+        from .disk import DiskLimit, mount_data_dir
+
+        assert init.data_dir is not None
+        mount_data_dir(init.data_dir, DiskLimit(init.limits.disk_bytes, init.limits.disk_files),
+                       uid, gid)
+        self._disk_dir = init.data_dir
 
     def _spawn_sandboxed(self, child_sock: socket.socket,
                          spec: LockdownSpec) -> subprocess.Popen[bytes]:
