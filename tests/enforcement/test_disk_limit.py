@@ -185,3 +185,43 @@ def test_doctor_reports_the_mechanism_and_the_refusal(monkeypatch: pytest.Monkey
     assert not check.ok and "root host" in check.detail
     (plugin,) = report.plugins
     assert "accept missing-disk-limit" in plugin.refusal
+
+
+@pytest.mark.integration
+@needs_disk
+def test_a_policy_limit_disk_caps_ctx_data_dir_through_the_loader(tmp_path: Path) -> None:
+    import shutil
+
+    from policy_engine.enforcement.host.loader import PluginLoader
+    from policy_engine.enforcement.host.sandbox import PluginSandbox
+    from policy_engine.errors import PluginRaisedError
+
+    fixtures = Path(__file__).parent.parent / "plugins" / "fixtures"
+    plugins = tmp_path / "plugins"
+    shutil.copytree(fixtures / "example_workflow_plugin", plugins / "example_workflow_plugin")
+    data, scratch = tmp_path / "data", tmp_path / "scratch"
+    data.mkdir()
+    scratch.mkdir()
+    (tmp_path / "site.policy").write_text(
+        'defaults { isolation process allow degraded }\n'
+        'plugin "example-workflow" { limit disk 2MiB\n limit disk_files 20 }\n'
+        'allow plugin * to file:read, file:write on "{data_dir}/{plugin}/**"\n')
+    engine = Engine.load(tmp_path / "site.policy", plugins=plugins,
+                         variables={"data_dir": str(data)})
+    own = data / "example-workflow"
+    try:
+        with PluginLoader(engine, PluginSandbox(engine, data_dir=data,
+                                                scratch_root=scratch)) as loader:
+            workflow = loader.load(plugins / "example_workflow_plugin")
+            assert os.path.ismount(own)
+            assert workflow.execute("a.txt", 800_000) > 0  # whole 64 KiB blocks
+            with pytest.raises(PluginRaisedError) as full:
+                for index in range(3):
+                    workflow.execute(f"more-{index}.txt", 800_000)
+            assert "No space left" in str(full.value.remote_message)
+        with PluginLoader(engine, PluginSandbox(engine, data_dir=data,
+                                                scratch_root=scratch)) as loader:
+            again = loader.load(plugins / "example_workflow_plugin")
+            assert again.read_back("a.txt") == "xxxxx"
+    finally:
+        disk.unmount_data_dir(str(own))
