@@ -62,6 +62,7 @@ from ..worker.lockdown import LockdownSpec
 from ..worker.main import BOOTSTRAP
 from ..worker.remote import exception_from_data, exception_to_data
 from . import kernel, reaper
+from .bytecode import worker_bytecode_dir
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 
@@ -457,7 +458,8 @@ class WorkerProcess:
         fd = child_sock.fileno()
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
         # In its PID namespace the worker's parent is bwrap's reaper, pid 1.
-        command = [self._python, *flags, "-c", BOOTSTRAP, package_dir, "1", str(fd)]
+        command = [self._python, *flags, "-c", BOOTSTRAP, package_dir,
+                   worker_bytecode_dir(package_dir), "1", str(fd)]
         # Never the host's network: an empty namespace, the broker is the only route out.
         options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
                                        env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
@@ -470,7 +472,8 @@ class WorkerProcess:
         # -I ignores the environment, so mirror the host's choice about writing bytecode.
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
         return subprocess.Popen(
-            [self._python, *flags, "-c", BOOTSTRAP, package_dir, str(os.getpid()), str(fd)],
+            [self._python, *flags, "-c", BOOTSTRAP, package_dir,
+             worker_bytecode_dir(package_dir), str(os.getpid()), str(fd)],
             env=dict(_WORKER_ENV),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -903,7 +906,8 @@ def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
         read_paths=spec.read_paths, write_paths=spec.write_paths, python=python,
         package_dir=package_dir, import_roots=init.sys_path, uid=uid, gid=gid,
         allow_subprocess=spec.allow_subprocess, allow_network=spec.allow_network,
-        tmp_bytes=cap, shm_bytes=cap, masks=spec.mask_paths)
+        tmp_bytes=cap, shm_bytes=cap, masks=spec.mask_paths,
+        bytecode_dir=worker_bytecode_dir(package_dir))
 
 
 def _sandbox_identity(plugin: str, identities: IdentityMap | None) -> tuple[int, int]:

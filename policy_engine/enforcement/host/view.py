@@ -101,6 +101,7 @@ class ViewInputs:
     tmp_bytes: int = 16 * 1024 * 1024
     shm_bytes: int = 16 * 1024 * 1024
     masks: tuple[str, ...] = ()  # denied paths inside the view: covered by an empty mount
+    bytecode_dir: str = ""  # the host's bytecode cache of this package (host/bytecode.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +266,8 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
                            "/usr/sbin/nologin\n"))
     builder.add(Mount(MountKind.DATA, "/etc/group", reason="synthetic group",
                       data=f"{name}:x:{inputs.gid}:\n"))
-    runtime, runtime_notes = _runtime_mounts(inputs.python, inputs.package_dir)
+    runtime, runtime_notes = _runtime_mounts(inputs.python, inputs.package_dir,
+                                             inputs.bytecode_dir)
     for mount in runtime:
         builder.add(mount)
     builder.notes += runtime_notes
@@ -297,7 +299,8 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
 
 
 @functools.cache
-def _runtime_mounts(python: str, package_dir: str) -> tuple[tuple[Mount, ...], tuple[str, ...]]:
+def _runtime_mounts(python: str, package_dir: str,
+                    bytecode_dir: str = "") -> tuple[tuple[Mount, ...], tuple[str, ...]]:
     """The part of every view that depends only on the host: the interpreter, what it
     imports and loads, and the system data a Python program needs.
 
@@ -310,6 +313,8 @@ def _runtime_mounts(python: str, package_dir: str) -> tuple[tuple[Mount, ...], t
                python, os.path.realpath(python), package_dir, *worker_sys_path(python)]
     for path in runtime:
         builder.expose(path, "python runtime")
+    if bytecode_dir:
+        builder.expose(bytecode_dir, "bytecode of the worker's own modules")
     for path in (*_ELF_INTERPRETERS, *_library_dirs()):
         builder.expose(path, "system libraries")
     for path in _SYSTEM_FILES:
