@@ -5,7 +5,8 @@ Nothing exists inside the sandbox unless an entry here puts it there: the Python
 data a Python program needs (timezone data, CA bundle, locale archive), a synthetic
 ``/etc/passwd`` and ``/etc/group`` for the plugin's uid, the plugin's code read-only, its data
 directory read-write, and each granted path bound as granted. The plan is data: the launcher
-(:mod:`.bwrap`) turns it into arguments, :meth:`ViewPlan.render` prints it.
+(:mod:`.bwrap`) turns it into arguments, :meth:`ViewPlan.render` prints it. The part that
+depends only on the host (the runtime and system data) is computed once per host process.
 
 Bind sources are resolved component by component without following symlinks: a symlink on
 the way becomes a symlink entry in the view (so ``/lib64/ld-linux-x86-64.so.2`` works on a
