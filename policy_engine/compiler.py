@@ -358,6 +358,16 @@ def _positive_values(ctx: _Context, key: str, value: nodes.Quantity, maximum: no
     return out
 
 
+def _parse_count(text: str) -> int:
+    """A bare whole number (``limit disk_files 10000``)."""
+    if not text.isdigit():
+        raise UnitError(f"`{text}` is not a whole number of files", "write a count such as `10000`")
+    return int(text)
+
+
+_LIMIT_PARSERS: dict[str, Callable[[str], Any]] = {"cpu": parse_percent, "disk_files": _parse_count}
+
+
 def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if isinstance(setting, nodes.TimeoutSetting):
@@ -372,11 +382,12 @@ def _setting_values(ctx: _Context, setting: nodes.Setting) -> list[tuple[str, An
     if isinstance(setting, nodes.LimitSetting):
         if setting.resource not in LIMIT_RESOURCES:
             ctx.error(f"unknown limit `{setting.resource}`", setting.span,
-                      did_you_mean(setting.resource, LIMIT_RESOURCES) or "limits are memory, cpu and file_size",
+                      did_you_mean(setting.resource, LIMIT_RESOURCES)
+                      or "limits are memory, cpu, file_size, disk and disk_files",
                       code=codes.UNKNOWN_SETTING)
             return out
         key = f"limit.{setting.resource}"
-        parse: Callable[[str], Any] = parse_percent if setting.resource == "cpu" else parse_size
+        parse: Callable[[str], Any] = _LIMIT_PARSERS.get(setting.resource, parse_size)
         out += _positive_values(ctx, key, setting.value, setting.maximum, parse, "limit")
         if setting.warn is not None:
             if setting.resource != "memory":

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["INEXACT_DENY", "MISSING_BUBBLEWRAP", "MISSING_CGROUP", "MISSING_LANDLOCK",
+__all__ = ["INEXACT_DENY", "MISSING_BUBBLEWRAP", "MISSING_CGROUP", "MISSING_DISK_LIMIT",
+           "MISSING_LANDLOCK",
            "MISSING_SECCOMP", "MISSING_USER_NAMESPACE", "RISKS", "UNPINNED_INPROCESS", "Risk",
            "risk_names"]
 
@@ -46,6 +47,8 @@ MISSING_SECCOMP = "missing-seccomp"
 MISSING_CGROUP = "missing-cgroup"
 #: A file deny the kernel cannot express exactly (held by the audit hook alone).
 INEXACT_DENY = "inexact-deny"
+#: A plugin's ``limit disk`` cannot be held by the kernel on this host.
+MISSING_DISK_LIMIT = "missing-disk-limit"
 
 #: Every risk name a policy may accept, in the order they are documented.
 RISKS: Mapping[str, Risk] = _registry(
@@ -94,6 +97,14 @@ RISKS: Mapping[str, Risk] = _registry(
         "express exactly (a glob inside a granted tree, a path that does not exist yet)",
         "that deny is held by the decision table and the worker's audit hook only; routes "
         "the hook does not see read through it",
+    ),
+    Risk(
+        MISSING_DISK_LIMIT,
+        "a plugin with a `limit disk` is not loaded where the kernel cannot hold that limit "
+        "(its data directory on a size-capped filesystem image needs a root host, loop "
+        "devices and `mkfs.ext4`), nor in `isolation inprocess`",
+        "the plugin's data directory is not limited: it can fill the host's filesystem up "
+        "to the file-size limit per file",
     ),
 )
 

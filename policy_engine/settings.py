@@ -53,6 +53,10 @@ class Limits:
     memory_warn: float = 0.8
     cpu: float = 0.8
     file_size: int = 100_000_000
+    #: Bytes and files of the plugin's data directory (0: no limit); see
+    #: :mod:`policy_engine.enforcement.host.disk` for the mechanism.
+    disk: int = 0
+    disk_files: int = 0
     on_violation: Violation = Violation.TERMINATE
     isolation: Isolation = Isolation.PROCESS
     allow_degraded: bool = False
@@ -60,7 +64,7 @@ class Limits:
 
 #: Setting keys a policy block can set, with how to render their values.
 TIMEOUT_PHASES = ("init", "hook", "execute")
-LIMIT_RESOURCES = ("memory", "cpu", "file_size")
+LIMIT_RESOURCES = ("memory", "cpu", "file_size", "disk", "disk_files")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,8 @@ _RENDER = {
     "memory": format_size,
     "file_size": format_size,
     "cpu": format_percent,
+    "disk": format_size,
+    "disk_files": lambda count: f"{int(count)} files",
 }
 
 
@@ -142,6 +148,8 @@ def resolve(
         )
     limits["memory"] = int(limits["memory"])
     limits["file_size"] = int(limits["file_size"])
+    limits["disk"] = int(limits["disk"])
+    limits["disk_files"] = int(limits["disk_files"])
     limits["memory_warn"] = _pick(plugin, defaults, "limit.memory.warn", base_limits.memory_warn)
     limits["on_violation"] = Violation(_pick(plugin, defaults, "on_violation", base_limits.on_violation))
     limits["isolation"] = Isolation(_pick(plugin, defaults, "isolation", base_limits.isolation))
@@ -184,6 +192,9 @@ def describe(limits: Limits, timeouts: Timeouts) -> dict[str, str]:
     out["memory"] = f"{format_size(limits.memory)} (warn {format_percent(limits.memory_warn)})"
     out["cpu"] = format_percent(limits.cpu)
     out["file_size"] = format_size(limits.file_size)
+    if limits.disk:
+        out["disk"] = format_size(limits.disk) + (f", {limits.disk_files} files"
+                                                  if limits.disk_files else "")
     out["on violation"] = limits.on_violation.value
     out["isolation"] = limits.isolation.value + (" (degraded allowed)" if limits.allow_degraded else "")
     return out

@@ -637,6 +637,8 @@ _RENDER: dict[str, Callable[[float], str]] = {
     "limit.memory": format_size,
     "limit.file_size": format_size,
     "limit.cpu": format_percent,
+    "limit.disk": format_size,
+    "limit.disk_files": lambda count: f"{int(count)} files",
 }
 
 
@@ -673,7 +675,7 @@ def _ceilings(
     defaults: Overlay, plugin_settings: Mapping[str, Overlay], sources: Mapping[str, str]
 ) -> Iterator[Diagnostic]:
     keys = [k for k in ("timeout.init", "timeout.hook", "timeout.execute", "limit.memory",
-                        "limit.cpu", "limit.file_size")]
+                        "limit.cpu", "limit.file_size", "limit.disk", "limit.disk_files")]
     blocks: list[tuple[str, Overlay]] = [("defaults", defaults)]
     blocks += [(f'plugin "{name}"', overlay) for name, overlay in sorted(plugin_settings.items())]
     for where, overlay in blocks:

@@ -77,7 +77,7 @@ def test_preflight_reports_every_layer_and_each_plugin(capsys: pytest.CaptureFix
     assert report["level"] == doctor.isolation_level(report["layers"])
     assert {c["name"] for c in report["checks"]} == {"bubblewrap", "user-namespace", "cgroup",
                                                      "landlock", "seccomp", "kernel-records",
-                                                     "landlock-audit"}
+                                                     "landlock-audit", "disk-limit"}
     checks = {c["name"]: c for c in report["checks"]}
     # Landlock's audit records are never claimed as a record source: they are not read.
     assert checks["landlock-audit"]["ok"] is False

@@ -119,3 +119,43 @@ def test_the_plan_renders_one_mount_a_line() -> None:
                              "  ro-bind    /a  (plugin code)\n"
                              "  symlink    /lib -> usr/lib  (system libraries)\n"
                              "  note: a note\n")
+
+
+def test_the_runtime_part_is_computed_once_per_host(tmp_path: Path) -> None:
+    from policy_engine.enforcement.host import view
+
+    first = plan_view(_inputs(tmp_path))
+    before = view._runtime_mounts.cache_info()
+    second = plan_view(_inputs(tmp_path, read_paths=(str(tmp_path / "plugin"),)))
+    after = view._runtime_mounts.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+    runtime = [m for m in first.mounts if m.reason == "python runtime"]
+    assert runtime and runtime == [m for m in second.mounts if m.reason == "python runtime"]
+
+
+def test_only_sources_the_plugin_cannot_reach_are_staged(tmp_path: Path) -> None:
+    from policy_engine.enforcement.host import bwrap
+
+    closed = tmp_path / "closed"
+    (closed / "inner").mkdir(parents=True)
+    closed.chmod(0o700)
+    (tmp_path / "open").mkdir()
+    tmp_path.chmod(0o755)
+    uid = os.getuid() + 12345  # neither the owner nor in the group
+    plan = ViewPlan("demo", (Mount(MountKind.RO_BIND, str(closed / "inner"), str(closed / "inner")),
+                             Mount(MountKind.RO_BIND, str(tmp_path / "open"), str(tmp_path / "open"))))
+    reachable = all(os.stat(p).st_mode & 0o001 for p in tmp_path.parents)
+    sources, steps = bwrap._staging(plan, uid, uid)
+    assert str(closed / "inner") in sources
+    assert (str(tmp_path / "open") in sources) is not reachable
+    assert len(steps) == len(sources)
+    # The owner of the closed directory reaches it: nothing of it needs staging.
+    own = bwrap._staging(plan, os.getuid(), os.getgid())[0]
+    assert str(closed / "inner") not in own or not reachable
+
+
+def test_a_path_granted_read_and_write_is_bound_writable(tmp_path: Path) -> None:
+    both = tmp_path / "both.txt"
+    both.write_text("x")
+    plan = plan_view(_inputs(tmp_path, read_paths=(str(both),), write_paths=(str(both),)))
+    assert _by_dest(plan)[str(both)].kind is MountKind.BIND

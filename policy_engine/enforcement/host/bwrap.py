@@ -7,8 +7,9 @@ memfd), so the grants never show in ``ps``; synthetic files go through memfds as
 On a root host bwrap would map the sandbox's uid to root outside, and a root service must not
 depend on unprivileged user namespaces (distributions restrict them). So the host makes the
 user namespace itself: the child it forks (still root) enters a private mount namespace,
-stages every bind source at a path the plugin's uid can traverse (the runtime often sits
-under a directory only root can enter), unshares the user namespace and waits; the host
+stages each bind source the plugin's uid could not reach at a path it can traverse (the
+runtime often sits under a directory only root can enter; a source it can reach is bound by
+bwrap where it is), unshares the user namespace and waits; the host
 writes its uid and gid maps (``0`` inside is the plugin's uid outside); the child becomes
 ``0`` of that namespace and runs bwrap, which nests the sandbox's own user namespace
 (``--unshare-user --disable-userns``) with the plugin's uid inside. Off root, bwrap makes
@@ -165,18 +166,45 @@ def _prepare_stage_dir() -> None:
                                "only by it; refusing to stage sandbox mounts there")
 
 
-def _staging(plan: ViewPlan) -> tuple[dict[str, str], list[tuple[bytes, bytes, bool]]]:
-    """Where each bind source is staged, and the (source, target, is_dir) mounts to make."""
+def _staging(plan: ViewPlan, uid: int, gid: int
+             ) -> tuple[dict[str, str], list[tuple[bytes, bytes, bool]]]:
+    """Where each bind source the plugin's uid cannot reach is staged, and the (source,
+    target, is_dir) mounts to make. A source every ancestor of which the uid can search is
+    bound by bwrap from where it is: each staged bind is a mount in the child on every
+    cold start."""
     sources: dict[str, str] = {}
     steps: list[tuple[bytes, bytes, bool]] = []
     for mount in plan.mounts:
-        if mount.kind not in (MountKind.RO_BIND, MountKind.BIND) or mount.source in sources:
+        if mount.kind not in (MountKind.RO_BIND, MountKind.BIND) or mount.source in sources \
+                or _reachable(mount.source, uid, gid):
             continue
-        target = f"{STAGE_DIR}/{len(sources)}"
+        target = f"{STAGE_DIR}/{len(steps)}"
         sources[mount.source] = target
         steps.append((os.fsencode(mount.source), os.fsencode(target),
                       os.path.isdir(mount.source)))
     return sources, steps
+
+
+def _reachable(path: str, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` (no supplementary groups) may search every directory above
+    ``path``; a path whose ancestors cannot be examined counts as unreachable."""
+    parent = os.path.dirname(os.path.normpath(path))
+    while True:
+        try:
+            info = os.stat(parent)
+        except OSError:
+            return False
+        if info.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return False
+        if parent == "/":
+            return True
+        parent = os.path.dirname(parent)
 
 
 def spawn(plan: ViewPlan, options: SandboxOptions, command: Sequence[str], *,
@@ -191,7 +219,7 @@ def spawn(plan: ViewPlan, options: SandboxOptions, command: Sequence[str], *,
     steps: list[tuple[bytes, bytes, bool]] = []
     if root:
         _prepare_stage_dir()
-        sources, steps = _staging(plan)
+        sources, steps = _staging(plan, options.uid, options.gid)
     fds: list[int] = []
     try:
         data_fds = {m.dest: _memfd("view", m.data.encode()) for m in plan.mounts
@@ -212,6 +240,24 @@ def spawn(plan: ViewPlan, options: SandboxOptions, command: Sequence[str], *,
             os.close(fd)
 
 
+def _stage(libc: _Libc, steps: list[tuple[bytes, bytes, bool]]) -> None:
+    """In the child: a private mount namespace with each step's source bound under the
+    staging tmpfs (between fork and exec, like its caller)."""
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "making mounts private")
+    if libc.mount(b"tmpfs", STAGE_DIR.encode(), b"tmpfs", 0, b"mode=0755") != 0:
+        raise OSError(ctypes.get_errno(), "mounting the staging tmpfs")
+    for source, target, is_dir in steps:
+        if is_dir:
+            os.mkdir(target, 0o755)
+        else:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o444))
+        if libc.mount(source, target, None, _MS_BIND | _MS_REC, None) != 0:
+            raise OSError(ctypes.get_errno(), f"staging {source!r}")
+
+
 def _spawn_as_root(argv: list[str], options: SandboxOptions,
                    steps: list[tuple[bytes, bytes, bool]], keep: Sequence[int],
                    stdout: int | None, stderr: int | None) -> subprocess.Popen[bytes]:
@@ -222,19 +268,8 @@ def _spawn_as_root(argv: list[str], options: SandboxOptions,
 
     def child() -> None:  # between fork and exec: no locks, no imports, no allocation-heavy work
         os.setgroups([])
-        if libc.unshare(_CLONE_NEWNS) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-        if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-            raise OSError(ctypes.get_errno(), "making mounts private")
-        if libc.mount(b"tmpfs", STAGE_DIR.encode(), b"tmpfs", 0, b"mode=0755") != 0:
-            raise OSError(ctypes.get_errno(), "mounting the staging tmpfs")
-        for source, target, is_dir in steps:
-            if is_dir:
-                os.mkdir(target, 0o755)
-            else:
-                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o444))
-            if libc.mount(source, target, None, _MS_BIND | _MS_REC, None) != 0:
-                raise OSError(ctypes.get_errno(), f"staging {source!r}")
+        if steps:
+            _stage(libc, steps)
         if libc.unshare(_CLONE_NEWUSER) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
         os.write(pid_write, str(os.getpid()).encode())

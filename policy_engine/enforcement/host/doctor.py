@@ -35,7 +35,7 @@ from ...risks import (
 )
 from ...settings import Isolation
 from ...table import PinStatus
-from . import bwrap, kernel
+from . import bwrap, disk, kernel
 from .spec import kernel_grants
 
 __all__ = ["LAYERS", "RISK_FOR_LAYER", "Check", "Preflight", "PluginLevel", "accepted_risks",
@@ -306,6 +306,13 @@ def _landlock_audit_check(abi: int) -> Check:
              False: "the audit subsystem is disabled", True: "the audit subsystem is enabled"}
     return Check("landlock-audit", False, f"Landlock ABI {abi} logs denials to the audit "
                                           f"subsystem; {state[enabled]}; {unread}")
+def _disk_check() -> Check:
+    """``limit disk``: how this host holds it (not a layer: only plugins with one need it)."""
+    why = disk.available()
+    if why:
+        return Check("disk-limit", False, why)
+    return Check("disk-limit", True, "data directory on a loop-mounted ext4 image of the "
+                                     "limit's size and file count (ENOSPC)")
 
 
 def preflight(engine: Any = None) -> Preflight:
@@ -321,13 +328,15 @@ def preflight(engine: Any = None) -> Preflight:
               if features.seccomp else "libseccomp or kernel support missing"),
         _kernel_records_check(),
         _landlock_audit_check(features.landlock_abi),
+        _disk_check(),
     )
     plugins: list[PluginLevel] = []
     if engine is not None:
         for name in _names(engine.plugins):
             own = plugin_layers(engine, name, layers)
+            refusals = [plugin_refusal(engine, name, layers), disk.disk_limit_refusal(engine, name)]
             plugins.append(PluginLevel(name, isolation_level(own), own,
-                                       plugin_refusal(engine, name, layers)))
+                                       "; ".join(r for r in refusals if r)))
     return Preflight(checks, layers, isolation_level(layers), tuple(plugins))
 
 

@@ -34,6 +34,7 @@ from ...settings import Isolation
 from ..inprocess.runner import DeadlineExceeded, InprocessRunner, call_with_deadline
 from . import doctor, kernel
 from .capabilities import HookRegistry
+from .disk import disk_limit_refusal
 from .monitor import ResourceMonitor
 from .permission_manager import PermissionManager
 from .runners import HostServices, InprocessPluginRunner, ProcessRunner, Runner
@@ -313,6 +314,9 @@ class PluginSandbox:
         inexact = inexact_deny_refusal(self.engine, name, str(self.data_dir / name))
         if inexact:
             raise PluginValidationError(name, inexact)
+        refusal = disk_limit_refusal(self.engine, name)
+        if refusal is not None:
+            raise PluginValidationError(name, [refusal])
         plugin_path = metadata.plugin_path
         if plugin_path is None:
             raise PluginValidationError(name, ["the manifest came without a plugin directory"])

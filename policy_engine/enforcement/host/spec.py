@@ -17,6 +17,7 @@ from ...exactness import inexact_reason, is_under, mask_path
 from ...families import kernel_actions
 from ...patterns import HostPattern, PathPattern, Pattern
 from ...permissions import Permission
+from ...risks import MISSING_DISK_LIMIT
 from ...table import (
     ActionEntry,
     PinStatus,
@@ -223,7 +224,15 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
 def resource_limits(engine: Engine, plugin: str) -> ResourceLimits:
     """The supervisor's sampler limits for ``plugin``."""
     limits, timeouts = engine.limits(plugin), engine.timeouts(plugin)
+    disk_bytes, disk_files = limits.disk, limits.disk_files
+    if disk_bytes and MISSING_DISK_LIMIT in engine.effective(plugin).accepted_risks:
+        from .disk import available
+
+        if available():  # accepted: the directory stays unlimited where it cannot be held
+            disk_bytes = disk_files = 0
     return ResourceLimits(
+        disk_bytes=disk_bytes,
+        disk_files=disk_files if disk_bytes else 0,
         memory_bytes=limits.memory,
         memory_warn_fraction=limits.memory_warn,
         cpu_share=limits.cpu,

@@ -63,6 +63,7 @@ from ..worker.lockdown import LockdownSpec
 from ..worker.main import BOOTSTRAP
 from ..worker.remote import exception_from_data, exception_to_data
 from . import kernel, reaper
+from .bytecode import worker_bytecode_dir
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 
@@ -232,6 +233,7 @@ class WorkerProcess:
         self._violation: EnforcementError | None = None
         self._report: IsolationReport | None = None
         self._sandbox = sandbox
+        self._disk_dir: str | None = None  # a data directory this worker mounted (limit disk)
         self._identities = identities
         self._sandboxed = False  # the current worker runs under bubblewrap
         self._identity = (os.getuid(), os.getgid())
@@ -336,6 +338,11 @@ class WorkerProcess:
             self._kill()
         with self._call_lock:
             self._shutdown()
+            disk_dir, self._disk_dir = self._disk_dir, None
+        if disk_dir is not None:  # restarts keep it; the last stop detaches it (data kept)
+            from .disk import unmount_data_dir
+
+            unmount_data_dir(disk_dir)
 
     def __enter__(self) -> WorkerProcess:
         return self
@@ -460,6 +467,10 @@ class WorkerProcess:
             gid = spec.run_as_gid if spec.run_as_gid is not None else spec.run_as_uid
             # The worker loses root before it runs plugin code; its scratch must stay its own.
             os.chown(spec.scratch_dir, spec.run_as_uid, gid)
+        if init.limits.disk_bytes and init.data_dir:
+            uid = spec.run_as_uid if spec.run_as_uid is not None else os.geteuid()
+            gid = spec.run_as_gid if spec.run_as_gid is not None else uid
+            self._mount_disk(init, uid, gid)
         return spec
 
     def _use_sandbox(self) -> bool:
@@ -476,12 +487,24 @@ class WorkerProcess:
             # The plugin's own uid: RLIMIT_NPROC, counted per uid, is its pids limit.
             spec = replace(spec, nproc=SANDBOX_TASKS)
         self._identity = _sandbox_identity(init.plugin, self._identities)
+        if init.limits.disk_bytes and init.data_dir:
+            self._mount_disk(init, *self._identity)
         for path in dict.fromkeys([spec.scratch_dir, init.data_dir or spec.scratch_dir]):
             os.makedirs(path, mode=0o700, exist_ok=True)
             if os.geteuid() == 0:
                 os.chown(path, self._identity[0], self._identity[1])
             os.chmod(path, 0o700)
         return spec
+
+    def _mount_disk(self, init: WorkerInit, uid: int, gid: int) -> None:
+        """``limit disk``: the data directory on its capped image, before the worker starts
+        (fail closed: no worker without it)."""
+        from .disk import DiskLimit, mount_data_dir
+
+        assert init.data_dir is not None
+        mount_data_dir(init.data_dir, DiskLimit(init.limits.disk_bytes, init.limits.disk_files),
+                       uid, gid)
+        self._disk_dir = init.data_dir
 
     def _spawn_sandboxed(self, child_sock: socket.socket,
                          spec: LockdownSpec) -> subprocess.Popen[bytes]:
@@ -495,7 +518,8 @@ class WorkerProcess:
         fd = child_sock.fileno()
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
         # In its PID namespace the worker's parent is bwrap's reaper, pid 1.
-        command = [self._python, *flags, "-c", BOOTSTRAP, package_dir, "1", str(fd)]
+        command = [self._python, *flags, "-c", BOOTSTRAP, package_dir,
+                   worker_bytecode_dir(package_dir), "1", str(fd)]
         # Never the host's network: an empty namespace, the broker is the only route out.
         options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
                                        env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
@@ -508,7 +532,8 @@ class WorkerProcess:
         # -I ignores the environment, so mirror the host's choice about writing bytecode.
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
         return subprocess.Popen(
-            [self._python, *flags, "-c", BOOTSTRAP, package_dir, str(os.getpid()), str(fd)],
+            [self._python, *flags, "-c", BOOTSTRAP, package_dir,
+             worker_bytecode_dir(package_dir), str(os.getpid()), str(fd)],
             env=dict(_WORKER_ENV),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -952,7 +977,7 @@ def view_inputs(init: WorkerInit, spec: LockdownSpec, *, python: str, uid: int,
         package_dir=package_dir, import_roots=init.sys_path, uid=uid, gid=gid,
         allow_subprocess=spec.allow_subprocess, allow_network=spec.allow_network,
         tmp_bytes=cap, shm_bytes=cap, masks=spec.mask_paths, throwaway=spec.throwaway_paths,
-        throwaway_bytes=cap)
+        throwaway_bytes=cap, bytecode_dir=worker_bytecode_dir(package_dir))
 
 
 def _sandbox_identity(plugin: str, identities: IdentityMap | None) -> tuple[int, int]:

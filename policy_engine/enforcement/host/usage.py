@@ -41,6 +41,10 @@ class ResourceLimits:
     on_violation: OnViolation = "terminate"
     init_timeout: float = 10.0  # seconds for start-up, lockdown, import and initialize()
     sample_interval: float = 0.1
+    #: ``limit disk``: bytes and files of the data directory, held by the kernel (a capped
+    #: filesystem image, :mod:`.disk`); 0 is no limit. Host-side only: not in the init frame.
+    disk_bytes: int = 0
+    disk_files: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict, for the init frame."""

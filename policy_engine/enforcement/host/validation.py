@@ -18,6 +18,7 @@ from ...plugin_api import PLUGIN_BASES
 from ...risks import INEXACT_DENY, UNPINNED_INPROCESS
 from ...settings import Isolation
 from ...table import PinStatus
+from .disk import disk_limit_refusal
 from .scan import CodeFinding, scan_plugin
 from .spec import inexact_denies
 
@@ -61,6 +62,9 @@ def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
         if refusal is not None:
             errors.append(refusal)
         errors.extend(inexact_deny_refusal(engine, metadata.name))
+        disk_refusal = disk_limit_refusal(engine, metadata.name)
+        if disk_refusal is not None:
+            errors.append(disk_refusal)
     findings: tuple[CodeFinding, ...] = ()
     if scan and metadata.plugin_path is not None and metadata.plugin_path.is_dir():
         findings = scan_plugin(metadata.plugin_path)

@@ -5,7 +5,8 @@ Nothing exists inside the sandbox unless an entry here puts it there: the Python
 data a Python program needs (timezone data, CA bundle, locale archive), a synthetic
 ``/etc/passwd`` and ``/etc/group`` for the plugin's uid, the plugin's code read-only, its data
 directory read-write, and each granted path bound as granted. The plan is data: the launcher
-(:mod:`.bwrap`) turns it into arguments, :meth:`ViewPlan.render` prints it.
+(:mod:`.bwrap`) turns it into arguments, :meth:`ViewPlan.render` prints it. The part that
+depends only on the host (the runtime and system data) is computed once per host process.
 
 Bind sources are resolved component by component without following symlinks: a symlink on
 the way becomes a symlink entry in the view (so ``/lib64/ld-linux-x86-64.so.2`` works on a
@@ -105,6 +106,7 @@ class ViewInputs:
     #: nothing the plugin writes reaches the host.
     throwaway: tuple[str, ...] = ()
     throwaway_bytes: int = 16 * 1024 * 1024
+    bytecode_dir: str = ""  # the host's bytecode cache of this package (host/bytecode.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,24 +271,13 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
                            "/usr/sbin/nologin\n"))
     builder.add(Mount(MountKind.DATA, "/etc/group", reason="synthetic group",
                       data=f"{name}:x:{inputs.gid}:\n"))
-    # Runtime: the interpreter and what it imports and loads.
-    runtime = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-               inputs.python, os.path.realpath(inputs.python), inputs.package_dir,
-               *worker_sys_path(inputs.python)]
-    for path in runtime:
-        builder.expose(path, "python runtime")
+    runtime, runtime_notes = _runtime_mounts(inputs.python, inputs.package_dir,
+                                             inputs.bytecode_dir)
+    for mount in runtime:
+        builder.add(mount)
+    builder.notes += runtime_notes
     for path in inputs.import_roots:
         builder.expose(path, "plugin import root")
-    for path in (*_ELF_INTERPRETERS, *_library_dirs()):
-        builder.expose(path, "system libraries")
-    for path in _SYSTEM_FILES:
-        builder.expose(path, "system libraries")
-    for path in _ZONEINFO:
-        builder.expose(path, "timezone data")
-    for path in _ca_paths():
-        builder.expose(path, "CA certificates")
-    for path in _LOCALE:
-        builder.expose(path, "locale data")
     if inputs.allow_subprocess:
         for path in (*_PROGRAM_DIRS, *_PROGRAM_FILES):
             builder.expose(path, "programs (subprocess granted)")
@@ -299,11 +290,13 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     for path in inputs.data_dirs:
         if not builder.expose(path, "plugin data", writable=True):
             builder.add(Mount(MountKind.BIND, path, path, "plugin data, created at start"))
-    for path in _sorted(inputs.read_paths):
-        if not builder.expose(path, "granted file:read"):
-            builder.notes.append(f"granted `{path}` does not exist: left out")
+    # Writes first: a path granted both ways is bound writable (the first bind of a
+    # destination stands), and Landlock gives it read and write.
     for path in _sorted(inputs.write_paths):
         if not builder.expose(path, "granted file:write", writable=True):
+            builder.notes.append(f"granted `{path}` does not exist: left out")
+    for path in _sorted(inputs.read_paths):
+        if not builder.expose(path, "granted file:read"):
             builder.notes.append(f"granted `{path}` does not exist: left out")
     for path in _sorted(inputs.throwaway):
         # Over the host's directory when it exists (its content is hidden, never changed).
@@ -312,6 +305,36 @@ def plan_view(inputs: ViewInputs) -> ViewPlan:
     for path in inputs.masks:
         _mask(builder, path)
     return ViewPlan(inputs.plugin, _in_mount_order(builder.mounts), tuple(builder.notes))
+
+
+@functools.cache
+def _runtime_mounts(python: str, package_dir: str,
+                    bytecode_dir: str = "") -> tuple[tuple[Mount, ...], tuple[str, ...]]:
+    """The part of every view that depends only on the host: the interpreter, what it
+    imports and loads, and the system data a Python program needs.
+
+    Computed once per host process and interpreter (resolving each path component by
+    component and reading this process's loaded libraries costs milliseconds on every cold
+    start otherwise); a runtime changed under a running host needs a host restart anyway.
+    """
+    builder = _Builder()
+    runtime = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+               python, os.path.realpath(python), package_dir, *worker_sys_path(python)]
+    for path in runtime:
+        builder.expose(path, "python runtime")
+    if bytecode_dir:
+        builder.expose(bytecode_dir, "bytecode of the worker's own modules")
+    for path in (*_ELF_INTERPRETERS, *_library_dirs()):
+        builder.expose(path, "system libraries")
+    for path in _SYSTEM_FILES:
+        builder.expose(path, "system libraries")
+    for path in _ZONEINFO:
+        builder.expose(path, "timezone data")
+    for path in _ca_paths():
+        builder.expose(path, "CA certificates")
+    for path in _LOCALE:
+        builder.expose(path, "locale data")
+    return tuple(builder.mounts), tuple(builder.notes)
 
 
 def _mask(builder: _Builder, path: str) -> None:

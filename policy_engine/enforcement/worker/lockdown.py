@@ -32,6 +32,7 @@ from typing import Any
 from ...implicit import CODE_SUFFIXES, DEVICES, implicit_reads
 from ..wire import IsolationReport, isolation_level
 from . import landlock, seccomp
+from .bytecode import cache_in_use
 
 __all__ = ["LISTENED", "AppliedLockdown", "LockdownSpec", "ParentGoneError", "apply_lockdown",
            "kernel_extras", "landlock_plan"]
@@ -410,6 +411,7 @@ def _interpreter_paths() -> list[str]:
     paths += [entry for entry in sys.path if entry and os.path.isabs(entry)]
     # This package: the worker imports it lazily (tracebacks, error classes).
     paths.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    paths.append(cache_in_use())  # the host's bytecode of this package, when it serves
     return [p for p in dict.fromkeys(paths) if os.path.exists(p)]
 
 

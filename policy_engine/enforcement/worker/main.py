@@ -60,6 +60,7 @@ from ..wire import (
     send_frame_with_fds,
 )
 from .audit import AuditGuard
+from .bytecode import cache_in_use
 from .checker import make_checker
 from .lockdown import LockdownSpec, ParentGoneError, apply_lockdown
 from .remote import exception_from_data, exception_to_data
@@ -77,14 +78,22 @@ __all__ = ["BOOTSTRAP", "WorkerContext", "main"]
 #: putting that directory's parent on ``sys.path`` (which may hold anything). The package's
 #: ``__init__`` is lazy (PEP 562), so ``from policy_engine import BasePlugin`` in plugin code
 #: loads the plugin API alone, never the parser or schemas.
-#: argv: package directory, host pid, IPC file descriptor.
+#: With a bytecode cache directory (the host's, see :mod:`.bytecode`; empty for none) the
+#: package's modules load from it, the bytecode loader itself from source.
+#: argv: package directory, bytecode cache directory, host pid, IPC file descriptor.
 BOOTSTRAP = (
     "import sys,importlib.util as u\n"
-    "d=sys.argv[1];s=u.spec_from_file_location('policy_engine',d+'/__init__.py',"
+    "d,c=sys.argv[1:3];L=None\n"
+    "if c:\n"
+    " n='policy_engine.enforcement.worker.bytecode'\n"
+    " s=u.spec_from_file_location(n,d+'/enforcement/worker/bytecode.py')\n"
+    " b=u.module_from_spec(s);sys.modules[n]=b;s.loader.exec_module(b)\n"
+    " L=b.install(d,c)('policy_engine',d+'/__init__.py')\n"
+    "s=u.spec_from_file_location('policy_engine',d+'/__init__.py',loader=L,"
     "submodule_search_locations=[d])\n"
     "p=u.module_from_spec(s);sys.modules['policy_engine']=p;s.loader.exec_module(p)\n"
     "from policy_engine.enforcement.worker.main import main\n"
-    "raise SystemExit(main(sys.argv[2:]))\n"
+    "raise SystemExit(main(sys.argv[3:]))\n"
 )
 
 _MAX_LOG_MESSAGE = 8 * 1024
@@ -325,6 +334,8 @@ class _Worker:
 
     def _implicit_read(self) -> ImplicitReads:
         extra = tuple(p for p in sys.path if p and os.path.isabs(p))  # the worker's own path
+        if cache_in_use():
+            extra += (cache_in_use(),)  # its own modules' bytecode (lazy imports read it)
         return implicit_reads(self.spec.plugin_dir, scratch_dir=self.spec.scratch_dir,
                               extra_paths=extra)
 
