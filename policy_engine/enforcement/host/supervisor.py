@@ -450,7 +450,9 @@ class WorkerProcess:
             fds[0], plugin=init.plugin, decide=self._syscall_decide,
             plugin_dir=spec.plugin_dir, scratch_dir=spec.scratch_dir,
             # Audit mode records those too (the kernel plan's extras serve its own wide grants).
-            passthrough=kernel_extras(spec, devices_only=self._audit),
+            passthrough=(*kernel_extras(spec, devices_only=self._audit),
+                         # this package's bytecode cache: part of the runtime
+                         *filter(None, [worker_bytecode_dir(_PACKAGE_DIR)])),
             import_roots=init.sys_path, audit=self._audit,
             may_exec=spec.allow_subprocess, on_cpu=charge)
         self._listener.start()
