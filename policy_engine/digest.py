@@ -26,6 +26,7 @@ from .errors import PluginTreeError
 __all__ = [
     "ALGORITHM",
     "DIGEST_PREFIX",
+    "is_python_source",
     "OLD_ALGORITHM",
     "PluginTree",
     "plugin_digest",
@@ -120,6 +121,12 @@ def read_plugin_tree(plugin_dir: str | os.PathLike[str], *, keep: Callable[[str]
     paths = tuple(os.fsdecode(relative) for relative, _, _ in walk.entries)
     return PluginTree(root, DIGEST_PREFIX + digest.hexdigest(), paths,
                       MappingProxyType(dict(sorted(walk.kept.items()))), walk.total)
+
+
+def is_python_source(relative: str) -> bool:
+    """Whether a file of a plugin directory (relative POSIX path) is a module source the
+    loaders compile: a ``.py`` outside ``__pycache__``."""
+    return relative.endswith(".py") and "/__pycache__/" not in f"/{relative}"
 
 
 def trust_line(plugin: str, digest: str) -> str:
