@@ -158,16 +158,26 @@ class _DigestedFinder:
     def _spec(self, fullname: str, relative: str, *, package: str | None) -> importlib.machinery.ModuleSpec:
         origin = os.path.join(self.tree.root, relative)
         loader = _DigestedLoader(self.tree.sources[relative], origin)
-        spec = importlib.util.spec_from_loader(fullname, loader, origin=origin, is_package=package is not None)
-        assert spec is not None
+        spec = _Spec(fullname, loader, origin=origin, is_package=package is not None)
         spec.has_location = True  # __file__ is the origin
-        spec.cached = None  # no bytecode, anywhere, for a plugin's module
         if package is not None:
             spec.submodule_search_locations = [os.path.join(self.tree.root, package)]
         return spec
 
     def invalidate_caches(self) -> None:
         """Nothing to invalidate: the sources never change."""
+
+
+class _Spec(importlib.machinery.ModuleSpec):
+    """A spec with no bytecode path (the stock one derives ``__cached__`` from the origin)."""
+
+    @property
+    def cached(self) -> str | None:
+        return None
+
+    @cached.setter
+    def cached(self, value: str | None) -> None:
+        pass  # nothing is cached for a plugin's module, whatever anyone sets
 
 
 class _DigestedLoader(_LoaderBase):
