@@ -22,6 +22,7 @@ import pytest
 
 from policy_engine import Engine, PluginValidationError
 from policy_engine.digest import plugin_digest, trust_line
+from policy_engine.enforcement.host import loader as loader_module
 from policy_engine.enforcement.host import sandbox as sandbox_module
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.sandbox import PluginSandbox
@@ -182,21 +183,22 @@ def test_a_file_swapped_between_the_check_and_the_start_never_runs(
 def test_a_manifest_swapped_during_the_load_is_refused(
     tmp_path: Path, plugin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The engine decided on a manifest that asks for more; the pinned one is back by the
-    # time the files are digested: the load is refused, not run with the swapped grants.
+    # The loader reads a manifest that asks for more; the pinned one is back by the time
+    # the engine digests the files, so the pin matches: the load is refused all the same,
+    # never run with the swapped manifest's grants.
     policy = pinned(plugin) + 'allow plugin * to file:read on "/srv/**"\n'
-    with make_loader(tmp_path, plugin, policy) as loader:
-        original = (plugin / "plugin.yaml").read_text()
+    original = (plugin / "plugin.yaml").read_text()
+    real = loader_module.load_manifest
+
+    def read_then_restore(path: Any) -> Any:
         (plugin / "plugin.yaml").write_text(original + "  - file:read /srv/**\n")
-        real = PluginSandbox.validate_plugin
+        metadata = real(path)
+        (plugin / "plugin.yaml").write_text(original)
+        return metadata
 
-        def validate_then_restore(self: PluginSandbox, metadata: Any) -> Any:
-            result = real(self, metadata)
-            (plugin / "plugin.yaml").write_text(original)
-            return result
-
-        monkeypatch.setattr(PluginSandbox, "validate_plugin", validate_then_restore)
-        with pytest.raises(PluginValidationError):
+    with make_loader(tmp_path, plugin, policy) as loader:
+        monkeypatch.setattr(loader_module, "load_manifest", read_then_restore)
+        with pytest.raises(PluginValidationError, match="is not the pinned `plugin.yaml`"):
             loader.load(plugin)
 
 
