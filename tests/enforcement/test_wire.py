@@ -419,6 +419,7 @@ WORKER_ALLOWED = {
     "policy_engine.enforcement.worker.audit", "policy_engine.enforcement.worker.checker",
     "policy_engine.enforcement.worker.lockdown", "policy_engine.enforcement.worker.landlock",
     "policy_engine.enforcement.worker.seccomp", "policy_engine.enforcement.worker.remote",
+    "policy_engine.enforcement.worker.modules",
 }
 NEVER = ("lark", "yaml", "jsonschema", "psutil")
 

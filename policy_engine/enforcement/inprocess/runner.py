@@ -36,7 +36,7 @@ from ...digest import PluginTree, is_python_source, read_plugin_tree
 from ...errors import EnforcementError, PluginTimeoutError, PluginValidationError
 from ...implicit import implicit_reads
 from ..worker.audit import AuditGuard
-from ..worker.modules import DigestedSources, install
+from ..worker.modules import DigestedSources, install, uninstall
 
 __all__ = ["ActivePlugin", "InprocessRunner", "active_plugin", "install_audit_hook", "running_as"]
 
@@ -260,6 +260,10 @@ class InprocessRunner:
         if not isinstance(cls, type):
             raise PluginValidationError(self.name, [f"entry point `{self.entry_point}` names no class"])
         return cls
+
+    def forget_sources(self) -> None:
+        """Stop serving the plugin directory's imports (the plugin was unloaded)."""
+        uninstall(str(self.plugin_dir))
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
              timeout: float, phase: str) -> Any:
