@@ -14,6 +14,7 @@ import os
 import py_compile
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,16 @@ class Plugin(BaseAgentPlugin):
         from integ import old
         return old.VALUE
 
+    def boom(self):
+        from integ import fail
+        fail.boom()
+
     def cached(self):
         return getattr(helper, "__cached__", None), helper.__spec__.cached
 """
 GOOD = 'VALUE = "pinned"\n'
 EVIL = 'VALUE = "evil!!"\n'  # the same size as GOOD: size and mtime checks cannot tell
+FAIL = 'def boom():\n    raise ValueError("the pinned line")\n'
 
 
 def make_plugin(root: Path) -> Path:
@@ -92,6 +98,7 @@ def make_plugin(root: Path) -> Path:
     (plugin / "integ" / "plugin.py").write_text(PLUGIN)
     (plugin / "integ" / "helper.py").write_text(GOOD)
     (plugin / "integ" / "later.py").write_text(GOOD)
+    (plugin / "integ" / "fail.py").write_text(FAIL)
     return plugin
 
 
@@ -290,3 +297,15 @@ def test_the_worker_writes_no_bytecode_into_the_plugin_directory(tmp_path: Path,
         assert loaded.run() == "pinned" and loaded.lazy() == "pinned"
     assert plugin_digest(plugin) == before
     assert not list(plugin.rglob("__pycache__"))
+
+
+def test_a_traceback_shows_the_lines_that_ran(tmp_path: Path, plugin: Path, mode: str) -> None:
+    with make_loader(tmp_path, plugin, pinned(plugin, isolation(mode))) as loader:
+        loaded = loader.load(plugin)
+        (plugin / "integ" / "fail.py").write_text('def boom():\n    raise ValueError("a decoy")\n')
+        with pytest.raises((EnforcementError, ValueError)) as caught:
+            loaded.boom()
+    error = caught.value
+    text = getattr(error, "remote_traceback", "") or "".join(
+        traceback.format_exception(type(error), error, error.__traceback__))
+    assert 'raise ValueError("the pinned line")' in text and "a decoy" not in text
