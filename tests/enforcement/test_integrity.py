@@ -309,3 +309,11 @@ def test_a_traceback_shows_the_lines_that_ran(tmp_path: Path, plugin: Path, mode
     text = getattr(error, "remote_traceback", "") or "".join(
         traceback.format_exception(type(error), error, error.__traceback__))
     assert 'raise ValueError("the pinned line")' in text and "a decoy" not in text
+
+
+def test_an_inprocess_reload_runs_the_newly_pinned_code(tmp_path: Path, plugin: Path) -> None:
+    with make_loader(tmp_path, plugin, pinned(plugin, INPROCESS)) as loader:
+        assert loader.load(plugin).run() == "pinned"
+    (plugin / "integ" / "helper.py").write_text('VALUE = "renewed"\n')
+    with make_loader(tmp_path, plugin, pinned(plugin, INPROCESS)) as loader:
+        assert loader.load(plugin).run() == "renewed"  # not the module of the first load

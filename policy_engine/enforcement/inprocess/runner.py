@@ -248,6 +248,8 @@ class InprocessRunner:
             raise PluginValidationError(self.name, [
                 f"module `{root}` is already imported from elsewhere; in-process plugins need unique module names"
             ])
+        # Modules of an earlier load of this directory are an earlier read's code: import anew.
+        self._forget_modules()
         install(DigestedSources(str(self.plugin_dir), self.code.digest, self.code.files,
                                 self.code.paths))
         sys.path.insert(0, str(self.plugin_dir))
@@ -262,8 +264,16 @@ class InprocessRunner:
         return cls
 
     def forget_sources(self) -> None:
-        """Stop serving the plugin directory's imports (the plugin was unloaded)."""
+        """Stop serving the plugin directory's imports and drop its modules (unloaded)."""
         uninstall(str(self.plugin_dir))
+        self._forget_modules()
+
+    def _forget_modules(self) -> None:
+        for name, module in list(sys.modules.items()):
+            locations = [getattr(module, "__file__", None),
+                         *list(getattr(module, "__path__", None) or ())]
+            if any(_is_under(str(location), self.plugin_dir) for location in locations if location):
+                sys.modules.pop(name, None)
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
              timeout: float, phase: str) -> Any:
