@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from policy_engine import Engine
-from policy_engine.digest import plugin_digest
+from policy_engine.digest import plugin_digest, trust_line
 
 PLUGINS = 200
 ROUNDS = 20_000
@@ -39,7 +39,7 @@ def _tree(root: Path) -> tuple[Path, Path]:
     policies.mkdir()
     (policies / "site.policy").write_text(
         'allow plugin * to file:read on "/data/**"\n'
-        f'trust plugin "p0" sha256 "{plugin_digest(plugins / "p0")}"\n')
+        + trust_line("p0", plugin_digest(plugins / "p0")) + "\n")
     return policies, plugins
 
 

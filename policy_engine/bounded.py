@@ -99,6 +99,12 @@ class InputLimits:
     log_entries: int = 1_000_000
     #: Characters of one line of a decision log.
     log_line_chars: int = 64 * 1024
+    #: Regular files in one plugin directory (the pin's digest covers every one).
+    plugin_files: int = 10_000
+    #: Bytes of all the files of one plugin directory together.
+    plugin_bytes: int = 64 * 1024 * 1024
+    #: Levels of directories below a plugin directory.
+    plugin_depth: int = 32
 
     def __post_init__(self) -> None:
         for item in fields(self):

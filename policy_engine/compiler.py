@@ -20,6 +20,7 @@ from . import codes, nodes
 from .conditions import PLUGIN_ATTRIBUTES, attributes
 from .decision import RuleRef
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
+from .digest import ALGORITHM, DIGEST_PREFIX, OLD_ALGORITHM
 from .errors import PolicyCompileError
 from .nodes import Effect
 from .patterns import PatternError, compile_pattern
@@ -81,7 +82,8 @@ class CompiledRule:
 
 @dataclass(frozen=True, slots=True)
 class Pin:
-    """``trust plugin "<name>" sha256 "<hex>"``."""
+    """``trust plugin "<name>" sha256-v2 "<hex>"``; ``digest`` is the digest's text,
+    ``sha256-v2:<hex>``, as :func:`policy_engine.digest.plugin_digest` returns it."""
 
     plugin: str
     digest: str
@@ -439,16 +441,23 @@ def _compile_pins(ctx: _Context) -> Mapping[str, Pin]:
         for statement in policy_file.statements:
             if not isinstance(statement, nodes.Trust):
                 continue
-            if statement.algorithm != "sha256":
+            if statement.algorithm == OLD_ALGORITHM:
+                ctx.error(f"pin of plugin `{statement.plugin}` uses digest version 1 (`{OLD_ALGORITHM}`), "
+                          "which no longer pins anything", statement.span,
+                          f"version 2 covers every file of the plugin directory; re-pin with the "
+                          f"line `policy-engine digest DIR` prints (`trust plugin ... {ALGORITHM} ...`)",
+                          code=codes.OUTDATED_PIN)
+                continue
+            if statement.algorithm != ALGORITHM:
                 ctx.error(f"unknown digest algorithm `{statement.algorithm}`", statement.span,
-                          "write `sha256`", code=codes.MALFORMED_PIN)
+                          f"write `{ALGORITHM}`", code=codes.MALFORMED_PIN)
                 continue
             if not _HEX64.match(statement.digest):
-                ctx.error(f"malformed sha256 digest `{statement.digest}`", statement.digest_span,
-                          "a sha256 digest is 64 hexadecimal characters; `policy-engine digest DIR` prints it",
+                ctx.error(f"malformed {ALGORITHM} digest `{statement.digest}`", statement.digest_span,
+                          "a digest is 64 hexadecimal characters; `policy-engine digest DIR` prints it",
                           code=codes.MALFORMED_PIN)
                 continue
-            digest = statement.digest.lower()
+            digest = DIGEST_PREFIX + statement.digest.lower()
             previous = pins.get(statement.plugin)
             if previous is not None and previous.digest != digest:
                 ctx.error(f"plugin `{statement.plugin}` is pinned to two different digests", statement.span,

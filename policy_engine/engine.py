@@ -477,8 +477,8 @@ class Engine:
         if manifest.name in policy.pins and manifest.plugin_path is not None:
             try:
                 digest = plugin_digest(manifest.plugin_path)
-            except OSError:
-                digest = "unreadable"
+            except OSError as exc:  # a link or special file, a cap, a read error: no match
+                digest = f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         facts = PluginFacts(
             name=manifest.name,
             plugin_dir=None if manifest.plugin_path is None else str(manifest.plugin_path),

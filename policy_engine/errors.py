@@ -9,6 +9,7 @@
     │   └── PolicySetError          a policy set cannot be read from its source (also a UsageError)
     ├── InputLimitError             an input exceeds one of the caps of policy_engine.bounded
     ├── ManifestError               a plugin.yaml is unreadable or invalid
+    ├── PluginTreeError             (also an OSError) a plugin directory cannot be digested
     ├── PolicyTestError             a *.test.yaml file is unreadable or invalid
     ├── BundleError                 a bundle is refused (signature, digests, layout, serial)
     ├── UsageError                  the library or the CLI was called wrongly
@@ -92,6 +93,19 @@ class ManifestError(PolicyEngineError):
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics = tuple(diagnostics)
         super().__init__(render_all(self.diagnostics))
+
+
+class PluginTreeError(PolicyEngineError, OSError):
+    """A plugin directory cannot be digested: it holds a symbolic link, FIFO, socket or
+    device, goes over a cap of :data:`policy_engine.bounded.DEFAULT_LIMITS`, or a file changed
+    while it was read. ``path`` is the offending entry."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class PolicyTestError(PolicyEngineError):

@@ -228,7 +228,7 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Trust:
-    """``trust plugin "<name>" sha256 "<hex>"``."""
+    """``trust plugin "<name>" sha256-v2 "<hex>"``; the compiler checks the algorithm."""
 
     plugin: str
     algorithm: str

@@ -13,7 +13,7 @@ from policy_engine import Engine
 from policy_engine import engine as engine_module
 from policy_engine.changes import ChangeDetector, Changes, content_digest, fingerprint
 from policy_engine.decision import Reason
-from policy_engine.digest import plugin_digest
+from policy_engine.digest import plugin_digest, trust_line
 from policy_engine.engine import AUDIT_LOGGER_NAME
 from policy_engine.lifecycle import Origin
 
@@ -143,7 +143,7 @@ def test_manifests_added_changed_removed_are_audit_events(
 def test_a_changed_pinned_plugin_fails_its_pin(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     plugins = tmp_path / "plugins"
     one = _plugin(plugins, "one", "one")
-    (tmp_path / "p.policy").write_text(ALLOW + f'trust plugin "one" sha256 "{plugin_digest(one)}"\n')
+    (tmp_path / "p.policy").write_text(ALLOW + trust_line("one", plugin_digest(one)) + "\n")
     engine = Engine.load(tmp_path / "p.policy", plugins)
     assert engine.decide("one", "file:read", "/data/x").allowed
     caplog.set_level(logging.WARNING, logger=AUDIT_LOGGER_NAME)

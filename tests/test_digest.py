@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from policy_engine.digest import plugin_digest
+from policy_engine.bounded import DEFAULT_LIMITS
+from policy_engine.digest import plugin_digest, read_plugin_tree, trust_line
+from policy_engine.errors import PluginTreeError
 
+KNOWN = "sha256-v2:e523a15de14a98a66be58a9b61411c849e241d25718e9bb5e2610c823f96cd25"
 TREE = {
     "plugin.yaml": b"name: demo\n",
     "demo/__init__.py": b"",
@@ -27,31 +31,44 @@ def make(root: Path, files: dict[str, bytes], order: list[str] | None = None) ->
     return root
 
 
-def reference(entries: list[tuple[bytes, bytes, bytes]]) -> str:
-    """The docstring's definition, written out independently: (kind, path, data) triples."""
+def reference(entries: list[tuple[bytes, bytes]]) -> str:
+    """The docstring's definition (version 2), written out independently: (path, data) pairs."""
     digest = hashlib.sha256()
-    for kind, path, data in sorted(entries, key=lambda e: e[1]):
-        digest.update(kind + len(path).to_bytes(8, "big") + path + len(data).to_bytes(8, "big") + data)
-    return digest.hexdigest()
+    for path, data in sorted(entries):
+        digest.update(len(path).to_bytes(8, "big") + path + len(data).to_bytes(8, "big")
+                      + hashlib.sha256(data).digest())
+    return "sha256-v2:" + digest.hexdigest()
 
 
 def test_matches_the_documented_definition(tmp_path: Path) -> None:
     root = make(tmp_path / "p", TREE)
-    expected = reference([(b"f", name.encode(), data) for name, data in TREE.items()])
-    assert plugin_digest(root) == expected
+    assert plugin_digest(root) == reference([(name.encode(), data) for name, data in TREE.items()])
 
 
 def test_known_answer_pins_the_format(tmp_path: Path) -> None:
     # Admins paste digests into policies: the format must never drift silently. The value was
     # checked against printf + sha256sum of the documented byte stream.
     root = make(tmp_path / "p", {"a.py": b"x = 1\n", "pkg/b.txt": b"b"})
-    assert plugin_digest(root) == reference([(b"f", b"a.py", b"x = 1\n"), (b"f", b"pkg/b.txt", b"b")])
-    assert plugin_digest(root) == "44dcfd36f04d32b5349354d5789a738b637d2aa315634151b8e812e4f88301ec"
+    assert plugin_digest(root) == reference([(b"a.py", b"x = 1\n"), (b"pkg/b.txt", b"b")])
+    assert plugin_digest(root) == KNOWN
 
 
 def test_empty_directory_is_sha256_of_nothing(tmp_path: Path) -> None:
     (tmp_path / "p" / "empty-subdir").mkdir(parents=True)
-    assert plugin_digest(tmp_path / "p") == hashlib.sha256(b"").hexdigest()
+    assert plugin_digest(tmp_path / "p") == "sha256-v2:" + hashlib.sha256(b"").hexdigest()
+
+
+def test_the_tree_read_keeps_the_bytes_it_digested(tmp_path: Path) -> None:
+    root = make(tmp_path / "p", TREE)
+    tree = read_plugin_tree(root, keep=lambda path: path.endswith(".py"))
+    assert tree.digest == plugin_digest(root)
+    assert tree.paths == tuple(sorted(TREE))
+    assert dict(tree.files) == {k: v for k, v in TREE.items() if k.endswith(".py")}
+    assert tree.size == sum(len(v) for v in TREE.values())
+
+
+def test_the_trust_line_pins_the_hex_under_the_versioned_algorithm() -> None:
+    assert trust_line('a"b', "sha256-v2:" + "ab" * 32) == 'trust plugin "a\\"b" sha256-v2 "' + "ab" * 32 + '"'
 
 
 def test_stable_across_runs_and_creation_order(tmp_path: Path) -> None:
@@ -94,28 +111,60 @@ def test_mode_insensitive(tmp_path: Path) -> None:
     assert plugin_digest(root) == before
 
 
-def test_bytecode_is_ignored(tmp_path: Path) -> None:
+def test_bytecode_counts_like_any_file(tmp_path: Path) -> None:
+    # Version 1 skipped it, and a planted `__pycache__` ran in place of the pinned source.
     root = make(tmp_path / "p", TREE)
     before = plugin_digest(root)
-    make(root, {"demo/__pycache__/plugin.cpython-311.pyc": b"\x00bytecode", "stale.pyc": b"x"})
-    assert plugin_digest(root) == before
+    make(root, {"demo/__pycache__/plugin.cpython-311.pyc": b"\x00bytecode"})
+    with_cache = plugin_digest(root)
+    assert with_cache != before
+    make(root, {"stale.pyc": b"x"})
+    assert plugin_digest(root) != with_cache
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
-def test_symlinks_are_hashed_as_links_and_never_followed(tmp_path: Path) -> None:
-    root = make(tmp_path / "p", {"target.py": b"x = 1\n", "copy.py": b"x = 1\n"})
-    as_file = plugin_digest(root)
-    (root / "copy.py").unlink()
-    (root / "copy.py").symlink_to("target.py")
-    as_link = plugin_digest(root)
-    assert as_link != as_file
-    assert as_link == reference([(b"f", b"target.py", b"x = 1\n"), (b"l", b"copy.py", b"target.py")])
-
+@pytest.mark.parametrize("where", ["copy.py", "pkg/copy.py", "linked-dir"])
+def test_a_symlink_anywhere_below_is_refused_naming_it(tmp_path: Path, where: str) -> None:
+    root = make(tmp_path / "p", {"target.py": b"x = 1\n", "pkg/a.py": b""})
     outside = make(tmp_path / "outside", {"secret.txt": b"s"})
-    (root / "linked-dir").symlink_to(outside, target_is_directory=True)
-    with_dir_link = plugin_digest(root)
-    (outside / "secret.txt").write_bytes(b"changed")  # not below the plugin: not read
-    assert plugin_digest(root) == with_dir_link
+    (root / where).symlink_to(outside if where == "linked-dir" else root / "target.py")
+    with pytest.raises(PluginTreeError, match="is a symbolic link") as caught:
+        plugin_digest(root)
+    assert caught.value.path == str(root / where) and str(root / where) in str(caught.value)
+    assert isinstance(caught.value, OSError)  # callers that catch OSError keep working
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    root = make(tmp_path / "p", TREE)
+    os.mkfifo(root / "data" / "pipe")
+    with pytest.raises(PluginTreeError, match="`.*pipe` is a FIFO"):
+        plugin_digest(root)
+
+
+def test_a_socket_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    root = make(tmp_path / "p", TREE)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(root / "s"))
+        with pytest.raises(PluginTreeError, match="is a socket"):
+            plugin_digest(root)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(("cap", "value", "tree"), [
+    ("plugin_files", 2, {"a": b"", "b": b"", "c": b""}),
+    ("plugin_bytes", 10, {"a": b"123456", "b": b"123456"}),
+    ("plugin_depth", 2, {"a/b/c/d.py": b""}),
+])
+def test_the_caps_bound_the_walk(tmp_path: Path, cap: str, value: int, tree: dict[str, bytes]) -> None:
+    root = make(tmp_path / "p", tree)
+    limits = dataclasses.replace(DEFAULT_LIMITS, **{cap: value})
+    with pytest.raises(PluginTreeError, match=f"input limit exceeded: .*cap `{cap}`"):
+        plugin_digest(root, limits=limits)
+    assert plugin_digest(root).startswith("sha256-v2:")  # the defaults let it through
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")

@@ -24,7 +24,7 @@ from policy_engine import (
     Reason,
     UsageError,
 )
-from policy_engine.digest import plugin_digest
+from policy_engine.digest import plugin_digest, trust_line
 from policy_engine.manifest import manifest_from_mapping
 from policy_engine.settings import Isolation, Violation
 
@@ -121,7 +121,7 @@ def test_pins(tmp_path: Path) -> None:
     plugin.mkdir()
     (plugin / "m.py").write_text("class C: pass\n")
     digest = plugin_digest(plugin)
-    policy = (f'trust plugin "p" sha256 "{digest}"\nallow plugin * to *\n'
+    policy = (trust_line("p", digest) + '\nallow plugin * to *\n'
               'deny plugin * to subprocess:execute unless plugin.trusted')
     engine = Engine.from_source(policy, [manifest(permissions=["subprocess:execute"], plugin_path=str(plugin))])
     assert engine.decide("p", "subprocess:execute", "ls").allowed
@@ -365,7 +365,7 @@ def test_from_source_takes_plugin_directories_explicitly(tmp_path: Path) -> None
 
 
 def test_a_pinned_plugin_without_a_directory_does_not_match_its_pin() -> None:
-    policy = _SHADOW_POLICY + f'trust plugin "reader" sha256 "{"0" * 64}"\n'
+    policy = _SHADOW_POLICY + f'trust plugin "reader" sha256-v2 "{"0" * 64}"\n'
     engine = Engine.from_source(policy + 'allow plugin * to hook:register when plugin.trusted\n',
                                 [_SHADOW_MANIFEST])
     assert not engine.decide("reader", "hook:register").allowed

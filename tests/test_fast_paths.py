@@ -311,7 +311,7 @@ _EDITS = st.lists(st.tuples(
     st.sampled_from(_PLUGINS),
     st.lists(st.sampled_from(["file:read /srv/**", "hook:register", "database:read db.*", "config:read",
                               "network:request api.example.com:443"]), max_size=3, unique=True),
-    st.sampled_from(["", "defaults { timeout hook 3s }\n", 'trust plugin "q" sha256 "' + "0" * 64 + '"\n']),
+    st.sampled_from(["", "defaults { timeout hook 3s }\n", 'trust plugin "q" sha256-v2 "' + "0" * 64 + '"\n']),
 ), min_size=1, max_size=4)
 
 

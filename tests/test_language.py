@@ -45,7 +45,7 @@ def test_the_reference_policy_parses_into_what_its_comments_say() -> None:
     assert [p.text for p in secrets.patterns or ()] == ["/etc/**", "/home/admin/.ssh/**"]
     subprocess = next(r for r in policy.rules if Permission.SUBPROCESS_EXECUTE in r.permissions)
     assert isinstance(subprocess.unless, nodes.Truthy)
-    assert policy.pins["analytics"].digest.startswith("9f86d081")
+    assert policy.pins["analytics"].digest.startswith("sha256-v2:9f86d081")
     defaults = resolve(policy.defaults, policy.plugin_settings["analytics"])
     assert defaults.timeouts.execute == 600 and defaults.timeouts.init == 30
     assert defaults.limits.memory == 1_000_000_000
@@ -226,7 +226,7 @@ def test_each_compiler_pass_returns_its_typed_part() -> None:
 
     source = ('allow plugin "a" to file:read on "/srv/**"\n'
               'defaults {\n    timeout init 5s\n}\n'
-              'trust plugin "a" sha256 "' + "ab" * 32 + '"\n')
+              'trust plugin "a" sha256-v2 "' + "ab" * 32 + '"\n')
     tree = parse_policy(source, "p.policy")
     ctx = compiler._Context((tree,), {})
     ctx.sources = {"p.policy": source}
@@ -237,5 +237,5 @@ def test_each_compiler_pass_returns_its_typed_part() -> None:
     assert [r.ref.file for r in rules] == ["p.policy"]
     assert isinstance(settings, compiler.Settings) and not settings.per_plugin
     assert settings.defaults != compiler.EMPTY_OVERLAY
-    assert pins["a"].digest == "ab" * 32
+    assert pins["a"].digest == "sha256-v2:" + "ab" * 32
     assert not hasattr(ctx, "result")  # no shared untyped result between passes

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import Diagnostic
-from ..digest import plugin_digest
+from ..digest import ALGORITHM, DIGEST_PREFIX, plugin_digest
 from ..engine import read_policy_sources
 from ..errors import ManifestError, PolicyEngineError, UsageError
 from ..formatter import format_policy, quote
@@ -191,7 +191,7 @@ def _register_fmt(commands: Any) -> None:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    """``digest PLUGIN_DIR``: the sha256 a ``trust`` line pins, and the line itself."""
+    """``digest PLUGIN_DIR``: the ``sha256-v2`` digest a ``trust`` line pins, and the line."""
     directory = Path(args.plugin_dir)
     if not directory.is_dir():
         raise UsageError(f"plugin directory `{directory}` does not exist or is not a directory")
@@ -205,9 +205,9 @@ def cmd_digest(args: argparse.Namespace) -> int:
         digest = plugin_digest(directory)
     except OSError as exc:
         raise UsageError(f"cannot digest `{directory}`: {exc}") from None
-    trust = f"trust plugin {quote(name)} sha256 {quote(digest)}"
+    trust = f"trust plugin {quote(name)} {ALGORITHM} {quote(digest.removeprefix(DIGEST_PREFIX))}"
     if args.json:
-        print_json({"plugin": name, "path": str(directory), "algorithm": "sha256",
+        print_json({"plugin": name, "path": str(directory), "algorithm": ALGORITHM,
                     "digest": digest, "trust": trust})
     else:
         print(f"{digest}  {directory}")
@@ -217,9 +217,9 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 def _register_digest(commands: Any) -> None:
     digest = add_command(
-        commands, "digest", "the sha256 content digest that pins a plugin",
-        "Print the sha256 content digest of a plugin directory and the `trust` line that pins "
-        "it.",
+        commands, "digest", "the sha256-v2 content digest that pins a plugin",
+        "Print the sha256-v2 content digest of a plugin directory (every file in it) and the "
+        "`trust` line that pins it.",
         [(EXIT_OK, "printed")])
     digest.add_argument("plugin_dir", metavar="PLUGIN_DIR")
     digest.add_argument("--json", action="store_true", help="print JSON")

@@ -63,6 +63,7 @@ __all__ = [
     "decode_json",
     "decode_worker_message",
     "decode_worker_value",
+    "INIT_FRAME_BYTES",
     "encode_frame",
     "isolation_level",
     "recv_frame",
@@ -75,6 +76,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+#: The host's ``init`` frame carries the plugin's digested sources (at most the
+#: ``plugin_bytes`` input cap, base64-encoded): the worker reads it with this bound.
+INIT_FRAME_BYTES = 128 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 64
 
 _HEADER = struct.Struct(">I")

@@ -201,15 +201,29 @@ RULES: tuple[Rule, ...] = (
         fix:
             defaults { timeout execute 60s }
         """),
-    _rule(codes.MALFORMED_PIN, "malformed-pin", E, "a trust pin is not a valid sha256 digest, or pins a plugin twice", """
-        Reports a `trust` statement with an algorithm other than `sha256`, a digest that
-        is not 64 hexadecimal characters, or a plugin pinned to two different digests.
+    _rule(codes.MALFORMED_PIN, "malformed-pin", E, "a trust pin is not a valid sha256-v2 digest, or pins a plugin twice", """
+        Reports a `trust` statement with an algorithm other than `sha256-v2` (or the old
+        `sha256`, which PL109 reports), a digest that is not 64 hexadecimal characters, or
+        a plugin pinned to two different digests.
         """, """
         A pin decides whether `plugin.trusted` is true; a pin that cannot match makes the
         plugin untrusted and it is denied everything.
         """, """
-            trust plugin "analytics" sha256 "9f86d0"
+            trust plugin "analytics" sha256-v2 "9f86d0"
         fix: paste the full digest that `policy-engine digest DIR` prints.
+        """),
+    _rule(codes.OUTDATED_PIN, "outdated-pin", E, "a trust pin uses digest version 1 (`sha256`)", """
+        Reports a `trust` statement written with the algorithm `sha256`, the first
+        version of the plugin digest. Version 2 (`sha256-v2`) covers every file of the
+        plugin directory, bytecode included, and refuses links and special files.
+        """, """
+        A version 1 digest did not cover everything Python can run from a plugin's
+        directory, so it no longer pins anything: the policy does not compile until the
+        pin is renewed, after reviewing the plugin's files again.
+        """, """
+            trust plugin "analytics" sha256 "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        fix: paste the line `policy-engine digest DIR` prints:
+            trust plugin "analytics" sha256-v2 "<64 hex digits>"
         """),
     # PL2xx: manifests -------------------------------------------------------------------
     _rule(codes.MANIFEST_UNKNOWN_VARIABLE, "manifest-unknown-variable", E, "a manifest scope uses an unknown template variable", """

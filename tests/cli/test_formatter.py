@@ -173,7 +173,7 @@ def policies(draw: st.DrawFn) -> str:
     for name in draw(st.lists(st.sampled_from(['"p1"', '"p2"']), max_size=2, unique=True)):
         statements.append(draw(blocks(f"plugin {name}")))
     if draw(st.booleans()):
-        statements.append(['trust plugin "p1" sha256', '"' + "ab" * 32 + '"'])
+        statements.append(['trust plugin "p1" sha256-v2', '"' + "ab" * 32 + '"'])
     order = draw(st.permutations(range(len(statements))))
     text = draw(st.sampled_from(["", "# header comment\n", "\n\n"]))
     for index in order:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from policy_engine import Engine
-from policy_engine.digest import plugin_digest
+from policy_engine.digest import plugin_digest, trust_line
 from policy_engine.enforcement.host.permission_manager import PermissionManager
 from policy_engine.enforcement.host.validation import validate_plugin
 from policy_engine.manifest import load_manifest
@@ -55,7 +55,7 @@ def test_pin_mismatch_fails_validation(tmp_path: Path) -> None:
     code = "from policy_engine.plugin_api import BaseAgentPlugin\nclass Plugin(BaseAgentPlugin): pass\n"
     plugin = make_plugin(tmp_path, code)
     good = plugin_digest(plugin)
-    engine = Engine.from_source(f'trust plugin "demo" sha256 "{good}"\nallow plugin * to *',
+    engine = Engine.from_source(trust_line("demo", good) + "\nallow plugin * to *",
                                 [load_manifest(plugin)])
     assert validate_plugin(load_manifest(plugin), engine).valid
     (plugin / "mod.py").write_text(code + "# changed\n")

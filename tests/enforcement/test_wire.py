@@ -420,6 +420,7 @@ WORKER_ALLOWED = {
     "policy_engine.enforcement.worker.lockdown", "policy_engine.enforcement.worker.landlock",
     "policy_engine.enforcement.worker.seccomp", "policy_engine.enforcement.worker.remote",
     "policy_engine.enforcement.worker.bytecode",
+    "policy_engine.enforcement.worker.modules",
 }
 NEVER = ("lark", "yaml", "jsonschema", "psutil")
 

@@ -76,7 +76,7 @@ def test_a_plugin_the_policy_drops_is_unloaded_on_its_next_call(tmp_path: Path) 
     with loader:
         workflow = loader.load(plugins / "example_workflow_plugin")
         workflow.execute("out.txt", 10)
-        pin = 'trust plugin "example-workflow" sha256 "' + "0" * 64 + '"\n'
+        pin = 'trust plugin "example-workflow" sha256-v2 "' + "0" * 64 + '"\n'
         _publish(tmp_path, GRANTING + pin)  # the kill switch: a pin nothing matches
         loader.engine.reload()
         with pytest.raises(EnforcementError, match="policy changed"):

@@ -26,7 +26,7 @@ from policy_engine import (
     ResourceLimitError,
     UsageError,
 )
-from policy_engine.digest import plugin_digest
+from policy_engine.digest import plugin_digest, trust_line
 from policy_engine.enforcement.host import doctor, kernel
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.run import run_plugins
@@ -206,10 +206,10 @@ def test_an_invalid_plugin_never_loads_and_never_stops_the_others(tmp_path: Path
 def test_a_pin_mismatch_refuses_to_load(tmp_path: Path, plugins: Path) -> None:
     agent_dir = plugins / "example_agent_plugin"
     pin = plugin_digest(agent_dir)
-    with make_loader(tmp_path, plugins, POLICY + f'trust plugin "example-agent" sha256 "{pin}"') as loader:
+    with make_loader(tmp_path, plugins, POLICY + trust_line("example-agent", pin)) as loader:
         assert loader.load(agent_dir).run() == "hello, world"
     (agent_dir / "greeting.txt").write_text("tampered")
-    with make_loader(tmp_path, plugins, POLICY + f'trust plugin "example-agent" sha256 "{pin}"') as loader:
+    with make_loader(tmp_path, plugins, POLICY + trust_line("example-agent", pin)) as loader:
         with pytest.raises(PluginValidationError, match="does not match the policy's pin"):
             loader.load(agent_dir)
 
@@ -243,7 +243,7 @@ def test_an_unpinned_inprocess_plugin_is_refused(tmp_path: Path, plugins: Path) 
 def test_a_pinned_inprocess_plugin_loads_without_accepting_the_risk(tmp_path: Path, plugins: Path) -> None:
     digest = plugin_digest(plugins / "example_agent_plugin")
     policy = (POLICY + 'plugin "example-agent" { isolation inprocess }\n'
-              f'trust plugin "example-agent" sha256 "{digest}"\n')
+              + trust_line("example-agent", digest) + "\n")
     with make_loader(tmp_path, plugins, policy) as loader:
         agent = loader.load(plugins / "example_agent_plugin")
         assert agent.isolation.startswith("inprocess")
@@ -426,7 +426,7 @@ def test_a_pinned_plugin_is_trusted_whatever_the_level(
 ) -> None:
     _without(monkeypatch, "bubblewrap", "user-namespace", "cgroup")
     digest = plugin_digest(plugins / "example_agent_plugin")
-    pinned = POLICY + f'trust plugin "example-agent" sha256 "{digest}"\n'
+    pinned = POLICY + trust_line("example-agent", digest) + "\n"
     with make_loader(tmp_path, plugins, pinned) as loader:
         assert doctor.plugin_refusal(loader.engine, "example-agent") == ""
         assert doctor.plugin_refusal(loader.engine, "malicious") != ""

@@ -254,6 +254,7 @@ class InprocessPluginRunner:
                 self.runner.call(self.instance.cleanup, (), {}, timeout=self.init_timeout, phase="cleanup")
             except Exception as exc:  # cleanup failing must not stop the unload
                 log.warning("plugin `%s` cleanup failed: %s", self.runner.name, exc)
+        self.runner.forget_sources()
         self.services.close()
         _remove_scratch(self.scratch_dir)
 

@@ -45,6 +45,7 @@ from .validation import (
     ValidationResult,
     inexact_deny_refusal,
     inprocess_refusal,
+    read_plugin_code,
     validate_plugin,
 )
 
@@ -320,6 +321,9 @@ class PluginSandbox:
         plugin_path = metadata.plugin_path
         if plugin_path is None:
             raise PluginValidationError(name, ["the manifest came without a plugin directory"])
+        # One read of the plugin's files: its digest is checked against the pin, and its
+        # sources are the only code of the plugin that runs.
+        code = read_plugin_code(metadata, self.engine)
         data_dir = self.data_dir / name
         # The kernel can only fence a directory that exists: create the plugin's own.
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +359,7 @@ class PluginSandbox:
             may_spawn = audit or (table is not None and kernel_grants(table).subprocess)
             runner = InprocessRunner(name, plugin_path, metadata.entry_point, checker,
                                      allow_subprocess=may_spawn, allow_network=True,
-                                     scratch_dir=scratch)
+                                     scratch_dir=scratch, code=code)
             return InprocessPluginRunner(runner, services, plugin_type=metadata.type,
                                          data_dir=data_dir, init_timeout=timeouts.init,
                                          scratch_dir=scratch)
@@ -370,6 +374,7 @@ class PluginSandbox:
                                    kernel_records=self.kernel_records),
             checker=checker_data(self.engine, name, audit=audit),
             limits=resource_limits(self.engine, name),
+            code=code,
         )
         if limits.isolation is not Isolation.PROCESS:
             raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])

@@ -11,6 +11,7 @@ worker transparently. A worker that dies (signal, ``os._exit``, OOM kill) become
 from __future__ import annotations
 
 import atexit
+import base64
 import concurrent.futures
 import logging
 import math
@@ -28,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ...digest import PluginTree, is_python_source, read_plugin_tree
 from ...errors import (
     EnforcementError,
     FileSizeError,
@@ -104,6 +106,9 @@ class WorkerInit:
     own dependencies (they become readable inside the sandbox). With ``plugin_type`` the
     worker checks that the entry class derives from that type's base class;
     ``data_dir`` is what the plugin sees as ``ctx.data_dir`` (default: its scratch dir).
+    ``code`` is the one digested read of the plugin directory: the worker compiles the
+    plugin's modules from its sources and reads none from disk
+    (:mod:`policy_engine.enforcement.worker.modules`).
     """
 
     plugin: str
@@ -115,10 +120,11 @@ class WorkerInit:
     sys_path: tuple[str, ...] = ()
     plugin_type: str = ""
     data_dir: str | None = None
+    code: PluginTree | None = field(default=None, repr=False)
 
     def to_frame(self) -> dict[str, Any]:
         """The init frame."""
-        return {
+        frame: dict[str, Any] = {
             "op": "init",
             "version": PROTOCOL_VERSION,
             "plugin": self.plugin,
@@ -131,6 +137,22 @@ class WorkerInit:
             "plugin_type": self.plugin_type,
             "data_dir": self.data_dir,
         }
+        if self.code is not None:
+            frame["code"] = {
+                "digest": self.code.digest,
+                "paths": list(self.code.paths),
+                "sources": {path: base64.b64encode(data).decode("ascii")
+                            for path, data in self.code.files.items()},
+            }
+        return frame
+
+
+def _read_code(init: WorkerInit) -> PluginTree:
+    try:
+        return read_plugin_tree(init.plugin_dir, keep=is_python_source)
+    except OSError as exc:  # PluginTreeError names the link, special file or cap
+        raise EnforcementError(f"cannot read the plugin directory of `{init.plugin}`: {exc}",
+                               plugin=init.plugin) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +307,8 @@ class WorkerProcess:
         than ``init.limits.init_timeout``, and the plugin's own error if importing or
         initialising it fails.
         """
+        if init.code is None:  # the plugin's code is read once, here, and the worker gets it
+            init = replace(init, code=_read_code(init))
         with self._call_lock:
             if self._proc is not None:
                 self._shutdown()

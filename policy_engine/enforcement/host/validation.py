@@ -9,11 +9,15 @@ importing the class inside the sandbox.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
+from ...digest import PluginTree, is_python_source, read_plugin_tree
 from ...engine import Engine
-from ...manifest import PluginMetadata
+from ...errors import ManifestError, PluginValidationError
+from ...manifest import MANIFEST_NAME, PluginMetadata, parse_manifest
 from ...plugin_api import PLUGIN_BASES
 from ...risks import INEXACT_DENY, UNPINNED_INPROCESS
 from ...settings import Isolation
@@ -23,7 +27,7 @@ from .scan import CodeFinding, scan_plugin
 from .spec import inexact_denies
 
 __all__ = ["ValidationResult", "find_entry_point", "inexact_deny_refusal", "inprocess_refusal",
-           "validate_plugin"]
+           "read_plugin_code", "validate_plugin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,48 @@ def inexact_deny_refusal(engine: Engine, plugin: str, data_dir: str | None = Non
             f"to whole existing paths, or add `accept {INEXACT_DENY}` to its "
             f"`plugin \"{plugin}\"` block (`policy-lint`: PL313)"
             for why in inexact_denies(table, data_dir)]
+
+
+def read_plugin_code(metadata: PluginMetadata, engine: Engine | None = None) -> PluginTree:
+    """The one read of ``metadata``'s plugin directory that its runner loads code from.
+
+    The digest of this read is the one that counts: when the plugin is pinned it must still
+    equal the pin (a file swapped since validation is refused here, and the bytes that run
+    are the bytes of this read), and its manifest must be the one the engine decided on.
+    Raises :class:`PluginValidationError` naming what is wrong.
+    """
+    name = metadata.name
+    if metadata.plugin_path is None:
+        raise PluginValidationError(name, ["the manifest came without a plugin directory"])
+    try:
+        tree = read_plugin_tree(metadata.plugin_path,
+                                keep=lambda path: is_python_source(path) or path == MANIFEST_NAME)
+    except OSError as exc:  # PluginTreeError names the link, special file or cap
+        raise PluginValidationError(name, [f"cannot read the plugin directory: {exc}"]) from None
+    pin = engine.policy.pins.get(name) if engine is not None else None
+    if pin is None:
+        return _without_manifest(tree)
+    if tree.digest != pin.digest:
+        raise PluginValidationError(name, [
+            f"the plugin's content digest `{tree.digest}` does not match the policy's pin "
+            f"`{pin.digest}` ({pin.span}); its files changed since it was checked: review the "
+            "change, then update the `trust` line"])
+    raw = tree.files.get(MANIFEST_NAME)
+    try:
+        pinned = parse_manifest(raw.decode("utf-8"), file=str(metadata.plugin_path / MANIFEST_NAME),
+                                plugin_path=metadata.plugin_path) if raw is not None else None
+    except (UnicodeDecodeError, ManifestError):
+        pinned = None
+    if pinned is None or dataclasses.replace(pinned, manifest_path=metadata.manifest_path) != metadata:
+        raise PluginValidationError(name, [
+            f"the manifest the engine read is not the pinned `{MANIFEST_NAME}` (it changed while "
+            "the plugin was loading); load the plugin again"])
+    return _without_manifest(tree)
+
+
+def _without_manifest(tree: PluginTree) -> PluginTree:
+    files = {path: data for path, data in tree.files.items() if is_python_source(path)}
+    return dataclasses.replace(tree, files=MappingProxyType(files))
 
 
 def find_entry_point(metadata: PluginMetadata) -> list[str]:

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...digest import PluginTree, is_python_source, read_plugin_tree
 from ...errors import EnforcementError, PluginTimeoutError, PluginValidationError
 from ...implicit import implicit_reads
 from ..worker.audit import AuditGuard
+from ..worker.modules import DigestedSources, install, uninstall
 
 __all__ = ["ActivePlugin", "InprocessRunner", "active_plugin", "install_audit_hook", "running_as"]
 
@@ -216,9 +218,12 @@ class InprocessRunner:
         allow_subprocess: bool,
         allow_network: bool,
         scratch_dir: Path,
+        code: PluginTree | None = None,
     ) -> None:
         self.name = name
         self.plugin_dir = Path(plugin_dir)
+        # The one read of the plugin's files its modules compile from (read here if not given).
+        self.code = code if code is not None else read_plugin_tree(self.plugin_dir, keep=is_python_source)
         self.entry_point = entry_point
         self.quarantined: str | None = None
         self.instance: Any = None
@@ -243,6 +248,10 @@ class InprocessRunner:
             raise PluginValidationError(self.name, [
                 f"module `{root}` is already imported from elsewhere; in-process plugins need unique module names"
             ])
+        # Modules of an earlier load of this directory are an earlier read's code: import anew.
+        self._forget_modules()
+        install(DigestedSources(str(self.plugin_dir), self.code.digest, self.code.files,
+                                self.code.paths))
         sys.path.insert(0, str(self.plugin_dir))
         try:
             with running_as(self._active):
@@ -253,6 +262,18 @@ class InprocessRunner:
         if not isinstance(cls, type):
             raise PluginValidationError(self.name, [f"entry point `{self.entry_point}` names no class"])
         return cls
+
+    def forget_sources(self) -> None:
+        """Stop serving the plugin directory's imports and drop its modules (unloaded)."""
+        uninstall(str(self.plugin_dir))
+        self._forget_modules()
+
+    def _forget_modules(self) -> None:
+        for name, module in list(sys.modules.items()):
+            locations = [getattr(module, "__file__", None),
+                         *list(getattr(module, "__path__", None) or ())]
+            if any(_is_under(str(location), self.plugin_dir) for location in locations if location):
+                sys.modules.pop(name, None)
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
              timeout: float, phase: str) -> Any:

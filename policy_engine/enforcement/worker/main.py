@@ -7,8 +7,9 @@ sends strictly, in :mod:`policy_engine.enforcement.wire`:
 
 host -> worker
     ``init``  {version, plugin, plugin_dir, entry_point "module:Class", sys_path, lockdown,
-    checker, limits, plugin_type, data_dir} - first frame, exactly once (another protocol
-    version is refused);
+    checker, limits, plugin_type, data_dir, code {digest, paths, sources {path: base64}}} -
+    first frame, exactly once (another protocol version is refused); the plugin's modules
+    are compiled from ``code.sources``, never read from its directory;
     ``call``  {method, args, kwargs} - ``method`` ``"hook:<name>"`` runs the function the
     plugin registered for hook ``name``;
     ``cap_result`` {value} / ``cap_error`` {error} - answers to the worker's ``cap``;
@@ -47,6 +48,7 @@ from ...errors import EnforcementError, FileSizeError, PluginValidationError, Re
 from ...implicit import ImplicitReads, implicit_reads
 from ...units import human_size
 from ..wire import (
+    INIT_FRAME_BYTES,
     LIMITS,
     PROTOCOL_VERSION,
     AuditRecord,
@@ -344,6 +346,7 @@ class _Worker:
         if not module_name or not class_name:
             raise EnforcementError(f"entry point `{self.init['entry_point']}` is not "
                                    "`module:Class`", plugin=self.plugin)
+        self._install_sources()
         sys.path.insert(0, self.spec.plugin_dir)
         self.channel.in_call = True  # initialize() may use capabilities
         try:
@@ -365,6 +368,22 @@ class _Worker:
             return _run(initialize, [context], {})
         finally:
             self.channel.in_call = False
+
+    def _install_sources(self) -> None:
+        """Serve the plugin's modules from the sources the host digested (never from disk)."""
+        code = self.init.get("code")
+        if not isinstance(code, dict):
+            # A host of this version always sends the code; without it nothing is loaded.
+            raise EnforcementError("the host sent no digested sources for the plugin",
+                                   plugin=self.plugin)
+        import base64
+
+        from .modules import DigestedSources, install
+
+        sources = {str(path): base64.b64decode(data, validate=True)
+                   for path, data in dict(code.get("sources") or {}).items()}
+        install(DigestedSources(self.spec.plugin_dir, str(code.get("digest", "")), sources,
+                                [str(p) for p in code.get("paths") or ()]))
 
     def _check_type(self, cls: Any) -> None:
         plugin_type = str(self.init.get("plugin_type") or "")
@@ -558,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.setblocking(True)
     channel = _Channel(sock)
     try:
-        init = recv_frame(sock)
+        init = recv_frame(sock, max_bytes=INIT_FRAME_BYTES)  # it carries the plugin's sources
         if not isinstance(init, dict) or init.get("version") != PROTOCOL_VERSION:
             channel.send({"op": "error", "error": exception_to_data(EnforcementError(
                 f"protocol version `{init.get('version') if isinstance(init, dict) else None}`"
