@@ -6,6 +6,12 @@ stopped and killed and :class:`PluginTimeoutError` raised, and the next call sta
 worker transparently. A worker that dies (signal, ``os._exit``, OOM kill) becomes a
 :class:`PluginCrashedError`; the host never goes down with it. A sampler thread
 (:mod:`.sampler`) enforces the memory limit and the CPU share of the whole tree.
+
+Where a delegated cgroup exists (:mod:`.cgroup`) each worker's sandbox runs in a cgroup of
+its own, joined before anything runs, and the kernel holds memory, tasks and CPU. Between
+calls no plugin code runs: after a call (or hook, or start-up) returns, the sandbox is
+frozen (the cgroup freezer, else the reaper's SIGSTOP fixed point) and thawed right before
+the next call; threads and asyncio loops the plugin keeps in them are paused meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psutil
+
 from ...errors import (
     EnforcementError,
     FileSizeError,
@@ -36,6 +44,7 @@ from ...errors import (
     ResourceLimitError,
     UsageError,
 )
+from ...units import human_size
 from ..wire import (
     LIMITS,
     PROTOCOL_VERSION,
@@ -61,7 +70,8 @@ from ..wire import (
 from ..worker.lockdown import LockdownSpec
 from ..worker.main import BOOTSTRAP
 from ..worker.remote import exception_from_data, exception_to_data
-from . import kernel, reaper
+from . import cgroup, kernel, reaper
+from .cgroup import WorkerCgroup
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 
@@ -194,7 +204,8 @@ class WorkerProcess:
                  spin: float = _DEFAULT_SPIN, sandbox: bool | None = None,
                  identities: IdentityMap | None = None,
                  audit_handler: Callable[[AuditRecord], None] | None = None,
-                 broker_factory: Callable[[], NetworkBroker] | None = None) -> None:
+                 broker_factory: Callable[[], NetworkBroker] | None = None,
+                 cgroup_parent: str | None = None) -> None:
         """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
         kernel; ``debug_stderr`` lets the worker write to the host's stderr. ``sandbox``
         starts the worker under bubblewrap (None: whenever bubblewrap works here, see
@@ -203,7 +214,10 @@ class WorkerProcess:
         ``audit_handler`` receives the audit records an audit-mode worker reports.
         ``broker_factory`` makes the :class:`~.broker.NetworkBroker` that serves the
         connects and lookups of a worker granted the network (one per worker started);
-        without it such a worker has no route out."""
+        without it such a worker has no route out. ``cgroup_parent`` names the delegated
+        parent cgroup of the workers' cgroups (a cgroup path, ``""`` for none; default: the
+        host setting ``POLICY_ENGINE_CGROUP``, else systemd's delegation, see
+        :mod:`.cgroup`)."""
         self._capability_handler = capability_handler
         self._audit_handler = audit_handler
         self._broker_factory = broker_factory
@@ -225,6 +239,11 @@ class WorkerProcess:
         self._identity = (os.getuid(), os.getgid())
         self._sandbox_pids: list[int] = []  # bwrap's reaper and the worker, as host pids
         self._may_fork = True
+        self._cgroup_parent = cgroup_parent
+        self._cgroup: WorkerCgroup | None = None
+        self._nproc = 0  # RLIMIT_NPROC of the current worker, 0 for none
+        #: SIGSTOPped processes of the fallback freeze; None while the sandbox may run
+        self._stopped: dict[int, psutil.Process] | None = None
         #: host CPU seconds spent on this plugin's frames, over all calls, and in this call
         self.host_cpu_seconds = 0.0
         self._call_host_cpu = 0.0
@@ -257,6 +276,24 @@ class WorkerProcess:
     def sandboxed(self) -> bool:
         """Whether the current (or last) worker started under bubblewrap."""
         return bool(getattr(self, "_sandboxed", False))
+
+    @property
+    def limit_mechanisms(self) -> Mapping[str, str]:
+        """Which mechanism holds each limit of the current (or next) worker: ``memory``,
+        ``pids``, ``cpu``, ``freeze`` -> ``cgroup v2``, ``cgroup v1`` or the fallback
+        (``sampler``, ``rlimit``, ``none``, ``signals``)."""
+        group = self._cgroup
+        held = dict(group.mechanisms if group is not None
+                    else cgroup.detect(self._cgroup_parent).mechanisms)
+        if held["pids"] == "rlimit" and not self._nproc:
+            held["pids"] = "none"
+        return held
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the worker's sandbox is frozen (between calls)."""
+        group = self._cgroup
+        return self._stopped is not None or (group is not None and group.frozen)
 
     @property
     def usage(self) -> ResourceUsage:
@@ -301,13 +338,17 @@ class WorkerProcess:
             deadline = time.monotonic() + timeout
             self._refuse_stray_frames()
             self._call_host_cpu = 0.0
+            self._thaw()
             try:
-                self._send(frame, deadline, phase, timeout)
-                reply = self._exchange(deadline, phase, timeout)
+                try:
+                    self._send(frame, deadline, phase, timeout)
+                    reply = self._exchange(deadline, phase, timeout)
+                finally:
+                    if self._sampler is not None:
+                        self._sampler.release_throttle()
+                self._sweep_leftovers()
             finally:
-                if self._sampler is not None:
-                    self._sampler.release_throttle()
-            self._sweep_leftovers()
+                self._freeze()
             return self._result(reply)
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -342,6 +383,10 @@ class WorkerProcess:
         init = self._require_init()
         self._sandboxed = self._use_sandbox()
         spec = self._prepare_sandbox(init) if self._sandboxed else self._prepare(init)
+        self._cgroup = self._make_cgroup(init)
+        if self._cgroup is not None and self._cgroup.mechanisms["memory"] in cgroup.KERNEL:
+            spec = replace(spec, memory_counted=True)
+        self._nproc = spec.nproc
         features = kernel.detect()
         # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
         self._may_fork = spec.allow_subprocess or not features.seccomp
@@ -351,6 +396,9 @@ class WorkerProcess:
             self._proc = _SPAWNER.run(lambda: spawn(child_sock, spec))
         except BaseException:
             host_sock.close()
+            if self._cgroup is not None:
+                self._cgroup.remove()
+                self._cgroup = None
             raise
         finally:
             child_sock.close()
@@ -382,13 +430,76 @@ class WorkerProcess:
             worker_pid = self._worker_host_pid()
             self._sandbox_pids = [p for p in (*reaper.child_pids(self._proc.pid), worker_pid)
                                   if p is not None]
+        group = self._cgroup
+        memory_probe = group.memory_used if group is not None and \
+            group.mechanisms["memory"] in cgroup.KERNEL else None
+        cpu_periods = group.cpu_periods if group is not None and \
+            group.mechanisms["cpu"] in cgroup.KERNEL else None
         self._sampler = Sampler(
             self._proc.pid, plugin=init.plugin, limits=init.limits,
             with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
             signal_tree=self._signal_tree,
-            reserved_bytes=2 * tmpfs_cap(spec.memory_bytes) if self._sandboxed else 0)
+            reserved_bytes=2 * tmpfs_cap(spec.memory_bytes) if self._sandboxed else 0,
+            memory_probe=memory_probe, cpu_periods=cpu_periods)
         self._sampler.start()
-        return StartResult(self._report, reply.init_result, self.pid or self._proc.pid)
+        pid = self.pid or self._proc.pid
+        self._freeze()  # nothing of the plugin runs until its first call
+        if not self.alive:
+            raise self._death()
+        return StartResult(self._report, reply.init_result, pid)
+
+    def _make_cgroup(self, init: WorkerInit) -> WorkerCgroup | None:
+        """The cgroup of the worker about to start, with its limits; None where none is
+        usable (the fallbacks hold the limits)."""
+        support = cgroup.detect(self._cgroup_parent)
+        if not support.active:
+            return None
+        return WorkerCgroup.create(support, init.plugin, memory_bytes=init.limits.memory_bytes,
+                                   pids=SANDBOX_TASKS, cpu_share=init.limits.cpu_share)
+
+    def _join_cgroup(self) -> Callable[[], None] | None:
+        """What the forked child runs first: joining the worker's cgroup."""
+        group = self._cgroup
+        return group.join if group is not None else None
+
+    # -- freezing between calls -------------------------------------------------------------
+
+    def _freeze(self) -> None:
+        """Freeze the idle sandbox: no plugin code runs until :meth:`_thaw`. A sandbox that
+        cannot be frozen is killed (the next call starts a fresh worker)."""
+        if not self.alive or self.frozen:
+            return
+        with self._signal_lock:
+            group = self._cgroup
+            if group is not None and group.mechanisms["freeze"] in cgroup.KERNEL:
+                if group.freeze():
+                    return
+                log.error("the sandbox of plugin `%s` did not freeze; stopping it", self._plugin)
+                self._kill()
+                return
+            self._stopped = self._freeze_by_signals()
+
+    def _freeze_by_signals(self) -> dict[int, psutil.Process]:
+        """The reaper's SIGSTOP fixed point over every process of the sandbox but its pid 1
+        (bubblewrap's reaper keeps reaping; it runs no plugin code)."""
+        proc = self._proc
+        assert proc is not None
+        if self._sandboxed:
+            return reaper.freeze(reaper.child_pids(proc.pid))
+        try:
+            worker = [psutil.Process(proc.pid)]
+        except psutil.Error:
+            worker = []
+        return reaper.freeze([proc.pid], worker)
+
+    def _thaw(self) -> None:
+        """Let the sandbox run again, right before a call."""
+        with self._signal_lock:
+            stopped, self._stopped = self._stopped, None
+            if stopped is not None:
+                reaper.signal_all(stopped.values(), signal.SIGCONT)
+            if self._cgroup is not None:
+                self._cgroup.thaw()
 
     def _prepare(self, init: WorkerInit) -> LockdownSpec:
         """Create the scratch directory and decide whether the worker can switch uid."""
@@ -440,7 +551,8 @@ class WorkerProcess:
         options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
                                        env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
         return bwrap.spawn(plan, options, command, pass_fds=(fd,),
-                           stderr=None if self._debug_stderr else subprocess.DEVNULL)
+                           stderr=None if self._debug_stderr else subprocess.DEVNULL,
+                           preexec=self._join_cgroup())
 
     def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
         package_dir = _PACKAGE_DIR
@@ -457,6 +569,7 @@ class WorkerProcess:
             close_fds=True,
             start_new_session=True,
             cwd=spec.scratch_dir,
+            preexec_fn=self._join_cgroup(),
         )
 
     # -- talking ----------------------------------------------------------------------------
@@ -689,6 +802,7 @@ class WorkerProcess:
             return PluginCrashedError(f"worker of plugin `{self._plugin}` closed its channel "
                                       "to the host and was stopped", plugin=self._plugin)
         returncode = proc.wait() if proc is not None else None
+        oom = self._cgroup.oom_kills() if self._cgroup is not None else 0
         if self._sandboxed and returncode is not None and 128 < returncode < 128 + 65:
             returncode = 128 - returncode  # bwrap reports a signal death as 128 + signal
         pid = self.pid or (proc.pid if proc is not None else 0)
@@ -699,6 +813,13 @@ class WorkerProcess:
         if violation is not None:
             return violation
         plugin = self._plugin
+        if oom and self._init is not None:
+            limit = self._init.limits.memory_bytes
+            return ResourceLimitError(
+                f"plugin `{plugin}` ran out of memory: it reached its limit of "
+                f"{human_size(limit)}, counted by the kernel for the whole sandbox (memfd, "
+                "shared memory and tmpfs included), and was stopped",
+                plugin=plugin, resource="memory", limit=float(limit), used=float(limit))
         if returncode is not None and returncode < 0:
             signum = -returncode
             name = _signal_name(signum)
@@ -729,8 +850,8 @@ class WorkerProcess:
         """Send ``signum`` to the worker's process group and every descendant (throttling)."""
         with self._signal_lock:
             proc = self._proc
-            if proc is None or proc.returncode is not None:
-                return
+            if proc is None or proc.returncode is not None or self._stopped is not None:
+                return  # frozen between calls: the throttle must not wake it
             _killpg(proc.pid, signum)
             if self._may_fork:
                 for pid in reaper.descendants(proc.pid):
@@ -743,7 +864,13 @@ class WorkerProcess:
             if proc is None:
                 return
             known = self._sampler.known_processes() if self._sampler is not None else []
-            if proc.returncode is None and proc.poll() is None and not self._may_fork:
+            if self._cgroup is not None:
+                self._cgroup.kill()  # everything in it, even what left the tree
+            stopped, self._stopped = self._stopped, None
+            if stopped is not None:
+                known = [*known, *stopped.values()]
+            if proc.returncode is None and proc.poll() is None and not self._may_fork \
+                    and stopped is None:
                 # Nothing can have forked (seccomp forbids it): a SIGTERM and a short grace.
                 _killpg(proc.pid, signal.SIGTERM)
                 if not self._wait_exit(_TERM_GRACE):
@@ -829,6 +956,7 @@ class WorkerProcess:
         """Let the plugin run ``cleanup()``; the worker answers and waits to be killed."""
         if self._sock is None:
             return
+        self._thaw()  # cleanup() is plugin code: it runs like a call
         deadline = time.monotonic() + timeout
         try:
             self._send({"op": "stop"}, deadline, "cleanup", timeout)
@@ -855,6 +983,10 @@ class WorkerProcess:
                 self._pidfd = None
             self._poller = None
             self._proc = None
+            self._stopped = None
+            if self._cgroup is not None:
+                self._cgroup.remove()
+                self._cgroup = None
         _LIVE.discard(self)
 
 

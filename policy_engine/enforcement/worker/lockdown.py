@@ -68,7 +68,7 @@ _ALWAYS_DENIED = (
     "fsmount", "fspick", "kexec_load", "kexec_file_load", "init_module", "finit_module",
     "delete_module", "acct", "swapon", "swapoff", "reboot",
 )
-# Memory held outside the resident set the host samples, with no cgroup to count it: an
+# Memory held outside the resident set the host samples, where no cgroup counts it: an
 # anonymous memfd and System V shared memory (POSIX shared memory lives in the capped
 # /dev/shm tmpfs, which the host counts).
 _OUTSIDE_MEMORY = ("memfd_create", "shmget")
@@ -123,6 +123,9 @@ class LockdownSpec:
     #: none. The kernel counts it per uid, so the host sets it only where the worker runs
     #: under a uid of its own (a sandbox on a root host).
     nproc: int = 0
+    #: True where the worker's cgroup counts every page the sandbox holds (memfd, System V
+    #: and tmpfs pages included): seccomp then leaves ``memfd_create`` and ``shmget`` alone.
+    memory_counted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -145,6 +148,7 @@ class LockdownSpec:
             "audit_hook": self.audit_hook,
             "mask_paths": list(self.mask_paths),
             "nproc": self.nproc,
+            "memory_counted": self.memory_counted,
         }
 
     @classmethod
@@ -172,6 +176,7 @@ class LockdownSpec:
             audit_hook=bool(data.get("audit_hook", True)),
             mask_paths=tuple(str(p) for p in data.get("mask_paths", ())),
             nproc=int(data.get("nproc", 0)),
+            memory_counted=bool(data.get("memory_counted", False)),
         )
 
 
@@ -484,9 +489,10 @@ def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec) -> None:
     eperm = errno.EPERM
     for name in _ALWAYS_DENIED:
         rules.deny(name, eperm)
-    # Workers never run in a cgroup yet: this is the memory fallback, so it always applies.
-    for name in _OUTSIDE_MEMORY:
-        rules.deny(name, eperm)
+    # The memory fallback: only where no cgroup counts what these hold.
+    if not spec.memory_counted:
+        for name in _OUTSIDE_MEMORY:
+            rules.deny(name, eperm)
     for name, index in _MODE_ARGUMENT:
         for bit in _SET_ID_BITS:
             rules.deny(name, eperm, seccomp.masked_eq(index, bit, bit))
