@@ -47,7 +47,8 @@ from types import MappingProxyType
 from ...errors import EnforcementError
 
 __all__ = ["ENV", "FALLBACK", "KERNEL", "LIMITS", "V1", "V2", "CgroupSupport", "WorkerCgroup", "configured_parent",
-           "delegated_parent", "detect", "mechanisms"]
+           "delegated_parent", "describe", "detect", "mechanisms",
+           "writable_hierarchies"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,33 @@ def _prepare_v1(parent: str) -> dict[str, str]:
             if os.access(os.path.join(directory, "cgroup.procs"), os.W_OK):
                 dirs[controller] = directory
     return dirs
+
+
+def writable_hierarchies() -> list[str]:
+    """What this host could use, without creating anything: the writable cgroup v2 mount
+    (with the controllers its root offers) and each writable cgroup v1 controller."""
+    found = []
+    for where, kind, options in _mounts():
+        if "ro" in options or not os.access(where, os.W_OK):
+            continue
+        if kind == "cgroup2":
+            offered = (_read(os.path.join(where, "cgroup.controllers")) or "").split()
+            wanted = [c for c in _V2_CONTROLLERS if c in offered]
+            found.append(f"cgroup v2 at `{where}` (freeze" + "".join(f", {c}" for c in wanted)
+                         + ")")
+        else:
+            found += [f"cgroup v1 {c} at `{where}`" for c in options
+                      if c in _V1_CONTROLLER.values()]
+    return found
+
+
+def describe(support: CgroupSupport) -> str:
+    """One line: which mechanism holds each limit, and where."""
+    held = support.mechanisms
+    text = ", ".join(f"{limit} by {held[limit]}" for limit in LIMITS)
+    if support.parent is None or not support.active:
+        return f"{support.note}; {text}"
+    return f"workers' cgroups under `{support.parent}`: {text}"
 
 
 _DETECT_LOCK = threading.Lock()
