@@ -424,24 +424,39 @@ class WorkerCgroup:
     def freeze(self, timeout: float = _FREEZE_TIMEOUT) -> bool:
         """Freeze every process of the sandbox and wait until the kernel says it is frozen.
         False when it did not freeze within ``timeout`` (the caller kills it)."""
+        self.request_freeze()
+        return self.wait_frozen(timeout)
+
+    def request_freeze(self) -> None:
+        """Ask the kernel to freeze the sandbox and return at once. Each task stops at its
+        next entry into the kernel (a running one is interrupted for it), before it runs
+        another instruction of its own; :meth:`wait_frozen` confirms."""
         fd = self._freeze_fd
         if fd is None:
-            return False
+            raise EnforcementError("this cgroup has no freezer")
         self._frozen = True
+        os.write(fd, b"1" if self.mechanisms["freeze"] == V2 else b"FROZEN")
+
+    def wait_frozen(self, timeout: float = _FREEZE_TIMEOUT) -> bool:
+        """Wait until the requested freeze holds (``frozen 1`` in ``cgroup.events``, or
+        ``FROZEN`` in ``freezer.state``); False when it did not within ``timeout``."""
+        fd = self._freeze_fd
+        if fd is None or not self._frozen:
+            return False
         deadline = time.monotonic() + timeout
         if self.mechanisms["freeze"] == V2:
-            os.write(fd, b"1")
             events = self._events_fd
             assert events is not None
-            poller = select.poll()
-            poller.register(events, select.POLLPRI)
+            poller: select.poll | None = None
             while b"frozen 1" not in os.pread(events, 256, 0):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(events, select.POLLPRI)
                 poller.poll(max(1, int(remaining * 1000)))
             return True
-        os.write(fd, b"FROZEN")
         while os.pread(fd, 32, 0).strip() != b"FROZEN":
             if time.monotonic() >= deadline:
                 return False

@@ -63,6 +63,7 @@ from ..wire import (
     WireError,
     WorkerMessage,
     decode_worker_value,
+    encode_frame,
     recv_frame,
     send_frame,
     send_frame_with_fds,
@@ -90,6 +91,7 @@ CapabilityHandler = Callable[[str, str, list[Any]], Any]
 _T = TypeVar("_T")
 _TERM_GRACE = 0.025  # seconds a worker gets to exit on SIGTERM before SIGKILL
 _REAP_TIMEOUT = 1.0
+_FREEZE_TIMEOUT = 2.0  # seconds a sandbox gets to freeze after a call before it is killed
 # Busy-waiting for a reply before sleeping can save a thread wake-up, but whether that pays
 # depends on the machine (measured on a 2-vCPU VM: from 100 to 40 us at one time, from 47 to
 # 65 us at another). Off by default; ``WorkerProcess(spin=...)`` turns it on.
@@ -244,6 +246,8 @@ class WorkerProcess:
         self._nproc = 0  # RLIMIT_NPROC of the current worker, 0 for none
         #: SIGSTOPped processes of the fallback freeze; None while the sandbox may run
         self._stopped: dict[int, psutil.Process] | None = None
+        self._freeze_asked = 0.0
+        self._worker_process: psutil.Process | None = None  # the worker, for SIGSTOP
         #: host CPU seconds spent on this plugin's frames, over all calls, and in this call
         self.host_cpu_seconds = 0.0
         self._call_host_cpu = 0.0
@@ -330,6 +334,10 @@ class WorkerProcess:
                  "kwargs": dict(kwargs or {})}
         with self._call_lock:
             init = self._require_init()
+            if self.alive and self.frozen and not self._frozen_in_time():
+                log.error("the sandbox of plugin `%s` did not freeze between calls; starting "
+                          "a fresh one", init.plugin)
+                self._kill()
             if not self.alive:
                 self._shutdown()
                 self.restarts += 1
@@ -338,10 +346,9 @@ class WorkerProcess:
             deadline = time.monotonic() + timeout
             self._refuse_stray_frames()
             self._call_host_cpu = 0.0
-            self._thaw()
             try:
                 try:
-                    self._send(frame, deadline, phase, timeout)
+                    self._send_and_thaw(frame, deadline, phase, timeout)
                     reply = self._exchange(deadline, phase, timeout)
                 finally:
                     if self._sampler is not None:
@@ -443,6 +450,10 @@ class WorkerProcess:
             memory_probe=memory_probe, cpu_periods=cpu_periods)
         self._sampler.start()
         pid = self.pid or self._proc.pid
+        try:
+            self._worker_process = psutil.Process(pid)
+        except psutil.Error:
+            self._worker_process = None
         self._freeze()  # nothing of the plugin runs until its first call
         if not self.alive:
             raise self._death()
@@ -465,19 +476,55 @@ class WorkerProcess:
     # -- freezing between calls -------------------------------------------------------------
 
     def _freeze(self) -> None:
-        """Freeze the idle sandbox: no plugin code runs until :meth:`_thaw`. A sandbox that
-        cannot be frozen is killed (the next call starts a fresh worker)."""
+        """Freeze the idle sandbox: no plugin code runs until :meth:`_thaw`.
+
+        On the call path only the request is made (a write to the cgroup's freezer, or one
+        SIGSTOP where nothing can fork): the kernel stops each task at its next entry into
+        the kernel, and interrupts a running one for it. :meth:`wait_frozen` confirms before
+        the next call, and a sandbox that did not freeze is killed. Where the sandbox may
+        fork and no cgroup freezer exists, the SIGSTOP fixed point runs here, to the end."""
         if not self.alive or self.frozen:
             return
         with self._signal_lock:
+            self._freeze_asked = time.monotonic()
             group = self._cgroup
             if group is not None and group.mechanisms["freeze"] in cgroup.KERNEL:
-                if group.freeze():
-                    return
-                log.error("the sandbox of plugin `%s` did not freeze; stopping it", self._plugin)
-                self._kill()
+                group.request_freeze()
+                return
+            worker = self._worker_process
+            if not self._may_fork and worker is not None:
+                # Seccomp forbids fork: the worker is every process of the sandbox (but the
+                # reaper). A stopped process cannot wake itself, a thread of it neither.
+                try:
+                    worker.send_signal(signal.SIGSTOP)
+                except psutil.Error:
+                    return  # gone: the next call reports it
+                self._stopped = {worker.pid: worker}
                 return
             self._stopped = self._freeze_by_signals()
+
+    def wait_frozen(self, timeout: float = _FREEZE_TIMEOUT) -> bool:
+        """Wait until the freeze requested after the last call holds; False when the sandbox
+        is not frozen (not requested, or it did not freeze within ``timeout``)."""
+        group = self._cgroup
+        if group is not None and group.frozen:
+            return group.wait_frozen(timeout)
+        stopped = self._stopped
+        if stopped is None:
+            return False
+        deadline = time.monotonic() + timeout
+        for pid in stopped:
+            while not _is_stopped(pid):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.0001)
+        return True
+
+    def _frozen_in_time(self) -> bool:
+        """Before a call: the freeze asked after the previous one holds (it nearly always
+        already does), within the freeze timeout counted from the request."""
+        left = self._freeze_asked + _FREEZE_TIMEOUT - time.monotonic()
+        return self.wait_frozen(max(left, 0.0))
 
     def _freeze_by_signals(self) -> dict[int, psutil.Process]:
         """The reaper's SIGSTOP fixed point over every process of the sandbox but its pid 1
@@ -582,6 +629,40 @@ class WorkerProcess:
         except (TypeError, ValueError) as error:
             raise UsageError(f"arguments for plugin `{self._plugin}` are not JSON-able: "
                              f"{error}") from error
+        except TimeoutError:
+            raise self._timeout(phase, limit, "the worker stopped reading") from None
+        except OSError as error:
+            raise self._death() from error
+
+    def _send_and_thaw(self, frame: Mapping[str, Any], deadline: float, phase: str,
+                       limit: float) -> None:
+        """Send the call while the sandbox is still frozen, as far as the socket takes it,
+        then thaw: the worker wakes once, to a frame already waiting."""
+        try:
+            data = encode_frame(frame)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"arguments for plugin `{self._plugin}` are not JSON-able: "
+                             f"{error}") from error
+        sock = self._sock
+        assert sock is not None
+        view = memoryview(data)
+        try:
+            try:
+                view = view[sock.send(view, socket.MSG_DONTWAIT):]
+            except BlockingIOError:
+                pass
+            finally:
+                self._thaw()
+            while view:
+                try:
+                    view = view[sock.send(view, socket.MSG_DONTWAIT):]
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError from None
+                    poller = select.poll()
+                    poller.register(sock, select.POLLOUT)
+                    poller.poll(math.ceil(remaining * 1000))
         except TimeoutError:
             raise self._timeout(phase, limit, "the worker stopped reading") from None
         except OSError as error:
@@ -984,6 +1065,7 @@ class WorkerProcess:
             self._poller = None
             self._proc = None
             self._stopped = None
+            self._worker_process = None
             if self._cgroup is not None:
                 self._cgroup.remove()
                 self._cgroup = None
@@ -1069,6 +1151,15 @@ def _kill_pid(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _is_stopped(pid: int) -> bool:
+    """Stopped by a signal, or no longer running at all."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("T", "t", "Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _is_gone(pid: int) -> bool:
