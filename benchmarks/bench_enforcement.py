@@ -13,9 +13,10 @@
    added cost per connection (printed after the table) is the first minus the other two;
    and the host CPU charged per frame;
 8. the freeze between calls, for each mechanism this host has (the SIGSTOP fallback, and a
-   cgroup under a parent made for the run where one is writable): freeze until frozen and
-   resume, measured apart, and the warm round trip with and without them (the difference is
-   what the freeze costs on the call path); the mechanism holding each limit is printed.
+   cgroup under a parent made for the run where one is writable): the freeze request on the
+   call path, the time until frozen and the resume, measured apart, and the warm round trip
+   with and without them, interleaved (the difference is what the freeze costs a call); the
+   mechanism holding each limit is printed.
 
 Run: ``python benchmarks/bench_enforcement.py``.
 """
@@ -275,22 +276,33 @@ def bench_freeze(scratch: Path) -> tuple[dict[str, list[float]], list[str]]:
             notes.append(f"freeze by {label}{' (bubblewrap)' if worker.sandboxed else ''}: {held}")
             for _ in range(200):
                 worker.call("cleanup", timeout=10)
-            results[f"warm round trip with freeze ({label})"] = once(
-                lambda w=worker: w.call("cleanup", timeout=10), 2000)  # type: ignore[misc]
-            freeze, resume = [], []
+            freeze, thaw = worker._freeze, worker._thaw
+            with_freeze: list[float] = []
+            without: list[float] = []
+            for _ in range(20):  # interleaved, so both see the same machine
+                worker._freeze, worker._thaw = freeze, thaw  # type: ignore[method-assign]
+                with_freeze += once(lambda w=worker: w.call("cleanup", timeout=10), 100)  # type: ignore[misc]
+                worker._thaw()
+                worker._freeze = worker._thaw = lambda: None  # type: ignore[method-assign]
+                without += once(lambda w=worker: w.call("cleanup", timeout=10), 100)  # type: ignore[misc]
+            worker._freeze, worker._thaw = freeze, thaw  # type: ignore[method-assign]
+            results[f"warm round trip with freeze ({label})"] = with_freeze
+            results[f"warm round trip without freeze ({label})"] = without
+            asked, frozen, resume = [], [], []
             for _ in range(1000):
                 started = time.perf_counter_ns()
                 worker._thaw()
                 middle = time.perf_counter_ns()
                 worker._freeze()
-                freeze.append((time.perf_counter_ns() - middle) / 1000)
+                requested = time.perf_counter_ns()
+                assert worker.wait_frozen()
+                done = time.perf_counter_ns()
                 resume.append((middle - started) / 1000)
-            results[f"freeze until frozen ({label})"] = freeze
+                asked.append((requested - middle) / 1000)
+                frozen.append((done - middle) / 1000)
+            results[f"freeze on the call path ({label})"] = asked
+            results[f"freeze until frozen ({label})"] = frozen
             results[f"resume ({label})"] = resume
-            worker._thaw()
-            worker._freeze = lambda: None  # type: ignore[method-assign]
-            results[f"warm round trip without freeze ({label})"] = once(
-                lambda w=worker: w.call("cleanup", timeout=10), 2000)  # type: ignore[misc]
             worker.stop()
     finally:
         for directory in (support.v2_dir, *support.v1_dirs.values()):

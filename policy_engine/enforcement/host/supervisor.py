@@ -248,6 +248,7 @@ class WorkerProcess:
         self._stopped: dict[int, psutil.Process] | None = None
         self._freeze_asked = 0.0
         self._worker_process: psutil.Process | None = None  # the worker, for SIGSTOP
+        self._worker_pidfd: int | None = None  # and its pidfd: a signal with no pid reuse
         #: host CPU seconds spent on this plugin's frames, over all calls, and in this call
         self.host_cpu_seconds = 0.0
         self._call_host_cpu = 0.0
@@ -454,6 +455,7 @@ class WorkerProcess:
             self._worker_process = psutil.Process(pid)
         except psutil.Error:
             self._worker_process = None
+        self._worker_pidfd = _pidfd_open(pid)
         self._freeze()  # nothing of the plugin runs until its first call
         if not self.alive:
             raise self._death()
@@ -491,13 +493,13 @@ class WorkerProcess:
             if group is not None and group.mechanisms["freeze"] in cgroup.KERNEL:
                 group.request_freeze()
                 return
-            worker = self._worker_process
-            if not self._may_fork and worker is not None:
+            worker, fd = self._worker_process, self._worker_pidfd
+            if not self._may_fork and worker is not None and fd is not None:
                 # Seccomp forbids fork: the worker is every process of the sandbox (but the
                 # reaper). A stopped process cannot wake itself, a thread of it neither.
                 try:
-                    worker.send_signal(signal.SIGSTOP)
-                except psutil.Error:
+                    signal.pidfd_send_signal(fd, signal.SIGSTOP)
+                except OSError:
                     return  # gone: the next call reports it
                 self._stopped = {worker.pid: worker}
                 return
@@ -543,7 +545,14 @@ class WorkerProcess:
         """Let the sandbox run again, right before a call."""
         with self._signal_lock:
             stopped, self._stopped = self._stopped, None
-            if stopped is not None:
+            worker, fd = self._worker_process, self._worker_pidfd
+            if stopped is not None and fd is not None and worker is not None and \
+                    list(stopped) == [worker.pid]:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGCONT)
+                except OSError:
+                    pass  # gone: the call reports it
+            elif stopped is not None:
                 reaper.signal_all(stopped.values(), signal.SIGCONT)
             if self._cgroup is not None:
                 self._cgroup.thaw()
@@ -1066,6 +1075,9 @@ class WorkerProcess:
             self._proc = None
             self._stopped = None
             self._worker_process = None
+            if self._worker_pidfd is not None:
+                os.close(self._worker_pidfd)
+                self._worker_pidfd = None
             if self._cgroup is not None:
                 self._cgroup.remove()
                 self._cgroup = None
