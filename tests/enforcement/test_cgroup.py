@@ -441,3 +441,60 @@ def test_the_sigstop_fixed_point_holds_against_processes_waking_each_other() -> 
         for pid in reaper.descendants(root.pid):
             os.kill(pid, signal.SIGKILL)
         root.wait()
+
+
+# -- configuration and the report (no workers) --------------------------------------------------
+
+
+def test_the_host_setting_names_a_cgroup_path_or_turns_cgroups_off() -> None:
+    assert cgroup.configured_parent({}) is None
+    assert cgroup.configured_parent({cgroup.ENV: "policy-engine/"}) == "/policy-engine"
+    assert cgroup.configured_parent({cgroup.ENV: "/a/b"}) == "/a/b"
+    for off in ("none", "off", "", " "):
+        assert cgroup.configured_parent({cgroup.ENV: off}) == ""
+    assert not cgroup.detect("", refresh=True).active
+
+
+def test_each_limit_takes_the_first_mechanism_that_holds_it() -> None:
+    mixed = cgroup.CgroupSupport("/p", v2_dir="/sys/fs/cgroup/unified/p",
+                                 v1_dirs={"memory": "/m/p", "pids": "/x/p", "cpu": "/c/p"})
+    assert dict(mixed.mechanisms) == {"memory": "cgroup v1", "pids": "cgroup v1",
+                                      "cpu": "cgroup v1", "freeze": "cgroup v2"}
+    v2 = cgroup.CgroupSupport("/p", v2_dir="/sys/fs/cgroup/p",
+                              v2_controllers=frozenset({"memory", "cpu"}))
+    assert dict(v2.mechanisms) == {"memory": "cgroup v2", "pids": "rlimit", "cpu": "cgroup v2",
+                                   "freeze": "cgroup v2"}
+    assert dict(cgroup.CgroupSupport(None).mechanisms) == dict(cgroup.FALLBACK)
+
+
+def test_a_delegated_cgroup_is_used_only_when_the_host_sits_in_a_child_of_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroup, "_v2_mount", lambda: "/sys/fs/cgroup")
+    monkeypatch.setattr(cgroup, "_is_delegated",
+                        lambda directory: directory == "/sys/fs/cgroup/system.slice/app.service")
+    monkeypatch.setattr(cgroup, "_own_v2_path", lambda: "/system.slice/app.service/supervisor")
+    assert cgroup.delegated_parent() == "/system.slice/app.service"
+    # The host itself in the delegated cgroup: it would have to move, so it is not used.
+    monkeypatch.setattr(cgroup, "_own_v2_path", lambda: "/system.slice/app.service")
+    assert cgroup.delegated_parent() is None
+
+
+def test_doctor_names_the_mechanism_of_each_limit(parent: str) -> None:
+    from policy_engine.enforcement.host import doctor
+
+    check = doctor._cgroup_check(False, cgroup.detect(parent))
+    assert check.ok == (cgroup.detect(parent).mechanisms["memory"] in cgroup.KERNEL)
+    assert f"under `{parent}`" in check.detail and "freeze by cgroup v" in check.detail
+    off = doctor._cgroup_check(True, cgroup.detect(""))
+    assert off.ok and "freeze by signals" in off.detail and cgroup.ENV in off.detail
+
+
+def test_the_cgroup_layer_holds_where_a_cgroup_counts_memory_without_the_fallback() -> None:
+    from types import SimpleNamespace
+
+    from policy_engine.enforcement.host import doctor
+
+    report = SimpleNamespace(seccomp=False, missing=(), landlock_abi=0, scoping=False)
+    assert not doctor.worker_layers(report, False)["cgroup"]
+    assert doctor.worker_layers(report, False, {"memory": "cgroup v1"})["cgroup"]
+    assert not doctor.worker_layers(report, False, {"memory": "sampler"})["cgroup"]
