@@ -149,6 +149,14 @@ class Plugin:
             pass
         return time.process_time() - start
 
+    def escape(self, path):
+        try:
+            with open(path, "w") as handle:
+                handle.write(str(os.getpid()))
+        except OSError as error:
+            return error.errno
+        return 0
+
     def cleanup(self):
         with open("cleaned", "w") as handle:  # in its scratch directory, its cwd
             handle.write("yes")
@@ -250,6 +258,45 @@ def test_the_cgroup_is_joined_at_fork_so_initialize_runs_inside(start: Starter,
     # initialize() read /proc/self/cgroup: the plain worker sees the host's paths.
     with open(f"/proc/{worker.pid}/cgroup") as handle:
         assert group.name in handle.read()
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_a_plugin_cannot_leave_its_cgroup(start: Starter, parent: str, sandbox: bool) -> None:
+    worker = start(cgroup_parent=parent, sandbox=sandbox)
+    support = cgroup.detect(parent)
+    targets = [f"{d}/cgroup.procs" for d in (support.v2_dir, *support.v1_dirs.values()) if d]
+    targets += [t.rsplit(parent, 1)[0] + "/cgroup.procs" for t in targets]  # the root
+    for target in targets:
+        # Not in the sandbox's view at all (bubblewrap), or refused by Landlock.
+        assert worker.call("escape", [target], timeout=10) in (errno.ENOENT, errno.EACCES,
+                                                               errno.EROFS, errno.EPERM)
+    group = worker._cgroup
+    assert group is not None and _in(worker, group.name)
+
+
+def test_a_dead_hosts_empty_worker_cgroups_are_removed(parent: str) -> None:
+    support = cgroup.detect(parent)
+    dead = 2 ** 22 + 12345  # above pid_max's default: no such host
+    while os.path.exists(f"/proc/{dead}"):
+        dead += 1
+    stale = f"worker-demo-{cgroup._PID_NAMESPACE}.{dead}-0"
+    other = f"worker-demo-1.{dead}-0"  # another PID namespace's host: not ours to judge
+    directories = [d for d in (support.v2_dir, *support.v1_dirs.values()) if d]
+    for directory in directories:
+        os.mkdir(f"{directory}/{stale}")
+        os.mkdir(f"{directory}/{other}")
+    try:
+        group = cgroup.WorkerCgroup.create(support, "demo", memory_bytes=0, pids=0,
+                                           cpu_share=0)
+        group.remove()
+        for directory in directories:
+            assert not os.path.exists(f"{directory}/{stale}")
+            assert os.path.exists(f"{directory}/{other}")
+    finally:
+        for directory in directories:
+            for name in (stale, other):
+                if os.path.exists(f"{directory}/{name}"):
+                    os.rmdir(f"{directory}/{name}")
 
 
 def test_without_a_cgroup_the_report_names_the_fallbacks(start: Starter) -> None:

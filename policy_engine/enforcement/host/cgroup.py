@@ -71,6 +71,16 @@ _REMOVE_TIMEOUT = 1.0
 _NAMES = itertools.count()
 _OFF = ("none", "off", "0")
 _LIVE: set[WorkerCgroup] = set()
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+_PID_NAMESPACE = _pid_namespace()
 _LIVE_LOCK = threading.Lock()
 
 
@@ -314,15 +324,36 @@ def _sweep_stale(support: CgroupSupport) -> None:
             continue
         for name in names:
             parts = name.rsplit("-", 2)
-            if not name.startswith("worker-") or len(parts) != 3 or not parts[1].isdigit():
+            if not name.startswith("worker-") or len(parts) != 3:
                 continue
-            host = int(parts[1])
-            if host == os.getpid() or os.path.exists(f"/proc/{host}"):
+            namespace, _, host = parts[1].partition(".")
+            # Only hosts of this PID namespace: another namespace's pids are not ours to test.
+            if namespace != _PID_NAMESPACE or not host.isdigit():
                 continue
+            if int(host) == os.getpid() or os.path.exists(f"/proc/{host}"):
+                continue
+            directory = os.path.join(parent, name)
             try:
-                os.rmdir(os.path.join(parent, name))  # fails (EBUSY) while anything lives
+                os.rmdir(directory)  # fails (EBUSY) while anything lives
             except OSError:
-                continue
+                _end_stale(directory)
+
+
+def _end_stale(directory: str) -> None:
+    """Kill what is left in a dead host's worker cgroup (a cgroup v1 freezer keeps a frozen
+    process from dying until it is thawed); the next sweep removes the cgroup."""
+    for word in (_read(f"{directory}/cgroup.procs") or "").split():
+        try:
+            os.kill(int(word), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    try:
+        if os.path.exists(f"{directory}/freezer.state"):
+            _write(f"{directory}/freezer.state", "THAWED")
+        elif os.path.exists(f"{directory}/cgroup.freeze"):
+            _write(f"{directory}/cgroup.freeze", "0")
+    except OSError:
+        pass
 
 
 class WorkerCgroup:
@@ -349,7 +380,7 @@ class WorkerCgroup:
         :class:`EnforcementError` when a limit cannot be written (fail closed)."""
         _sweep_stale(support)
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in plugin)[:64]
-        name = f"worker-{safe}-{os.getpid()}-{next(_NAMES)}"
+        name = f"worker-{safe}-{_PID_NAMESPACE}.{os.getpid()}-{next(_NAMES)}"
         group = cls(support, name)
         with _LIVE_LOCK:
             _LIVE.add(group)

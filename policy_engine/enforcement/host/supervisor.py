@@ -491,7 +491,12 @@ class WorkerProcess:
             self._freeze_asked = time.monotonic()
             group = self._cgroup
             if group is not None and group.mechanisms["freeze"] in cgroup.KERNEL:
-                group.request_freeze()
+                try:
+                    group.request_freeze()
+                except OSError as error:
+                    log.error("cannot freeze the sandbox of plugin `%s` (%s); stopping it",
+                              self._plugin, error.strerror)
+                    self._kill()
                 return
             worker, fd = self._worker_process, self._worker_pidfd
             if not self._may_fork and worker is not None and fd is not None:
@@ -555,7 +560,12 @@ class WorkerProcess:
             elif stopped is not None:
                 reaper.signal_all(stopped.values(), signal.SIGCONT)
             if self._cgroup is not None:
-                self._cgroup.thaw()
+                try:
+                    self._cgroup.thaw()
+                except OSError as error:  # it stays frozen: end it, the call reports it
+                    log.error("cannot thaw the sandbox of plugin `%s` (%s); stopping it",
+                              self._plugin, error.strerror)
+                    self._kill()
 
     def _prepare(self, init: WorkerInit) -> LockdownSpec:
         """Create the scratch directory and decide whether the worker can switch uid."""
