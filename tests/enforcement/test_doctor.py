@@ -10,7 +10,7 @@ import pytest
 
 from policy_engine import Engine, ResourceLimitError
 from policy_engine.cli.main import main
-from policy_engine.enforcement.host import bwrap, doctor
+from policy_engine.enforcement.host import bwrap, cgroup, doctor
 from policy_engine.enforcement.host.sampler import Sampler
 from policy_engine.enforcement.host.supervisor import tmpfs_cap
 from policy_engine.enforcement.host.usage import ResourceLimits
@@ -52,6 +52,8 @@ def test_the_cgroup_layer_holds_only_with_the_memory_fallback(
         monkeypatch: pytest.MonkeyPatch) -> None:
     doctor.host_layers.cache_clear()
     monkeypatch.setattr(bwrap, "available", lambda: "no namespaces here")
+    # No cgroup either: the fallback alone (a cgroup counting memory holds the layer).
+    monkeypatch.setattr(cgroup, "detect", lambda *args, **kw: cgroup.CgroupSupport(None))
     try:
         layers = doctor.host_layers()
         assert not layers["bubblewrap"] and not layers["cgroup"]

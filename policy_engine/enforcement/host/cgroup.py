@@ -528,6 +528,19 @@ class WorkerCgroup:
                 break
         return max(used, 0)
 
+    def memory_peak(self) -> int | None:
+        """The most memory the cgroup held (``memory.peak``, ``memory.max_usage_in_bytes``)."""
+        if self.mechanisms["memory"] == V2:
+            text = _read(f"{self._dirs['v2']}/memory.peak")
+        elif self.mechanisms["memory"] == V1:
+            text = _read(f"{self._dirs['memory']}/memory.max_usage_in_bytes")
+        else:
+            return None
+        try:
+            return int((text or "").strip())
+        except ValueError:
+            return None
+
     def oom_kills(self) -> int:
         """How many processes the kernel killed for this cgroup's memory limit."""
         if self.mechanisms["memory"] == V2:

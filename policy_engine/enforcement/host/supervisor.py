@@ -903,6 +903,7 @@ class WorkerProcess:
                                       "to the host and was stopped", plugin=self._plugin)
         returncode = proc.wait() if proc is not None else None
         oom = self._cgroup.oom_kills() if self._cgroup is not None else 0
+        peak = self._cgroup.memory_peak() if oom and self._cgroup is not None else None
         if self._sandboxed and returncode is not None and 128 < returncode < 128 + 65:
             returncode = 128 - returncode  # bwrap reports a signal death as 128 + signal
         pid = self.pid or (proc.pid if proc is not None else 0)
@@ -915,11 +916,12 @@ class WorkerProcess:
         plugin = self._plugin
         if oom and self._init is not None:
             limit = self._init.limits.memory_bytes
+            used = max(peak or 0, limit)
             return ResourceLimitError(
-                f"plugin `{plugin}` ran out of memory: it reached its limit of "
-                f"{human_size(limit)}, counted by the kernel for the whole sandbox (memfd, "
-                "shared memory and tmpfs included), and was stopped",
-                plugin=plugin, resource="memory", limit=float(limit), used=float(limit))
+                f"plugin `{plugin}` ran out of memory: it used {human_size(used)} (peak), "
+                f"all of its limit of {human_size(limit)}, counted by the kernel for the whole "
+                "sandbox (memfd, shared memory and tmpfs included), and was stopped",
+                plugin=plugin, resource="memory", limit=float(limit), used=float(used))
         if returncode is not None and returncode < 0:
             signum = -returncode
             name = _signal_name(signum)
