@@ -76,6 +76,7 @@ def test_preflight_reports_every_layer_and_each_plugin(capsys: pytest.CaptureFix
     assert main(["doctor", "--plugins", str(EXAMPLES), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["layers"]) == set(doctor.LAYERS)
+    assert set(report["limits"]) == {"memory", "pids", "cpu", "freeze"}  # each one's mechanism
     assert report["level"] == doctor.isolation_level(report["layers"])
     assert {c["name"] for c in report["checks"]} == {"bubblewrap", "user-namespace", "cgroup",
                                                      "landlock", "seccomp"}
