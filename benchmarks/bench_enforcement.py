@@ -11,7 +11,12 @@
 7. the network broker: a call that opens and closes one TCP connection through the host's
    broker, a trivial call on the same worker, a direct connect in the host; the broker's
    added cost per connection (printed after the table) is the first minus the other two;
-   and the host CPU charged per frame.
+   and the host CPU charged per frame;
+8. the freeze between calls, for each mechanism this host has (the SIGSTOP fallback, and a
+   cgroup under a parent made for the run where one is writable): the freeze request on the
+   call path, the time until frozen and the resume, measured apart, and the warm round trip
+   with and without them, interleaved (the difference is what the freeze costs a call); the
+   mechanism holding each limit is printed.
 
 Run: ``python benchmarks/bench_enforcement.py``.
 """
@@ -31,7 +36,7 @@ from typing import Any
 import psutil
 
 from policy_engine import Engine, PluginTimeoutError
-from policy_engine.enforcement.host import bwrap
+from policy_engine.enforcement.host import bwrap, cgroup
 from policy_engine.enforcement.host.broker import BrokerLimits, NetworkBroker
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.sandbox import PluginSandbox
@@ -248,6 +253,67 @@ def bench_broker(scratch: Path) -> dict[str, list[float]]:
     return results
 
 
+def bench_freeze(scratch: Path) -> tuple[dict[str, list[float]], list[str]]:
+    """Freeze and resume of a warm worker's sandbox, per mechanism."""
+    data = scratch / "freeze-data"
+    data.mkdir()
+    engine = Engine.load(ROOT / "policies", plugins=EXAMPLES, variables={"data_dir": str(data)})
+    sandbox = PluginSandbox(engine, data_dir=data, scratch_root=scratch)
+    metadata = load_manifest(EXAMPLES / "summarizer")
+    runner: Any = sandbox.runner_for(metadata, lambda hook: lambda *a: None)
+    parent = f"/policy-engine-bench-{os.getpid()}"
+    support = cgroup.detect(parent, refresh=True)
+    parents = [("signals", "")] + ([(support.mechanisms["freeze"], parent)] if support.active
+                                   else [])
+    results: dict[str, list[float]] = {}
+    notes: list[str] = []
+    try:
+        for label, where in parents:
+            worker = WorkerProcess(capability_handler=runner.services.handle,
+                                   cgroup_parent=where)
+            worker.start(runner.init)
+            held = ", ".join(f"{k} by {v}" for k, v in worker.limit_mechanisms.items())
+            notes.append(f"freeze by {label}{' (bubblewrap)' if worker.sandboxed else ''}: {held}")
+            for _ in range(200):
+                worker.call("cleanup", timeout=10)
+            freeze, thaw = worker._freeze, worker._thaw
+            with_freeze: list[float] = []
+            without: list[float] = []
+            for _ in range(20):  # interleaved, so both see the same machine
+                worker._freeze, worker._thaw = freeze, thaw  # type: ignore[method-assign]
+                with_freeze += once(lambda w=worker: w.call("cleanup", timeout=10), 100)  # type: ignore[misc]
+                worker._thaw()
+                worker._freeze = worker._thaw = lambda: None  # type: ignore[method-assign]
+                without += once(lambda w=worker: w.call("cleanup", timeout=10), 100)  # type: ignore[misc]
+            worker._freeze, worker._thaw = freeze, thaw  # type: ignore[method-assign]
+            results[f"warm round trip with freeze ({label})"] = with_freeze
+            results[f"warm round trip without freeze ({label})"] = without
+            asked, frozen, resume = [], [], []
+            for _ in range(1000):
+                started = time.perf_counter_ns()
+                worker._thaw()
+                middle = time.perf_counter_ns()
+                worker._freeze()
+                requested = time.perf_counter_ns()
+                assert worker.wait_frozen()
+                done = time.perf_counter_ns()
+                resume.append((middle - started) / 1000)
+                asked.append((requested - middle) / 1000)
+                frozen.append((done - middle) / 1000)
+            results[f"freeze on the call path ({label})"] = asked
+            results[f"freeze until frozen ({label})"] = frozen
+            results[f"resume ({label})"] = resume
+            worker.stop()
+    finally:
+        for directory in (support.v2_dir, *support.v1_dirs.values()):
+            if directory is not None:
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+    return results, notes
+
+
 TARGETS = {
     "wrapped in-process call, added": "<= 2 µs",
     "audited event in host code, no plugin active, added": "(prototype: 0.13-0.15 µs)",
@@ -270,8 +336,9 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the loader's scan warnings are not the point here
     with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
         scratch = Path(tmp)
+        freeze_rows, freeze_notes = bench_freeze(scratch)
         rows = {**bench_inprocess(scratch), **bench_process(scratch),
-                **bench_bubblewrap(scratch), **bench_broker(scratch)}
+                **bench_bubblewrap(scratch), **bench_broker(scratch), **freeze_rows}
     name_width = max(len(n) for n in rows)
     print(f"{'measure':<{name_width}}  {'median':>12}  {'p99':>12}  target")
     print("-" * (name_width + 40))
@@ -279,7 +346,8 @@ def main() -> None:
         med, high = statistics.median(values), p99(values)
         unit = "ms" if med >= 1000 else "µs"
         scale = 1000 if unit == "ms" else 1
-        print(f"{name:<{name_width}}  {med / scale:>9.2f} {unit}  {high / scale:>9.2f} {unit}  {TARGETS[name]}")
+        target = TARGETS.get(name, "<= 150 µs" if name.startswith("warm") else "(no target)")
+        print(f"{name:<{name_width}}  {med / scale:>9.2f} {unit}  {high / scale:>9.2f} {unit}  {target}")
     plain = rows.get("cold start, today's layers only")
     boxed = rows.get("cold start under bubblewrap")
     if plain and boxed:
@@ -293,6 +361,14 @@ def main() -> None:
     print(f"the broker adds {statistics.median(added) / 1000:.2f} ms per connection "
           f"(p99 {p99(added) / 1000:.2f} ms; target <= 2 ms; ratio to a direct connect "
           f"{statistics.median(brokered) / statistics.median([t + d for t, d in zip(trivial, direct, strict=True)]):.2f})")
+    for note in freeze_notes:
+        print(note)
+    for label in dict.fromkeys(n.split(" (")[-1].rstrip(")") for n in freeze_rows):
+        with_freeze = freeze_rows.get(f"warm round trip with freeze ({label})")
+        without = freeze_rows.get(f"warm round trip without freeze ({label})")
+        if with_freeze and without:
+            print(f"the freeze by {label} adds {statistics.median(with_freeze) - statistics.median(without):.1f} µs "
+                  f"to a warm call (ratio {statistics.median(with_freeze) / statistics.median(without):.2f})")
     print(f"\n(cpu count {os.cpu_count()}; times are wall clock)")
 
 

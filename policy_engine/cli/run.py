@@ -83,7 +83,15 @@ def render_report(report: RunReport, *, verbose: bool = False) -> str:
         ("PLUGIN", "WARNING"),
         tuple((p.name, short(w)) for p in report.plugins for w in p.warnings),
     )
-    return render_text([summary, calls, denials, warnings])
+    limits = Table(
+        "limits held by",
+        ("PLUGIN", "MEMORY", "PIDS", "CPU", "FREEZE"),
+        tuple((p.name, *(p.limits.get(k, "-") for k in ("memory", "pids", "cpu", "freeze")))
+              for p in report.plugins if p.limits),
+    )
+    # Shown where a worker ran (an in-process plugin has no limits of its own).
+    tables = [summary, limits] if limits.rows else [summary]
+    return render_text([*tables, calls, denials, warnings])
 
 
 def _short(text: str, limit: int = 110) -> str:

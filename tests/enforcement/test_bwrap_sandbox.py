@@ -146,9 +146,9 @@ def _init(tree: Path, **fields: Any) -> WorkerInit:
 def start(tree: Path) -> Iterator[Starter]:
     workers: list[WorkerProcess] = []
 
-    def starter(**fields: Any) -> tuple[WorkerProcess, Any]:
+    def starter(cgroup_parent: str | None = None, **fields: Any) -> tuple[WorkerProcess, Any]:
         identities = IdentityMap(tree / "identities.json", first=UID_FIRST, count=1024)
-        worker = WorkerProcess(sandbox=True, identities=identities)
+        worker = WorkerProcess(sandbox=True, identities=identities, cgroup_parent=cgroup_parent)
         workers.append(worker)
         return worker, worker.start(_init(tree, **fields))
 
@@ -239,7 +239,7 @@ def test_system_v_shared_memory_is_refused_and_leaves_nothing(start: Starter) ->
             return {line.split()[1] for line in table.readlines()[1:]}
 
     before = segments()
-    worker, _ = start()
+    worker, _ = start(cgroup_parent="")
     # No cgroup counts it, so seccomp refuses it (the memory fallback).
     assert worker.call("shm", timeout=10) == [-1, errno.EPERM]
     worker.stop()
@@ -247,7 +247,7 @@ def test_system_v_shared_memory_is_refused_and_leaves_nothing(start: Starter) ->
 
 
 def test_memory_outside_the_resident_set_is_refused_or_capped(start: Starter) -> None:
-    worker, _ = start()
+    worker, _ = start(cgroup_parent="")  # the fallback, where no cgroup counts memory
     # An anonymous memfd is memory the sampler would not see: refused.
     assert worker.call("memfd", [512 * 1024 * 1024], timeout=10) == errno.EPERM
     # POSIX shared memory and /tmp are tmpfs capped at an eighth of the limit each (and

@@ -10,7 +10,7 @@ import pytest
 
 from policy_engine import Engine, ResourceLimitError
 from policy_engine.cli.main import main
-from policy_engine.enforcement.host import bwrap, doctor
+from policy_engine.enforcement.host import bwrap, cgroup, doctor
 from policy_engine.enforcement.host.sampler import Sampler
 from policy_engine.enforcement.host.supervisor import tmpfs_cap
 from policy_engine.enforcement.host.usage import ResourceLimits
@@ -52,6 +52,8 @@ def test_the_cgroup_layer_holds_only_with_the_memory_fallback(
         monkeypatch: pytest.MonkeyPatch) -> None:
     doctor.host_layers.cache_clear()
     monkeypatch.setattr(bwrap, "available", lambda: "no namespaces here")
+    # No cgroup either: the fallback alone (a cgroup counting memory holds the layer).
+    monkeypatch.setattr(cgroup, "detect", lambda *args, **kw: cgroup.CgroupSupport(None))
     try:
         layers = doctor.host_layers()
         assert not layers["bubblewrap"] and not layers["cgroup"]
@@ -74,6 +76,7 @@ def test_preflight_reports_every_layer_and_each_plugin(capsys: pytest.CaptureFix
     assert main(["doctor", "--plugins", str(EXAMPLES), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["layers"]) == set(doctor.LAYERS)
+    assert set(report["limits"]) == {"memory", "pids", "cpu", "freeze"}  # each one's mechanism
     assert report["level"] == doctor.isolation_level(report["layers"])
     assert {c["name"] for c in report["checks"]} == {"bubblewrap", "user-namespace", "cgroup",
                                                      "landlock", "seccomp", "kernel-records",

@@ -454,6 +454,10 @@ def test_a_frame_between_calls_is_refused(start_worker: Any) -> None:
 
     worker, _ = start_worker()
     assert worker.call("stray_frame_later", timeout=10) == "ok"
+    # The sandbox is frozen between calls, so the thread cannot write then; thawed here by
+    # hand, as if no freezer held it, the frame it writes is refused at the next call.
+    assert worker.frozen
+    worker._thaw()
     time.sleep(0.6)
     with pytest.raises(PluginCrashedError, match="between calls"):
         worker.call("modules", timeout=10)

@@ -473,12 +473,14 @@ def test_the_level_reported_is_the_workers_own_and_a_shortfall_is_refused(
         report = agent.runner.report  # type: ignore[attr-defined]
         sandboxed = agent.runner.worker.sandboxed  # type: ignore[attr-defined]
         level = doctor.isolation_level(doctor.plugin_layers(
-            loader.engine, "example-agent", doctor.worker_layers(report, sandboxed)))
+            loader.engine, "example-agent",
+            doctor.worker_layers(report, sandboxed, agent.limits)))
         assert agent.isolation == f"process ({level})"
     # The worker came up without seccomp although the host promised it: stopped, refused.
     real = doctor.worker_layers
     monkeypatch.setattr(doctor, "worker_layers",
-                        lambda report, sandboxed: {**real(report, sandboxed), "seccomp": False})
+                        lambda report, sandboxed, limits=None: {
+                            **real(report, sandboxed, limits), "seccomp": False})
     (tmp_path / "second").mkdir()
     with make_loader(tmp_path / "second", plugins) as loader:
         with pytest.raises(PluginValidationError, match="layer `seccomp` is missing"):

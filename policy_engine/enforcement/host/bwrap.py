@@ -26,7 +26,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ...errors import EnforcementError
@@ -209,8 +209,12 @@ def _reachable(path: str, uid: int, gid: int) -> bool:
 
 def spawn(plan: ViewPlan, options: SandboxOptions, command: Sequence[str], *,
           pass_fds: Sequence[int] = (), stdout: int | None = subprocess.DEVNULL,
-          stderr: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """Start ``command`` in a sandbox built from ``plan``; the Popen is bwrap's process."""
+          stderr: int | None = subprocess.DEVNULL,
+          preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a sandbox built from ``plan``; the Popen is bwrap's process.
+
+    ``preexec`` runs first in the forked child, before anything else (the worker's cgroup
+    is joined there, so bwrap and all it starts are inside)."""
     path = bwrap_path()
     if path is None:
         raise EnforcementError(available())
@@ -233,8 +237,8 @@ def spawn(plan: ViewPlan, options: SandboxOptions, command: Sequence[str], *,
         if not root:
             return subprocess.Popen(argv, env={}, stdin=subprocess.DEVNULL,
                                     stdout=stdout, stderr=stderr, pass_fds=keep, close_fds=True,
-                                    start_new_session=True)
-        return _spawn_as_root(argv, options, steps, keep, stdout, stderr)
+                                    start_new_session=True, preexec_fn=preexec)
+        return _spawn_as_root(argv, options, steps, keep, stdout, stderr, preexec)
     finally:
         for fd in fds:
             os.close(fd)
@@ -260,13 +264,16 @@ def _stage(libc: _Libc, steps: list[tuple[bytes, bytes, bool]]) -> None:
 
 def _spawn_as_root(argv: list[str], options: SandboxOptions,
                    steps: list[tuple[bytes, bytes, bool]], keep: Sequence[int],
-                   stdout: int | None, stderr: int | None) -> subprocess.Popen[bytes]:
+                   stdout: int | None, stderr: int | None,
+                   preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
     libc = _libc()
     pid_read, pid_write = os.pipe()
     go_read, go_write = os.pipe()
     failure: list[str] = []
 
     def child() -> None:  # between fork and exec: no locks, no imports, no allocation-heavy work
+        if preexec is not None:
+            preexec()  # still root, in the host's namespaces: the cgroup is joined here
         os.setgroups([])
         if steps:
             _stage(libc, steps)

@@ -7,13 +7,14 @@ An untrusted plugin (one without a matching ``trust`` pin) whose level is not ``
 refused unless the policy accepts, for that plugin, the risk of each missing layer by name
 (:func:`plugin_refusal`; the names are in :mod:`policy_engine.risks`).
 
-The ``cgroup`` layer stands for "memory is counted from outside, all of it". The engine
-does not place workers in cgroups yet, so the layer holds through the documented fallback:
-the worker runs under bubblewrap (``/tmp`` and ``/dev/shm`` are size-capped tmpfs whose caps
-are subtracted from the memory limit the sampler enforces) and seccomp refuses
-``memfd_create`` and System V ``shmget``, the ways to hold memory outside the counted ones.
-When either of those is missing, so is the layer; a delegated cgroup v2 is reported by the
-``cgroup`` check but not used.
+The ``cgroup`` layer stands for "memory is counted from outside, all of it". It holds where
+the worker's own cgroup (v2 or v1, under a delegated parent, see :mod:`.cgroup`) holds the
+memory limit, and otherwise through the documented fallback: the worker runs under
+bubblewrap (``/tmp`` and ``/dev/shm`` are size-capped tmpfs whose caps are counted in the
+memory limit the sampler enforces) and seccomp refuses ``memfd_create`` and System V
+``shmget``, the ways to hold memory outside the counted ones. Without a cgroup for memory
+and with either of those missing, the layer is missing. The ``cgroup`` check names the
+mechanism that holds each limit (memory, pids, cpu, the freeze between calls).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ...risks import (
 )
 from ...settings import Isolation
 from ...table import PinStatus
-from . import bwrap, disk, kernel
+from . import bwrap, cgroup, disk, kernel
 from .spec import kernel_grants
 
 __all__ = ["LAYERS", "RISK_FOR_LAYER", "Check", "Preflight", "PluginLevel", "accepted_risks",
@@ -63,7 +64,9 @@ _REMEDY: Mapping[str, str] = {
     "landlock": "run a kernel with Landlock ABI 6 or later (Linux 6.12), enabled in `lsm=`",
     "landlock-scoping": "run a kernel with Landlock ABI 6 or later (Linux 6.12)",
     "seccomp": "install libseccomp (`apt-get install libseccomp2`) on a kernel with seccomp",
-    "cgroup": "install bubblewrap and libseccomp so that the memory fallback holds",
+    "cgroup": f"name a delegated parent cgroup in `{cgroup.ENV}` (or give the service "
+              "`Delegate=yes` and `DelegateSubgroup=`), or install bubblewrap and libseccomp "
+              "so that the memory fallback holds",
 }
 
 
@@ -94,12 +97,15 @@ class Preflight:
     layers: Mapping[str, bool]
     level: str
     plugins: tuple[PluginLevel, ...] = field(default=())
+    #: which mechanism holds each limit: ``memory``, ``pids``, ``cpu``, ``freeze``
+    limits: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
         return {
             "level": self.level,
             "layers": dict(self.layers),
+            "limits": dict(self.limits),
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
             "plugins": [{"plugin": p.plugin, "level": p.level, "layers": dict(p.layers),
                          "refusal": p.refusal} for p in self.plugins],
@@ -148,10 +154,15 @@ def host_layers() -> Mapping[str, bool]:
         "landlock": features.landlock_abi > 0,
         "landlock-scoping": features.scoping,
         "seccomp": features.seccomp,
-        # The memory fallback (see the module docstring): tmpfs caps counted, memfd and
-        # System V shared memory refused.
-        "cgroup": sandboxed and features.seccomp,
+        # A cgroup counts the memory, or the fallback does (see the module docstring):
+        # tmpfs caps counted, memfd and System V shared memory refused.
+        "cgroup": _memory_by_cgroup(cgroup.detect().mechanisms) or (
+            sandboxed and features.seccomp),
     })
+
+
+def _memory_by_cgroup(limits: Mapping[str, str]) -> bool:
+    return limits.get("memory") in cgroup.KERNEL
 
 
 def plugin_layers(engine: Any, plugin: str, layers: Mapping[str, bool] | None = None
@@ -165,9 +176,11 @@ def plugin_layers(engine: Any, plugin: str, layers: Mapping[str, bool] | None = 
     return own
 
 
-def worker_layers(report: Any, sandboxed: bool) -> dict[str, bool]:
-    """The layers a started worker actually has, from its own isolation report: never
-    more than was applied (a system call seccomp could not name is a missing layer)."""
+def worker_layers(report: Any, sandboxed: bool,
+                  limits: Mapping[str, str] | None = None) -> dict[str, bool]:
+    """The layers a started worker actually has, from its own isolation report and the
+    mechanisms that hold its ``limits``: never more than was applied (a system call seccomp
+    could not name is a missing layer)."""
     seccomp_ok = bool(report.seccomp) and not any(
         str(m).startswith("seccomp:") for m in report.missing)
     return {
@@ -177,7 +190,7 @@ def worker_layers(report: Any, sandboxed: bool) -> dict[str, bool]:
         "landlock": report.landlock_abi > 0,
         "landlock-scoping": bool(report.scoping),
         "seccomp": seccomp_ok,
-        "cgroup": sandboxed and seccomp_ok,
+        "cgroup": _memory_by_cgroup(limits or {}) or (sandboxed and seccomp_ok),
     }
 
 
@@ -229,30 +242,29 @@ def _userns_check() -> Check:
     return Check("user-namespace", ok, detail)
 
 
-def _cgroup_state() -> str:
-    mounts = _read("/proc/self/mounts") or ""
-    for line in mounts.splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and parts[2] == "cgroup2":
-            where, options = parts[1], parts[3].split(",")
-            delegated = os.access(where, os.W_OK) and "ro" not in options and \
-                os.path.exists(os.path.join(where, "cgroup.subtree_control"))
-            if where == "/sys/fs/cgroup" and delegated:
-                return "cgroup v2 at /sys/fs/cgroup, not used by workers yet"
-            state = "read-only" if not delegated else "writable"
-            return f"cgroup v2 at {where} is {state} (cgroup v1 host)"
-    return "no cgroup v2 mount"
-
-
-def _cgroup_check(fallback: bool) -> Check:
-    """The ``cgroup`` layer: memory counted from outside, here by the fallback."""
-    if fallback:
-        how = ("memory fallback holds: resident memory sampled from outside, tmpfs caps "
-               "counted in the limit, memfd_create and shmget refused by seccomp")
+def _cgroup_check(fallback: bool, support: cgroup.CgroupSupport | None = None) -> Check:
+    """The ``cgroup`` layer: memory counted from outside, by a cgroup or the fallback; the
+    detail names the mechanism of each limit and what this host could use."""
+    support = support if support is not None else cgroup.detect()
+    held = support.mechanisms
+    parts = [cgroup.describe(support)]
+    if _memory_by_cgroup(held):
+        parts.append("memory counted by the kernel, memfd and shared memory included")
+    elif fallback:
+        parts.append("memory fallback holds: resident memory sampled from outside, tmpfs caps "
+                     "counted in the limit, memfd_create and shmget refused by seccomp")
     else:
-        how = ("memory fallback does not hold (it needs bubblewrap and seccomp): memory in "
-               "memfd or shared memory is not counted")
-    return Check("cgroup", fallback, f"{_cgroup_state()}; {how}; CPU sampled")
+        parts.append("memory fallback does not hold (it needs bubblewrap and seccomp): memory "
+                     "in memfd or shared memory is not counted")
+    if not support.active:
+        usable = cgroup.writable_hierarchies()
+        if usable:
+            parts.append(f"writable here: {', '.join(usable)}; set `{cgroup.ENV}` to a parent "
+                         "cgroup path (such as `/policy-engine`) to use them")
+        else:
+            parts.append("no writable cgroup hierarchy")
+    ok = fallback or _memory_by_cgroup(held)
+    return Check("cgroup", ok, "; ".join(parts))
 
 
 def _kernel_records_check() -> Check:
@@ -322,7 +334,7 @@ def preflight(engine: Any = None) -> Preflight:
     checks = (
         _bwrap_check(),
         _userns_check(),
-        _cgroup_check(layers["cgroup"]),
+        _cgroup_check(_fallback_holds(features)),
         Check("landlock", features.landlock_abi > 0, f"ABI {features.landlock_abi}"),
         Check("seccomp", features.seccomp, "libseccomp and kernel filtering"
               if features.seccomp else "libseccomp or kernel support missing"),
@@ -337,7 +349,12 @@ def preflight(engine: Any = None) -> Preflight:
             refusals = [plugin_refusal(engine, name, layers), disk.disk_limit_refusal(engine, name)]
             plugins.append(PluginLevel(name, isolation_level(own), own,
                                        "; ".join(r for r in refusals if r)))
-    return Preflight(checks, layers, isolation_level(layers), tuple(plugins))
+    return Preflight(checks, layers, isolation_level(layers), tuple(plugins),
+                     MappingProxyType(dict(cgroup.detect().mechanisms)))
+
+
+def _fallback_holds(features: Any) -> bool:
+    return bwrap.bwrap_path() is not None and not bwrap.available() and bool(features.seccomp)
 
 
 def _names(plugins: Sequence[str]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,13 @@ class LoadedPlugin:
     def usage(self) -> ResourceUsage:
         """The latest resource sample."""
         return self.runner.usage()
+
+    @property
+    def limits(self) -> Mapping[str, str]:
+        """Which mechanism holds each limit (``memory``, ``pids``, ``cpu``, ``freeze`` ->
+        ``cgroup v2``, ``cgroup v1`` or a fallback); empty in process (inprocess mode)."""
+        held: Mapping[str, str] = getattr(self.runner, "limits", {})
+        return held
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` on the plugin under its execute timeout."""

@@ -80,8 +80,16 @@ def freeze(roots: Iterable[int], known: Iterable[psutil.Process] = ()) -> dict[i
                     grew = True
                 except psutil.Error:
                     continue
-        if not grew and _all_stopped(frozen.values()):
+        running = _running_ones(frozen.values())
+        if not grew and not running:
             break
+        # One not yet frozen may have sent SIGCONT to one already frozen: stop it again.
+        # The loop ends once no process runs, and a stopped process cannot wake another.
+        for process in running:
+            try:
+                process.send_signal(signal.SIGSTOP)
+            except psutil.Error:
+                continue
         if not grew:
             time.sleep(0.0005)  # SIGSTOP is delivered asynchronously; give it a moment
     return frozen
@@ -139,12 +147,14 @@ def _walk(roots: Iterable[int]) -> list[int]:
     return pids
 
 
-def _all_stopped(processes: Iterable[psutil.Process]) -> bool:
+def _running_ones(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The processes not (yet) stopped."""
+    running = []
     for process in processes:
         try:
             if process.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE,
                                         psutil.STATUS_DEAD, psutil.STATUS_TRACING_STOP):
-                return False
+                running.append(process)
         except psutil.Error:
             continue
-    return True
+    return running

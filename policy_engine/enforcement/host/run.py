@@ -44,6 +44,8 @@ class PluginReport:
     cpu_percent: float
     outcome: str
     warnings: tuple[str, ...] = ()
+    #: which mechanism held each limit (``memory``, ``pids``, ``cpu``, ``freeze``)
+    limits: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def timeouts(self) -> int:
@@ -137,6 +139,7 @@ def run_plugins(policy: str | Path | list[str | Path], plugins_dir: str | Path,
                     denials=tuple(r for r in sandbox.records(name) if not r.allowed),
                     peak_memory=peak_memory, cpu_percent=peak_cpu,
                     outcome=outcome, warnings=plugin.validation.warnings,
+                    limits=dict(plugin.limits),
                 ))
             for directory, error in sorted(failed.items()):
                 name = _name_of(Path(plugins_dir) / directory) or directory
@@ -173,7 +176,7 @@ def report_to_dict(report: RunReport) -> dict[str, Any]:
                 "denials": [{"action": d.action, "resource": d.resource, "reason": d.reason,
                              "rules": list(d.rules), "source": d.source} for d in p.denials],
                 "timeouts": p.timeouts, "peak_memory": p.peak_memory, "cpu_percent": p.cpu_percent,
-                "outcome": p.outcome,
+                "outcome": p.outcome, "limits": dict(p.limits),
             }
             for p in report.plugins
         ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -126,12 +126,13 @@ class ProcessRunner:
 
     def __init__(self, init: WorkerInit, services: HostServices, *,
                  scratch_dir: Path | None = None,
-                 levels: Callable[[Any, bool], tuple[str, str]] | None = None,
+                 levels: Callable[[Any, bool, Mapping[str, str]], tuple[str, str]] | None = None,
                  sandbox: bool | None = None,
                  on_syscall: Callable[[str, str], Decision] | None = None,
                  audit: bool = False) -> None:
-        """``levels(report, sandboxed)`` names the level of the started worker from its own
-        report and why it must not run at that level (empty when it may). ``sandbox``
+        """``levels(report, sandboxed, limits)`` names the level of the started worker from
+        its own report and the mechanisms holding its limits, and why it must not run at
+        that level (empty when it may). ``sandbox``
         True never starts the worker without bubblewrap (None: whenever it works here);
         ``on_syscall(action, resource)`` decides and records what the worker's seccomp
         listener shows the host; ``audit`` lets those calls through."""
@@ -172,7 +173,8 @@ class ProcessRunner:
             raise self._decided_by_host(error) from None
         level = result.report.level
         if self._levels is not None:
-            level, refusal = self._levels(result.report, self.worker.sandboxed)
+            level, refusal = self._levels(result.report, self.worker.sandboxed,
+                                          self.worker.limit_mechanisms)
             if refusal:  # the worker got less than this host promised: it does not run
                 self.stop()
                 raise PluginValidationError(self.init.plugin, [refusal])
@@ -183,6 +185,11 @@ class ProcessRunner:
     def report(self) -> Any:
         """The kernel isolation report of the worker."""
         return self.worker.report
+
+    @property
+    def limits(self) -> Mapping[str, str]:
+        """Which mechanism holds each limit of the worker (see :mod:`.cgroup`)."""
+        return self.worker.limit_mechanisms
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
              timeout: float, phase: str) -> Any:

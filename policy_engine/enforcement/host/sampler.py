@@ -5,6 +5,11 @@ all processes, CPU share over a window), so this runs in the host, in a thread p
 with psutil. Memory over the limit and CPU over the share (with ``on_violation=
 "terminate"``) are reported to the supervisor through ``on_violation``, which kills the
 worker; with ``"warn"`` the tree is throttled by a SIGSTOP/SIGCONT duty cycle instead.
+
+Where the worker's cgroup holds a limit (:mod:`.cgroup`) the kernel enforces it and the
+sampler only observes: memory is the cgroup's own count (``memory_probe``), and CPU is
+throttled by the kernel's quota; with ``"terminate"`` a tree the kernel throttled in at
+least half of the quota periods across the window is stopped (``cpu_periods``).
 """
 
 from __future__ import annotations
@@ -43,9 +48,14 @@ class Sampler:
         on_violation: Callable[[ResourceLimitError], None],
         signal_tree: Callable[[int], None],
         reserved_bytes: int = 0,
+        memory_probe: Callable[[], int | None] | None = None,
+        cpu_periods: Callable[[], tuple[int, int] | None] | None = None,
     ) -> None:
         """``reserved_bytes`` is memory the sandbox can hold outside its processes' resident
-        set (its size-capped tmpfs mounts): it counts toward the limit as if always full."""
+        set (its size-capped tmpfs mounts): it counts toward the limit as if always full.
+        ``memory_probe`` returns the memory a cgroup counts for the sandbox (then used
+        instead of the resident set); ``cpu_periods`` the ``(periods, throttled)`` counters
+        of a cgroup's CPU quota (then the kernel throttles, never the sampler)."""
         self._pid = pid
         self._reserved = max(0, reserved_bytes)
         self._plugin = plugin
@@ -53,6 +63,10 @@ class Sampler:
         self._with_descendants = with_descendants
         self._on_violation = on_violation
         self._signal_tree = signal_tree
+        self._memory_probe = memory_probe
+        self._cpu_periods = cpu_periods
+        self._periods: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._quota_warned = False
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sampler-{plugin}-{pid}",
@@ -154,6 +168,9 @@ class Sampler:
             alive[pid] = process
         with self._lock:
             self._processes = alive
+        counted = self._memory_probe() if self._memory_probe is not None else None
+        if counted is not None:
+            rss = float(counted)
         previous = self._usage
         cpu_percent = 0.0
         if self._window:
@@ -179,7 +196,7 @@ class Sampler:
         limit = self._limits.memory_bytes
         if limit <= 0:
             return
-        rss = resident + self._reserved
+        rss = resident + (self._reserved if self._memory_probe is None else 0)
         if rss > limit:
             self._on_violation(ResourceLimitError(
                 f"plugin `{self._plugin}` ran out of memory: it used {human_size(rss)} (peak), "
@@ -194,6 +211,9 @@ class Sampler:
                         self._plugin, human_size(rss), rss * 100.0 / limit, human_size(limit))
 
     def _check_cpu(self, now: float, cpu: float) -> None:
+        if self._cpu_periods is not None:
+            self._check_quota(now)
+            return
         window = self._limits.cpu_window
         share = self._limits.cpu_share
         while len(self._window) > 2 and now - self._window[1][0] >= window:
@@ -220,3 +240,35 @@ class Sampler:
             # The rate measured while throttled understates demand; scale from the current duty.
             demand = rate / self._duty if self._duty > 0 else rate
             self._duty = max(_MIN_DUTY, min(1.0, share / demand)) if demand > 0 else 1.0
+
+    def _check_quota(self, now: float) -> None:
+        """The kernel throttles at the share; with ``terminate``, a tree throttled in at least
+        half of the periods over the window wanted more than its share all along."""
+        assert self._cpu_periods is not None
+        if self._limits.cpu_share <= 0:
+            return
+        counters = self._cpu_periods()
+        if counters is None:
+            return
+        window = self._limits.cpu_window
+        self._periods.append((now, *counters))
+        while len(self._periods) > 2 and now - self._periods[1][0] >= window:
+            self._periods.popleft()
+        first_time, first_periods, first_throttled = self._periods[0]
+        span = now - first_time
+        periods, throttled = counters[0] - first_periods, counters[1] - first_throttled
+        if span < window or periods <= 0 or throttled * 2 < periods:
+            return
+        share = self._limits.cpu_share
+        if self._limits.on_violation != "terminate":
+            if not self._quota_warned:
+                self._quota_warned = True  # once: the kernel does the throttling
+                log.warning("plugin `%s` wanted more than its share of %g of a core for "
+                            "%.1fs; throttling it (the kernel's CPU quota)", self._plugin,
+                            share, span)
+            return
+        self._on_violation(ResourceLimitError(
+            f"plugin `{self._plugin}` was stopped for CPU: it wanted more than its share of "
+            f"{share * 100:g}% of a core for {span:.1f}s (the kernel throttled it in "
+            f"{throttled} of {periods} quota periods)",
+            plugin=self._plugin, resource="cpu", limit=share, used=share))

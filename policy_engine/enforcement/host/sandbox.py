@@ -20,7 +20,7 @@ import inspect
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -378,8 +378,9 @@ class PluginSandbox:
         )
         if limits.isolation is not Isolation.PROCESS:
             raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])
-        def levels(report: Any, sandboxed: bool) -> tuple[str, str]:
-            layers = doctor.plugin_layers(self.engine, name, doctor.worker_layers(report, sandboxed))
+        def levels(report: Any, sandboxed: bool, held: Mapping[str, str]) -> tuple[str, str]:
+            layers = doctor.plugin_layers(self.engine, name,
+                                          doctor.worker_layers(report, sandboxed, held))
             return (doctor.isolation_level(layers),
                     doctor.plugin_refusal(self.engine, name, layers))
 

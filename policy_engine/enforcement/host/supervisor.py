@@ -6,6 +6,12 @@ stopped and killed and :class:`PluginTimeoutError` raised, and the next call sta
 worker transparently. A worker that dies (signal, ``os._exit``, OOM kill) becomes a
 :class:`PluginCrashedError`; the host never goes down with it. A sampler thread
 (:mod:`.sampler`) enforces the memory limit and the CPU share of the whole tree.
+
+Where a delegated cgroup exists (:mod:`.cgroup`) each worker's sandbox runs in a cgroup of
+its own, joined before anything runs, and the kernel holds memory, tasks and CPU. Between
+calls no plugin code runs: after a call (or hook, or start-up) returns, the sandbox is
+frozen (the cgroup freezer, else the reaper's SIGSTOP fixed point) and thawed right before
+the next call; threads and asyncio loops the plugin keeps in them are paused meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psutil
+
 from ...digest import PluginTree, is_python_source, read_plugin_tree
 from ...errors import (
     EnforcementError,
@@ -38,6 +46,7 @@ from ...errors import (
     ResourceLimitError,
     UsageError,
 )
+from ...units import human_size
 from ..wire import (
     LIMITS,
     PROTOCOL_VERSION,
@@ -56,6 +65,7 @@ from ..wire import (
     WireError,
     WorkerMessage,
     decode_worker_value,
+    encode_frame,
     recv_frame,
     recv_worker_message_and_fds,
     send_frame,
@@ -64,8 +74,9 @@ from ..wire import (
 from ..worker.lockdown import LockdownSpec
 from ..worker.main import BOOTSTRAP
 from ..worker.remote import exception_from_data, exception_to_data
-from . import kernel, reaper
+from . import cgroup, kernel, reaper
 from .bytecode import worker_bytecode_dir
+from .cgroup import WorkerCgroup
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 
@@ -85,6 +96,7 @@ CapabilityHandler = Callable[[str, str, list[Any]], Any]
 _T = TypeVar("_T")
 _TERM_GRACE = 0.025  # seconds a worker gets to exit on SIGTERM before SIGKILL
 _REAP_TIMEOUT = 1.0
+_FREEZE_TIMEOUT = 2.0  # seconds a sandbox gets to freeze after a call before it is killed
 # Busy-waiting for a reply before sleeping can save a thread wake-up, but whether that pays
 # depends on the machine (measured on a 2-vCPU VM: from 100 to 40 us at one time, from 47 to
 # 65 us at another). Off by default; ``WorkerProcess(spin=...)`` turns it on.
@@ -221,7 +233,8 @@ class WorkerProcess:
                  audit_handler: Callable[[AuditRecord], None] | None = None,
                  broker_factory: Callable[[], NetworkBroker] | None = None,
                  syscall_decide: Callable[[str, str], Any] | None = None,
-                 audit: bool = False) -> None:
+                 audit: bool = False,
+                 cgroup_parent: str | None = None) -> None:
         """``spin`` is how long (seconds) to busy-wait for a reply before sleeping in the
         kernel; ``debug_stderr`` lets the worker write to the host's stderr. ``sandbox``
         starts the worker under bubblewrap (None: whenever bubblewrap works here, see
@@ -233,7 +246,10 @@ class WorkerProcess:
         without it such a worker has no route out. ``syscall_decide(action, resource)``
         decides (and records) the opens and program starts a worker's seccomp listener
         hands the host (:mod:`.syscalls`; asked for with ``LockdownSpec.kernel_records``);
-        with ``audit`` those are recorded and never refused."""
+        with ``audit`` those are recorded and never refused. ``cgroup_parent`` names the
+        delegated parent cgroup of the workers' cgroups (a cgroup path, ``""`` for none;
+        default: the host setting ``POLICY_ENGINE_CGROUP``, else systemd's delegation, see
+        :mod:`.cgroup`)."""
         self._capability_handler = capability_handler
         self._audit_handler = audit_handler
         self._broker_factory = broker_factory
@@ -261,6 +277,14 @@ class WorkerProcess:
         self._identity = (os.getuid(), os.getgid())
         self._sandbox_pids: list[int] = []  # bwrap's reaper and the worker, as host pids
         self._may_fork = True
+        self._cgroup_parent = cgroup_parent
+        self._cgroup: WorkerCgroup | None = None
+        self._nproc = 0  # RLIMIT_NPROC of the current worker, 0 for none
+        #: SIGSTOPped processes of the fallback freeze; None while the sandbox may run
+        self._stopped: dict[int, psutil.Process] | None = None
+        self._freeze_asked = 0.0
+        self._worker_process: psutil.Process | None = None  # the worker, for SIGSTOP
+        self._worker_pidfd: int | None = None  # and its pidfd: a signal with no pid reuse
         #: host CPU seconds spent on this plugin's frames, over all calls, and in this call
         self.host_cpu_seconds = 0.0
         self._call_host_cpu = 0.0
@@ -293,6 +317,24 @@ class WorkerProcess:
     def sandboxed(self) -> bool:
         """Whether the current (or last) worker started under bubblewrap."""
         return bool(getattr(self, "_sandboxed", False))
+
+    @property
+    def limit_mechanisms(self) -> Mapping[str, str]:
+        """Which mechanism holds each limit of the current (or next) worker: ``memory``,
+        ``pids``, ``cpu``, ``freeze`` -> ``cgroup v2``, ``cgroup v1`` or the fallback
+        (``sampler``, ``rlimit``, ``none``, ``signals``)."""
+        group = self._cgroup
+        held = dict(group.mechanisms if group is not None
+                    else cgroup.detect(self._cgroup_parent).mechanisms)
+        if held["pids"] == "rlimit" and not self._nproc:
+            held["pids"] = "none"
+        return held
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the worker's sandbox is frozen (between calls)."""
+        group = self._cgroup
+        return self._stopped is not None or (group is not None and group.frozen)
 
     @property
     def usage(self) -> ResourceUsage:
@@ -331,6 +373,10 @@ class WorkerProcess:
                  "kwargs": dict(kwargs or {})}
         with self._call_lock:
             init = self._require_init()
+            if self.alive and self.frozen and not self._frozen_in_time():
+                log.error("the sandbox of plugin `%s` did not freeze between calls; starting "
+                          "a fresh one", init.plugin)
+                self._kill()
             if not self.alive:
                 self._shutdown()
                 self.restarts += 1
@@ -340,12 +386,15 @@ class WorkerProcess:
             self._refuse_stray_frames()
             self._call_host_cpu = 0.0
             try:
-                self._send(frame, deadline, phase, timeout)
-                reply = self._exchange(deadline, phase, timeout)
+                try:
+                    self._send_and_thaw(frame, deadline, phase, timeout)
+                    reply = self._exchange(deadline, phase, timeout)
+                finally:
+                    if self._sampler is not None:
+                        self._sampler.release_throttle()
+                self._sweep_leftovers()
             finally:
-                if self._sampler is not None:
-                    self._sampler.release_throttle()
-            self._sweep_leftovers()
+                self._freeze()
             return self._result(reply)
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -385,6 +434,10 @@ class WorkerProcess:
         init = self._require_init()
         self._sandboxed = self._use_sandbox()
         spec = self._prepare_sandbox(init) if self._sandboxed else self._prepare(init)
+        self._cgroup = self._make_cgroup(init)
+        if self._cgroup is not None and self._cgroup.mechanisms["memory"] in cgroup.KERNEL:
+            spec = replace(spec, memory_counted=True)
+        self._nproc = spec.nproc
         features = kernel.detect()
         # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
         self._may_fork = spec.allow_subprocess or not features.seccomp
@@ -394,6 +447,9 @@ class WorkerProcess:
             self._proc = _SPAWNER.run(lambda: spawn(child_sock, spec))
         except BaseException:
             host_sock.close()
+            if self._cgroup is not None:
+                self._cgroup.remove()
+                self._cgroup = None
             raise
         finally:
             child_sock.close()
@@ -427,14 +483,135 @@ class WorkerProcess:
             worker_pid = self._worker_host_pid()
             self._sandbox_pids = [p for p in (*reaper.child_pids(self._proc.pid), worker_pid)
                                   if p is not None]
+        group = self._cgroup
+        memory_probe = group.memory_used if group is not None and \
+            group.mechanisms["memory"] in cgroup.KERNEL else None
+        cpu_periods = group.cpu_periods if group is not None and \
+            group.mechanisms["cpu"] in cgroup.KERNEL else None
         self._sampler = Sampler(
             self._proc.pid, plugin=init.plugin, limits=init.limits,
             with_descendants=self._may_fork or self._sandboxed, on_violation=self._on_violation,
             signal_tree=self._signal_tree,
             reserved_bytes=(2 + len(spec.throwaway_paths)) * tmpfs_cap(spec.memory_bytes)
-            if self._sandboxed else 0)
+            if self._sandboxed else 0,
+            memory_probe=memory_probe, cpu_periods=cpu_periods)
         self._sampler.start()
-        return StartResult(self._report, reply.init_result, self.pid or self._proc.pid)
+        pid = self.pid or self._proc.pid
+        try:
+            self._worker_process = psutil.Process(pid)
+        except psutil.Error:
+            self._worker_process = None
+        self._worker_pidfd = _pidfd_open(pid)
+        self._freeze()  # nothing of the plugin runs until its first call
+        if not self.alive:
+            raise self._death()
+        return StartResult(self._report, reply.init_result, pid)
+
+    def _make_cgroup(self, init: WorkerInit) -> WorkerCgroup | None:
+        """The cgroup of the worker about to start, with its limits; None where none is
+        usable (the fallbacks hold the limits)."""
+        support = cgroup.detect(self._cgroup_parent)
+        if not support.active:
+            return None
+        return WorkerCgroup.create(support, init.plugin, memory_bytes=init.limits.memory_bytes,
+                                   pids=SANDBOX_TASKS, cpu_share=init.limits.cpu_share)
+
+    def _join_cgroup(self) -> Callable[[], None] | None:
+        """What the forked child runs first: joining the worker's cgroup."""
+        group = self._cgroup
+        return group.join if group is not None else None
+
+    # -- freezing between calls -------------------------------------------------------------
+
+    def _freeze(self) -> None:
+        """Freeze the idle sandbox: no plugin code runs until :meth:`_thaw`.
+
+        On the call path only the request is made (a write to the cgroup's freezer, or one
+        SIGSTOP where nothing can fork): the kernel stops each task at its next entry into
+        the kernel, and interrupts a running one for it. :meth:`wait_frozen` confirms before
+        the next call, and a sandbox that did not freeze is killed. Where the sandbox may
+        fork and no cgroup freezer exists, the SIGSTOP fixed point runs here, to the end."""
+        if not self.alive or self.frozen:
+            return
+        with self._signal_lock:
+            self._freeze_asked = time.monotonic()
+            group = self._cgroup
+            if group is not None and group.mechanisms["freeze"] in cgroup.KERNEL:
+                try:
+                    group.request_freeze()
+                except OSError as error:
+                    log.error("cannot freeze the sandbox of plugin `%s` (%s); stopping it",
+                              self._plugin, error.strerror)
+                    self._kill()
+                return
+            worker, fd = self._worker_process, self._worker_pidfd
+            if not self._may_fork and worker is not None and fd is not None:
+                # Seccomp forbids fork: the worker is every process of the sandbox (but the
+                # reaper). A stopped process cannot wake itself, a thread of it neither.
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGSTOP)
+                except OSError:
+                    return  # gone: the next call reports it
+                self._stopped = {worker.pid: worker}
+                return
+            self._stopped = self._freeze_by_signals()
+
+    def wait_frozen(self, timeout: float = _FREEZE_TIMEOUT) -> bool:
+        """Wait until the freeze requested after the last call holds; False when the sandbox
+        is not frozen (not requested, or it did not freeze within ``timeout``)."""
+        group = self._cgroup
+        if group is not None and group.frozen:
+            return group.wait_frozen(timeout)
+        stopped = self._stopped
+        if stopped is None:
+            return False
+        deadline = time.monotonic() + timeout
+        for pid in stopped:
+            while not _is_stopped(pid):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.0001)
+        return True
+
+    def _frozen_in_time(self) -> bool:
+        """Before a call: the freeze asked after the previous one holds (it nearly always
+        already does), within the freeze timeout counted from the request."""
+        left = self._freeze_asked + _FREEZE_TIMEOUT - time.monotonic()
+        return self.wait_frozen(max(left, 0.0))
+
+    def _freeze_by_signals(self) -> dict[int, psutil.Process]:
+        """The reaper's SIGSTOP fixed point over every process of the sandbox but its pid 1
+        (bubblewrap's reaper keeps reaping; it runs no plugin code)."""
+        proc = self._proc
+        assert proc is not None
+        if self._sandboxed:
+            return reaper.freeze(reaper.child_pids(proc.pid))
+        try:
+            worker = [psutil.Process(proc.pid)]
+        except psutil.Error:
+            worker = []
+        return reaper.freeze([proc.pid], worker)
+
+    def _thaw(self) -> None:
+        """Let the sandbox run again, right before a call."""
+        with self._signal_lock:
+            stopped, self._stopped = self._stopped, None
+            worker, fd = self._worker_process, self._worker_pidfd
+            if stopped is not None and fd is not None and worker is not None and \
+                    list(stopped) == [worker.pid]:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGCONT)
+                except OSError:
+                    pass  # gone: the call reports it
+            elif stopped is not None:
+                reaper.signal_all(stopped.values(), signal.SIGCONT)
+            if self._cgroup is not None:
+                try:
+                    self._cgroup.thaw()
+                except OSError as error:  # it stays frozen: end it, the call reports it
+                    log.error("cannot thaw the sandbox of plugin `%s` (%s); stopping it",
+                              self._plugin, error.strerror)
+                    self._kill()
 
     def _receive_listener(self, init: WorkerInit, spec: LockdownSpec, deadline: float,
                           limit: float) -> WorkerMessage | None:
@@ -550,7 +727,8 @@ class WorkerProcess:
         options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
                                        env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
         return bwrap.spawn(plan, options, command, pass_fds=(fd,),
-                           stderr=None if self._debug_stderr else subprocess.DEVNULL)
+                           stderr=None if self._debug_stderr else subprocess.DEVNULL,
+                           preexec=self._join_cgroup())
 
     def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
         package_dir = _PACKAGE_DIR
@@ -568,6 +746,7 @@ class WorkerProcess:
             close_fds=True,
             start_new_session=True,
             cwd=spec.scratch_dir,
+            preexec_fn=self._join_cgroup(),
         )
 
     # -- talking ----------------------------------------------------------------------------
@@ -580,6 +759,40 @@ class WorkerProcess:
         except (TypeError, ValueError) as error:
             raise UsageError(f"arguments for plugin `{self._plugin}` are not JSON-able: "
                              f"{error}") from error
+        except TimeoutError:
+            raise self._timeout(phase, limit, "the worker stopped reading") from None
+        except OSError as error:
+            raise self._death() from error
+
+    def _send_and_thaw(self, frame: Mapping[str, Any], deadline: float, phase: str,
+                       limit: float) -> None:
+        """Send the call while the sandbox is still frozen, as far as the socket takes it,
+        then thaw: the worker wakes once, to a frame already waiting."""
+        try:
+            data = encode_frame(frame)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"arguments for plugin `{self._plugin}` are not JSON-able: "
+                             f"{error}") from error
+        sock = self._sock
+        assert sock is not None
+        view = memoryview(data)
+        try:
+            try:
+                view = view[sock.send(view, socket.MSG_DONTWAIT):]
+            except BlockingIOError:
+                pass
+            finally:
+                self._thaw()
+            while view:
+                try:
+                    view = view[sock.send(view, socket.MSG_DONTWAIT):]
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError from None
+                    poller = select.poll()
+                    poller.register(sock, select.POLLOUT)
+                    poller.poll(math.ceil(remaining * 1000))
         except TimeoutError:
             raise self._timeout(phase, limit, "the worker stopped reading") from None
         except OSError as error:
@@ -806,6 +1019,8 @@ class WorkerProcess:
             return PluginCrashedError(f"worker of plugin `{self._plugin}` closed its channel "
                                       "to the host and was stopped", plugin=self._plugin)
         returncode = proc.wait() if proc is not None else None
+        oom = self._cgroup.oom_kills() if self._cgroup is not None else 0
+        peak = self._cgroup.memory_peak() if oom and self._cgroup is not None else None
         if self._sandboxed and returncode is not None and 128 < returncode < 128 + 65:
             returncode = 128 - returncode  # bwrap reports a signal death as 128 + signal
         pid = self.pid or (proc.pid if proc is not None else 0)
@@ -816,6 +1031,14 @@ class WorkerProcess:
         if violation is not None:
             return violation
         plugin = self._plugin
+        if oom and self._init is not None:
+            limit = self._init.limits.memory_bytes
+            used = max(peak or 0, limit)
+            return ResourceLimitError(
+                f"plugin `{plugin}` ran out of memory: it used {human_size(used)} (peak), "
+                f"all of its limit of {human_size(limit)}, counted by the kernel for the whole "
+                "sandbox (memfd, shared memory and tmpfs included), and was stopped",
+                plugin=plugin, resource="memory", limit=float(limit), used=float(used))
         if returncode is not None and returncode < 0:
             signum = -returncode
             name = _signal_name(signum)
@@ -846,8 +1069,8 @@ class WorkerProcess:
         """Send ``signum`` to the worker's process group and every descendant (throttling)."""
         with self._signal_lock:
             proc = self._proc
-            if proc is None or proc.returncode is not None:
-                return
+            if proc is None or proc.returncode is not None or self._stopped is not None:
+                return  # frozen between calls: the throttle must not wake it
             _killpg(proc.pid, signum)
             if self._may_fork:
                 for pid in reaper.descendants(proc.pid):
@@ -860,7 +1083,13 @@ class WorkerProcess:
             if proc is None:
                 return
             known = self._sampler.known_processes() if self._sampler is not None else []
-            if proc.returncode is None and proc.poll() is None and not self._may_fork:
+            if self._cgroup is not None:
+                self._cgroup.kill()  # everything in it, even what left the tree
+            stopped, self._stopped = self._stopped, None
+            if stopped is not None:
+                known = [*known, *stopped.values()]
+            if proc.returncode is None and proc.poll() is None and not self._may_fork \
+                    and stopped is None:
                 # Nothing can have forked (seccomp forbids it): a SIGTERM and a short grace.
                 _killpg(proc.pid, signal.SIGTERM)
                 if not self._wait_exit(_TERM_GRACE):
@@ -946,6 +1175,7 @@ class WorkerProcess:
         """Let the plugin run ``cleanup()``; the worker answers and waits to be killed."""
         if self._sock is None:
             return
+        self._thaw()  # cleanup() is plugin code: it runs like a call
         deadline = time.monotonic() + timeout
         try:
             self._send({"op": "stop"}, deadline, "cleanup", timeout)
@@ -975,6 +1205,14 @@ class WorkerProcess:
                 self._pidfd = None
             self._poller = None
             self._proc = None
+            self._stopped = None
+            self._worker_process = None
+            if self._worker_pidfd is not None:
+                os.close(self._worker_pidfd)
+                self._worker_pidfd = None
+            if self._cgroup is not None:
+                self._cgroup.remove()
+                self._cgroup = None
         _LIVE.discard(self)
 
 
@@ -1059,6 +1297,15 @@ def _kill_pid(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _is_stopped(pid: int) -> bool:
+    """Stopped by a signal, or no longer running at all."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("T", "t", "Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _is_gone(pid: int) -> bool:

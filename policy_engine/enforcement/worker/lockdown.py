@@ -70,7 +70,7 @@ _ALWAYS_DENIED = (
     "fsmount", "fspick", "kexec_load", "kexec_file_load", "init_module", "finit_module",
     "delete_module", "acct", "swapon", "swapoff", "reboot",
 )
-# Memory held outside the resident set the host samples, with no cgroup to count it: an
+# Memory held outside the resident set the host samples, where no cgroup counts it: an
 # anonymous memfd and System V shared memory (POSIX shared memory lives in the capped
 # /dev/shm tmpfs, which the host counts).
 _OUTSIDE_MEMORY = ("memfd_create", "shmget")
@@ -132,6 +132,9 @@ class LockdownSpec:
     #: Hand the host a seccomp listener for opens and program starts (see
     #: :func:`apply_lockdown`), so the host sees them from the kernel's side.
     kernel_records: bool = False
+    #: True where the worker's cgroup counts every page the sandbox holds (memfd, System V
+    #: and tmpfs pages included): seccomp then leaves ``memfd_create`` and ``shmget`` alone.
+    memory_counted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict for the init frame."""
@@ -156,6 +159,7 @@ class LockdownSpec:
             "nproc": self.nproc,
             "throwaway_paths": list(self.throwaway_paths),
             "kernel_records": self.kernel_records,
+            "memory_counted": self.memory_counted,
         }
 
     @classmethod
@@ -185,6 +189,7 @@ class LockdownSpec:
             nproc=int(data.get("nproc", 0)),
             throwaway_paths=tuple(str(p) for p in data.get("throwaway_paths", ())),
             kernel_records=bool(data.get("kernel_records", False)),
+            memory_counted=bool(data.get("memory_counted", False)),
         )
 
 
@@ -574,9 +579,10 @@ def _seccomp_rules(rules: seccomp.SeccompFilter, spec: LockdownSpec, *,
     eperm = errno.EPERM
     for name in _ALWAYS_DENIED:
         rules.deny(name, eperm)
-    # Workers never run in a cgroup yet: this is the memory fallback, so it always applies.
-    for name in _OUTSIDE_MEMORY:
-        rules.deny(name, eperm)
+    # The memory fallback: only where no cgroup counts what these hold.
+    if not spec.memory_counted:
+        for name in _OUTSIDE_MEMORY:
+            rules.deny(name, eperm)
     for name, index in _MODE_ARGUMENT:
         for bit in _SET_ID_BITS:
             rules.deny(name, eperm, seccomp.masked_eq(index, bit, bit))
