@@ -437,6 +437,9 @@ class WorkerProcess:
         self._cgroup = self._make_cgroup(init)
         if self._cgroup is not None and self._cgroup.mechanisms["memory"] in cgroup.KERNEL:
             spec = replace(spec, memory_counted=True)
+        if spec.kernel_records and self._syscall_decide is None:
+            # Nobody here would serve the listener: the worker does not make one.
+            spec = replace(spec, kernel_records=False)
         self._nproc = spec.nproc
         features = kernel.detect()
         # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
