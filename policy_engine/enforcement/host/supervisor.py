@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import (
+    ChannelValueError,
     EnforcementError,
     FileSizeError,
     PluginCrashedError,
@@ -54,6 +55,7 @@ from ..wire import (
     WireError,
     WorkerMessage,
     decode_worker_value,
+    encode_value,
     recv_frame,
     send_frame,
     send_frame_with_fds,
@@ -289,8 +291,7 @@ class WorkerProcess:
         """
         if timeout <= 0:
             raise UsageError(f"timeout must be positive, not {timeout}")
-        frame = {"op": "call", "method": method, "args": list(args),
-                 "kwargs": dict(kwargs or {})}
+        frame = {"op": "call", "method": method, **self._encode_arguments(args, kwargs)}
         with self._call_lock:
             init = self._require_init()
             if not self.alive:
@@ -309,6 +310,18 @@ class WorkerProcess:
                     self._sampler.release_throttle()
             self._sweep_leftovers()
             return self._result(reply)
+
+    def _encode_arguments(self, args: Sequence[Any],
+                          kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``args`` and ``kwargs`` in the wire's value encoding; ChannelValueError names
+        what cannot cross (``args[1]["when"]``) before anything is sent."""
+        try:
+            return {"args": encode_value(list(args), "args", depth=2),
+                    "kwargs": encode_value(dict(kwargs or {}), "kwargs", depth=2)}
+        except ChannelValueError as error:
+            raise ChannelValueError(f"arguments for plugin `{self._plugin}`: {error}",
+                                    where=error.where, value_type=error.value_type,
+                                    plugin=self._plugin) from None
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the worker: ask nicely, then kill its tree. Safe to call repeatedly."""

@@ -41,7 +41,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ...errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
+from ...errors import (
+    ChannelValueError,
+    EnforcementError,
+    FileSizeError,
+    PluginValidationError,
+    ResourceLimitError,
+)
 from ...implicit import ImplicitReads, implicit_reads
 from ...units import human_size
 from ..wire import (
@@ -50,7 +56,11 @@ from ..wire import (
     AuditRecord,
     ConnectRequest,
     FrameError,
+    Ready,
     ResolveRequest,
+    Result,
+    decode_value,
+    encode_frame,
     recv_frame,
     recv_frame_and_fds,
     send_frame,
@@ -305,8 +315,8 @@ class _Worker:
         except BaseException as error:  # reported to the host, which decides what to do
             return {"op": "error", "error": exception_to_data(self._translate(error)),
                     "report": report}
-        return {"op": "ready", "version": PROTOCOL_VERSION, "report": report,
-                "init_result": init_result, "pid": os.getpid()}
+        return _encoded_reply(Ready(PROTOCOL_VERSION, os.getpid(), applied.report(),
+                                    init_result), report=report)
 
     def _report_audit(self, action: str, resource: str | None, allowed: bool) -> None:
         """Audit mode: tell the host what the plugin did (only while it waits on a call)."""
@@ -392,12 +402,12 @@ class _Worker:
 
     def _call(self, frame: Mapping[str, Any]) -> dict[str, Any]:
         method = str(frame.get("method", ""))
-        args = frame.get("args") or []
-        kwargs = frame.get("kwargs") or {}
         self.file_size_tripped = False
         self._forward_logs()
         self.channel.in_call = True
         try:
+            args = decode_value(frame.get("args") or [], "args")
+            kwargs = decode_value(frame.get("kwargs") or {}, "kwargs")
             value = _run(self._target(method), list(args), dict(kwargs))
             error: BaseException | None = None
         except BaseException as raised:  # SystemExit too: the worker outlives a sys.exit()
@@ -409,7 +419,7 @@ class _Worker:
             error = self._file_size_error(error)
         if error is not None:
             return {"op": "error", "error": exception_to_data(self._translate(error))}
-        return {"op": "result", "value": value}
+        return _encoded_reply(Result(value))
 
     def _forward_logs(self, *, force: bool = False) -> None:
         # logging is imported only when the plugin uses it; forward from then on.
@@ -482,6 +492,31 @@ class _Worker:
                 _run(cleanup, [], {})
             except BaseException:  # the worker is going away regardless
                 pass
+
+
+def _encoded_reply(reply: Result | Ready, *,
+                   report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reply's frame, or an ``error`` frame naming what in the value cannot cross.
+
+    A value the channel cannot carry, or one whose frame would be over the host's limit, is
+    the plugin's error: the host gets :class:`ChannelValueError`, never a broken channel.
+    """
+    try:
+        frame = reply.encode()
+        size = len(encode_frame(frame))
+        if size > LIMITS.frame_bytes:
+            what = "the result" if isinstance(reply, Result) else "what initialize() returned"
+            raise ChannelValueError(f"{what} is {size:,} bytes encoded, over the channel's "
+                                    f"limit of {LIMITS.frame_bytes:,} bytes per frame",
+                                    where="result" if isinstance(reply, Result)
+                                    else "initialize()")
+    except ChannelValueError as error:
+        out: dict[str, Any] = {"op": "error", "error": exception_to_data(
+            error, with_traceback=False)}
+        if report is not None:
+            out["report"] = report
+        return out
+    return frame
 
 
 def _run(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
