@@ -64,6 +64,7 @@ from ..worker.lockdown import LockdownSpec
 from ..worker.main import BOOTSTRAP
 from ..worker.remote import exception_from_data, exception_to_data
 from . import kernel, reaper
+from .output import OutputCapture
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 
@@ -216,6 +217,7 @@ class WorkerProcess:
         self._init: WorkerInit | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._output: OutputCapture | None = None  # the worker's stdout and stderr
         self._pidfd: int | None = None
         self._poller: Any = None
         self._sampler: Sampler | None = None
@@ -291,7 +293,8 @@ class WorkerProcess:
         """
         if timeout <= 0:
             raise UsageError(f"timeout must be positive, not {timeout}")
-        frame = {"op": "call", "method": method, **self._encode_arguments(args, kwargs)}
+        frame = {"op": "call", "method": method, **self._encode_arguments(args, kwargs),
+                 "log_level": self._log_level()}
         with self._call_lock:
             init = self._require_init()
             if not self.alive:
@@ -302,14 +305,24 @@ class WorkerProcess:
             deadline = time.monotonic() + timeout
             self._refuse_stray_frames()
             self._call_host_cpu = 0.0
+            output = self._output
+            if output is not None:
+                output.begin_call()
             try:
                 self._send(frame, deadline, phase, timeout)
                 reply = self._exchange(deadline, phase, timeout)
             finally:
                 if self._sampler is not None:
                     self._sampler.release_throttle()
+                if output is not None:
+                    output.end_call()
             self._sweep_leftovers()
             return self._result(reply)
+
+    def _log_level(self) -> int:
+        """The level the host logs the plugin's records at: the worker drops those below,
+        so a debug call in a loop costs no frames unless someone listens."""
+        return logging.getLogger(f"{_PLUGIN_LOGGER}.{self._plugin}").getEffectiveLevel()
 
     def _encode_arguments(self, args: Sequence[Any],
                           kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -359,14 +372,18 @@ class WorkerProcess:
         # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
         self._may_fork = spec.allow_subprocess or not features.seccomp
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        output = OutputCapture(init.plugin)
         try:
             spawn = self._spawn_sandboxed if self._sandboxed else self._spawn
-            self._proc = _SPAWNER.run(lambda: spawn(child_sock, spec))
+            self._proc = _SPAWNER.run(lambda: spawn(child_sock, spec, output))
         except BaseException:
             host_sock.close()
+            output.close()
             raise
         finally:
             child_sock.close()
+        output.started()
+        self._output = output
         self._sock = host_sock
         self._violation = None
         self._pidfd = _pidfd_open(self._proc.pid)
@@ -378,11 +395,16 @@ class WorkerProcess:
         limit = init.limits.init_timeout
         deadline = time.monotonic() + limit
         frame = replace(init, lockdown=spec).to_frame()
+        frame["log_level"] = self._log_level()
         if spec.allow_network and self._broker_factory is not None:
             self._broker = self._broker_factory()
             frame["network_broker"] = True
-        self._send(frame, deadline, "init", limit)
-        reply = self._exchange(deadline, "init", limit)
+        output.begin_call()
+        try:
+            self._send(frame, deadline, "init", limit)
+            reply = self._exchange(deadline, "init", limit)
+        finally:
+            output.end_call()
         if isinstance(reply, (Ready, ErrorReply)) and reply.report is not None:
             self._report = reply.report
         if not isinstance(reply, Ready):
@@ -436,8 +458,8 @@ class WorkerProcess:
             os.chmod(path, 0o700)
         return spec
 
-    def _spawn_sandboxed(self, child_sock: socket.socket,
-                         spec: LockdownSpec) -> subprocess.Popen[bytes]:
+    def _spawn_sandboxed(self, child_sock: socket.socket, spec: LockdownSpec,
+                         output: OutputCapture) -> subprocess.Popen[bytes]:
         from . import bwrap
         from .view import plan_view
 
@@ -452,10 +474,11 @@ class WorkerProcess:
         # Never the host's network: an empty namespace, the broker is the only route out.
         options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
                                        env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
-        return bwrap.spawn(plan, options, command, pass_fds=(fd,),
-                           stderr=None if self._debug_stderr else subprocess.DEVNULL)
+        return bwrap.spawn(plan, options, command, pass_fds=(fd,), stdout=output.stdout,
+                           stderr=None if self._debug_stderr else output.stderr)
 
-    def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
+    def _spawn(self, child_sock: socket.socket, spec: LockdownSpec,
+               output: OutputCapture) -> subprocess.Popen[bytes]:
         package_dir = _PACKAGE_DIR
         fd = child_sock.fileno()
         # -I ignores the environment, so mirror the host's choice about writing bytecode.
@@ -464,8 +487,8 @@ class WorkerProcess:
             [self._python, *flags, "-c", BOOTSTRAP, package_dir, str(os.getpid()), str(fd)],
             env=dict(_WORKER_ENV),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=None if self._debug_stderr else subprocess.DEVNULL,
+            stdout=output.stdout,
+            stderr=None if self._debug_stderr else output.stderr,
             pass_fds=(fd,),
             close_fds=True,
             start_new_session=True,
@@ -859,6 +882,9 @@ class WorkerProcess:
             self._broker = None
         if self._proc is not None and self._proc.poll() is None:
             self._kill()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
         with self._signal_lock:  # never close what a concurrent _kill may be using
             if self._sock is not None:
                 self._sock.close()
