@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from policy_engine import ChannelValueError, Engine
+from policy_engine import ChannelValueError, Engine, PluginCrashedError
 from policy_engine.enforcement.host import doctor
 from policy_engine.enforcement.host.loader import LoadedPlugin, PluginLoader
 from policy_engine.enforcement.host.output import LINE_CHARS, OutputLimits
@@ -213,3 +213,10 @@ def test_many_log_records_are_bounded_not_fatal(loaded: LoadedPlugin,
     assert messages.count("record 0") == 1 and "record 10499" not in messages
     assert messages[-1] == "500 log records were dropped (at most 10,000 cross per call)"
     assert not any("not sent" in text for text in messages)
+
+
+def test_a_dead_worker_is_named_with_its_last_line_on_stderr(loaded: LoadedPlugin) -> None:
+    with pytest.raises(PluginCrashedError, match=r"exited with status 3; its last line on "
+                                                 r"stderr: `about to give up: disk on fire`"):
+        loaded.dies()
+    assert loaded.run("again") == "honest: again"  # a fresh worker

@@ -84,6 +84,7 @@ class OutputCapture:
         self._tokens = float(self.limits.burst_bytes)
         self._refilled = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._last_error = ""  # the latest line on stderr, as logged
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     @property
@@ -120,6 +121,16 @@ class OutputCapture:
                                     "(at most %s bytes are logged per call)",
                                     f"{self._dropped:,}", f"{self.limits.call_bytes:,}")
                 self._dropped = 0
+
+    def last_error_line(self) -> str:
+        """The latest line the worker wrote on stderr (clipped and escaped), after reading
+        what is waiting; empty if none. For the message of a worker that died."""
+        with self._lock:
+            stderr = self._streams[1]
+            if stderr.open:
+                self._read(stderr, _DRAIN_BYTES)
+                self._flush_pending(stderr)
+            return self._last_error
 
     def close(self) -> None:
         """Stop reading and close every descriptor (safe to call repeatedly)."""
@@ -235,6 +246,8 @@ class OutputCapture:
         if len(text) > LINE_CHARS:
             text = f"{text[:LINE_CHARS]}... [{len(text) - LINE_CHARS:,} more characters]"
         self.logger.log(stream.level, "[%s] %s", stream.name, text)
+        if stream.name == "stderr" and text.strip():
+            self._last_error = text[:200]
 
     def _close_write_ends(self) -> None:
         ends, self._write_ends = self._write_ends, []

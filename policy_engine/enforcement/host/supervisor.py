@@ -731,6 +731,8 @@ class WorkerProcess:
         # Descendants were re-parented away from the dead worker; chase the ones last seen.
         self._kill()
         violation = self._violation
+        last = self._output.last_error_line() if self._output is not None else ""
+        said = f"; its last line on stderr: `{last}`" if last else ""
         self._shutdown()
         if violation is not None:
             return violation
@@ -747,9 +749,9 @@ class WorkerProcess:
                                      plugin=plugin, resource="file_size")
             extra = " (possibly the kernel's OOM killer)" if signum == signal.SIGKILL else ""
             return PluginCrashedError(f"worker of plugin `{plugin}` (pid {pid}) was killed by "
-                                      f"{name}{extra}", plugin=plugin)
+                                      f"{name}{extra}{said}", plugin=plugin)
         return PluginCrashedError(f"worker of plugin `{plugin}` (pid {pid}) exited with status "
-                                  f"{returncode}", plugin=plugin)
+                                  f"{returncode}{said}", plugin=plugin)
 
     def _on_violation(self, error: ResourceLimitError) -> None:
         """Called by the sampler thread: record the error for the caller, kill the tree."""

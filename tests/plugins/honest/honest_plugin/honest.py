@@ -161,3 +161,7 @@ class Honest(BaseAgentPlugin):
             self.ctx.logger.warning("record %d", number)
         self.ctx.logger.debug("not sent unless the host listens at DEBUG")
         return count
+
+    def dies(self):
+        sys.stderr.write("about to give up: disk on fire\n")
+        os._exit(3)
