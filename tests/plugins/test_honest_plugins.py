@@ -112,6 +112,9 @@ def test_numpy(loaded: LoadedPlugin) -> None:
     got = loaded.uses_numpy()
     assert got["sum"] == 45 and type(got["sum"]) is int
     assert got["mean"] == 2.5 and got["trace"] > 0
+    # BLAS's pool is sized to the plugin's CPU limit (80 % of a core: one thread), not to
+    # the host's cores, which would run it over its share and its tasks limit.
+    assert got["blas_threads"] == "1" and got["tasks"] <= 2
 
 
 def test_pandas(loaded: LoadedPlugin) -> None:

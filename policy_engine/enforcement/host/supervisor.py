@@ -473,7 +473,8 @@ class WorkerProcess:
         command = [self._python, *flags, "-c", BOOTSTRAP, package_dir, "1", str(fd)]
         # Never the host's network: an empty namespace, the broker is the only route out.
         options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
-                                       env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
+                                       env=worker_environment(init.limits),
+                                       chdir=spec.scratch_dir)
         return bwrap.spawn(plan, options, command, pass_fds=(fd,), stdout=output.stdout,
                            stderr=None if self._debug_stderr else output.stderr)
 
@@ -485,7 +486,7 @@ class WorkerProcess:
         flags = ["-I", "-B"] if sys.flags.dont_write_bytecode else ["-I"]
         return subprocess.Popen(
             [self._python, *flags, "-c", BOOTSTRAP, package_dir, str(os.getpid()), str(fd)],
-            env=dict(_WORKER_ENV),
+            env=worker_environment(self._require_init().limits),
             stdin=subprocess.DEVNULL,
             stdout=output.stdout,
             stderr=None if self._debug_stderr else output.stderr,
@@ -897,6 +898,20 @@ class WorkerProcess:
             self._poller = None
             self._proc = None
         _LIVE.discard(self)
+
+
+#: The variables numeric libraries read for their thread pools (OpenBLAS, OpenMP, MKL,
+#: numexpr, Accelerate): without them a pool is one thread per core of the host.
+_THREAD_POOL_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                          "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def worker_environment(limits: ResourceLimits) -> dict[str, str]:
+    """The whole environment of a worker: nothing of the host's, and thread pools sized to
+    the plugin's CPU limit (a pool per host core would only run the plugin over its share,
+    and into its tasks limit, on a large machine)."""
+    threads = str(max(1, math.ceil(limits.cpu_share)))
+    return {**_WORKER_ENV, **dict.fromkeys(_THREAD_POOL_VARIABLES, threads)}
 
 
 #: The most tasks (processes and threads) a sandboxed plugin may hold on a root host.

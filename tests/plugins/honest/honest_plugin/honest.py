@@ -92,7 +92,9 @@ class Honest(BaseAgentPlugin):
         matrix = numpy.arange(40_000, dtype=numpy.float64).reshape(200, 200) / 40_000
         product = matrix @ matrix.T  # BLAS, with its threads
         return {"sum": numpy.arange(10).sum(), "trace": float(numpy.trace(product)),
-                "mean": numpy.float64(2.5), "version": numpy.__version__}
+                "mean": numpy.float64(2.5), "version": numpy.__version__,
+                "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+                "tasks": len(os.listdir("/proc/self/task"))}
 
     def uses_pandas(self):
         import pandas
