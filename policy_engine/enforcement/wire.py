@@ -478,7 +478,15 @@ def _encode_items(items: Any, limits: WireLimits, path: list[Any], level: int,
         raise _unencodable(items, where, path, f"{len(items):,} items are over the "
                            f"channel's limit of {limits.list_items:,}")
     out = []
+    low, high, chars = limits.int_min, limits.int_max, limits.string_chars
     for index, item in enumerate(items):
+        kind = type(item)
+        # The common case inline: JSON's own scalars within the limits cross as they are.
+        if (item is None or kind is bool or (kind is int and low <= item <= high)
+                or (kind is str and len(item) <= chars)
+                or (kind is float and math.isfinite(item))):
+            out.append(item)
+            continue
         path.append(index)
         out.append(_encode(item, limits, path, level + 1, where))
         path.pop()
@@ -496,10 +504,17 @@ def _encode_dict(value: Mapping[Any, Any], limits: WireLimits, path: list[Any], 
                            f"limit of {limits.object_keys:,}")
     if plain:
         out: dict[str, Any] = {}
+        low, high, chars = limits.int_min, limits.int_max, limits.string_chars
         for key, item in value.items():
-            if len(key) > limits.string_chars:
+            if len(key) > chars:
                 raise _unencodable(key, where, path, "a key is over the channel's limit of "
                                    f"{limits.string_chars:,} characters")
+            kind = type(item)
+            if (item is None or kind is bool or (kind is int and low <= item <= high)
+                    or (kind is str and len(item) <= chars)
+                    or (kind is float and math.isfinite(item))):
+                out[key] = item
+                continue
             path.append(key)
             out[key] = _encode(item, limits, path, level + 1, where)
             path.pop()
@@ -637,6 +652,8 @@ def decode_value(value: Any, where: str = "value") -> Any:
 def _decode(value: Any, path: list[Any], where: str) -> Any:
     kind = type(value)
     if kind is list:
+        if not any(type(item) in _CONTAINERS for item in value):
+            return value  # scalars only: a fresh list from the JSON decoder, kept as it is
         out = []
         for index, item in enumerate(value):
             path.append(index)
@@ -649,6 +666,8 @@ def _decode(value: Any, path: list[Any], where: str) -> Any:
         ((key, payload),) = value.items()
         if key.startswith("$"):
             return _decode_tagged(key, payload, path, where)
+    if not any(type(item) in _CONTAINERS for item in value.values()):
+        return value
     decoded = {}
     for key, item in value.items():
         path.append(key)
@@ -737,6 +756,7 @@ def _decode_tagged(tag: str, payload: Any, path: list[Any], where: str) -> Any:
     raise refuse("is not a known value tag")
 
 
+_CONTAINERS = (list, dict)
 _INT_TEXT = re.compile(r"-?[0-9]+")
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
