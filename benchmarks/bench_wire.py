@@ -3,7 +3,9 @@
 Decodes ``result`` frames carrying lists of strings, from 100 bytes to 4 MB, and frames
 built to be expensive (deep nesting refused, many small keys, long strings). Prints a
 table: payload bytes, median and p99 microseconds, and nanoseconds per byte; the last
-column stays flat when the cost is linear in the frame's bytes. Run::
+column stays flat when the cost is linear in the frame's bytes. A second table times the
+value encoding of a result (``encode_value`` on the sending side, the whole strict decode
+on the receiving side) against plain JSON for the same value, with the ratio. Run::
 
     python benchmarks/bench_wire.py
 """
@@ -14,7 +16,12 @@ import json
 import statistics
 import time
 
-from policy_engine.enforcement.wire import WireError, decode_worker_message
+from policy_engine.enforcement.wire import (
+    Result,
+    WireError,
+    decode_worker_message,
+    encode_frame,
+)
 
 
 def frames() -> list[tuple[str, bytes]]:
@@ -53,6 +60,38 @@ def main() -> None:
         p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
         print(f"{name:<26} {len(payload):>10} {median * 1e6:>11.1f} {p99 * 1e6:>10.1f} "
               f"{median * 1e9 / len(payload):>8.2f}")
+    print()
+    print(f"{'value (encode + decode)':<26} {'median µs':>11} {'p99 µs':>10} "
+          f"{'json µs':>9} {'ratio':>6}")
+    for name, value, plain in values():
+        encoded = sorted(_round_trips(lambda v=value: decode_worker_message(  # type: ignore[misc]
+            encode_frame(Result(v).encode())[4:])))
+        baseline = sorted(_round_trips(lambda p=plain: json.loads(json.dumps(p))))
+        median, base = statistics.median(encoded), statistics.median(baseline)
+        p99 = encoded[min(len(encoded) - 1, int(len(encoded) * 0.99))]
+        print(f"{name:<26} {median * 1e6:>11.1f} {p99 * 1e6:>10.1f} {base * 1e6:>9.1f} "
+              f"{median / base:>6.2f}")
+
+
+def values() -> list[tuple[str, object, object]]:
+    """Named results, each with the nearest plain-JSON value as the baseline."""
+    rows = [{"id": i, "name": f"row {i}", "score": i / 7} for i in range(200)]
+    return [
+        ("a short string", "hello", "hello"),
+        ("200 rows of 3 fields", rows, rows),
+        ("1,000 integers", list(range(1000)), list(range(1000))),
+        ("1,000 tuples of 2", [(i, i) for i in range(1000)], [[i, i] for i in range(1000)]),
+        ("500 KB of bytes", b"x" * 500_000, "x" * 666_668),
+    ]
+
+
+def _round_trips(run: object, count: int = 300) -> list[float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        run()  # type: ignore[operator]
+        times.append(time.perf_counter() - start)
+    return times
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .engine import CacheInfo, Engine
     from .errors import (
         BundleError,
+        ChannelValueError,
         EnforcementError,
         FileSizeError,
         ManifestError,
@@ -62,7 +63,7 @@ _LAZY = {
     "PluginLoader": "enforcement.host.loader",
     "PluginSandbox": "enforcement.host.sandbox", "ValidationResult": "enforcement.host.sandbox",
     "CacheInfo": "engine", "Engine": "engine",
-    "BundleError": "errors", "PolicyTestError": "errors",
+    "BundleError": "errors", "PolicyTestError": "errors", "ChannelValueError": "errors",
     "EnforcementError": "errors", "FileSizeError": "errors", "ManifestError": "errors",
     "PermissionDeniedError": "errors", "PluginCrashedError": "errors",
     "PluginRaisedError": "errors",
@@ -83,6 +84,7 @@ __all__ = [
     "BaseWorkflowPlugin",
     "BundleError",
     "CacheInfo",
+    "ChannelValueError",
     "Decision",
     "DecisionLog",
     "DecisionLogger",

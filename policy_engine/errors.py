@@ -20,6 +20,7 @@
         │   └── FileSizeError       a write past the file-size limit
         ├── PluginValidationError   a plugin failed validation and was not loaded
         ├── PluginCrashedError      the worker died (signal, OOM kill, os._exit)
+        ├── ChannelValueError       (also a TypeError) a value that cannot cross to or from a worker
         └── PluginRaisedError       plugin code raised; carries the remote type as a string
 
 User mistakes never escape as anything but these; the CLI prints ``str(error)`` and exits 2.
@@ -186,6 +187,21 @@ class PluginValidationError(EnforcementError):
 
 class PluginCrashedError(EnforcementError):
     """The worker process of a plugin died while running plugin code."""
+
+
+class ChannelValueError(EnforcementError, TypeError):
+    """A value that cannot cross the channel between the host and a worker.
+
+    Raised for a call's arguments (in the host, before anything is sent) and for a value a
+    plugin returned (in the worker, instead of the result). ``where`` says where in the
+    value it was (``result["a"][2]``), ``value_type`` what it was (``module.qualname``).
+    """
+
+    def __init__(self, message: str, *, where: str = "", value_type: str = "",
+                 plugin: str | None = None) -> None:
+        self.where = where
+        self.value_type = value_type
+        super().__init__(message, plugin=plugin)
 
 
 class PluginRaisedError(EnforcementError):

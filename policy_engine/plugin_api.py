@@ -153,11 +153,17 @@ class BasePlugin:
 
     @property
     def ctx(self) -> PluginContext:
-        """The context given to :meth:`initialize`."""
-        if self._ctx is None:
+        """The context given to :meth:`initialize` (``self.ctx = ctx`` there works too)."""
+        ctx: PluginContext | None = getattr(self, "_ctx", None)  # __init__ may be overridden
+        if ctx is None:
             raise UsageError(f"plugin `{self.name or type(self).__name__}` used before "
                              "`initialize` was called")
-        return self._ctx
+        return ctx
+
+    @ctx.setter
+    def ctx(self, ctx: PluginContext) -> None:
+        # The common idiom of plugins that do not call ``super().initialize(ctx)``.
+        self._ctx = ctx
 
 
 class BaseAgentPlugin(BasePlugin):

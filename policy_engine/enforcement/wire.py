@@ -25,19 +25,26 @@ matchers; generated code and the compiler never cross the wire.
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
+import re
 import select
 import socket
 import struct
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
+from ..errors import ChannelValueError
+
 __all__ = [
     "LIMITS",
+    "MAX_NUMBER_DIGITS",
     "PROTOCOL_VERSION",
+    "VALUE_TAGS",
     "AuditRecord",
     "CapabilityCall",
     "ChannelClosedError",
@@ -61,10 +68,12 @@ __all__ = [
     "WireTable",
     "WorkerMessage",
     "decode_json",
+    "decode_value",
     "decode_worker_message",
     "decode_worker_value",
     "INIT_FRAME_BYTES",
     "encode_frame",
+    "encode_value",
     "isolation_level",
     "recv_frame",
     "recv_frame_and_fds",
@@ -406,6 +415,363 @@ def _str_tuple(data: _Fields, name: str, items: int, chars: int) -> tuple[str, .
     return tuple(out)
 
 
+# -- values: what a call's arguments and result may hold -------------------------------------
+
+#: Most digits a ``$int`` or ``$decimal`` may carry (the interpreter's own default limit
+#: for converting between ``int`` and ``str``).
+MAX_NUMBER_DIGITS = 4300
+_MAX_TIME_CHARS = 64
+_FLOAT_TAGS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+#: Every tag a value may carry, in the order the README lists them.
+VALUE_TAGS = ("$bytes", "$tuple", "$set", "$frozenset", "$dict", "$int", "$float",
+              "$decimal", "$datetime", "$date", "$time", "$timedelta")
+
+
+def encode_value(value: Any, where: str = "value", *, depth: int = 1,
+                 limits: WireLimits = LIMITS) -> Any:
+    """``value`` as JSON data that :func:`decode_value` turns back into an equal value.
+
+    JSON's own types cross as they are. What JSON cannot say crosses as an object of exactly
+    one key, its tag: ``{"$bytes": base64}``, ``{"$tuple": [...]}``, ``{"$set": [...]}``,
+    ``{"$frozenset": [...]}``, ``{"$dict": [[key, value], ...]}`` (keys that are not
+    strings, or a dict that would read as a tag), ``{"$int": digits}`` (outside 64 bits),
+    ``{"$float": "nan" | "inf" | "-inf"}``, ``{"$decimal": text}``, ``{"$datetime": iso}``,
+    ``{"$date": iso}``, ``{"$time": iso}``, ``{"$timedelta": [days, seconds, us]}``.
+    Subclasses of these types cross as the type itself, other integral and real numbers
+    (numpy's scalars) as ``int`` and ``float``. ``depth`` is the level of the frame
+    ``value`` sits at, so the frame's nesting stays within ``limits``.
+
+    Anything else, or a value over the limits, raises :class:`ChannelValueError` naming the
+    type and where it was (``where`` is the name of the whole value: ``result["a"][2]``).
+    """
+    path: list[Any] = []
+    return _encode(value, limits, path, depth, where)
+
+
+def _encode(value: Any, limits: WireLimits, path: list[Any], level: int, where: str) -> Any:
+    kind = type(value)
+    if kind is str:
+        if len(value) > limits.string_chars:
+            raise _unencodable(value, where, path, f"a string of {len(value):,} characters "
+                               f"is over the channel's limit of {limits.string_chars:,}")
+        return value
+    if kind is int:
+        if limits.int_min <= value <= limits.int_max:
+            return value
+        return {"$int": _digits(value, where, path)}
+    if kind is bool or value is None:
+        return value
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        return {"$float": "nan" if value != value else ("inf" if value > 0 else "-inf")}
+    if kind is list:
+        return _encode_items(value, limits, path, level, where)
+    if kind is dict:
+        return _encode_dict(value, limits, path, level, where)
+    if kind is tuple:
+        return {"$tuple": _encode_items(value, limits, path, level + 1, where)}
+    return _encode_other(value, limits, path, level, where)
+
+
+def _encode_items(items: Any, limits: WireLimits, path: list[Any], level: int,
+                  where: str) -> list[Any]:
+    if level > limits.nesting:
+        raise _unencodable(items, where, path, f"it nests deeper than the channel's "
+                           f"{limits.nesting} levels")
+    if len(items) > limits.list_items:
+        raise _unencodable(items, where, path, f"{len(items):,} items are over the "
+                           f"channel's limit of {limits.list_items:,}")
+    out = []
+    low, high, chars = limits.int_min, limits.int_max, limits.string_chars
+    for index, item in enumerate(items):
+        kind = type(item)
+        # The common case inline: JSON's own scalars within the limits cross as they are.
+        if (item is None or kind is bool or (kind is int and low <= item <= high)
+                or (kind is str and len(item) <= chars)
+                or (kind is float and math.isfinite(item))):
+            out.append(item)
+            continue
+        path.append(index)
+        out.append(_encode(item, limits, path, level + 1, where))
+        path.pop()
+    return out
+
+
+def _encode_dict(value: Mapping[Any, Any], limits: WireLimits, path: list[Any], level: int,
+                 where: str) -> Any:
+    plain = all(type(key) is str for key in value) and not _looks_tagged(value)
+    if level + (0 if plain else 2) > limits.nesting:
+        raise _unencodable(value, where, path, f"it nests deeper than the channel's "
+                           f"{limits.nesting} levels")
+    if len(value) > (limits.object_keys if plain else limits.list_items):
+        raise _unencodable(value, where, path, f"{len(value):,} keys are over the channel's "
+                           f"limit of {limits.object_keys:,}")
+    if plain:
+        out: dict[str, Any] = {}
+        low, high, chars = limits.int_min, limits.int_max, limits.string_chars
+        for key, item in value.items():
+            if len(key) > chars:
+                raise _unencodable(key, where, path, "a key is over the channel's limit of "
+                                   f"{limits.string_chars:,} characters")
+            kind = type(item)
+            if (item is None or kind is bool or (kind is int and low <= item <= high)
+                    or (kind is str and len(item) <= chars)
+                    or (kind is float and math.isfinite(item))):
+                out[key] = item
+                continue
+            path.append(key)
+            out[key] = _encode(item, limits, path, level + 1, where)
+            path.pop()
+        return out
+    pairs = []
+    for key, item in value.items():
+        path.append(_Key(key))
+        encoded_key = _encode(key, limits, path, level + 3, where)
+        path[-1] = key
+        pairs.append([encoded_key, _encode(item, limits, path, level + 3, where)])
+        path.pop()
+    return {"$dict": pairs}
+
+
+class _Key:
+    """A path step that names a dict's key itself (``keys(...)``), not the value under it."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+
+def _looks_tagged(value: Mapping[Any, Any]) -> bool:
+    if len(value) != 1:
+        return False
+    (key,) = value
+    return type(key) is str and key.startswith("$")
+
+
+def _encode_other(value: Any, limits: WireLimits, path: list[Any], level: int,
+                  where: str) -> Any:
+    # Optional modules are looked up, never imported: a value of theirs implies they are.
+    datetime_module = sys.modules.get("datetime")
+    decimal_module = sys.modules.get("decimal")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        size = 4 * ((len(data) + 2) // 3)
+        if size > limits.string_chars:
+            raise _unencodable(value, where, path, f"{len(data):,} bytes are over the "
+                               f"channel's limit of {limits.string_chars // 4 * 3:,}")
+        return {"$bytes": binascii.b2a_base64(data, newline=False).decode("ascii")}
+    if isinstance(value, (set, frozenset)):
+        tag = "$frozenset" if isinstance(value, frozenset) else "$set"
+        return {tag: _encode_items(list(value), limits, path, level + 1, where)}
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _encode(int(value), limits, path, level, where)
+    if isinstance(value, float):
+        return _encode(float(value), limits, path, level, where)
+    if isinstance(value, str):
+        return _encode(str.__str__(value), limits, path, level, where)
+    if isinstance(value, (list, tuple)):
+        return _encode((list if isinstance(value, list) else tuple)(value), limits, path,
+                       level, where)
+    if isinstance(value, dict):
+        return _encode_dict(value, limits, path, level, where)
+    numbers_module = sys.modules.get("numbers")
+    if numbers_module is not None:  # numpy's scalars register here; a Fraction stays out
+        if isinstance(value, numbers_module.Integral):
+            return _encode(int(value), limits, path, level, where)
+        if isinstance(value, numbers_module.Real) and not isinstance(
+                value, numbers_module.Rational):
+            return _encode(float(value), limits, path, level, where)
+    if datetime_module is not None:
+        if isinstance(value, datetime_module.datetime):
+            return {"$datetime": datetime_module.datetime.isoformat(value)}
+        if isinstance(value, datetime_module.date):
+            return {"$date": datetime_module.date.isoformat(value)}
+        if isinstance(value, datetime_module.time):
+            return {"$time": datetime_module.time.isoformat(value)}
+        if isinstance(value, datetime_module.timedelta):
+            return {"$timedelta": [value.days, value.seconds, value.microseconds]}
+    if decimal_module is not None and isinstance(value, decimal_module.Decimal):
+        text = str(value)
+        if len(text) > MAX_NUMBER_DIGITS:
+            raise _unencodable(value, where, path, f"it has more than {MAX_NUMBER_DIGITS:,} "
+                               "digits")
+        return {"$decimal": text}
+    raise _unencodable(value, where, path, "the channel carries JSON values, bytes, tuples, "
+                       "sets, dates and times, decimals and dicts of these")
+
+
+def _digits(value: int, where: str, path: list[Any]) -> str:
+    try:
+        text = str(value)
+    except ValueError:  # past the interpreter's limit on int-to-str conversions
+        text = ""
+    if not text or len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _unencodable(value, where, path, f"it has more than {MAX_NUMBER_DIGITS:,} digits")
+    return text
+
+
+def _render_path(where: str, path: Sequence[Any]) -> str:
+    out = [where]
+    for step in path:
+        if isinstance(step, _Key):
+            return f"a key of {''.join(out)}"
+        out.append(f"[{step}]" if type(step) is int else f"[{_clip_repr(step)}]")
+    return "".join(out)
+
+
+def _clip_repr(key: Any) -> str:
+    text = f'"{key}"' if type(key) is str else repr(key)
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    module = getattr(cls, "__module__", "") or ""
+    name = getattr(cls, "__qualname__", cls.__name__)
+    return name if module == "builtins" else f"{module}.{name}"
+
+
+def _unencodable(value: Any, where: str, path: Sequence[Any], why: str) -> ChannelValueError:
+    location = _render_path(where, path)
+    type_name = _type_name(value)
+    return ChannelValueError(f"`{type_name}` at `{location}` cannot cross the channel "
+                             f"between host and worker: {why}", where=location,
+                             value_type=type_name)
+
+
+def decode_value(value: Any, where: str = "value") -> Any:
+    """The value :func:`encode_value` encoded; strict, raises only :class:`WireError`.
+
+    ``value`` is JSON data already bounded by :func:`decode_json` (or :func:`recv_frame`).
+    An object of one key that starts with ``$`` is a tag; an unknown tag, a payload of the
+    wrong shape, an unhashable set member or dict key, or a repeated key is refused.
+    """
+    path: list[Any] = []
+    return _decode(value, path, where)
+
+
+def _decode(value: Any, path: list[Any], where: str) -> Any:
+    kind = type(value)
+    if kind is list:
+        if not any(type(item) in _CONTAINERS for item in value):
+            return value  # scalars only: a fresh list from the JSON decoder, kept as it is
+        out = []
+        for index, item in enumerate(value):
+            path.append(index)
+            out.append(_decode(item, path, where))
+            path.pop()
+        return out
+    if kind is not dict:
+        return value
+    if len(value) == 1:
+        ((key, payload),) = value.items()
+        if key.startswith("$"):
+            return _decode_tagged(key, payload, path, where)
+    if not any(type(item) in _CONTAINERS for item in value.values()):
+        return value
+    decoded = {}
+    for key, item in value.items():
+        path.append(key)
+        decoded[key] = _decode(item, path, where)
+        path.pop()
+    return decoded
+
+
+def _decode_tagged(tag: str, payload: Any, path: list[Any], where: str) -> Any:
+    def refuse(why: str) -> WireError:
+        return WireError(f"`{_clip_name(tag)}` at `{_render_path(where, path)}` {why}")
+
+    if tag in ("$tuple", "$set", "$frozenset"):
+        if type(payload) is not list:
+            raise refuse("does not hold a list")
+        items = _decode(payload, path, where)
+        if tag == "$tuple":
+            return tuple(items)
+        try:
+            return set(items) if tag == "$set" else frozenset(items)
+        except TypeError:
+            raise refuse("holds an unhashable member") from None
+    if tag == "$dict":
+        if type(payload) is not list or any(type(pair) is not list or len(pair) != 2
+                                            for pair in payload):
+            raise refuse("does not hold a list of [key, value] pairs")
+        out: dict[Any, Any] = {}
+        for index, (raw_key, raw_item) in enumerate(payload):
+            path.append(index)
+            key = _decode(raw_key, path, where)
+            item = _decode(raw_item, path, where)
+            path.pop()
+            try:
+                if key in out:
+                    raise refuse("repeats a key")
+            except TypeError:
+                raise refuse("has an unhashable key") from None
+            out[key] = item
+        return out
+    if tag == "$timedelta":
+        if (type(payload) is not list or len(payload) != 3
+                or any(type(part) is not int for part in payload)):
+            raise refuse("does not hold [days, seconds, microseconds]")
+        import datetime
+
+        try:
+            return datetime.timedelta(*payload)
+        except OverflowError:
+            raise refuse("is out of range") from None
+    if type(payload) is not str:
+        raise refuse("does not hold a string")
+    if tag == "$bytes":
+        try:
+            return binascii.a2b_base64(_strict_base64(payload))
+        except (binascii.Error, ValueError):
+            raise refuse("is not base64") from None
+    if tag == "$float":
+        if payload not in _FLOAT_TAGS:
+            raise refuse("is not `nan`, `inf` or `-inf`")
+        return _FLOAT_TAGS[payload]
+    if tag in ("$int", "$decimal"):
+        if len(payload) > MAX_NUMBER_DIGITS + 1:
+            raise refuse(f"has more than {MAX_NUMBER_DIGITS:,} digits")
+        if tag == "$int":
+            if not _INT_TEXT.fullmatch(payload):
+                raise refuse("is not an integer")
+            return int(payload)
+        import decimal
+
+        try:
+            return decimal.Decimal(payload)
+        except decimal.InvalidOperation:
+            raise refuse("is not a decimal number") from None
+    if tag in ("$datetime", "$date", "$time"):
+        if len(payload) > _MAX_TIME_CHARS:
+            raise refuse(f"has more than {_MAX_TIME_CHARS} characters")
+        import datetime
+
+        parse = {"$datetime": datetime.datetime.fromisoformat,
+                 "$date": datetime.date.fromisoformat,
+                 "$time": datetime.time.fromisoformat}[tag]
+        try:
+            return parse(payload)
+        except ValueError:
+            raise refuse("is not an ISO 8601 text") from None
+    raise refuse("is not a known value tag")
+
+
+_CONTAINERS = (list, dict)
+_INT_TEXT = re.compile(r"-?[0-9]+")
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _strict_base64(text: str) -> str:
+    if len(text) % 4 or not _BASE64_TEXT.fullmatch(text):
+        raise ValueError("not canonical base64")
+    return text
+
+
 # -- the isolation report -------------------------------------------------------------------
 
 _LEVELS = ("full", "landlock-without-scoping", "filesystem-only", "process-only")
@@ -470,7 +836,7 @@ class IsolationReport:
 # -- worker -> host messages ----------------------------------------------------------------
 
 _ERROR_KINDS = ("exception", "permission_denied", "validation", "file_size", "resource_limit",
-                "memory")
+                "memory", "value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,7 +852,8 @@ class Ready:
     def encode(self) -> dict[str, Any]:
         """The frame's JSON value."""
         return {"op": self.op, "version": self.version, "pid": self.pid,
-                "report": self.report.to_json(), "init_result": self.init_result}
+                "report": self.report.to_json(),
+                "init_result": encode_value(self.init_result, "initialize()", depth=2)}
 
     @classmethod
     def decode(cls, data: Any) -> Ready:
@@ -496,24 +863,25 @@ class Ready:
         if version != PROTOCOL_VERSION:
             raise WireError(f"protocol version {version} is not {PROTOCOL_VERSION}")
         return cls(version, _int(fields, "pid", 1, 2**31 - 1),
-                   IsolationReport.from_json(fields["report"]), fields.get("init_result"))
+                   IsolationReport.from_json(fields["report"]),
+                   decode_value(fields.get("init_result"), "initialize()"))
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """``result``: the JSON value a call returned."""
+    """``result``: the value a call returned (decoded from :func:`encode_value`'s form)."""
 
     op: ClassVar[str] = "result"
     value: Any = None
 
     def encode(self) -> dict[str, Any]:
         """The frame's JSON value."""
-        return {"op": self.op, "value": self.value}
+        return {"op": self.op, "value": encode_value(self.value, "result", depth=2)}
 
     @classmethod
     def decode(cls, data: Any) -> Result:
         """Strict decoder; WireError when ``data`` is not this kind."""
-        return cls(_fields(data, cls.op, (), ("value",)).get("value"))
+        return cls(decode_value(_fields(data, cls.op, (), ("value",)).get("value"), "result"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,7 +915,8 @@ class ErrorReply:
     def decode_error(data: Any) -> dict[str, Any]:
         """The exception data, every field typed and bounded."""
         fields = _fields(data, "error", ("type", "message", "kind"),
-                         ("traceback", "decision", "errors", "resource", "limit", "used"))
+                         ("traceback", "decision", "errors", "resource", "limit", "used",
+                          "where", "value_type"))
         kind = _str(fields, "kind", LIMITS.name_chars)
         if kind not in _ERROR_KINDS:
             raise WireError("field `kind` is not a known error kind")
@@ -574,6 +943,9 @@ class ErrorReply:
         for name in ("limit", "used"):
             if name in fields:
                 out[name] = _number(fields, name)
+        for name in ("where", "value_type"):
+            if name in fields:
+                out[name] = _str(fields, name, LIMITS.resource_chars)
         return out
 
 

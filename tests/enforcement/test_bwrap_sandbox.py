@@ -241,7 +241,7 @@ def test_system_v_shared_memory_is_refused_and_leaves_nothing(start: Starter) ->
     before = segments()
     worker, _ = start(cgroup_parent="")
     # No cgroup counts it, so seccomp refuses it (the memory fallback).
-    assert worker.call("shm", timeout=10) == [-1, errno.EPERM]
+    assert worker.call("shm", timeout=10) == (-1, errno.EPERM)
     worker.stop()
     assert segments() <= before
 

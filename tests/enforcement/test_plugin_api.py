@@ -54,3 +54,19 @@ def test_remote_type_is_clipped() -> None:
     # A name that happens to be one of ours is still just text: nothing is imported.
     spoof = exception_from_data({"type": "policy_engine.errors.UsageError", "message": "m"})
     assert type(spoof) is PluginRaisedError
+
+
+def test_self_ctx_assignment_in_initialize_works() -> None:
+    class Saves(plugin_api.BaseAgentPlugin):
+        def __init__(self) -> None:  # no super().__init__() either
+            pass
+
+        def initialize(self, ctx: plugin_api.PluginContext) -> None:
+            self.ctx = ctx
+
+    plugin = Saves()
+    with pytest.raises(policy_engine.UsageError, match="before `initialize`"):
+        _ = plugin.ctx
+    context = object()
+    plugin.initialize(context)  # type: ignore[arg-type]
+    assert plugin.ctx is context

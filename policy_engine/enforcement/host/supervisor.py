@@ -39,6 +39,7 @@ import psutil
 
 from ...digest import PluginTree, is_python_source, read_plugin_tree
 from ...errors import (
+    ChannelValueError,
     EnforcementError,
     FileSizeError,
     PluginCrashedError,
@@ -66,6 +67,7 @@ from ..wire import (
     WorkerMessage,
     decode_worker_value,
     encode_frame,
+    encode_value,
     recv_frame,
     recv_worker_message_and_fds,
     send_frame,
@@ -77,6 +79,7 @@ from ..worker.remote import exception_from_data, exception_to_data
 from . import cgroup, kernel, reaper
 from .bytecode import worker_bytecode_dir
 from .cgroup import WorkerCgroup
+from .output import OutputCapture
 from .sampler import Sampler
 from .usage import ResourceLimits, ResourceUsage
 
@@ -265,6 +268,7 @@ class WorkerProcess:
         self._init: WorkerInit | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._output: OutputCapture | None = None  # the worker's stdout and stderr
         self._pidfd: int | None = None
         self._poller: Any = None
         self._sampler: Sampler | None = None
@@ -369,8 +373,8 @@ class WorkerProcess:
         """
         if timeout <= 0:
             raise UsageError(f"timeout must be positive, not {timeout}")
-        frame = {"op": "call", "method": method, "args": list(args),
-                 "kwargs": dict(kwargs or {})}
+        frame = {"op": "call", "method": method, **self._encode_arguments(args, kwargs),
+                 "log_level": self._log_level()}
         with self._call_lock:
             init = self._require_init()
             if self.alive and self.frozen and not self._frozen_in_time():
@@ -385,6 +389,9 @@ class WorkerProcess:
             deadline = time.monotonic() + timeout
             self._refuse_stray_frames()
             self._call_host_cpu = 0.0
+            output = self._output
+            if output is not None:
+                output.begin_call()
             try:
                 try:
                     self._send_and_thaw(frame, deadline, phase, timeout)
@@ -392,10 +399,29 @@ class WorkerProcess:
                 finally:
                     if self._sampler is not None:
                         self._sampler.release_throttle()
+                    if output is not None:
+                        output.end_call()
                 self._sweep_leftovers()
             finally:
                 self._freeze()
             return self._result(reply)
+
+    def _log_level(self) -> int:
+        """The level the host logs the plugin's records at: the worker drops those below,
+        so a debug call in a loop costs no frames unless someone listens."""
+        return logging.getLogger(f"{_PLUGIN_LOGGER}.{self._plugin}").getEffectiveLevel()
+
+    def _encode_arguments(self, args: Sequence[Any],
+                          kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``args`` and ``kwargs`` in the wire's value encoding; ChannelValueError names
+        what cannot cross (``args[1]["when"]``) before anything is sent."""
+        try:
+            return {"args": encode_value(list(args), "args", depth=2),
+                    "kwargs": encode_value(dict(kwargs or {}), "kwargs", depth=2)}
+        except ChannelValueError as error:
+            raise ChannelValueError(f"arguments for plugin `{self._plugin}`: {error}",
+                                    where=error.where, value_type=error.value_type,
+                                    plugin=self._plugin) from None
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the worker: ask nicely, then kill its tree. Safe to call repeatedly."""
@@ -445,17 +471,21 @@ class WorkerProcess:
         # Without seccomp nothing stops a fork at the kernel level, so look for descendants.
         self._may_fork = spec.allow_subprocess or not features.seccomp
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        output = OutputCapture(init.plugin)
         try:
             spawn = self._spawn_sandboxed if self._sandboxed else self._spawn
-            self._proc = _SPAWNER.run(lambda: spawn(child_sock, spec))
+            self._proc = _SPAWNER.run(lambda: spawn(child_sock, spec, output))
         except BaseException:
             host_sock.close()
             if self._cgroup is not None:
                 self._cgroup.remove()
                 self._cgroup = None
+            output.close()
             raise
         finally:
             child_sock.close()
+        output.started()
+        self._output = output
         self._sock = host_sock
         self._violation = None
         self._pidfd = _pidfd_open(self._proc.pid)
@@ -467,13 +497,18 @@ class WorkerProcess:
         limit = init.limits.init_timeout
         deadline = time.monotonic() + limit
         frame = replace(init, lockdown=spec).to_frame()
+        frame["log_level"] = self._log_level()
         if spec.allow_network and self._broker_factory is not None:
             self._broker = self._broker_factory()
             frame["network_broker"] = True
-        self._send(frame, deadline, "init", limit)
-        first = self._receive_listener(init, spec, deadline, limit) if spec.kernel_records \
-            else None
-        reply = self._exchange(deadline, "init", limit, first=first)
+        output.begin_call()
+        try:
+            self._send(frame, deadline, "init", limit)
+            first = self._receive_listener(init, spec, deadline, limit) if spec.kernel_records \
+                else None
+            reply = self._exchange(deadline, "init", limit, first=first)
+        finally:
+            output.end_call()
         if isinstance(reply, (Ready, ErrorReply)) and reply.report is not None:
             self._report = reply.report
         if not isinstance(reply, Ready):
@@ -712,8 +747,8 @@ class WorkerProcess:
                        uid, gid)
         self._disk_dir = init.data_dir
 
-    def _spawn_sandboxed(self, child_sock: socket.socket,
-                         spec: LockdownSpec) -> subprocess.Popen[bytes]:
+    def _spawn_sandboxed(self, child_sock: socket.socket, spec: LockdownSpec,
+                         output: OutputCapture) -> subprocess.Popen[bytes]:
         from . import bwrap
         from .view import plan_view
 
@@ -728,12 +763,14 @@ class WorkerProcess:
                    worker_bytecode_dir(package_dir), "1", str(fd)]
         # Never the host's network: an empty namespace, the broker is the only route out.
         options = bwrap.SandboxOptions(uid=uid, gid=gid, share_net=False,
-                                       env=dict(_WORKER_ENV), chdir=spec.scratch_dir)
-        return bwrap.spawn(plan, options, command, pass_fds=(fd,),
-                           stderr=None if self._debug_stderr else subprocess.DEVNULL,
+                                       env=worker_environment(init.limits),
+                                       chdir=spec.scratch_dir)
+        return bwrap.spawn(plan, options, command, pass_fds=(fd,), stdout=output.stdout,
+                           stderr=None if self._debug_stderr else output.stderr,
                            preexec=self._join_cgroup())
 
-    def _spawn(self, child_sock: socket.socket, spec: LockdownSpec) -> subprocess.Popen[bytes]:
+    def _spawn(self, child_sock: socket.socket, spec: LockdownSpec,
+               output: OutputCapture) -> subprocess.Popen[bytes]:
         package_dir = _PACKAGE_DIR
         fd = child_sock.fileno()
         # -I ignores the environment, so mirror the host's choice about writing bytecode.
@@ -741,10 +778,10 @@ class WorkerProcess:
         return subprocess.Popen(
             [self._python, *flags, "-c", BOOTSTRAP, package_dir,
              worker_bytecode_dir(package_dir), str(os.getpid()), str(fd)],
-            env=dict(_WORKER_ENV),
+            env=worker_environment(self._require_init().limits),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=None if self._debug_stderr else subprocess.DEVNULL,
+            stdout=output.stdout,
+            stderr=None if self._debug_stderr else output.stderr,
             pass_fds=(fd,),
             close_fds=True,
             start_new_session=True,
@@ -1030,6 +1067,8 @@ class WorkerProcess:
         # Descendants were re-parented away from the dead worker; chase the ones last seen.
         self._kill()
         violation = self._violation
+        last = self._output.last_error_line() if self._output is not None else ""
+        said = f"; its last line on stderr: `{last}`" if last else ""
         self._shutdown()
         if violation is not None:
             return violation
@@ -1054,9 +1093,9 @@ class WorkerProcess:
                                      plugin=plugin, resource="file_size")
             extra = " (possibly the kernel's OOM killer)" if signum == signal.SIGKILL else ""
             return PluginCrashedError(f"worker of plugin `{plugin}` (pid {pid}) was killed by "
-                                      f"{name}{extra}", plugin=plugin)
+                                      f"{name}{extra}{said}", plugin=plugin)
         return PluginCrashedError(f"worker of plugin `{plugin}` (pid {pid}) exited with status "
-                                  f"{returncode}", plugin=plugin)
+                                  f"{returncode}{said}", plugin=plugin)
 
     def _on_violation(self, error: ResourceLimitError) -> None:
         """Called by the sampler thread: record the error for the caller, kill the tree."""
@@ -1199,6 +1238,9 @@ class WorkerProcess:
             self._listener = None
         if self._proc is not None and self._proc.poll() is None:
             self._kill()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
         with self._signal_lock:  # never close what a concurrent _kill may be using
             if self._sock is not None:
                 self._sock.close()
@@ -1217,6 +1259,20 @@ class WorkerProcess:
                 self._cgroup.remove()
                 self._cgroup = None
         _LIVE.discard(self)
+
+
+#: The variables numeric libraries read for their thread pools (OpenBLAS, OpenMP, MKL,
+#: numexpr, Accelerate): without them a pool is one thread per core of the host.
+_THREAD_POOL_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                          "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def worker_environment(limits: ResourceLimits) -> dict[str, str]:
+    """The whole environment of a worker: nothing of the host's, and thread pools sized to
+    the plugin's CPU limit (a pool per host core would only run the plugin over its share,
+    and into its tasks limit, on a large machine)."""
+    threads = str(max(1, math.ceil(limits.cpu_share)))
+    return {**_WORKER_ENV, **dict.fromkeys(_THREAD_POOL_VARIABLES, threads)}
 
 
 #: The most tasks (processes and threads) a sandboxed plugin may hold on a root host.

@@ -44,7 +44,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ...errors import EnforcementError, FileSizeError, PluginValidationError, ResourceLimitError
+from ...errors import (
+    ChannelValueError,
+    EnforcementError,
+    FileSizeError,
+    PluginValidationError,
+    ResourceLimitError,
+)
 from ...implicit import ImplicitReads, implicit_reads
 from ...units import human_size
 from ..wire import (
@@ -55,7 +61,11 @@ from ..wire import (
     ConnectRequest,
     FrameError,
     PassFds,
+    Ready,
     ResolveRequest,
+    Result,
+    decode_value,
+    encode_frame,
     recv_frame,
     recv_frame_and_fds,
     send_frame,
@@ -241,7 +251,20 @@ class WorkerContext:
         return self._channel.call_host(capability, method, list(args))
 
 
-def _install_log_forwarder(channel: _Channel) -> None:
+#: Log records one call may send; past it they are counted, and one record says how many
+#: were dropped (the host allows 100,000 frames of any kind per call).
+_MAX_LOG_RECORDS = 10_000
+
+
+class _LogBudget:
+    """How many records this call sent and dropped."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.dropped = 0
+
+
+def _install_log_forwarder(channel: _Channel, budget: _LogBudget) -> None:
     """Send the plugin's log records to the host while a call is running."""
     import logging
 
@@ -249,6 +272,10 @@ def _install_log_forwarder(channel: _Channel) -> None:
         def emit(self, record: logging.LogRecord) -> None:
             if not channel.in_call:
                 return  # outside a call nobody reads the channel; dropping beats deadlocking
+            if budget.sent >= _MAX_LOG_RECORDS:
+                budget.dropped += 1
+                return
+            budget.sent += 1
             try:
                 message = record.getMessage()[:_MAX_LOG_MESSAGE]
                 level = min(max(int(record.levelno), 0), 50)
@@ -258,6 +285,15 @@ def _install_log_forwarder(channel: _Channel) -> None:
                 self.handleError(record)
 
     logging.getLogger("policy_engine.plugins").addHandler(LogForwarder(logging.DEBUG))
+
+
+def _set_log_level(frame: Mapping[str, Any]) -> None:
+    """The host's level for the plugin's logger: records below it never cross."""
+    level = frame.get("log_level")
+    if type(level) is int and "logging" in sys.modules:
+        import logging
+
+        logging.getLogger("policy_engine.plugins").setLevel(min(max(level, 1), 50))
 
 
 class _Worker:
@@ -275,6 +311,8 @@ class _Worker:
         self.guard: AuditGuard | None = None
         self.file_size_tripped = False
         self.forwarding_logs = False
+        self.log_budget = _LogBudget()
+        self._frame: Mapping[str, Any] | None = None  # the call in progress
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -310,6 +348,7 @@ class _Worker:
             allow_network=self.spec.allow_network,
         )
         signal.signal(signal.SIGXFSZ, self._on_file_size)
+        _line_buffered_output()
         # tempfile would probe /tmp first (denied); in-process only, the host's env stays clean.
         os.environ["TMPDIR"] = self.spec.scratch_dir
         if self.spec.audit_hook:
@@ -324,8 +363,8 @@ class _Worker:
         except BaseException as error:  # reported to the host, which decides what to do
             return {"op": "error", "error": exception_to_data(self._translate(error)),
                     "report": report}
-        return {"op": "ready", "version": PROTOCOL_VERSION, "report": report,
-                "init_result": init_result, "pid": os.getpid()}
+        return _encoded_reply(Ready(PROTOCOL_VERSION, os.getpid(), applied.report(),
+                                    init_result), report=report)
 
     def _report_audit(self, action: str, resource: str | None, allowed: bool) -> None:
         """Audit mode: tell the host what the plugin did (only while it waits on a call)."""
@@ -367,6 +406,8 @@ class _Worker:
                                     hooks=self.hooks)
             return _run(initialize, [context], {})
         finally:
+            _flush_output()
+            self._end_log_budget()
             self.channel.in_call = False
 
     def _install_sources(self) -> None:
@@ -430,30 +471,45 @@ class _Worker:
 
     def _call(self, frame: Mapping[str, Any]) -> dict[str, Any]:
         method = str(frame.get("method", ""))
-        args = frame.get("args") or []
-        kwargs = frame.get("kwargs") or {}
         self.file_size_tripped = False
+        self._frame = frame
         self._forward_logs()
         self.channel.in_call = True
         try:
+            args = decode_value(frame.get("args") or [], "args")
+            kwargs = decode_value(frame.get("kwargs") or {}, "kwargs")
             value = _run(self._target(method), list(args), dict(kwargs))
             error: BaseException | None = None
         except BaseException as raised:  # SystemExit too: the worker outlives a sys.exit()
             error = raised
             value = None
         finally:
+            _flush_output()  # the host reads what was written before it gets the answer
+            self._end_log_budget()
             self.channel.in_call = False
         if self.file_size_tripped or (error is not None and _is_efbig(error)):
             error = self._file_size_error(error)
         if error is not None:
             return {"op": "error", "error": exception_to_data(self._translate(error))}
-        return {"op": "result", "value": value}
+        return _encoded_reply(Result(value))
 
     def _forward_logs(self, *, force: bool = False) -> None:
         # logging is imported only when the plugin uses it; forward from then on.
         if not self.forwarding_logs and (force or "logging" in sys.modules):
             self.forwarding_logs = True
-            _install_log_forwarder(self.channel)
+            _install_log_forwarder(self.channel, self.log_budget)
+        if self.forwarding_logs:
+            _set_log_level(self.init if self._frame is None else self._frame)
+
+    def _end_log_budget(self) -> None:
+        """One record for what was dropped (sent while the call is still in progress)."""
+        budget = self.log_budget
+        if budget.dropped:
+            self.channel.send({"op": "log", "level": 30,
+                               "logger": f"policy_engine.plugins.{self.plugin}"[:LIMITS.name_chars],
+                               "message": f"{budget.dropped:,} log records were dropped (at "
+                                          f"most {_MAX_LOG_RECORDS:,} cross per call)"})
+        budget.sent = budget.dropped = 0
 
     def _target(self, method: str) -> Callable[..., Any]:
         if method.startswith(_HOOK_PREFIX):
@@ -522,6 +578,31 @@ class _Worker:
                 pass
 
 
+def _encoded_reply(reply: Result | Ready, *,
+                   report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reply's frame, or an ``error`` frame naming what in the value cannot cross.
+
+    A value the channel cannot carry, or one whose frame would be over the host's limit, is
+    the plugin's error: the host gets :class:`ChannelValueError`, never a broken channel.
+    """
+    try:
+        frame = reply.encode()
+        size = len(encode_frame(frame))
+        if size > LIMITS.frame_bytes:
+            what = "the result" if isinstance(reply, Result) else "what initialize() returned"
+            raise ChannelValueError(f"{what} is {size:,} bytes encoded, over the channel's "
+                                    f"limit of {LIMITS.frame_bytes:,} bytes per frame",
+                                    where="result" if isinstance(reply, Result)
+                                    else "initialize()")
+    except ChannelValueError as error:
+        out: dict[str, Any] = {"op": "error", "error": exception_to_data(
+            error, with_traceback=False)}
+        if report is not None:
+            out["report"] = report
+        return out
+    return frame
+
+
 def _run(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
     """Call ``function``; a coroutine or awaitable result runs to completion on a new loop."""
     result = function(*args, **kwargs)
@@ -533,6 +614,26 @@ def _run(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) 
         return await result
 
     return asyncio.run(wait())
+
+
+def _line_buffered_output() -> None:
+    """print() reaches the host line by line (descriptors 1 and 2 are the host's pipes)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure):
+            try:
+                reconfigure(line_buffering=True)
+            except (OSError, ValueError):
+                pass
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # the plugin may have replaced or closed them: its business
+            pass
 
 
 def _is_efbig(error: BaseException) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import (
+    ChannelValueError,
     FileSizeError,
     PermissionDeniedError,
     PluginRaisedError,
@@ -27,6 +28,8 @@ __all__ = ["PluginRaisedError", "exception_from_data", "exception_to_data", "rem
 _MAX_TEXT = 64 * 1024
 # A type is named by ``module.qualname``: long enough for real names, no longer.
 _MAX_TYPE = 200
+# Where in a value, and its type: a path of a few keys, never a page.
+_MAX_WHERE = 1024
 
 
 def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
@@ -65,6 +68,10 @@ def exception_to_data(error: BaseException, *, with_traceback: bool = True) -> d
         data["resource"] = error.resource
         data["limit"] = error.limit
         data["used"] = error.used
+    elif isinstance(error, ChannelValueError):
+        data["kind"] = "value"
+        data["where"] = _clip(error.where, _MAX_WHERE)
+        data["value_type"] = _clip(error.value_type, _MAX_WHERE)
     elif isinstance(error, MemoryError):
         data["kind"] = "memory"
     elif isinstance(error, OSError) and error.errno == errno.EFBIG:
@@ -83,6 +90,12 @@ def exception_from_data(data: Mapping[str, Any], *, plugin: str | None = None) -
         return denial(DeniedDecision.from_json(data["decision"]))
     if kind == "validation" and isinstance(data.get("errors"), list):
         return PluginValidationError(plugin or "?", [_clip(str(e)) for e in data["errors"]])
+    if kind == "value":
+        who = f"plugin `{plugin}`: " if plugin else ""
+        return ChannelValueError(f"{who}{message}", where=_clip(str(data.get("where", "")),
+                                                                 _MAX_WHERE),
+                                 value_type=_clip(str(data.get("value_type", "")), _MAX_WHERE),
+                                 plugin=plugin)
     if kind in ("file_size", "resource_limit", "memory"):
         resource = str(data.get("resource") or ("memory" if kind == "memory" else ""))
         limit = _number(data.get("limit"))
