@@ -208,7 +208,7 @@ def test_lockdown_spec_carries_the_grants_masks_and_limits(tmp_path: Path) -> No
         deny plugin * to file:read on "/srv/a.key"
         allow plugin * to network:request on "api.example.com:443"
     """, ["file:read /srv/**", "network:request api.example.com:443"])
-    spec = lockdown_spec(engine, "demo", tmp_path / "scratch")
+    spec = lockdown_spec(table_of(engine), tmp_path / "scratch")
     assert spec.scratch_dir == str(tmp_path / "scratch")
     assert spec.plugin_dir == str(tmp_path / "plugins" / "demo")
     assert (spec.memory_bytes, spec.file_size_bytes) == (300_000_000, 2_000_000)
@@ -223,21 +223,20 @@ def test_lockdown_spec_in_audit_mode_opens_everything_but_keeps_limits(tmp_path:
         allow plugin * to file:read on "/srv/**"
         deny plugin * to file:read on "/srv/a.key"
     """, ["file:read /srv/**"])
-    spec = lockdown_spec(engine, "demo", tmp_path, audit=True)
+    spec = lockdown_spec(table_of(engine), tmp_path, audit=True)
     assert spec.read_paths == ("/",) and spec.write_paths == ("/",)
     assert spec.allow_network and spec.allow_subprocess and spec.connect_any_port
     assert spec.mask_paths == ()
     assert spec.memory_bytes == engine.limits("demo").memory
 
 
-def test_lockdown_spec_refuses_an_unknown_plugin_or_one_without_a_directory(tmp_path: Path) -> None:
-    engine = engine_for(tmp_path, "allow plugin * to file:read", ["file:read"])
-    with pytest.raises(KeyError):
-        lockdown_spec(engine, "nobody", tmp_path)
+def test_lockdown_spec_refuses_a_plugin_without_a_directory(tmp_path: Path) -> None:
     bare = Engine.from_source("allow plugin * to file:read",
                               ["name: bare\nversion: 1.0.0\ntype: agent\nentry_point: m:P\n"])
-    with pytest.raises(KeyError):
-        lockdown_spec(bare, "bare", tmp_path)
+    table = bare.plugin_table("bare")
+    assert table is not None
+    with pytest.raises(UsageError, match="has no directory"):
+        lockdown_spec(table, tmp_path)
 
 
 def test_resource_limits_are_the_plugins_settings(tmp_path: Path) -> None:
@@ -250,7 +249,7 @@ def test_resource_limits_are_the_plugins_settings(tmp_path: Path) -> None:
         }
         allow plugin * to file:read
     """, ["file:read"])
-    limits = resource_limits(engine, "demo")
+    limits = resource_limits(table_of(engine).effective)
     assert limits.memory_bytes == 200_000_000
     assert limits.memory_warn_fraction == pytest.approx(0.5)
     assert limits.cpu_share == pytest.approx(0.25)
@@ -260,12 +259,10 @@ def test_resource_limits_are_the_plugins_settings(tmp_path: Path) -> None:
 
 def test_checker_data_is_the_encoded_table_and_the_audit_switch(tmp_path: Path) -> None:
     engine = engine_for(tmp_path, 'allow plugin * to file:read on "/srv/**"', ["file:read /srv/**"])
-    data = checker_data(engine, "demo", audit=True)
+    data = checker_data(table_of(engine), audit=True)
     assert data["audit"] is True
     assert WireTable.decode(data["table"]) == wire_table(table_of(engine))  # type: ignore[arg-type]
-    assert checker_data(engine, "demo")["audit"] is False
-    with pytest.raises(KeyError):
-        checker_data(engine, "nobody")
+    assert checker_data(table_of(engine))["audit"] is False
 
 
 def test_wire_table_evaluates_conditions_for_no_context(tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...engine import Engine
 from ...errors import UsageError
 from ...exactness import inexact_reason, is_under, mask_path
 from ...families import kernel_actions
 from ...patterns import HostPattern, PathPattern, Pattern
 from ...permissions import Permission
+from ...settings import Effective
 from ...table import (
     ActionEntry,
     PinStatus,
@@ -175,13 +175,12 @@ def kernel_masks(table: PluginTable) -> tuple[str, ...]:
     return tuple(masks)
 
 
-def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool = False) -> LockdownSpec:
-    """The worker's lockdown for ``plugin``. In audit mode nothing is denied, so the
-    filesystem and network stay open (only limits apply)."""
-    table = engine.plugin_table(plugin)
-    if table is None or table.plugin_dir is None:
-        raise KeyError(plugin)  # the runner refuses a plugin without a directory before this
-    limits = engine.limits(plugin)
+def lockdown_spec(table: PluginTable, scratch_dir: Path, *, audit: bool = False) -> LockdownSpec:
+    """The worker's lockdown for the plugin of ``table``. In audit mode nothing is denied,
+    so the filesystem and network stay open (only limits apply)."""
+    if table.plugin_dir is None:  # the runner refuses a plugin without a directory before this
+        raise UsageError(f"plugin `{table.name}` has no directory, so it cannot run in a worker")
+    limits = table.effective.limits
     grants = kernel_grants(table)
     if audit:
         grants = KernelGrants(("/",), ("/",), (), True, True, True)
@@ -200,9 +199,9 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
     )
 
 
-def resource_limits(engine: Engine, plugin: str) -> ResourceLimits:
-    """The supervisor's sampler limits for ``plugin``."""
-    limits, timeouts = engine.limits(plugin), engine.timeouts(plugin)
+def resource_limits(effective: Effective) -> ResourceLimits:
+    """The supervisor's sampler limits for a plugin's resolved settings."""
+    limits, timeouts = effective.limits, effective.timeouts
     return ResourceLimits(
         memory_bytes=limits.memory,
         memory_warn_fraction=limits.memory_warn,
@@ -212,11 +211,8 @@ def resource_limits(engine: Engine, plugin: str) -> ResourceLimits:
     )
 
 
-def checker_data(engine: Engine, plugin: str, *, audit: bool = False) -> dict[str, object]:
+def checker_data(table: PluginTable, *, audit: bool = False) -> dict[str, object]:
     """The decision data the worker's audit hook consults: the plugin's own table, as data."""
-    table = engine.plugin_table(plugin)
-    if table is None:
-        raise KeyError(plugin)
     return {"table": wire_table(table).encode(), "audit": audit}
 
 
