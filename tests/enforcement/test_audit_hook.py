@@ -211,7 +211,7 @@ def test_network_events_ask_network_request(guard: AuditGuard, recorder: Recorde
         ("network:request", "api.example.com:https"),
         ("network:request", "db.example.com"),
         ("network:request", "10.0.0.1:5432"),
-        ("network:request", "::1:53"),
+        ("network:request", "[::1]:53"),  # bracketed: `::1:53` is another address
     ]
 
 
