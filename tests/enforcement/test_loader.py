@@ -294,7 +294,6 @@ def test_a_policy_change_rebuilds_the_sandbox_at_the_next_call(
 def test_a_policy_that_no_longer_validates_unloads_the_plugin(
         setup: tuple[PluginLoader, FakeSandbox, LoadedPlugin]) -> None:
     loader, _sandbox, plugin = setup
-    loader.engine.reload("allow plugin * to hook:register\n")  # process isolation, unpinned
     loader.engine.reload(POLICY.replace("accept unpinned-inprocess", ""))
     with pytest.raises(EnforcementError, match="the policy changed: `isolation inprocess` needs"):
         plugin.ping()  # type: ignore[operator]
