@@ -34,8 +34,10 @@ def test_unit_tests_alone_cover_each_enforcement_module(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "coverage", "run", "--branch", f"--data-file={data}",
          f"--include={include}", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+         # Its own temporary directory: the child neither prunes nor shares the parent's.
+         f"--basetemp={tmp_path / 'base'}", "-o", "faulthandler_timeout=60",
          "-m", "not integration", *sorted(set(UNITS.values()))],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     subprocess.run([sys.executable, "-m", "coverage", "json", f"--data-file={data}", "-o",
                     str(report)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
