@@ -23,7 +23,7 @@ from .diagnostics import Diagnostic, Span, did_you_mean, source_line
 from .digest import ALGORITHM, DIGEST_PREFIX, OLD_ALGORITHM
 from .errors import PolicyCompileError
 from .nodes import Effect
-from .patterns import PatternError, compile_pattern
+from .patterns import PatternError, compile_pattern, with_stand_ins
 from .permissions import ACTION_SPELLINGS, Permission, ResourceKind, expand_action
 from .risks import RISKS, risk_names
 from .settings import (
@@ -43,7 +43,6 @@ __all__ = ["CompiledPattern", "CompiledRule", "Pin", "PolicySet", "Settings", "c
 #: Template variables every pattern may use, filled in per plugin.
 PLUGIN_VARIABLES = ("plugin", "plugin_dir")
 TEMPLATE = re.compile(r"\{([^{}]*)\}")
-_SAMPLE = {"plugin": "sample", "plugin_dir": "/sample"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +236,7 @@ def expand_variables(
 
 def check_pattern(text: str, kinds: Iterable[ResourceKind]) -> tuple[frozenset[ResourceKind], PatternError | None]:
     """The kinds a (variable-filled) pattern is valid for, and the first error otherwise."""
-    sample = text
-    for name, value in _SAMPLE.items():
-        sample = sample.replace("{" + name + "}", value)
+    sample = with_stand_ins(text)  # the one treatment of templates (patterns.py)
     valid: set[ResourceKind] = set()
     first_error: PatternError | None = None
     for kind in sorted(kinds, key=lambda k: k.value):

@@ -20,14 +20,22 @@ policies by comparing them.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from .engine import Engine
 from .formatter import format_condition
-from .patterns import HostPattern, NamePattern, PathPattern, Pattern
+from .patterns import (
+    HostPattern,
+    PathPattern,
+    Pattern,
+    Region,
+    intersect,
+    overlaps,
+    region_covered,
+    region_overlaps,
+)
 from .permissions import Permission
 from .settings import Limits, Timeouts
 from .table import ActionEntry, PinStatus, PluginTable, TableRule
@@ -187,115 +195,16 @@ def show_pattern(pattern: Pattern, plugin_dir: str | None = None) -> str:
     return text
 
 
-_T = TypeVar("_T")
-
-
-def _sequences_overlap(left: Sequence[_T], right: Sequence[_T], star: _T,
-                       pair: Callable[[_T, _T], bool]) -> bool:
-    """Whether two token sequences, where ``star`` matches any run of tokens, match a
-    common sequence; ``pair(a, b)`` says whether two other tokens match a common token.
-
-    The companion of :func:`policy_engine.patterns._covers` (containment) for overlap.
-    """
-
-    @functools.cache
-    def meet(i: int, j: int) -> bool:
-        if i == len(left) and j == len(right):
-            return True
-        if i < len(left) and left[i] == star and meet(i + 1, j):
-            return True
-        if j < len(right) and right[j] == star and meet(i, j + 1):
-            return True
-        if i == len(left) or j == len(right):
-            return False
-        a, b = left[i], right[j]
-        if a == star and b == star:
-            return False  # one of the stars can always step aside (above)
-        if a == star or b == star or pair(a, b):
-            return meet(i if a == star else i + 1, j if b == star else j + 1)
-        return False
-
-    return meet(0, 0)
-
-
-def _same_char(a: str, b: str) -> bool:
-    return a == b
-
-
-def _path_chars(a: str, b: str) -> bool:
-    return a == b or "?" in (a, b)  # `?` is one character in a path segment
-
-
-def _path_segments(a: str, b: str) -> bool:
-    return _sequences_overlap(a, b, "*", _path_chars)
-
-
-def overlaps(left: Pattern, right: Pattern) -> bool:
-    """Whether some resource matches both patterns (exact for hosts, names and paths)."""
-    if isinstance(left, PathPattern) and isinstance(right, PathPattern):
-        return _sequences_overlap(left.segments, right.segments, "**", _path_segments)
-    if isinstance(left, NamePattern) and isinstance(right, NamePattern):
-        return _sequences_overlap(left.canonical, right.canonical, "*", _same_char)
-    if isinstance(left, HostPattern) and isinstance(right, HostPattern):
-        lp, rp = left.port_range, right.port_range
-        if lp is not None and rp is not None and (lp[1] < rp[0] or rp[1] < lp[0]):
-            return False
-        if left.network is not None or right.network is not None:
-            if left.host_text == "*" or right.host_text == "*":
-                return True
-            ln, rn = left.network, right.network
-            # Names are not resolved: an address range and a name share no resource.
-            return ln is not None and rn is not None and ln.version == rn.version and ln.overlaps(rn)
-        a, b = left.host_text, right.host_text
-        if a == "*" or b == "*":
-            return True
-        if a.startswith("*.") and b.startswith("*."):
-            return a.endswith(b[1:]) or b.endswith(a[1:])
-        if a.startswith("*."):
-            return b.endswith(a[1:])
-        if b.startswith("*."):
-            return a.endswith(b[1:])
-        return a == b
-    return False
-
-
-# Regions: a declared pattern, a rule pattern, or their intersection -------------------------
-
-# A region is the tuple of patterns whose intersection it is; () is every resource.
-_Region = tuple[Pattern, ...]
-
-
-def _meet(declared: Pattern | None, rule: Pattern | None) -> _Region | None:
-    """The intersection of a declared and a rule pattern (None: either means any), or None
-    when they share nothing."""
-    if declared is None:
-        return () if rule is None else (rule,)
-    if rule is None or rule.subsumes(declared):
-        return (declared,)
-    if declared.subsumes(rule):
-        return (rule,)
-    if not overlaps(declared, rule):
-        return None
-    return (declared, rule)
+# Regions: a declared pattern, a rule pattern, or their intersection (patterns.intersect)
 
 
 def _shown(patterns: Iterable[Pattern | None], plugin_dir: str | None) -> tuple[str, ...]:
     return tuple(show_pattern(p, plugin_dir) for p in patterns if p is not None)
 
 
-def _region_overlaps(region: _Region, pattern: Pattern | None) -> bool:
-    if pattern is None or not region:
-        return True
-    return all(overlaps(p, pattern) for p in region)
-
-
-def _covers(deny: TableRule, region: _Region) -> bool:
+def _covers(deny: TableRule, region: Region) -> bool:
     """Whether an unconditional deny rule covers the whole region."""
-    if deny.patterns is None:
-        return True
-    if not region:
-        return False  # a request without a resource matches only rules without `on`
-    return any(pattern.subsumes(part) for pattern in deny.patterns for part in region)
+    return region_covered(deny.patterns, region)
 
 
 def rule_condition(rule: TableRule) -> str | None:
@@ -344,18 +253,18 @@ def _permission_grants(permission: Permission, entry: ActionEntry, table: Plugin
         return PermissionGrants(permission, declared_texts, (), (), withheld, ())
 
     unconditional_denies = [d for d in entry.denies if _is_unconditional(d)]
-    granted: list[tuple[_Region, TableRule]] = []
+    granted: list[tuple[Region, TableRule]] = []
     withheld_list: list[Withheld] = []
     for declared in declared_patterns:
         shown = ANY if declared is None else show_pattern(declared, plugin_dir)
-        regions: list[tuple[_Region, TableRule]] = []
+        regions: list[tuple[Region, TableRule]] = []
         for allow in entry.allows:
             for rule_pattern in (None,) if allow.patterns is None else allow.patterns:
-                region = _meet(declared, rule_pattern)
+                region = intersect(declared, rule_pattern)
                 if region is not None:
                     regions.append((region, allow))
         if not regions:
-            region_of_declared: _Region = () if declared is None else (declared,)
+            region_of_declared: Region = () if declared is None else (declared,)
             denying = [d.ref.location for d in unconditional_denies if _covers(d, region_of_declared)]
             also = f", and {', '.join(denying)} denies it" if denying else ""
             withheld_list.append(Withheld(shown, "no allow rule grants it" + also))
@@ -385,7 +294,7 @@ def _permission_grants(permission: Permission, entry: ActionEntry, table: Plugin
     ]
     blocked_scopes = _merge(
         shown for pattern, shown in denies
-        if any(_region_overlaps(region, pattern) for region, _ in granted)
+        if any(region_overlaps(region, pattern) for region, _ in granted)
     )
     return PermissionGrants(permission, declared_texts, granted_scopes, blocked_scopes,
                             tuple(withheld_list), _merge(shown for _, shown in denies))

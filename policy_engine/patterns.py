@@ -28,6 +28,13 @@ HOST
 NAME
     Normal form: the name itself. In patterns ``*`` matches any run of characters (dots
     included); everything else is literal and case-sensitive.
+
+The pattern algebra lives here and nowhere else: containment (:meth:`Pattern.subsumes`),
+overlap (:func:`overlaps`), intersection and regions (:func:`intersect`,
+:func:`region_overlaps`, :func:`region_covered`), coverage of pattern sets
+(:func:`covers_all`, :func:`matches_everything`) and the one treatment of ``{plugin}`` and
+``{plugin_dir}`` before a plugin fills them in (:data:`TEMPLATE_STAND_INS`,
+:func:`symbolic_pattern`), used by the compiler, ``policy-engine matrix`` and ``policy-lint``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from urllib.parse import urlsplit
 from .permissions import ResourceKind
 
 __all__ = [
+    "EVERYTHING",
+    "TEMPLATE_STAND_INS",
     "HostPattern",
     "HostPort",
     "InvalidResourceError",
@@ -53,10 +62,20 @@ __all__ = [
     "PathPattern",
     "Pattern",
     "PatternError",
+    "Region",
     "Resource",
     "compile_pattern",
+    "covers_all",
     "glob_matches",
+    "intersect",
+    "matches_everything",
     "normalize",
+    "overlaps",
+    "region_covered",
+    "region_overlaps",
+    "symbolic_pattern",
+    "with_stand_ins",
+    "with_templates",
 ]
 
 
@@ -818,3 +837,159 @@ def compile_pattern(kind: ResourceKind, text: str) -> Pattern:
         return _compile_name(text)
     except _Bad as bad:
         raise PatternError(bad.message, bad.hint) from None
+
+
+# --------------------------------------------------------------------------- algebra
+#
+# Everything the engine's tools know about patterns beyond matching one resource lives
+# here: containment (:meth:`Pattern.subsumes`), overlap, the intersection of a declared and
+# a rule pattern, and the one way templates are treated when a pattern is reasoned about
+# before a plugin fills it in.
+
+#: The pattern of each kind that matches every resource of it.
+EVERYTHING: dict[ResourceKind, str] = {ResourceKind.PATH: "/**", ResourceKind.HOST: "*",
+                                       ResourceKind.NAME: "*"}
+
+#: What the per-plugin templates stand for while a pattern is reasoned about without a
+#: plugin: opaque literals, so that ``{plugin_dir}/**`` subsumes ``{plugin_dir}/data/**``
+#: and nothing else does (but ``/**``), and a pattern is valid for a kind exactly when it
+#: is valid once a plugin fills it in. The compiler (which kinds a pattern is valid for)
+#: and ``policy-lint`` (overlap, redundancy, breadth) both use these.
+TEMPLATE_STAND_INS: dict[str, str] = {"plugin_dir": "/_plugin_dir_", "plugin": "_plugin_"}
+
+#: A region: the patterns whose intersection it is; ``()`` is every resource.
+Region: TypeAlias = tuple[Pattern, ...]
+
+
+def with_stand_ins(text: str) -> str:
+    """``text`` with each per-plugin template replaced by its :data:`TEMPLATE_STAND_INS`."""
+    for name, stand_in in TEMPLATE_STAND_INS.items():
+        text = text.replace("{" + name + "}", stand_in)
+    return text
+
+
+def with_templates(text: str) -> str:
+    """``text`` with each stand-in turned back into its template, for messages."""
+    for name, stand_in in TEMPLATE_STAND_INS.items():
+        text = text.replace(stand_in, "{" + name + "}")
+    return text
+
+
+@functools.lru_cache(maxsize=65536)
+def symbolic_pattern(kind: ResourceKind, text: str) -> Pattern | None:
+    """``text`` (templates still open) compiled with the stand-ins, or None when invalid."""
+    try:
+        return compile_pattern(kind, with_stand_ins(text))
+    except PatternError:
+        return None
+
+
+def matches_everything(pattern: Pattern) -> bool:
+    """Whether ``pattern`` matches every resource of its kind (``/**``, ``*``, ``*:*``)."""
+    everything = symbolic_pattern(pattern.kind, EVERYTHING[pattern.kind])
+    return everything is not None and pattern.subsumes(everything)
+
+
+def covers_all(broad: Sequence[Pattern] | None, narrow: Sequence[Pattern] | None) -> bool:
+    """Whether the patterns ``broad`` match every resource the patterns ``narrow`` match
+    (None: any resource). Conservative like :meth:`Pattern.subsumes`."""
+    if broad is None:
+        return True
+    if narrow is None:
+        return any(matches_everything(p) for p in broad)
+    return all(any(b.subsumes(n) for b in broad) for n in narrow)
+
+
+def _sequences_overlap(left: Sequence[_T], right: Sequence[_T], star: _T,
+                       pair: Callable[[_T, _T], bool]) -> bool:
+    """Whether two token sequences, where ``star`` matches any run of tokens, match a
+    common sequence; ``pair(a, b)`` says whether two other tokens match a common token.
+
+    The companion of :func:`_covers` (containment) for overlap.
+    """
+
+    @functools.cache
+    def meet(i: int, j: int) -> bool:
+        if i == len(left) and j == len(right):
+            return True
+        if i < len(left) and left[i] == star and meet(i + 1, j):
+            return True
+        if j < len(right) and right[j] == star and meet(i, j + 1):
+            return True
+        if i == len(left) or j == len(right):
+            return False
+        a, b = left[i], right[j]
+        if a == star and b == star:
+            return False  # one of the stars can always step aside (above)
+        if a == star or b == star or pair(a, b):
+            return meet(i if a == star else i + 1, j if b == star else j + 1)
+        return False
+
+    return meet(0, 0)
+
+
+def _path_chars(a: str, b: str) -> bool:
+    return a == b or "?" in (a, b)  # `?` is one character in a path segment
+
+
+def _path_segments(a: str, b: str) -> bool:
+    return _sequences_overlap(a, b, "*", _path_chars)
+
+
+def overlaps(left: Pattern, right: Pattern) -> bool:
+    """Whether some resource matches both patterns (exact for hosts, names and paths)."""
+    if isinstance(left, PathPattern) and isinstance(right, PathPattern):
+        return _sequences_overlap(left.segments, right.segments, "**", _path_segments)
+    if isinstance(left, NamePattern) and isinstance(right, NamePattern):
+        return _sequences_overlap(left.canonical, right.canonical, "*", _same)
+    if isinstance(left, HostPattern) and isinstance(right, HostPattern):
+        lp, rp = left.port_range, right.port_range
+        if lp is not None and rp is not None and (lp[1] < rp[0] or rp[1] < lp[0]):
+            return False
+        if left.network is not None or right.network is not None:
+            if left.host_text == "*" or right.host_text == "*":
+                return True
+            ln, rn = left.network, right.network
+            # Names are not resolved: an address range and a name share no resource.
+            return ln is not None and rn is not None and ln.version == rn.version and ln.overlaps(rn)
+        a, b = left.host_text, right.host_text
+        if a == "*" or b == "*":
+            return True
+        if a.startswith("*.") and b.startswith("*."):
+            return a.endswith(b[1:]) or b.endswith(a[1:])
+        if a.startswith("*."):
+            return b.endswith(a[1:])
+        if b.startswith("*."):
+            return a.endswith(b[1:])
+        return a == b
+    return False
+
+
+def intersect(declared: Pattern | None, rule: Pattern | None) -> Region | None:
+    """The region both patterns match (None: either means any resource), shown as the
+    narrower one when one contains the other; None when they share nothing."""
+    if declared is None:
+        return () if rule is None else (rule,)
+    if rule is None or rule.subsumes(declared):
+        return (declared,)
+    if declared.subsumes(rule):
+        return (rule,)
+    if not overlaps(declared, rule):
+        return None
+    return (declared, rule)
+
+
+def region_overlaps(region: Region, pattern: Pattern | None) -> bool:
+    """Whether ``pattern`` (None: any resource) may match a resource of ``region``."""
+    if pattern is None or not region:
+        return True
+    return all(overlaps(p, pattern) for p in region)
+
+
+def region_covered(patterns: Sequence[Pattern] | None, region: Region) -> bool:
+    """Whether one of ``patterns`` (None: any resource) matches the whole ``region``."""
+    if patterns is None:
+        return True
+    if not region:
+        return False  # a request without a resource matches only rules without `on`
+    return any(pattern.subsumes(part) for pattern in patterns for part in region)

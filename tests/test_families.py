@@ -15,6 +15,7 @@ from policy_engine.families import (
     KernelPlan,
     NotApplicable,
     OverBroad,
+    ScanCalls,
     family,
     readme_table,
 )
@@ -42,6 +43,10 @@ def test_every_facet_is_filled_or_says_why_not(entry: Family) -> None:
             assert facet.reason.strip(), f"{name} of a family says n/a without a reason"
         else:
             assert facet, f"facet `{name}` is empty"
+            if isinstance(facet, ScanCalls):
+                assert facet.calls and all(c.functions or c.prefixes or c.path_methods
+                                           for c in facet.calls), f"facet `{name}` is empty"
+                assert {c.permission for c in facet.calls} <= set(entry.permissions)
     if isinstance(entry.kernel, KernelPlan):
         k = entry.kernel
         assert set(k.read_paths + k.write_paths + k.connect_ports + k.exec) <= set(entry.permissions)
@@ -52,6 +57,8 @@ def test_every_facet_is_filled_or_says_why_not(entry: Family) -> None:
 def test_a_family_without_a_facet_fails_completeness() -> None:
     broken = replace(family("network"), scan_modules=())
     assert not broken.facets()["scan_modules"]
+    broken = replace(family("file"), scan_calls=ScanCalls("", ()))
+    assert not broken.facets()["scan_calls"].calls  # type: ignore[union-attr]
     broken = replace(family("hook"), kernel=NotApplicable(" "))
     assert not broken.kernel.reason.strip()  # type: ignore[union-attr]
 
@@ -99,6 +106,57 @@ def test_the_scanner_suggests_families_from_the_registered_modules() -> None:
     assert scan._SUBPROCESS_MODULES == families.scan_modules("subprocess")
     assert scan._DATABASE_MODULES == families.scan_modules("database")
     assert families.scan_modules("hook") == frozenset()
+
+
+def test_the_scanner_reads_its_call_signatures_from_the_registry() -> None:
+    from policy_engine.enforcement.host import scan
+
+    assert scan._NETWORK_FUNCTIONS == set(families.scan_signature("network:request").functions)
+    execute = families.scan_signature("subprocess:execute")
+    assert (scan._SUBPROCESS_FUNCTIONS, scan._SUBPROCESS_PREFIXES) == (set(execute.functions),
+                                                                       execute.prefixes)
+    for permission, functions, methods in (("file:delete", scan._FILE_DELETE, scan._PATH_DELETE_METHODS),
+                                           ("file:write", scan._FILE_WRITE, scan._PATH_WRITE_METHODS),
+                                           ("file:read", scan._FILE_READ, scan._PATH_READ_METHODS)):
+        signature = families.scan_signature(permission)
+        assert (functions, methods) == (set(signature.functions), set(signature.path_methods))
+    assert scan._FILE_WRITE_PREFIXES == families.scan_signature("file:write").prefixes
+    assert scan._OPENERS == families.scan_openers()
+    assert families.scan_signature("hook:register").functions == ()
+    with pytest.raises(KeyError):
+        families.scan_signature("file:execute")
+
+
+def _call_of(name: str) -> str:
+    module, _, function = name.rpartition(".")
+    if module == "builtins":
+        return f"{function}('x')\n"
+    return f"import {module}\n{module}.{function}('x')\n"
+
+
+def _signature_calls() -> list[tuple[str, str]]:
+    cases = []
+    for f in FAMILIES:
+        if isinstance(f.scan_calls, NotApplicable):
+            continue
+        for signature in f.scan_calls.calls:
+            cases += [(signature.permission, _call_of(name)) for name in signature.functions]
+            cases += [(signature.permission, _call_of(prefix + "x")) for prefix in signature.prefixes]
+            cases += [(signature.permission, f"import pathlib\npathlib.Path('x').{method}()\n")
+                      for method in signature.path_methods]
+        for opener in f.scan_calls.openers:
+            call = _call_of(opener.function).replace("('x')", "('x', 'w')")
+            cases += [("file:write", call), ("file:read", _call_of(opener.function))]
+    return cases
+
+
+@pytest.mark.parametrize(("permission", "code"), _signature_calls())
+def test_every_registered_call_is_found_by_the_scanner(permission: str, code: str) -> None:
+    # The consumer's test of the facet: remove a call from the registry and its case goes,
+    # change the scanner's table without the registry and this fails.
+    from policy_engine.enforcement.host.scan import implied_permissions, scan_source
+
+    assert Permission(permission) in implied_permissions(scan_source(code, "m.py")), code
 
 
 _PLAN_POLICY = """

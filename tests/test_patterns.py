@@ -931,7 +931,7 @@ def test_cidr_and_port_range_subsumption(outer: str, inner: str, subsumes: bool)
     ("10.0.0.0/8", "example.com", False), ("*", "10.0.0.0/8", True),
 ])
 def test_cidr_and_port_range_overlap(left: str, right: str, overlap: bool) -> None:
-    from policy_engine.grants import overlaps
+    from policy_engine.patterns import overlaps
 
     assert overlaps(compile_pattern(_HOST, left), compile_pattern(_HOST, right)) is overlap
 
@@ -943,6 +943,71 @@ def test_cidr_and_port_range_overlap(left: str, right: str, overlap: bool) -> No
 def test_bad_ranges_are_errors(text: str, message: str) -> None:
     with pytest.raises(PatternError, match=message):
         compile_pattern(_HOST, text)
+
+
+# The algebra beyond one match: intersection, regions, coverage, templates ------------------
+
+
+def test_intersection_is_the_narrower_pattern_or_both() -> None:
+    from policy_engine.patterns import intersect
+
+    srv, data, etc = (compile_pattern(PATH, t) for t in ("/srv/**", "/srv/data/**", "/etc/*"))
+    txt = compile_pattern(PATH, "/srv/*.txt")
+    assert intersect(None, None) == () and intersect(None, srv) == (srv,)
+    assert intersect(data, None) == (data,)
+    assert intersect(data, srv) == (data,) and intersect(srv, data) == (data,)
+    assert intersect(srv, etc) is None
+    both = compile_pattern(PATH, "/*/a.txt")
+    assert intersect(txt, both) == (txt, both)  # they overlap, neither contains the other
+
+
+def test_regions_overlap_and_are_covered() -> None:
+    from policy_engine.patterns import region_covered, region_overlaps
+
+    srv, data = compile_pattern(PATH, "/srv/**"), compile_pattern(PATH, "/srv/data/**")
+    etc = compile_pattern(PATH, "/etc/**")
+    assert region_overlaps((), etc) and region_overlaps((srv,), None)
+    assert region_overlaps((srv, data), data) and not region_overlaps((srv,), etc)
+    assert region_covered(None, ()) and not region_covered((srv,), ())
+    assert region_covered((srv,), (data,)) and not region_covered((data,), (srv,))
+
+
+def test_covers_all_and_matches_everything() -> None:
+    from policy_engine.patterns import covers_all, matches_everything
+
+    every, srv = compile_pattern(PATH, "/**"), compile_pattern(PATH, "/srv/**")
+    assert matches_everything(every) and matches_everything(compile_pattern(HOST, "*"))
+    assert not matches_everything(compile_pattern(HOST, "*:443")) and not matches_everything(srv)
+    assert covers_all(None, None) and covers_all(None, (srv,))
+    assert covers_all((every,), None) and not covers_all((srv,), None)
+    assert covers_all((srv, every), (srv,)) and not covers_all((srv,), (every,))
+
+
+def test_templates_have_one_treatment() -> None:
+    from policy_engine.compiler import PLUGIN_VARIABLES, check_pattern
+    from policy_engine.patterns import (
+        TEMPLATE_STAND_INS,
+        symbolic_pattern,
+        with_stand_ins,
+        with_templates,
+    )
+
+    assert set(TEMPLATE_STAND_INS) == set(PLUGIN_VARIABLES)
+    own = symbolic_pattern(PATH, "{plugin_dir}/**")
+    data = symbolic_pattern(PATH, "{plugin_dir}/data/{plugin}.db")
+    assert own is not None and data is not None
+    # Opaque literals: the plugin's own tree contains its data, and only `/**` contains it.
+    assert own.subsumes(data) and not data.subsumes(own)
+    assert not compile_pattern(PATH, "/srv/**").subsumes(own)
+    assert compile_pattern(PATH, "/**").subsumes(own)
+    text = "{plugin_dir}/cache/{plugin}-*"
+    assert with_templates(with_stand_ins(text)) == text
+    # The compiler asks the same question: valid for a kind exactly when the stand-ins are.
+    for kind in (PATH, HOST, NAME):
+        for pattern in ("{plugin_dir}/**", "{plugin}.example.com:443", "jobs.{plugin}.*"):
+            valid, _error = check_pattern(pattern, (kind,))
+            assert (kind in valid) is (symbolic_pattern(kind, pattern) is not None), (kind, pattern)
+    assert symbolic_pattern(HOST, "{plugin_dir}") is None
 
 
 # `matches` in conditions: the language's glob semantics ------------------------------------

@@ -19,7 +19,6 @@ a :class:`~policy_engine.compiler.PolicySet`:
 from __future__ import annotations
 
 import fnmatch
-import functools
 import os
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,13 +34,16 @@ from ..families import over_broad_checks
 from ..nodes import Effect
 from ..parser import parse_policy
 from ..patterns import (
+    EVERYTHING,
     HostPattern,
     NamePattern,
     PathPattern,
     Pattern,
-    PatternError,
-    compile_pattern,
+    covers_all,
     glob_matches,
+    matches_everything,
+    symbolic_pattern,
+    with_templates,
 )
 from ..permissions import ALL_PERMISSIONS, Permission, ResourceKind
 from ..risks import INEXACT_DENY, RISKS, UNPINNED_INPROCESS
@@ -127,7 +129,6 @@ _READ, _WRITE, _DELETE = Permission.FILE_READ, Permission.FILE_WRITE, Permission
 #: For each deny, the grants whose trees it must be held inside: a read deny inside every
 #: tree the view shows (read and write grants), a write or delete deny inside write grants.
 _SHOWN_BY = {_READ: (_READ, _WRITE, _DELETE), _WRITE: (_WRITE, _DELETE), _DELETE: (_WRITE, _DELETE)}
-_SAMPLE_PLUGIN = ("sample", "/sample")
 
 
 def _path_patterns(rule: CompiledRule) -> list[tuple[Any, PathPattern]]:
@@ -135,11 +136,9 @@ def _path_patterns(rule: CompiledRule) -> list[tuple[Any, PathPattern]]:
     for compiled in rule.patterns or ():
         if ResourceKind.PATH not in compiled.kinds:
             continue
-        try:
-            out.append((compiled, compile_pattern(ResourceKind.PATH,
-                                                  compiled.instantiate(*_SAMPLE_PLUGIN))))
-        except PatternError:
-            continue
+        pattern = symbolic_pattern(ResourceKind.PATH, compiled.text)
+        if isinstance(pattern, PathPattern):
+            out.append((compiled, pattern))
     return out
 
 
@@ -196,7 +195,7 @@ def _first_inexact(policy: PolicySet, rule: CompiledRule,
             why = inexact_reason(pattern, trees, conditional=conditional, masked=masked,
                                  exists=exists)
             if why is not None:
-                return compiled, why
+                return compiled, with_templates(why)
     return None
 
 
@@ -294,31 +293,6 @@ def _matches_nodes(node: object) -> Iterator[nodes.Matches]:
         yield from _matches_nodes(node.operand)
 
 
-# Patterns, symbolically: `{plugin_dir}` and `{plugin}` stay opaque literals, so that
-# `{plugin_dir}/**` subsumes `{plugin_dir}/data/**` but nothing else.
-_SYMBOLIC = {
-    ResourceKind.PATH: (("{plugin_dir}", "/_plugin_dir_"), ("{plugin}", "_plugin_")),
-    ResourceKind.HOST: (("{plugin_dir}", "_plugin_dir_"), ("{plugin}", "_plugin_")),
-    ResourceKind.NAME: (("{plugin_dir}", "_plugin_dir_"), ("{plugin}", "_plugin_")),
-}
-_EVERYTHING = {ResourceKind.PATH: "/**", ResourceKind.HOST: "*", ResourceKind.NAME: "*"}
-
-
-@functools.lru_cache(maxsize=65536)
-def _symbolic_pattern(kind: ResourceKind, text: str) -> Pattern | None:
-    for template, stand_in in _SYMBOLIC[kind]:
-        text = text.replace(template, stand_in)
-    try:
-        return compile_pattern(kind, text)
-    except PatternError:
-        return None
-
-
-def _is_everything(pattern: Pattern) -> bool:
-    everything = _symbolic_pattern(pattern.kind, _EVERYTHING[pattern.kind])
-    return everything is not None and pattern.subsumes(everything)
-
-
 def _index_key(pattern: Pattern) -> Hashable:
     """Where a pattern is filed: only patterns filed under one of :func:`_candidate_keys`
     of ``q`` can subsume ``q``."""
@@ -369,7 +343,7 @@ def _literal_prefix(segments: Sequence[str]) -> list[str]:
 
 def _is_analysable(rule: CompiledRule) -> bool:
     return rule.patterns is None or all(
-        _symbolic_pattern(kind, pattern.text) is not None for pattern in rule.patterns for kind in pattern.kinds
+        symbolic_pattern(kind, pattern.text) is not None for pattern in rule.patterns for kind in pattern.kinds
     )
 
 
@@ -381,7 +355,7 @@ def _rule_patterns(rule: CompiledRule, kind: ResourceKind) -> tuple[Pattern, ...
     found = []
     for pattern in rule.patterns:
         if kind in pattern.kinds:
-            compiled = _symbolic_pattern(kind, pattern.text)
+            compiled = symbolic_pattern(kind, pattern.text)
             assert compiled is not None, "checked by _is_analysable"
             found.append(compiled)
     return tuple(found)
@@ -413,11 +387,11 @@ class _Bucket:
         """Rules of this bucket with a pattern that covers ``pattern`` (None: any resource)."""
         yield from self.any_resource
         if pattern is None:
-            for kind, text in _EVERYTHING.items():
-                everything = _symbolic_pattern(kind, text)
+            for kind, text in EVERYTHING.items():
+                everything = symbolic_pattern(kind, text)
                 assert everything is not None
                 for rule, candidate in self.by_key.get(_index_key(everything), ()):
-                    if candidate.kind is kind and _is_everything(candidate):
+                    if candidate.kind is kind and matches_everything(candidate):
                         yield rule
             return
         for key in _candidate_keys(pattern):
@@ -573,14 +547,7 @@ def _covers(broad: CompiledRule, narrow: CompiledRule) -> bool:
             continue  # the narrow rule does not apply to this permission
         if permission not in broad.permissions:
             return False
-        broad_patterns = _rule_patterns(broad, permission.kind)
-        if broad_patterns is None:
-            continue
-        if narrow_patterns is None:
-            if not any(_is_everything(p) for p in broad_patterns):
-                return False
-            continue
-        if not all(any(b.subsumes(n) for b in broad_patterns) for n in narrow_patterns):
+        if not covers_all(_rule_patterns(broad, permission.kind), narrow_patterns):
             return False
     return True
 

@@ -60,3 +60,44 @@ def test_sandbox_constructors_leave_global_logging_alone() -> None:
     after = [(logging.getLogger(n).level, list(logging.getLogger(n).handlers),
               logging.getLogger(n).propagate) for n in loggers]
     assert after == before
+
+
+def test_the_watchdog_forgets_the_deadline_of_a_thread_that_is_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from policy_engine.enforcement.inprocess import runner
+
+    fired: list[int] = []
+    monkeypatch.setattr(runner, "_set_async_exc", lambda thread_id, exc: fired.append(thread_id))
+    watchdog = runner._Watchdog()
+    gone = threading.Thread(target=lambda: None)
+    gone.start()
+    gone.join()
+    assert gone.ident is not None
+    # As if the call's unwatch never ran: its thread ended with the deadline registered.
+    watchdog._deadlines[gone.ident] = runner._Deadline(0.0, thread=gone)
+    live = runner._Deadline(0.0, thread=threading.current_thread())
+    watchdog._deadlines[threading.get_ident()] = live
+    watchdog._fire(time.monotonic())
+    # A later thread with the same identifier gets nothing; a live overrun still fires.
+    assert gone.ident not in watchdog._deadlines and fired == [threading.get_ident()]
+    assert live.fired
+
+
+def test_an_overrun_that_lands_in_unwatch_does_not_leave_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from policy_engine.enforcement.inprocess import runner
+
+    real = runner._watchdog.unwatch
+    calls: list[int] = []
+
+    def interrupted(thread_id: int, deadline: object) -> None:
+        calls.append(thread_id)
+        if len(calls) == 1:
+            raise runner._Overrun()  # the refire landed before the lock was taken
+        real(thread_id, deadline)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner._watchdog, "unwatch", interrupted)
+    assert call_with_deadline(lambda: 42, 5) == 42
+    assert len(calls) == 2 and calls[0] not in runner._watchdog._deadlines

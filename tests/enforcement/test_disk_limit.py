@@ -157,13 +157,13 @@ def _engine(settings: str) -> Engine:
 def test_without_the_mechanism_the_plugin_is_refused_unless_accepted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(disk, "available", lambda: "a disk limit needs a root host")
-    refusal = disk.disk_limit_refusal(_engine("limit disk 10MB"), "fill")
+    refusal = disk.disk_limit_refusal(_engine("limit disk 10MB").effective("fill"), "fill")
     assert refusal is not None and "a disk limit needs a root host" in refusal
     assert "accept missing-disk-limit" in refusal
     accepted = _engine("limit disk 10MB\n accept missing-disk-limit")
-    assert disk.disk_limit_refusal(accepted, "fill") is None
+    assert disk.disk_limit_refusal(accepted.effective("fill"), "fill") is None
     assert resource_limits(accepted, "fill").disk_bytes == 0  # not held, as accepted
-    files_only = disk.disk_limit_refusal(_engine("limit disk_files 10"), "fill")
+    files_only = disk.disk_limit_refusal(_engine("limit disk_files 10").effective("fill"), "fill")
     assert files_only is not None and "needs a `limit disk`" in files_only
 
 

@@ -624,3 +624,11 @@ def test_every_code_is_defined_once_and_documented() -> None:
         if path.name != "codes.py":
             text = path.read_text(encoding="utf-8")
             assert not re.search(r"[\"']PL\d{3}[\"']", text), f"{path.name} spells a code"
+
+
+def test_pl313_names_the_template_not_a_stand_in(tmp_path: Path) -> None:
+    policy = tmp_path / "p.policy"
+    policy.write_text('allow plugin * to file:read on "{plugin_dir}/**"\n'
+                      'deny plugin * to file:read on "{plugin_dir}/*.key"\n')
+    (found,) = [f for f in lint_paths([str(policy)]).findings if f.code == "PL313"]
+    assert "it is a glob inside granted `{plugin_dir}`" in found.message

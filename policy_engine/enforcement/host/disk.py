@@ -29,11 +29,10 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from ...errors import EnforcementError
 from ...risks import MISSING_DISK_LIMIT
-from ...settings import Isolation
+from ...settings import Effective, Isolation
 
 __all__ = ["DEFAULT_FILES", "DiskLimit", "available", "disk_limit_refusal", "image_path",
            "mount_data_dir", "unmount_data_dir"]
@@ -83,10 +82,9 @@ def available() -> str:
     return ""
 
 
-def disk_limit_refusal(engine: Any, plugin: str) -> str | None:
-    """Why ``plugin``'s ``limit disk`` cannot be held here (and the policy does not accept
-    that), or None."""
-    effective = engine.effective(plugin)
+def disk_limit_refusal(effective: Effective, plugin: str) -> str | None:
+    """Why ``plugin``'s ``limit disk`` (in its resolved settings ``effective``) cannot be
+    held here (and the policy does not accept that), or None."""
     limits = effective.limits
     if not limits.disk and not limits.disk_files:
         return None

@@ -35,13 +35,13 @@ from ...risks import (
     MISSING_USER_NAMESPACE,
 )
 from ...settings import Isolation
-from ...table import PinStatus
+from ...table import PinStatus, PluginTable
 from . import bwrap, cgroup, disk, kernel
 from .spec import kernel_grants
 
 __all__ = ["LAYERS", "RISK_FOR_LAYER", "Check", "Preflight", "PluginLevel", "accepted_risks",
            "host_layers", "isolation_level", "plugin_layers", "plugin_refusal", "preflight",
-           "sandbox_refusal", "worker_layers"]
+           "sandbox_refusal", "table_layers", "table_refusal", "worker_layers"]
 
 #: Every layer, in the order the level names the first one missing.
 LAYERS = ("bubblewrap", "user-namespace", "network-namespace", "landlock", "landlock-scoping",
@@ -169,9 +169,16 @@ def plugin_layers(engine: Any, plugin: str, layers: Mapping[str, bool] | None = 
                   ) -> dict[str, bool]:
     """The layers ``plugin``'s worker would get: the host's, less the network namespace
     where the policy grants network."""
-    own = dict(host_layers() if layers is None else layers)
     table = engine.plugin_table(plugin)
-    if table is not None and kernel_grants(table).network:
+    if table is None:
+        return dict(host_layers() if layers is None else layers)
+    return table_layers(table, layers)
+
+
+def table_layers(table: PluginTable, layers: Mapping[str, bool] | None = None) -> dict[str, bool]:
+    """:func:`plugin_layers` for the plugin of ``table``, from that table alone."""
+    own = dict(host_layers() if layers is None else layers)
+    if kernel_grants(table).network:
         own["network-namespace"] = False  # network granted: the host's is shared
     return own
 
@@ -200,11 +207,17 @@ def plugin_refusal(engine: Any, plugin: str, layers: Mapping[str, bool] | None =
     A plugin whose ``trust`` pin matches is trusted and never refused here; an in-process
     plugin is :func:`~.validation.inprocess_refusal`'s business."""
     table = engine.plugin_table(plugin)
-    if table is None or table.pin is PinStatus.MATCH:
+    return "" if table is None else table_refusal(table, layers)
+
+
+def table_refusal(table: PluginTable, layers: Mapping[str, bool] | None = None) -> str:
+    """:func:`plugin_refusal` for the plugin of ``table``, from that table alone (the
+    loader decides a load from one table, whatever a reload does meanwhile)."""
+    if table.pin is PinStatus.MATCH:
         return ""
     if table.effective.limits.isolation is not Isolation.PROCESS:
         return ""
-    return sandbox_refusal(plugin_layers(engine, plugin, layers), accepted_risks(engine, plugin))
+    return sandbox_refusal(table_layers(table, layers), table.effective.accepted_risks)
 
 
 def _read(path: str) -> str | None:
@@ -346,7 +359,7 @@ def preflight(engine: Any = None) -> Preflight:
     if engine is not None:
         for name in _names(engine.plugins):
             own = plugin_layers(engine, name, layers)
-            refusals = [plugin_refusal(engine, name, layers), disk.disk_limit_refusal(engine, name)]
+            refusals = [plugin_refusal(engine, name, layers), disk.disk_limit_refusal(engine.effective(name), name)]
             plugins.append(PluginLevel(name, isolation_level(own), own,
                                        "; ".join(r for r in refusals if r)))
     return Preflight(checks, layers, isolation_level(layers), tuple(plugins),

@@ -31,6 +31,7 @@ from ...errors import (
 )
 from ...manifest import PluginMetadata, discover_manifests, load_manifest
 from ...settings import Violation
+from ...table import PluginTable
 from .runners import Runner
 from .sandbox import PluginSandbox
 from .usage import ResourceUsage
@@ -72,7 +73,7 @@ class LoadedPlugin:
     peak_memory: int = 0
     peak_cpu: float = 0.0
     #: the decision table the running sandbox was built from, and how to rebuild it
-    table: Any = None
+    table: PluginTable | None = None
     rebuilds: int = 0
     _hook_factory: Callable[[str], Callable[..., Any]] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -112,7 +113,10 @@ class LoadedPlugin:
         if self.unloaded is not None:
             raise EnforcementError(f"plugin `{self.name}` was unloaded: {self.unloaded}", plugin=self.name)
         self._follow_policy()
-        timeouts = self.loader.engine.timeouts(self.name)
+        # The settings of the table the running sandbox was built from, never re-resolved.
+        effective = self.table.effective if self.table is not None else \
+            self.loader.engine.effective(self.name)
+        timeouts = effective.timeouts
         timeout = timeouts.hook if phase == "hook" else timeouts.execute
         try:
             result = self.runner.call(method, args, kwargs, timeout=timeout, phase=phase)
@@ -135,7 +139,7 @@ class LoadedPlugin:
                 self.peak_memory = max(self.peak_memory, int(exc.used))
             elif exc.resource == "cpu":  # `used` is in cores; the report shows % of one core
                 self.peak_cpu = max(self.peak_cpu, exc.used * 100.0)
-            if self.loader.engine.limits(self.name).on_violation is Violation.TERMINATE:
+            if effective.limits.on_violation is Violation.TERMINATE:
                 self.loader.unload(self.name, reason=f"it went over a limit: {exc}")
             raise
         except PluginCrashedError as exc:
@@ -169,7 +173,7 @@ class LoadedPlugin:
                 raise EnforcementError(f"plugin `{self.name}` was unloaded: {self.unloaded}",
                                        plugin=self.name)
             log.info("policy changed for plugin `%s`: rebuilding its sandbox", self.name)
-            validation = self.loader.sandbox.validate_plugin(self.metadata) \
+            validation = self.loader.sandbox.validate_plugin(self.metadata, current) \
                 if current is not None else None
             if validation is None or not validation.valid:
                 why = "; ".join(validation.errors) if validation is not None else \
@@ -183,7 +187,7 @@ class LoadedPlugin:
             except Exception as exc:  # stopping must never take the host down
                 log.warning("stopping plugin `%s` failed: %s", self.name, exc)
             self.loader.sandbox.hooks.unregister_plugin(self.name)
-            runner = self.loader.sandbox.runner_for(self.metadata, self._hook_factory)
+            runner = self.loader.sandbox.runner_for(self.metadata, self._hook_factory, current)
             self.runner = runner
             self.table = current
             self.rebuilds += 1
@@ -239,7 +243,10 @@ class PluginLoader:
                 self.unload(metadata.name, reason=str(error))
                 raise error
             self.engine.register(metadata)
-            validation = self.sandbox.validate_plugin(metadata)
+            # The plugin's table is read once here; validation, the runner, its kernel plan
+            # and its settings all come from it (a reload meanwhile is seen at the first call).
+            table = self.engine.plugin_table(metadata.name)
+            validation = self.sandbox.validate_plugin(metadata, table)
             for warning in validation.warnings:
                 log.warning("plugin `%s`: %s", metadata.name, warning)
             if not validation.valid:
@@ -249,8 +256,7 @@ class PluginLoader:
             def call_hook(hook: str) -> Callable[..., Any]:
                 return lambda *args, **kwargs: loaded_ref[0].call_hook(hook, *args, **kwargs)
 
-            table = self.engine.plugin_table(metadata.name)
-            runner = self.sandbox.runner_for(metadata, call_hook)
+            runner = self.sandbox.runner_for(metadata, call_hook, table)
             loaded = LoadedPlugin(metadata, validation, runner, self, table=table,
                                   _hook_factory=call_hook)
             loaded_ref.append(loaded)

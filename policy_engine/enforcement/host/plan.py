@@ -33,7 +33,7 @@ def plugin_view(engine: Engine, plugin: str, *, data_root: Path,
     if table.plugin_dir is None:
         raise UsageError(f"plugin `{plugin}` has no directory, so it has no sandbox to show")
     data_dir = data_root.absolute() / plugin
-    spec = lockdown_spec(engine, plugin, data_dir)
+    spec = lockdown_spec(table, data_dir)
     init = WorkerInit(plugin=plugin, plugin_dir=table.plugin_dir, entry_point="",
                       lockdown=spec, data_dir=str(data_dir))
     notes: list[str] = []

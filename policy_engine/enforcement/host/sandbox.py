@@ -31,6 +31,7 @@ from ...errors import PermissionDeniedError, PluginTimeoutError, PluginValidatio
 from ...manifest import PluginMetadata
 from ...permissions import Permission
 from ...settings import Isolation
+from ...table import PluginTable
 from ..inprocess.runner import DeadlineExceeded, InprocessRunner, call_with_deadline
 from . import doctor, kernel
 from .capabilities import HookRegistry
@@ -144,27 +145,33 @@ class PluginSandbox:
 
     # -- the seed's API ----------------------------------------------------------------------
 
-    def validate_plugin(self, metadata: PluginMetadata) -> ValidationResult:
-        """Manifest, entry point, base class, pin, isolation guarantees; scan warnings."""
-        if self.engine.plugin_table(metadata.name) is None:
-            self.engine.register(metadata)
-        result = validate_plugin(metadata, self.engine)
+    def validate_plugin(self, metadata: PluginMetadata, table: PluginTable | None = None
+                        ) -> ValidationResult:
+        """Manifest, entry point, base class, pin, isolation guarantees; scan warnings.
+
+        ``table`` is the plugin's table as the caller read it (the loader reads it once per
+        load and passes it on); without it the plugin is registered when the engine does
+        not know it, and the engine's current table is used."""
+        if table is None:
+            if self.engine.plugin_table(metadata.name) is None:
+                self.engine.register(metadata)
+            table = self.engine.plugin_table(metadata.name)
+        result = validate_plugin(metadata, self.engine, table=table)
         errors = list(result.errors)
-        limits = self.engine.limits(metadata.name)
-        if limits.isolation is Isolation.PROCESS:
+        if table is not None and table.effective.limits.isolation is Isolation.PROCESS:
             report = kernel.detect()
-            if report.missing and not limits.allow_degraded:
+            if report.missing and not table.effective.limits.allow_degraded:
                 errors.append(
                     f"this machine cannot give full process isolation ({report.level}; missing: "
                     f"{', '.join(report.missing)}); add `isolation process allow degraded` to the "
                     f"plugin's policy block to run it anyway"
                 )
-            refusal = doctor.plugin_refusal(self.engine, metadata.name)
+            refusal = doctor.table_refusal(table)
             if refusal:
                 errors.append(refusal)
             # The data directory is shown writable: a deny inside it counts too.
             errors.extend(e for e in inexact_deny_refusal(
-                self.engine, metadata.name, str(self.data_dir / metadata.name))
+                table, str(self.data_dir / metadata.name))
                 if e not in result.errors)
         return ValidationResult(not errors, tuple(errors), result.warnings, result.findings)
 
@@ -301,21 +308,32 @@ class PluginSandbox:
 
         return check
 
-    def runner_for(self, metadata: PluginMetadata, call_hook: Callable[[str], Callable[..., Any]]) -> Runner:
-        """A runner for ``metadata`` in the isolation mode the policy chose."""
+    def runner_for(self, metadata: PluginMetadata, call_hook: Callable[[str], Callable[..., Any]],
+                   table: PluginTable | None = None) -> Runner:
+        """A runner for ``metadata`` in the isolation mode the policy chose.
+
+        Everything the runner is built from (isolation mode, timeouts, limits, kernel plan,
+        the worker's table) comes from one ``table``: the one the caller read (the loader
+        passes the table it validated), else the engine's current one. A reload meanwhile
+        cannot give a worker the limits of one policy and the grants of another."""
         name = metadata.name
-        limits, timeouts = self.engine.limits(name), self.engine.timeouts(name)
-        refusal = inprocess_refusal(self.engine, name)
+        table = table if table is not None else self.engine.plugin_table(name)
+        if table is None:
+            raise PluginValidationError(name, [
+                "the engine has no table for this plugin; register its manifest first"])
+        effective = table.effective
+        limits, timeouts = effective.limits, effective.timeouts
+        refusal = inprocess_refusal(table)
         if refusal is not None:  # also checked by validate_plugin; a runner never skips it
             raise PluginValidationError(name, [refusal])
         # An untrusted plugin without full process isolation, unless each gap is accepted.
-        refusal = doctor.plugin_refusal(self.engine, name) or None
+        refusal = doctor.table_refusal(table) or None
         if refusal is not None:
             raise PluginValidationError(name, [refusal])
-        inexact = inexact_deny_refusal(self.engine, name, str(self.data_dir / name))
+        inexact = inexact_deny_refusal(table, str(self.data_dir / name))
         if inexact:
             raise PluginValidationError(name, inexact)
-        refusal = disk_limit_refusal(self.engine, name)
+        refusal = disk_limit_refusal(table.effective, name)
         if refusal is not None:
             raise PluginValidationError(name, [refusal])
         plugin_path = metadata.plugin_path
@@ -353,10 +371,9 @@ class PluginSandbox:
             def checker(action: str, resource: str | None) -> None:
                 self.require(name, action, resource)
 
-            table = self.engine.plugin_table(name)
             # The coarse switch only governs what the table cannot be asked about (ctypes);
             # it follows the table, so a granted subprocess runs in-process too.
-            may_spawn = audit or (table is not None and kernel_grants(table).subprocess)
+            may_spawn = audit or kernel_grants(table).subprocess
             runner = InprocessRunner(name, plugin_path, metadata.entry_point, checker,
                                      allow_subprocess=may_spawn, allow_network=True,
                                      scratch_dir=scratch, code=code)
@@ -369,20 +386,18 @@ class PluginSandbox:
             entry_point=metadata.entry_point,
             plugin_type=metadata.type,
             data_dir=str(data_dir),
-            lockdown=lockdown_spec(self.engine, name, scratch, audit=audit,
+            lockdown=lockdown_spec(table, scratch, audit=audit,
                                    unsandboxed=self.unsandboxed_audit, data_dir=str(data_dir),
                                    kernel_records=self.kernel_records),
-            checker=checker_data(self.engine, name, audit=audit),
-            limits=resource_limits(self.engine, name),
+            checker=checker_data(table, audit=audit),
+            limits=resource_limits(effective),
             code=code,
         )
         if limits.isolation is not Isolation.PROCESS:
             raise PluginValidationError(name, [f"unknown isolation `{limits.isolation}`"])
         def levels(report: Any, sandboxed: bool, held: Mapping[str, str]) -> tuple[str, str]:
-            layers = doctor.plugin_layers(self.engine, name,
-                                          doctor.worker_layers(report, sandboxed, held))
-            return (doctor.isolation_level(layers),
-                    doctor.plugin_refusal(self.engine, name, layers))
+            layers = doctor.table_layers(table, doctor.worker_layers(report, sandboxed, held))
+            return (doctor.isolation_level(layers), doctor.table_refusal(table, layers))
 
         def syscall(action: str, resource: str) -> Decision:
             return self.decide_syscall(name, action, resource)

@@ -59,7 +59,7 @@ from pathlib import Path
 
 from ...diagnostics import Diagnostic, Severity, Span, source_line
 from ...errors import UsageError
-from ...families import scan_modules
+from ...families import scan_modules, scan_openers, scan_signature
 from ...permissions import Permission
 
 __all__ = [
@@ -176,61 +176,38 @@ def implied_permissions(findings: Iterable[CodeFinding]) -> frozenset[Permission
 # What is sensitive. Names are fully qualified after alias resolution; ``()`` marks the
 # result of a call, so ``requests.Session().get`` is a method of a Session object.
 
-# Module signatures come from the registry of families (``families.scan_modules``).
+# Module and call signatures come from the registry of families (``families.scan_modules``
+# and ``families.scan_signature``, ``families.scan_openers``).
 _NETWORK_MODULES = scan_modules("network")
 # Parts of ``urllib`` that only manipulate strings; importing them is not networking.
 _NOT_NETWORK = ("urllib.parse", "urllib.error", "urllib.response")
-_NETWORK_FUNCTIONS = frozenset({
-    "asyncio.open_connection", "asyncio.open_unix_connection", "asyncio.start_server",
-    "asyncio.start_unix_server",
-})
+_NETWORK_FUNCTIONS = frozenset(scan_signature("network:request").functions)
 
 _SUBPROCESS_MODULES = scan_modules("subprocess")
-_SUBPROCESS_FUNCTIONS = frozenset({
-    "os.system", "os.popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.posix_spawnp",
-    "os.startfile", "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell",
-})
-_SUBPROCESS_PREFIXES = ("os.exec", "os.spawn")
+_SUBPROCESS_FUNCTIONS = frozenset(scan_signature("subprocess:execute").functions)
+_SUBPROCESS_PREFIXES = scan_signature("subprocess:execute").prefixes
 
 _NATIVE_MODULES = frozenset({"ctypes", "_ctypes", "cffi"})
 _DATABASE_MODULES = scan_modules("database")
 
-_FILE_DELETE = frozenset({"os.remove", "os.unlink", "os.rmdir", "os.removedirs", "shutil.rmtree"})
-_FILE_WRITE = frozenset({
-    "os.rename", "os.renames", "os.replace", "os.chmod", "os.lchmod", "os.chown", "os.lchown",
-    "os.makedirs", "os.mkdir", "os.symlink", "os.link", "os.truncate", "os.mkfifo",
-    "os.mknod", "os.utime", "shutil.move", "shutil.chown", "shutil.make_archive",
-    "shutil.unpack_archive", "tempfile.mkstemp", "tempfile.mkdtemp",
-    "tempfile.NamedTemporaryFile", "tempfile.TemporaryFile", "tempfile.SpooledTemporaryFile",
-    "tempfile.TemporaryDirectory",
-})
-_FILE_WRITE_PREFIXES = ("shutil.copy",)
-_FILE_READ = frozenset({"os.listdir", "os.scandir", "os.walk", "glob.glob", "glob.iglob"})
+_DELETE, _WRITE, _READ = (scan_signature(p) for p in ("file:delete", "file:write", "file:read"))
+_FILE_DELETE = frozenset(_DELETE.functions)
+_FILE_WRITE = frozenset(_WRITE.functions)
+_FILE_WRITE_PREFIXES = _WRITE.prefixes
+_FILE_READ = frozenset(_READ.functions)
 
 # Openers whose mode decides between reading and writing: position of the mode argument
 # and the mode used when it is left out.
-_OPENERS: dict[str, tuple[int, str]] = {
-    "builtins.open": (1, "r"),
-    "io.open": (1, "r"),
-    "io.FileIO": (1, "r"),
-    "codecs.open": (1, "r"),
-    "gzip.open": (1, "rb"),
-    "bz2.open": (1, "rb"),
-    "lzma.open": (1, "rb"),
-    "tarfile.open": (1, "r"),
-}
+_OPENERS: dict[str, tuple[int, str]] = scan_openers()
 _WRITE_MODE_CHARACTERS = frozenset("wax+")
 _READ_ONLY_OS_FLAGS = frozenset({
     "os.O_RDONLY", "os.O_CLOEXEC", "os.O_NOFOLLOW", "os.O_NONBLOCK", "os.O_DIRECTORY",
     "os.O_NOCTTY", "os.O_BINARY", "os.O_NOINHERIT", "os.O_NOATIME",
 })
 
-_PATH_WRITE_METHODS = frozenset({
-    "write_text", "write_bytes", "touch", "mkdir", "chmod", "lchmod", "rename", "replace",
-    "symlink_to", "hardlink_to",
-})
-_PATH_DELETE_METHODS = frozenset({"unlink", "rmdir"})
-_PATH_READ_METHODS = frozenset({"read_text", "read_bytes", "iterdir", "glob", "rglob"})
+_PATH_WRITE_METHODS = frozenset(_WRITE.path_methods)
+_PATH_DELETE_METHODS = frozenset(_DELETE.path_methods)
+_PATH_READ_METHODS = frozenset(_READ.path_methods)
 # Method names so particular to pathlib that a call on an object the scan cannot identify
 # (``self.root.write_text(...)``) is still taken as file access. ``rename``, ``replace``
 # or ``open`` are not here: strings and data frames have them too.

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...engine import Engine
 from ...errors import UsageError
 from ...exactness import inexact_reason, is_under, mask_path
 from ...families import kernel_actions
 from ...patterns import HostPattern, PathPattern, Pattern
 from ...permissions import Permission
 from ...risks import MISSING_DISK_LIMIT
+from ...settings import Effective
 from ...table import (
     ActionEntry,
     PinStatus,
@@ -176,10 +176,10 @@ def kernel_masks(table: PluginTable) -> tuple[str, ...]:
     return tuple(masks)
 
 
-def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool = False,
+def lockdown_spec(table: PluginTable, scratch_dir: Path, *, audit: bool = False,
                   unsandboxed: bool = False, data_dir: str | None = None,
                   kernel_records: bool = False) -> LockdownSpec:
-    """The worker's lockdown for ``plugin``.
+    """The worker's lockdown for the plugin of ``table``.
 
     In audit mode nothing is denied by the worker's hook, and the sandbox is what holds:
     the plugin's view is the one its grants give, read-only, with the default denies
@@ -191,10 +191,9 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
     seccomp listener, so the host sees (and records) opens and program starts from the
     kernel's side (:mod:`.syscalls`).
     """
-    table = engine.plugin_table(plugin)
-    if table is None or table.plugin_dir is None:
-        raise KeyError(plugin)  # the runner refuses a plugin without a directory before this
-    limits = engine.limits(plugin)
+    if table.plugin_dir is None:  # the runner refuses a plugin without a directory before this
+        raise UsageError(f"plugin `{table.name}` has no directory, so it cannot run in a worker")
+    limits = table.effective.limits
     grants = kernel_grants(table)
     throwaway: tuple[str, ...] = ()
     masks = kernel_masks(table)
@@ -221,11 +220,11 @@ def lockdown_spec(engine: Engine, plugin: str, scratch_dir: Path, *, audit: bool
     )
 
 
-def resource_limits(engine: Engine, plugin: str) -> ResourceLimits:
-    """The supervisor's sampler limits for ``plugin``."""
-    limits, timeouts = engine.limits(plugin), engine.timeouts(plugin)
+def resource_limits(effective: Effective) -> ResourceLimits:
+    """The supervisor's sampler limits for a plugin's resolved settings."""
+    limits, timeouts = effective.limits, effective.timeouts
     disk_bytes, disk_files = limits.disk, limits.disk_files
-    if disk_bytes and MISSING_DISK_LIMIT in engine.effective(plugin).accepted_risks:
+    if disk_bytes and MISSING_DISK_LIMIT in effective.accepted_risks:
         from .disk import available
 
         if available():  # accepted: the directory stays unlimited where it cannot be held
@@ -241,11 +240,8 @@ def resource_limits(engine: Engine, plugin: str) -> ResourceLimits:
     )
 
 
-def checker_data(engine: Engine, plugin: str, *, audit: bool = False) -> dict[str, object]:
+def checker_data(table: PluginTable, *, audit: bool = False) -> dict[str, object]:
     """The decision data the worker's audit hook consults: the plugin's own table, as data."""
-    table = engine.plugin_table(plugin)
-    if table is None:
-        raise KeyError(plugin)
     return {"table": wire_table(table).encode(), "audit": audit}
 
 

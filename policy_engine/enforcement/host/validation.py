@@ -21,7 +21,7 @@ from ...manifest import MANIFEST_NAME, PluginMetadata, parse_manifest
 from ...plugin_api import PLUGIN_BASES
 from ...risks import INEXACT_DENY, UNPINNED_INPROCESS
 from ...settings import Isolation
-from ...table import PinStatus
+from ...table import PinStatus, PluginTable
 from .disk import disk_limit_refusal
 from .scan import CodeFinding, scan_plugin
 from .spec import inexact_denies
@@ -44,15 +44,18 @@ class ValidationResult:
 
 
 def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
-                    scan: bool = True) -> ValidationResult:
-    """Validate one plugin (its manifest is already parsed into ``metadata``)."""
+                    scan: bool = True, table: PluginTable | None = None) -> ValidationResult:
+    """Validate one plugin (its manifest is already parsed into ``metadata``).
+
+    ``table`` is the plugin's table when the caller holds one (the loader reads it once and
+    passes it down); without it the engine's current table is used."""
     errors: list[str] = []
     warnings: list[str] = []
     if not metadata.enabled:
         errors.append("the plugin is disabled in its manifest (`enabled: false`)")
     errors.extend(find_entry_point(metadata))
     if engine is not None:
-        table = engine.plugin_table(metadata.name)
+        table = table if table is not None else engine.plugin_table(metadata.name)
         if table is None:
             errors.append("the engine has no table for this plugin; register its manifest first")
         elif table.pin is PinStatus.MISMATCH:
@@ -61,14 +64,15 @@ def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
                 f"the plugin's content digest `{table.digest}` does not match the policy's pin "
                 f"`{pin.digest}` ({pin.span}); review the change, then update the `trust` line"
             )
-        warnings.extend(engine.effective(metadata.name).notes)
-        refusal = inprocess_refusal(engine, metadata.name)
-        if refusal is not None:
-            errors.append(refusal)
-        errors.extend(inexact_deny_refusal(engine, metadata.name))
-        disk_refusal = disk_limit_refusal(engine, metadata.name)
-        if disk_refusal is not None:
-            errors.append(disk_refusal)
+        if table is not None:
+            warnings.extend(table.effective.notes)
+            refusal = inprocess_refusal(table)
+            if refusal is not None:
+                errors.append(refusal)
+            errors.extend(inexact_deny_refusal(table))
+            disk_refusal = disk_limit_refusal(table.effective, metadata.name)
+            if disk_refusal is not None:
+                errors.append(disk_refusal)
     findings: tuple[CodeFinding, ...] = ()
     if scan and metadata.plugin_path is not None and metadata.plugin_path.is_dir():
         findings = scan_plugin(metadata.plugin_path)
@@ -76,16 +80,14 @@ def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
     return ValidationResult(not errors, tuple(errors), tuple(warnings), findings)
 
 
-def inprocess_refusal(engine: Engine, plugin: str) -> str | None:
-    """Why ``plugin`` must not run in-process, or None.
+def inprocess_refusal(table: PluginTable) -> str | None:
+    """Why the plugin of ``table`` must not run in-process, or None.
 
     ``isolation inprocess`` runs the plugin's code in the host with nothing between it and
     the host's privileges, so it is for reviewed code only: the plugin needs a ``trust`` pin
     that matches, or the policy must say ``accept unpinned-inprocess`` for it.
     """
-    table = engine.plugin_table(plugin)
-    if table is None:
-        return None
+    plugin = table.name
     effective = table.effective
     if effective.limits.isolation is not Isolation.INPROCESS or table.pin is PinStatus.MATCH:
         return None
@@ -97,12 +99,12 @@ def inprocess_refusal(engine: Engine, plugin: str) -> str | None:
             f"`plugin \"{plugin}\"` block")
 
 
-def inexact_deny_refusal(engine: Engine, plugin: str, data_dir: str | None = None) -> list[str]:
-    """One error per file deny the kernel sandbox cannot hold exactly for ``plugin`` (in
-    process isolation, with its own data directory ``data_dir``), unless the policy says
-    ``accept inexact-deny`` for it."""
-    table = engine.plugin_table(plugin)
-    if table is None or table.effective.limits.isolation is not Isolation.PROCESS:
+def inexact_deny_refusal(table: PluginTable, data_dir: str | None = None) -> list[str]:
+    """One error per file deny the kernel sandbox cannot hold exactly for the plugin of
+    ``table`` (in process isolation, with its own data directory ``data_dir``), unless the
+    policy says ``accept inexact-deny`` for it."""
+    plugin = table.name
+    if table.effective.limits.isolation is not Isolation.PROCESS:
         return []
     if INEXACT_DENY in table.effective.accepted_risks:
         return []

@@ -99,6 +99,9 @@ class _Overrun(BaseException):
 class _Deadline:
     at: float
     fired: bool = False
+    #: The thread the deadline is for: a deadline whose thread is gone is dropped, so an
+    #: overrun never lands in a later thread that got the same identifier.
+    thread: threading.Thread | None = None
 
 
 # Two function pointers to one C function, typed for raising and for clearing (NULL).
@@ -156,14 +159,21 @@ class _Watchdog:
                 self._wake.clear()
                 if not self._deadlines:
                     continue
-            now = time.monotonic()
-            with self._lock:
-                for thread_id, deadline in list(self._deadlines.items()):
-                    if now >= deadline.at:
-                        deadline.fired = True
-                        deadline.at = now + self.refire
-                        _set_async_exc(thread_id, _Overrun)
+            self._fire(time.monotonic())
             time.sleep(self.interval)
+
+    def _fire(self, now: float) -> None:
+        """Raise into every thread past its deadline; forget the deadlines of dead threads."""
+        with self._lock:
+            for thread_id, deadline in list(self._deadlines.items()):
+                if deadline.thread is not None and not deadline.thread.is_alive():
+                    if self._deadlines.get(thread_id) is deadline:
+                        del self._deadlines[thread_id]
+                    continue
+                if now >= deadline.at:
+                    deadline.fired = True
+                    deadline.at = now + self.refire
+                    _set_async_exc(thread_id, _Overrun)
 
 
 def _clear_async_exc(thread_id: int) -> None:
@@ -186,14 +196,21 @@ def call_with_deadline(func: Callable[..., Any], seconds: float, *args: Any,
     C stops when it returns); the caller then gets :class:`DeadlineExceeded`. Whatever
     ``func`` raises itself passes through unchanged.
     """
-    deadline = _Deadline(time.monotonic() + seconds)
+    deadline = _Deadline(time.monotonic() + seconds, thread=threading.current_thread())
     thread_id = threading.get_ident()
     _watchdog.watch(thread_id, deadline)
     try:
         try:
             return func(*args, **kwargs)
         finally:
-            _watchdog.unwatch(thread_id, deadline)
+            # A refire can land inside unwatch before it takes the watchdog's lock: try
+            # again, or the deadline stays and the overruns go on.
+            while True:
+                try:
+                    _watchdog.unwatch(thread_id, deadline)
+                    break
+                except _Overrun:
+                    continue
     except _Overrun:
         raise DeadlineExceeded(f"stopped after {seconds:g}s") from None
 

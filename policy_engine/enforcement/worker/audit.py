@@ -263,6 +263,8 @@ class AuditGuard:
                        "plugins may not listen on ports")
 
     def _check_network(self, host: str, port: Any) -> None:
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address: `::1:443` would be an address, not a port
         resource = host if port in (None, 0, "") else f"{host}:{_text(port)}"
         # The decision table alone answers: no coarse switch may contradict it.
         self._check("network:request", resource)
