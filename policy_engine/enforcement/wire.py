@@ -959,17 +959,21 @@ class CapabilityCall:
     args: tuple[Any, ...] = ()
 
     def encode(self) -> dict[str, Any]:
-        """The frame's JSON value."""
+        """The frame's JSON value; the arguments in the value encoding (:func:`encode_value`),
+        so bytes, tuples and the rest cross as themselves. Raises :class:`ChannelValueError`
+        naming what cannot cross, before anything is sent."""
+        where = f"{self.capability}.{self.method}() arguments"
         return {"op": self.op, "capability": self.capability, "method": self.method,
-                "args": list(self.args)}
+                "args": encode_value(list(self.args), where, depth=2)}
 
     @classmethod
     def decode(cls, data: Any) -> CapabilityCall:
         """Strict decoder; WireError when ``data`` is not this kind."""
         fields = _fields(data, cls.op, ("capability", "method", "args"))
+        args = _list(fields, "args", LIMITS.list_items)
         return cls(_str(fields, "capability", LIMITS.name_chars),
                    _str(fields, "method", LIMITS.name_chars),
-                   tuple(_list(fields, "args", LIMITS.list_items)))
+                   tuple(decode_value(args, "args")))
 
 
 @dataclass(frozen=True, slots=True)

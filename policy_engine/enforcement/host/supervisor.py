@@ -975,7 +975,10 @@ class WorkerProcess:
                 raise EnforcementError(f"the host offers no capabilities (`{capability}` "
                                        f"requested)", plugin=self._plugin)
             value = handler(capability, method, args)
-            return {"op": "cap_result", "value": value}
+            # Encoded here, inside the try: an answer that cannot cross is the call's error,
+            # and the channel stays in step.
+            return {"op": "cap_result",
+                    "value": encode_value(value, f"{capability}.{method}()", depth=2)}
         except Exception as error:  # sent back to the plugin; the host carries on
             return _cap_error(error)
 

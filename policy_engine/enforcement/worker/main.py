@@ -58,6 +58,7 @@ from ..wire import (
     LIMITS,
     PROTOCOL_VERSION,
     AuditRecord,
+    CapabilityCall,
     ConnectRequest,
     FrameError,
     PassFds,
@@ -129,11 +130,12 @@ class _Channel:
             if not self.in_call:
                 raise EnforcementError("capability calls are only possible while the host "
                                        "waits on a call to the plugin")
-            send_frame(self.sock, {"op": "cap", "capability": capability, "method": method,
-                                   "args": args})
+            # Encoded first: a value that cannot cross fails here, with nothing sent.
+            frame = CapabilityCall(capability, method, tuple(args)).encode()
+            send_frame(self.sock, frame)
             reply = recv_frame(self.sock)
         if reply.get("op") == "cap_result":
-            return reply.get("value")
+            return decode_value(reply.get("value"), f"{capability}.{method}()")
         if reply.get("op") == "cap_error":
             raise exception_from_data(reply.get("error") or {})
         raise FrameError(f"unexpected reply to a capability call: {reply.get('op')!r}")
@@ -247,7 +249,8 @@ class WorkerContext:
         return logging.getLogger(f"policy_engine.plugins.{self.plugin_name}")
 
     def call_host(self, capability: str, method: str, *args: Any) -> Any:
-        """Call ``method(*args)`` on the host's ``capability``; arguments must be JSON-able."""
+        """Call ``method(*args)`` on the host's ``capability``; arguments and the answer
+        cross in the value encoding (:func:`~policy_engine.enforcement.wire.encode_value`)."""
         return self._channel.call_host(capability, method, list(args))
 
 
