@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from .patterns import NamePattern, PathPattern, Pattern, Resource
+from .patterns import HostPattern, HostPort, NamePattern, PathPattern, Pattern, Resource
 
 __all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "star_match"]
 
@@ -24,7 +24,7 @@ __all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "star_mat
 Matcher = Callable[[Resource], bool]
 
 # The matching modes of patterns.py, by value (kept in step by tests/test_matchers.py).
-_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX = range(6)
+_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX, _CIDR = range(7)
 
 
 def _always(resource: Resource) -> bool:
@@ -40,6 +40,9 @@ def matcher(pattern: Pattern) -> Matcher:
     if kind is NamePattern:
         assert isinstance(pattern, NamePattern)
         return _name_matcher(pattern)
+    if kind is HostPattern:
+        assert isinstance(pattern, HostPattern)
+        return _host_matcher(pattern)
     return pattern.matches
 
 
@@ -84,8 +87,45 @@ def _path_matcher(pattern: PathPattern) -> Matcher:
         return lambda r: r.__class__ is str and r.startswith(fixed) and len(r) > size and r.find("/", size) < 0
     if mode == _REGEX:
         segments = pattern.segments
-        return lambda r: r.__class__ is str and glob_segments_match(segments, r)
+        if pattern._regex is not None and "**" not in segments and all(s.count("*") <= 1 for s in segments):
+            # No `**` and at most one `*` per segment: each `[^/]*` of the expression can only
+            # end at one place (before its segment's `/`), so the regular expression, which runs
+            # in C, never backtracks more than the length of a segment.
+            fullmatch = pattern._regex.fullmatch
+            return lambda r: r.__class__ is str and fullmatch(r) is not None
+        groups = _groups(segments)
+        return lambda r: r.__class__ is str and _groups_match(groups, r)
     return pattern.matches
+
+
+def _host_matcher(pattern: HostPattern) -> Matcher:
+    mode, host, suffix, ports = pattern._mode, pattern.host_text, pattern._suffix, pattern.port_range
+    if mode == _CIDR or mode not in (_LITERAL, _SUFFIX, _ALL):
+        return pattern.matches
+    if ports is None:
+        if mode == _LITERAL:
+            return lambda r: r.__class__ is HostPort and r.host == host
+        if mode == _SUFFIX:
+            return lambda r: r.__class__ is HostPort and r.host.endswith(suffix)
+        return lambda r: r.__class__ is HostPort
+    low, high = ports
+    if low == high:
+        if mode == _LITERAL:
+            return lambda r: r.__class__ is HostPort and r.port == low and r.host == host
+        if mode == _SUFFIX:
+            return lambda r: r.__class__ is HostPort and r.port == low and r.host.endswith(suffix)
+        return lambda r: r.__class__ is HostPort and r.port == low
+
+    def in_range(r: Resource) -> bool:
+        if r.__class__ is not HostPort:
+            return False
+        assert isinstance(r, HostPort)
+        port = r.port
+        if port is None or not low <= port <= high:
+            return False
+        return mode == _ALL or (r.host == host if mode == _LITERAL else r.host.endswith(suffix))
+
+    return in_range
 
 
 def _name_matcher(pattern: NamePattern) -> Matcher:
@@ -169,13 +209,22 @@ def glob_segments_match(segments: Sequence[str], path: str) -> bool:
     leftmost fit after the one before (``**`` absorbs any number of whole segments, so the
     leftmost fit never loses a match). Cost: linear in the path for a given glob.
     """
-    parts = path.split("/")[1:] if path != "/" else []
+    return _groups_match(_groups(segments), path)
+
+
+def _groups(segments: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The runs of segment globs between ``**`` segments (done once per pattern)."""
     groups: list[list[str]] = [[]]
     for segment in segments:
         if segment == "**":
             groups.append([])
         else:
             groups[-1].append(segment)
+    return tuple(tuple(group) for group in groups)
+
+
+def _groups_match(groups: tuple[tuple[str, ...], ...], path: str) -> bool:
+    parts = path.split("/")[1:] if path != "/" else []
     if len(groups) == 1:
         only = groups[0]
         return len(only) == len(parts) and _run_at(only, parts, 0)

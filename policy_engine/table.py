@@ -35,7 +35,14 @@ from .diagnostics import Diagnostic, Span, did_you_mean
 from .implicit import implicit_reads, is_code_below
 from .matchers import Matcher, any_matcher
 from .nodes import Effect
-from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
+from .patterns import (
+    HostPort,
+    InvalidResourceError,
+    Pattern,
+    compile_pattern,
+    normalize,
+    normalize_host_text,
+)
 from .patterns import _normalize_path as normalize_path
 from .permissions import Permission, ResourceKind
 from .settings import EMPTY_OVERLAY, Effective, resolve
@@ -357,18 +364,19 @@ def _run(plan: _Plan, code: int, table: PluginTable, plugin: str, action: str, r
                 normalised = resource = normalize_path(resource, table.plugin_dir)
                 if code == _READ_CODE and _implicit(table._code_dir, resource):
                     return fast_decision(True, Reason.IMPLICIT, plugin, action, resource, (), (), revision)
-            elif code == _NAME_CODE and resource and "\0" not in resource and not resource.isspace():
+            elif code == _HOST_CODE:
+                normalised, resource = normalize_host_text(resource)
+            elif resource and "\0" not in resource and not resource.isspace():
                 normalised = resource  # a name is its own normal form (`normalize` checks the rest)
             else:
-                normalised = normalize(_HOST if code == _HOST_CODE else _NAME, resource)
-                resource = normalised if normalised.__class__ is str else str(normalised)
+                normalised = normalize(_NAME, resource)
         except (InvalidResourceError, TypeError, ValueError) as exc:
             return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
                             revision=revision)
     return _evaluate(plan, table, plugin, action, resource, normalised, context, revision)
 
 
-_HOST, _NAME = ResourceKind.HOST, ResourceKind.NAME
+_NAME = ResourceKind.NAME
 
 
 def _evaluate(plan: _Plan, table: PluginTable, plugin: str, action: str, resource: str | None,
