@@ -277,6 +277,8 @@ class DecisionTable:
         if resource is not None:
             if len(resource) > MAX_RESOURCE_LENGTH:
                 return make_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, revision=revision)
+            if resource.__class__ is not str and isinstance(resource, str):
+                resource = str.__str__(resource)  # the text it holds: the matchers take exact strs
             try:
                 normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
             except (InvalidResourceError, TypeError, ValueError) as exc:
