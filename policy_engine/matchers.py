@@ -58,7 +58,17 @@ def any_matcher(patterns: Sequence[Pattern]) -> Matcher:
 
 @functools.lru_cache(maxsize=65536)
 def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
+    if len(patterns) > 1:
+        fused, rest = _fuse(patterns)
+        if fused is not None:
+            patterns = rest
+            if not patterns:
+                return fused
+    else:
+        fused = None
     tests = tuple(matcher(p) for p in patterns)
+    if fused is not None:
+        tests = (fused, *tests)
     if len(tests) == 1:
         return tests[0]
     if not tests:
@@ -71,6 +81,43 @@ def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
         return False
 
     return any_of
+
+
+def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:
+    """One predicate for the literal, ``/dir/**``, ``prefix*`` and ``*suffix`` patterns among
+    ``patterns`` (a set lookup and one ``startswith``/``endswith`` over a tuple, in C), and the
+    patterns left over; None when fewer than two can be fused."""
+    exact: set[str] = set()
+    starts: list[str] = []
+    ends: list[str] = []
+    rest: list[Pattern] = []
+    fused = 0
+    for pattern in patterns:
+        kind, mode = type(pattern), getattr(pattern, "_mode", -1)
+        if kind is PathPattern and mode in (_LITERAL, _PREFIX):
+            assert isinstance(pattern, PathPattern)
+            exact.add(pattern.canonical if mode == _LITERAL else pattern._fixed)
+            if mode == _PREFIX:
+                starts.append(pattern._fixed + "/")
+        elif kind is NamePattern and mode in (_LITERAL, _PREFIX, _SUFFIX):
+            assert isinstance(pattern, NamePattern)
+            if mode == _LITERAL:
+                exact.add(pattern.canonical)
+            else:
+                (starts if mode == _PREFIX else ends).append(pattern._fixed)
+        else:
+            rest.append(pattern)
+            continue
+        fused += 1
+    if fused < 2 or {type(p) for p in patterns if p not in rest} == {PathPattern, NamePattern}:
+        return None, patterns
+    exact_set, start_tuple, end_tuple = frozenset(exact), tuple(starts), tuple(ends)
+
+    def any_fused(r: Resource) -> bool:
+        return r.__class__ is str and (
+            r in exact_set or r.startswith(start_tuple) or r.endswith(end_tuple))
+
+    return any_fused, tuple(rest)
 
 
 def _path_matcher(pattern: PathPattern) -> Matcher:

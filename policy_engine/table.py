@@ -375,7 +375,39 @@ def _run(plan: _Plan, code: int, table: PluginTable, plugin: str, action: str, r
         except (InvalidResourceError, TypeError, ValueError) as exc:
             return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
                             revision=revision)
-    return _evaluate(plan, table, plugin, action, resource, normalised, context, revision)
+    else:
+        return _evaluate(plan, table, plugin, action, resource, None, context, revision)
+    # `_evaluate` for a resource (the common case), inline: a call less, and no `None` tests.
+    errors: list[str] | None = None
+    blocking: tuple[RuleRef, ...] | None = None
+    for test, rule, plain in plan.denies:
+        if test is None or test(normalised):
+            if not plain:
+                if errors is None:
+                    errors = []
+                if not _deny_applies(rule, table, context, errors):
+                    continue
+            blocking = (rule.ref,) if blocking is None else (*blocking, rule.ref)
+    if blocking is not None:
+        return fast_decision(False, _DENIED, plugin, action, resource, blocking,
+                             () if errors is None else tuple(errors), revision)
+    declared = plan.declared
+    if not plan.is_declared or (declared is not None and not declared(normalised)):
+        return _evaluate(plan, table, plugin, action, resource, normalised, context, revision)
+    granting: tuple[RuleRef, ...] | None = None
+    for test, rule, plain in plan.allows:
+        if test is None or test(normalised):
+            if not plain:
+                if errors is None:
+                    errors = []
+                if not _allow_applies(rule, table, context, errors):
+                    continue
+            granting = (rule.ref,) if granting is None else (*granting, rule.ref)
+    if granting is not None:
+        return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
+                             () if errors is None else tuple(errors), revision)
+    return fast_decision(False, _NO_ALLOW, plugin, action, resource, (),
+                         () if errors is None else tuple(errors), revision)
 
 
 _NAME = ResourceKind.NAME

@@ -330,3 +330,22 @@ def test_the_uncached_fast_path_stays_consistent_under_concurrent_reload(tmp_pat
     assert broken == []
     # Every answer is the one of the revision it carries.
     assert all(allowed_at[revision] is allowed for revision, allowed in revisions if revision in allowed_at)
+
+
+_any_path_glob = st.sampled_from(["/srv/**", "/srv", "/srv/a", "/etc/**", "/srv/a/**", "/srv/*", "/**", "/srv/**/b*",
+                                  "/s?v/**", "/srv/a?"])
+_any_name_glob = st.sampled_from(["db.*", "*.secret", "plain", "db", "*", "a*b", "x*", "*x", "db.x"])
+_any_path = st.sampled_from(["/srv", "/srv/a", "/srv/a/b", "/srvx", "/etc", "/etc/x", "/srv/ab", "/", "/s/v"])
+_any_name = st.sampled_from(["db.x", "db.", "db", "a.secret", "plain", "plainx", "ab", "x", "xx", "a.x"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.tuples(st.just(ResourceKind.PATH), st.lists(_any_path_glob, min_size=1, max_size=5), _any_path),
+    st.tuples(st.just(ResourceKind.NAME), st.lists(_any_name_glob, min_size=1, max_size=5), _any_name)))
+def test_a_fused_any_of_agrees_with_the_patterns(case: tuple[ResourceKind, list[str], str]) -> None:
+    kind, globs, resource = case
+    patterns = [compile_pattern(kind, g) for g in globs]
+    combined = matchers_module.any_matcher(patterns)
+    assert combined(resource) is any(p.matches(resource) for p in patterns)
+    assert combined(HostPort("srv")) is False
