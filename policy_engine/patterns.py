@@ -38,6 +38,7 @@ import ipaddress
 import posixpath
 import re
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeAlias, TypeVar, overload
@@ -425,8 +426,10 @@ def _compile_path(text: str) -> PathPattern:
             raise _Bad("`**` must be a whole path segment", _whole_segment_hint(text, segment))
         if segment == "**" and segments and segments[-1] == "**":
             continue  # `**/**` means the same as `**`
-        segments.append(segment)
+        segments.append(sys.intern(segment))  # `srv`, `**`, `lib`: one string for every pattern
     canonical = "/" + "/".join(segments)
+    if canonical == text:
+        canonical = text  # one string, not two equal ones (thousands of patterns are canonical)
 
     literal_count = 0
     for segment in segments:
@@ -715,6 +718,8 @@ def _compile_host(text: str) -> HostPattern:
     shown = f"[{host}]" if ":" in host else host
     if ports is not None:
         shown += f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}-{ports[1]}"
+    if shown == text:
+        shown = text
     return HostPattern(
         text=text,
         canonical=shown,
@@ -777,7 +782,7 @@ def _check_name(text: str, what: str) -> None:
 
 def _compile_name(text: str) -> NamePattern:
     _check_name(text, "name pattern")
-    canonical = re.sub(r"\*{2,}", "*", text)
+    canonical = re.sub(r"\*{2,}", "*", text) if "**" in text else text
     stars = canonical.count("*")
     mode, fixed, regex = _REGEX, "", None
     if stars == 0:

@@ -166,9 +166,20 @@ class _Plan:
     is_declared: bool  # the manifest declares the permission (for ``declared``'s resources)
 
 
+@functools.lru_cache(maxsize=4096)
 def _step(rule: TableRule) -> _Step:
+    # Remembered by value: a wildcard rule gives an equal TableRule in every plugin's table
+    # (see `_table_rule`), so all of them share one step; a plugin's own rules pass through.
     test = None if rule.patterns is None else any_matcher(rule.patterns)
     return test, rule.ref, rule, rule.when is None and rule.unless is None and rule.error is None
+
+
+@functools.lru_cache(maxsize=4096)
+def _table_rule(ref: RuleRef, patterns: tuple[Pattern, ...] | None, when: nodes.Condition | None,
+                unless: nodes.Condition | None, error: str | None) -> TableRule:
+    """``TableRule(...)``, one object for equal rules: a wildcard rule without templates is the
+    same for thousands of plugins, and is kept once (with its patterns' tuple), not per plugin."""
+    return TableRule(ref, patterns, when, unless, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,7 +593,7 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
                 except ValueError:
                     continue  # invalid once filled in (an odd plugin_dir): the pattern matches nothing
         patterns = tuple(compiled)
-    return TableRule(rule.ref, patterns, when, unless, error)
+    return _table_rule(rule.ref, patterns, when, unless, error)
 
 
 def _for_kind(rule: TableRule, kind: ResourceKind) -> TableRule | None:
@@ -593,7 +604,7 @@ def _for_kind(rule: TableRule, kind: ResourceKind) -> TableRule | None:
         return None
     if len(patterns) == len(rule.patterns):
         return rule
-    return TableRule(rule.ref, patterns, rule.when, rule.unless, rule.error)
+    return _table_rule(rule.ref, patterns, rule.when, rule.unless, rule.error)
 
 
 def _declared_pattern(
