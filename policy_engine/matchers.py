@@ -56,7 +56,10 @@ def any_matcher(patterns: Sequence[Pattern]) -> Matcher:
     return _shared_any_matcher(tuple(patterns))
 
 
-@functools.lru_cache(maxsize=65536)
+# What many tables share (a wildcard rule's patterns, a manifest line every plugin has) is
+# asked for again with every plugin and stays in a small cache; a plugin's own patterns are
+# asked for once and would only fill a large one (about 0.8 KB per plugin at 10,000).
+@functools.lru_cache(maxsize=4096)
 def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
     if len(patterns) > 1:
         fused, rest = _fuse(patterns)

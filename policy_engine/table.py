@@ -85,7 +85,10 @@ def _implicit(code_dir: str | None, path: str) -> bool:
     return (len(path) == size or path[size] == "/") and is_code_below(path)
 
 
-@functools.lru_cache(maxsize=65536)
+# What many tables share (a wildcard rule's patterns, a manifest line every plugin has) is
+# asked for again with every plugin and stays in a small cache; a plugin's own patterns are
+# asked for once and would only fill a large one (about 0.8 KB per plugin at 10,000).
+@functools.lru_cache(maxsize=4096)
 def cached_pattern(kind: ResourceKind, text: str) -> Pattern:
     """Compile a pattern once per (kind, text): thousands of plugins share global rules."""
     return compile_pattern(kind, text)
