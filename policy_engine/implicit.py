@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["CODE_SUFFIXES", "DEVICES", "SYSTEM_DATA", "SYSTEM_LIBRARIES", "ImplicitReads",
-           "implicit_reads", "runtime_roots"]
+           "implicit_reads", "is_code_below", "runtime_roots"]
 
 #: Shared libraries the interpreter and extension modules load.
 SYSTEM_LIBRARIES: tuple[str, ...] = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib")
@@ -64,22 +64,41 @@ class ImplicitReads:
 
     trees: tuple[str, ...]
     plugin_dir: str | None = None
+    # The same data shaped for one C-level test per request (`str.startswith` takes a tuple).
+    _below: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _exact: frozenset[str] = field(init=False, repr=False, compare=False)
+    _code_base: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_below", tuple(root + "/" for root in self.trees))
+        object.__setattr__(self, "_exact", frozenset(self.trees))
+        base = self.plugin_dir
+        object.__setattr__(self, "_code_base", None if base is None else base + "/")
 
     def covers(self, path: str) -> bool:
         """Whether reading ``path`` (absolute, normalised) needs no grant."""
-        for root in self.trees:
-            if path == root or path.startswith(root + "/"):
-                return True
+        if path.startswith(self._below) or path in self._exact:
+            return True
         return self.is_code(path)
 
     def is_code(self, path: str) -> bool:
         """Whether ``path`` is one of the plugin's code files or leads to one (a directory)."""
-        base = self.plugin_dir
-        if base is None or not (path == base or path.startswith(base + "/")):
+        base = self._code_base
+        if base is None or not (path.startswith(base) or path == self.plugin_dir):
             return False
-        if path.endswith(CODE_SUFFIXES):
-            return True
-        return os.path.isdir(path)  # listing a directory reveals names, never contents
+        return is_code_below(path)
+
+    def covers_tree(self, path: str) -> bool:
+        """Whether ``path`` is in one of the trees read whole (the list without the plugin's code)."""
+        return path.startswith(self._below) or path in self._exact
+
+
+def is_code_below(path: str) -> bool:
+    """For a ``path`` inside a plugin's directory: whether it is code, or a directory (which may
+    lead to code)."""
+    if path.endswith(CODE_SUFFIXES):
+        return True
+    return os.path.isdir(path)  # listing a directory reveals names, never contents
 
 
 def implicit_reads(plugin_dir: str | None, *, scratch_dir: str | None = None,

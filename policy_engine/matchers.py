@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from .patterns import NamePattern, PathPattern, Pattern, Resource
+from .patterns import HostPattern, HostPort, NamePattern, PathPattern, Pattern, Resource
 
 __all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "star_match"]
 
@@ -24,7 +24,7 @@ __all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "star_mat
 Matcher = Callable[[Resource], bool]
 
 # The matching modes of patterns.py, by value (kept in step by tests/test_matchers.py).
-_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX = range(6)
+_LITERAL, _ALL, _PREFIX, _CHILD, _SUFFIX, _REGEX, _CIDR = range(7)
 
 
 def _always(resource: Resource) -> bool:
@@ -40,6 +40,9 @@ def matcher(pattern: Pattern) -> Matcher:
     if kind is NamePattern:
         assert isinstance(pattern, NamePattern)
         return _name_matcher(pattern)
+    if kind is HostPattern:
+        assert isinstance(pattern, HostPattern)
+        return _host_matcher(pattern)
     return pattern.matches
 
 
@@ -53,9 +56,22 @@ def any_matcher(patterns: Sequence[Pattern]) -> Matcher:
     return _shared_any_matcher(tuple(patterns))
 
 
-@functools.lru_cache(maxsize=65536)
+# What many tables share (a wildcard rule's patterns, a manifest line every plugin has) is
+# asked for again with every plugin and stays in a small cache; a plugin's own patterns are
+# asked for once and would only fill a large one (about 0.8 KB per plugin at 10,000).
+@functools.lru_cache(maxsize=4096)
 def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
+    if len(patterns) > 1:
+        fused, rest = _fuse(patterns)
+        if fused is not None:
+            patterns = rest
+            if not patterns:
+                return fused
+    else:
+        fused = None
     tests = tuple(matcher(p) for p in patterns)
+    if fused is not None:
+        tests = (fused, *tests)
     if len(tests) == 1:
         return tests[0]
     if not tests:
@@ -68,6 +84,43 @@ def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
         return False
 
     return any_of
+
+
+def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:
+    """One predicate for the literal, ``/dir/**``, ``prefix*`` and ``*suffix`` patterns among
+    ``patterns`` (a set lookup and one ``startswith``/``endswith`` over a tuple, in C), and the
+    patterns left over; None when fewer than two can be fused."""
+    exact: set[str] = set()
+    starts: list[str] = []
+    ends: list[str] = []
+    rest: list[Pattern] = []
+    fused = 0
+    for pattern in patterns:
+        kind, mode = type(pattern), getattr(pattern, "_mode", -1)
+        if kind is PathPattern and mode in (_LITERAL, _PREFIX):
+            assert isinstance(pattern, PathPattern)
+            exact.add(pattern.canonical if mode == _LITERAL else pattern._fixed)
+            if mode == _PREFIX:
+                starts.append(pattern._fixed + "/")
+        elif kind is NamePattern and mode in (_LITERAL, _PREFIX, _SUFFIX):
+            assert isinstance(pattern, NamePattern)
+            if mode == _LITERAL:
+                exact.add(pattern.canonical)
+            else:
+                (starts if mode == _PREFIX else ends).append(pattern._fixed)
+        else:
+            rest.append(pattern)
+            continue
+        fused += 1
+    if fused < 2 or {type(p) for p in patterns if p not in rest} == {PathPattern, NamePattern}:
+        return None, patterns
+    exact_set, start_tuple, end_tuple = frozenset(exact), tuple(starts), tuple(ends)
+
+    def any_fused(r: Resource) -> bool:
+        return r.__class__ is str and (
+            r in exact_set or r.startswith(start_tuple) or r.endswith(end_tuple))
+
+    return any_fused, tuple(rest)
 
 
 def _path_matcher(pattern: PathPattern) -> Matcher:
@@ -84,8 +137,45 @@ def _path_matcher(pattern: PathPattern) -> Matcher:
         return lambda r: r.__class__ is str and r.startswith(fixed) and len(r) > size and r.find("/", size) < 0
     if mode == _REGEX:
         segments = pattern.segments
-        return lambda r: r.__class__ is str and glob_segments_match(segments, r)
+        if pattern._regex is not None and "**" not in segments and all(s.count("*") <= 1 for s in segments):
+            # No `**` and at most one `*` per segment: each `[^/]*` of the expression can only
+            # end at one place (before its segment's `/`), so the regular expression, which runs
+            # in C, never backtracks more than the length of a segment.
+            fullmatch = pattern._regex.fullmatch
+            return lambda r: r.__class__ is str and fullmatch(r) is not None
+        groups = _groups(segments)
+        return lambda r: r.__class__ is str and _groups_match(groups, r)
     return pattern.matches
+
+
+def _host_matcher(pattern: HostPattern) -> Matcher:
+    mode, host, suffix, ports = pattern._mode, pattern.host_text, pattern._suffix, pattern.port_range
+    if mode == _CIDR or mode not in (_LITERAL, _SUFFIX, _ALL):
+        return pattern.matches
+    if ports is None:
+        if mode == _LITERAL:
+            return lambda r: r.__class__ is HostPort and r.host == host
+        if mode == _SUFFIX:
+            return lambda r: r.__class__ is HostPort and r.host.endswith(suffix)
+        return lambda r: r.__class__ is HostPort
+    low, high = ports
+    if low == high:
+        if mode == _LITERAL:
+            return lambda r: r.__class__ is HostPort and r.port == low and r.host == host
+        if mode == _SUFFIX:
+            return lambda r: r.__class__ is HostPort and r.port == low and r.host.endswith(suffix)
+        return lambda r: r.__class__ is HostPort and r.port == low
+
+    def in_range(r: Resource) -> bool:
+        if r.__class__ is not HostPort:
+            return False
+        assert isinstance(r, HostPort)
+        port = r.port
+        if port is None or not low <= port <= high:
+            return False
+        return mode == _ALL or (r.host == host if mode == _LITERAL else r.host.endswith(suffix))
+
+    return in_range
 
 
 def _name_matcher(pattern: NamePattern) -> Matcher:
@@ -169,13 +259,22 @@ def glob_segments_match(segments: Sequence[str], path: str) -> bool:
     leftmost fit after the one before (``**`` absorbs any number of whole segments, so the
     leftmost fit never loses a match). Cost: linear in the path for a given glob.
     """
-    parts = path.split("/")[1:] if path != "/" else []
+    return _groups_match(_groups(segments), path)
+
+
+def _groups(segments: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The runs of segment globs between ``**`` segments (done once per pattern)."""
     groups: list[list[str]] = [[]]
     for segment in segments:
         if segment == "**":
             groups.append([])
         else:
             groups[-1].append(segment)
+    return tuple(tuple(group) for group in groups)
+
+
+def _groups_match(groups: tuple[tuple[str, ...], ...], path: str) -> bool:
+    parts = path.split("/")[1:] if path != "/" else []
     if len(groups) == 1:
         only = groups[0]
         return len(only) == len(parts) and _run_at(only, parts, 0)

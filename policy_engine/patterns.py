@@ -45,6 +45,7 @@ import ipaddress
 import posixpath
 import re
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeAlias, TypeVar, overload
@@ -70,6 +71,7 @@ __all__ = [
     "intersect",
     "matches_everything",
     "normalize",
+    "normalize_host_text",
     "overlaps",
     "region_covered",
     "region_overlaps",
@@ -443,8 +445,10 @@ def _compile_path(text: str) -> PathPattern:
             raise _Bad("`**` must be a whole path segment", _whole_segment_hint(text, segment))
         if segment == "**" and segments and segments[-1] == "**":
             continue  # `**/**` means the same as `**`
-        segments.append(segment)
+        segments.append(sys.intern(segment))  # `srv`, `**`, `lib`: one string for every pattern
     canonical = "/" + "/".join(segments)
+    if canonical == text:
+        canonical = text  # one string, not two equal ones (thousands of patterns are canonical)
 
     literal_count = 0
     for segment in segments:
@@ -593,15 +597,84 @@ def _canonical_host(raw: str, bracketed: bool) -> str:
 
 
 def _normalize_host(text: str) -> HostPort:
+    return _host_and_text(text)[0]
+
+
+class _UnfrozenHostPort:
+    # `HostPort`'s slots, for the fast paths: built with plain slot stores, then given the
+    # class `HostPort` (allowed between classes of identical layout; see `decision.py`).
+    __slots__ = ("host", "port")
+    host: str
+    port: int | None
+
+
+def _host_port(host: str, port: int | None) -> HostPort:
+    """``HostPort(host, port)``, without the frozen dataclass's ``object.__setattr__`` calls."""
+    found = object.__new__(_UnfrozenHostPort)
+    found.host = host
+    found.port = port
+    found.__class__ = HostPort  # type: ignore[assignment]
+    return found  # type: ignore[return-value]
+
+
+if HostPort.__slots__ != _UnfrozenHostPort.__slots__ or _host_port("h", 1) != HostPort("h", 1):  # pragma: no cover
+    raise ImportError("the fast HostPort constructor does not build a HostPort")
+
+
+# A URL whose scheme has a default port and whose host is a plain name (as `_PLAIN_HOST`),
+# with an optional port and the rest ASCII without spaces: `urlsplit` ends the host at the
+# first `/`, `?` or `#`, and none of the full path's checks can refuse it.
+_PLAIN_URL = re.compile(
+    r"(https|http|wss|ws|ftp)://((?:[a-z0-9_-]+\.)*[a-z][a-z0-9_-]*)(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?")
+# A bracketed IPv6 address in lower case, with an optional port.
+_PLAIN_IPV6 = re.compile(r"\[([0-9a-f:.]+)\](?::([0-9]{1,5}))?")
+
+
+def normalize_host_text(text: str) -> tuple[HostPort, str]:
+    """``normalize(ResourceKind.HOST, text)`` and the normal form's text (``str`` of it).
+
+    Raises :class:`InvalidResourceError` as :func:`normalize` does.
+    """
+    try:
+        return _host_and_text(text)
+    except _Bad as bad:
+        raise InvalidResourceError(_bad_message(bad)) from None
+
+
+def _host_and_text(text: str) -> tuple[HostPort, str]:
+    # The common shapes take fast paths that answer as `_normalize_host_full` (differential
+    # tests); the rest, and every error, go the full way.
     plain = _PLAIN_HOST.fullmatch(text) or _PLAIN_IPV4.fullmatch(text)
     if plain is not None:
         host, raw_port = plain.groups()
         if raw_port is None:
-            return HostPort(host)
+            return _host_port(host, None), text
         number = int(raw_port)
         if 1 <= number <= 65535:
-            return HostPort(host, number)
-    return _normalize_host_full(text)
+            # Already canonical unless the port has leading zeros.
+            return _host_port(host, number), (text if raw_port[0] != "0" else f"{host}:{number}")
+    elif text[:1] == "[":
+        bracketed = _PLAIN_IPV6.fullmatch(text)
+        if bracketed is not None:
+            raw_host, raw_port = bracketed.groups()
+            port = None if raw_port is None else int(raw_port)
+            if port is None or 1 <= port <= 65535:
+                try:
+                    address = _canonical_ip(raw_host, True)
+                except _Bad:
+                    address = None  # the full path says why
+                if address is not None:
+                    found = _host_port(address, port)
+                    return found, str(found)
+    else:
+        url = _PLAIN_URL.fullmatch(text)
+        if url is not None:
+            scheme, host, raw_port = url.groups()
+            number = _DEFAULT_PORTS[scheme] if raw_port is None else int(raw_port)
+            if 1 <= number <= 65535:
+                return _host_port(host, number), f"{host}:{number}"
+    found = _normalize_host_full(text)
+    return found, str(found)
 
 
 def _normalize_host_full(text: str) -> HostPort:
@@ -664,6 +737,8 @@ def _compile_host(text: str) -> HostPattern:
     shown = f"[{host}]" if ":" in host else host
     if ports is not None:
         shown += f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}-{ports[1]}"
+    if shown == text:
+        shown = text
     return HostPattern(
         text=text,
         canonical=shown,
@@ -726,7 +801,7 @@ def _check_name(text: str, what: str) -> None:
 
 def _compile_name(text: str) -> NamePattern:
     _check_name(text, "name pattern")
-    canonical = re.sub(r"\*{2,}", "*", text)
+    canonical = re.sub(r"\*{2,}", "*", text) if "**" in text else text
     stars = canonical.count("*")
     mode, fixed, regex = _REGEX, "", None
     if stars == 0:
@@ -809,9 +884,12 @@ def normalize(kind: ResourceKind, resource: str, *, base_dir: str | None = None)
             _check_name(resource, "name")
             return resource
     except _Bad as bad:
-        message = bad.message if bad.hint is None else f"{bad.message} ({bad.hint})"
-        raise InvalidResourceError(message) from None
+        raise InvalidResourceError(_bad_message(bad)) from None
     return normalize(ResourceKind(kind), resource, base_dir=base_dir)
+
+
+def _bad_message(bad: _Bad) -> str:
+    return bad.message if bad.hint is None else f"{bad.message} ({bad.hint})"
 
 
 @overload

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,12 +22,28 @@ from typing import Any
 from . import codes, nodes
 from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
 from .conditions import ConditionError, evaluate, references_context
-from .decision import MAX_RESOURCE_LENGTH, Decision, Reason, RuleRef, deny, make_decision
+from .decision import (
+    MAX_RESOURCE_LENGTH,
+    Decision,
+    Reason,
+    RuleRef,
+    deny,
+    fast_decision,
+    make_decision,
+)
 from .diagnostics import Diagnostic, Span, did_you_mean
-from .implicit import ImplicitReads, implicit_reads
+from .implicit import implicit_reads, is_code_below
 from .matchers import Matcher, any_matcher
 from .nodes import Effect
-from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
+from .patterns import (
+    HostPort,
+    InvalidResourceError,
+    Pattern,
+    compile_pattern,
+    normalize,
+    normalize_host_text,
+)
+from .patterns import _normalize_path as normalize_path
 from .permissions import Permission, ResourceKind
 from .settings import EMPTY_OVERLAY, Effective, resolve
 
@@ -52,13 +69,26 @@ class PinStatus(str, enum.Enum):
     MISMATCH = "mismatch"
 
 
+#: The implicit reads every plugin shares (runtime, system libraries and data, devices); a
+#: plugin's own code files are checked against its table's ``code_dir`` (see ``_implicit``).
+_RUNTIME_READS = implicit_reads(None)
+
+
+def _implicit(code_dir: str | None, path: str) -> bool:
+    """``implicit_reads(plugin_dir).covers(path)``, with ``code_dir`` the normalised directory:
+    the same list the worker's kernel plan and audit hook use."""
+    if _RUNTIME_READS.covers_tree(path):
+        return True
+    if code_dir is None or not path.startswith(code_dir):
+        return False
+    size = len(code_dir)
+    return (len(path) == size or path[size] == "/") and is_code_below(path)
+
+
+# What many tables share (a wildcard rule's patterns, a manifest line every plugin has) is
+# asked for again with every plugin and stays in a small cache; a plugin's own patterns are
+# asked for once and would only fill a large one (about 0.8 KB per plugin at 10,000).
 @functools.lru_cache(maxsize=4096)
-def implicit_reads_for(plugin_dir: str | None) -> ImplicitReads:
-    """The implicit-read list of a plugin in ``plugin_dir`` (the same list the worker uses)."""
-    return implicit_reads(plugin_dir)
-
-
-@functools.lru_cache(maxsize=65536)
 def cached_pattern(kind: ResourceKind, text: str) -> Pattern:
     """Compile a pattern once per (kind, text): thousands of plugins share global rules."""
     return compile_pattern(kind, text)
@@ -92,21 +122,28 @@ class ActionEntry:
 
     ``plan`` is the same data prepared for ``decide``: each rule paired with one predicate
     over the resource (see :mod:`policy_engine.matchers`). It is built from the other fields
-    wherever an entry is made, in the host as in a worker, and never serialised.
+    wherever an entry is made, in the host as in a worker, and never serialised; ``decide``
+    reads its parts from the entry's own slots (one object less to reach per request).
     """
 
     declared: bool
     declared_patterns: tuple[Pattern, ...] | None  # None: declared for any resource
     allows: tuple[TableRule, ...]
     denies: tuple[TableRule, ...]
-    plan: _Plan = field(init=False, compare=False, repr=False)
+    _deny_steps: tuple[_Step, ...] = field(init=False, compare=False, repr=False)
+    _declared_test: Matcher | None = field(init=False, compare=False, repr=False)
+    _allow_steps: tuple[_Step, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "plan", _Plan(
-            tuple(_step(r) for r in self.denies),
-            None if self.declared_patterns is None else any_matcher(self.declared_patterns),
-            tuple(_step(r) for r in self.allows),
-        ))
+        object.__setattr__(self, "_deny_steps", tuple(_step(r) for r in self.denies))
+        object.__setattr__(self, "_declared_test",
+                           None if self.declared_patterns is None else any_matcher(self.declared_patterns))
+        object.__setattr__(self, "_allow_steps", tuple(_step(r) for r in self.allows))
+
+    @property
+    def plan(self) -> _Plan:
+        """The prepared rules: deny steps, the declaration's predicate, allow steps."""
+        return _Plan(self._deny_steps, self._declared_test, self._allow_steps, self.declared)
 
     def is_declared_for(self, resource: str | HostPort | None) -> bool:
         """Whether the manifest's declaration covers the resource."""
@@ -119,9 +156,9 @@ class ActionEntry:
         return any(p.matches(resource) for p in self.declared_patterns)
 
 
-#: One rule on the hot path: (matches the resource?, the rule, applies without a condition?).
-#: ``None`` as the predicate: the rule covers any resource.
-_Step = tuple["Matcher | None", TableRule, bool]
+#: One rule on the hot path: (matches the resource?, its reference, the rule, applies without
+#: a condition?). ``None`` as the predicate: the rule covers any resource.
+_Step = tuple["Matcher | None", RuleRef, TableRule, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +166,23 @@ class _Plan:
     denies: tuple[_Step, ...]
     declared: Matcher | None  # None: declared for any resource
     allows: tuple[_Step, ...]
+    is_declared: bool  # the manifest declares the permission (for ``declared``'s resources)
 
 
+@functools.lru_cache(maxsize=4096)
 def _step(rule: TableRule) -> _Step:
+    # Remembered by value: a wildcard rule gives an equal TableRule in every plugin's table
+    # (see `_table_rule`), so all of them share one step; a plugin's own rules pass through.
     test = None if rule.patterns is None else any_matcher(rule.patterns)
-    return test, rule, rule.when is None and rule.unless is None and rule.error is None
+    return test, rule.ref, rule, rule.when is None and rule.unless is None and rule.error is None
+
+
+@functools.lru_cache(maxsize=4096)
+def _table_rule(ref: RuleRef, patterns: tuple[Pattern, ...] | None, when: nodes.Condition | None,
+                unless: nodes.Condition | None, error: str | None) -> TableRule:
+    """``TableRule(...)``, one object for equal rules: a wildcard rule without templates is the
+    same for thousands of plugins, and is kept once (with its patterns' tuple), not per plugin."""
+    return TableRule(ref, patterns, when, unless, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +197,21 @@ class PluginTable:
     attributes: Mapping[str, Any]
     entries: Mapping[Permission, ActionEntry]
     effective: Effective
+    #: ``entries`` as a plain dict for ``decide``: a permission is a ``str`` enum whose hash and
+    #: equality are its value's, so the request's action string looks an entry up directly.
+    _by_action: dict[str, ActionEntry] = field(init=False, compare=False, repr=False)
+    #: The normalised plugin directory, for the implicit reads of the plugin's code files.
+    _code_dir: str | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_action: dict[str, ActionEntry] = dict(self.entries)  # type: ignore[arg-type]
+        object.__setattr__(self, "_by_action", by_action)
+        object.__setattr__(self, "entries", MappingProxyType(by_action))  # one dict, not two
+        code_dir = self.plugin_dir
+        if code_dir is not None:
+            normal = os.path.normpath(code_dir)
+            code_dir = code_dir if normal == code_dir else normal
+        object.__setattr__(self, "_code_dir", code_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +222,14 @@ class DecisionTable:
     content_hash: str
     #: Which build of the engine this table is; every decision it makes carries it.
     revision: int = 0
+    #: The plugins ``decide``'s fast path serves: enabled and not failing their pin.
+    _open: dict[str, PluginTable] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_open", {
+            name: table for name, table in self.plugins.items()
+            if table.enabled and table.pin is not PinStatus.MISMATCH
+        })
 
     def suggest_plugin(self, name: str) -> str | None:
         """A ``did you mean`` for an unknown plugin name (same first letter, close spelling).
@@ -184,88 +256,63 @@ class DecisionTable:
     ) -> Decision:
         """Decide one request. Never raises: any failure is a deny with reason ``error``."""
         try:
-            # The hot path: plain loops and early exits over prepared predicates; explanations
-            # and "did you mean" are rendered lazily, so a decision costs no string formatting
-            # and no search, whoever asks.
-            revision = self.revision
-            table = self.plugins.get(plugin)
-            if table is None:
-                return make_decision(False, Reason.UNKNOWN_PLUGIN, plugin, action, resource, revision=revision,
-                                     lazy_suggestions=functools.partial(self._plugin_hints, plugin))
-            permission = _PERMISSIONS.get(action)
-            if permission is None:
-                return Decision(False, Reason.UNKNOWN_ACTION, plugin, action, resource,
-                                lazy_suggestions=functools.partial(_action_hints, action), revision=revision)
-            if not table.enabled:
-                return Decision(False, Reason.PLUGIN_DISABLED, plugin, action, resource, revision=revision)
-            if table.pin is PinStatus.MISMATCH:
-                return Decision(False, Reason.UNTRUSTED, plugin, action, resource,
-                                detail=f"the plugin's content digest `{table.digest}` does not match the policy's pin",
-                                revision=revision)
-            normalised: str | HostPort | None = None
-            if resource is not None:
-                if len(resource) > MAX_RESOURCE_LENGTH:
-                    return make_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, revision=revision)
-                try:
-                    normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
-                except (InvalidResourceError, TypeError, ValueError) as exc:
-                    return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc),
-                                    revision=revision)
-                resource = normalised if normalised.__class__ is str else str(normalised)
-                if permission is Permission.FILE_READ and \
-                        implicit_reads_for(table.plugin_dir).covers(resource):
-                    # The runtime, the plugin's code and read-only system data: one list, the
-                    # same the worker's kernel plan and audit hook use.
-                    return Decision(True, Reason.IMPLICIT, plugin, action, resource, revision=revision)
-            entry = table.entries.get(permission)
-            if entry is None:
-                return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, revision=revision)
-            plan = entry.plan
-            errors: list[str] | None = None
-            blocking: list[RuleRef] | None = None
-            for test, rule, plain in plan.denies:
-                if test is None or (normalised is not None and test(normalised)):
-                    if not plain:
-                        if errors is None:
-                            errors = []
-                        if not _deny_applies(rule, table, context, errors):
-                            continue
-                    if blocking is None:
-                        blocking = [rule.ref]
-                    else:
-                        blocking.append(rule.ref)
-            if blocking is not None:
-                return make_decision(False, Reason.DENIED_BY_RULE, plugin, action, resource, tuple(blocking),
-                                     () if errors is None else tuple(errors), revision=revision)
-            declared = plan.declared
-            if not entry.declared or (declared is not None and (normalised is None or not declared(normalised))):
-                would = tuple(
-                    rule.ref for test, rule, _ in plan.allows
-                    if rule.when is None and rule.unless is None
-                    and (test is None or (normalised is not None and test(normalised)))
-                )
-                return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, would,
-                                     () if errors is None else tuple(errors), revision=revision)
-            granting: list[RuleRef] | None = None
-            for test, rule, _ in plan.allows:
-                if test is None or (normalised is not None and test(normalised)):
-                    if not (rule.when is None and rule.unless is None):
-                        if errors is None:
-                            errors = []
-                        if not _allow_applies(rule, table, context, errors):
-                            continue
-                    if granting is None:
-                        granting = [rule.ref]
-                    else:
-                        granting.append(rule.ref)
-            if granting is not None:
-                return make_decision(True, Reason.ALLOWED, plugin, action, resource, tuple(granting),
-                                     () if errors is None else tuple(errors), revision=revision)
-            return make_decision(False, Reason.NO_MATCHING_ALLOW, plugin, action, resource, (),
-                                 () if errors is None else tuple(errors), revision=revision)
+            # The hot path: a known, open plugin and a declared or ruled permission go straight
+            # to the entry's prepared plan (two dictionary lookups); everything else, and odd
+            # argument types, take the general path below, which answers the same way.
+            table = self._open.get(plugin)
+            if table is not None and (resource is None or resource.__class__ is str):
+                entry = table._by_action.get(action)
+                if entry is not None:
+                    return _run(entry, _CODES[action], table, plugin, action, resource, context,
+                                self.revision)
+            return self._decide_general(plugin, action, resource, context)
         except Exception as exc:  # fail closed: a bug or odd input must never become an allow
             return deny(Reason.ERROR, str(plugin), str(action), _text(resource),
                         errors=(f"{type(exc).__name__}: {exc}",), revision=self.revision)
+
+    def _decide_general(
+        self,
+        plugin: str,
+        action: str,
+        resource: str | None,
+        context: Mapping[str, Any] | None,
+    ) -> Decision:
+        """Every request, step by step (explanations and "did you mean" stay lazy)."""
+        revision = self.revision
+        table = self.plugins.get(plugin)
+        if table is None:
+            return make_decision(False, Reason.UNKNOWN_PLUGIN, plugin, action, resource, revision=revision,
+                                 lazy_suggestions=functools.partial(self._plugin_hints, plugin))
+        permission = _PERMISSIONS.get(action)
+        if permission is None:
+            return Decision(False, Reason.UNKNOWN_ACTION, plugin, action, resource,
+                            lazy_suggestions=functools.partial(_action_hints, action), revision=revision)
+        if not table.enabled:
+            return Decision(False, Reason.PLUGIN_DISABLED, plugin, action, resource, revision=revision)
+        if table.pin is PinStatus.MISMATCH:
+            return Decision(False, Reason.UNTRUSTED, plugin, action, resource,
+                            detail=f"the plugin's content digest `{table.digest}` does not match the policy's pin",
+                            revision=revision)
+        normalised: str | HostPort | None = None
+        if resource is not None:
+            if len(resource) > MAX_RESOURCE_LENGTH:
+                return make_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, revision=revision)
+            if resource.__class__ is not str and isinstance(resource, str):
+                resource = str.__str__(resource)  # the text it holds: the matchers take exact strs
+            try:
+                normalised = normalize(_KINDS[permission], resource, base_dir=table.plugin_dir)
+            except (InvalidResourceError, TypeError, ValueError) as exc:
+                return Decision(False, Reason.INVALID_RESOURCE, plugin, action, _text(resource), detail=str(exc),
+                                revision=revision)
+            resource = normalised if normalised.__class__ is str else str(normalised)
+            if permission is Permission.FILE_READ and _implicit(table._code_dir, resource):
+                # The runtime, the plugin's code and read-only system data: one list, the
+                # same the worker's kernel plan and audit hook use.
+                return Decision(True, Reason.IMPLICIT, plugin, action, resource, revision=revision)
+        entry = table.entries.get(permission)
+        if entry is None:
+            return make_decision(False, Reason.NOT_DECLARED, plugin, action, resource, revision=revision)
+        return _evaluate(entry, table, plugin, action, resource, normalised, context, revision)
 
 
 def _action_hints(action: str) -> tuple[str, ...]:
@@ -310,6 +357,121 @@ def _allow_applies(rule: TableRule, table: PluginTable, context: Mapping[str, An
     except ConditionError as exc:
         errors.append(f"{rule.ref.location}: {exc} (an allow rule that cannot be evaluated does not apply)")
         return False
+
+
+# The hot path ----------------------------------------------------------------------------
+
+#: How ``_run`` normalises the resource of each action: a path (``file:read`` also checks the
+#: implicit reads), a host, a name. Keyed by the value: a ``Permission`` looks itself up too.
+_PATH_CODE, _READ_CODE, _HOST_CODE, _NAME_CODE = range(4)
+_CODES: dict[str, int] = {
+    p.value: (_READ_CODE if p is Permission.FILE_READ else
+              {ResourceKind.PATH: _PATH_CODE, ResourceKind.HOST: _HOST_CODE}.get(p.kind, _NAME_CODE))
+    for p in Permission
+}
+_NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW = (
+    Reason.NOT_DECLARED, Reason.DENIED_BY_RULE, Reason.ALLOWED, Reason.NO_MATCHING_ALLOW)
+
+
+def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action: str, resource: str | None,
+         context: Mapping[str, Any] | None, revision: int) -> Decision:
+    """``_decide_general`` for an open plugin and an entry it has, ``resource`` a str or None:
+    the same steps with the permission's normalisation chosen by ``code``."""
+    normalised: str | HostPort | None = None
+    if resource is not None:
+        if len(resource) > MAX_RESOURCE_LENGTH:
+            return fast_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, (), (), revision)
+        try:
+            if code <= _READ_CODE:
+                normalised = resource = normalize_path(resource, table.plugin_dir)
+                if code == _READ_CODE and _implicit(table._code_dir, resource):
+                    return fast_decision(True, Reason.IMPLICIT, plugin, action, resource, (), (), revision)
+            elif code == _HOST_CODE:
+                normalised, resource = normalize_host_text(resource)
+            elif resource and "\0" not in resource and not resource.isspace():
+                normalised = resource  # a name is its own normal form (`normalize` checks the rest)
+            else:
+                normalised = normalize(_NAME, resource)
+        except (InvalidResourceError, TypeError, ValueError) as exc:
+            return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
+                            revision=revision)
+    else:
+        return _evaluate(entry, table, plugin, action, resource, None, context, revision)
+    # `_evaluate` for a resource (the common case), inline: a call less, and no `None` tests.
+    errors: list[str] | None = None
+    blocking: tuple[RuleRef, ...] | None = None
+    for test, ref, rule, plain in entry._deny_steps:
+        if test is None or test(normalised):
+            if not plain:
+                if errors is None:
+                    errors = []
+                if not _deny_applies(rule, table, context, errors):
+                    continue
+            blocking = (ref,) if blocking is None else (*blocking, ref)
+    if blocking is not None:
+        return fast_decision(False, _DENIED, plugin, action, resource, blocking,
+                             () if errors is None else tuple(errors), revision)
+    declared = entry._declared_test
+    if not entry.declared or (declared is not None and not declared(normalised)):
+        return _evaluate(entry, table, plugin, action, resource, normalised, context, revision)
+    granting: tuple[RuleRef, ...] | None = None
+    for test, ref, rule, plain in entry._allow_steps:
+        if test is None or test(normalised):
+            if not plain:
+                if errors is None:
+                    errors = []
+                if not _allow_applies(rule, table, context, errors):
+                    continue
+            granting = (ref,) if granting is None else (*granting, ref)
+    if granting is not None:
+        return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
+                             () if errors is None else tuple(errors), revision)
+    return fast_decision(False, _NO_ALLOW, plugin, action, resource, (),
+                         () if errors is None else tuple(errors), revision)
+
+
+_NAME = ResourceKind.NAME
+
+
+def _evaluate(entry: ActionEntry, table: PluginTable, plugin: str, action: str, resource: str | None,
+              normalised: str | HostPort | None, context: Mapping[str, Any] | None, revision: int) -> Decision:
+    """The rules of one entry for a normalised resource: denies, the declaration, allows."""
+    errors: list[str] | None = None
+    blocking: tuple[RuleRef, ...] | None = None
+    for test, ref, rule, plain in entry._deny_steps:
+        if test is None or (normalised is not None and test(normalised)):
+            if not plain:
+                if errors is None:
+                    errors = []
+                if not _deny_applies(rule, table, context, errors):
+                    continue
+            blocking = (ref,) if blocking is None else (*blocking, ref)
+    if blocking is not None:
+        return fast_decision(False, _DENIED, plugin, action, resource, blocking,
+                             () if errors is None else tuple(errors), revision)
+    declared = entry._declared_test
+    if not entry.declared or (declared is not None and (normalised is None or not declared(normalised))):
+        would = tuple(
+            ref for test, ref, rule, _ in entry._allow_steps
+            if rule.when is None and rule.unless is None
+            and (test is None or (normalised is not None and test(normalised)))
+        )
+        return fast_decision(False, _NOT_DECLARED, plugin, action, resource, would,
+                             () if errors is None else tuple(errors), revision)
+    granting: tuple[RuleRef, ...] | None = None
+    for test, ref, rule, plain in entry._allow_steps:
+        if test is None or (normalised is not None and test(normalised)):
+            if not plain:  # an allow whose condition could not be evaluated was never kept
+                if errors is None:
+                    errors = []
+                if not _allow_applies(rule, table, context, errors):
+                    continue
+            granting = (ref,) if granting is None else (*granting, ref)
+    if granting is not None:
+        return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
+                             () if errors is None else tuple(errors), revision)
+    return fast_decision(False, _NO_ALLOW, plugin, action, resource, (),
+                         () if errors is None else tuple(errors), revision)
 
 
 # Building ---------------------------------------------------------------------------------
@@ -434,7 +596,7 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
                 except ValueError:
                     continue  # invalid once filled in (an odd plugin_dir): the pattern matches nothing
         patterns = tuple(compiled)
-    return TableRule(rule.ref, patterns, when, unless, error)
+    return _table_rule(rule.ref, patterns, when, unless, error)
 
 
 def _for_kind(rule: TableRule, kind: ResourceKind) -> TableRule | None:
@@ -445,7 +607,7 @@ def _for_kind(rule: TableRule, kind: ResourceKind) -> TableRule | None:
         return None
     if len(patterns) == len(rule.patterns):
         return rule
-    return TableRule(rule.ref, patterns, rule.when, rule.unless, rule.error)
+    return _table_rule(rule.ref, patterns, rule.when, rule.unless, rule.error)
 
 
 def _declared_pattern(
