@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from policy_engine import Engine
+from policy_engine.table import PluginTable
 from policy_engine.decision_log import DecisionLog, DecisionLogger, flatten_event
 from policy_engine.enforcement.host import syscalls
 from policy_engine.enforcement.host.spec import lockdown_spec
@@ -17,6 +18,12 @@ from policy_engine.enforcement.host.view import MountKind, plan_view
 from policy_engine.enforcement.worker.lockdown import LockdownSpec, kernel_extras, landlock_plan
 
 from ..test_engine import manifest
+
+
+def _table(engine: Engine, plugin: str = "p") -> PluginTable:
+    table = engine.plugin_table(plugin)
+    assert table is not None
+    return table
 
 
 def _engine(tmp_path: Path) -> Engine:
@@ -36,7 +43,7 @@ def _engine(tmp_path: Path) -> Engine:
 def test_audit_mode_keeps_the_view_read_only_and_throws_writes_away(tmp_path: Path) -> None:
     engine = _engine(tmp_path)
     data = str(tmp_path / "data" / "p")
-    spec = lockdown_spec(engine, "p", tmp_path / "scratch", audit=True, data_dir=data)
+    spec = lockdown_spec(_table(engine), tmp_path / "scratch", audit=True, data_dir=data)
     assert spec.read_paths == (f"{tmp_path}/in",)
     assert spec.write_paths == ()
     assert set(spec.throwaway_paths) == {f"{tmp_path}/out", data}
@@ -53,7 +60,7 @@ def test_audit_mode_keeps_the_view_read_only_and_throws_writes_away(tmp_path: Pa
 
 
 def test_unsandboxed_audit_is_the_old_open_filesystem(tmp_path: Path) -> None:
-    spec = lockdown_spec(_engine(tmp_path), "p", tmp_path / "scratch", audit=True,
+    spec = lockdown_spec(_table(_engine(tmp_path)), tmp_path / "scratch", audit=True,
                          unsandboxed=True)
     assert spec.read_paths == ("/",) and spec.write_paths == ("/",)
     assert spec.throwaway_paths == () and spec.mask_paths == ()

@@ -162,7 +162,7 @@ def test_without_the_mechanism_the_plugin_is_refused_unless_accepted(
     assert "accept missing-disk-limit" in refusal
     accepted = _engine("limit disk 10MB\n accept missing-disk-limit")
     assert disk.disk_limit_refusal(accepted.effective("fill"), "fill") is None
-    assert resource_limits(accepted, "fill").disk_bytes == 0  # not held, as accepted
+    assert resource_limits(accepted.effective("fill")).disk_bytes == 0  # not held, as accepted
     files_only = disk.disk_limit_refusal(_engine("limit disk_files 10").effective("fill"), "fill")
     assert files_only is not None and "needs a `limit disk`" in files_only
 
@@ -173,7 +173,7 @@ def test_limit_disk_compiles_with_bytes_and_files() -> None:
     assert (limits.disk, limits.disk_files) == (64_000_000, 5000)
     assert resolve.__name__ == "resolve"
     if not disk.available():
-        assert resource_limits(engine, "fill").disk_bytes == 64_000_000
+        assert resource_limits(engine.effective("fill")).disk_bytes == 64_000_000
 
 
 def test_doctor_reports_the_mechanism_and_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:

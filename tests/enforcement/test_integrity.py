@@ -176,8 +176,8 @@ def test_a_file_swapped_between_the_check_and_the_start_never_runs(
     # Validation passes on the pinned files; the swap lands before the runner reads them.
     real = PluginSandbox.validate_plugin
 
-    def validate_then_swap(self: PluginSandbox, metadata: Any) -> Any:
-        result = real(self, metadata)
+    def validate_then_swap(self: PluginSandbox, metadata: Any, table: Any = None) -> Any:
+        result = real(self, metadata, table)
         (plugin / "integ" / "helper.py").write_text(EVIL)
         return result
 

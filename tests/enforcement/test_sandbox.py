@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from policy_engine import Engine
-from policy_engine.digest import plugin_digest
+from policy_engine.digest import plugin_digest, trust_line
 from policy_engine.enforcement.host import doctor
 from policy_engine.enforcement.host import sandbox as sandbox_module
 from policy_engine.enforcement.host.runners import InprocessPluginRunner, ProcessRunner
@@ -45,7 +45,7 @@ def pinned(tmp_path: Path, policy: str, permissions: tuple[str, ...] = ("file:re
     """A pinned plugin: its trust pin matches, so no host-dependent refusal applies."""
     directory = write_plugin(tmp_path, permissions)
     metadata = load_manifest(directory)
-    pin = f'trust plugin "demo" sha256 "{plugin_digest(directory)}"\n'
+    pin = trust_line("demo", plugin_digest(directory)) + "\n"
     return Engine.from_source(pin + policy, [metadata]), metadata
 
 
@@ -59,11 +59,15 @@ STRICT = 'allow plugin * to file:read on "/srv/**"\ndeny plugin * to file:read o
 POLICY = STRICT + "defaults { accept inexact-deny }\n"
 
 
-def test_modes_and_the_audit_refusal(tmp_path: Path) -> None:
+def test_modes_and_the_audit_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = Engine.from_source(POLICY, [], variables={"data_dir": str(tmp_path / "d")})
     with pytest.raises(ValueError, match="mode must be"):
         PluginSandbox(engine, mode="learn")  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="audit mode is not a sandbox"):
+    # Audit mode runs in the kernel sandbox; without bubblewrap it is refused unless the
+    # caller asks for the old, unsandboxed mode.
+    monkeypatch.setattr("policy_engine.enforcement.host.bwrap.available",
+                        lambda: "bubblewrap is not installed")
+    with pytest.raises(UsageError, match="not a sandbox"):
         PluginSandbox(engine, mode="audit")
     default = PluginSandbox(engine)
     assert default.data_dir == tmp_path / "d" and default.config == {}
@@ -299,9 +303,9 @@ def test_a_process_runner_is_built_from_the_table_it_is_given(tmp_path: Path) ->
         levels = runner._levels
         assert levels is not None
         report = SimpleNamespace(seccomp=True, missing=(), landlock_abi=6, scoping=True)
-        assert levels(report, True) == ("full", "")
+        assert levels(report, True, {}) == ("full", "")
         level, refusal = levels(SimpleNamespace(seccomp=False, missing=(), landlock_abi=0,
-                                                scoping=False), False)
+                                                scoping=False), False, {})
         assert level == "without-bubblewrap" and refusal == ""  # pinned: never refused
     finally:
         assert runner.scratch_dir is not None

@@ -218,16 +218,24 @@ def test_lockdown_spec_carries_the_grants_masks_and_limits(tmp_path: Path) -> No
     assert spec.mask_paths == ("/srv/a.key",)
 
 
-def test_lockdown_spec_in_audit_mode_opens_everything_but_keeps_limits(tmp_path: Path) -> None:
+def test_lockdown_spec_in_audit_mode_keeps_the_view_read_only_and_the_limits(
+        tmp_path: Path) -> None:
     engine = engine_for(tmp_path, """
         allow plugin * to file:read on "/srv/**"
         deny plugin * to file:read on "/srv/a.key"
     """, ["file:read /srv/**"])
-    spec = lockdown_spec(table_of(engine), tmp_path, audit=True)
-    assert spec.read_paths == ("/",) and spec.write_paths == ("/",)
+    spec = lockdown_spec(table_of(engine), tmp_path, audit=True, data_dir=str(tmp_path / "d"))
+    # The sandbox holds in audit mode: the grants' view, read-only, default denies masked,
+    # the data directory a throwaway tmpfs.
+    assert spec.read_paths == ("/srv",) and spec.write_paths == ()
+    assert spec.throwaway_paths == (str(tmp_path / "d"),)
     assert spec.allow_network and spec.allow_subprocess and spec.connect_any_port
-    assert spec.mask_paths == ()
+    assert spec.mask_paths == ("/srv/a.key",)
     assert spec.memory_bytes == engine.limits("demo").memory
+    # The old audit mode, asked for by name, is the open filesystem.
+    open_spec = lockdown_spec(table_of(engine), tmp_path, audit=True, unsandboxed=True)
+    assert open_spec.read_paths == ("/",) and open_spec.write_paths == ("/",)
+    assert open_spec.mask_paths == () and open_spec.throwaway_paths == ()
 
 
 def test_lockdown_spec_refuses_a_plugin_without_a_directory(tmp_path: Path) -> None:
@@ -294,7 +302,7 @@ def test_wire_table_evaluates_conditions_for_no_context(tmp_path: Path) -> None:
 def test_wire_table_of_a_plugin_whose_pin_does_not_match(tmp_path: Path) -> None:
     directory = plugin_dir(tmp_path, ["file:read"])
     wrong = "0" * 64 if plugin_digest(directory) != "0" * 64 else "1" * 64
-    engine = Engine.from_source(f'trust plugin "demo" sha256 "{wrong}"\nallow plugin * to file:read',
+    engine = Engine.from_source(f'trust plugin "demo" sha256-v2 "{wrong}"\nallow plugin * to file:read',
                                 [load_manifest(directory)])
     assert wire_table(table_of(engine)).trusted is False
 
