@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 
 from policy_engine import Engine
-from policy_engine.table import PluginTable
 from policy_engine.decision_log import DecisionLog, DecisionLogger, flatten_event
 from policy_engine.enforcement.host import syscalls
 from policy_engine.enforcement.host.spec import lockdown_spec
 from policy_engine.enforcement.host.supervisor import WorkerInit, view_inputs
 from policy_engine.enforcement.host.view import MountKind, plan_view
 from policy_engine.enforcement.worker.lockdown import LockdownSpec, kernel_extras, landlock_plan
+from policy_engine.table import PluginTable
 
 from ..test_engine import manifest
 
