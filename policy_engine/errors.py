@@ -146,6 +146,11 @@ class PermissionDeniedError(EnforcementError, PermissionError):
         return (type(self), (self.decision,))
 
 
+class KernelDeniedError(PermissionDeniedError):
+    """A denial the kernel enforced past the worker's hook: the host's seccomp listener
+    refused the system call and already recorded it (source ``kernel``)."""
+
+
 class PluginTimeoutError(EnforcementError, TimeoutError):
     """A plugin call ran past its time limit and was stopped."""
 

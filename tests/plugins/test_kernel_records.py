@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from policy_engine import Engine, PluginRaisedError
+from policy_engine import Engine, PermissionDeniedError, PluginRaisedError
 from policy_engine.decision_log import DecisionLog
 from policy_engine.enforcement.host import bwrap, sandbox, syscalls
 from policy_engine.enforcement.host.learn import learn
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.run import report_to_dict, run_plugins
 from policy_engine.enforcement.host.sandbox import PluginSandbox
+from policy_engine.errors import KernelDeniedError
 
 pytestmark = [
     pytest.mark.integration,
@@ -80,8 +81,9 @@ def test_a_dir_fd_open_the_hook_misreads_is_a_kernel_denial(
         logged: tuple[PluginLoader, io.StringIO], plugins: Path) -> None:
     loader, log = logged
     plugin = loader.load(plugins / "sneaky")
-    with pytest.raises(PluginRaisedError, match="PermissionError"):  # EACCES from the host
+    with pytest.raises(KernelDeniedError) as refused:  # EACCES from the host's listener
         plugin.dir_fd_read()
+    assert isinstance(refused.value, PermissionDeniedError)  # what callers already catch
     secret = str(plugins / "sneaky" / "secret.txt")
     records = [r for r in loader.sandbox.records("sneaky") if r.resource == secret]
     assert [(r.action, r.allowed, r.source) for r in records] == [("file:read", False, "kernel")]
@@ -94,8 +96,12 @@ def test_with_the_hook_off_a_plain_open_is_still_recorded_from_the_kernel(
     loader, log = logged
     plugin = loader.load(plugins / "sneaky")
     secret = plugins / "sneaky" / "secret.txt"
-    with pytest.raises(PluginRaisedError, match="PermissionError"):
+    # The kernel refused it (the host's listener answered EACCES): the call fails as the
+    # host decided it, a PermissionDeniedError carrying the host's Decision.
+    with pytest.raises(KernelDeniedError) as refused:
         plugin.plain_read(str(secret))
+    assert refused.value.decision.resource == str(secret)
+    assert refused.value.decision.reason.value == "not_declared"
     assert plugin.write_data("kept") == "written"  # an allowed open continues in the kernel
     assert (loader.sandbox.data_dir / "sneaky" / "note.txt").read_text() == "kept"
     denials = [r for r in loader.sandbox.records("sneaky") if not r.allowed]

@@ -22,6 +22,7 @@ from ...engine import Engine
 from ...errors import (
     EnforcementError,
     FileSizeError,
+    KernelDeniedError,
     ManifestError,
     PermissionDeniedError,
     PluginCrashedError,
@@ -122,8 +123,9 @@ class LoadedPlugin:
             result = self.runner.call(method, args, kwargs, timeout=timeout, phase=phase)
         except PermissionDeniedError as exc:
             self._note(method, "denied", str(exc).splitlines()[0])
-            self.loader.sandbox.record_denial(
-                exc, from_worker=self.runner.isolation.startswith("process"))
+            if not isinstance(exc, KernelDeniedError):  # the listener recorded that one
+                self.loader.sandbox.record_denial(
+                    exc, from_worker=self.runner.isolation.startswith("process"))
             raise
         except PluginTimeoutError as exc:
             self._note(method, "timeout", str(exc))

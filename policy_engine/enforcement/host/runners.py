@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import psutil
 
 from ...decision import Decision, Reason, deny
-from ...errors import PermissionDeniedError, PluginValidationError
+from ...errors import KernelDeniedError, PermissionDeniedError, PluginValidationError
 from ...plugin_api import PluginContext, base_for
 from ..inprocess.runner import InprocessRunner
 from ..wire import AuditRecord
@@ -155,7 +155,8 @@ class ProcessRunner:
         only what the plugin asked (action and resource), never why."""
         decide = self.services.decide
         asked = error.decision
-        if decide is None:
+        if decide is None or isinstance(error, KernelDeniedError):
+            # The host's listener decided that one itself (``decide_syscall``).
             return error
         action, resource = str(asked.action), asked.resource
         decision = decide(action, None if resource is None else str(resource))

@@ -37,12 +37,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
+from ...decision import Decision
 from ...digest import PluginTree, is_python_source, read_plugin_tree
 from ...errors import (
     ChannelValueError,
     EnforcementError,
     FileSizeError,
+    KernelDeniedError,
     PluginCrashedError,
+    PluginRaisedError,
     PluginTimeoutError,
     ResourceLimitError,
     UsageError,
@@ -260,6 +263,8 @@ class WorkerProcess:
         self._syscall_decide = syscall_decide
         self._audit = audit
         self._listener: SyscallListener | None = None
+        # The last denial the seccomp listener answered during the current call.
+        self._kernel_denial: Decision | None = None
         #: whether the current (or last) worker handed the host its seccomp listener
         self.kernel_records = False
         self._spin_seconds = spin
@@ -389,6 +394,7 @@ class WorkerProcess:
             deadline = time.monotonic() + timeout
             self._refuse_stray_frames()
             self._call_host_cpu = 0.0
+            self._kernel_denial = None
             output = self._output
             if output is not None:
                 output.begin_call()
@@ -683,10 +689,21 @@ class WorkerProcess:
         from ..worker.lockdown import kernel_extras
 
         def charge(seconds: float) -> None:
+            # The listener's CPU is the host's CPU spent on this plugin: the call's share
+            # check (:meth:`_exchange`) counts it too.
             self.host_cpu_seconds += seconds
+            self._call_host_cpu += seconds
+
+        decide = self._syscall_decide
+
+        def decide_and_remember(action: str, resource: str) -> Any:
+            decision = decide(action, resource)
+            if not getattr(decision, "allowed", True):
+                self._kernel_denial = decision  # the last one of this call
+            return decision
 
         self._listener = SyscallListener(
-            fds[0], plugin=init.plugin, decide=self._syscall_decide,
+            fds[0], plugin=init.plugin, decide=decide_and_remember,
             plugin_dir=spec.plugin_dir, scratch_dir=spec.scratch_dir,
             # Audit mode records those too (the kernel plan's extras serve its own wide grants).
             passthrough=(*kernel_extras(spec, devices_only=self._audit),
@@ -1028,6 +1045,12 @@ class WorkerProcess:
         if isinstance(reply, Result):
             return reply.value
         error = self._error_from(reply)
+        denial = self._kernel_denial
+        if denial is not None and isinstance(error, PluginRaisedError) \
+                and error.remote_type == "PermissionError":
+            # The kernel refused what the hook did not see (the host's listener answered
+            # EACCES/EPERM): the call fails as the host decided it, with the rule.
+            raise KernelDeniedError(denial) from error
         if isinstance(error, ResourceLimitError) and not isinstance(error, FileSizeError):
             # After a MemoryError the interpreter may be in a poor state: start afresh.
             self._kill()
