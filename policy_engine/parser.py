@@ -93,7 +93,7 @@ def _fast_policy(text: str, file: str, limits: InputLimits) -> nodes.PolicyFile 
     parsed by Lark piece by piece, each piece at its own line and column; None whenever
     anything is wrong (a syntax error, a limit, an invisible character, a non-ASCII plugin
     name), so that the full parse reports it exactly as it always has."""
-    if not _is_fast_grammar() or invisible_characters(text):
+    if not _is_fast_grammar() or limits.condition_depth < 1 or invisible_characters(text):
         return None
     pieces, comments = recognise(text, file)
     statements: list[nodes.Statement] = []
@@ -167,10 +167,15 @@ _OPERATOR_SCAN = re.compile(
 )
 
 
+_OPERATOR_WORDS = re.compile(r"\b(?:and|or|not)\b")
+
+
 def _check_operators(text: str, file: str, limits: InputLimits) -> None:
     """Count ``and``/``or``/``not`` and ``(`` per statement before Lark sees the text (one
     pass in C): parentheses add no depth to the tree, but parsing 50,000 of them costs more
     than a second."""
+    if text.count("(") + len(_OPERATOR_WORDS.findall(text)) <= limits.condition_operators:
+        return  # fewer in the whole file (strings and comments too) than one statement may hold
     count = 0
     for match in _OPERATOR_SCAN.finditer(text):
         word = match.group()

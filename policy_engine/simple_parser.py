@@ -2,9 +2,9 @@
 the LALR parser, producing exactly the nodes (and spans) that the full parser produces.
 
 Most statements of a real policy are simple: ``allow|deny plugin <who> to <permissions>
-[on <patterns>]`` without a condition, a ``policy`` header, a ``trust`` pin, a settings
-block. :func:`recognise` walks a file statement by statement; a statement it recognises
-becomes its node here, and anything else (a condition, an unusual spacing, a comment inside
+[on <patterns>]`` with at most one comparison (or bare operand) after ``when`` and after
+``unless``, a ``policy`` header, a ``trust`` pin, a settings block. :func:`recognise` walks a file statement by statement; a statement it recognises
+becomes its node here, and anything else (a condition with `and`, `or`, `not`, `in` or parentheses, an unusual spacing, a comment inside
 a rule, a keyword used as a name, a shape added to the grammar later, any error) is handed
 back as a :class:`Declined` region for the full parser. The recogniser is deliberately
 narrow: it accepts only token sequences that the full parser reads the same way (every word
@@ -70,11 +70,16 @@ _ACTION = r"(?:[a-z][a-z_]*:(?:\*|[a-z][a-z_]*)|\*)"
 _END = r"(?=[ \t\f\r\n#]|\Z)"
 _LIST = rf"{_WS}*,{_WS}*"
 
+_ATTRIBUTE = r"(?:plugin|context)\.[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_OPERAND = rf"(?:{_ATTRIBUTE}|{_STRING}|-?[0-9]+(?:\.[0-9]+)?|true|false)"
+# A condition here is one operand or one comparison; anything more goes to the full parser.
+_CONDITION = rf"{_OPERAND}(?:{_WS}+(?:==|!=|<=|>=|<|>){_WS}+{_OPERAND})?"
 _RULE = re.compile(
     rf"(?:allow|deny){_WS}+plugin{_WS}+(?:\*|{_STRING}(?:{_LIST}{_STRING})*){_WS}+to{_WS}+"
-    rf"{_ACTION}(?:{_LIST}{_ACTION})*(?:{_WS}+on{_WS}+{_STRING}(?:{_LIST}{_STRING})*)?{_END}"
+    rf"{_ACTION}(?:{_LIST}{_ACTION})*(?:{_WS}+on{_WS}+{_STRING}(?:{_LIST}{_STRING})*)?"
+    rf"(?:{_WS}+when{_WS}+{_CONDITION})?(?:{_WS}+unless{_WS}+{_CONDITION})?{_END}"
 )
-_RULE_TOKEN = re.compile(rf'{_STRING}|[^ \t\f\r\n,"]+')
+_RULE_PIECE = re.compile(rf'([ \t\f\r\n,]*)({_STRING}|[^ \t\f\r\n,"]+)')
 _HEADER = re.compile(rf"policy{_WS}+({_STRING})(?:{_WS}+version{_WS}+([0-9]+))?{_END}")
 _TRUST = re.compile(
     rf"trust{_WS}+plugin{_WS}+({_STRING}){_WS}+([A-Za-z_][A-Za-z0-9_\-]*){_WS}+({_STRING}){_END}")
@@ -237,57 +242,92 @@ def _statement(text: str, pos: int, file: str,
 
 def _rule(text: str, match: re.Match[str], file: str, lines: _Lines) -> nodes.Rule:
     start, end = match.span()
-    tokens = [(found.group(), found.start()) for found in _RULE_TOKEN.finditer(text, start, end)]
-    one_line = text.find("\n", start, end) < 0
-    if one_line:
-        line, column = lines.at(start)
-        base = start - column + 1
-
-        def span(word: str, at: int) -> Span:
-            return Span(file, line, at - base + 1, line, at - base + 1 + len(word))
+    raw = text[start:end]
+    line, column = lines.at(start)
+    words: list[tuple[str, int, int]] = []  # the word, its line and column
+    if "\n" not in raw:  # the common case: columns by arithmetic
+        for separator, word in _RULE_PIECE.findall(raw):
+            column += len(separator)
+            words.append((word, line, column))
+            column += len(word)
     else:
-        def span(word: str, at: int) -> Span:
-            here_line, here_column = lines.at(at)
-            return Span(file, here_line, here_column, here_line, here_column + len(word))
-
-    rule_start = span(tokens[0][0], tokens[0][1])
-    index = 2
-    plugins: tuple[str, ...] | None = None
-    plugin_spans: tuple[Span, ...] = ()
-    if tokens[index][0] == "*":
-        index += 1
-    else:
-        names: list[str] = []
-        spans: list[Span] = []
-        while tokens[index][0] != "to":
-            word, at = tokens[index]
-            names.append(unquote(word))
-            spans.append(span(word, at))
-            index += 1
-        plugins, plugin_spans = tuple(names), tuple(spans)
-    index += 1  # `to`
+        offset = start
+        for separator, word in _RULE_PIECE.findall(raw):
+            offset += len(separator)
+            words.append((word, *lines.at(offset)))
+            offset += len(word)
+    names: list[str] = []
+    plugin_spans: list[Span] = []
     actions: list[nodes.ActionRef] = []
-    count = len(tokens)
-    while index < count and tokens[index][0] != "on":
-        word, at = tokens[index]
-        actions.append(nodes.ActionRef(word, span(word, at)))
-        index += 1
-    patterns: tuple[nodes.PatternRef, ...] | None = None
-    if index < count:
-        patterns = tuple(nodes.PatternRef(unquote(word), span(word, at)) for word, at in tokens[index + 1:])
-    last = tokens[-1]
-    last_span = span(last[0], last[1])
+    patterns: list[nodes.PatternRef] | None = None
+    conditions: dict[str, list[tuple[str, Span]]] = {}
+    part = 0  # 0 effect, 1 `plugin`, 2 selector, 3 actions, 4 patterns, 5 a condition
+    any_plugin = False
+    clause: list[tuple[str, Span]] = []
+    for word, line, column in words:
+        if part == 2:
+            if word == "to":
+                part = 3
+            elif word == "*":
+                any_plugin = True
+            else:
+                names.append(unquote(word))
+                plugin_spans.append(Span(file, line, column, line, column + len(word)))
+        elif part >= 3 and word in ("when", "unless"):
+            part = 5
+            clause = conditions[word] = []
+        elif part == 3:
+            if word == "on":
+                part = 4
+                patterns = []
+            else:
+                actions.append(nodes.ActionRef(word, Span(file, line, column, line, column + len(word))))
+        elif part == 4:
+            assert patterns is not None
+            patterns.append(nodes.PatternRef(unquote(word), Span(file, line, column, line, column + len(word))))
+        elif part == 5:
+            clause.append((word, Span(file, line, column, line, column + len(word))))
+        else:
+            part += 1
+    first_line, first_column = words[0][1], words[0][2]
+    last, last_line, last_column = words[-1]
+    when = unless = None
+    if "when" in conditions:
+        when = _condition(conditions["when"], file)
+    if "unless" in conditions:
+        unless = _condition(conditions["unless"], file)
     return nodes.Rule(
-        effect=nodes.Effect.ALLOW if tokens[0][0] == "allow" else nodes.Effect.DENY,
-        plugins=plugins,
-        actions=tuple(actions),
-        patterns=patterns,
-        when=None,
-        unless=None,
-        span=Span(file, rule_start.line, rule_start.column, last_span.end_line, last_span.end_column),
-        text=source_text(text[start:end]),
-        plugin_spans=plugin_spans,
+        nodes.Effect.ALLOW if raw[0] == "a" else nodes.Effect.DENY,
+        None if any_plugin else tuple(names),
+        tuple(actions),
+        None if patterns is None else tuple(patterns),
+        when,
+        unless,
+        Span(file, first_line, first_column, last_line, last_column + len(last)),
+        source_text(raw),
+        tuple(plugin_spans),
     )
+
+
+def _condition(words: list[tuple[str, Span]], file: str) -> nodes.Condition:
+    """``operand`` or ``operand <comparator> operand``, as the full parser builds them."""
+    left = _operand(*words[0])
+    if len(words) == 1:
+        return nodes.Truthy(left, words[0][1])
+    first, last = words[0][1], words[2][1]
+    return nodes.Compare(words[1][0], left, _operand(*words[2]),
+                         Span(file, first.line, first.column, last.end_line, last.end_column))
+
+
+def _operand(word: str, span: Span) -> nodes.Operand:
+    if word[0] == '"':
+        return nodes.Literal(unquote(word), span)
+    if word == "true" or word == "false":
+        return nodes.Literal(word == "true", span)
+    if word[0] == "-" or word[0].isdigit():
+        return nodes.Literal(float(word), span)
+    root, *path = word.split(".")
+    return nodes.Attribute(root, tuple(path), span)
 
 
 def _block(text: str, pos: int, file: str,

@@ -27,8 +27,12 @@ _ACTIONS = ["file:read", "file:*", "*", "network:request", "a_b:c_d", "File:read
             "hook:register", "to", "on"]
 _PATTERNS = ['"/srv/**"', '"{plugin_dir}/*"', '"*.example.com:443"', '"[2001:db8::1]"', '"a,b"',
              '"#x"', '"\\t\\\\"', '"\u2028"', '"x\x00y"', '"unterminated', '"on"', '"a" "b"']
-_CONDITIONS = ["plugin.trusted", 'context.env == "prod"', "not plugin.x", "plugin.a and plugin.b",
-               'context.n in ["a", 1]', '(plugin.a or plugin.b)', 'context.x matches "a*"', "plugin."]
+_CONDITIONS = ["plugin.trusted", 'context.env == "prod"', "context.n >= 2", '"a" != context.x',
+               "plugin.version < 1.5", "context.x == true", "-1 < context.y", "context.a.b == plugin.c",
+               '"x"', "false", "not plugin.x", "plugin.a and plugin.b", 'context.n in ["a", 1]',
+               '(plugin.a or plugin.b)', 'context.x matches "a*"',
+               "plugin.", "context.x ==", "context.x == 1.", "context.x =< 2", "plugin.x-y == 1",
+               "context.x == 1 == 2", "contexts.x"]
 _SETTING_NAMES = ["memory", "cpu", "call", "disk", "max", "warn", "allow", "a-b", "x.y", "9x"]
 _QUANTITIES = ["30s", "500MB", "80%", "1.5s", "2", "30 s", "1.2.3", "\u0661\u0662s", "x"]
 
@@ -72,8 +76,9 @@ def _rule(draw: st.DrawFn) -> str:
     tokens += ["to", *_listed(draw, _ACTIONS)]
     if draw(st.booleans()):
         tokens += ["on", *_listed(draw, _PATTERNS)]
-    if draw(st.integers(0, 4)) == 0:
-        tokens += [draw(st.sampled_from(["when", "unless"])), _pick(draw, _CONDITIONS, 7)]
+    for clause in ("when", "unless"):
+        if draw(st.integers(0, 3)) == 0:
+            tokens += [clause, _pick(draw, _CONDITIONS, 15)]
     return _join(draw, tokens)
 
 
@@ -196,15 +201,17 @@ def test_the_simple_shapes_are_recognised_without_lark() -> None:
         'allow plugin "a", "b" to file:read, file:* on "/srv/**",\n    "{home}/x"  # two lines\n'
         'deny plugin * to *\n'
         'trust plugin "a" sha256 "ab12"\n'
+        'allow plugin "c" to hook:register on "e.*" when context.env == "prod" unless plugin.trusted\n'
+        'deny plugin "c" to x:y when\n  context.n >= -1.5\n'
     )
     pieces, comments = recognise(text, "p.policy")
     assert not any(isinstance(p, Declined) for p in pieces)
-    assert len(pieces) == 6 and len(comments) == 3
+    assert len(pieces) == 8 and len(comments) == 3
     assert parser._fast_policy(text, "p.policy", DEFAULT_LIMITS) == parser._full_policy(text, "p.policy", DEFAULT_LIMITS)
 
 
 def test_a_condition_goes_to_lark_at_its_own_position() -> None:
-    text = 'allow plugin "a" to x:y\n\n  allow plugin "a" to x:y when plugin.t # c\ndeny plugin * to *\n'
+    text = 'allow plugin "a" to x:y\n\n  allow plugin "a" to x:y when not plugin.t # c\ndeny plugin * to *\n'
     pieces, _ = recognise(text, "p.policy")
     assert [type(p).__name__ for p in pieces] == ["Rule", "Declined", "Rule"]
     declined = pieces[1]
