@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["CODE_SUFFIXES", "DEVICES", "SYSTEM_DATA", "SYSTEM_LIBRARIES", "ImplicitReads",
            "implicit_reads", "runtime_roots"]
@@ -64,12 +64,17 @@ class ImplicitReads:
 
     trees: tuple[str, ...]
     plugin_dir: str | None = None
+    # The trees as prefixes, for one C-level startswith per check (a worker asks for every
+    # file it opens); derived, so not compared.
+    _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_prefixes", tuple(root + "/" for root in self.trees))
 
     def covers(self, path: str) -> bool:
         """Whether reading ``path`` (absolute, normalised) needs no grant."""
-        for root in self.trees:
-            if path == root or path.startswith(root + "/"):
-                return True
+        if path.startswith(self._prefixes) or path in self.trees:
+            return True
         return self.is_code(path)
 
     def is_code(self, path: str) -> bool:
