@@ -22,7 +22,7 @@ from .decision import RuleRef
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
 from .errors import PolicyCompileError
 from .nodes import Effect
-from .patterns import PatternError, compile_pattern
+from .patterns import Pattern, PatternError, compile_pattern
 from .permissions import ACTION_SPELLINGS, Permission, ResourceKind, expand_action
 from .risks import RISKS, risk_names
 from .settings import (
@@ -57,6 +57,9 @@ class CompiledPattern:
     per_plugin: bool
     kinds: frozenset[ResourceKind]
     span: Span
+    #: Without per-plugin variables, the pattern compiled for each of ``kinds`` while it was
+    #: checked: every plugin table shares these instead of compiling the text again.
+    compiled: Mapping[ResourceKind, Pattern] | None = field(default=None, compare=False, repr=False)
 
     def instantiate(self, plugin: str, plugin_dir: str) -> str:
         """The pattern text for one plugin."""
@@ -115,6 +118,8 @@ class _Context:
     variables: Mapping[str, str]
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    # One compiled pattern per (kind, text) across the rules, as the tables share them.
+    patterns: dict[tuple[ResourceKind, str], Pattern] = field(default_factory=dict)
 
     def error(self, message: str, span: Span, hint: str | None = None, *, code: str) -> None:
         self.diagnostics.append(
@@ -235,19 +240,28 @@ def expand_variables(
 
 def check_pattern(text: str, kinds: Iterable[ResourceKind]) -> tuple[frozenset[ResourceKind], PatternError | None]:
     """The kinds a (variable-filled) pattern is valid for, and the first error otherwise."""
+    valid, first_error = checked_pattern(text, kinds)
+    return frozenset(valid), first_error
+
+
+def checked_pattern(
+    text: str, kinds: Iterable[ResourceKind]
+) -> tuple[dict[ResourceKind, Pattern], PatternError | None]:
+    """As :func:`check_pattern`, with what the check compiled: each valid kind's pattern of
+    ``text``, per-plugin variables filled with samples (so the text's own pattern exactly
+    when it has none)."""
     sample = text
-    for name, value in _SAMPLE.items():
-        sample = sample.replace("{" + name + "}", value)
-    valid: set[ResourceKind] = set()
+    if "{" in sample:
+        for name, value in _SAMPLE.items():
+            sample = sample.replace("{" + name + "}", value)
+    valid: dict[ResourceKind, Pattern] = {}
     first_error: PatternError | None = None
     for kind in sorted(kinds, key=lambda k: k.value):
         try:
-            compile_pattern(kind, sample)
+            valid[kind] = compile_pattern(kind, sample)
         except PatternError as exc:
             first_error = first_error or exc
-        else:
-            valid.add(kind)
-    return frozenset(valid), first_error
+    return valid, first_error
 
 
 def _compile_pattern(
@@ -265,17 +279,20 @@ def _compile_pattern(
         return None
     if not kinds:
         return None
-    valid, error = check_pattern(text, kinds)
+    valid, error = checked_pattern(text, kinds)
     if not valid:
         assert error is not None
         ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code=codes.INVALID_PATTERN)
         return None
+    per_plugin = "{" in text and any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES)
     return CompiledPattern(
         text=text,
         source=pattern.text,
-        per_plugin=any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES),
-        kinds=valid,
+        per_plugin=per_plugin,
+        kinds=frozenset(valid),
         span=pattern.span,
+        compiled=None if per_plugin else MappingProxyType(
+            {kind: ctx.patterns.setdefault((kind, text), found) for kind, found in valid.items()}),
     )
 
 

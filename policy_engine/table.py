@@ -425,6 +425,10 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
     if rule.patterns is not None:
         compiled: list[Pattern] = []
         for pattern in rule.patterns:
+            shared = pattern.compiled
+            if shared is not None:  # no per-plugin variable: compiled once, by the compiler
+                compiled.extend(shared[kind] for kind in pattern.kinds)
+                continue
             if facts.plugin_dir is None and "{plugin_dir}" in pattern.text:
                 continue  # no directory, so `{plugin_dir}` names nothing: never the cwd
             text = pattern.instantiate(facts.name, facts.plugin_dir or "")
@@ -460,7 +464,14 @@ def _declared_pattern(
             f"unknown variable {names} in scope `{scope}` of `{permission.value}`",
             Span(facts.manifest_file, 0, 0), hint, code=codes.MANIFEST_UNKNOWN_VARIABLE, pointer=pointer))
         return None
-    valid, error = check_pattern(text, (_KINDS[permission],))
+    kind = _KINDS[permission]
+    if "{" not in text:
+        # No variable left: the check is this compile, shared by every plugin declaring it.
+        try:
+            return cached_pattern(kind, text)
+        except ValueError:
+            pass  # reported below, as any invalid scope
+    valid, error = check_pattern(text, (kind,))
     if not valid:
         problems.append(Diagnostic(
             f"invalid scope `{scope}` for `{permission.value}`: {error}",
@@ -475,6 +486,6 @@ def _declared_pattern(
         return None
     filled = text.replace("{plugin_dir}", facts.plugin_dir or "").replace("{plugin}", facts.name)
     try:
-        return cached_pattern(_KINDS[permission], filled)
+        return cached_pattern(kind, filled)
     except ValueError:
         return None
