@@ -28,7 +28,7 @@ from .matchers import Matcher, any_matcher
 from .nodes import Effect
 from .patterns import HostPort, InvalidResourceError, Pattern, compile_pattern, normalize
 from .permissions import Permission, ResourceKind
-from .settings import EMPTY_OVERLAY, Effective, resolve
+from .settings import EMPTY_OVERLAY, Effective, Overlay, resolve
 
 __all__ = [
     "ActionEntry",
@@ -386,12 +386,11 @@ def build_plugin_table(
             allows=tuple(allows.get(permission, ())),
             denies=tuple(denies.get(permission, ())),
         )
-    effective = resolve(
-        policy.defaults,
-        policy.plugin_settings.get(facts.name, EMPTY_OVERLAY),
-        facts.requested_timeouts,
-        facts.requested_limits,
-    )
+    overlay = policy.plugin_settings.get(facts.name, EMPTY_OVERLAY)
+    if facts.requested_timeouts or facts.requested_limits:
+        effective = resolve(policy.defaults, overlay, facts.requested_timeouts, facts.requested_limits)
+    else:
+        effective = _resolved(policy.defaults, overlay)
     table = PluginTable(
         name=facts.name,
         plugin_dir=facts.plugin_dir,
@@ -403,6 +402,22 @@ def build_plugin_table(
         effective=effective,
     )
     return table, problems
+
+
+# The settings of the last (defaults, plugin block) pair resolved without requests: most
+# plugins of a policy have no block of their own and ask for nothing, so they share one
+# (immutable) Effective instead of each resolving and holding its own.
+_last_resolved: tuple[Overlay, Overlay, Effective] | None = None
+
+
+def _resolved(defaults: Overlay, overlay: Overlay) -> Effective:
+    global _last_resolved
+    last = _last_resolved
+    if last is not None and last[0] is defaults and last[1] is overlay:
+        return last[2]
+    effective = resolve(defaults, overlay)
+    _last_resolved = (defaults, overlay, effective)
+    return effective
 
 
 def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str, Any]) -> TableRule | None:
