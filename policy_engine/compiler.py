@@ -128,22 +128,35 @@ class _Context:
         )
 
 
+#: What :func:`compile_policy` compiled per file: ``id(file) -> (file, variables, rules)``.
+RuleMemo = dict[int, tuple[nodes.PolicyFile, dict[str, str], tuple["CompiledRule", ...]]]
+
+
 def compile_policy(
-    files: Iterable[nodes.PolicyFile], variables: Mapping[str, str] | None = None
+    files: Iterable[nodes.PolicyFile], variables: Mapping[str, str] | None = None,
+    *, memo: RuleMemo | None = None,
 ) -> PolicySet:
     """Check parsed policy files and build a :class:`PolicySet`.
 
     ``variables`` are the host's template variables (``{data_dir}``, ``{home}``, ...).
-    Raises :class:`PolicyCompileError` carrying every problem found.
+    Raises :class:`PolicyCompileError` carrying every problem found. With ``memo`` (kept by
+    the caller between compiles), the rules of a file that is the very object compiled last
+    time, with the same variables, are taken from it instead of compiled again (a rule's
+    compilation depends on nothing else); after a successful compile the memo holds this
+    compile's files only.
     """
     ordered = tuple(sorted(files, key=lambda f: f.path))
     ctx = _Context(ordered, dict(variables or {}))
     ctx.sources = {f.path: f.source for f in ordered}
-    rules = _compile_rules(ctx)
+    fresh: RuleMemo = {}
+    rules = _compile_rules(ctx, memo, fresh)
     settings = _compile_settings(ctx)
     pins = _compile_pins(ctx)
     if ctx.diagnostics:
         raise PolicyCompileError(sorted(ctx.diagnostics, key=_position))
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     digest = hashlib.sha256()
     for f in ordered:
         digest.update(f"{len(f.path)}:{f.path}{len(f.source)}:{f.source}".encode())
@@ -168,13 +181,25 @@ def _position(d: Diagnostic) -> tuple[str, int, int]:
 # Pass: rules ------------------------------------------------------------------------------
 
 
-def _compile_rules(ctx: _Context) -> tuple[CompiledRule, ...]:
+def _compile_rules(ctx: _Context, memo: RuleMemo | None = None,
+                   fresh: RuleMemo | None = None) -> tuple[CompiledRule, ...]:
     rules: list[CompiledRule] = []
     for policy_file in ctx.files:
+        known = memo.get(id(policy_file)) if memo is not None else None
+        if known is not None and known[0] is policy_file and known[1] == ctx.variables:
+            rules.extend(known[2])
+            if fresh is not None:
+                fresh[id(policy_file)] = known
+            continue
+        before = len(ctx.diagnostics)
+        compiled_rules: list[CompiledRule] = []
         for rule in policy_file.rules:
             compiled = _compile_rule(ctx, rule)
             if compiled is not None:
-                rules.append(compiled)
+                compiled_rules.append(compiled)
+        rules.extend(compiled_rules)
+        if fresh is not None and len(ctx.diagnostics) == before:
+            fresh[id(policy_file)] = (policy_file, dict(ctx.variables), tuple(compiled_rules))
     return tuple(rules)
 
 

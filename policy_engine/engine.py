@@ -26,7 +26,7 @@ import cachetools
 
 from . import codes
 from .changes import ChangeDetector
-from .compiler import CompiledRule, PolicySet, compile_policy
+from .compiler import CompiledRule, PolicySet, RuleMemo, compile_policy
 from .decision import Decision, Reason, deny
 from .decision_log import DecisionLog
 from .diagnostics import Diagnostic
@@ -247,6 +247,8 @@ class Engine:
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
         self._sources = dict(policy_sources)
         self._parsed: ChangeDetector[PolicyFile] = ChangeDetector()
+        # Each unchanged file's compiled rules (the parse memo above keeps its object).
+        self._compiled: RuleMemo = {}
         self._revision = 0
         # One change detector per plugins directory: its manifests by path, content = the
         # resolved path and the bytes (a symlinked plugin directory moved is a change).
@@ -400,7 +402,8 @@ class Engine:
         manifests: tuple[list[PluginMetadata], list[Diagnostic]],
         previous: _Snapshot | None,
     ) -> _Snapshot:
-        policy = compile_policy(parse_sources(sources, self._parsed), self._variables)
+        policy = compile_policy(parse_sources(sources, self._parsed), self._variables,
+                                memo=self._compiled)
         by_plugin: dict[str, list[CompiledRule]] = {}
         wildcard: list[CompiledRule] = []
         for rule in policy.rules:

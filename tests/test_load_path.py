@@ -1,9 +1,11 @@
-"""The load path's shortcuts leave no trace: the cycle collector is restored as found."""
+"""The load path's shortcuts leave no trace: the cycle collector is restored as found, and a
+reload reuses the compiled rules of unchanged files only."""
 
 from __future__ import annotations
 
 import gc
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +52,19 @@ def test_concurrent_builds_leave_the_collector_on() -> None:
         thread.join()
     assert not errors
     assert gc.isenabled()
+
+
+def test_a_reload_compiles_only_the_files_that_changed(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "a.policy").write_text('allow plugin "a" to file:read on "/srv/a/**"\n')
+    (policies / "b.policy").write_text('allow plugin * to hook:register on "core.*"\n')
+    engine = Engine.load(policies)
+    before = {rule.ref.file: rule for rule in engine._state.policy.rules}
+    (policies / "b.policy").write_text('deny plugin * to hook:register on "core.x"\n')
+    engine.reload()
+    after = {rule.ref.file: rule for rule in engine._state.policy.rules}
+    a, b = str(policies / "a.policy"), str(policies / "b.policy")
+    assert after[a] is before[a]  # unchanged file: its compiled rule reused
+    assert after[b] != before[b]
+    assert engine._state.policy.rules == Engine.load(policies)._state.policy.rules
