@@ -57,9 +57,10 @@ class CompiledPattern:
     per_plugin: bool
     kinds: frozenset[ResourceKind]
     span: Span
-    #: Without per-plugin variables, the pattern compiled for each of ``kinds`` while it was
-    #: checked: every plugin table shares these instead of compiling the text again.
-    compiled: Mapping[ResourceKind, Pattern] | None = field(default=None, compare=False, repr=False)
+    #: Without per-plugin variables, the pattern compiled for each of ``kinds`` (in their
+    #: iteration order) while it was checked: every plugin table shares these instead of
+    #: compiling the text again.
+    compiled: tuple[Pattern, ...] | None = field(default=None, compare=False, repr=False)
 
     def instantiate(self, plugin: str, plugin_dir: str) -> str:
         """The pattern text for one plugin."""
@@ -310,14 +311,16 @@ def _compile_pattern(
         ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code=codes.INVALID_PATTERN)
         return None
     per_plugin = "{" in text and any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES)
+    kinds = frozenset(valid)
     return CompiledPattern(
         text=text,
         source=pattern.text,
         per_plugin=per_plugin,
-        kinds=frozenset(valid),
+        kinds=kinds,
         span=pattern.span,
-        compiled=None if per_plugin else MappingProxyType(
-            {kind: ctx.patterns.setdefault((kind, text), found) for kind, found in valid.items()}),
+        # In the order of `kinds`, as the tables take them.
+        compiled=None if per_plugin else tuple(
+            ctx.patterns.setdefault((kind, text), valid[kind]) for kind in kinds),
     )
 
 

@@ -442,7 +442,7 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
         for pattern in rule.patterns:
             shared = pattern.compiled
             if shared is not None:  # no per-plugin variable: compiled once, by the compiler
-                compiled.extend(shared[kind] for kind in pattern.kinds)
+                compiled.extend(shared)
                 continue
             if facts.plugin_dir is None and "{plugin_dir}" in pattern.text:
                 continue  # no directory, so `{plugin_dir}` names nothing: never the cwd
