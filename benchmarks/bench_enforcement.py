@@ -17,8 +17,12 @@
    call path, the time until frozen and the resume, measured apart, and the warm round trip
    with and without them, interleaved (the difference is what the freeze costs a call); the
    mechanism holding each limit is printed.
+9. the worker's check of one audited ``open()``, allowed and denied: the worker's audit
+   hook (``worker/audit.py``) and checker (``worker/checker.py``, built from the plugin's
+   table as the host sends it) called in this process exactly as the interpreter calls the
+   installed hook, without the ``open()`` itself.
 
-Run: ``python benchmarks/bench_enforcement.py``.
+Run: ``python benchmarks/bench_enforcement.py`` (``--open-check``: row 8 only).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from policy_engine.enforcement.host import bwrap, cgroup
 from policy_engine.enforcement.host.broker import BrokerLimits, NetworkBroker
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.sandbox import PluginSandbox
+from policy_engine.enforcement.host.spec import checker_data
 from policy_engine.enforcement.host.supervisor import WorkerInit, WorkerProcess
 from policy_engine.enforcement.host.usage import ResourceLimits
 from policy_engine.enforcement.inprocess.runner import (
@@ -47,8 +52,11 @@ from policy_engine.enforcement.inprocess.runner import (
     install_audit_hook,
     running_as,
 )
+from policy_engine.enforcement.worker.audit import AuditGuard
 from policy_engine.enforcement.worker.checker import make_checker
 from policy_engine.enforcement.worker.lockdown import LockdownSpec
+from policy_engine.errors import PermissionDeniedError
+from policy_engine.implicit import implicit_reads
 from policy_engine.manifest import load_manifest, manifest_from_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,7 +322,49 @@ def bench_freeze(scratch: Path) -> tuple[dict[str, list[float]], list[str]]:
     return results, notes
 
 
+_OPEN_ALLOWED = "worker's check of one audited open(), allowed"
+_OPEN_DENIED = "worker's check of one audited open(), denied"
+
+
+def bench_open_check(scratch: Path) -> dict[str, list[float]]:
+    """The worker's audit hook deciding one ``open()`` of a file its table grants, and of
+    one it does not, with the implicit-read list a worker has."""
+    plugin_dir, data, other = scratch / "plugin", scratch / "data", scratch / "other"
+    for directory in (plugin_dir, data, other, scratch / "scratch"):
+        directory.mkdir(exist_ok=True)
+    (data / "table.csv").write_text("x")
+    (other / "secret.txt").write_text("x")
+    policy = (f'allow plugin "reader" to file:read on "{data}/**", "{scratch}/shared/*.csv"\n'
+              f'deny plugin * to file:* on "{scratch}/etc/**"\n')
+    manifest = manifest_from_mapping({"name": "reader", "version": "1.0.0", "type": "agent", "entry_point": "p:P",
+                                      "permissions": [f"file:read {data}/**"]})
+    engine = Engine.from_source(policy, [manifest], plugin_paths={"reader": plugin_dir})
+    checker = make_checker(checker_data(engine, "reader"), plugin="reader")
+    extra = tuple(p for p in sys.path if p and os.path.isabs(p))
+    guard = AuditGuard(checker, plugin="reader", scratch_dir=str(scratch / "scratch"),
+                       implicit=implicit_reads(str(plugin_dir), scratch_dir=str(scratch / "scratch"),
+                                               extra_paths=extra),
+                       allow_subprocess=False, allow_network=False)
+    hook = guard._hook  # what sys.addaudithook would call; not installed: it cannot be removed
+    allowed_args = (str(data / "table.csv"), "r", os.O_RDONLY | os.O_CLOEXEC)
+    denied_args = (str(other / "secret.txt"), "r", os.O_RDONLY | os.O_CLOEXEC)
+
+    def denied() -> None:
+        try:
+            hook("open", denied_args)
+        except PermissionDeniedError:
+            return
+        raise AssertionError("the denied open was allowed")
+
+    hook("open", allowed_args)  # builds the table's matchers, as the worker's preload does
+    denied()
+    return {_OPEN_ALLOWED: per_call(lambda: hook("open", allowed_args), batch=5000, rounds=50),
+            _OPEN_DENIED: per_call(denied, batch=5000, rounds=50)}
+
+
 TARGETS = {
+    _OPEN_ALLOWED: "<= 3 µs",
+    _OPEN_DENIED: "<= 3 µs",
     "wrapped in-process call, added": "<= 2 µs",
     "audited event in host code, no plugin active, added": "(prototype: 0.13-0.15 µs)",
     "host open(), hook installed, no plugin active, added": "<= 0.5 µs",
@@ -332,13 +382,7 @@ TARGETS = {
 }
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.ERROR)  # the loader's scan warnings are not the point here
-    with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
-        scratch = Path(tmp)
-        freeze_rows, freeze_notes = bench_freeze(scratch)
-        rows = {**bench_inprocess(scratch), **bench_process(scratch),
-                **bench_bubblewrap(scratch), **bench_broker(scratch), **freeze_rows}
+def _print_rows(rows: dict[str, list[float]]) -> None:
     name_width = max(len(n) for n in rows)
     print(f"{'measure':<{name_width}}  {'median':>12}  {'p99':>12}  target")
     print("-" * (name_width + 40))
@@ -348,6 +392,21 @@ def main() -> None:
         scale = 1000 if unit == "ms" else 1
         target = TARGETS.get(name, "<= 150 µs" if name.startswith("warm") else "(no target)")
         print(f"{name:<{name_width}}  {med / scale:>9.2f} {unit}  {high / scale:>9.2f} {unit}  {target}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.ERROR)  # the loader's scan warnings are not the point here
+    if sys.argv[1:] == ["--open-check"]:
+        with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
+            _print_rows(bench_open_check(Path(os.path.realpath(tmp))))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
+        scratch = Path(tmp)
+        freeze_rows, freeze_notes = bench_freeze(scratch)
+        rows = {**bench_inprocess(scratch), **bench_process(scratch),
+                **bench_bubblewrap(scratch), **bench_broker(scratch), **freeze_rows,
+                **bench_open_check(Path(os.path.realpath(tmp)))}
+    _print_rows(rows)
     plain = rows.get("cold start, today's layers only")
     boxed = rows.get("cold start under bubblewrap")
     if plain and boxed:

@@ -7,6 +7,7 @@ The parser reports them in policies and manifest permission entries (see the REA
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 __all__ = ["ascii_lookalike", "describe", "invisible_characters"]
@@ -17,6 +18,7 @@ _INVISIBLE = frozenset(
     "\u061c\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
     "\u2060\u2066\u2067\u2068\u2069\ufeff"
 )
+_INVISIBLE_RE = re.compile("[" + "".join(sorted(_INVISIBLE)) + "]")
 
 # Letters from other scripts that render like ASCII letters in common fonts (a subset of
 # Unicode's confusables.txt: the Cyrillic, Greek and Latin-extension letters seen in
@@ -49,7 +51,10 @@ def describe(char: str) -> str:
 def invisible_characters(text: str) -> list[int]:
     """Offsets of the bidirectional controls and invisible characters in ``text`` (a
     byte-order mark at offset 0 is not one)."""
-    return [i for i, char in enumerate(text) if char in _INVISIBLE and not (i == 0 and char == "\ufeff")]
+    if text.isascii():
+        return []
+    return [found.start() for found in _INVISIBLE_RE.finditer(text)
+            if not (found.start() == 0 and found.group() == "\ufeff")]
 
 
 def ascii_lookalike(text: str) -> str | None:

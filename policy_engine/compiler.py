@@ -23,7 +23,7 @@ from .diagnostics import Diagnostic, Span, did_you_mean, source_line
 from .digest import ALGORITHM, DIGEST_PREFIX, OLD_ALGORITHM
 from .errors import PolicyCompileError
 from .nodes import Effect
-from .patterns import PatternError, compile_pattern, with_stand_ins
+from .patterns import Pattern, PatternError, compile_pattern, with_stand_ins
 from .permissions import ACTION_SPELLINGS, Permission, ResourceKind, expand_action
 from .risks import RISKS, risk_names
 from .settings import (
@@ -57,6 +57,10 @@ class CompiledPattern:
     per_plugin: bool
     kinds: frozenset[ResourceKind]
     span: Span
+    #: Without per-plugin variables, the pattern compiled for each of ``kinds`` (in their
+    #: iteration order) while it was checked: every plugin table shares these instead of
+    #: compiling the text again.
+    compiled: tuple[Pattern, ...] | None = field(default=None, compare=False, repr=False)
 
     def instantiate(self, plugin: str, plugin_dir: str) -> str:
         """The pattern text for one plugin."""
@@ -116,6 +120,8 @@ class _Context:
     variables: Mapping[str, str]
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    # One compiled pattern per (kind, text) across the rules, as the tables share them.
+    patterns: dict[tuple[ResourceKind, str], Pattern] = field(default_factory=dict)
 
     def error(self, message: str, span: Span, hint: str | None = None, *, code: str) -> None:
         self.diagnostics.append(
@@ -124,22 +130,35 @@ class _Context:
         )
 
 
+#: What :func:`compile_policy` compiled per file: ``id(file) -> (file, variables, rules)``.
+RuleMemo = dict[int, tuple[nodes.PolicyFile, dict[str, str], tuple["CompiledRule", ...]]]
+
+
 def compile_policy(
-    files: Iterable[nodes.PolicyFile], variables: Mapping[str, str] | None = None
+    files: Iterable[nodes.PolicyFile], variables: Mapping[str, str] | None = None,
+    *, memo: RuleMemo | None = None,
 ) -> PolicySet:
     """Check parsed policy files and build a :class:`PolicySet`.
 
     ``variables`` are the host's template variables (``{data_dir}``, ``{home}``, ...).
-    Raises :class:`PolicyCompileError` carrying every problem found.
+    Raises :class:`PolicyCompileError` carrying every problem found. With ``memo`` (kept by
+    the caller between compiles), the rules of a file that is the very object compiled last
+    time, with the same variables, are taken from it instead of compiled again (a rule's
+    compilation depends on nothing else); after a successful compile the memo holds this
+    compile's files only.
     """
     ordered = tuple(sorted(files, key=lambda f: f.path))
     ctx = _Context(ordered, dict(variables or {}))
     ctx.sources = {f.path: f.source for f in ordered}
-    rules = _compile_rules(ctx)
+    fresh: RuleMemo = {}
+    rules = _compile_rules(ctx, memo, fresh)
     settings = _compile_settings(ctx)
     pins = _compile_pins(ctx)
     if ctx.diagnostics:
         raise PolicyCompileError(sorted(ctx.diagnostics, key=_position))
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     digest = hashlib.sha256()
     for f in ordered:
         digest.update(f"{len(f.path)}:{f.path}{len(f.source)}:{f.source}".encode())
@@ -164,13 +183,25 @@ def _position(d: Diagnostic) -> tuple[str, int, int]:
 # Pass: rules ------------------------------------------------------------------------------
 
 
-def _compile_rules(ctx: _Context) -> tuple[CompiledRule, ...]:
+def _compile_rules(ctx: _Context, memo: RuleMemo | None = None,
+                   fresh: RuleMemo | None = None) -> tuple[CompiledRule, ...]:
     rules: list[CompiledRule] = []
     for policy_file in ctx.files:
+        known = memo.get(id(policy_file)) if memo is not None else None
+        if known is not None and known[0] is policy_file and known[1] == ctx.variables:
+            rules.extend(known[2])
+            if fresh is not None:
+                fresh[id(policy_file)] = known
+            continue
+        before = len(ctx.diagnostics)
+        compiled_rules: list[CompiledRule] = []
         for rule in policy_file.rules:
             compiled = _compile_rule(ctx, rule)
             if compiled is not None:
-                rules.append(compiled)
+                compiled_rules.append(compiled)
+        rules.extend(compiled_rules)
+        if fresh is not None and len(ctx.diagnostics) == before:
+            fresh[id(policy_file)] = (policy_file, dict(ctx.variables), tuple(compiled_rules))
     return tuple(rules)
 
 
@@ -236,17 +267,25 @@ def expand_variables(
 
 def check_pattern(text: str, kinds: Iterable[ResourceKind]) -> tuple[frozenset[ResourceKind], PatternError | None]:
     """The kinds a (variable-filled) pattern is valid for, and the first error otherwise."""
-    sample = with_stand_ins(text)  # the one treatment of templates (patterns.py)
-    valid: set[ResourceKind] = set()
+    valid, first_error = checked_pattern(text, kinds)
+    return frozenset(valid), first_error
+
+
+def checked_pattern(
+    text: str, kinds: Iterable[ResourceKind]
+) -> tuple[dict[ResourceKind, Pattern], PatternError | None]:
+    """As :func:`check_pattern`, with what the check compiled: each valid kind's pattern of
+    ``text``, per-plugin variables filled with their stand-ins (so the text's own pattern exactly
+    when it has none)."""
+    sample = with_stand_ins(text) if "{" in text else text  # the one treatment of templates
+    valid: dict[ResourceKind, Pattern] = {}
     first_error: PatternError | None = None
     for kind in sorted(kinds, key=lambda k: k.value):
         try:
-            compile_pattern(kind, sample)
+            valid[kind] = compile_pattern(kind, sample)
         except PatternError as exc:
             first_error = first_error or exc
-        else:
-            valid.add(kind)
-    return frozenset(valid), first_error
+    return valid, first_error
 
 
 def _compile_pattern(
@@ -264,17 +303,22 @@ def _compile_pattern(
         return None
     if not kinds:
         return None
-    valid, error = check_pattern(text, kinds)
+    valid, error = checked_pattern(text, kinds)
     if not valid:
         assert error is not None
         ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code=codes.INVALID_PATTERN)
         return None
+    per_plugin = "{" in text and any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES)
+    kinds = frozenset(valid)
     return CompiledPattern(
         text=text,
         source=pattern.text,
-        per_plugin=any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES),
-        kinds=valid,
+        per_plugin=per_plugin,
+        kinds=kinds,
         span=pattern.span,
+        # In the order of `kinds`, as the tables take them.
+        compiled=None if per_plugin else tuple(
+            ctx.patterns.setdefault((kind, text), valid[kind]) for kind in kinds),
     )
 
 

@@ -38,24 +38,22 @@ def references_context(condition: nodes.Condition | None) -> bool:
 
 
 def attributes(condition: nodes.Condition | None) -> list[nodes.Attribute]:
-    """Every attribute a condition reads."""
+    """Every attribute a condition reads, left to right."""
     found: list[nodes.Attribute] = []
-
-    def visit(node: object) -> None:
+    if condition is None:
+        return found
+    # A stack, not a recursive closure: a closure that calls itself is a reference cycle
+    # per call, garbage for the cycle collector (which loading pauses).
+    stack: list[object] = [condition]
+    while stack:
+        node = stack.pop()
         if isinstance(node, nodes.Attribute):
             found.append(node)
-        elif isinstance(node, (nodes.And, nodes.Or)):
-            visit(node.left)
-            visit(node.right)
-        elif isinstance(node, nodes.Not):
-            visit(node.operand)
-        elif isinstance(node, nodes.Compare):
-            visit(node.left)
-            visit(node.right)
-        elif isinstance(node, (nodes.In, nodes.Matches, nodes.Truthy)):
-            visit(node.operand)
-
-    visit(condition)
+        elif isinstance(node, (nodes.And, nodes.Or, nodes.Compare)):
+            stack.append(node.right)
+            stack.append(node.left)
+        elif isinstance(node, (nodes.Not, nodes.In, nodes.Matches, nodes.Truthy)):
+            stack.append(node.operand)
     return found
 
 

@@ -7,14 +7,16 @@ decision never mixes two policies, and a cached answer can never outlive its sna
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +26,7 @@ import cachetools
 
 from . import codes
 from .changes import ChangeDetector
-from .compiler import CompiledRule, PolicySet, compile_policy
+from .compiler import CompiledRule, PolicySet, RuleMemo, compile_policy
 from .decision import Decision, Reason, deny
 from .decision_log import DecisionLog
 from .diagnostics import Diagnostic
@@ -188,6 +190,30 @@ def parse_sources(
     return parsed
 
 
+_collector_lock = threading.Lock()
+_collector_holds = 0
+_collector_was_enabled = False
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cycle collector off while any thread builds an engine, restored as found when
+    the last build ends (a counter, so concurrent builds cannot leave it off)."""
+    global _collector_holds, _collector_was_enabled
+    with _collector_lock:
+        if _collector_holds == 0:
+            _collector_was_enabled = gc.isenabled()
+            gc.disable()
+        _collector_holds += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_holds -= 1
+            if _collector_holds == 0 and _collector_was_enabled:
+                gc.enable()
+
+
 class Engine:
     """Decides what plugins may do, from policies and manifests.
 
@@ -221,6 +247,8 @@ class Engine:
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
         self._sources = dict(policy_sources)
         self._parsed: ChangeDetector[PolicyFile] = ChangeDetector()
+        # Each unchanged file's compiled rules (the parse memo above keeps its object).
+        self._compiled: RuleMemo = {}
         self._revision = 0
         # One change detector per plugins directory: its manifests by path, content = the
         # resolved path and the bytes (a symlinked plugin directory moved is a change).
@@ -230,7 +258,7 @@ class Engine:
         self._plugin_watch: ChangeDetector[None] = ChangeDetector()
         self._manifest_staged: list[tuple[str, ChangeDetector[PluginMetadata | None],
                                           dict[str, tuple[bytes, PluginMetadata | None]]]] = []
-        self._state = self._build(self._sources, self._all_manifests(), None)
+        self._state = self._rebuild(self._sources, None)
         self._origin: Origin | None = None
 
     # Construction ---------------------------------------------------------------------
@@ -362,13 +390,20 @@ class Engine:
         self._manifest_staged.append((os.fspath(directory), detector, seen))
         return loaded, errors
 
+    def _rebuild(self, sources: Mapping[str, str], previous: _Snapshot | None) -> _Snapshot:
+        # Building allocates millions of objects that all stay alive: the cycle collector
+        # would scan the growing heap again and again for nothing (about a third of a load).
+        with _collector_paused():
+            return self._build(sources, self._all_manifests(), previous)
+
     def _build(
         self,
         sources: Mapping[str, str],
         manifests: tuple[list[PluginMetadata], list[Diagnostic]],
         previous: _Snapshot | None,
     ) -> _Snapshot:
-        policy = compile_policy(parse_sources(sources, self._parsed), self._variables)
+        policy = compile_policy(parse_sources(sources, self._parsed), self._variables,
+                                memo=self._compiled)
         by_plugin: dict[str, list[CompiledRule]] = {}
         wildcard: list[CompiledRule] = []
         for rule in policy.rules:
@@ -695,7 +730,7 @@ class Engine:
             else:
                 sources = self._sources
             # Built aside and swapped in one assignment: an error leaves the old state in force.
-            state = self._build(sources, self._all_manifests(), self._state)
+            state = self._rebuild(sources, self._state)
             self._sources = sources
             self._state = state
 
@@ -788,11 +823,11 @@ class Engine:
                 plugin_contents = self._plugin_changes() if plugins else None
                 if sources is None and plugin_contents is not None:
                     with self._write_lock:
-                        self._state = self._build(self._sources, self._all_manifests(), self._state)
+                        self._state = self._rebuild(self._sources, self._state)
                 if sources is not None:
                     old = origin.serial
                     with self._write_lock:
-                        state = self._build(sources, self._all_manifests(), self._state)
+                        state = self._rebuild(sources, self._state)
                         self._sources = dict(sources)
                         self._state = state
                     origin.commit()

@@ -4,6 +4,7 @@ exceptions into :class:`PolicySyntaxError` diagnostics. Lark's exceptions never 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 from importlib import resources
@@ -16,6 +17,7 @@ from .bounded import DEFAULT_LIMITS, InputLimits, check_text, limit_diagnostic
 from .characters import ascii_lookalike, describe, invisible_characters
 from .diagnostics import Diagnostic, Fix, Span, closest_keyword, source_line
 from .errors import InputLimitError, PolicySyntaxError
+from .simple_parser import GRAMMAR_SHA256, Declined, recognise, source_text, unquote
 
 __all__ = ["parse_policy", "parse_grant", "grammar_text"]
 
@@ -74,6 +76,52 @@ def parse_policy(text: str, file: str = "<policy>", *, limits: InputLimits = DEF
     except InputLimitError as exc:
         raise PolicySyntaxError(exc.diagnostics) from None
     _check_operators(text, file, limits)
+    fast = _fast_policy(text, file, limits)
+    if fast is not None:
+        return fast
+    return _full_policy(text, file, limits)
+
+
+@functools.lru_cache(maxsize=1)
+def _is_fast_grammar() -> bool:
+    # The simple statements' recogniser knows one grammar: any other turns it off.
+    return hashlib.sha256(grammar_text().encode("utf-8")).hexdigest() == GRAMMAR_SHA256
+
+
+def _fast_policy(text: str, file: str, limits: InputLimits) -> nodes.PolicyFile | None:
+    """The file parsed with the simple statements recognised without Lark and the rest
+    parsed by Lark piece by piece, each piece at its own line and column; None whenever
+    anything is wrong (a syntax error, a limit, an invisible character, a non-ASCII plugin
+    name), so that the full parse reports it exactly as it always has."""
+    if not _is_fast_grammar() or limits.condition_depth < 1 or invisible_characters(text):
+        return None
+    pieces, comments = recognise(text, file)
+    statements: list[nodes.Statement] = []
+    found: list[nodes.Comment] = list(comments)
+    for piece in pieces:
+        if not isinstance(piece, Declined):
+            statements.append(piece)
+            continue
+        window = "\n" * (piece.line - 1) + " " * (piece.column - 1) + text[piece.start:piece.end]
+        tokens: list[Token] = []
+        try:
+            tree = _parse(window, "policy_file", tokens)
+            _check_tree(tree, window, file, limits)
+        except (UnexpectedInput, PolicySyntaxError):
+            return None
+        statements.extend(_statement(child, window, file) for child in tree.children if isinstance(child, Tree))
+        found.extend(nodes.Comment(str(c), _token_span(c, file)) for c in tokens)
+        if len(statements) > limits.policy_statements:
+            return None
+    if len(statements) > limits.policy_statements or _plugin_name_errors(statements, text):
+        return None
+    if len(found) > len(comments):
+        found.sort(key=lambda c: (c.span.line, c.span.column))
+    return nodes.PolicyFile(path=file, source=text, statements=tuple(statements), comments=tuple(found))
+
+
+def _full_policy(text: str, file: str, limits: InputLimits) -> nodes.PolicyFile:
+    """The whole file through Lark, collecting every syntax error (the error path)."""
     comments: list[Token] = []
     errors: list[Diagnostic] = []
     statements: list[nodes.Statement] = []
@@ -119,10 +167,15 @@ _OPERATOR_SCAN = re.compile(
 )
 
 
+_OPERATOR_WORDS = re.compile(r"\b(?:and|or|not)\b")
+
+
 def _check_operators(text: str, file: str, limits: InputLimits) -> None:
     """Count ``and``/``or``/``not`` and ``(`` per statement before Lark sees the text (one
     pass in C): parentheses add no depth to the tree, but parsing 50,000 of them costs more
     than a second."""
+    if text.count("(") + len(_OPERATOR_WORDS.findall(text)) <= limits.condition_operators:
+        return  # fewer in the whole file (strings and comments too) than one statement may hold
     count = 0
     for match in _OPERATOR_SCAN.finditer(text):
         word = match.group()
@@ -506,13 +559,7 @@ def _token_span(token: Token, file: str) -> Span:
     )
 
 
-_ESCAPE = re.compile(r"\\(.)")
-
-
-def _unquote(token: str) -> str:
-    if "\\" not in token:
-        return token[1:-1]
-    return _ESCAPE.sub(lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), token[1:-1])
+_unquote = unquote
 
 
 def _source_text(text: str, tree: Tree[Token]) -> str:
@@ -521,10 +568,7 @@ def _source_text(text: str, tree: Tree[Token]) -> str:
     end = getattr(meta, "end_pos", None)
     if start is None or end is None:
         return ""
-    raw = text[start:end]
-    if "\n" not in raw and "  " not in raw and "\t" not in raw:
-        return raw
-    return " ".join(raw.split())
+    return source_text(text[start:end])
 
 
 def _statement(tree: Tree[Token], text: str, file: str) -> nodes.Statement:

@@ -45,7 +45,7 @@ from .patterns import (
 )
 from .patterns import _normalize_path as normalize_path
 from .permissions import Permission, ResourceKind
-from .settings import EMPTY_OVERLAY, Effective, resolve
+from .settings import EMPTY_OVERLAY, Effective, Overlay, resolve
 
 __all__ = [
     "ActionEntry",
@@ -548,12 +548,11 @@ def build_plugin_table(
             allows=tuple(allows.get(permission, ())),
             denies=tuple(denies.get(permission, ())),
         )
-    effective = resolve(
-        policy.defaults,
-        policy.plugin_settings.get(facts.name, EMPTY_OVERLAY),
-        facts.requested_timeouts,
-        facts.requested_limits,
-    )
+    overlay = policy.plugin_settings.get(facts.name, EMPTY_OVERLAY)
+    if facts.requested_timeouts or facts.requested_limits:
+        effective = resolve(policy.defaults, overlay, facts.requested_timeouts, facts.requested_limits)
+    else:
+        effective = _resolved(policy.defaults, overlay)
     table = PluginTable(
         name=facts.name,
         plugin_dir=facts.plugin_dir,
@@ -565,6 +564,22 @@ def build_plugin_table(
         effective=effective,
     )
     return table, problems
+
+
+# The settings of the last (defaults, plugin block) pair resolved without requests: most
+# plugins of a policy have no block of their own and ask for nothing, so they share one
+# (immutable) Effective instead of each resolving and holding its own.
+_last_resolved: tuple[Overlay, Overlay, Effective] | None = None
+
+
+def _resolved(defaults: Overlay, overlay: Overlay) -> Effective:
+    global _last_resolved
+    last = _last_resolved
+    if last is not None and last[0] is defaults and last[1] is overlay:
+        return last[2]
+    effective = resolve(defaults, overlay)
+    _last_resolved = (defaults, overlay, effective)
+    return effective
 
 
 def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str, Any]) -> TableRule | None:
@@ -587,6 +602,10 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
     if rule.patterns is not None:
         compiled: list[Pattern] = []
         for pattern in rule.patterns:
+            shared = pattern.compiled
+            if shared is not None:  # no per-plugin variable: compiled once, by the compiler
+                compiled.extend(shared)
+                continue
             if facts.plugin_dir is None and "{plugin_dir}" in pattern.text:
                 continue  # no directory, so `{plugin_dir}` names nothing: never the cwd
             text = pattern.instantiate(facts.name, facts.plugin_dir or "")
@@ -622,7 +641,14 @@ def _declared_pattern(
             f"unknown variable {names} in scope `{scope}` of `{permission.value}`",
             Span(facts.manifest_file, 0, 0), hint, code=codes.MANIFEST_UNKNOWN_VARIABLE, pointer=pointer))
         return None
-    valid, error = check_pattern(text, (_KINDS[permission],))
+    kind = _KINDS[permission]
+    if "{" not in text:
+        # No variable left: the check is this compile, shared by every plugin declaring it.
+        try:
+            return cached_pattern(kind, text)
+        except ValueError:
+            pass  # reported below, as any invalid scope
+    valid, error = check_pattern(text, (kind,))
     if not valid:
         problems.append(Diagnostic(
             f"invalid scope `{scope}` for `{permission.value}`: {error}",
@@ -637,6 +663,6 @@ def _declared_pattern(
         return None
     filled = text.replace("{plugin_dir}", facts.plugin_dir or "").replace("{plugin}", facts.name)
     try:
-        return cached_pattern(_KINDS[permission], filled)
+        return cached_pattern(kind, filled)
     except ValueError:
         return None

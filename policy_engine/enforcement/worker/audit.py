@@ -139,7 +139,7 @@ class AuditGuard:
         if resolved is None:
             return
         writing = bool(flags & _WRITE_FLAGS) or (
-            isinstance(mode, str) and any(c in mode for c in "wax+")
+            isinstance(mode, str) and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)
         )
         reading = not writing or bool(flags & os.O_RDWR) or (isinstance(mode, str) and "+" in mode)
         if reading:

@@ -140,9 +140,12 @@ class _Decider:
 
     def __init__(self, table: Any) -> None:
         from ...implicit import implicit_reads
-        from ...patterns import compile_pattern
-        from ...permissions import Permission
+        from ...patterns import compile_pattern, normalize
+        from ...permissions import Permission, ResourceKind
 
+        # Held here: an import statement in allows() costs on every audited event.
+        self._normalize = normalize
+        self._path = ResourceKind.PATH
         self.plugin: str = table.plugin
         self._dir: str = table.plugin_dir
         self._open = bool(table.enabled and table.trusted)
@@ -174,26 +177,25 @@ class _Decider:
 
     def allows(self, action: str, resource: str | None) -> bool:
         """Whether the engine would allow ``action`` on ``resource`` (no context)."""
-        from ...patterns import normalize
-        from ...permissions import ResourceKind
-
         if not self._open:
             return False
+        normalised: Any = None
+        path_kind = self._path
         if action == "file:read" and resource is not None:
             try:
-                path = normalize(ResourceKind.PATH, resource, base_dir=self._dir)
+                normalised = self._normalize(path_kind, resource, base_dir=self._dir)
             except (TypeError, ValueError):
                 return False
-            if isinstance(path, str) and self._implicit.covers(path):
+            if isinstance(normalised, str) and self._implicit.covers(normalised):
                 return True  # as decide: the implicit-read list needs no grant
         entry = self._entries.get(action)
         if entry is None:
             return False
         kind, declared, declared_patterns, allows, denies = entry
-        normalised: Any = None
-        if resource is not None:
+        if resource is not None and (normalised is None or kind is not path_kind):
+            # (file:read's path, normalised above, is reused: same kind, same base)
             try:
-                normalised = normalize(kind, resource, base_dir=self._dir)
+                normalised = self._normalize(kind, resource, base_dir=self._dir)
             except (TypeError, ValueError):
                 return False
         if any(_covers(patterns, normalised) for patterns in denies):
@@ -209,4 +211,7 @@ def _covers(patterns: Any, resource: Any) -> bool:
         return True
     if resource is None:
         return False
-    return any(pattern.matches(resource) for pattern in patterns)
+    for pattern in patterns:
+        if pattern.matches(resource):
+            return True
+    return False
