@@ -81,7 +81,10 @@ def test_the_watchdog_forgets_the_deadline_of_a_thread_that_is_gone(
     watchdog._deadlines[threading.get_ident()] = live
     watchdog._fire(time.monotonic())
     # A later thread with the same identifier gets nothing; a live overrun still fires.
-    assert gone.ident not in watchdog._deadlines and fired == [threading.get_ident()]
+    # (`fired` may also hold what the process-wide watchdog fired meanwhile for another
+    # test's thread, since the patch is module-wide: only these two identifiers count.)
+    assert gone.ident not in watchdog._deadlines and gone.ident not in fired
+    assert fired.count(threading.get_ident()) == 1
     assert live.fired
 
 
