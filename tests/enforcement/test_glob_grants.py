@@ -16,7 +16,6 @@ import pytest
 
 from policy_engine import Engine
 from policy_engine.enforcement.host import bwrap
-from policy_engine.enforcement.host.globs import MAX_MATCHES, expand_glob, is_expandable
 from policy_engine.enforcement.host.identity import IdentityMap
 from policy_engine.enforcement.host.spec import (
     expanded_grants,
@@ -30,6 +29,7 @@ from policy_engine.enforcement.host.validation import inexact_grant_refusal
 from policy_engine.enforcement.host.view import MountKind, plan_view
 from policy_engine.enforcement.worker import landlock
 from policy_engine.errors import PluginValidationError
+from policy_engine.globs import MAX_MATCHES, expand_glob, is_expandable
 from policy_engine.patterns import compile_pattern, may_match_below
 from policy_engine.permissions import ResourceKind
 from policy_engine.table import PluginTable

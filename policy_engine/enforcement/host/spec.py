@@ -4,7 +4,8 @@ Landlock and seccomp are coarse: paths, TCP ports, whole syscalls. The plan here
 superset of what the decision table allows (every path an allow pattern reaches, every port
 an allow pattern names); the worker's audit hook then checks each action against the
 plugin's decision table, which has the rest of the precision (host names, conditions).
-A glob grant reaches the kernel as the existing paths it matches at start (:mod:`.globs`).
+A glob grant reaches the kernel as the existing paths it matches at start
+(:mod:`policy_engine.globs`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from ...errors import PluginValidationError, UsageError
 from ...exactness import inexact_reason, is_under, mask_path
 from ...families import kernel_actions
+from ...globs import MAX_MATCHES, MAX_VISITS, denied_by, expand_glob, is_expandable
 from ...patterns import HostPattern, PathPattern, Pattern
 from ...permissions import Permission
 from ...risks import INEXACT_GRANT, MISSING_DISK_LIMIT
@@ -30,7 +32,6 @@ from ...table import (
 )
 from ..wire import WireEntry, WireRule, WireTable
 from ..worker.lockdown import LockdownSpec
-from .globs import MAX_MATCHES, MAX_VISITS, denied_by, expand_glob, is_expandable
 from .usage import ResourceLimits
 
 __all__ = ["KernelGrants", "checker_data", "expanded_grants", "inexact_denies",
@@ -136,8 +137,8 @@ def _grants(table: PluginTable, reads: tuple[str, ...], writes: tuple[str, ...])
 
 def expanded_grants(table: PluginTable) -> tuple[KernelGrants, tuple[str, ...]]:
     """The grants for ``table`` with each glob grant expanded into the existing paths it
-    matches (:mod:`.globs`), and one message naming each rule whose expansion went past
-    the bound (such a grant stays its literal root: see :func:`inexact_grants`)."""
+    matches (:mod:`policy_engine.globs`), and one message naming each rule whose expansion
+    went past the bound (such a grant stays its literal root: see :func:`inexact_grants`)."""
     entries = table.entries
     overflow: dict[str, None] = {}
 

@@ -118,7 +118,7 @@ def inexact_deny_refusal(table: PluginTable, data_dir: str | None = None) -> lis
 def inexact_grant_refusal(table: PluginTable) -> list[str]:
     """One error per glob file grant of the plugin of ``table`` (in process isolation) that
     matches too many existing paths to reach the kernel one by one, unless the policy says
-    ``accept inexact-grant`` for it (:mod:`.globs`)."""
+    ``accept inexact-grant`` for it (:mod:`policy_engine.globs`)."""
     if table.effective.limits.isolation is not Isolation.PROCESS:
         return []
     return list(inexact_grants(table))

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ...patterns import PathPattern, may_match_below
+from .patterns import PathPattern, may_match_below
 
 __all__ = ["MAX_MATCHES", "MAX_VISITS", "GlobExpansion", "denied_by", "expand_glob",
            "is_expandable"]
