@@ -295,7 +295,10 @@ def lockdown_spec(table: PluginTable, scratch_dir: Path, *, audit: bool = False,
         grants = KernelGrants(("/",), ("/",), (), True, True, True)
         masks = ()
     elif audit:
-        throwaway = tuple(dict.fromkeys((*grants.write_paths, *((data_dir,) if data_dir else ()))))
+        # Each write grant's literal directory, not its glob's matches: a tmpfs covers a
+        # directory, and what the plugin writes there in audit mode is thrown away anyway.
+        coarse = kernel_grants(table).write_paths
+        throwaway = tuple(dict.fromkeys((*coarse, *((data_dir,) if data_dir else ()))))
         grants = KernelGrants(grants.read_paths, (), (), True, True, True)
     return LockdownSpec(
         scratch_dir=str(scratch_dir),
