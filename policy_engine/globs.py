@@ -8,8 +8,8 @@ permission covers becomes its own bind and Landlock rule. A matched directory is
 when the pattern covers everything below it (it ends in ``**``); a directory the pattern
 matches but not whole is not granted itself, only the matches inside it.
 
-The walk is bounded (:data:`MAX_MATCHES` matches, :data:`MAX_VISITS` entries looked at):
-past either bound the expansion is incomplete and the loader refuses the plugin, naming the
+The walks of one plugin's glob grants are bounded together (:data:`MAX_MATCHES` matches,
+:data:`MAX_VISITS` entries looked at): past either bound the expansion is incomplete and the loader refuses the plugin, naming the
 rule, unless the policy says ``accept inexact-grant`` for it (then the grant reaches the
 kernel as its literal root, as before). What appears after the start is not matched: a file
 created later is not visible until the plugin is restarted (or the policy reloaded), and a
@@ -28,9 +28,10 @@ from .patterns import PathPattern, may_match_below
 __all__ = ["MAX_MATCHES", "MAX_VISITS", "GlobExpansion", "denied_by", "expand_glob",
            "is_expandable"]
 
-#: The most paths one glob grant may expand into.
-MAX_MATCHES = 4096
-#: The most directory entries the walk of one glob grant may look at.
+#: The most paths a plugin's glob grants may expand into, together: each is a bind of its
+#: own, three of bubblewrap's at most 9,000 arguments, next to the runtime's.
+MAX_MATCHES = 1024
+#: The most directory entries the walks of a plugin's glob grants may look at, together.
 MAX_VISITS = 65536
 
 
@@ -42,6 +43,8 @@ class GlobExpansion:
     complete: bool
     #: Matched entries left out because they are symbolic links (never followed).
     links: tuple[str, ...] = ()
+    #: Directory entries looked at.
+    visits: int = 0
 
 
 def is_expandable(pattern: PathPattern) -> bool:
@@ -73,7 +76,7 @@ def expand_glob(pattern: PathPattern, denied: Callable[[str], bool] = lambda _: 
         for entry in listed:
             visits += 1
             if visits > max_visits:
-                return GlobExpansion(tuple(found), False, tuple(links))
+                return GlobExpansion(tuple(found), False, tuple(links), visits)
             path = os.path.join(directory, entry.name)
             try:
                 mode = entry.stat(follow_symlinks=False).st_mode
@@ -88,13 +91,14 @@ def expand_glob(pattern: PathPattern, denied: Callable[[str], bool] = lambda _: 
             if matched and not denied(path) and (tree_like or not is_dir):
                 found.append(path)
                 if len(found) > max_matches:
-                    return GlobExpansion(tuple(found[:max_matches]), False, tuple(links))
+                    return GlobExpansion(tuple(found[:max_matches]), False, tuple(links),
+                                         visits)
                 if is_dir:
                     continue  # the whole tree is granted: nothing below to look for
             if is_dir and may_match_below(pattern, path):
                 below.append(path)
         pending.extend(reversed(below))
-    return GlobExpansion(tuple(found), True, tuple(links))
+    return GlobExpansion(tuple(found), True, tuple(links), visits)
 
 
 def denied_by(patterns: Sequence[PathPattern]) -> Callable[[str], bool]:

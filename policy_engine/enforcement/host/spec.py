@@ -141,14 +141,17 @@ def expanded_grants(table: PluginTable) -> tuple[KernelGrants, tuple[str, ...]]:
     went past the bound (such a grant stays its literal root: see :func:`inexact_grants`)."""
     entries = table.entries
     overflow: dict[str, None] = {}
+    left = [MAX_MATCHES, MAX_VISITS]  # shared by every glob grant of the plugin
 
     def paths(part: str) -> tuple[str, ...]:
         out: dict[str, None] = {}
         for action in kernel_actions(part):
             entry = entries.get(Permission(action))
             patterns = _granted(entry)
-            if patterns is None or entry is None:
-                out.setdefault("/", None)
+            if patterns is None:
+                out.setdefault("/", None)  # any resource
+                continue
+            if entry is None:
                 continue
             denied = denied_by(_unconditional_denies(entry))
             for pattern in patterns:
@@ -157,7 +160,10 @@ def expanded_grants(table: PluginTable) -> tuple[KernelGrants, tuple[str, ...]]:
                 if not is_expandable(pattern):
                     out.setdefault(pattern.landlock_root, None)
                     continue
-                expansion = expand_glob(pattern, denied)
+                expansion = expand_glob(pattern, denied, max_matches=left[0],
+                                        max_visits=left[1])
+                left[0] -= len(expansion.paths)
+                left[1] -= expansion.visits
                 if expansion.complete:
                     out.update(dict.fromkeys(expansion.paths))
                     continue
@@ -177,9 +183,9 @@ def _overflow_message(entry: ActionEntry, pattern: PathPattern) -> str:
     rule = next((r for r in entry.allows if r.patterns is not None and pattern in r.patterns),
                 next(iter(entry.allows), None))
     where = f"{rule.ref.location}: `{rule.ref.text}`: " if rule is not None else ""
-    return (f"{where}the glob `{pattern.text}` matches more than {MAX_MATCHES} paths below "
-            f"`{pattern.landlock_root}` (or its walk looks at more than {MAX_VISITS} entries), "
-            "so the kernel cannot be given each one")
+    return (f"{where}the glob `{pattern.text}` matches too many paths below "
+            f"`{pattern.landlock_root}` for the kernel to be given each one (the plugin's glob "
+            f"grants together may match {MAX_MATCHES} paths and walk {MAX_VISITS} entries)")
 
 
 def inexact_grants(table: PluginTable) -> tuple[str, ...]:
