@@ -29,8 +29,9 @@ __all__ = ["MAX_MATCHES", "MAX_VISITS", "GlobExpansion", "denied_by", "expand_gl
            "is_expandable"]
 
 #: The most paths a plugin's glob grants may expand into, together: each is a bind of its
-#: own, three of bubblewrap's at most 9,000 arguments, next to the runtime's.
-MAX_MATCHES = 1024
+#: own (three of bubblewrap's at most 9,000 arguments), and bubblewrap's start grows faster
+#: than its binds (``benchmarks/bench_glob_grants.py``: about 1 s at 512, 4 s at 1,024).
+MAX_MATCHES = 512
 #: The most directory entries the walks of a plugin's glob grants may look at, together.
 MAX_VISITS = 65536
 

@@ -103,7 +103,7 @@ RISKS: Mapping[str, Risk] = _registry(
     Risk(
         INEXACT_GRANT,
         "a plugin is not loaded when one of its glob file grants matches more existing paths "
-        "than the kernel is given one by one (1,024 matches, or a walk of 65,536 entries, "
+        "than the kernel is given one by one (512 matches, or a walk of 65,536 entries, "
         "for all its glob grants together)",
         "that grant reaches the kernel as its literal directory: the other files there are "
         "held by the decision table and the worker's audit hook only",

@@ -509,7 +509,7 @@ RULES: tuple[Rule, ...] = (
         """),
     _rule(codes.INEXACT_GRANT, "inexact-grant", E, "a glob file grant too wide to reach the kernel path by path", """
         Reports a `file:read`, `file:write` or `file:delete` allow whose glob matches more
-        than 1,024 existing paths where the linter runs (or whose walk looks at more than
+        than 512 existing paths where the linter runs (or whose walk looks at more than
         65,536 entries); the loader counts a plugin's glob grants together. Unless `defaults` or every named plugin's block says
         `accept inexact-grant`. Patterns with plugin variables are not walked.
         """, """
