@@ -68,6 +68,7 @@ __all__ = [
     "compile_pattern",
     "covers_all",
     "glob_matches",
+    "may_match_below",
     "intersect",
     "matches_everything",
     "normalize",
@@ -406,6 +407,38 @@ def _segment_regex(segment: str) -> str:
         else:
             out.append(re.escape(char))
     return "".join(out)
+
+
+def may_match_below(pattern: PathPattern, path: str) -> bool:
+    """Whether some path strictly below the normalised absolute ``path`` could be matched by
+    ``pattern`` (with this module's segment semantics), so a walk of the filesystem for the
+    pattern's matches must look inside ``path``; exact, and without touching the disk."""
+    segments = pattern.segments
+    count = len(segments)
+
+    def closure(states: set[int]) -> set[int]:
+        out = set(states)
+        for index in sorted(states):
+            while index < count and segments[index] == "**":
+                index += 1
+                out.add(index)
+        return out
+
+    states = closure({0})
+    for part in (p for p in path.split("/") if p):
+        moved: set[int] = set()
+        for index in states:
+            if index >= count:
+                continue
+            segment = segments[index]
+            if segment == "**":
+                moved.add(index)
+            elif re.fullmatch(_segment_regex(segment), part, re.DOTALL):
+                moved.add(index + 1)
+        states = closure(moved)
+        if not states:
+            return False
+    return any(index < count for index in states)
 
 
 def _whole_segment_hint(text: str, segment: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["INEXACT_DENY", "MISSING_BUBBLEWRAP", "MISSING_CGROUP", "MISSING_DISK_LIMIT",
+__all__ = ["INEXACT_DENY", "INEXACT_GRANT", "MISSING_BUBBLEWRAP", "MISSING_CGROUP", "MISSING_DISK_LIMIT",
            "MISSING_LANDLOCK",
            "MISSING_SECCOMP", "MISSING_USER_NAMESPACE", "RISKS", "UNPINNED_INPROCESS", "Risk",
            "risk_names"]
@@ -47,6 +47,8 @@ MISSING_SECCOMP = "missing-seccomp"
 MISSING_CGROUP = "missing-cgroup"
 #: A file deny the kernel cannot express exactly (held by the audit hook alone).
 INEXACT_DENY = "inexact-deny"
+#: A glob file grant too wide to reach the kernel path by path (shown as its literal root).
+INEXACT_GRANT = "inexact-grant"
 #: A plugin's ``limit disk`` cannot be held by the kernel on this host.
 MISSING_DISK_LIMIT = "missing-disk-limit"
 
@@ -97,6 +99,14 @@ RISKS: Mapping[str, Risk] = _registry(
         "express exactly (a glob inside a granted tree, a path that does not exist yet)",
         "that deny is held by the decision table and the worker's audit hook only; routes "
         "the hook does not see read through it",
+    ),
+    Risk(
+        INEXACT_GRANT,
+        "a plugin is not loaded when one of its glob file grants matches more existing paths "
+        "than the kernel is given one by one (512 matches, or a walk of 65,536 entries, "
+        "for all its glob grants together)",
+        "that grant reaches the kernel as its literal directory: the other files there are "
+        "held by the decision table and the worker's audit hook only",
     ),
     Risk(
         MISSING_DISK_LIMIT,

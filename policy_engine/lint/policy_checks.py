@@ -13,7 +13,9 @@ a :class:`~policy_engine.compiler.PolicySet`:
 - conditions (``PL307`` constant, ``PL308`` can fail at run time, ``PL312`` a ``matches``
   glob whose meaning changed with the language's glob semantics);
 - refusals and opt-outs (``PL310`` an unpinned in-process plugin, ``PL311`` each accepted
-  risk, ``PL313`` a file deny the kernel sandbox cannot hold exactly).
+  risk, ``PL313`` a file deny the kernel sandbox cannot hold exactly, ``PL314`` a glob
+  grant that matches too many existing paths to reach the kernel one by one, ``PL315`` a
+  note on each glob write grant: it cannot create a new matching name).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..diagnostics import Diagnostic, Span
 from ..errors import PolicyCompileError, PolicySyntaxError
 from ..exactness import inexact_reason
 from ..families import over_broad_checks
+from ..globs import MAX_MATCHES, MAX_VISITS, expand_glob, is_expandable
 from ..nodes import Effect
 from ..parser import parse_policy
 from ..patterns import (
@@ -46,7 +49,7 @@ from ..patterns import (
     with_templates,
 )
 from ..permissions import ALL_PERMISSIONS, Permission, ResourceKind
-from ..risks import INEXACT_DENY, RISKS, UNPINNED_INPROCESS
+from ..risks import INEXACT_DENY, INEXACT_GRANT, RISKS, UNPINNED_INPROCESS
 from ..settings import Isolation, Overlay
 from ..units import UnitError, format_duration, format_percent, format_size, parse_percent
 from .findings import finding, first_line_span, recode, snippet
@@ -120,6 +123,7 @@ def analyse_policy_set(policy: PolicySet) -> list[Diagnostic]:
     found.extend(_unpinned_inprocess(policy, sources))
     found.extend(_accepted_risks(policy, sources))
     found.extend(_inexact_denies(policy, sources))
+    found.extend(_glob_grants(policy, sources))
     return found
 
 
@@ -146,8 +150,8 @@ def _same_plugins(a: CompiledRule, b: CompiledRule) -> bool:
     return a.plugins is None or b.plugins is None or bool(a.plugins & b.plugins)
 
 
-def _accepts(policy: PolicySet, rule: CompiledRule) -> bool:
-    key = f"accept.{INEXACT_DENY}"
+def _accepts(policy: PolicySet, rule: CompiledRule, risk: str = INEXACT_DENY) -> bool:
+    key = f"accept.{risk}"
     if policy.defaults.get(key):
         return True
     return rule.plugins is not None and all(
@@ -187,7 +191,9 @@ def _first_inexact(policy: PolicySet, rule: CompiledRule,
                 continue
             if allow.patterns is None:
                 trees["/"] = None
-            trees.update(dict.fromkeys(p.landlock_root for _, p in _path_patterns(allow)))
+            # An unconditional deny subtracts from a glob grant's matches at start: exact.
+            trees.update(dict.fromkeys(p.landlock_root for _, p in _path_patterns(allow)
+                                       if conditional or not is_expandable(p)))
         for compiled, pattern in _path_patterns(rule) if trees else ():
             masked = permission is _READ or (pattern.canonical, rule.plugins) in read_masks
             # A path with plugin variables is only known per plugin: not checked here.
@@ -197,6 +203,40 @@ def _first_inexact(policy: PolicySet, rule: CompiledRule,
             if why is not None:
                 return compiled, with_templates(why)
     return None
+
+
+# PL314, PL315 ----------------------------------------------------------------------------
+
+_FILE_GRANTS = (_READ, _WRITE, _DELETE)
+
+
+def _glob_grants(policy: PolicySet, sources: Mapping[str, str]) -> Iterator[Diagnostic]:
+    for rule in policy.rules:
+        granted = [p for p in _FILE_GRANTS if p in rule.permissions]
+        if rule.effect is not Effect.ALLOW or not granted:
+            continue
+        writes = _WRITE in granted or _DELETE in granted
+        for compiled, pattern in _path_patterns(rule):
+            if not is_expandable(pattern):
+                continue
+            text = with_templates(pattern.text)
+            source = sources.get(compiled.span.file)
+            # A path with plugin variables is only known per plugin: not walked here.
+            if not compiled.per_plugin and not _accepts(policy, rule, INEXACT_GRANT) and \
+                    not expand_glob(pattern).complete:
+                yield finding(codes.INEXACT_GRANT, f"the glob `{text}` matches more than "
+                              f"{MAX_MATCHES} existing paths here (or its walk looks at more "
+                              f"than {MAX_VISITS} entries), so the kernel cannot be given each "
+                              "one", compiled.span,
+                              hint="narrow the pattern, grant the whole directory (`/dir/**`), "
+                              f"or add `accept {INEXACT_GRANT}` to the plugin's block; the "
+                              "loader refuses it as it is", source=source)
+            if writes:
+                yield finding(codes.GLOB_WRITE_GRANT, f"the kernel is given the paths `{text}` "
+                              "matches when the plugin starts: this glob write grant can write "
+                              "them but cannot create a new matching name", compiled.span,
+                              hint="grant the whole directory (`/dir/**`) if the plugin must "
+                              "create files there", source=source)
 
 
 # PL310, PL311 -----------------------------------------------------------------------------

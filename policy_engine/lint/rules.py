@@ -507,6 +507,32 @@ RULES: tuple[Rule, ...] = (
         fix: keep the keys in a directory of their own and deny it whole, or accept it:
             deny plugin * to file:read on "/srv/data/keys/**"
         """),
+    _rule(codes.INEXACT_GRANT, "inexact-grant", E, "a glob file grant too wide to reach the kernel path by path", """
+        Reports a `file:read`, `file:write` or `file:delete` allow whose glob matches more
+        than 512 existing paths where the linter runs (or whose walk looks at more than
+        65,536 entries); the loader counts a plugin's glob grants together. Unless `defaults` or every named plugin's block says
+        `accept inexact-grant`. Patterns with plugin variables are not walked.
+        """, """
+        The kernel is given each match of a glob grant on its own; past the bound it could
+        only be given the grant's literal directory, whose other files the decision table
+        and the audit hook alone would keep out. The loader refuses the plugin.
+        """, """
+            allow plugin * to file:read on "/srv/archive/*.log"
+        fix: keep the files in a directory of their own and grant it whole:
+            allow plugin * to file:read on "/srv/archive/logs/**"
+        """),
+    _rule(codes.GLOB_WRITE_GRANT, "glob-write-grant", INFO, "a glob write grant cannot create new matching names", """
+        Notes each `file:write` or `file:delete` allow whose pattern has glob parts below
+        its literal directory (`/srv/out/*.csv`, not `/srv/out/**`).
+        """, """
+        The kernel is given the paths such a grant matches when the plugin's worker starts:
+        the plugin can write the existing matches but cannot create a new matching name, and
+        a file created by others later is not visible until a restart or a reload.
+        """, """
+            allow plugin * to file:write on "/srv/out/*.csv"
+        fix: grant the directory whole if the plugin must create files there:
+            allow plugin * to file:write on "/srv/out/**"
+        """),
     # PL4xx: code against manifest --------------------------------------------------------
     _rule(codes.UNDECLARED_CAPABILITY, "undeclared-capability", E, "plugin code uses a capability its manifest does not declare", """
         Compares what the static code scan finds (file reads and writes, deletions,

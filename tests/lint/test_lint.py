@@ -40,7 +40,8 @@ VARIABLES = {"home": "/home/user", "data_dir": "/var/lib/pe", "tmp": "/tmp"}
 VAR_ARGS = [arg for key, value in VARIABLES.items() for arg in ("--variables", f"{key}={value}")]
 # Rules whose trigger cannot be a committed file; each has its own test below.
 NOT_FIXTURES = {"PL204": "test_unreadable_manifest_is_pl204",
-                "PL003": "test_policy_files_others_can_write_are_pl003"}
+                "PL003": "test_policy_files_others_can_write_are_pl003",
+                "PL314": "test_a_glob_grant_past_the_bound_is_pl314"}
 
 
 @pytest.fixture(autouse=True)
@@ -632,3 +633,29 @@ def test_pl313_names_the_template_not_a_stand_in(tmp_path: Path) -> None:
                       'deny plugin * to file:read on "{plugin_dir}/*.key"\n')
     (found,) = [f for f in lint_paths([str(policy)]).findings if f.code == "PL313"]
     assert "it is a glob inside granted `{plugin_dir}`" in found.message
+
+
+def test_a_glob_grant_past_the_bound_is_pl314(tmp_path: Path) -> None:
+    from policy_engine.globs import MAX_MATCHES
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(MAX_MATCHES + 1):
+        (many / f"f{index}.csv").touch()
+    policy = tmp_path / "p.policy"
+    policy.write_text(f'allow plugin "x" to file:read on "{many}/*.csv"\n')
+    (found,) = [f for f in lint_paths([str(policy)]).findings if f.code == "PL314"]
+    assert f"`{many}/*.csv` matches more than {MAX_MATCHES}" in found.message
+    assert found.span is not None and found.span.line == 1
+    policy.write_text(f'allow plugin "x" to file:read on "{many}/*.csv"\n'
+                      'plugin "x" { accept inexact-grant }\n')
+    assert "PL314" not in [f.code for f in lint_paths([str(policy)]).findings]
+    policy.write_text(f'allow plugin "x" to file:read on "{many}/f1*.csv"\n')
+    assert "PL314" not in [f.code for f in lint_paths([str(policy)]).findings]
+
+
+def test_a_glob_deny_inside_a_glob_grant_is_exact(tmp_path: Path) -> None:
+    policy = tmp_path / "p.policy"
+    policy.write_text('allow plugin * to file:read on "/srv/data/*.csv"\n'
+                      'deny plugin * to file:read on "/srv/data/secret*.csv"\n')
+    assert "PL313" not in [f.code for f in lint_paths([str(policy)]).findings]

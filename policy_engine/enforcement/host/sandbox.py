@@ -45,6 +45,7 @@ from .usage import ResourceUsage
 from .validation import (
     ValidationResult,
     inexact_deny_refusal,
+    inexact_grant_refusal,
     inprocess_refusal,
     read_plugin_code,
     validate_plugin,
@@ -173,6 +174,7 @@ class PluginSandbox:
             errors.extend(e for e in inexact_deny_refusal(
                 table, str(self.data_dir / metadata.name))
                 if e not in result.errors)
+            errors.extend(e for e in inexact_grant_refusal(table) if e not in result.errors)
         return ValidationResult(not errors, tuple(errors), result.warnings, result.findings)
 
     def check_permission(self, plugin: str, operation: str | Permission, resource: str | None = None) -> bool:
@@ -330,7 +332,8 @@ class PluginSandbox:
         refusal = doctor.table_refusal(table) or None
         if refusal is not None:
             raise PluginValidationError(name, [refusal])
-        inexact = inexact_deny_refusal(table, str(self.data_dir / name))
+        inexact = [*inexact_deny_refusal(table, str(self.data_dir / name)),
+                   *inexact_grant_refusal(table)]
         if inexact:
             raise PluginValidationError(name, inexact)
         refusal = disk_limit_refusal(table.effective, name)

@@ -1,22 +1,26 @@
 """What the policy grants one plugin, translated for the kernel and the worker.
 
-Landlock and seccomp are coarse: directories, TCP ports, whole syscalls. The plan here is a
-superset of what the decision table allows (every directory an allow pattern could reach,
-every port an allow pattern names); the worker's audit hook then checks each action against
-the plugin's decision table, which has the precision (globs, host names, deny rules).
+Landlock and seccomp are coarse: paths, TCP ports, whole syscalls. The plan here is a
+superset of what the decision table allows (every path an allow pattern reaches, every port
+an allow pattern names); the worker's audit hook then checks each action against the
+plugin's decision table, which has the rest of the precision (host names, conditions).
+A glob grant reaches the kernel as the existing paths it matches at start
+(:mod:`policy_engine.globs`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import UsageError
+from ...errors import PluginValidationError, UsageError
 from ...exactness import inexact_reason, is_under, mask_path
 from ...families import kernel_actions
+from ...globs import MAX_MATCHES, MAX_VISITS, denied_by, expand_glob, is_expandable
 from ...patterns import HostPattern, PathPattern, Pattern
 from ...permissions import Permission
-from ...risks import MISSING_DISK_LIMIT
+from ...risks import INEXACT_GRANT, MISSING_DISK_LIMIT
 from ...settings import Effective
 from ...table import (
     ActionEntry,
@@ -30,8 +34,9 @@ from ..wire import WireEntry, WireRule, WireTable
 from ..worker.lockdown import LockdownSpec
 from .usage import ResourceLimits
 
-__all__ = ["KernelGrants", "checker_data", "inexact_denies", "kernel_grants", "kernel_masks",
-           "lockdown_spec", "resource_limits", "wire_table"]
+__all__ = ["KernelGrants", "checker_data", "expanded_grants", "inexact_denies",
+           "inexact_grants", "kernel_grants", "kernel_masks", "lockdown_spec",
+           "resource_limits", "wire_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +96,23 @@ _MAX_KERNEL_PORTS = 1024
 
 
 def kernel_grants(table: PluginTable) -> KernelGrants:
-    """The coarse grants for ``table``."""
-    entries = table.entries
+    """The coarse grants for ``table``: each path grant as its literal root (the widest the
+    kernel could be asked to show; :func:`expanded_grants` is what a worker gets)."""
+    reads = tuple(dict.fromkeys(r for g in _granted_for(table, "read_paths") for r in _roots(g)))
+    writes = tuple(dict.fromkeys(r for g in _granted_for(table, "write_paths")
+                                 for r in _roots(g)))
+    return _grants(table, reads, writes)
 
+
+def _granted_for(table: PluginTable, part: str) -> list[tuple[Pattern, ...] | None]:
+    # Which permissions feed which part of the plan is the registry's.
+    return [_granted(table.entries.get(Permission(action))) for action in kernel_actions(part)]
+
+
+def _grants(table: PluginTable, reads: tuple[str, ...], writes: tuple[str, ...]) -> KernelGrants:
     def granted(part: str) -> list[tuple[Pattern, ...] | None]:
-        # Which permissions feed which part of the plan is the registry's.
-        return [_granted(entries.get(Permission(action))) for action in kernel_actions(part)]
+        return _granted_for(table, part)
 
-    reads = tuple(dict.fromkeys(r for g in granted("read_paths") for r in _roots(g)))
-    writes = tuple(dict.fromkeys(r for g in granted("write_paths") for r in _roots(g)))
     connects = granted("connect_ports")
     network: tuple[Pattern, ...] | None = (
         None if any(g is None for g in connects) else tuple(p for g in connects if g for p in g))
@@ -122,37 +135,121 @@ def kernel_grants(table: PluginTable) -> KernelGrants:
     )
 
 
+def expanded_grants(table: PluginTable) -> tuple[KernelGrants, tuple[str, ...]]:
+    """The grants for ``table`` with each glob grant expanded into the existing paths it
+    matches (:mod:`policy_engine.globs`), and one message naming each rule whose expansion
+    went past the bound (such a grant stays its literal root: see :func:`inexact_grants`)."""
+    entries = table.entries
+    overflow: dict[str, None] = {}
+    left = [MAX_MATCHES, MAX_VISITS]  # shared by every glob grant of the plugin
+
+    def paths(part: str) -> tuple[str, ...]:
+        out: dict[str, None] = {}
+        for action in kernel_actions(part):
+            entry = entries.get(Permission(action))
+            patterns = _granted(entry)
+            if patterns is None:
+                out.setdefault("/", None)  # any resource
+                continue
+            if entry is None:
+                continue
+            denied = denied_by(_unconditional_denies(entry))
+            for pattern in patterns:
+                if not isinstance(pattern, PathPattern):
+                    continue
+                if not is_expandable(pattern):
+                    out.setdefault(pattern.landlock_root, None)
+                    continue
+                expansion = expand_glob(pattern, denied, max_matches=left[0],
+                                        max_visits=left[1])
+                left[0] -= len(expansion.paths)
+                left[1] -= expansion.visits
+                if expansion.complete:
+                    out.update(dict.fromkeys(expansion.paths))
+                    continue
+                out.setdefault(pattern.landlock_root, None)
+                overflow.setdefault(_overflow_message(entry, pattern), None)
+        return tuple(out)
+
+    return _grants(table, paths("read_paths"), paths("write_paths")), tuple(overflow)
+
+
+def _unconditional_denies(entry: ActionEntry) -> tuple[PathPattern, ...]:
+    return tuple(p for rule in entry.denies if _unconditional(rule) and rule.patterns is not None
+                 for p in rule.patterns if isinstance(p, PathPattern))
+
+
+def _overflow_message(entry: ActionEntry, pattern: PathPattern) -> str:
+    rule = next((r for r in entry.allows if r.patterns is not None and pattern in r.patterns),
+                next(iter(entry.allows), None))
+    where = f"{rule.ref.location}: `{rule.ref.text}`: " if rule is not None else ""
+    return (f"{where}the glob `{pattern.text}` matches too many paths below "
+            f"`{pattern.landlock_root}` for the kernel to be given each one (the plugin's glob "
+            f"grants together may match {MAX_MATCHES} paths and walk {MAX_VISITS} entries)")
+
+
+def inexact_grants(table: PluginTable) -> tuple[str, ...]:
+    """Each glob grant of ``table`` too wide to reach the kernel path by path, as an error
+    naming the rule; empty when every one expands within the bound, or when the policy
+    says ``accept inexact-grant`` for the plugin."""
+    return _refused(table, expanded_grants(table)[1])
+
+
+def _refused(table: PluginTable, overflow: tuple[str, ...]) -> tuple[str, ...]:
+    if INEXACT_GRANT in table.effective.accepted_risks:
+        return ()
+    return tuple(f"the kernel cannot hold this grant exactly: {why}; narrow the pattern, or "
+                 f"add `accept {INEXACT_GRANT}` to its `plugin \"{table.name}\"` block (the "
+                 "grant then reaches the kernel as its literal directory)" for why in overflow)
+
+
 def inexact_denies(table: PluginTable, data_dir: str | None = None) -> tuple[str, ...]:
     """Each file deny of ``table`` the kernel sandbox cannot hold exactly, as a message
     naming the rule (see :mod:`policy_engine.exactness`); empty when all are exact.
-    ``data_dir`` is the plugin's own data directory, which the view shows writable."""
-    grants = kernel_grants(table)
-    own = (data_dir,) if data_dir else ()
-    writable = (*grants.write_paths, *own)
-    shown = (*grants.read_paths, *writable,
-             *((table.plugin_dir,) if table.plugin_dir else ()))
+    ``data_dir`` is the plugin's own data directory, which the view shows writable.
+
+    A condition is weighed against each grant's literal root; an unconditional deny against
+    what the worker is shown (glob grants expanded, their denied matches left out): a
+    directory shown is a tree, an existing single file counts only when the deny matches it."""
+    coarse, fine = _shown(table, kernel_grants(table), data_dir), \
+        _shown(table, expanded_grants(table)[0], data_dir)
     masks = set(kernel_masks(table))
     found: dict[str, None] = {}
-    for permission, trees in ((Permission.FILE_READ, shown),
-                              (Permission.FILE_WRITE, writable),
-                              (Permission.FILE_DELETE, writable)):
+    for permission, index in ((Permission.FILE_READ, 0), (Permission.FILE_WRITE, 1),
+                              (Permission.FILE_DELETE, 1)):
         entry = table.entries.get(permission)
         for rule in entry.denies if entry is not None else ():
             conditional = rule.when is not None or rule.unless is not None
             if rule.patterns is None:
-                if conditional and trees:
+                if conditional and coarse[index]:
                     found.setdefault(f"{rule.ref.location}: `{rule.ref.text}`: it has a "
                                      "condition, which the kernel cannot evaluate", None)
                 continue
             for pattern in rule.patterns:
                 if not isinstance(pattern, PathPattern):
                     continue
+                trees = coarse[index] if conditional else tuple(
+                    tree for tree in fine[index]
+                    if _is_tree(tree) or pattern.matches(tree))
                 masked = permission is Permission.FILE_READ or pattern.canonical in masks or \
                     pattern.landlock_root in masks and pattern.segments[-1:] == ("**",)
                 why = inexact_reason(pattern, trees, conditional=conditional, masked=masked)
                 if why is not None:
                     found.setdefault(f"{rule.ref.location}: `{rule.ref.text}`: {why}", None)
     return tuple(found)
+
+
+def _is_tree(path: str) -> bool:
+    """False for a single file shown (a directory, or a path created at start, is a tree)."""
+    return os.path.isdir(path) or not os.path.lexists(path)
+
+
+def _shown(table: PluginTable, grants: KernelGrants,
+           data_dir: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What the view shows (for read denies) and what it shows writable."""
+    writable = (*grants.write_paths, *((data_dir,) if data_dir else ()))
+    shown = (*grants.read_paths, *writable, *((table.plugin_dir,) if table.plugin_dir else ()))
+    return shown, writable
 
 
 def kernel_masks(table: PluginTable) -> tuple[str, ...]:
@@ -194,14 +291,20 @@ def lockdown_spec(table: PluginTable, scratch_dir: Path, *, audit: bool = False,
     if table.plugin_dir is None:  # the runner refuses a plugin without a directory before this
         raise UsageError(f"plugin `{table.name}` has no directory, so it cannot run in a worker")
     limits = table.effective.limits
-    grants = kernel_grants(table)
+    grants, overflow = expanded_grants(table)
+    refused = _refused(table, overflow)
+    if refused:  # checked at load too; the filesystem may have grown since: fail closed
+        raise PluginValidationError(table.name, refused)
     throwaway: tuple[str, ...] = ()
     masks = kernel_masks(table)
     if audit and unsandboxed:
         grants = KernelGrants(("/",), ("/",), (), True, True, True)
         masks = ()
     elif audit:
-        throwaway = tuple(dict.fromkeys((*grants.write_paths, *((data_dir,) if data_dir else ()))))
+        # Each write grant's literal directory, not its glob's matches: a tmpfs covers a
+        # directory, and what the plugin writes there in audit mode is thrown away anyway.
+        coarse = kernel_grants(table).write_paths
+        throwaway = tuple(dict.fromkeys((*coarse, *((data_dir,) if data_dir else ()))))
         grants = KernelGrants(grants.read_paths, (), (), True, True, True)
     return LockdownSpec(
         scratch_dir=str(scratch_dir),

@@ -24,10 +24,10 @@ from ...settings import Isolation
 from ...table import PinStatus, PluginTable
 from .disk import disk_limit_refusal
 from .scan import CodeFinding, scan_plugin
-from .spec import inexact_denies
+from .spec import inexact_denies, inexact_grants
 
-__all__ = ["ValidationResult", "find_entry_point", "inexact_deny_refusal", "inprocess_refusal",
-           "read_plugin_code", "validate_plugin"]
+__all__ = ["ValidationResult", "find_entry_point", "inexact_deny_refusal",
+           "inexact_grant_refusal", "inprocess_refusal", "read_plugin_code", "validate_plugin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,7 @@ def validate_plugin(metadata: PluginMetadata, engine: Engine | None = None, *,
             if refusal is not None:
                 errors.append(refusal)
             errors.extend(inexact_deny_refusal(table))
+            errors.extend(inexact_grant_refusal(table))
             disk_refusal = disk_limit_refusal(table.effective, metadata.name)
             if disk_refusal is not None:
                 errors.append(disk_refusal)
@@ -112,6 +113,15 @@ def inexact_deny_refusal(table: PluginTable, data_dir: str | None = None) -> lis
             f"to whole existing paths, or add `accept {INEXACT_DENY}` to its "
             f"`plugin \"{plugin}\"` block (`policy-lint`: PL313)"
             for why in inexact_denies(table, data_dir)]
+
+
+def inexact_grant_refusal(table: PluginTable) -> list[str]:
+    """One error per glob file grant of the plugin of ``table`` (in process isolation) that
+    matches too many existing paths to reach the kernel one by one, unless the policy says
+    ``accept inexact-grant`` for it (:mod:`policy_engine.globs`)."""
+    if table.effective.limits.isolation is not Isolation.PROCESS:
+        return []
+    return list(inexact_grants(table))
 
 
 def read_plugin_code(metadata: PluginMetadata, engine: Engine | None = None) -> PluginTree:

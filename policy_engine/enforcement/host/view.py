@@ -360,21 +360,26 @@ def _in_mount_order(mounts: Sequence[Mount]) -> tuple[Mount, ...]:
     fixed = [m for m in mounts if m.kind in (MountKind.TMPFS, MountKind.PROC, MountKind.DEV,
                                                MountKind.REMOUNT_RO) and m.dest in
              ("/", "/proc", "/dev", "/dev/shm")]
-    rest = [m for m in mounts if m not in fixed and not _shown_by_ancestor(m, mounts)]
+    # Identity binds by destination: whether one is writable. (A set, not a scan of every
+    # mount per mount: a glob grant can put a thousand binds in one view.)
+    identity: dict[str, bool] = {}
+    for m in mounts:
+        if m.kind in (MountKind.RO_BIND, MountKind.BIND) and m.source == m.dest:
+            identity[m.dest] = identity.get(m.dest, False) or m.kind is MountKind.BIND
+    rest = [m for m in mounts if m not in fixed and not _shown_by_ancestor(m, identity)]
     rest.sort(key=lambda m: len([p for p in m.dest.split("/") if p]))
     return (*fixed, *rest)
 
 
-def _shown_by_ancestor(mount: Mount, mounts: Sequence[Mount]) -> bool:
+def _shown_by_ancestor(mount: Mount, identity: dict[str, bool]) -> bool:
     """A bind or link inside an identical host tree bound at least as permissively is
     redundant (and a link there would collide with the one the tree already shows)."""
     if mount.kind not in (MountKind.RO_BIND, MountKind.BIND, MountKind.SYMLINK):
         return False
-    for other in mounts:
-        if other is mount or other.kind not in (MountKind.RO_BIND, MountKind.BIND):
-            continue
-        inside = mount.dest.startswith(other.dest.rstrip("/") + "/")
-        if inside and other.source == other.dest and (
-                other.kind is MountKind.BIND or mount.kind is not MountKind.BIND):
+    path = mount.dest
+    while path not in ("/", ""):
+        path = os.path.dirname(path)
+        writable = identity.get(path)
+        if writable is not None and (writable or mount.kind is not MountKind.BIND):
             return True
     return False
