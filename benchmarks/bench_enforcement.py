@@ -339,7 +339,9 @@ def bench_open_check(scratch: Path) -> dict[str, list[float]]:
     manifest = manifest_from_mapping({"name": "reader", "version": "1.0.0", "type": "agent", "entry_point": "p:P",
                                       "permissions": [f"file:read {data}/**"]})
     engine = Engine.from_source(policy, [manifest], plugin_paths={"reader": plugin_dir})
-    checker = make_checker(checker_data(engine, "reader"), plugin="reader")
+    table = engine.plugin_table("reader")
+    assert table is not None
+    checker = make_checker(checker_data(table), plugin="reader")
     extra = tuple(p for p in sys.path if p and os.path.isabs(p))
     guard = AuditGuard(checker, plugin="reader", scratch_dir=str(scratch / "scratch"),
                        implicit=implicit_reads(str(plugin_dir), scratch_dir=str(scratch / "scratch"),

@@ -403,8 +403,11 @@ def test_memory_over_the_warning_threshold_is_logged_once(
     limit = 256 * 1024 * 1024
     worker, _ = start(limits=ResourceLimits(memory_bytes=limit, memory_warn_fraction=0.3))
     with caplog.at_level(logging.WARNING, logger="policy_engine.enforcement"):
+        # 60 MB: over the 30 % warning with the worker's own memory, and far enough under
+        # the limit with the sandbox's tmpfs caps (sized from the lockdown's own memory
+        # limit, counted as if full) that the call is never stopped.
         for _ in range(2):
-            worker.call("hold_memory", [100, 0.35], timeout=10)
+            worker.call("hold_memory", [60, 0.35], timeout=10)
     warnings = [r for r in caplog.records if "of its limit" in r.getMessage()]
     assert len(warnings) == 1
     assert worker.usage.peak_memory_bytes > 0.3 * limit

@@ -1385,10 +1385,15 @@ def _kill_pid(pid: int, signum: int) -> None:
 
 
 def _is_stopped(pid: int) -> bool:
-    """Stopped by a signal, or no longer running at all."""
+    """Stopped by a signal, or no longer running at all (on every call's path: raw reads,
+    no text wrapper)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] in ("T", "t", "Z", "X")
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 1024)
+        finally:
+            os.close(fd)
+        return data.rpartition(b")")[2].split()[0] in (b"T", b"t", b"Z", b"X")
     except (OSError, IndexError):
         return True
 
