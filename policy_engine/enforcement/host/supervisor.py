@@ -1384,26 +1384,27 @@ def _kill_pid(pid: int, signum: int) -> None:
         pass
 
 
-def _is_stopped(pid: int) -> bool:
-    """Stopped by a signal, or no longer running at all (on every call's path: raw reads,
-    no text wrapper)."""
+def _process_state(pid: int) -> bytes | None:
+    """The state letter of ``pid`` from ``/proc/<pid>/stat`` (raw reads, no text wrapper:
+    the freeze check is on every call's path), or None when it cannot be read."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.read(fd, 1024)
         finally:
             os.close(fd)
-        return data.rpartition(b")")[2].split()[0] in (b"T", b"t", b"Z", b"X")
+        return data.rpartition(b")")[2].split()[0]
     except (OSError, IndexError):
-        return True
+        return None
+
+
+def _is_stopped(pid: int) -> bool:
+    """Stopped by a signal, or no longer running at all."""
+    return _process_state(pid) in (None, b"T", b"t", b"Z", b"X")
 
 
 def _is_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    return _process_state(pid) in (None, b"Z", b"X")
 
 
 def _signal_name(signum: int) -> str:
