@@ -50,12 +50,14 @@ class Sampler:
         reserved_bytes: int = 0,
         memory_probe: Callable[[], int | None] | None = None,
         cpu_periods: Callable[[], tuple[int, int] | None] | None = None,
+        on_sample: Callable[[], None] | None = None,
     ) -> None:
         """``reserved_bytes`` is memory the sandbox can hold outside its processes' resident
         set (its size-capped tmpfs mounts): it counts toward the limit as if always full.
         ``memory_probe`` returns the memory a cgroup counts for the sandbox (then used
         instead of the resident set); ``cpu_periods`` the ``(periods, throttled)`` counters
-        of a cgroup's CPU quota (then the kernel throttles, never the sampler)."""
+        of a cgroup's CPU quota (then the kernel throttles, never the sampler); ``on_sample``
+        runs after each sample while the worker lives (the supervisor's freeze check)."""
         self._pid = pid
         self._reserved = max(0, reserved_bytes)
         self._plugin = plugin
@@ -65,6 +67,7 @@ class Sampler:
         self._signal_tree = signal_tree
         self._memory_probe = memory_probe
         self._cpu_periods = cpu_periods
+        self._on_sample = on_sample
         self._periods: collections.deque[tuple[float, int, int]] = collections.deque()
         self._quota_warned = False
         self._started = time.monotonic()
@@ -124,6 +127,8 @@ class Sampler:
                     break
                 if not self._sample():
                     break
+                if self._on_sample is not None:
+                    self._on_sample()
         except Exception:  # never let a sampling bug take the host down; log it instead
             log.exception("resource sampler of plugin `%s` failed", self._plugin)
 

@@ -292,6 +292,7 @@ class WorkerProcess:
         #: SIGSTOPped processes of the fallback freeze; None while the sandbox may run
         self._stopped: dict[int, psutil.Process] | None = None
         self._freeze_asked = 0.0
+        self._freeze_held = False  # the freeze asked at _freeze_asked was seen to hold
         self._worker_process: psutil.Process | None = None  # the worker, for SIGSTOP
         self._worker_pidfd: int | None = None  # and its pidfd: a signal with no pid reuse
         #: host CPU seconds spent on this plugin's frames, over all calls, and in this call
@@ -382,7 +383,7 @@ class WorkerProcess:
                  "log_level": self._log_level()}
         with self._call_lock:
             init = self._require_init()
-            if self.alive and self.frozen and not self._frozen_in_time():
+            if self.alive and self.frozen and self._freeze_overdue():
                 log.error("the sandbox of plugin `%s` did not freeze between calls; starting "
                           "a fresh one", init.plugin)
                 self._kill()
@@ -538,7 +539,7 @@ class WorkerProcess:
             signal_tree=self._signal_tree,
             reserved_bytes=(2 + len(spec.throwaway_paths)) * tmpfs_cap(spec.memory_bytes)
             if self._sandboxed else 0,
-            memory_probe=memory_probe, cpu_periods=cpu_periods)
+            memory_probe=memory_probe, cpu_periods=cpu_periods, on_sample=self._check_freeze)
         self._sampler.start()
         pid = self.pid or self._proc.pid
         try:
@@ -572,13 +573,15 @@ class WorkerProcess:
 
         On the call path only the request is made (a write to the cgroup's freezer, or one
         SIGSTOP where nothing can fork): the kernel stops each task at its next entry into
-        the kernel, and interrupts a running one for it. :meth:`wait_frozen` confirms before
-        the next call, and a sandbox that did not freeze is killed. Where the sandbox may
-        fork and no cgroup freezer exists, the SIGSTOP fixed point runs here, to the end."""
+        the kernel, and interrupts a running one for it. The sampler confirms off the call
+        path (:meth:`_check_freeze`), and a sandbox that did not freeze within the freeze
+        timeout is killed. Where the sandbox may fork and no cgroup freezer exists, the
+        SIGSTOP fixed point runs here, to the end."""
         if not self.alive or self.frozen:
             return
         with self._signal_lock:
             self._freeze_asked = time.monotonic()
+            self._freeze_held = False
             group = self._cgroup
             if group is not None and group.mechanisms["freeze"] in cgroup.KERNEL:
                 try:
@@ -599,6 +602,7 @@ class WorkerProcess:
                 self._stopped = {worker.pid: worker}
                 return
             self._stopped = self._freeze_by_signals()
+            self._freeze_held = True
 
     def wait_frozen(self, timeout: float = _FREEZE_TIMEOUT) -> bool:
         """Wait until the freeze requested after the last call holds; False when the sandbox
@@ -617,11 +621,29 @@ class WorkerProcess:
                 time.sleep(0.0001)
         return True
 
-    def _frozen_in_time(self) -> bool:
-        """Before a call: the freeze asked after the previous one holds (it nearly always
-        already does), within the freeze timeout counted from the request."""
-        left = self._freeze_asked + _FREEZE_TIMEOUT - time.monotonic()
-        return self.wait_frozen(max(left, 0.0))
+    def _freeze_overdue(self) -> bool:
+        """Whether the freeze asked after the last call failed: older than the freeze
+        timeout and still not holding (checked without waiting). A younger freeze is not
+        waited for: the next call thaws it anyway (a SIGCONT discards a pending SIGSTOP, and
+        ``cgroup.freeze`` takes the new state), so a call that follows at once pays
+        nothing, and the plugin ran no longer than the freeze takes to land."""
+        if self._freeze_held:
+            return False
+        if time.monotonic() - self._freeze_asked < _FREEZE_TIMEOUT:
+            return False
+        self._freeze_held = self.wait_frozen(0.0)
+        return not self._freeze_held
+
+    def _check_freeze(self) -> None:
+        """The sampler's check between calls: a sandbox whose freeze did not hold within
+        the freeze timeout is killed (the next call starts a fresh worker)."""
+        with self._signal_lock:
+            if self._freeze_held or not self.frozen or not self.alive:
+                return
+            if self._freeze_overdue():
+                log.error("the sandbox of plugin `%s` did not freeze within %.0f s after a "
+                          "call; stopping it", self._plugin, _FREEZE_TIMEOUT)
+                self._kill()
 
     def _freeze_by_signals(self) -> dict[int, psutil.Process]:
         """The reaper's SIGSTOP fixed point over every process of the sandbox but its pid 1
