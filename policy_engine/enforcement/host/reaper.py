@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import psutil
 
-__all__ = ["child_pids", "descendants", "freeze", "kill_frozen", "signal_all"]
+__all__ = ["child_pids", "descendants", "freeze", "kill_frozen", "signal_all", "stopped"]
 
 _MAX_ROUNDS = 200  # a fork bomb gets frozen within a few rounds; this only bounds the loop
 _PROC_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
@@ -41,6 +41,35 @@ def child_pids(pid: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return pids
+
+
+_HALTED = frozenset({b"T", b"t", b"Z", b"X"})
+
+
+def stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (or the process is gone). A process is
+    only frozen once each of its threads is: a thread still running can send the process
+    SIGCONT and end a group stop that is not complete yet. Raw reads, no text wrapper:
+    this runs on a call's path."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tasks:
+        try:
+            fd = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # the thread ended
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        state = data.rpartition(b")")[2].split()[:1]
+        if state and state[0] not in _HALTED:
+            return False
+    return True
 
 
 def descendants(pid: int) -> list[int]:
@@ -149,12 +178,4 @@ def _walk(roots: Iterable[int]) -> list[int]:
 
 def _running_ones(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
     """The processes not (yet) stopped."""
-    running = []
-    for process in processes:
-        try:
-            if process.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE,
-                                        psutil.STATUS_DEAD, psutil.STATUS_TRACING_STOP):
-                running.append(process)
-        except psutil.Error:
-            continue
-    return running
+    return [process for process in processes if not stopped(process.pid)]

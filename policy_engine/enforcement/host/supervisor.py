@@ -573,9 +573,10 @@ class WorkerProcess:
 
         On the call path only the request is made (a write to the cgroup's freezer, or one
         SIGSTOP where nothing can fork): the kernel stops each task at its next entry into
-        the kernel, and interrupts a running one for it. The sampler confirms off the call
-        path (:meth:`_check_freeze`), and a sandbox that did not freeze within the freeze
-        timeout is killed. Where the sandbox may fork and no cgroup freezer exists, the
+        the kernel, and interrupts a running one for it. A cgroup freezer cannot be undone
+        from inside: the sampler confirms it off the call path (:meth:`_check_freeze`), and a
+        sandbox that did not freeze within the freeze timeout is killed. Signals can be (a
+        thread's SIGCONT ends a group stop not yet complete), so without a cgroup freezer the
         SIGSTOP fixed point runs here, to the end."""
         if not self.alive or self.frozen:
             return
@@ -594,12 +595,15 @@ class WorkerProcess:
             worker, fd = self._worker_process, self._worker_pidfd
             if not self._may_fork and worker is not None and fd is not None:
                 # Seccomp forbids fork: the worker is every process of the sandbox (but the
-                # reaper). A stopped process cannot wake itself, a thread of it neither.
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGSTOP)
-                except OSError:
-                    return  # gone: the next call reports it
+                # reaper). A thread not yet stopped can still end the group stop with a
+                # SIGCONT, so the SIGSTOP is repeated until every thread is stopped: then
+                # none runs, and none can wake another.
                 self._stopped = {worker.pid: worker}
+                self._freeze_held = _stop_every_thread(fd, worker.pid)
+                if not self._freeze_held:
+                    log.error("the sandbox of plugin `%s` did not stop within %.0f s after a "
+                              "call; stopping it", self._plugin, _FREEZE_TIMEOUT)
+                    self._kill()
                 return
             self._stopped = self._freeze_by_signals()
             self._freeze_held = True
@@ -615,7 +619,7 @@ class WorkerProcess:
             return False
         deadline = time.monotonic() + timeout
         for pid in stopped:
-            while not _is_stopped(pid):
+            while not reaper.stopped(pid):
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.0001)
@@ -1420,9 +1424,25 @@ def _process_state(pid: int) -> bytes | None:
         return None
 
 
-def _is_stopped(pid: int) -> bool:
-    """Stopped by a signal, or no longer running at all."""
-    return _process_state(pid) in (None, b"T", b"t", b"Z", b"X")
+def _stop_every_thread(pidfd: int, pid: int) -> bool:
+    """SIGSTOP the process until every thread of it is stopped (a SIGCONT one of them sends
+    before the group stop completes discards it); False when that takes past the freeze
+    timeout. Checked in a tight loop first: a stop usually lands within microseconds."""
+    deadline = time.monotonic() + _FREEZE_TIMEOUT
+    checks = 0
+    while True:
+        if checks % 8 == 0:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+            except OSError:
+                return True  # gone: the next call reports it
+        if reaper.stopped(pid):
+            return True
+        checks += 1
+        if time.monotonic() >= deadline:
+            return False
+        if checks > 64:
+            time.sleep(0.0001)
 
 
 def _is_gone(pid: int) -> bool:
