@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,8 @@ POLICY = 'allow plugin * to network:request on "*.example.com"\ndeny plugin * to
 MANIFEST = {"name": "p", "version": "1.0.0", "type": "agent", "entry_point": "p:P",
             "permissions": ["network:request *.example.com", "network:request *.evil.test"]}
 REQUESTS = [("p", "network:request", f"h{i % 50}.example.com:443") for i in range(200)]
-ROUNDS = 20_000
+QUICK = "--quick" in sys.argv[1:]  # a smoke run (the tests run it): tiny counts, one round
+ROUNDS = 200 if QUICK else 20_000
 
 
 def measure(engine: Engine) -> list[float]:

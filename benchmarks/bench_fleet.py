@@ -28,7 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: two rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = 2
     test_fleet.INTERVAL = args.interval
     tmp = Path(tempfile.mkdtemp())
     keys = tmp / "keys"

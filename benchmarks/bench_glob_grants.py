@@ -22,8 +22,10 @@ from policy_engine.enforcement.host.supervisor import WorkerInit, WorkerProcess
 from policy_engine.enforcement.host.usage import ResourceLimits
 from policy_engine.globs import MAX_MATCHES
 
-COUNTS = tuple(int(n) for n in sys.argv[1:]) or (16, 256, MAX_MATCHES)  # or the counts given
-ROUNDS = 5
+QUICK = "--quick" in sys.argv[1:]  # a smoke run (the tests run it): tiny counts, one round
+COUNTS = tuple(int(n) for n in sys.argv[1:] if n != "--quick") or (  # or the counts given
+    (4,) if QUICK else (16, 256, MAX_MATCHES))
+ROUNDS = 1 if QUICK else 5
 PLUGIN = '''
 class Plugin:
     def read(self, path):

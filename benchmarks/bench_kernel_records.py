@@ -22,9 +22,10 @@ from policy_engine import Engine
 from policy_engine.enforcement.host.loader import PluginLoader
 from policy_engine.enforcement.host.sandbox import PluginSandbox
 
-OPENS = 200
-ROUNDS = 30
-COLD = 8
+QUICK = "--quick" in sys.argv[1:]  # a smoke run (the tests run it): tiny counts, one round
+OPENS = 20 if QUICK else 200
+ROUNDS = 2 if QUICK else 30
+COLD = 1 if QUICK else 8
 
 PLUGIN = '''
 import os

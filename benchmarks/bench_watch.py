@@ -14,6 +14,7 @@ Prints median and p99 in microseconds and the ratio to the baseline.
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,9 +23,10 @@ from pathlib import Path
 from policy_engine import Engine
 from policy_engine.digest import plugin_digest, trust_line
 
-PLUGINS = 200
-ROUNDS = 20_000
-POLLS = 200
+QUICK = "--quick" in sys.argv[1:]  # a smoke run (the tests run it): tiny counts, one round
+PLUGINS = 10 if QUICK else 200
+ROUNDS = 200 if QUICK else 20_000
+POLLS = 5 if QUICK else 200
 
 
 def _tree(root: Path) -> tuple[Path, Path]:

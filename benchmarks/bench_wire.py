@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 
 from policy_engine.enforcement.wire import (
@@ -22,6 +23,8 @@ from policy_engine.enforcement.wire import (
     decode_worker_message,
     encode_frame,
 )
+
+QUICK = "--quick" in sys.argv[1:]  # a smoke run (the tests run it): few rounds
 
 
 def frames() -> list[tuple[str, bytes]]:
@@ -40,7 +43,7 @@ def frames() -> list[tuple[str, bytes]]:
 
 
 def measure(payload: bytes) -> list[float]:
-    runs = max(5, min(200, 2_000_000 // max(len(payload), 1)))
+    runs = 2 if QUICK else max(5, min(200, 2_000_000 // max(len(payload), 1)))
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -86,6 +89,7 @@ def values() -> list[tuple[str, object, object]]:
 
 
 def _round_trips(run: object, count: int = 300) -> list[float]:
+    count = 3 if QUICK else count
     times = []
     for _ in range(count):
         start = time.perf_counter()
