@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -121,9 +122,43 @@ class Diagnostic:
         return self.render()
 
 
-def source_line(text: str, line: int) -> str | None:
-    """The 1-based ``line`` of ``text``, or None when out of range."""
-    lines = text.splitlines()
+#: What ends a line in each kind of source, as the reader that gives the positions counts:
+#: Lark counts ``\n`` alone; Python's tokenizer ``\r\n``, ``\r`` and ``\n``; YAML 1.1 (libyaml
+#: and PyYAML) also NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR. ``str.splitlines`` splits on
+#: more than any of them (form feed, U+2028 ...), which shows the wrong line.
+_LINE_ENDS = {
+    "policy": re.compile(r"\r?\n"),
+    "python": re.compile(r"\r\n|\r|\n"),
+    "yaml": re.compile("\r\n|[\r\n\x85\u2028\u2029]"),
+}
+
+
+def source_lines(text: str, language: str = "policy", *, keepends: bool = False) -> list[str]:
+    """``text`` split into lines the way the reader of ``language`` (``policy``, ``python``
+    or ``yaml``) numbers them; like ``str.splitlines``, no empty line after a final break."""
+    lines: list[str] = []
+    start = 0
+    for end in _LINE_ENDS[language].finditer(text):
+        lines.append(text[start:end.end() if keepends else end.start()])
+        start = end.end()
+    if start < len(text):
+        lines.append(text[start:])
+    return lines
+
+
+def language_of(path: str) -> str:
+    """The kind of source a file holds, by its name: ``python``, ``yaml`` or ``policy``."""
+    if path.endswith((".py", ".pyi")):
+        return "python"
+    if path.endswith((".yaml", ".yml", ".json")):
+        return "yaml"
+    return "policy"
+
+
+def source_line(text: str, line: int, language: str = "policy") -> str | None:
+    """The 1-based ``line`` of ``text`` (numbered as :func:`source_lines` does), or None
+    when out of range."""
+    lines = source_lines(text, language)
     if 1 <= line <= len(lines):
         return lines[line - 1]
     return None

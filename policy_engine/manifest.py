@@ -40,7 +40,7 @@ from .bounded import (
     read_bounded_file,
     use_libyaml_events,
 )
-from .diagnostics import Diagnostic, Span, did_you_mean, source_line
+from .diagnostics import Diagnostic, Span, did_you_mean, source_line, source_lines
 from .errors import InputLimitError, ManifestError, PolicySyntaxError
 from .nodes import Grant
 from .parser import parse_grant
@@ -312,7 +312,7 @@ class _Source:
     ) -> Diagnostic:
         """A diagnostic about the field at ``pointer``."""
         where = span if span is not None else self.span(pointer, key=key)
-        line = source_line(self.text, where.line) if self.text is not None else None
+        line = source_line(self.text, where.line, "yaml") if self.text is not None else None
         return Diagnostic(
             _printable(message),
             where,
@@ -397,7 +397,7 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
                 "expected a mapping of manifest fields, found an empty document",
                 Span(file, 1, 1),
                 "a manifest needs at least `name`, `version`, `type` and `entry_point`",
-                source_line=source_line(text, 1),
+                source_line=source_line(text, 1, "yaml"),
             )])
         source, early = _locate(root, file, text)
         data = loader.construct_document(root)
@@ -411,7 +411,7 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
             f"invalid YAML: unacceptable character `#x{exc.character:04x}`: {exc.reason}",
             Span(file, line, column, line, column + 1),
             "a manifest is plain text: remove control characters",
-            source_line=source_line(text, line),
+            source_line=source_line(text, line, "yaml"),
         )]) from None
     except yaml.YAMLError as exc:  # every other PyYAML error: no position to give
         raise ManifestError([Diagnostic(f"invalid YAML: {_one_line(str(exc))}", Span(file, 0, 0))]) from None
@@ -510,7 +510,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, file: str, text: str) -> Diagnostic
     line, column = mark.line + 1, mark.column + 1
     return Diagnostic(
         message, Span(file, line, column, line, column + 1), _backticks(hint) if hint else None,
-        source_line=source_line(text, line),
+        source_line=source_line(text, line, "yaml"),
     )
 
 
@@ -531,12 +531,12 @@ def _not_utf8(raw: bytes, exc: UnicodeDecodeError, file: str) -> Diagnostic:
 
 
 def _line_column(text: str, index: int) -> tuple[int, int]:
-    """1-based line and column of ``text[index]``, counting lines as ``splitlines`` does."""
-    lines = text[:index].splitlines(keepends=True)
+    """1-based line and column of ``text[index]``, counting lines as YAML does."""
+    lines = source_lines(text[:index], "yaml", keepends=True)
     if not lines:
         return 1, 1
     last = lines[-1]
-    if last.splitlines()[0] != last:  # it ends with a line break: the next line starts
+    if source_lines(last, "yaml")[0] != last:  # it ends with a line break: the next starts
         return len(lines) + 1, 1
     return len(lines), len(last) + 1
 

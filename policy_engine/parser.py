@@ -15,7 +15,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from . import codes, nodes
 from .bounded import DEFAULT_LIMITS, InputLimits, check_text, limit_diagnostic
 from .characters import ascii_lookalike, describe, invisible_characters
-from .diagnostics import Diagnostic, Fix, Span, closest_keyword, source_line
+from .diagnostics import Diagnostic, Fix, Span, closest_keyword, source_line, source_lines
 from .errors import InputLimitError, PolicySyntaxError
 from .simple_parser import GRAMMAR_SHA256, Declined, recognise, source_text, unquote
 
@@ -292,7 +292,7 @@ def _next_statement(text: str, exc: UnexpectedInput) -> int | None:
     line = getattr(exc, "line", None)
     if not isinstance(line, int) or line < 1:
         return None
-    lines = text.splitlines(keepends=True)
+    lines = source_lines(text, keepends=True)
     position = sum(len(x) for x in lines[:line])
     match = _STATEMENT_START.search(text, position)
     return match.start() if match else None
@@ -337,7 +337,7 @@ def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
         expected = set(exc.expected)
         if token.type == "$END":
             found = "the end of the input"
-            line = line if line > 0 else len(text.splitlines()) or 1
+            line = line if line > 0 else len(source_lines(text)) or 1
         else:
             found = f"`{token}`"
         message = f"expected {_describe_expected(expected)}, found {found}"
@@ -367,7 +367,7 @@ def _diagnostic(exc: UnexpectedInput, text: str, file: str) -> Diagnostic:
         end = column + 1
     elif isinstance(exc, UnexpectedEOF):
         message = f"unexpected end of input, expected {_describe_expected(set(exc.expected))}"
-        lines = text.splitlines() or [""]
+        lines = source_lines(text) or [""]
         line, column = len(lines), len(lines[-1]) + 1
         end = column + 1
     else:  # pragma: no cover - Lark has no other kinds

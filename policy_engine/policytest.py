@@ -237,7 +237,7 @@ def load_test_yaml(text: str, name: str) -> tuple[Any, Mapping[str, Span]]:
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         problem = " ".join(f"{exc.context or ''} {exc.problem or 'invalid YAML'}".split())
         raise PolicyTestError([Diagnostic(f"invalid YAML: {problem}", Span(name, line, column),
-                                          source_line=source_line(text, line))]) from None
+                                          source_line=source_line(text, line, "yaml"))]) from None
     except yaml.YAMLError as exc:
         raise PolicyTestError([Diagnostic(f"invalid YAML: {' '.join(str(exc).split())}",
                                           Span(name, 0, 0))]) from None
@@ -255,11 +255,11 @@ def _spans(root: yaml.Node, name: str, text: str) -> dict[str, Span]:
         span = Span(name, node.start_mark.line + 1, node.start_mark.column + 1)
         if id(node) in seen or getattr(node, "anchor", None):
             raise PolicyTestError([Diagnostic("YAML anchors and aliases are not allowed in test files",
-                                              span, "write the value out", source_line=source_line(text, span.line))])
+                                              span, "write the value out", source_line=source_line(text, span.line, "yaml"))])
         seen.add(id(node))
         if depth > MAX_NESTING:
             raise PolicyTestError([Diagnostic(f"the document is nested deeper than {MAX_NESTING} levels",
-                                              span, source_line=source_line(text, span.line))])
+                                              span, source_line=source_line(text, span.line, "yaml"))])
         spans[pointer] = span
         if isinstance(node, yaml.MappingNode):
             keys: dict[str, Span] = {}
@@ -270,7 +270,7 @@ def _spans(root: yaml.Node, name: str, text: str) -> dict[str, Span]:
                     raise PolicyTestError([Diagnostic(
                         f"duplicate field `{key_text}`", key_span,
                         f"the first is on line {keys[key_text].line}",
-                        source_line=source_line(text, key_span.line))])
+                        source_line=source_line(text, key_span.line, "yaml"))])
                 keys[key_text] = key_span
                 stack.append((f"{pointer}/{_escape(key_text)}", value, depth + 1))
         elif isinstance(node, yaml.SequenceNode):
@@ -317,7 +317,7 @@ def _schema_problems(data: Any, spans: Mapping[str, Span], name: str, text: str)
             hint = did_you_mean(str(error.instance), [str(v) for v in error.validator_value])
         else:
             message = " ".join(error.message.split())
-        problems.append(Diagnostic(message, span, hint, source_line=source_line(text, span.line),
+        problems.append(Diagnostic(message, span, hint, source_line=source_line(text, span.line, "yaml"),
                                    pointer=pointer))
     return problems
 

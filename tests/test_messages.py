@@ -205,3 +205,30 @@ def test_lint_json_carries_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture
     (finding,) = json.loads(capsys.readouterr().out)
     assert finding["fix"] == {"start": {"line": 1, "column": 25}, "end": {"line": 1, "column": 31},
                               "replacement": "500MB"}
+
+
+# -- lines are numbered as each source's reader numbers them ------------------------------------
+
+
+def test_source_lines_split_as_each_reader_counts_lines() -> None:
+    from policy_engine.diagnostics import language_of, source_line, source_lines
+
+    text = "a\u2028b\x0cc\rd\r\ne\x85f\n"
+    assert source_lines(text) == ["a\u2028b\x0cc\rd", "e\x85f"]  # Lark: "\n" alone
+    assert source_lines(text, "python") == ["a\u2028b\x0cc", "d", "e\x85f"]
+    assert source_lines(text, "yaml") == ["a", "b\x0cc", "d", "e", "f"]
+    assert source_lines(text, keepends=True) == ["a\u2028b\x0cc\rd\r\n", "e\x85f\n"]
+    assert source_lines("") == [] and source_lines("x") == ["x"]
+    assert source_line(text, 2) == "e\x85f" and source_line(text, 3) is None
+    assert [language_of(p) for p in ("a/plugin.yaml", "m.py", "x.policy")] == \
+        ["yaml", "python", "policy"]
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x0c", "\x85"])
+def test_an_error_after_a_line_separator_in_a_string_shows_its_own_line(separator: str) -> None:
+    text = f'allow plugin "a" to file:read on "/a{separator}b"\nallow plugin b to file:read on "/y"\n'
+    with pytest.raises(PolicySyntaxError) as caught:
+        parse_policy(text, "p.policy")
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.span is not None and diagnostic.span.line == 2
+    assert diagnostic.source_line == 'allow plugin b to file:read on "/y"'

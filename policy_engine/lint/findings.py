@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..diagnostics import Diagnostic, Span, source_line
+from ..diagnostics import Diagnostic, Span, language_of, source_line, source_lines
 from .rules import get_rule
 
 __all__ = ["finding", "position", "recode", "snippet", "first_line_span"]
@@ -26,7 +26,7 @@ def finding(
         raise KeyError(code)
     line = None
     if source is not None and span is not None and span.line > 0:
-        line = source_line(source, span.line)
+        line = source_line(source, span.line, language_of(span.file))
     return Diagnostic(message, span, hint, code=rule.code, severity=rule.severity,
                       source_line=line, pointer=pointer)
 
@@ -49,7 +49,7 @@ def position(d: Diagnostic) -> tuple[str, int, int, str, str]:
 
 def snippet(source: str, span: Span) -> str:
     """The text a span covers, on one line (whitespace runs collapsed)."""
-    lines = source.splitlines()
+    lines = source_lines(source, language_of(span.file))
     if not 1 <= span.line <= len(lines):
         return ""
     end_line = span.end_line if span.end_line >= span.line else span.line

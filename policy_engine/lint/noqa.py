@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from .. import codes
-from ..diagnostics import Diagnostic, Span
+from ..diagnostics import Diagnostic, Span, source_lines
 from .findings import finding
 from .rules import rules_matching
 
@@ -59,7 +59,7 @@ class Suppression:
 def find_suppressions(path: str, text: str, language: str) -> list[Suppression]:
     """The noqa comments of a file; ``language`` is ``policy``, ``yaml`` or ``python``."""
     comments = _python_comments(text) if language == "python" else _hash_comments(text, language)
-    lines = text.splitlines()
+    lines = source_lines(text, language)
     found: list[Suppression] = []
     for line, column, comment in comments:
         source = lines[line - 1] if line <= len(lines) else ""
@@ -98,7 +98,7 @@ def _hash_comments(text: str, language: str) -> list[tuple[int, int, str]]:
     """``#`` comments outside quoted strings (policy strings use ``"``; YAML also ``'``,
     and there a ``#`` starts a comment only at the start or after white space)."""
     found: list[tuple[int, int, str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(source_lines(text, language), start=1):
         if "#" not in line:
             continue
         quote: str | None = None

@@ -29,7 +29,7 @@ from typing import Any
 from .. import codes, nodes
 from ..compiler import CompiledRule, PolicySet, compile_policy
 from ..conditions import ConditionError, evaluate, version_key
-from ..diagnostics import Diagnostic, Span
+from ..diagnostics import Diagnostic, Span, source_lines
 from ..errors import PolicyCompileError, PolicySyntaxError
 from ..exactness import inexact_reason
 from ..families import over_broad_checks
@@ -75,7 +75,7 @@ class ParsedFile:
         if self.tree is not None:
             header = self.tree.header
             return header.name if header is not None else None
-        for line in self.source.splitlines():
+        for line in source_lines(self.source):
             words = line.split(None, 1)
             if words and words[0] == "policy" and len(words) > 1 and words[1].startswith('"'):
                 return words[1][1:].split('"', 1)[0]

@@ -160,7 +160,7 @@ class CodeFinding:
             hint=hint,
             code=self.code,
             severity=self.severity,
-            source_line=source_line(source, self.line) if source is not None else None,
+            source_line=source_line(source, self.line, "python") if source is not None else None,
         )
 
     def __str__(self) -> str:
