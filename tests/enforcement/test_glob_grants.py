@@ -342,3 +342,38 @@ def test_a_plugin_at_the_bound_starts_under_bubblewrap(tree: Path) -> None:
         assert worker.call("read", [str(many / "other.txt")], timeout=30) in REFUSED
     finally:
         worker.stop()
+
+
+def test_one_load_walks_each_glob_grant_once(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policy_engine.enforcement.host import spec as spec_module
+    from policy_engine.enforcement.host.loader import PluginLoader
+    from policy_engine.enforcement.host.sandbox import PluginSandbox
+
+    (tree / "plugins" / "globby" / "globby.py").write_text(
+        "from policy_engine.plugin_api import BaseAgentPlugin\n\n"
+        "class Plugin(BaseAgentPlugin):\n"
+        "    def run(self):\n        return None\n\n"
+        "    def read(self, path):\n        with open(path) as handle:\n"
+        "            return handle.read()\n")
+    (tree / "site.policy").write_text(
+        f'allow plugin "globby" to file:read on "{tree}/srv/*.csv"\n')
+    engine = Engine.load([str(ROOT / "policies"), str(tree / "site.policy")],
+                         plugins=tree / "plugins", variables={"data_dir": str(tree / "data")})
+    walks: list[str] = []
+    real = spec_module.expand_glob
+
+    def counted(pattern: Any, *args: Any, **kwargs: Any) -> Any:
+        walks.append(pattern.text)
+        return real(pattern, *args, **kwargs)
+
+    monkeypatch.setattr(spec_module, "expand_glob", counted)
+    sandbox = PluginSandbox(engine, data_dir=tree / "data", scratch_root=tree)
+    with PluginLoader(engine, sandbox) as loader:
+        plugin = loader.load(tree / "plugins" / "globby")
+        assert walks == [f"{tree}/srv/*.csv"]  # validation, refusals and the plan: one walk
+        assert plugin.call("read", str(tree / "srv" / "a.csv")) == "a"
+    table = engine.plugin_table("globby")
+    assert table is not None
+    spec_module.expanded_grants(table)
+    spec_module.expanded_grants(table)
+    assert len(walks) == 3  # outside a load each call walks afresh

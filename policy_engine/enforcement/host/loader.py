@@ -35,6 +35,7 @@ from ...settings import Violation
 from ...table import PluginTable
 from .runners import Runner
 from .sandbox import PluginSandbox
+from .spec import one_expansion
 from .usage import ResourceUsage
 from .validation import ValidationResult, plugin_dir_of
 
@@ -175,21 +176,22 @@ class LoadedPlugin:
                 raise EnforcementError(f"plugin `{self.name}` was unloaded: {self.unloaded}",
                                        plugin=self.name)
             log.info("policy changed for plugin `%s`: rebuilding its sandbox", self.name)
-            validation = self.loader.sandbox.validate_plugin(self.metadata, current) \
-                if current is not None else None
-            if validation is None or not validation.valid:
-                why = "; ".join(validation.errors) if validation is not None else \
-                    "the policy in force no longer knows it"
-                self.loader.unload(self.name, reason=f"the policy changed: {why}")
-                raise EnforcementError(f"plugin `{self.name}` was unloaded: the policy "
-                                       f"changed: {why}", plugin=self.name)
-            old = self.runner
-            try:
-                old.stop()
-            except Exception as exc:  # stopping must never take the host down
-                log.warning("stopping plugin `%s` failed: %s", self.name, exc)
-            self.loader.sandbox.hooks.unregister_plugin(self.name)
-            runner = self.loader.sandbox.runner_for(self.metadata, self._hook_factory, current)
+            with one_expansion():  # the new table's glob grants walked once
+                validation = self.loader.sandbox.validate_plugin(self.metadata, current) \
+                    if current is not None else None
+                if validation is None or not validation.valid:
+                    why = "; ".join(validation.errors) if validation is not None else \
+                        "the policy in force no longer knows it"
+                    self.loader.unload(self.name, reason=f"the policy changed: {why}")
+                    raise EnforcementError(f"plugin `{self.name}` was unloaded: the policy "
+                                           f"changed: {why}", plugin=self.name)
+                old = self.runner
+                try:
+                    old.stop()
+                except Exception as exc:  # stopping must never take the host down
+                    log.warning("stopping plugin `%s` failed: %s", self.name, exc)
+                self.loader.sandbox.hooks.unregister_plugin(self.name)
+                runner = self.loader.sandbox.runner_for(self.metadata, self._hook_factory, current)
             self.runner = runner
             self.table = current
             self.rebuilds += 1
@@ -248,17 +250,18 @@ class PluginLoader:
             # The plugin's table is read once here; validation, the runner, its kernel plan
             # and its settings all come from it (a reload meanwhile is seen at the first call).
             table = self.engine.plugin_table(metadata.name)
-            validation = self.sandbox.validate_plugin(metadata, table)
-            for warning in validation.warnings:
-                log.warning("plugin `%s`: %s", metadata.name, warning)
-            if not validation.valid:
-                raise PluginValidationError(metadata.name, validation.errors)
             loaded_ref: list[LoadedPlugin] = []
 
             def call_hook(hook: str) -> Callable[..., Any]:
                 return lambda *args, **kwargs: loaded_ref[0].call_hook(hook, *args, **kwargs)
 
-            runner = self.sandbox.runner_for(metadata, call_hook, table)
+            with one_expansion():  # the table's glob grants walked once for this load
+                validation = self.sandbox.validate_plugin(metadata, table)
+                for warning in validation.warnings:
+                    log.warning("plugin `%s`: %s", metadata.name, warning)
+                if not validation.valid:
+                    raise PluginValidationError(metadata.name, validation.errors)
+                runner = self.sandbox.runner_for(metadata, call_hook, table)
             loaded = LoadedPlugin(metadata, validation, runner, self, table=table,
                                   _hook_factory=call_hook)
             loaded_ref.append(loaded)

@@ -10,7 +10,10 @@ A glob grant reaches the kernel as the existing paths it matches at start
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from ..wire import WireEntry, WireRule, WireTable
 from ..worker.lockdown import LockdownSpec
 from .usage import ResourceLimits
 
-__all__ = ["KernelGrants", "checker_data", "expanded_grants", "inexact_denies",
+__all__ = ["KernelGrants", "checker_data", "expanded_grants", "inexact_denies", "one_expansion",
            "inexact_grants", "kernel_grants", "kernel_masks", "lockdown_spec",
            "resource_limits", "wire_table"]
 
@@ -135,10 +138,38 @@ def _grants(table: PluginTable, reads: tuple[str, ...], writes: tuple[str, ...])
     )
 
 
+#: The expansions made inside one :func:`one_expansion` scope, by table (None outside one).
+_EXPANSIONS: contextvars.ContextVar[dict[int, tuple[PluginTable, tuple[KernelGrants, tuple[str, ...]]]] | None] = \
+    contextvars.ContextVar("expansions", default=None)
+
+
+@contextlib.contextmanager
+def one_expansion() -> Iterator[None]:
+    """Within this scope a table's glob grants are walked once: validation, the refusals
+    and the worker's kernel plan all see the same expansion (the loader wraps one load in
+    it). Outside it each call walks the filesystem afresh."""
+    token = _EXPANSIONS.set({})
+    try:
+        yield
+    finally:
+        _EXPANSIONS.reset(token)
+
+
 def expanded_grants(table: PluginTable) -> tuple[KernelGrants, tuple[str, ...]]:
     """The grants for ``table`` with each glob grant expanded into the existing paths it
     matches (:mod:`policy_engine.globs`), and one message naming each rule whose expansion
     went past the bound (such a grant stays its literal root: see :func:`inexact_grants`)."""
+    made = _EXPANSIONS.get()
+    if made is None:
+        return _expand(table)
+    held = made.get(id(table))
+    if held is None or held[0] is not table:
+        held = (table, _expand(table))
+        made[id(table)] = held
+    return held[1]
+
+
+def _expand(table: PluginTable) -> tuple[KernelGrants, tuple[str, ...]]:
     entries = table.entries
     overflow: dict[str, None] = {}
     left = [MAX_MATCHES, MAX_VISITS]  # shared by every glob grant of the plugin
