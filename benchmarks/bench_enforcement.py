@@ -346,7 +346,7 @@ def bench_open_check(scratch: Path) -> dict[str, list[float]]:
     guard = AuditGuard(checker, plugin="reader", scratch_dir=str(scratch / "scratch"),
                        implicit=implicit_reads(str(plugin_dir), scratch_dir=str(scratch / "scratch"),
                                                extra_paths=extra),
-                       allow_subprocess=False, allow_network=False)
+                       allow_subprocess=False, allow_network=False, changeable=())
     hook = guard._hook  # what sys.addaudithook would call; not installed: it cannot be removed
     allowed_args = (str(data / "table.csv"), "r", os.O_RDONLY | os.O_CLOEXEC)
     denied_args = (str(other / "secret.txt"), "r", os.O_RDONLY | os.O_CLOEXEC)

@@ -8,13 +8,17 @@ the host, not the worker, says why.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from ...errors import PermissionDeniedError
 
-__all__ = ["Checker", "DeniedDecision", "denial", "make_checker"]
+__all__ = ["CACHE_SIZE", "Checker", "DeniedDecision", "denial", "make_checker"]
+
+#: Answers the checker remembers, as many as the engine's decision cache holds by default.
+CACHE_SIZE = 4096
 
 #: ``checker(action, resource)`` returns None when allowed, raises PermissionDeniedError if not.
 Checker = Callable[[str, "str | None"], None]
@@ -90,6 +94,7 @@ class _TableChecker:
         self._audit = audit
         self._on_audit = on_audit
         self._table: _Decider | None = None
+        self._allows: Callable[[str, str | None], bool] | None = None
         self._failure: str | None = None
         self._loading = False
 
@@ -102,12 +107,27 @@ class _TableChecker:
 
                 self._table = _Decider(WireTable.decode(self._data))
                 self._plugin = self._table.plugin
+                # The engine's cache rules: the table never changes in this process and the
+                # answer depends on (action, resource) alone, so an exact-key LRU is exact.
+                self._allows = functools.lru_cache(maxsize=CACHE_SIZE)(self._table.allows)
             except Exception as error:  # fail closed: every check is then a denial
                 self._failure = f"{type(error).__name__}: {error}"
             finally:
                 self._loading = False
 
     def __call__(self, action: str, resource: str | None) -> None:
+        allows = self._allows
+        if allows is not None and action.__class__ is str and (
+                resource is None or resource.__class__ is str):
+            allowed = allows(action, resource)  # the common case: the table is built
+            if self._audit:
+                if self._on_audit is not None:
+                    self._on_audit(action, resource, allowed)
+                return
+            if not allowed:
+                raise denial(DeniedDecision(self._plugin, action, resource,
+                                            "the plugin's decision table does not allow it"))
+            return
         if self._loading:
             # Loading the table must not need a decision; if it does, refuse rather than loop.
             raise denial(DeniedDecision(self._plugin, action, resource,
