@@ -381,3 +381,24 @@ def test_no_link_can_be_planted_outside_the_write_grants(start: Starter, world: 
     assert worker.call("read", [public], timeout=10) == "public"
     with pytest.raises((PermissionDeniedError, PluginRaisedError)):
         worker.call("read", [secret], timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["r", "rb", "rt", "br", "tr", "r+", "w", "a", "x", "wb", None])
+@pytest.mark.parametrize("flags", [os.O_RDONLY, os.O_RDONLY | os.O_CLOEXEC, os.O_WRONLY,
+                                   os.O_RDWR, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                   os.O_APPEND])
+def test_the_plain_read_shortcut_asks_as_the_general_path(tmp_path: Path, tree: Path,
+                                                          mode: str | None, flags: int) -> None:
+    """A str path takes the shortcut where it can; the same path as bytes never does."""
+    (tmp_path / "runtime").mkdir()
+    for path in (tree / "a" / "b" / "f.txt", tree / "a" / "to_other" / "g.txt",
+                 tmp_path / "scratch" / "s.txt", tmp_path / "runtime" / "lib.py"):
+        asked: list[list[tuple[str, str | None]]] = []
+        for given in (str(path), os.fsencode(path)):
+            recorder = Recorder()
+            guard = AuditGuard(recorder, plugin="demo", scratch_dir=str(tmp_path / "scratch"),
+                               implicit=ImplicitReads((str(tmp_path / "runtime"),)),
+                               allow_subprocess=False, allow_network=False, changeable=())
+            guard._hook("open", (given, mode, flags))
+            asked.append(recorder.asked)
+        assert asked[0] == asked[1], path

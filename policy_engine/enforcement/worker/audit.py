@@ -31,6 +31,8 @@ from .resolver import PathResolver
 __all__ = ["AuditGuard"]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+#: ``open()`` modes that read and never write (with no write flag, they ask file:read only).
+_READ_MODES = frozenset({"r", "rb", "rt", "br", "tr"})
 _MAX_TRACKED_WRITES = 1024
 _INTROSPECTION = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
 
@@ -71,6 +73,7 @@ class AuditGuard:
         self._implicit = ImplicitReads(
             tuple(dict.fromkeys(os.path.realpath(p) for p in implicit.trees)),
             None if implicit.plugin_dir is None else os.path.realpath(implicit.plugin_dir))
+        self._covers = self._implicit.covers
         self._allow_subprocess = allow_subprocess
         self._allow_network = allow_network
         self._local = threading.local()
@@ -149,10 +152,16 @@ class AuditGuard:
 
     def _on_open(self, args: tuple[Any, ...]) -> None:
         path, mode, flags = args[0], args[1], args[2]
-        if path.__class__ is str and path[:1] == "/":
-            resolved: str | None = self._realpath(path)  # the common case, without _resolve
-        else:
-            resolved = _resolve(path, realpath=self._realpath)
+        if path.__class__ is str and path[:1] == "/" and mode.__class__ is str \
+                and mode in _READ_MODES and not flags & _WRITE_FLAGS:
+            # The common case, a plain read of an absolute path: _resolve and _check_read
+            # spelled out (each call level costs on every read and on a denial's unwinding).
+            real = self._realpath(path)
+            if self._covers(real) or real.startswith(self._scratch_below) or real == self._scratch:
+                return
+            self._checker("file:read", real)
+            return
+        resolved = _resolve(path, realpath=self._realpath)
         if resolved is None:
             return
         writing = bool(flags & _WRITE_FLAGS) or (
