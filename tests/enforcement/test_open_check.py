@@ -45,6 +45,8 @@ def tree(tmp_path: Path) -> Path:
     (root / "a" / "loop").symlink_to(root / "a" / "loop")
     (root / "a" / "dangling").symlink_to(root / "missing" / "x")
     (root / "a" / "b" / "to_file").symlink_to(root / "other" / "g.txt")
+    (root / "a" / ".hidden").mkdir()
+    (root / "a" / "..link").symlink_to(root / "other")
     for directory in (root, *[p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()]):
         directory.chmod(0o755)
     return root
@@ -52,7 +54,7 @@ def tree(tmp_path: Path) -> Path:
 
 def _candidates(root: Path) -> list[str]:
     names = ["a", "b", "f.txt", "to_other", "relative", "up", "loop", "dangling", "to_file",
-             "other", "g.txt", "missing", ".", "..", ""]
+             "other", "g.txt", "missing", ".", "..", "", ".hidden", "..link", "..."]
     rng = random.Random(12)
     paths = [str(root)]
     for _ in range(600):
@@ -402,3 +404,14 @@ def test_the_plain_read_shortcut_asks_as_the_general_path(tmp_path: Path, tree: 
             guard._hook("open", (given, mode, flags))
             asked.append(recorder.asked)
         assert asked[0] == asked[1], path
+
+
+def test_the_worker_lists_what_landlock_lets_it_write() -> None:
+    from policy_engine.enforcement.worker.main import _Worker
+
+    spec = LockdownSpec(scratch_dir="/s", plugin_dir="/p", read_paths=("/r",),
+                        write_paths=("/w",), throwaway_paths=("/t",))
+    worker = _Worker(None, {"plugin": "p", "lockdown": spec.to_json(), "data_dir": "/d"},  # type: ignore[arg-type]
+                     os.getpid())
+    assert worker._changeable(False) is None  # no Landlock: nothing is remembered
+    assert set(worker._changeable(True) or ()) == {"/s", "/w", "/t", "/d"}

@@ -88,8 +88,9 @@ class PathResolver:
             found = cache.get(path)
             if found is not None:
                 return found
-        if path[:1] != "/" or path[:2] == "//" or path != os.path.normpath(path) or len(path) < 2:
-            # Not in normal form (normpath keeps a leading `//`), or `/`: realpath itself.
+        if path[:1] != "/" or "//" in path or path[-1:] == "/" or (
+                "/." in path and path != os.path.normpath(path)):
+            # Not in normal form (`//`, a trailing `/`, a `.` or `..` component), or `/`.
             return os.path.realpath(path)
         stable = self._walk(path)
         if stable is None:
