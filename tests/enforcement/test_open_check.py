@@ -127,7 +127,7 @@ def test_shared_directories_are_never_remembered(tree: Path) -> None:
 
 
 def test_writing_everywhere_or_no_kernel_confinement_remembers_nothing(tree: Path) -> None:
-    for changeable in (None, ("/",), (str(tree), "/")):
+    for changeable in (None, ("/",), (str(tree), "/"), ("//",), ("relative",), ("",)):
         resolver = PathResolver(changeable)
         resolver.resolve(str(tree / "a" / "b" / "f.txt"))
         assert not resolver.caching and resolver._cache is None

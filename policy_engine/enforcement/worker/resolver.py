@@ -62,10 +62,11 @@ class PathResolver:
             return
         roots: list[str] = list(_LIVE_TREES)
         for root in changeable:
-            if root and os.path.isabs(root):
-                # Both spellings: the kernel's rule follows a link the host's path may be.
-                roots += [os.path.normpath(root), os.path.realpath(root)]
-        if "/" in roots:
+            if not os.path.isabs(root):
+                return  # a tree this process cannot place: assume it may write anywhere
+            # Both spellings: the kernel's rule follows a link the host's path may be.
+            roots += [os.path.normpath(root), os.path.realpath(root)]
+        if "/" in roots or "//" in roots:
             return  # the plugin may write everywhere: nothing is stable
         try:
             top = os.lstat("/")
