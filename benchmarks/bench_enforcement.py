@@ -19,17 +19,21 @@
    mechanism holding each limit is printed.
 9. the worker's check of one audited ``open()``, allowed and denied: the worker's audit
    hook (``worker/audit.py``) and checker (``worker/checker.py``, built from the plugin's
-   table as the host sends it) called in this process exactly as the interpreter calls the
-   installed hook, without the ``open()`` itself.
+   table as the host sends it), installed with ``sys.addaudithook`` in a child process and
+   reached through the interpreter's audit path, single calls timed, without the ``open()``
+   itself; with resolutions remembered (a worker under Landlock) and without (no Landlock,
+   the in-process guard).
 
-Run: ``python benchmarks/bench_enforcement.py`` (``--open-check``: row 8 only).
+Run: ``python benchmarks/bench_enforcement.py`` (``--open-check``: row 9 only).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -324,11 +328,43 @@ def bench_freeze(scratch: Path) -> tuple[dict[str, list[float]], list[str]]:
 
 _OPEN_ALLOWED = "worker's check of one audited open(), allowed"
 _OPEN_DENIED = "worker's check of one audited open(), denied"
+_OPEN_ALLOWED_ANEW = "  the same, allowed, every path resolved anew (no Landlock)"
+_OPEN_DENIED_ANEW = "  the same, denied, every path resolved anew (no Landlock)"
+_OPEN_CALLS = 20_000
 
 
 def bench_open_check(scratch: Path) -> dict[str, list[float]]:
-    """The worker's audit hook deciding one ``open()`` of a file its table grants, and of
-    one it does not, with the implicit-read list a worker has."""
+    """The worker's audit hook deciding one ``open()``, installed with ``sys.addaudithook``
+    in a child process (a hook cannot be removed) and reached through the interpreter's
+    audit path (``sys.audit``, which ``open()`` calls with the same arguments), single calls
+    timed: once as a worker under Landlock runs it (resolutions remembered outside the
+    plugin's writable trees) and once with every path resolved anew (a worker without
+    Landlock, and the in-process guard). Each figure is one call: the hook deciding (and
+    raising, for the denial, and the caller catching), less the clock's own cost; not the
+    ``open()`` itself, whose cost with and without the hook differs by less than its noise
+    from one process to the next (a hook cannot be removed to interleave them)."""
+    rows: dict[str, list[float]] = {}
+    package_root = str(Path(__file__).resolve().parent.parent)
+    import policy_engine
+
+    env = {**os.environ, "PYTHONPATH": str(Path(policy_engine.__file__).parent.parent)}
+    for remembering in (True, False):
+        child = subprocess.run(
+            [sys.executable, __file__, "--open-check-child", str(scratch),
+             "remember" if remembering else "anew"],
+            capture_output=True, text=True, check=False, env=env, cwd=package_root)
+        if child.returncode != 0:
+            raise RuntimeError(f"the open-check child failed: {child.stderr[-2000:]}")
+        measured: dict[str, list[float]] = json.loads(child.stdout)
+        if remembering:
+            rows[_OPEN_ALLOWED], rows[_OPEN_DENIED] = measured["allowed"], measured["denied"]
+        else:
+            rows[_OPEN_ALLOWED_ANEW] = measured["allowed"]
+            rows[_OPEN_DENIED_ANEW] = measured["denied"]
+    return rows
+
+
+def _open_check_child(scratch: Path, remembering: bool) -> dict[str, list[float]]:
     plugin_dir, data, other = scratch / "plugin", scratch / "data", scratch / "other"
     for directory in (plugin_dir, data, other, scratch / "scratch"):
         directory.mkdir(exist_ok=True)
@@ -343,30 +379,59 @@ def bench_open_check(scratch: Path) -> dict[str, list[float]]:
     assert table is not None
     checker = make_checker(checker_data(table), plugin="reader")
     extra = tuple(p for p in sys.path if p and os.path.isabs(p))
+    # As the worker computes it: the trees Landlock lets it write (no write grants here).
+    changeable = (str(scratch / "scratch"), str(scratch / "data-dir")) if remembering else None
     guard = AuditGuard(checker, plugin="reader", scratch_dir=str(scratch / "scratch"),
                        implicit=implicit_reads(str(plugin_dir), scratch_dir=str(scratch / "scratch"),
                                                extra_paths=extra),
-                       allow_subprocess=False, allow_network=False)
-    hook = guard._hook  # what sys.addaudithook would call; not installed: it cannot be removed
-    allowed_args = (str(data / "table.csv"), "r", os.O_RDONLY | os.O_CLOEXEC)
-    denied_args = (str(other / "secret.txt"), "r", os.O_RDONLY | os.O_CLOEXEC)
+                       allow_subprocess=False, allow_network=False, changeable=changeable)
+    allowed_path, denied_path = str(data / "table.csv"), str(other / "secret.txt")
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    audit, clock = sys.audit, time.perf_counter_ns
 
-    def denied() -> None:
-        try:
-            hook("open", denied_args)
-        except PermissionDeniedError:
-            return
+    def timer_cost() -> float:
+        samples = []
+        for _ in range(_OPEN_CALLS):
+            started = clock()
+            samples.append(clock() - started)
+        return statistics.median(samples)
+
+    def allowed_calls() -> list[float]:
+        samples = []
+        for _ in range(_OPEN_CALLS):
+            started = clock()
+            audit("open", allowed_path, "r", flags)
+            samples.append(clock() - started)
+        return samples
+
+    def denied_calls() -> list[float]:
+        samples = []
+        for _ in range(_OPEN_CALLS):
+            started = clock()
+            try:
+                audit("open", denied_path, "r", flags)
+            except PermissionDeniedError:
+                pass
+            samples.append(clock() - started)
+        return samples
+
+    guard.install()  # for good: this process only measures from here on
+    try:
+        audit("open", denied_path, "r", flags)
         raise AssertionError("the denied open was allowed")
-
-    hook("open", allowed_args)  # builds the table's matchers, as the worker's preload does
-    denied()
-    return {_OPEN_ALLOWED: per_call(lambda: hook("open", allowed_args), batch=5000, rounds=50),
-            _OPEN_DENIED: per_call(denied, batch=5000, rounds=50)}
+    except PermissionDeniedError:
+        pass
+    allowed_calls(), denied_calls()  # warm-up: the table's matchers, the caches
+    overhead = timer_cost()
+    return {"allowed": [(t - overhead) / 1000 for t in allowed_calls()],
+            "denied": [(t - overhead) / 1000 for t in denied_calls()]}
 
 
 TARGETS = {
     _OPEN_ALLOWED: "<= 3 µs",
     _OPEN_DENIED: "<= 3 µs",
+    _OPEN_ALLOWED_ANEW: "(no target)",
+    _OPEN_DENIED_ANEW: "(no target)",
     "wrapped in-process call, added": "<= 2 µs",
     "audited event in host code, no plugin active, added": "(prototype: 0.13-0.15 µs)",
     "host open(), hook installed, no plugin active, added": "<= 0.5 µs",
@@ -398,6 +463,9 @@ def _print_rows(rows: dict[str, list[float]]) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the loader's scan warnings are not the point here
+    if sys.argv[1:2] == ["--open-check-child"]:
+        print(json.dumps(_open_check_child(Path(sys.argv[2]), sys.argv[3] == "remember")))
+        return
     if sys.argv[1:] == ["--open-check"]:
         with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
             _print_rows(bench_open_check(Path(os.path.realpath(tmp))))

@@ -421,6 +421,7 @@ WORKER_ALLOWED = {
     "policy_engine.enforcement.worker.seccomp", "policy_engine.enforcement.worker.remote",
     "policy_engine.enforcement.worker.bytecode",
     "policy_engine.enforcement.worker.modules",
+    "policy_engine.enforcement.worker.resolver",
 }
 NEVER = ("lark", "yaml", "jsonschema", "psutil")
 

@@ -252,6 +252,9 @@ class InprocessRunner:
             implicit=implicit_reads(str(self.plugin_dir), scratch_dir=str(scratch_dir)),
             allow_subprocess=allow_subprocess,
             allow_network=allow_network,
+            # Nothing confines what this process writes (host code, the plugin's threads),
+            # so the guard resolves every path anew and remembers none.
+            changeable=None,
         )
         self._active = ActivePlugin(name, guard)
         install_audit_hook()

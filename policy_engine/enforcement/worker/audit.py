@@ -6,9 +6,11 @@ the same interpreter can in principle reach around an audit hook, so the kernel 
 (Landlock, seccomp, rlimits, see :mod:`.lockdown`) hold the line on their own; this hook
 makes the common case precise and the denials readable.
 
-Paths are resolved with :func:`os.path.realpath` before they are checked, so ``..`` and
-symlinks cannot walk out of a granted directory; for deletions and renames only the parent
-is resolved, since those act on the link itself and not on what it points to.
+Paths are resolved as :func:`os.path.realpath` resolves them before they are checked, so
+``..`` and symlinks cannot walk out of a granted directory; for deletions and renames only
+the parent is resolved, since those act on the link itself and not on what it points to.
+The resolution is :class:`~.resolver.PathResolver`'s: the same answers, cheaper, and
+remembered for paths nobody but their directories' owners can change.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from typing import Any
 from ...families import audit_events
 from ...implicit import ImplicitReads
 from .checker import Checker, DeniedDecision, denial
+from .resolver import PathResolver
 
 __all__ = ["AuditGuard"]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+#: ``open()`` modes that read and never write (with no write flag, they ask file:read only).
+_READ_MODES = frozenset({"r", "rb", "rt", "br", "tr"})
 _MAX_TRACKED_WRITES = 1024
 _INTROSPECTION = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
 
@@ -38,6 +43,11 @@ class AuditGuard:
     ``implicit`` is the plugin's implicit-read list (:mod:`policy_engine.implicit`: the
     runtime, its code files, read-only system data); the scratch directory is always
     readable and writable. Everything else goes through ``checker``.
+
+    ``changeable`` lists the trees the plugin can write as the kernel holds it (its write
+    grants, scratch and data directories); None, the default, says it may write anywhere
+    (no kernel layer confines it), and then no resolution is remembered
+    (:class:`~.resolver.PathResolver`).
     """
 
     def __init__(
@@ -49,14 +59,21 @@ class AuditGuard:
         implicit: ImplicitReads,
         allow_subprocess: bool,
         allow_network: bool,
+        changeable: Iterable[str] | None = None,
     ) -> None:
         self._checker = checker
         self._plugin = plugin
         self._scratch = os.path.realpath(scratch_dir)
+        self._scratch_below = self._scratch.rstrip(os.sep) + os.sep  # as _under tests it
+        # The scratch directory is always writable, whatever the caller listed.
+        self._resolver = PathResolver(None if changeable is None
+                                      else (*changeable, scratch_dir, self._scratch))
+        self._realpath = self._resolver.resolve
         # Symlinks resolved once, as the hook resolves each path it sees.
         self._implicit = ImplicitReads(
             tuple(dict.fromkeys(os.path.realpath(p) for p in implicit.trees)),
             None if implicit.plugin_dir is None else os.path.realpath(implicit.plugin_dir))
+        self._covers = self._implicit.covers
         self._allow_subprocess = allow_subprocess
         self._allow_network = allow_network
         self._local = threading.local()
@@ -135,7 +152,16 @@ class AuditGuard:
 
     def _on_open(self, args: tuple[Any, ...]) -> None:
         path, mode, flags = args[0], args[1], args[2]
-        resolved = _resolve(path)
+        if path.__class__ is str and path[:1] == "/" and mode.__class__ is str \
+                and mode in _READ_MODES and not flags & _WRITE_FLAGS:
+            # The common case, a plain read of an absolute path: _resolve and _check_read
+            # spelled out (each call level costs on every read and on a denial's unwinding).
+            real = self._realpath(path)
+            if self._covers(real) or real.startswith(self._scratch_below) or real == self._scratch:
+                return
+            self._checker("file:read", real)
+            return
+        resolved = _resolve(path, realpath=self._realpath)
         if resolved is None:
             return
         writing = bool(flags & _WRITE_FLAGS) or (
@@ -149,50 +175,54 @@ class AuditGuard:
             self._remember_write(resolved)
 
     def _on_read_dir(self, args: tuple[Any, ...]) -> None:
-        resolved = _resolve(args[0] if args and args[0] is not None else ".")
+        resolved = _resolve(args[0] if args and args[0] is not None else ".",
+                            realpath=self._realpath)
         if resolved is not None:
             self._check_read(resolved)
 
     def _on_delete(self, args: tuple[Any, ...]) -> None:
-        resolved = _resolve(args[0], dir_fd=_arg(args, 1), follow=False)
+        resolved = _resolve(args[0], dir_fd=_arg(args, 1), follow=False,
+                            realpath=self._realpath)
         if resolved is not None:
             self._check_path("file:delete", resolved)
 
     def _on_rename(self, args: tuple[Any, ...]) -> None:
-        source = _resolve(args[0], dir_fd=_arg(args, 2), follow=False)
-        target = _resolve(args[1], dir_fd=_arg(args, 3), follow=False)
+        source = _resolve(args[0], dir_fd=_arg(args, 2), follow=False, realpath=self._realpath)
+        target = _resolve(args[1], dir_fd=_arg(args, 3), follow=False, realpath=self._realpath)
         if source is not None:
             self._check_path("file:delete", source)  # the name disappears from its directory
         if target is not None:
             self._check_write(target)
 
     def _on_link(self, args: tuple[Any, ...]) -> None:
-        source = _resolve(args[0], dir_fd=_arg(args, 2))
-        target = _resolve(args[1], dir_fd=_arg(args, 3), follow=False)
+        source = _resolve(args[0], dir_fd=_arg(args, 2), realpath=self._realpath)
+        target = _resolve(args[1], dir_fd=_arg(args, 3), follow=False, realpath=self._realpath)
         if source is not None:
             self._check_read(source)
         if target is not None:
             self._check_write(target)
 
     def _on_symlink(self, args: tuple[Any, ...]) -> None:
-        target = _resolve(args[1], dir_fd=_arg(args, 2), follow=False)
+        target = _resolve(args[1], dir_fd=_arg(args, 2), follow=False, realpath=self._realpath)
         if target is not None:
             self._check_write(target)
 
     def _on_modify(self, args: tuple[Any, ...]) -> None:
-        resolved = _resolve(args[0])
+        resolved = _resolve(args[0], realpath=self._realpath)
         if resolved is not None:
             self._check_write(resolved)
 
     def _check_read(self, path: str) -> None:
-        if self._implicit.covers(path) or _under(path, self._scratch):
+        # _under(path, scratch), spelled out: this runs for every file a plugin reads.
+        if self._implicit.covers(path) or path.startswith(self._scratch_below) \
+                or path == self._scratch:
             return
-        self._check_path("file:read", path)
+        self._checker("file:read", path)  # straight on: each frame costs a denial's unwinding
 
     def _check_write(self, path: str) -> None:
-        if _under(path, self._scratch) or path == os.devnull:
+        if path.startswith(self._scratch_below) or path == self._scratch or path == os.devnull:
             return
-        self._check_path("file:write", path)
+        self._checker("file:write", path)
 
     def _check_path(self, action: str, path: str) -> None:
         if action == "file:delete" and _under(path, self._scratch) and path != self._scratch:
@@ -330,8 +360,12 @@ def _first_word(command: str) -> str:
     return words[0] if words else ""
 
 
-def _resolve(path: Any, *, dir_fd: Any = None, follow: bool = True) -> str | None:
-    """The absolute, symlink-free path an operation will touch; None for a file descriptor."""
+def _resolve(path: Any, *, dir_fd: Any = None, follow: bool = True,
+             realpath: Callable[[str], str] = os.path.realpath) -> str | None:
+    """The absolute, symlink-free path an operation will touch; None for a file descriptor.
+
+    ``realpath`` resolves an absolute path (the guard's :class:`~.resolver.PathResolver`).
+    """
     if isinstance(path, int) or path is None:
         return None
     try:
@@ -345,12 +379,12 @@ def _resolve(path: Any, *, dir_fd: Any = None, follow: bool = True) -> str | Non
                 base = os.readlink(f"/proc/self/fd/{dir_fd}")
         text = os.path.join(base, text)
     if follow:
-        return os.path.realpath(text)
+        return realpath(text)
     # No normpath here: "link/../x" must go through the link like the kernel does.
     parent, name = os.path.split(text.rstrip(os.sep) or os.sep)
     if name in ("", ".", ".."):
-        return os.path.realpath(text)
-    return os.path.join(os.path.realpath(parent), name)
+        return realpath(text)
+    return os.path.join(realpath(parent), name)
 
 
 def _under(path: str, root: str) -> bool:

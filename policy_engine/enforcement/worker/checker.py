@@ -8,13 +8,17 @@ the host, not the worker, says why.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from ...errors import PermissionDeniedError
 
-__all__ = ["Checker", "DeniedDecision", "denial", "make_checker"]
+__all__ = ["CACHE_SIZE", "Checker", "DeniedDecision", "denial", "make_checker"]
+
+#: Answers the checker remembers, as many as the engine's decision cache holds by default.
+CACHE_SIZE = 4096
 
 #: ``checker(action, resource)`` returns None when allowed, raises PermissionDeniedError if not.
 Checker = Callable[[str, "str | None"], None]
@@ -90,6 +94,7 @@ class _TableChecker:
         self._audit = audit
         self._on_audit = on_audit
         self._table: _Decider | None = None
+        self._denial: Callable[[str, str | None], DeniedDecision | None] | None = None
         self._failure: str | None = None
         self._loading = False
 
@@ -102,12 +107,34 @@ class _TableChecker:
 
                 self._table = _Decider(WireTable.decode(self._data))
                 self._plugin = self._table.plugin
+                # The engine's cache rules: the table never changes in this process and the
+                # answer depends on (action, resource) alone, so an exact-key LRU is exact.
+                # A denial's record is immutable and shared; each raise gets its own error.
+                self._denial = functools.lru_cache(maxsize=CACHE_SIZE)(self._denial_of)
             except Exception as error:  # fail closed: every check is then a denial
                 self._failure = f"{type(error).__name__}: {error}"
             finally:
                 self._loading = False
 
+    def _denial_of(self, action: str, resource: str | None) -> DeniedDecision | None:
+        assert self._table is not None  # only called once the table is built
+        if self._table.allows(action, resource):
+            return None
+        return DeniedDecision(self._plugin, action, resource,
+                              "the plugin's decision table does not allow it")
+
     def __call__(self, action: str, resource: str | None) -> None:
+        denial_of = self._denial
+        if denial_of is not None and action.__class__ is str and (
+                resource is None or resource.__class__ is str):
+            denied = denial_of(action, resource)  # the common case: the table is built
+            if self._audit:
+                if self._on_audit is not None:
+                    self._on_audit(action, resource, denied is None)
+                return
+            if denied is not None:
+                raise PermissionDeniedError(denied)  # type: ignore[arg-type]  # as denial()
+            return
         if self._loading:
             # Loading the table must not need a decision; if it does, refuse rather than loop.
             raise denial(DeniedDecision(self._plugin, action, resource,

@@ -349,6 +349,7 @@ class _Worker:
             implicit=self._implicit_read(),
             allow_subprocess=self.spec.allow_subprocess,
             allow_network=self.spec.allow_network,
+            changeable=self._changeable(applied.landlock),
         )
         signal.signal(signal.SIGXFSZ, self._on_file_size)
         _line_buffered_output()
@@ -375,6 +376,17 @@ class _Worker:
             return  # outside a call nobody reads the channel; a frame then would be refused
         clipped = None if resource is None else resource[:LIMITS.resource_chars]
         self.channel.send(AuditRecord(action[:LIMITS.name_chars], clipped, allowed).encode())
+
+    def _changeable(self, confined: bool) -> tuple[str, ...] | None:
+        """The trees where this process can change a directory entry, as Landlock holds it
+        (the plan's writable trees; the data directory too, should the host not list it);
+        None when Landlock does not confine it (then the hook remembers no resolution)."""
+        if not confined:
+            return None
+        spec = self.spec
+        data_dir = self.init.get("data_dir")
+        return (spec.scratch_dir, *spec.write_paths, *spec.throwaway_paths,
+                *((str(data_dir),) if data_dir else ()))
 
     def _implicit_read(self) -> ImplicitReads:
         extra = tuple(p for p in sys.path if p and os.path.isabs(p))  # the worker's own path
