@@ -67,6 +67,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "plugins"
 
 
+QUICK = "--quick" in sys.argv[1:]  # a smoke run (the tests run it): every count cut to a sliver
+
+
+def n(count: int) -> int:
+    """``count``, or a sliver of it in a ``--quick`` run."""
+    return max(1, count // 100) if QUICK else count
+
+
 def per_call(fn: Callable[[], object], *, batch: int, rounds: int) -> list[float]:
     """Microseconds per call, one figure per round of ``batch`` calls."""
     out = []
@@ -101,19 +109,19 @@ class Plugin:
 def bench_inprocess(scratch: Path) -> dict[str, list[float]]:
     target = scratch / "file.txt"
     target.write_text("x")
-    baseline_open = per_call(lambda: open(target).close(), batch=2000, rounds=50)
-    baseline_event = per_call(lambda: sys.audit("policy_engine.bench", 1), batch=20000, rounds=50)
+    baseline_open = per_call(lambda: open(target).close(), batch=n(2000), rounds=n(50))
+    baseline_event = per_call(lambda: sys.audit("policy_engine.bench", 1), batch=n(20000), rounds=n(50))
     runner = InprocessRunner("bench", scratch, "unused:Plugin", make_checker({"allow": [["file:read", None]]}),
                              allow_subprocess=False, allow_network=False, scratch_dir=scratch)
     install_audit_hook()
-    idle_open = per_call(lambda: open(target).close(), batch=2000, rounds=50)
-    idle_event = per_call(lambda: sys.audit("policy_engine.bench", 1), batch=20000, rounds=50)
+    idle_open = per_call(lambda: open(target).close(), batch=n(2000), rounds=n(50))
+    idle_event = per_call(lambda: sys.audit("policy_engine.bench", 1), batch=n(20000), rounds=n(50))
     with running_as(runner._active):
-        active_open = per_call(lambda: open(target).close(), batch=2000, rounds=50)
+        active_open = per_call(lambda: open(target).close(), batch=n(2000), rounds=n(50))
     plugin = Plugin()
-    direct = per_call(lambda: plugin.ok(1), batch=5000, rounds=50)
+    direct = per_call(lambda: plugin.ok(1), batch=n(5000), rounds=n(50))
     wrapped = per_call(lambda: runner.call(plugin.ok, (1,), {}, timeout=5, phase="execute"),
-                       batch=5000, rounds=50)
+                       batch=n(5000), rounds=n(50))
     med = statistics.median
     return {
         "wrapped in-process call, added": [w - med(direct) for w in wrapped],
@@ -132,7 +140,7 @@ def bench_process(scratch: Path) -> dict[str, list[float]]:
     with PluginLoader(engine, sandbox) as loader:
         metadata = load_manifest(EXAMPLES / "summarizer")
         cold: list[float] = []
-        for _ in range(20):
+        for _ in range(n(20)):
             runner = sandbox.runner_for(metadata, lambda hook: lambda *a: None)
             started = time.perf_counter_ns()
             runner.start()
@@ -140,20 +148,20 @@ def bench_process(scratch: Path) -> dict[str, list[float]]:
             runner.stop()
         results["cold start of a locked-down worker to an initialised plugin"] = cold
         loads: list[float] = []
-        for _ in range(10):
+        for _ in range(n(10)):
             started = time.perf_counter_ns()
             loader.load(EXAMPLES / "summarizer")
             loads.append((time.perf_counter_ns() - started) / 1000)
         results["PluginLoader.load (manifest, validation, scan, start)"] = loads
         plugin = loader.load(EXAMPLES / "summarizer")
         # cleanup() is the no-op every plugin inherits: the call is the round trip alone.
-        for _ in range(200):
+        for _ in range(n(200)):
             plugin.call("cleanup")
-        results["warm round trip, trivial call"] = once(lambda: plugin.call("cleanup"), 3000)
+        results["warm round trip, trivial call"] = once(lambda: plugin.call("cleanup"), n(3000))
         rogue = loader.load(EXAMPLES / "rogue")
         gone: list[float] = []
         limit = engine.timeouts("rogue").execute
-        for _ in range(10):
+        for _ in range(n(10)):
             rogue.call("execute")  # a warm worker to kill
             pid = rogue.runner.worker.pid  # type: ignore[attr-defined]
             started = time.perf_counter_ns()
@@ -180,7 +188,7 @@ def bench_bubblewrap(scratch: Path) -> dict[str, list[float]]:
     runner: Any = sandbox.runner_for(metadata, lambda hook: lambda *a: None)
     times: dict[str, list[float]] = {"cold start, today's layers only": [],
                                      "cold start under bubblewrap": []}
-    for _ in range(20):
+    for _ in range(n(20)):
         for name, sandboxed in (("cold start, today's layers only", False),
                                 ("cold start under bubblewrap", True)):
             worker = WorkerProcess(capability_handler=runner.services.handle, sandbox=sandboxed)
@@ -245,10 +253,10 @@ def bench_broker(scratch: Path) -> dict[str, list[float]]:
             except BlockingIOError:
                 pass
 
-        for _ in range(20):
+        for _ in range(n(20)):
             worker.call("connect", ["localhost", port], timeout=10)
         drain()
-        for _ in range(300):
+        for _ in range(n(300)):
             started = time.perf_counter_ns()
             worker.call("connect", ["localhost", port], timeout=10)
             results[_BROKERED].append((time.perf_counter_ns() - started) / 1000)
@@ -286,22 +294,22 @@ def bench_freeze(scratch: Path) -> tuple[dict[str, list[float]], list[str]]:
             worker.start(runner.init)
             held = ", ".join(f"{k} by {v}" for k, v in worker.limit_mechanisms.items())
             notes.append(f"freeze by {label}{' (bubblewrap)' if worker.sandboxed else ''}: {held}")
-            for _ in range(200):
+            for _ in range(n(200)):
                 worker.call("cleanup", timeout=10)
             freeze, thaw = worker._freeze, worker._thaw
             with_freeze: list[float] = []
             without: list[float] = []
-            for _ in range(20):  # interleaved, so both see the same machine
+            for _ in range(n(20)):  # interleaved, so both see the same machine
                 worker._freeze, worker._thaw = freeze, thaw  # type: ignore[method-assign]
-                with_freeze += once(lambda w=worker: w.call("cleanup", timeout=10), 100)  # type: ignore[misc]
+                with_freeze += once(lambda w=worker: w.call("cleanup", timeout=10), n(100))  # type: ignore[misc]
                 worker._thaw()
                 worker._freeze = worker._thaw = lambda: None  # type: ignore[method-assign]
-                without += once(lambda w=worker: w.call("cleanup", timeout=10), 100)  # type: ignore[misc]
+                without += once(lambda w=worker: w.call("cleanup", timeout=10), n(100))  # type: ignore[misc]
             worker._freeze, worker._thaw = freeze, thaw  # type: ignore[method-assign]
             results[f"warm round trip with freeze ({label})"] = with_freeze
             results[f"warm round trip without freeze ({label})"] = without
             asked, frozen, resume = [], [], []
-            for _ in range(1000):
+            for _ in range(n(1000)):
                 started = time.perf_counter_ns()
                 worker._thaw()
                 middle = time.perf_counter_ns()
@@ -330,7 +338,7 @@ _OPEN_ALLOWED = "worker's check of one audited open(), allowed"
 _OPEN_DENIED = "worker's check of one audited open(), denied"
 _OPEN_ALLOWED_ANEW = "  the same, allowed, every path resolved anew (no Landlock)"
 _OPEN_DENIED_ANEW = "  the same, denied, every path resolved anew (no Landlock)"
-_OPEN_CALLS = 20_000
+_OPEN_CALLS = n(20_000)
 
 
 def bench_open_check(scratch: Path) -> dict[str, list[float]]:
@@ -466,7 +474,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--open-check-child"]:
         print(json.dumps(_open_check_child(Path(sys.argv[2]), sys.argv[3] == "remember")))
         return
-    if sys.argv[1:] == ["--open-check"]:
+    if [a for a in sys.argv[1:] if a != "--quick"] == ["--open-check"]:
         with tempfile.TemporaryDirectory(prefix="bench-enforcement-") as tmp:
             _print_rows(bench_open_check(Path(os.path.realpath(tmp))))
         return

@@ -20,6 +20,7 @@ NEEDS_BWRAP = pytest.mark.skipif(bool(bwrap.available()), reason="bubblewrap doe
 
 SCRIPTS = [
     pytest.param("bench_decision_log.py", "setup", id="decision_log"),
+    pytest.param("bench_enforcement.py", "measure", id="enforcement"),
     pytest.param("bench_fleet.py", "interval s", id="fleet"),
     pytest.param("bench_glob_grants.py", "files", id="glob_grants", marks=NEEDS_BWRAP),
     pytest.param("bench_integrity.py", "measure", id="integrity"),
