@@ -36,9 +36,9 @@ from .bounded import (
     DEFAULT_LIMITS,
     BoundedSafeLoader,
     bounded_loader,
+    compose_plain_yaml,
     is_plain_yaml_text,
     read_bounded_file,
-    use_libyaml_events,
 )
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
 from .errors import InputLimitError, ManifestError, PolicySyntaxError
@@ -385,13 +385,12 @@ def _read_yaml(text: str, file: str) -> tuple[object, _Source, list[Diagnostic]]
 
 
 def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Source, list[Diagnostic]]:
-    """:func:`_read_yaml` with libyaml's events (``fast``, plain texts) or PyYAML's own."""
+    """:func:`_read_yaml` composed by libyaml (``fast``, plain texts; it may decline with
+    :class:`~policy_engine.bounded.NotPlainError`) or by the bounded pure-Python composer."""
     loader: BoundedSafeLoader | None = None
     try:
         loader = bounded_loader(text, name=file, loader=_Loader)
-        if fast and not use_libyaml_events(loader, text):
-            raise ValueError("libyaml is not available")
-        root = loader.get_single_node()
+        root = compose_plain_yaml(text, limits=loader.limits) if fast else loader.get_single_node()
         if root is None:
             raise ManifestError([Diagnostic(
                 "expected a mapping of manifest fields, found an empty document",

@@ -629,3 +629,98 @@ def test_a_manifest_the_fast_reader_refuses_gets_pyyaml_s_own_words() -> None:
             assert [str(d) for d in exc.diagnostics] == want
         else:
             assert want is None
+
+
+_SMALL_CAPS = {"yaml_depth": 3, "yaml_nodes": 12, "scalar_chars": 6, "number_digits": 3, "mapping_keys": 3,
+               "sequence_items": 4, "yaml_aliases": 2}
+
+
+def _tree(node: Any) -> Any:
+    import yaml
+
+    # What the constructor and the manifest reader use: the styles they do not (and libyaml
+    # spells a plain scalar's style `''`, PyYAML None).
+    if node is None:
+        return None
+    marks = (node.start_mark.index, node.start_mark.line, node.start_mark.column,
+             node.end_mark.index, node.end_mark.line, node.end_mark.column)
+    if isinstance(node, yaml.ScalarNode):
+        return ("scalar", node.tag, node.value, marks)
+    if isinstance(node, yaml.SequenceNode):
+        return ("sequence", node.tag, marks, [_tree(item) for item in node.value])
+    return ("mapping", node.tag, marks, [(_tree(k), _tree(v)) for k, v in node.value])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_data, st.integers(0, 4), st.integers(0, 200),
+       st.sampled_from(["", "&a ", "*a", "&b ", "!!str ", "!x ", "? ", "- ", "[", "{", "\n- ", "1234", "<<: *a\n"]),
+       st.booleans())
+def test_libyaml_s_composer_within_small_caps_composes_as_the_bounded_composer(
+        data: Any, style: int, at: int, insert: str, capped: bool) -> None:
+    from policy_engine.bounded import (
+        DEFAULT_LIMITS,
+        BoundedSafeLoader,
+        InputLimits,
+        NotPlainError,
+        compose_plain_yaml,
+        is_plain_yaml_text,
+    )
+
+    limits = InputLimits(**_SMALL_CAPS) if capped else DEFAULT_LIMITS
+    text = _texts_of(data)[style]
+    for candidate in (text, text[:at] + insert + text[at:]):
+        if not is_plain_yaml_text(candidate):
+            continue
+        try:
+            fast = _tree(compose_plain_yaml(candidate, limits=limits))
+        except Exception:  # noqa: BLE001 - declined or refused: the bounded composer answers
+            continue
+        loader = BoundedSafeLoader(candidate)
+        loader.limits = limits
+        try:
+            full = _tree(loader.get_single_node())
+        finally:
+            loader.dispose()
+        assert fast == full, candidate
+        assert not isinstance(fast, NotPlainError)
+
+
+def test_libyaml_s_composer_declines_what_the_bounded_composer_counts() -> None:
+    from policy_engine.bounded import InputLimits, NotPlainError, compose_plain_yaml, has_libyaml
+
+    if not has_libyaml():
+        pytest.skip("PyYAML without libyaml")
+    small = InputLimits(**_SMALL_CAPS)
+    for text in ("a: &x [1]\nb: *x\n", "a: [[[[1]]]]\n", "a: abcdefgh\n", "a: 12345\n",
+                 "{a: 1, b: 2, c: 3, d: 4}\n", "[1, 2, 3, 4, 5]\n", "a:\nb: 1\n",
+                 "[" + ", ".join(["[1, 2]"] * 5) + "]\n"):
+        with pytest.raises(NotPlainError):
+            compose_plain_yaml(text, limits=small)
+    assert compose_plain_yaml("a: [1, 2]\nb: {c: d}\n", limits=small) is not None
+
+
+def test_a_deeply_nested_manifest_cannot_overflow_a_thread_s_stack() -> None:
+    import threading
+
+    from policy_engine import manifest
+    from policy_engine.errors import ManifestError
+
+    # libyaml's composer recurses in C: a few thousand block levels overflow a small stack.
+    texts = ["- " * 4000 + "x\n", "".join(" " * i + "a:\n" for i in range(690)) + " " * 690 + "b\n"]
+    outcomes: list[str] = []
+
+    def read() -> None:
+        for text in texts:
+            try:
+                manifest._read_yaml(text, "m.yaml")
+            except ManifestError as exc:
+                outcomes.append(exc.diagnostics[0].message)
+
+    previous = threading.stack_size(256 * 1024)
+    try:
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(previous)
+    assert len(outcomes) == 2 and all("nesting deeper than 32 levels" in m for m in outcomes), outcomes
