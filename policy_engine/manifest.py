@@ -648,7 +648,97 @@ def _validator() -> Any:
     return cls(_schema())
 
 
+# A predicate compiled from the schema that says "valid" only when the full validator would
+# find nothing: most manifests are checked by it alone, and any other answer runs the full
+# validator, so every message is still the validator's. It understands the keywords the
+# schema uses (numbers it takes only as `int` and `float`); a keyword it does not know makes
+# the whole predicate decline, so a schema change cannot make it accept too much.
+_ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description", "examples", "default"})
+_SIMPLE_TYPES: dict[str, Callable[[object], bool]] = {
+    "object": lambda value: isinstance(value, Mapping),
+    "array": lambda value: isinstance(value, (list, tuple)),
+    "string": lambda value: isinstance(value, str),
+    "boolean": lambda value: isinstance(value, bool),
+    "number": lambda value: type(value) in (int, float),
+    "integer": lambda value: type(value) is int,
+}
+
+
+class _Unsupported(Exception):
+    """Internal: the schema uses a keyword the quick check does not know."""
+
+
+Check = Callable[[object], bool]
+
+
+def _quick_check(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Check:
+    checks = [_quick_keyword(keyword, value, schema, root)
+              for keyword, value in schema.items() if keyword not in _ANNOTATIONS]
+    if len(checks) == 1:
+        return checks[0]
+
+    def every(value: object) -> bool:
+        for check in checks:
+            if not check(value):
+                return False
+        return True
+
+    return every
+
+
+def _quick_keyword(keyword: str, value: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Check:
+    if keyword == "type" and isinstance(value, str) and value in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[value]
+    if keyword == "pattern":
+        search = _compiled(value).search
+        return lambda v: not isinstance(v, str) or search(v) is not None
+    if keyword == "maxLength":
+        return lambda v: not isinstance(v, str) or len(v) <= int(value)
+    if keyword == "minLength":
+        return lambda v: not isinstance(v, str) or len(v) >= int(value)
+    if keyword == "exclusiveMinimum":
+        return lambda v: type(v) in (int, float) and v > value
+    if keyword == "items" and isinstance(value, Mapping):
+        item = _quick_check(value, root)
+        return lambda v: not isinstance(v, (list, tuple)) or all(map(item, v))
+    if keyword == "required":
+        names = tuple(value)
+        return lambda v: not isinstance(v, Mapping) or all(name in v for name in names)
+    if keyword == "additionalProperties" and value is False:
+        known = frozenset(schema.get("properties", {}))
+        return lambda v: not isinstance(v, Mapping) or known.issuperset(v)
+    if keyword == "properties":
+        inner = {name: _quick_check(sub, root) for name, sub in value.items()}
+
+        def properties(v: object) -> bool:
+            if not isinstance(v, Mapping):
+                return True
+            for name, item in v.items():
+                check = inner.get(name)
+                if check is not None and not check(item):
+                    return False
+            return True
+
+        return properties
+    if keyword == "anyOf":
+        branches = [_quick_check(sub, root) for sub in value]
+        return lambda v: any(branch(v) for branch in branches)
+    if keyword == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+        return _quick_check(root["$defs"][value.removeprefix("#/$defs/")], root)
+    raise _Unsupported(keyword)
+
+
+@functools.lru_cache(maxsize=1)
+def _quick_validator() -> Callable[[object], bool]:
+    try:
+        return _quick_check(_schema(), _schema())
+    except _Unsupported:
+        return lambda _value: False
+
+
 def _schema_problems(data: object, source: _Source) -> list[Diagnostic]:
+    if _quick_validator()(data):
+        return []
     problems: list[Diagnostic] = []
     for error in _validator().iter_errors(data):
         path = tuple(error.absolute_path)

@@ -724,3 +724,53 @@ def test_a_deeply_nested_manifest_cannot_overflow_a_thread_s_stack() -> None:
     finally:
         threading.stack_size(previous)
     assert len(outcomes) == 2 and all("nesting deeper than 32 levels" in m for m in outcomes), outcomes
+
+
+# ----------------------------------------------------------------------------- manifest schema
+
+_odd_value = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(alphabet="aZ0 .-_:/%*{}\n+", max_size=12), st.lists(st.text(alphabet="a: ", max_size=4), max_size=2),
+    st.dictionaries(st.sampled_from(["init", "hook", "x", "memory", "cpu"]), st.integers(0, 9), max_size=2),
+    st.sampled_from(["1.0.0", "1.0", "01.2.3", "1.2.3-beta.1+b.2", "agent", "Agent", "p.q:C", "p:C\n",
+                     "file:read /srv/**", "file:raed", "*", "network:request\n", "10s", "0.5h", "5 m", "50%",
+                     "512MiB", "1 GB", ">=3.10", ">=3.10,<4", "https://x.test/a", "http:/x", ""]),
+)
+_manifest_fields = ["name", "version", "type", "entry_point", "description", "enabled", "permissions",
+                    "timeout_seconds", "timeouts", "limits", "author", "homepage", "tags", "requires_python",
+                    "unknown"]
+_good = {"name": "a-b", "version": "1.2.3", "type": "agent", "entry_point": "p.q:C"}
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(_manifest_fields), _odd_value, max_size=6),
+       st.dictionaries(st.sampled_from(["init", "hook", "execute", "memory", "cpu", "file_size", "other"]),
+                       _odd_value, max_size=3),
+       st.lists(_odd_value, max_size=3), st.booleans())
+def test_the_quick_schema_check_accepts_only_what_the_validator_accepts(
+        fields: dict[str, Any], inner: dict[str, Any], items: list[Any], base: bool) -> None:
+    from policy_engine import manifest
+
+    data: dict[str, Any] = {**(_good if base else {}), **fields}
+    for name in ("timeouts", "limits"):
+        if name in data and isinstance(data[name], dict):
+            data[name] = {**data[name], **inner}
+    for name in ("permissions", "tags"):
+        if name in data and isinstance(data[name], list):
+            data[name] = data[name] + items
+    quick = manifest._quick_validator()(data)
+    full = list(manifest._validator().iter_errors(data))
+    assert not quick or not full, (data, [e.message for e in full])
+
+
+def test_the_quick_schema_check_takes_the_common_manifests() -> None:
+    from policy_engine import manifest
+
+    quick = manifest._quick_validator()
+    assert quick({**_good, "permissions": ["file:read /srv/**", "network:request"], "tags": ["x"],
+                  "timeouts": {"init": "10s", "hook": 2}, "limits": {"memory": "512MiB", "cpu": "50%"},
+                  "enabled": False, "description": "d", "homepage": "https://x.test", "requires_python": ">=3.10"})
+    assert not quick({**_good, "name": "A"}) and not quick({**_good, "extra": 1}) and not quick({"name": "a"})
+    # A keyword it does not know declines everything, so a new schema cannot be half-checked.
+    with pytest.raises(manifest._Unsupported):
+        manifest._quick_check({"type": "string", "format": "uri"}, {})
