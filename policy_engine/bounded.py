@@ -459,22 +459,30 @@ def compose_plain_yaml(text: str, *, limits: InputLimits = DEFAULT_LIMITS) -> No
     For :func:`is_plain_yaml_text` texts that already passed :func:`bounded_loader` (size,
     line length, printable characters). A first pass over libyaml's events bounds the
     nesting by ``yaml_depth`` before anything is composed, since libyaml's composer recurses
-    in C; the tree composed is then checked against every other cap the bounded composer
-    counts, and declined with any alias (a node reached twice) or implicit empty scalar
-    (the two readers place it differently), leaving those, and every message, to the bounded
-    composer. The resolver and the constructor stay PyYAML's.
+    in C, and declines explicit tags; the tree composed is then checked against every other
+    cap the bounded composer counts, and declined with any alias (a node reached twice) or
+    implicit empty scalar (the two readers place it differently), and so is a `?` with a
+    flow collection, leaving those, and every message, to the bounded composer. The resolver and the constructor stay PyYAML's.
     """
     if not has_libyaml():
         raise NotPlainError("libyaml is not available")
+    if "?" in text and ("[" in text or "{" in text):
+        # In a flow collection PyYAML ends a plain scalar at `?`, libyaml does not.
+        raise NotPlainError("a `?` and a flow collection")
     # libyaml's composer recurses without a limit (a few thousand levels overflow a thread's
     # stack); its parser keeps a stack instead, so its events bound the depth first.
     depth = 0
     for event in iter(_CPARSER(text).get_event, None):
         kind = event.__class__
-        if kind is _SEQUENCE_START or kind is _MAPPING_START:
+        if kind is ScalarEvent:
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")  # the two scan and resolve some differently
+        elif kind is _SEQUENCE_START or kind is _MAPPING_START:
             depth += 1
             if depth > limits.yaml_depth:
                 raise NotPlainError("deep nesting")
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")
         elif kind is SequenceEndEvent or kind is MappingEndEvent:
             depth -= 1
     root: Node | None = _LibyamlComposer(text).get_single_node()

@@ -616,7 +616,8 @@ def test_a_manifest_the_fast_reader_refuses_gets_pyyaml_s_own_words() -> None:
     from policy_engine import manifest
     from policy_engine.errors import ManifestError
 
-    for text in ("name: [1, 2\n", "a: &x 1\nb: *y\n", "a: b: c\n", "name: x\nname: y\n", "- 1\n"):
+    for text in ("name: [1, 2\n", "a: &x 1\nb: *y\n", "a: b: c\n", "name: x\nname: y\n", "- 1\n", "[n? ull]\n",
+                 "a: !*a!int 0\n"):
         try:
             manifest._read_yaml_with(text, "m.yaml", fast=False)
         except ManifestError as exc:
@@ -693,7 +694,9 @@ def test_libyaml_s_composer_declines_what_the_bounded_composer_counts() -> None:
     small = InputLimits(**_SMALL_CAPS)
     for text in ("a: &x [1]\nb: *x\n", "a: [[[[1]]]]\n", "a: abcdefgh\n", "a: 12345\n",
                  "{a: 1, b: 2, c: 3, d: 4}\n", "[1, 2, 3, 4, 5]\n", "a:\nb: 1\n",
-                 "[" + ", ".join(["[1, 2]"] * 5) + "]\n"):
+                 "[" + ", ".join(["[1, 2]"] * 5) + "]\n",
+                 # Found by the test above: libyaml reads both, PyYAML refuses them.
+                 "[n? ull]\n", "- !*a!int 0\n", "- !\n"):
         with pytest.raises(NotPlainError):
             compose_plain_yaml(text, limits=small)
     assert compose_plain_yaml("a: [1, 2]\nb: {c: d}\n", limits=small) is not None
