@@ -175,6 +175,13 @@ def load_manifest(path: str | os.PathLike[str]) -> PluginMetadata:
     Diagnostics name the file as ``path`` was given; :attr:`PluginMetadata.plugin_path` and
     :attr:`PluginMetadata.manifest_path` are absolute. Raises :class:`ManifestError`.
     """
+    file_path, manifest_path, raw = read_manifest_file(path)
+    return manifest_from_bytes(raw, file_path, manifest_path)
+
+
+def read_manifest_file(path: str | os.PathLike[str]) -> tuple[Path, Path, bytes]:
+    """The first half of :func:`load_manifest`: the file as named, its absolute path and
+    its bytes (bounded). Raises :class:`ManifestError`."""
     given = Path(path)
     file_path = given
     try:
@@ -190,11 +197,16 @@ def load_manifest(path: str | os.PathLike[str]) -> PluginMetadata:
         raise ManifestError([Diagnostic(
             f"cannot read the manifest: {_reason(exc)}", Span(str(file_path), 0, 0), hint
         )]) from None
+    return file_path, _absolute(file_path), raw
+
+
+def manifest_from_bytes(raw: bytes, file_path: Path, manifest_path: Path) -> PluginMetadata:
+    """The second half of :func:`load_manifest`: what :func:`read_manifest_file` read, as a
+    manifest. Raises :class:`ManifestError`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError([_not_utf8(raw, exc, str(file_path))]) from None
-    manifest_path = _absolute(file_path)
     return _from_text(text, str(file_path), manifest_path.parent, manifest_path)
 
 
