@@ -443,15 +443,15 @@ _MERGE = "tag:yaml.org,2002:merge"
 def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagnostic]]:
     """Map the JSON pointer of every field to its span, and find duplicate keys (which
     PyYAML silently resolves to the last one: in a permission manifest that hides intent)."""
-    values: dict[str, Span] = {}
-    keys: dict[str, Span] = {}
+    values: dict[str, yaml.Node] = {}
+    keys: dict[str, yaml.Node] = {}
     scalars: dict[str, yaml.ScalarNode] = {}
     duplicates: list[tuple[str, Span, Span]] = []
     seen: set[int] = set()
     stack: list[tuple[str, yaml.Node]] = [("", root)]
     while stack:
         pointer, node = stack.pop()
-        values[pointer] = _node_span(node, file)
+        values[pointer] = node
         if isinstance(node, yaml.ScalarNode):
             scalars[pointer] = node
         # An alias is the same node object again: descending twice would repeat work
@@ -460,23 +460,22 @@ def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagno
             continue
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            first: dict[tuple[str, str], Span] = {}
+            first: dict[tuple[str, str], yaml.Node] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
                     continue
                 child = f"{pointer}/{_escape(key_node.value)}"
-                key_span = _node_span(key_node, file)
                 identity = (str(key_node.tag), str(key_node.value))
                 if identity in first:
-                    duplicates.append((child, key_span, first[identity]))
+                    duplicates.append((child, _node_span(key_node, file), _node_span(first[identity], file)))
                 else:
-                    first[identity] = key_span
-                keys[child] = key_span
+                    first[identity] = key_node
+                keys[child] = key_node
                 stack.append((child, value_node))
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 stack.append((f"{pointer}/{index}", item))
-    source = _Source(file, text, values, keys, scalars)
+    source = _Source(file, text, _Spans(file, values), _Spans(file, keys), scalars)
     problems = [
         source.diagnostic(
             pointer, f"duplicate field `{_unescape(pointer.rsplit('/', 1)[1])}`",
@@ -486,6 +485,28 @@ def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagno
         for pointer, span, earlier in duplicates
     ]
     return source, problems
+
+
+class _Spans(Mapping[str, Span]):
+    """JSON pointer to span, each span made when asked for (most never are)."""
+
+    __slots__ = ("_file", "_nodes")
+
+    def __init__(self, file: str, nodes: Mapping[str, yaml.Node]) -> None:
+        self._file = file
+        self._nodes = nodes
+
+    def __getitem__(self, pointer: str) -> Span:
+        return _node_span(self._nodes[pointer], self._file)
+
+    def __contains__(self, pointer: object) -> bool:
+        return pointer in self._nodes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
 
 
 def _node_span(node: yaml.Node, file: str) -> Span:
@@ -839,7 +860,7 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
                 "separate scopes are each absolute paths",
                 span=source.inside(pointer, inner),
             ))
-        comment = _comment_in(entry, grant)
+        comment = _comment_in(entry, grant) if "#" in entry else None
         if comment is not None:
             index_in_entry, word = comment
             line, column = _line_column(entry, index_in_entry)
@@ -872,7 +893,7 @@ def _unquoted_space(
     """``file:read /srv/my data/**``: the scope the author meant and where it is, when an
     unquoted path scope is followed by a bare word that cannot start a path of its own (the
     grammar would read two scopes, ``/srv/my`` and ``data/**``)."""
-    if expanded is None or not any(p.value.startswith("file:") for p in expanded):
+    if len(grant.scopes) < 2 or expanded is None or not any(p.value.startswith("file:") for p in expanded):
         return None
     if "\n" in entry:
         return None
