@@ -164,6 +164,11 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
     a link in between still cannot block or redirect the read. Raises :class:`OSError`
     (with a reason in words as its ``strerror``) or :class:`InputLimitError`.
     """
+    return read_bounded_file_resolved(path, max_bytes, cap=cap)[1]
+
+
+def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str) -> tuple[str, bytes]:
+    """:func:`read_bounded_file`, with the resolved path it opened."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         raise OSError(errno.EINVAL, f"it is {describe_file_type(info.st_mode)}, not a regular file")
@@ -189,7 +194,7 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
     if size > max_bytes:  # it grew since the stat
         raise InputLimitError([limit_diagnostic(path, f"the file has more than {max_bytes:,} bytes",
                                                 cap, max_bytes)])
-    return b"".join(chunks)
+    return resolved, b"".join(chunks)
 
 
 class UndecodableLineError(ValueError):

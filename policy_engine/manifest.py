@@ -38,7 +38,7 @@ from .bounded import (
     bounded_loader,
     compose_plain_yaml,
     is_plain_yaml_text,
-    read_bounded_file,
+    read_bounded_file_resolved,
 )
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line
 from .errors import InputLimitError, ManifestError, PolicySyntaxError
@@ -187,7 +187,7 @@ def read_manifest_file(path: str | os.PathLike[str]) -> tuple[Path, Path, bytes]
     try:
         if given.is_dir():
             file_path = given / MANIFEST_NAME
-        raw = read_bounded_file(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
+        resolved, raw = read_bounded_file_resolved(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
     except InputLimitError as exc:
         raise ManifestError(exc.diagnostics) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
@@ -197,7 +197,7 @@ def read_manifest_file(path: str | os.PathLike[str]) -> tuple[Path, Path, bytes]
         raise ManifestError([Diagnostic(
             f"cannot read the manifest: {_reason(exc)}", Span(str(file_path), 0, 0), hint
         )]) from None
-    return file_path, _absolute(file_path), raw
+    return file_path, Path(resolved), raw  # the path opened: Path.resolve() of the file
 
 
 def manifest_from_bytes(raw: bytes, file_path: Path, manifest_path: Path) -> PluginMetadata:
