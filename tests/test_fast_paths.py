@@ -777,3 +777,41 @@ def test_the_quick_schema_check_takes_the_common_manifests() -> None:
     # A keyword it does not know declines everything, so a new schema cannot be half-checked.
     with pytest.raises(manifest._Unsupported):
         manifest._quick_check({"type": "string", "format": "uri"}, {})
+
+
+# ----------------------------------------------------------------------------- manifest permissions
+
+_entry = st.one_of(
+    st.text(alphabet="fileread:*/ {}#\"',\\-.x\t", max_size=24),
+    st.builds(lambda a, s: a + s, st.sampled_from(["file:read", "file:*", "*", "network:request", "file:raed",
+                                                   "hook:register", "config:read", "file:read "]),
+              st.text(alphabet=" /abc*{}#\"',.~:x", max_size=16)),
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_entry, min_size=1, max_size=3))
+def test_the_simple_permission_entry_reads_as_the_full_path(entries: list[str]) -> None:
+    import yaml
+
+    from policy_engine import manifest
+
+    text = yaml.safe_dump({"permissions": entries})
+    data, source, _ = manifest._read_yaml(text, "m.yaml")
+    fast = manifest._permissions(data["permissions"], source)
+    real = manifest._simple_entry
+    try:
+        manifest._simple_entry = lambda entry: None  # type: ignore[assignment]
+        full = manifest._permissions(data["permissions"], source)
+    finally:
+        manifest._simple_entry = real  # type: ignore[assignment]
+    assert fast[0] == full[0] and [str(d) for d in fast[1]] == [str(d) for d in full[1]], entries
+
+
+def test_the_simple_permission_entry_takes_the_common_entries() -> None:
+    from policy_engine import manifest
+
+    for entry in ("file:read /srv/**", "network:request", "file:write {data_dir}/x/**", "*", "config:read a.*"):
+        assert manifest._simple_entry(entry) is not None, entry
+    for entry in ("file:read /a /b", "* /x", "file:raed /x", 'file:read "/a b"', "file:read /a#b", "file:read  /a"):
+        assert manifest._simple_entry(entry) is None, entry
