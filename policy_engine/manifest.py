@@ -35,7 +35,9 @@ import yaml
 from .bounded import (
     DEFAULT_LIMITS,
     BoundedSafeLoader,
+    NotPlainError,
     bounded_loader,
+    check_text,
     compose_plain_yaml,
     is_plain_yaml_text,
     read_bounded_file_resolved,
@@ -373,11 +375,26 @@ class _Loader(BoundedSafeLoader):
         except yaml.YAMLError:
             raise
         except Exception as exc:  # any conversion failure: see the class docstring
-            kind = str(node.tag).rsplit(":", 1)[-1]
-            shown = _show(node.value) if isinstance(node.value, str) else kind
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read `{shown}` as a {kind}: {exc}", node.start_mark
-            ) from None
+            raise _conversion_error(node, exc) from None
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    """:class:`_Loader`'s constructor alone, for a tree libyaml composed (no reader, scanner
+    or parser to set up)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # as _Loader
+            raise _conversion_error(node, exc) from None
+
+
+def _conversion_error(node: yaml.Node, exc: Exception) -> yaml.constructor.ConstructorError:
+    kind = str(node.tag).rsplit(":", 1)[-1]
+    shown = _show(node.value) if isinstance(node.value, str) else kind
+    return yaml.constructor.ConstructorError(None, None, f"cannot read `{shown}` as a {kind}: {exc}", node.start_mark)
 
 
 def _from_text(text: str, file: str, plugin_path: Path, manifest_path: Path | None) -> PluginMetadata:
@@ -400,9 +417,19 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
     """:func:`_read_yaml` composed by libyaml (``fast``, plain texts; it may decline with
     :class:`~policy_engine.bounded.NotPlainError`) or by the bounded pure-Python composer."""
     loader: BoundedSafeLoader | None = None
+    constructor: yaml.constructor.SafeConstructor
     try:
-        loader = bounded_loader(text, name=file, loader=_Loader)
-        root = compose_plain_yaml(text, limits=loader.limits) if fast else loader.get_single_node()
+        if fast:
+            # What bounded_loader checks first: the caps on size and lines, and PyYAML's
+            # reader's refusal of unprintable characters (left to it to report).
+            check_text(text, name=file, max_chars=DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
+            if _NON_PRINTABLE.search(text):
+                raise NotPlainError("an unprintable character")
+            root = compose_plain_yaml(text)
+            constructor = _Constructor()
+        else:
+            constructor = loader = bounded_loader(text, name=file, loader=_Loader)
+            root = loader.get_single_node()
         if root is None:
             raise ManifestError([Diagnostic(
                 "expected a mapping of manifest fields, found an empty document",
@@ -411,7 +438,7 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
                 source_line=source_line(text, 1),
             )])
         source, early = _locate(root, file, text)
-        data = loader.construct_document(root)
+        data = constructor.construct_document(root)
     except InputLimitError as exc:
         raise ManifestError(exc.diagnostics) from None
     except yaml.MarkedYAMLError as exc:
@@ -438,6 +465,7 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
 
 
 _MERGE = "tag:yaml.org,2002:merge"
+_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
 
 
 def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagnostic]]:

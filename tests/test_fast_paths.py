@@ -617,7 +617,7 @@ def test_a_manifest_the_fast_reader_refuses_gets_pyyaml_s_own_words() -> None:
     from policy_engine.errors import ManifestError
 
     for text in ("name: [1, 2\n", "a: &x 1\nb: *y\n", "a: b: c\n", "name: x\nname: y\n", "- 1\n", "[n? ull]\n",
-                 "a: !*a!int 0\n"):
+                 "a: !*a!int 0\n", "a: b\x07\n", "a: b\x00\n", "a: " + "b" * 9000 + "\n"):
         try:
             manifest._read_yaml_with(text, "m.yaml", fast=False)
         except ManifestError as exc:
