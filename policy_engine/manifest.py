@@ -391,6 +391,25 @@ class _Constructor(yaml.constructor.SafeConstructor):
             raise _conversion_error(node, exc) from None
 
 
+_STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+
+
+def _construct_plain(node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> Any:
+    """What ``constructor.construct_document(node)`` builds, for a tree without aliases (as
+    libyaml's reader gives): strings, lists and mappings with string keys are built here,
+    every other node, and a mapping with any other key, by the constructor itself."""
+    tag = node.tag
+    if node.__class__ is yaml.ScalarNode:
+        if tag == _STR:
+            return node.value
+    elif node.__class__ is yaml.SequenceNode:
+        if tag == _SEQ:
+            return [_construct_plain(item, constructor) for item in node.value]
+    elif tag == _MAP and all(key.__class__ is yaml.ScalarNode and key.tag == _STR for key, _ in node.value):
+        return {key.value: _construct_plain(value, constructor) for key, value in node.value}
+    return constructor.construct_document(node)
+
+
 def _conversion_error(node: yaml.Node, exc: Exception) -> yaml.constructor.ConstructorError:
     kind = str(node.tag).rsplit(":", 1)[-1]
     shown = _show(node.value) if isinstance(node.value, str) else kind
@@ -438,7 +457,7 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
                 source_line=source_line(text, 1),
             )])
         source, early = _locate(root, file, text)
-        data = constructor.construct_document(root)
+        data = _construct_plain(root, constructor) if fast else constructor.construct_document(root)
     except InputLimitError as exc:
         raise ManifestError(exc.diagnostics) from None
     except yaml.MarkedYAMLError as exc:
