@@ -506,10 +506,12 @@ def compose_plain_yaml(text: str, *, limits: InputLimits = DEFAULT_LIMITS) -> No
             raise NotPlainError("an alias")  # the same node twice: its caps are the composer's
         seen.add(id(node))
         if end >= 0:
-            for attribute in ("start_mark", "end_mark"):
-                mark = getattr(node, attribute)
-                if mark.index == end and (mark.line, mark.column) != (line, column):
-                    setattr(node, attribute, yaml.Mark(mark.name, end, line, column, None, None))  # type: ignore[arg-type]
+            mark = node.end_mark
+            if mark.index == end and (mark.line, mark.column) != (line, column):
+                node.end_mark = yaml.Mark(mark.name, end, line, column, None, None)  # type: ignore[arg-type]
+            mark = node.start_mark
+            if mark.index == end and (mark.line, mark.column) != (line, column):
+                node.start_mark = yaml.Mark(mark.name, end, line, column, None, None)  # type: ignore[arg-type]
         value = node.value
         if node.__class__ is ScalarNode:
             if len(value) > limits.scalar_chars:
