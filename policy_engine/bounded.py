@@ -164,6 +164,11 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
     a link in between still cannot block or redirect the read. Raises :class:`OSError`
     (with a reason in words as its ``strerror``) or :class:`InputLimitError`.
     """
+    return read_bounded_file_resolved(path, max_bytes, cap=cap)[1]
+
+
+def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str) -> tuple[str, bytes]:
+    """:func:`read_bounded_file`, with the resolved path it opened."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         raise OSError(errno.EINVAL, f"it is {describe_file_type(info.st_mode)}, not a regular file")
@@ -189,7 +194,7 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
     if size > max_bytes:  # it grew since the stat
         raise InputLimitError([limit_diagnostic(path, f"the file has more than {max_bytes:,} bytes",
                                                 cap, max_bytes)])
-    return b"".join(chunks)
+    return resolved, b"".join(chunks)
 
 
 class UndecodableLineError(ValueError):
@@ -418,8 +423,9 @@ def bounded_loader(text: str, *, name: str, limits: InputLimits = DEFAULT_LIMITS
     return instance
 
 
-class _NotPlain(Exception):
-    """Internal: libyaml's reading may differ from PyYAML's here; read the text again."""
+class NotPlainError(Exception):
+    """:func:`compose_plain_yaml` declines: libyaml's reading may differ from the bounded
+    composer's here, so the caller reads the text again with :func:`bounded_loader`."""
 
 
 def _same_index(start: Any, stop: Any) -> bool:
@@ -432,46 +438,101 @@ def is_plain_yaml_text(text: str) -> bool:
     return text.isascii() and "\t" not in text and "\r" not in text
 
 
-def use_libyaml_events(loader: BoundedSafeLoader, text: str) -> bool:
-    """Let ``loader`` take its events from libyaml (when PyYAML has it) instead of PyYAML's
-    pure-Python scanner and parser; True when it does.
+_CPARSER: Any = getattr(getattr(yaml, "_yaml", None), "CParser", None)
 
-    Only the event source changes: composing, and so every cap, stays the loader's own, as
-    do the resolver and the constructor. Callers use it for :func:`is_plain_yaml_text` texts
-    and read the text again with a plain loader on any failure, so that every error is
-    PyYAML's, word for word.
+
+class _LibyamlComposer(_CPARSER or object, yaml.resolver.Resolver):  # type: ignore[misc]
+    """libyaml's parser and composer with PyYAML's own resolver (as ``yaml.CSafeLoader``)."""
+
+    def __init__(self, text: str) -> None:
+        _CPARSER.__init__(self, text)
+        yaml.resolver.Resolver.__init__(self)
+
+
+def has_libyaml() -> bool:
+    """Whether PyYAML was built with libyaml."""
+    return _CPARSER is not None and bool(getattr(yaml, "__with_libyaml__", False))
+
+
+_SEQUENCE_START, _MAPPING_START = yaml.SequenceStartEvent, yaml.MappingStartEvent
+
+
+def compose_plain_yaml(text: str, *, limits: InputLimits = DEFAULT_LIMITS) -> Node | None:
+    """The node tree of ``text``, composed by libyaml in C, or :class:`NotPlainError` when
+    the fast reading might differ from :class:`BoundedSafeLoader`'s.
+
+    For :func:`is_plain_yaml_text` texts that already passed :func:`bounded_loader` (size,
+    line length, printable characters). A first pass over libyaml's events bounds the
+    nesting by ``yaml_depth`` before anything is composed, since libyaml's composer recurses
+    in C, and declines explicit tags; the tree composed is then checked against every other
+    cap the bounded composer counts, and declined with any alias (a node reached twice) or
+    implicit empty scalar (the two readers place it differently), and so is a `?` with a
+    flow collection, leaving those, and every message, to the bounded composer. The resolver and the constructor stay PyYAML's.
     """
-    parser_type = getattr(getattr(yaml, "_yaml", None), "CParser", None)
-    if parser_type is None or not getattr(yaml, "__with_libyaml__", False):
-        return False
-    parser = parser_type(text)
+    if not has_libyaml():
+        raise NotPlainError("libyaml is not available")
+    if "?" in text and ("[" in text or "{" in text):
+        # In a flow collection PyYAML ends a plain scalar at `?`, libyaml does not.
+        raise NotPlainError("a `?` and a flow collection")
+    # libyaml's composer recurses without a limit (a few thousand levels overflow a thread's
+    # stack); its parser keeps a stack instead, so its events bound the depth first.
+    depth = 0
+    for event in iter(_CPARSER(text).get_event, None):
+        kind = event.__class__
+        if kind is ScalarEvent:
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")  # the two scan and resolve some differently
+        elif kind is _SEQUENCE_START or kind is _MAPPING_START:
+            depth += 1
+            if depth > limits.yaml_depth:
+                raise NotPlainError("deep nesting")
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")
+        elif kind is SequenceEndEvent or kind is MappingEndEvent:
+            depth -= 1
+    root: Node | None = _LibyamlComposer(text).get_single_node()
+    if root is None:
+        return None
     # libyaml places the end of a text without a final line break on a line after it,
     # PyYAML at the end of the last line: the marks at the very end are PyYAML's here.
     end = len(text) if text and not text.endswith("\n") else -1
     line = text.count("\n")
     column = len(text) - (text.rfind("\n") + 1)
-
-    def checked(event: Any) -> Any:
-        if event.__class__ is ScalarEvent and not event.value and _same_index(event.start_mark, event.end_mark):
-            # An implicit empty scalar (`a:`): the two place it differently; PyYAML decides.
-            raise _NotPlain("an implicit empty scalar")
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            raise NotPlainError("an alias")  # the same node twice: its caps are the composer's
+        seen.add(id(node))
         if end >= 0:
-            for attribute in ("start_mark", "end_mark"):
-                mark = getattr(event, attribute, None)
-                if mark is not None and mark.index == end and (mark.line, mark.column) != (line, column):
-                    # No buffer: like libyaml's own marks, this one shows no snippet.
-                    setattr(event, attribute, yaml.Mark(mark.name, end, line, column, None, None))  # type: ignore[arg-type]
-        return event
-
-    def peek_event() -> Any:
-        return checked(parser.peek_event())
-
-    def get_event() -> Any:
-        return checked(parser.get_event())
-
-    # Instance attributes shadow the pure-Python parser's methods for this loader only.
-    vars(loader).update(check_event=parser.check_event, peek_event=peek_event, get_event=get_event)
-    return True
+            mark = node.end_mark
+            if mark.index == end and (mark.line, mark.column) != (line, column):
+                node.end_mark = yaml.Mark(mark.name, end, line, column, None, None)  # type: ignore[arg-type]
+            mark = node.start_mark
+            if mark.index == end and (mark.line, mark.column) != (line, column):
+                node.start_mark = yaml.Mark(mark.name, end, line, column, None, None)  # type: ignore[arg-type]
+        value = node.value
+        if node.__class__ is ScalarNode:
+            if len(value) > limits.scalar_chars:
+                raise NotPlainError("a long scalar")
+            if node.tag in _NUMBER_TAGS and len(value) > limits.number_digits:
+                raise NotPlainError("a long number")
+            if not value and _same_index(node.start_mark, node.end_mark):
+                raise NotPlainError("an implicit empty scalar")  # the two place it differently
+        elif node.__class__ is MappingNode:
+            if len(value) > limits.mapping_keys:
+                raise NotPlainError("a large mapping")
+            for key, item in value:
+                stack.append(key)
+                stack.append(item)
+        else:
+            if len(value) > limits.sequence_items:
+                raise NotPlainError("a large sequence")
+            stack.extend(value)
+    if len(seen) > limits.yaml_nodes:
+        raise NotPlainError("many nodes")
+    return root
 
 
 def compose_yaml(text: str, *, name: str, limits: InputLimits = DEFAULT_LIMITS) -> Node | None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from . import codes, nodes
 from .conditions import PLUGIN_ATTRIBUTES, attributes
@@ -42,6 +42,8 @@ __all__ = ["CompiledPattern", "CompiledRule", "Pin", "PolicySet", "Settings", "c
 
 #: Template variables every pattern may use, filled in per plugin.
 PLUGIN_VARIABLES = ("plugin", "plugin_dir")
+_T = TypeVar("_T")
+
 TEMPLATE = re.compile(r"\{([^{}]*)\}")
 
 
@@ -122,6 +124,14 @@ class _Context:
     sources: dict[str, str] = field(default_factory=dict)
     # One compiled pattern per (kind, text) across the rules, as the tables share them.
     patterns: dict[tuple[ResourceKind, str], Pattern] = field(default_factory=dict)
+    # Equal frozensets (a rule's plugins, its permissions, a pattern's kinds) as one object:
+    # each costs at least 216 bytes, and tens of thousands of rules repeat a few dozen.
+    frozen: dict[frozenset[Any], frozenset[Any]] = field(default_factory=dict)
+
+    def shared(self, items: Iterable[_T]) -> frozenset[_T]:
+        """``frozenset(items)``, the same object for equal sets within one compile."""
+        value = frozenset(items)
+        return self.frozen.setdefault(value, value)
 
     def error(self, message: str, span: Span, hint: str | None = None, *, code: str) -> None:
         self.diagnostics.append(
@@ -235,8 +245,8 @@ def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
     return CompiledRule(
         ref=RuleRef(rule.effect, span.file, span.line, span.column, rule.text),
         effect=rule.effect,
-        plugins=None if rule.plugins is None else frozenset(rule.plugins),
-        permissions=frozenset(permissions),
+        plugins=None if rule.plugins is None else ctx.shared(rule.plugins),
+        permissions=ctx.shared(permissions),
         patterns=patterns,
         when=rule.when,
         unless=rule.unless,
@@ -309,7 +319,7 @@ def _compile_pattern(
         ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code=codes.INVALID_PATTERN)
         return None
     per_plugin = "{" in text and any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES)
-    kinds = frozenset(valid)
+    kinds = ctx.shared(valid)
     return CompiledPattern(
         text=text,
         source=pattern.text,

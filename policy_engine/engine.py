@@ -36,9 +36,10 @@ from .lifecycle import FETCH_TIMEOUT, Origin, Status, WatchHandle, describe
 from .manifest import (
     PluginMetadata,
     discover_manifests,
-    load_manifest,
+    manifest_from_bytes,
     manifest_from_mapping,
     parse_manifest,
+    read_manifest_file,
 )
 from .nodes import PolicyFile
 from .parser import parse_policy
@@ -366,26 +367,27 @@ class Engine:
         seen: dict[str, tuple[bytes, PluginMetadata | None]] = {}
         for path in discover_manifests(directory):
             key = str(path)
+            # Read once (bounded, as load_manifest reads it): the content the detector
+            # compares is the resolved path and the bytes.
             try:
-                raw: bytes | None = os.fsencode(path.resolve()) + b"\0" + path.read_bytes()
-            except (OSError, ValueError, RuntimeError):
-                raw = None  # load_manifest reports why
-            if raw is not None:
-                known = detector.kept(key, raw)
-                if known is not None:
-                    loaded.append(known)
-                    seen[key] = (raw, known)
-                    continue
-            try:
-                manifest = load_manifest(path)
+                file_path, manifest_path, data = read_manifest_file(path)
             except ManifestError as exc:
                 errors.append(exc)
-                if raw is not None:
-                    seen[key] = (raw, None)  # an invalid manifest is still a content to watch
+                continue
+            raw = os.fsencode(manifest_path) + b"\0" + data
+            known = detector.kept(key, raw)
+            if known is not None:
+                loaded.append(known)
+                seen[key] = (raw, known)
+                continue
+            try:
+                manifest = manifest_from_bytes(data, file_path, manifest_path)
+            except ManifestError as exc:
+                errors.append(exc)
+                seen[key] = (raw, None)  # an invalid manifest is still a content to watch
                 continue
             loaded.append(manifest)
-            if raw is not None:
-                seen[key] = (raw, manifest)
+            seen[key] = (raw, manifest)
         # Adopted by _build once the new state is in force: a refused build is seen again.
         self._manifest_staged.append((os.fspath(directory), detector, seen))
         return loaded, errors

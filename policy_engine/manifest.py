@@ -35,15 +35,17 @@ import yaml
 from .bounded import (
     DEFAULT_LIMITS,
     BoundedSafeLoader,
+    NotPlainError,
     bounded_loader,
+    check_text,
+    compose_plain_yaml,
     is_plain_yaml_text,
-    read_bounded_file,
-    use_libyaml_events,
+    read_bounded_file_resolved,
 )
 from .diagnostics import Diagnostic, Span, did_you_mean, source_line, source_lines
 from .errors import InputLimitError, ManifestError, PolicySyntaxError
 from .nodes import Grant
-from .parser import parse_grant
+from .parser import fullmatch_simple_grant, parse_grant
 from .permissions import ACTION_SPELLINGS, Permission, expand_action
 from .plugin_types import known_plugin_types
 from .units import UnitError, parse_duration, parse_percent, parse_size
@@ -175,12 +177,19 @@ def load_manifest(path: str | os.PathLike[str]) -> PluginMetadata:
     Diagnostics name the file as ``path`` was given; :attr:`PluginMetadata.plugin_path` and
     :attr:`PluginMetadata.manifest_path` are absolute. Raises :class:`ManifestError`.
     """
+    file_path, manifest_path, raw = read_manifest_file(path)
+    return manifest_from_bytes(raw, file_path, manifest_path)
+
+
+def read_manifest_file(path: str | os.PathLike[str]) -> tuple[Path, Path, bytes]:
+    """The first half of :func:`load_manifest`: the file as named, its absolute path and
+    its bytes (bounded). Raises :class:`ManifestError`."""
     given = Path(path)
     file_path = given
     try:
         if given.is_dir():
             file_path = given / MANIFEST_NAME
-        raw = read_bounded_file(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
+        resolved, raw = read_bounded_file_resolved(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
     except InputLimitError as exc:
         raise ManifestError(exc.diagnostics) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
@@ -190,11 +199,16 @@ def load_manifest(path: str | os.PathLike[str]) -> PluginMetadata:
         raise ManifestError([Diagnostic(
             f"cannot read the manifest: {_reason(exc)}", Span(str(file_path), 0, 0), hint
         )]) from None
+    return file_path, Path(resolved), raw  # the path opened: Path.resolve() of the file
+
+
+def manifest_from_bytes(raw: bytes, file_path: Path, manifest_path: Path) -> PluginMetadata:
+    """The second half of :func:`load_manifest`: what :func:`read_manifest_file` read, as a
+    manifest. Raises :class:`ManifestError`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError([_not_utf8(raw, exc, str(file_path))]) from None
-    manifest_path = _absolute(file_path)
     return _from_text(text, str(file_path), manifest_path.parent, manifest_path)
 
 
@@ -361,11 +375,45 @@ class _Loader(BoundedSafeLoader):
         except yaml.YAMLError:
             raise
         except Exception as exc:  # any conversion failure: see the class docstring
-            kind = str(node.tag).rsplit(":", 1)[-1]
-            shown = _show(node.value) if isinstance(node.value, str) else kind
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read `{shown}` as a {kind}: {exc}", node.start_mark
-            ) from None
+            raise _conversion_error(node, exc) from None
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    """:class:`_Loader`'s constructor alone, for a tree libyaml composed (no reader, scanner
+    or parser to set up)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # as _Loader
+            raise _conversion_error(node, exc) from None
+
+
+_STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+
+
+def _construct_plain(node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> Any:
+    """What ``constructor.construct_document(node)`` builds, for a tree without aliases (as
+    libyaml's reader gives): strings, lists and mappings with string keys are built here,
+    every other node, and a mapping with any other key, by the constructor itself."""
+    tag = node.tag
+    if node.__class__ is yaml.ScalarNode:
+        if tag == _STR:
+            return node.value
+    elif node.__class__ is yaml.SequenceNode:
+        if tag == _SEQ:
+            return [_construct_plain(item, constructor) for item in node.value]
+    elif tag == _MAP and all(key.__class__ is yaml.ScalarNode and key.tag == _STR for key, _ in node.value):
+        return {key.value: _construct_plain(value, constructor) for key, value in node.value}
+    return constructor.construct_document(node)
+
+
+def _conversion_error(node: yaml.Node, exc: Exception) -> yaml.constructor.ConstructorError:
+    kind = str(node.tag).rsplit(":", 1)[-1]
+    shown = _show(node.value) if isinstance(node.value, str) else kind
+    return yaml.constructor.ConstructorError(None, None, f"cannot read `{shown}` as a {kind}: {exc}", node.start_mark)
 
 
 def _from_text(text: str, file: str, plugin_path: Path, manifest_path: Path | None) -> PluginMetadata:
@@ -385,13 +433,22 @@ def _read_yaml(text: str, file: str) -> tuple[object, _Source, list[Diagnostic]]
 
 
 def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Source, list[Diagnostic]]:
-    """:func:`_read_yaml` with libyaml's events (``fast``, plain texts) or PyYAML's own."""
+    """:func:`_read_yaml` composed by libyaml (``fast``, plain texts; it may decline with
+    :class:`~policy_engine.bounded.NotPlainError`) or by the bounded pure-Python composer."""
     loader: BoundedSafeLoader | None = None
+    constructor: yaml.constructor.SafeConstructor
     try:
-        loader = bounded_loader(text, name=file, loader=_Loader)
-        if fast and not use_libyaml_events(loader, text):
-            raise ValueError("libyaml is not available")
-        root = loader.get_single_node()
+        if fast:
+            # What bounded_loader checks first: the caps on size and lines, and PyYAML's
+            # reader's refusal of unprintable characters (left to it to report).
+            check_text(text, name=file, max_chars=DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
+            if _NON_PRINTABLE.search(text):
+                raise NotPlainError("an unprintable character")
+            root = compose_plain_yaml(text)
+            constructor = _Constructor()
+        else:
+            constructor = loader = bounded_loader(text, name=file, loader=_Loader)
+            root = loader.get_single_node()
         if root is None:
             raise ManifestError([Diagnostic(
                 "expected a mapping of manifest fields, found an empty document",
@@ -400,7 +457,7 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
                 source_line=source_line(text, 1, "yaml"),
             )])
         source, early = _locate(root, file, text)
-        data = loader.construct_document(root)
+        data = _construct_plain(root, constructor) if fast else constructor.construct_document(root)
     except InputLimitError as exc:
         raise ManifestError(exc.diagnostics) from None
     except yaml.MarkedYAMLError as exc:
@@ -427,20 +484,21 @@ def _read_yaml_with(text: str, file: str, *, fast: bool) -> tuple[object, _Sourc
 
 
 _MERGE = "tag:yaml.org,2002:merge"
+_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
 
 
 def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagnostic]]:
     """Map the JSON pointer of every field to its span, and find duplicate keys (which
     PyYAML silently resolves to the last one: in a permission manifest that hides intent)."""
-    values: dict[str, Span] = {}
-    keys: dict[str, Span] = {}
+    values: dict[str, yaml.Node] = {}
+    keys: dict[str, yaml.Node] = {}
     scalars: dict[str, yaml.ScalarNode] = {}
     duplicates: list[tuple[str, Span, Span]] = []
     seen: set[int] = set()
     stack: list[tuple[str, yaml.Node]] = [("", root)]
     while stack:
         pointer, node = stack.pop()
-        values[pointer] = _node_span(node, file)
+        values[pointer] = node
         if isinstance(node, yaml.ScalarNode):
             scalars[pointer] = node
         # An alias is the same node object again: descending twice would repeat work
@@ -449,23 +507,22 @@ def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagno
             continue
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            first: dict[tuple[str, str], Span] = {}
+            first: dict[tuple[str, str], yaml.Node] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
                     continue
                 child = f"{pointer}/{_escape(key_node.value)}"
-                key_span = _node_span(key_node, file)
                 identity = (str(key_node.tag), str(key_node.value))
                 if identity in first:
-                    duplicates.append((child, key_span, first[identity]))
+                    duplicates.append((child, _node_span(key_node, file), _node_span(first[identity], file)))
                 else:
-                    first[identity] = key_span
-                keys[child] = key_span
+                    first[identity] = key_node
+                keys[child] = key_node
                 stack.append((child, value_node))
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 stack.append((f"{pointer}/{index}", item))
-    source = _Source(file, text, values, keys, scalars)
+    source = _Source(file, text, _Spans(file, values), _Spans(file, keys), scalars)
     problems = [
         source.diagnostic(
             pointer, f"duplicate field `{_unescape(pointer.rsplit('/', 1)[1])}`",
@@ -475,6 +532,28 @@ def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagno
         for pointer, span, earlier in duplicates
     ]
     return source, problems
+
+
+class _Spans(Mapping[str, Span]):
+    """JSON pointer to span, each span made when asked for (most never are)."""
+
+    __slots__ = ("_file", "_nodes")
+
+    def __init__(self, file: str, nodes: Mapping[str, yaml.Node]) -> None:
+        self._file = file
+        self._nodes = nodes
+
+    def __getitem__(self, pointer: str) -> Span:
+        return _node_span(self._nodes[pointer], self._file)
+
+    def __contains__(self, pointer: object) -> bool:
+        return pointer in self._nodes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
 
 
 def _node_span(node: yaml.Node, file: str) -> Span:
@@ -649,7 +728,97 @@ def _validator() -> Any:
     return cls(_schema())
 
 
+# A predicate compiled from the schema that says "valid" only when the full validator would
+# find nothing: most manifests are checked by it alone, and any other answer runs the full
+# validator, so every message is still the validator's. It understands the keywords the
+# schema uses (numbers it takes only as `int` and `float`); a keyword it does not know makes
+# the whole predicate decline, so a schema change cannot make it accept too much.
+_ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description", "examples", "default"})
+_SIMPLE_TYPES: dict[str, Callable[[object], bool]] = {
+    "object": lambda value: isinstance(value, Mapping),
+    "array": lambda value: isinstance(value, (list, tuple)),
+    "string": lambda value: isinstance(value, str),
+    "boolean": lambda value: isinstance(value, bool),
+    "number": lambda value: type(value) in (int, float),
+    "integer": lambda value: type(value) is int,
+}
+
+
+class _Unsupported(Exception):
+    """Internal: the schema uses a keyword the quick check does not know."""
+
+
+Check = Callable[[object], bool]
+
+
+def _quick_check(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Check:
+    checks = [_quick_keyword(keyword, value, schema, root)
+              for keyword, value in schema.items() if keyword not in _ANNOTATIONS]
+    if len(checks) == 1:
+        return checks[0]
+
+    def every(value: object) -> bool:
+        for check in checks:
+            if not check(value):
+                return False
+        return True
+
+    return every
+
+
+def _quick_keyword(keyword: str, value: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Check:
+    if keyword == "type" and isinstance(value, str) and value in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[value]
+    if keyword == "pattern":
+        search = _compiled(value).search
+        return lambda v: not isinstance(v, str) or search(v) is not None
+    if keyword == "maxLength":
+        return lambda v: not isinstance(v, str) or len(v) <= int(value)
+    if keyword == "minLength":
+        return lambda v: not isinstance(v, str) or len(v) >= int(value)
+    if keyword == "exclusiveMinimum":
+        return lambda v: type(v) in (int, float) and v > value
+    if keyword == "items" and isinstance(value, Mapping):
+        item = _quick_check(value, root)
+        return lambda v: not isinstance(v, (list, tuple)) or all(map(item, v))
+    if keyword == "required":
+        names = tuple(value)
+        return lambda v: not isinstance(v, Mapping) or all(name in v for name in names)
+    if keyword == "additionalProperties" and value is False:
+        known = frozenset(schema.get("properties", {}))
+        return lambda v: not isinstance(v, Mapping) or known.issuperset(v)
+    if keyword == "properties":
+        inner = {name: _quick_check(sub, root) for name, sub in value.items()}
+
+        def properties(v: object) -> bool:
+            if not isinstance(v, Mapping):
+                return True
+            for name, item in v.items():
+                check = inner.get(name)
+                if check is not None and not check(item):
+                    return False
+            return True
+
+        return properties
+    if keyword == "anyOf":
+        branches = [_quick_check(sub, root) for sub in value]
+        return lambda v: any(branch(v) for branch in branches)
+    if keyword == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+        return _quick_check(root["$defs"][value.removeprefix("#/$defs/")], root)
+    raise _Unsupported(keyword)
+
+
+@functools.lru_cache(maxsize=1)
+def _quick_validator() -> Callable[[object], bool]:
+    try:
+        return _quick_check(_schema(), _schema())
+    except _Unsupported:
+        return lambda _value: False
+
+
 def _schema_problems(data: object, source: _Source) -> list[Diagnostic]:
+    if _quick_validator()(data):
+        return []
     problems: list[Diagnostic] = []
     for error in _validator().iter_errors(data):
         path = tuple(error.absolute_path)
@@ -704,6 +873,15 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
         if not isinstance(entry, str):
             continue
         pointer = f"/permissions/{index}"
+        simple = _simple_entry(entry)
+        if simple is not None:
+            where = source.values.get(pointer)
+            declared.append(DeclaredPermission(
+                action=simple[0], permissions=simple[1], scopes=simple[2], text=entry, pointer=pointer,
+                line=where.line if where is not None else 0,
+                column=where.column if where is not None else 0,
+            ))
+            continue
         try:
             grant = parse_grant(entry, source.file)
         except PolicySyntaxError as exc:
@@ -738,7 +916,7 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
                 "separate scopes are each absolute paths",
                 span=source.inside(pointer, inner),
             ))
-        comment = _comment_in(entry, grant)
+        comment = _comment_in(entry, grant) if "#" in entry else None
         if comment is not None:
             index_in_entry, word = comment
             line, column = _line_column(entry, index_in_entry)
@@ -765,13 +943,27 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
     return tuple(declared), problems
 
 
+def _simple_entry(entry: str) -> tuple[str, frozenset[Permission], tuple[str, ...]] | None:
+    """The action, its permissions and the scope of the commonest entry: a known action and at
+    most one scope, in the shape the grant fast path takes (printable ASCII without quotes,
+    commas or `#`), which no check of :func:`_permissions` can object to. Else None: the
+    entry takes the full path, which gives the same result for this shape (a test checks)."""
+    if fullmatch_simple_grant(entry) is None:
+        return None
+    action, space, scope = entry.partition(" ")
+    expanded = expand_action(action)
+    if expanded is None or " " in scope or (space and action == "*"):
+        return None
+    return action, expanded, (scope,) if space else ()
+
+
 def _unquoted_space(
     entry: str, grant: Grant, expanded: frozenset[Permission] | None
 ) -> tuple[str, Span] | None:
     """``file:read /srv/my data/**``: the scope the author meant and where it is, when an
     unquoted path scope is followed by a bare word that cannot start a path of its own (the
     grammar would read two scopes, ``/srv/my`` and ``data/**``)."""
-    if expanded is None or not any(p.value.startswith("file:") for p in expanded):
+    if len(grant.scopes) < 2 or expanded is None or not any(p.value.startswith("file:") for p in expanded):
         return None
     if "\n" in entry:
         return None

@@ -225,6 +225,11 @@ _SIMPLE_GRANT = re.compile(r"(?:[a-z][a-z_]*:(?:\*|[a-z][a-z_]*)|\*)(?: [!$-+\--
 _SIMPLE_SCOPE = re.compile(r"[!$-+\--~]+")
 
 
+def fullmatch_simple_grant(text: str) -> re.Match[str] | None:
+    """Whether ``text`` has the shape of the common manifest entry the grant fast path takes."""
+    return None if len(text) > 1024 else _SIMPLE_GRANT.fullmatch(text)
+
+
 def _simple_grant(text: str, file: str) -> nodes.Grant | None:
     if len(text) > 1024 or _SIMPLE_GRANT.fullmatch(text) is None:
         return None

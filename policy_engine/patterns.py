@@ -228,9 +228,21 @@ class HostPattern(Pattern):
     _suffix: str = field(compare=False, repr=False)  # `.example.com` for `*.example.com`
     #: The ports matched, ``(low, high)`` inclusive, or None for any port.
     port_range: tuple[int, int] | None = field(default=None, compare=False)
-    #: The address range of a CIDR pattern (also set for a literal IP address: one address).
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = field(
+    # A CIDR pattern's range, set when compiled; a literal address's, made when first asked
+    # for (see `network`): most are never asked, and each costs a parse and half a kilobyte.
+    _network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = field(
         default=None, compare=False, repr=False)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The address range of a CIDR pattern (also for a literal IP address: one address)."""
+        network = self._network
+        if network is None and self._mode == _LITERAL:
+            address = _address_of(self.host_text)
+            if address is not None:
+                network = ipaddress.ip_network(address)
+                object.__setattr__(self, "_network", network)  # equal whoever sets it first
+        return network
 
     def matches(self, resource: Resource) -> bool:
         """Whether the normalised :class:`HostPort` ``resource`` is matched."""
@@ -764,9 +776,6 @@ def _compile_host(text: str) -> HostPattern:
         mode, host, suffix = _SUFFIX, "*." + parent, "." + parent
     else:
         mode, host, suffix = _LITERAL, _canonical_host(raw_host, bracketed), ""
-        address = _address_of(host)
-        if address is not None:
-            network = ipaddress.ip_network(address)
     shown = f"[{host}]" if ":" in host else host
     if ports is not None:
         shown += f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}-{ports[1]}"
@@ -783,7 +792,7 @@ def _compile_host(text: str) -> HostPattern:
         _mode=mode,
         _suffix=suffix,
         port_range=ports,
-        network=network,
+        _network=network,
     )
 
 

@@ -79,13 +79,13 @@ def test_a_manifest_is_read_again_only_when_its_bytes_change(
             f"name: {name}\nversion: 1.0.0\ntype: agent\nentry_point: m:P\npermissions: [file:read /data/**]\n")
     engine = Engine.load(tmp_path / "p.policy", plugins)
     read: list[str] = []
-    real = engine_module.load_manifest
+    real = engine_module.manifest_from_bytes
 
-    def counting(path: Path) -> object:
+    def counting(raw: bytes, path: Path, absolute: Path) -> object:
         read.append(path.parent.name)
-        return real(path)
+        return real(raw, path, absolute)
 
-    monkeypatch.setattr(engine_module, "load_manifest", counting)
+    monkeypatch.setattr(engine_module, "manifest_from_bytes", counting)
     engine.reload()
     assert read == []
     (plugins / "two" / "plugin.yaml").write_text(

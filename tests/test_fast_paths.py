@@ -616,7 +616,8 @@ def test_a_manifest_the_fast_reader_refuses_gets_pyyaml_s_own_words() -> None:
     from policy_engine import manifest
     from policy_engine.errors import ManifestError
 
-    for text in ("name: [1, 2\n", "a: &x 1\nb: *y\n", "a: b: c\n", "name: x\nname: y\n", "- 1\n"):
+    for text in ("name: [1, 2\n", "a: &x 1\nb: *y\n", "a: b: c\n", "name: x\nname: y\n", "- 1\n", "[n? ull]\n",
+                 "a: !*a!int 0\n", "a: b\x07\n", "a: b\x00\n", "a: " + "b" * 9000 + "\n"):
         try:
             manifest._read_yaml_with(text, "m.yaml", fast=False)
         except ManifestError as exc:
@@ -629,3 +630,188 @@ def test_a_manifest_the_fast_reader_refuses_gets_pyyaml_s_own_words() -> None:
             assert [str(d) for d in exc.diagnostics] == want
         else:
             assert want is None
+
+
+_SMALL_CAPS = {"yaml_depth": 3, "yaml_nodes": 12, "scalar_chars": 6, "number_digits": 3, "mapping_keys": 3,
+               "sequence_items": 4, "yaml_aliases": 2}
+
+
+def _tree(node: Any) -> Any:
+    import yaml
+
+    # What the constructor and the manifest reader use: the styles they do not (and libyaml
+    # spells a plain scalar's style `''`, PyYAML None).
+    if node is None:
+        return None
+    marks = (node.start_mark.index, node.start_mark.line, node.start_mark.column,
+             node.end_mark.index, node.end_mark.line, node.end_mark.column)
+    if isinstance(node, yaml.ScalarNode):
+        return ("scalar", node.tag, node.value, marks)
+    if isinstance(node, yaml.SequenceNode):
+        return ("sequence", node.tag, marks, [_tree(item) for item in node.value])
+    return ("mapping", node.tag, marks, [(_tree(k), _tree(v)) for k, v in node.value])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_data, st.integers(0, 4), st.integers(0, 200),
+       st.sampled_from(["", "&a ", "*a", "&b ", "!!str ", "!x ", "? ", "- ", "[", "{", "\n- ", "1234", "<<: *a\n"]),
+       st.booleans())
+def test_libyaml_s_composer_within_small_caps_composes_as_the_bounded_composer(
+        data: Any, style: int, at: int, insert: str, capped: bool) -> None:
+    from policy_engine.bounded import (
+        DEFAULT_LIMITS,
+        BoundedSafeLoader,
+        InputLimits,
+        NotPlainError,
+        compose_plain_yaml,
+        is_plain_yaml_text,
+    )
+
+    limits = InputLimits(**_SMALL_CAPS) if capped else DEFAULT_LIMITS
+    text = _texts_of(data)[style]
+    for candidate in (text, text[:at] + insert + text[at:]):
+        if not is_plain_yaml_text(candidate):
+            continue
+        try:
+            fast = _tree(compose_plain_yaml(candidate, limits=limits))
+        except Exception:  # noqa: BLE001 - declined or refused: the bounded composer answers
+            continue
+        loader = BoundedSafeLoader(candidate)
+        loader.limits = limits
+        try:
+            full = _tree(loader.get_single_node())
+        finally:
+            loader.dispose()
+        assert fast == full, candidate
+        assert not isinstance(fast, NotPlainError)
+
+
+def test_libyaml_s_composer_declines_what_the_bounded_composer_counts() -> None:
+    from policy_engine.bounded import InputLimits, NotPlainError, compose_plain_yaml, has_libyaml
+
+    if not has_libyaml():
+        pytest.skip("PyYAML without libyaml")
+    small = InputLimits(**_SMALL_CAPS)
+    for text in ("a: &x [1]\nb: *x\n", "a: [[[[1]]]]\n", "a: abcdefgh\n", "a: 12345\n",
+                 "{a: 1, b: 2, c: 3, d: 4}\n", "[1, 2, 3, 4, 5]\n", "a:\nb: 1\n",
+                 "[" + ", ".join(["[1, 2]"] * 5) + "]\n",
+                 # Found by the test above: libyaml reads both, PyYAML refuses them.
+                 "[n? ull]\n", "- !*a!int 0\n", "- !\n"):
+        with pytest.raises(NotPlainError):
+            compose_plain_yaml(text, limits=small)
+    assert compose_plain_yaml("a: [1, 2]\nb: {c: d}\n", limits=small) is not None
+
+
+def test_a_deeply_nested_manifest_cannot_overflow_a_thread_s_stack() -> None:
+    import threading
+
+    from policy_engine import manifest
+    from policy_engine.errors import ManifestError
+
+    # libyaml's composer recurses in C: a few thousand block levels overflow a small stack.
+    texts = ["- " * 4000 + "x\n", "".join(" " * i + "a:\n" for i in range(690)) + " " * 690 + "b\n"]
+    outcomes: list[str] = []
+
+    def read() -> None:
+        for text in texts:
+            try:
+                manifest._read_yaml(text, "m.yaml")
+            except ManifestError as exc:
+                outcomes.append(exc.diagnostics[0].message)
+
+    previous = threading.stack_size(256 * 1024)
+    try:
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(previous)
+    assert len(outcomes) == 2 and all("nesting deeper than 32 levels" in m for m in outcomes), outcomes
+
+
+# ----------------------------------------------------------------------------- manifest schema
+
+_odd_value = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(alphabet="aZ0 .-_:/%*{}\n+", max_size=12), st.lists(st.text(alphabet="a: ", max_size=4), max_size=2),
+    st.dictionaries(st.sampled_from(["init", "hook", "x", "memory", "cpu"]), st.integers(0, 9), max_size=2),
+    st.sampled_from(["1.0.0", "1.0", "01.2.3", "1.2.3-beta.1+b.2", "agent", "Agent", "p.q:C", "p:C\n",
+                     "file:read /srv/**", "file:raed", "*", "network:request\n", "10s", "0.5h", "5 m", "50%",
+                     "512MiB", "1 GB", ">=3.10", ">=3.10,<4", "https://x.test/a", "http:/x", ""]),
+)
+_manifest_fields = ["name", "version", "type", "entry_point", "description", "enabled", "permissions",
+                    "timeout_seconds", "timeouts", "limits", "author", "homepage", "tags", "requires_python",
+                    "unknown"]
+_good = {"name": "a-b", "version": "1.2.3", "type": "agent", "entry_point": "p.q:C"}
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(_manifest_fields), _odd_value, max_size=6),
+       st.dictionaries(st.sampled_from(["init", "hook", "execute", "memory", "cpu", "file_size", "other"]),
+                       _odd_value, max_size=3),
+       st.lists(_odd_value, max_size=3), st.booleans())
+def test_the_quick_schema_check_accepts_only_what_the_validator_accepts(
+        fields: dict[str, Any], inner: dict[str, Any], items: list[Any], base: bool) -> None:
+    from policy_engine import manifest
+
+    data: dict[str, Any] = {**(_good if base else {}), **fields}
+    for name in ("timeouts", "limits"):
+        if name in data and isinstance(data[name], dict):
+            data[name] = {**data[name], **inner}
+    for name in ("permissions", "tags"):
+        if name in data and isinstance(data[name], list):
+            data[name] = data[name] + items
+    quick = manifest._quick_validator()(data)
+    full = list(manifest._validator().iter_errors(data))
+    assert not quick or not full, (data, [e.message for e in full])
+
+
+def test_the_quick_schema_check_takes_the_common_manifests() -> None:
+    from policy_engine import manifest
+
+    quick = manifest._quick_validator()
+    assert quick({**_good, "permissions": ["file:read /srv/**", "network:request"], "tags": ["x"],
+                  "timeouts": {"init": "10s", "hook": 2}, "limits": {"memory": "512MiB", "cpu": "50%"},
+                  "enabled": False, "description": "d", "homepage": "https://x.test", "requires_python": ">=3.10"})
+    assert not quick({**_good, "name": "A"}) and not quick({**_good, "extra": 1}) and not quick({"name": "a"})
+    # A keyword it does not know declines everything, so a new schema cannot be half-checked.
+    with pytest.raises(manifest._Unsupported):
+        manifest._quick_check({"type": "string", "format": "uri"}, {})
+
+
+# ----------------------------------------------------------------------------- manifest permissions
+
+_entry = st.one_of(
+    st.text(alphabet="fileread:*/ {}#\"',\\-.x\t", max_size=24),
+    st.builds(lambda a, s: a + s, st.sampled_from(["file:read", "file:*", "*", "network:request", "file:raed",
+                                                   "hook:register", "config:read", "file:read "]),
+              st.text(alphabet=" /abc*{}#\"',.~:x", max_size=16)),
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_entry, min_size=1, max_size=3))
+def test_the_simple_permission_entry_reads_as_the_full_path(entries: list[str]) -> None:
+    import yaml
+
+    from policy_engine import manifest
+
+    text = yaml.safe_dump({"permissions": entries})
+    data, source, _ = manifest._read_yaml(text, "m.yaml")
+    fast = manifest._permissions(data["permissions"], source)
+    real = manifest._simple_entry
+    try:
+        manifest._simple_entry = lambda entry: None  # type: ignore[assignment]
+        full = manifest._permissions(data["permissions"], source)
+    finally:
+        manifest._simple_entry = real  # type: ignore[assignment]
+    assert fast[0] == full[0] and [str(d) for d in fast[1]] == [str(d) for d in full[1]], entries
+
+
+def test_the_simple_permission_entry_takes_the_common_entries() -> None:
+    from policy_engine import manifest
+
+    for entry in ("file:read /srv/**", "network:request", "file:write {data_dir}/x/**", "*", "config:read a.*"):
+        assert manifest._simple_entry(entry) is not None, entry
+    for entry in ("file:read /a /b", "* /x", "file:raed /x", 'file:read "/a b"', "file:read /a#b", "file:read  /a"):
+        assert manifest._simple_entry(entry) is None, entry

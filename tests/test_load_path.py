@@ -68,3 +68,31 @@ def test_a_reload_compiles_only_the_files_that_changed(tmp_path: Path) -> None:
     assert after[a] is before[a]  # unchanged file: its compiled rule reused
     assert after[b] != before[b]
     assert engine._state.policy.rules == Engine.load(policies)._state.policy.rules
+
+
+def test_equal_sets_of_a_compile_are_one_object() -> None:
+    from policy_engine.compiler import compile_policy
+    from policy_engine.parser import parse_policy
+
+    text = ('allow plugin "a" to file:read on "/srv/a/**"\nallow plugin "a" to file:read on "/srv/b/**"\n'
+            'allow plugin "b" to file:read on "/srv/c/**"\n')
+    first, second, third = compile_policy([parse_policy(text, "p.policy")]).rules
+    assert first.plugins is second.plugins and first.plugins == frozenset({"a"})
+    assert first.permissions is second.permissions is third.permissions
+    assert first.patterns is not None and third.patterns is not None
+    assert first.patterns[0].kinds is third.patterns[0].kinds
+
+
+def test_a_literal_address_makes_its_network_when_asked() -> None:
+    import ipaddress
+
+    from policy_engine.patterns import HostPattern, compile_pattern
+    from policy_engine.permissions import ResourceKind
+
+    for text, network in (("[2001:db8::1]:443", "2001:db8::1/128"), ("10.0.0.1", "10.0.0.1/32"),
+                          ("[::ffff:10.0.0.2]", "10.0.0.2/32"), ("example.com", None), ("10.0.0.0/8", "10.0.0.0/8")):
+        pattern = compile_pattern(ResourceKind.HOST, text)
+        assert isinstance(pattern, HostPattern)
+        assert pattern.network == (None if network is None else ipaddress.ip_network(network)), text
+        assert pattern.network is pattern.network
+    assert compile_pattern(ResourceKind.HOST, "10.0.0.0/8").subsumes(compile_pattern(ResourceKind.HOST, "10.1.2.3:80"))
