@@ -785,9 +785,10 @@ class Engine:
         contents: dict[str, bytes | str] = {}
         for directory in self._plugin_dirs:
             for path in discover_manifests(directory):
-                try:
-                    contents[str(path)] = os.fsencode(path.resolve()) + b"\0" + path.read_bytes()
-                except (OSError, ValueError, RuntimeError) as exc:
+                try:  # bounded, and compared as the load's change detector compares it
+                    _, manifest_path, data = read_manifest_file(path)
+                    contents[str(path)] = os.fsencode(manifest_path) + b"\0" + data
+                except ManifestError as exc:
                     contents[str(path)] = f"unreadable: {exc}"
         state = self._state
         for name in state.policy.pins:

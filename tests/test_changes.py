@@ -169,3 +169,27 @@ def test_a_new_directory_claiming_a_loaded_name_is_refused(
     assert manifest is not None and manifest.version == "1.0.0"
     assert _events(caplog) == [("manifest-added", "aa-impostor"), ("claim-refused", "aa-impostor")]
     assert any("claiming it is refused" in p.message for p in engine.problems)
+
+
+def test_watching_plugins_reads_each_manifest_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policy_engine.bounded import DEFAULT_LIMITS
+
+    (tmp_path / "p.policy").write_text(ALLOW)
+    plugins = tmp_path / "plugins"
+    _plugin(plugins, "one", "one")
+    engine = Engine.load(tmp_path / "p.policy", plugins)
+    read: list[int] = []
+    handle = engine.watch(3600, plugins=True)
+    try:
+        huge = plugins / "huge"
+        huge.mkdir()
+        (huge / "plugin.yaml").write_bytes(b"#" * (DEFAULT_LIMITS.yaml_bytes * 8))
+        monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(1) or b"")
+        contents = engine._plugin_contents()
+        assert read == []  # never read whole, unbounded
+        assert str(contents[str(huge / "plugin.yaml")]).startswith("unreadable: ")
+        assert "yaml_bytes" in str(contents[str(huge / "plugin.yaml")])
+        assert isinstance(contents[str(plugins / "one" / "plugin.yaml")], bytes)
+    finally:
+        handle.stop()
