@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,30 @@ def test_a_fused_any_of_agrees_with_the_patterns(case: tuple[ResourceKind, list[
     combined = matchers_module.any_matcher(patterns)
     assert combined(resource) is any(p.matches(resource) for p in patterns)
     assert combined(HostPort("srv")) is False
+
+
+def test_the_directory_test_of_the_implicit_reads_answers_as_isdir(tmp_path: Path) -> None:
+    from policy_engine.table import _is_directory
+
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "f.txt").write_text("", encoding="utf-8")
+    (tmp_path / "to-d").symlink_to(tmp_path / "d")
+    (tmp_path / "to-f").symlink_to(tmp_path / "f.txt")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "closed").mkdir(mode=0)
+    # Near the kernel's limit of 4,095 bytes: ASCII, and characters of several bytes.
+    deep = tmp_path
+    while len(str(deep)) < 3800:
+        deep = deep / ("x" * 200)
+    deep.mkdir(parents=True)
+    wide = tmp_path / ("é" * 100)
+    wide.mkdir()
+    paths = [tmp_path / name for name in ("d", "d/e", "f.txt", "to-d", "to-d/e", "to-f", "dangling", "loop",
+                                          "closed", "missing", "f.txt/x", "d/missing")]
+    paths += [deep, wide]
+    texts = [str(p) for p in paths] + ["/", "/proc/self", "/dev/null"]
+    texts += [str(deep) + "/" + "y" * (size - len(str(deep)) - 1) for size in (4093, 4094, 4095, 4096)]
+    texts += [str(wide) + "/" + "é" * 600, "/" + "é" * 1100]
+    for text in texts:
+        assert _is_directory(text) is os.path.isdir(text), text
