@@ -173,9 +173,10 @@ class ActionEntry:
         return any(p.matches(resource) for p in self.declared_patterns)
 
 
-#: One rule on the hot path: (matches the resource?, its reference, the rule, applies without
-#: a condition?). ``None`` as the predicate: the rule covers any resource.
-_Step = tuple["Matcher | None", RuleRef, TableRule, bool]
+#: One rule on the hot path: (matches the resource?, its reference as a 1-tuple (a decision's
+#: ``rules`` when it decides alone, built once), the rule, applies without a condition?).
+#: ``None`` as the predicate: the rule covers any resource.
+_Step = tuple["Matcher | None", tuple[RuleRef], TableRule, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,7 @@ def _step(rule: TableRule) -> _Step:
     # Remembered by value: a wildcard rule gives an equal TableRule in every plugin's table
     # (see `_table_rule`), so all of them share one step; a plugin's own rules pass through.
     test = None if rule.patterns is None else any_matcher(rule.patterns)
-    return test, rule.ref, rule, rule.when is None and rule.unless is None and rule.error is None
+    return test, (rule.ref,), rule, rule.when is None and rule.unless is None and rule.error is None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -386,8 +387,8 @@ _CODES: dict[str, int] = {
               {ResourceKind.PATH: _PATH_CODE, ResourceKind.HOST: _HOST_CODE}.get(p.kind, _NAME_CODE))
     for p in Permission
 }
-_NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW = (
-    Reason.NOT_DECLARED, Reason.DENIED_BY_RULE, Reason.ALLOWED, Reason.NO_MATCHING_ALLOW)
+_NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (
+    Reason.NOT_DECLARED, Reason.DENIED_BY_RULE, Reason.ALLOWED, Reason.NO_MATCHING_ALLOW, Reason.IMPLICIT)
 
 
 def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action: str, resource: str | None,
@@ -401,8 +402,13 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
         try:
             if code <= _READ_CODE:
                 normalised = resource = normalize_path(resource, table.plugin_dir)
-                if code == _READ_CODE and _implicit(table._code_dir, resource):
-                    return fast_decision(True, Reason.IMPLICIT, plugin, action, resource, (), (), revision)
+                # `_implicit`, inline: the runtime's trees, then the plugin's code.
+                if code == _READ_CODE and (
+                        resource.startswith(_RUNTIME_BELOW) or resource in _RUNTIME_EXACT or (
+                            (code_dir := table._code_dir) is not None and resource.startswith(code_dir)
+                            and (len(resource) == len(code_dir) or resource[len(code_dir)] == "/")
+                            and (resource.endswith(CODE_SUFFIXES) or _is_directory(resource)))):
+                    return fast_decision(True, _IMPLICIT, plugin, action, resource, (), (), revision)
             elif code == _HOST_CODE:
                 normalised, resource = normalize_host_text(resource)
             elif resource and "\0" not in resource and not resource.isspace():
@@ -424,7 +430,7 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
                     errors = []
                 if not _deny_applies(rule, table, context, errors):
                     continue
-            blocking = (ref,) if blocking is None else (*blocking, ref)
+            blocking = ref if blocking is None else (*blocking, *ref)
     if blocking is not None:
         return fast_decision(False, _DENIED, plugin, action, resource, blocking,
                              () if errors is None else tuple(errors), revision)
@@ -439,7 +445,7 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
                     errors = []
                 if not _allow_applies(rule, table, context, errors):
                     continue
-            granting = (ref,) if granting is None else (*granting, ref)
+            granting = ref if granting is None else (*granting, *ref)
     if granting is not None:
         return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
                              () if errors is None else tuple(errors), revision)
@@ -462,14 +468,14 @@ def _evaluate(entry: ActionEntry, table: PluginTable, plugin: str, action: str, 
                     errors = []
                 if not _deny_applies(rule, table, context, errors):
                     continue
-            blocking = (ref,) if blocking is None else (*blocking, ref)
+            blocking = ref if blocking is None else (*blocking, *ref)
     if blocking is not None:
         return fast_decision(False, _DENIED, plugin, action, resource, blocking,
                              () if errors is None else tuple(errors), revision)
     declared = entry._declared_test
     if not entry.declared or (declared is not None and (normalised is None or not declared(normalised))):
         would = tuple(
-            ref for test, ref, rule, _ in entry._allow_steps
+            ref[0] for test, ref, rule, _ in entry._allow_steps
             if rule.when is None and rule.unless is None
             and (test is None or (normalised is not None and test(normalised)))
         )
@@ -483,7 +489,7 @@ def _evaluate(entry: ActionEntry, table: PluginTable, plugin: str, action: str, 
                     errors = []
                 if not _allow_applies(rule, table, context, errors):
                     continue
-            granting = (ref,) if granting is None else (*granting, ref)
+            granting = ref if granting is None else (*granting, *ref)
     if granting is not None:
         return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
                              () if errors is None else tuple(errors), revision)

@@ -352,6 +352,24 @@ def test_a_fused_any_of_agrees_with_the_patterns(case: tuple[ResourceKind, list[
     assert combined(HostPort("srv")) is False
 
 
+_any_host_glob = st.sampled_from(["api.example.com", "api.example.com:443", "*.example.com", "*.example.com:443",
+                                  "*.example.com:80", "example.com:80", "10.0.0.1", "10.0.0.0/8", "[fd00::1]",
+                                  "[fd00::1]:443", "*", "*:443", "api.example.com:1-1024", "*.evil.test"])
+_any_host = st.sampled_from(["api.example.com", "api.example.com:443", "api.example.com:80", "x.example.com:443",
+                             "example.com:80", "example.com", "10.0.0.1:22", "10.1.2.3", "[fd00::1]:443",
+                             "[fd00::1]", "a.evil.test:443", "evil.test", "other.test:8080"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_any_host_glob, min_size=1, max_size=6), _any_host)
+def test_a_fused_any_of_hosts_agrees_with_the_patterns(globs: list[str], host: str) -> None:
+    patterns = [compile_pattern(ResourceKind.HOST, g) for g in globs]
+    combined = matchers_module.any_matcher(patterns)
+    resource = normalize_host_text(host)[0]
+    assert combined(resource) is any(p.matches(resource) for p in patterns)
+    assert combined("/srv") is False
+
+
 def test_the_directory_test_of_the_implicit_reads_answers_as_isdir(tmp_path: Path) -> None:
     from policy_engine.table import _is_directory
 
