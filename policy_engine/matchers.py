@@ -114,10 +114,13 @@ def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern,
     if fused < 2 or {type(p) for p in patterns if p not in rest} == {PathPattern, NamePattern}:
         return None, patterns
     exact_set, start_tuple, end_tuple = frozenset(exact), tuple(starts), tuple(ends)
+    # No set lookup for a resource longer than every literal: hashing a new 4 KiB string
+    # (a normalised long path) costs more than the rest of the test.
+    longest = max(map(len, exact_set), default=-1)
 
     def any_fused(r: Resource) -> bool:
         return r.__class__ is str and (
-            r in exact_set or r.startswith(start_tuple) or r.endswith(end_tuple))
+            (len(r) <= longest and r in exact_set) or r.startswith(start_tuple) or r.endswith(end_tuple))
 
     return any_fused, tuple(rest)
 

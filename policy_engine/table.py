@@ -77,7 +77,7 @@ _RUNTIME_READS = implicit_reads(None)
 def _implicit(code_dir: str | None, path: str) -> bool:
     """``implicit_reads(plugin_dir).covers(path)``, with ``code_dir`` the normalised directory:
     the same list the worker's kernel plan and audit hook use."""
-    if path.startswith(_RUNTIME_BELOW) or path in _RUNTIME_EXACT:
+    if path.startswith(_RUNTIME_BELOW) or (len(path) <= _RUNTIME_LONGEST and path in _RUNTIME_EXACT):
         return True
     if code_dir is None or not path.startswith(code_dir):
         return False
@@ -87,6 +87,8 @@ def _implicit(code_dir: str | None, path: str) -> bool:
 
 
 _RUNTIME_BELOW, _RUNTIME_EXACT = _RUNTIME_READS._below, _RUNTIME_READS._exact
+#: No set lookup (a hash of the whole path) for a path longer than every tree's root.
+_RUNTIME_LONGEST = max(map(len, _RUNTIME_EXACT), default=-1)
 _F_OK, _access = os.F_OK, os.access
 _ACCESS_BY_EFFECTIVE_IDS = os.access in os.supports_effective_ids  # Linux: faccessat(AT_EACCESS)
 
@@ -404,7 +406,8 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
                 normalised = resource = normalize_path(resource, table.plugin_dir)
                 # `_implicit`, inline: the runtime's trees, then the plugin's code.
                 if code == _READ_CODE and (
-                        resource.startswith(_RUNTIME_BELOW) or resource in _RUNTIME_EXACT or (
+                        resource.startswith(_RUNTIME_BELOW)
+                        or (len(resource) <= _RUNTIME_LONGEST and resource in _RUNTIME_EXACT) or (
                             (code_dir := table._code_dir) is not None and resource.startswith(code_dir)
                             and (len(resource) == len(code_dir) or resource[len(code_dir)] == "/")
                             and (resource.endswith(CODE_SUFFIXES) or _is_directory(resource)))):
