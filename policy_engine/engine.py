@@ -220,6 +220,11 @@ class Engine:
 
     Build one with :meth:`load` (files and directories) or :meth:`from_source` (text, for
     tests and embedding). ``decide`` never raises for a bad request: it returns a deny.
+
+    After each build (load, reload) the engine collects the process's cyclic garbage and
+    calls :func:`gc.freeze`, so that the collector never scans the decision tables again
+    (a full collection of a 2,000-plugin engine is about 0.2 s, which would otherwise land
+    in some later call); ``freeze_collector=False`` leaves the collector alone.
     """
 
     def __init__(
@@ -234,6 +239,7 @@ class Engine:
         cache_ttl: float | None = None,
         decision_log: DecisionLog | None = None,
         strict: bool = False,
+        freeze_collector: bool = True,
     ) -> None:
         if cache_size < 0:
             raise UsageError("cache_size must be >= 0")
@@ -243,6 +249,7 @@ class Engine:
         self._cache_size = cache_size
         self._cache_ttl = cache_ttl
         self._strict = strict
+        self._freeze_collector = freeze_collector
         self.decision_log = decision_log
         self._write_lock = threading.RLock()
         self._extra_manifests: dict[str, PluginMetadata] = {m.name: m for m in manifests}
@@ -395,8 +402,20 @@ class Engine:
     def _rebuild(self, sources: Mapping[str, str], previous: _Snapshot | None) -> _Snapshot:
         # Building allocates millions of objects that all stay alive: the cycle collector
         # would scan the growing heap again and again for nothing (about a third of a load).
+        if self._freeze_collector:
+            # The new tables would otherwise be scanned by the next collections, young then
+            # old (about 0.2 s at 2,000 plugins, in whichever call allocates next, often a
+            # `decide`): `gc.freeze` after the build moves every object alive then out of
+            # the collector's sight. A build leaves no cyclic garbage and an old snapshot is
+            # freed by reference counting; the collection before it frees the process's own
+            # cyclic garbage first, so that none is frozen (after the first build it scans
+            # only what is younger than the last freeze).
+            gc.collect()
         with _collector_paused():
-            return self._build(sources, self._all_manifests(), previous)
+            state = self._build(sources, self._all_manifests(), previous)
+            if self._freeze_collector:
+                gc.freeze()
+            return state
 
     def _build(
         self,

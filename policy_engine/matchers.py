@@ -61,17 +61,16 @@ def any_matcher(patterns: Sequence[Pattern]) -> Matcher:
 # asked for once and would only fill a large one (about 0.8 KB per plugin at 10,000).
 @functools.lru_cache(maxsize=4096)
 def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
+    fused: list[Matcher] = []
     if len(patterns) > 1:
-        fused, rest = _fuse(patterns)
-        if fused is not None:
-            patterns = rest
-            if not patterns:
-                return fused
-    else:
-        fused = None
-    tests = tuple(matcher(p) for p in patterns)
-    if fused is not None:
-        tests = (fused, *tests)
+        for fuse in (_fuse, _fuse_hosts):
+            one, rest = fuse(patterns)
+            if one is not None:
+                fused.append(one)
+                patterns = rest
+        if fused and not patterns and len(fused) == 1:
+            return fused[0]
+    tests = (*fused, *(matcher(p) for p in patterns))
     if len(tests) == 1:
         return tests[0]
     if not tests:
@@ -115,12 +114,56 @@ def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern,
     if fused < 2 or {type(p) for p in patterns if p not in rest} == {PathPattern, NamePattern}:
         return None, patterns
     exact_set, start_tuple, end_tuple = frozenset(exact), tuple(starts), tuple(ends)
+    # No set lookup for a resource longer than every literal: hashing a new 4 KiB string
+    # (a normalised long path) costs more than the rest of the test.
+    longest = max(map(len, exact_set), default=-1)
 
     def any_fused(r: Resource) -> bool:
         return r.__class__ is str and (
-            r in exact_set or r.startswith(start_tuple) or r.endswith(end_tuple))
+            (len(r) <= longest and r in exact_set) or r.startswith(start_tuple) or r.endswith(end_tuple))
 
     return any_fused, tuple(rest)
+
+
+def _fuse_hosts(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:
+    """One predicate for the host patterns among ``patterns`` that name a host or a
+    ``*.suffix`` with any port or one port (a set lookup and one ``endswith`` over a tuple,
+    per port), and the patterns left over; None when fewer than two can be fused."""
+    hosts: set[str] = set()
+    suffixes: list[str] = []
+    port_hosts: dict[int, set[str]] = {}
+    port_suffixes: dict[int, list[str]] = {}
+    rest: list[Pattern] = []
+    for pattern in patterns:
+        if type(pattern) is HostPattern and pattern._mode in (_LITERAL, _SUFFIX) and (
+                pattern.port_range is None or pattern.port_range[0] == pattern.port_range[1]):
+            assert isinstance(pattern, HostPattern)
+            port = None if pattern.port_range is None else pattern.port_range[0]
+            if pattern._mode == _LITERAL:
+                (hosts if port is None else port_hosts.setdefault(port, set())).add(pattern.host_text)
+            else:
+                (suffixes if port is None else port_suffixes.setdefault(port, [])).append(pattern._suffix)
+        else:
+            rest.append(pattern)
+    if len(patterns) - len(rest) < 2:
+        return None, patterns
+    host_set, suffix_tuple = frozenset(hosts), tuple(suffixes)
+    by_port = {port: frozenset(names) for port, names in port_hosts.items()}
+    ends_by_port = {port: tuple(ends) for port, ends in port_suffixes.items()}
+
+    def any_host(r: Resource) -> bool:
+        if r.__class__ is not HostPort:
+            return False
+        host = r.host
+        if host in host_set or host.endswith(suffix_tuple):
+            return True
+        names = by_port.get(r.port)  # type: ignore[arg-type]  # None is not a key: no match
+        if names is not None and host in names:
+            return True
+        ends = ends_by_port.get(r.port)  # type: ignore[arg-type]
+        return ends is not None and host.endswith(ends)
+
+    return any_host, tuple(rest)
 
 
 def _path_matcher(pattern: PathPattern) -> Matcher:

@@ -32,7 +32,7 @@ from .decision import (
     make_decision,
 )
 from .diagnostics import Diagnostic, Span, did_you_mean
-from .implicit import implicit_reads, is_code_below
+from .implicit import CODE_SUFFIXES, implicit_reads
 from .matchers import Matcher, any_matcher
 from .nodes import Effect
 from .patterns import (
@@ -77,12 +77,31 @@ _RUNTIME_READS = implicit_reads(None)
 def _implicit(code_dir: str | None, path: str) -> bool:
     """``implicit_reads(plugin_dir).covers(path)``, with ``code_dir`` the normalised directory:
     the same list the worker's kernel plan and audit hook use."""
-    if _RUNTIME_READS.covers_tree(path):
+    if path.startswith(_RUNTIME_BELOW) or (len(path) <= _RUNTIME_LONGEST and path in _RUNTIME_EXACT):
         return True
     if code_dir is None or not path.startswith(code_dir):
         return False
     size = len(code_dir)
-    return (len(path) == size or path[size] == "/") and is_code_below(path)
+    return (len(path) == size or path[size] == "/") and (
+        path.endswith(CODE_SUFFIXES) or _is_directory(path))
+
+
+_RUNTIME_BELOW, _RUNTIME_EXACT = _RUNTIME_READS._below, _RUNTIME_READS._exact
+#: No set lookup (a hash of the whole path) for a path longer than every tree's root.
+_RUNTIME_LONGEST = max(map(len, _RUNTIME_EXACT), default=-1)
+_F_OK, _access = os.F_OK, os.access
+_ACCESS_BY_EFFECTIVE_IDS = os.access in os.supports_effective_ids  # Linux: faccessat(AT_EACCESS)
+
+
+def _is_directory(path: str) -> bool:
+    """``os.path.isdir(path)`` (``implicit.is_code_below``'s test) for a normalised absolute
+    path, a quarter of its cost: ``access("path/")`` with the effective ids asks the kernel
+    the same question (the trailing slash resolves only to a directory, through symbolic
+    links as ``stat`` does) without building a ``stat_result``. A path that could reach the
+    kernel's 4,095-byte limit once the slash is added asks ``isdir`` itself."""
+    if _ACCESS_BY_EFFECTIVE_IDS and (len(path) < 1023 or (len(path) < 4094 and path.isascii())):
+        return _access(path + "/", _F_OK, effective_ids=True)
+    return os.path.isdir(path)
 
 
 # What many tables share (a wildcard rule's patterns, a manifest line every plugin has) is
@@ -156,9 +175,10 @@ class ActionEntry:
         return any(p.matches(resource) for p in self.declared_patterns)
 
 
-#: One rule on the hot path: (matches the resource?, its reference, the rule, applies without
-#: a condition?). ``None`` as the predicate: the rule covers any resource.
-_Step = tuple["Matcher | None", RuleRef, TableRule, bool]
+#: One rule on the hot path: (matches the resource?, its reference as a 1-tuple (a decision's
+#: ``rules`` when it decides alone, built once), the rule, applies without a condition?).
+#: ``None`` as the predicate: the rule covers any resource.
+_Step = tuple["Matcher | None", tuple[RuleRef], TableRule, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +194,7 @@ def _step(rule: TableRule) -> _Step:
     # Remembered by value: a wildcard rule gives an equal TableRule in every plugin's table
     # (see `_table_rule`), so all of them share one step; a plugin's own rules pass through.
     test = None if rule.patterns is None else any_matcher(rule.patterns)
-    return test, rule.ref, rule, rule.when is None and rule.unless is None and rule.error is None
+    return test, (rule.ref,), rule, rule.when is None and rule.unless is None and rule.error is None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -369,8 +389,8 @@ _CODES: dict[str, int] = {
               {ResourceKind.PATH: _PATH_CODE, ResourceKind.HOST: _HOST_CODE}.get(p.kind, _NAME_CODE))
     for p in Permission
 }
-_NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW = (
-    Reason.NOT_DECLARED, Reason.DENIED_BY_RULE, Reason.ALLOWED, Reason.NO_MATCHING_ALLOW)
+_NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (
+    Reason.NOT_DECLARED, Reason.DENIED_BY_RULE, Reason.ALLOWED, Reason.NO_MATCHING_ALLOW, Reason.IMPLICIT)
 
 
 def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action: str, resource: str | None,
@@ -384,8 +404,14 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
         try:
             if code <= _READ_CODE:
                 normalised = resource = normalize_path(resource, table.plugin_dir)
-                if code == _READ_CODE and _implicit(table._code_dir, resource):
-                    return fast_decision(True, Reason.IMPLICIT, plugin, action, resource, (), (), revision)
+                # `_implicit`, inline: the runtime's trees, then the plugin's code.
+                if code == _READ_CODE and (
+                        resource.startswith(_RUNTIME_BELOW)
+                        or (len(resource) <= _RUNTIME_LONGEST and resource in _RUNTIME_EXACT) or (
+                            (code_dir := table._code_dir) is not None and resource.startswith(code_dir)
+                            and (len(resource) == len(code_dir) or resource[len(code_dir)] == "/")
+                            and (resource.endswith(CODE_SUFFIXES) or _is_directory(resource)))):
+                    return fast_decision(True, _IMPLICIT, plugin, action, resource, (), (), revision)
             elif code == _HOST_CODE:
                 normalised, resource = normalize_host_text(resource)
             elif resource and "\0" not in resource and not resource.isspace():
@@ -407,7 +433,7 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
                     errors = []
                 if not _deny_applies(rule, table, context, errors):
                     continue
-            blocking = (ref,) if blocking is None else (*blocking, ref)
+            blocking = ref if blocking is None else (*blocking, *ref)
     if blocking is not None:
         return fast_decision(False, _DENIED, plugin, action, resource, blocking,
                              () if errors is None else tuple(errors), revision)
@@ -422,7 +448,7 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
                     errors = []
                 if not _allow_applies(rule, table, context, errors):
                     continue
-            granting = (ref,) if granting is None else (*granting, ref)
+            granting = ref if granting is None else (*granting, *ref)
     if granting is not None:
         return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
                              () if errors is None else tuple(errors), revision)
@@ -445,14 +471,14 @@ def _evaluate(entry: ActionEntry, table: PluginTable, plugin: str, action: str, 
                     errors = []
                 if not _deny_applies(rule, table, context, errors):
                     continue
-            blocking = (ref,) if blocking is None else (*blocking, ref)
+            blocking = ref if blocking is None else (*blocking, *ref)
     if blocking is not None:
         return fast_decision(False, _DENIED, plugin, action, resource, blocking,
                              () if errors is None else tuple(errors), revision)
     declared = entry._declared_test
     if not entry.declared or (declared is not None and (normalised is None or not declared(normalised))):
         would = tuple(
-            ref for test, ref, rule, _ in entry._allow_steps
+            ref[0] for test, ref, rule, _ in entry._allow_steps
             if rule.when is None and rule.unless is None
             and (test is None or (normalised is not None and test(normalised)))
         )
@@ -466,7 +492,7 @@ def _evaluate(entry: ActionEntry, table: PluginTable, plugin: str, action: str, 
                     errors = []
                 if not _allow_applies(rule, table, context, errors):
                     continue
-            granting = (ref,) if granting is None else (*granting, ref)
+            granting = ref if granting is None else (*granting, *ref)
     if granting is not None:
         return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
                              () if errors is None else tuple(errors), revision)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import gc
+import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from policy_engine.patterns import HostPort, compile_pattern, normalize_host_tex
 from policy_engine.permissions import ResourceKind
 from policy_engine.table import _implicit
 from tests.reference import reference_decide
-from tests.test_fast_paths import _plugin_manifest, _same
+from tests.test_fast_paths import _manifest, _plugin_manifest, _same
 
 _PLUGINS = ["p", "q", "r-1"]
 _ACTIONS = ["file:read", "file:write", "network:request", "database:read", "hook:register"]
@@ -53,7 +56,10 @@ _SCOPES = {
 _RESOURCES = {
     "file": ["/srv/a/x.csv", "/srv/b", "/etc/passwd", "/srv/a/../../etc/x", "rel/x", "", "/srv/q/bb",
              "/srv/z/a/b1", "/x/ab", "/srv/a", "/srv/1/x.csv", "/srv/xayb/q", "/q/k1", "/srv/x/x/y",
-             "/srv//a/./x.csv", "/srv/a/", "/srv/a\0b", "/srv/a\u2028b", '/srv/"q\\{x}'],
+             "/srv//a/./x.csv", "/srv/a/", "/srv/a\0b", "/srv/a\u2028b", '/srv/"q\\{x}',
+             # long enough (256 characters on) for the long-path searches of the normalisation
+             "/srv/" + "d/" * 150 + "../" * 3 + "x.csv", "/srv/" + "a" * 300 + "/x.csv",
+             "/srv/a/" + "x." * 200 + "/../../etc/x", "/srv/a/" + "b" * 300 + "//./k1"],
     "network": ["api.example.com:443", "API.example.com.:443", "https://a.example.com/x", "[2001:db8::1]:443",
                 "10.0.0.1:80", "0x0a.0.0.1:80", "bad host", "x.evil.test", "http://api.example.com:85/",
                 "https://api.example.com:0443/?a@b", "[::ffff:10.1.2.3]:8080", "[FD00::1]:9000", "h:8500",
@@ -349,3 +355,94 @@ def test_a_fused_any_of_agrees_with_the_patterns(case: tuple[ResourceKind, list[
     combined = matchers_module.any_matcher(patterns)
     assert combined(resource) is any(p.matches(resource) for p in patterns)
     assert combined(HostPort("srv")) is False
+
+
+_any_host_glob = st.sampled_from(["api.example.com", "api.example.com:443", "*.example.com", "*.example.com:443",
+                                  "*.example.com:80", "example.com:80", "10.0.0.1", "10.0.0.0/8", "[fd00::1]",
+                                  "[fd00::1]:443", "*", "*:443", "api.example.com:1-1024", "*.evil.test"])
+_any_host = st.sampled_from(["api.example.com", "api.example.com:443", "api.example.com:80", "x.example.com:443",
+                             "example.com:80", "example.com", "10.0.0.1:22", "10.1.2.3", "[fd00::1]:443",
+                             "[fd00::1]", "a.evil.test:443", "evil.test", "other.test:8080"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_any_host_glob, min_size=1, max_size=6), _any_host)
+def test_a_fused_any_of_hosts_agrees_with_the_patterns(globs: list[str], host: str) -> None:
+    patterns = [compile_pattern(ResourceKind.HOST, g) for g in globs]
+    combined = matchers_module.any_matcher(patterns)
+    resource = normalize_host_text(host)[0]
+    assert combined(resource) is any(p.matches(resource) for p in patterns)
+    assert combined("/srv") is False
+
+
+def test_the_directory_test_of_the_implicit_reads_answers_as_isdir(tmp_path: Path) -> None:
+    from policy_engine.table import _is_directory
+
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "f.txt").write_text("", encoding="utf-8")
+    (tmp_path / "to-d").symlink_to(tmp_path / "d")
+    (tmp_path / "to-f").symlink_to(tmp_path / "f.txt")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "closed").mkdir(mode=0)
+    # Near the kernel's limit of 4,095 bytes: ASCII, and characters of several bytes.
+    deep = tmp_path
+    while len(str(deep)) < 3800:
+        deep = deep / ("x" * 200)
+    deep.mkdir(parents=True)
+    wide = tmp_path / ("é" * 100)
+    wide.mkdir()
+    paths = [tmp_path / name for name in ("d", "d/e", "f.txt", "to-d", "to-d/e", "to-f", "dangling", "loop",
+                                          "closed", "missing", "f.txt/x", "d/missing")]
+    paths += [deep, wide]
+    texts = [str(p) for p in paths] + ["/", "/proc/self", "/dev/null"]
+    texts += [str(deep) + "/" + "y" * (size - len(str(deep)) - 1) for size in (4093, 4094, 4095, 4096)]
+    texts += [str(wide) + "/" + "é" * 600, "/" + "é" * 1100]
+    for text in texts:
+        assert _is_directory(text) is os.path.isdir(text), text
+
+
+# ----------------------------------------------------------------------------- the collector
+
+_GC_POLICY = 'allow plugin "p" to file:read on "/srv/**"\n'
+
+
+def test_a_build_moves_its_objects_out_of_the_collector_s_sight() -> None:
+    gc.unfreeze()
+    engine = Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    assert gc.get_freeze_count() > 0
+    table = engine.plugin_table("p")
+    assert not any(item is table for item in gc.get_objects())  # frozen objects are never scanned
+    assert engine.decide("p", "file:read", "/srv/x").allowed
+    gc.unfreeze()
+    Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))],
+                       freeze_collector=False)
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_build_frees_the_process_s_cyclic_garbage_before_it_freezes() -> None:
+    class Node:
+        pass
+
+    node = Node()
+    node.self = node  # type: ignore[attr-defined]
+    gone = weakref.ref(node)
+    del node
+    Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    assert gone() is None
+
+
+def test_builds_and_reloads_leave_no_cyclic_garbage_for_a_freeze_to_keep() -> None:
+    gc.collect()
+    gc.disable()
+    try:
+        policy = {"a.policy": _GC_POLICY}
+        engine = Engine.from_source(policy, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))],
+                                    freeze_collector=False)
+        for round_ in range(3):
+            policy = {"a.policy": _GC_POLICY + f'allow plugin "p" to config:read on "x{round_}"\n'}
+            engine.reload(policy)
+            assert engine.decide("p", "file:read", "/srv/x").allowed
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -517,6 +517,32 @@ def test_the_path_fast_path_answers_as_the_full_normalisation(path: str, base_di
         _outcome(patterns._normalize_path_full, path, base_dir)
 
 
+# Long paths (from `_LONG_PATH` on) take other searches: a plain head of many segments, then
+# the same odd pieces, so that `..` climbs out of the tail into the head, or above the root.
+_long_path = st.tuples(
+    st.integers(0, 400).map(lambda n: "".join(f"/s{i % 7}" for i in range(n))),
+    st.lists(st.sampled_from(["", ".", "..", "a", "b.c", ".x", "..y", "...", "a.", "x/", "/"]), max_size=12),
+    st.sampled_from(["", "/", "/.", "/..", ".d", "/e"]),
+).map(lambda t: t[0] + "/" + "/".join(t[1]) + t[2])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_long_path, st.sampled_from([None, "/base"]))
+def test_the_long_path_fast_path_answers_as_the_full_normalisation(path: str, base_dir: str | None) -> None:
+    from policy_engine import patterns
+
+    assert _outcome(patterns._normalize_path, path, base_dir) == \
+        _outcome(patterns._normalize_path_full, path, base_dir)
+
+
+def test_a_long_path_of_dots_is_normalised_as_the_full_normalisation() -> None:
+    from policy_engine import patterns
+
+    for path in ("/" + "a." * 1900, "/" + "a." * 1900 + "/.x/..", "/x" * 200 + "/." * 900,
+                 "/y" * 200 + "/.." * 300 + "/z", "/" + "..." * 200 + "/.."):
+        assert patterns._normalize_path(path, None) == patterns._normalize_path_full(path, None)
+
+
 _octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "0x7f", "", "a"]))
 _port = st.one_of(st.none(), st.integers(0, 70000).map(str), st.sampled_from(["", "00443", "http", "*"]))
 _any_host = st.one_of(
