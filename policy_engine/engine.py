@@ -224,7 +224,9 @@ class Engine:
     After each build (load, reload) the engine collects the process's cyclic garbage and
     calls :func:`gc.freeze`, so that the collector never scans the decision tables again
     (a full collection of a 2,000-plugin engine is about 0.2 s, which would otherwise land
-    in some later call); ``freeze_collector=False`` leaves the collector alone.
+    in some later call). It is process-wide: an object of the host alive at a build that
+    later becomes part of an unreachable reference cycle is not reclaimed until
+    :func:`gc.unfreeze`; ``freeze_collector=False`` leaves the collector alone.
     """
 
     def __init__(
