@@ -369,8 +369,8 @@ def report(decides: list[dict[str, Any]], loads: dict[int, dict[str, float]], me
         top = r["engine"]["max"] / r["engine"]["median"]
         lines.append(f"{r['plugins']} plugins: slowest request / median {top:.1f}x, "
                      f"from_source {r['from_source_s']:.2f} s; slowest of the first 5,000 calls after a "
-                     f"build {r['after build, frozen=True']:.0f} µs "
-                     f"({r['after build, frozen=False']:.0f} µs with freeze_collector=False)")
+                     f"build {r['after build, frozen=False']:.0f} µs "
+                     f"({r['after build, frozen=True']:.0f} µs with freeze_collector=True)")
     lines.append(f"timer overhead subtracted from every figure: {OVERHEAD:.3f} µs")
     for r in decides:
         if "classes" not in r["engine"]:

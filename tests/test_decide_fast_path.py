@@ -409,15 +409,15 @@ _GC_POLICY = 'allow plugin "p" to file:read on "/srv/**"\n'
 
 def test_a_build_moves_its_objects_out_of_the_collector_s_sight() -> None:
     gc.unfreeze()
-    engine = Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    engine = Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))],
+                                freeze_collector=True)
     assert gc.get_freeze_count() > 0
     table = engine.plugin_table("p")
     assert not any(item is table for item in gc.get_objects())  # frozen objects are never scanned
     assert engine.decide("p", "file:read", "/srv/x").allowed
     gc.unfreeze()
-    Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))],
-                       freeze_collector=False)
-    assert gc.get_freeze_count() == 0
+    Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    assert gc.get_freeze_count() == 0  # the default leaves the collector alone
 
 
 def test_a_build_frees_the_process_s_cyclic_garbage_before_it_freezes() -> None:
@@ -428,8 +428,10 @@ def test_a_build_frees_the_process_s_cyclic_garbage_before_it_freezes() -> None:
     node.self = node  # type: ignore[attr-defined]
     gone = weakref.ref(node)
     del node
-    Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))],
+                       freeze_collector=True)
     assert gone() is None
+    gc.unfreeze()
 
 
 def test_builds_and_reloads_leave_no_cyclic_garbage_for_a_freeze_to_keep() -> None:
