@@ -113,12 +113,17 @@ def _events(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
     return [(e["kind"], Path(e["path"]).parent.name if e["path"].endswith(".yaml") else e["path"]) for e in found]
 
 
-def test_manifests_added_changed_removed_are_audit_events(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _one_plugin(tmp_path: Path) -> tuple[Engine, Path]:
+    """An engine over one policy and a plugins directory holding plugin `one`."""
     (tmp_path / "p.policy").write_text(ALLOW)
     plugins = tmp_path / "plugins"
     _plugin(plugins, "one", "one")
-    engine = Engine.load(tmp_path / "p.policy", plugins)
+    return Engine.load(tmp_path / "p.policy", plugins), plugins
+
+
+def test_manifests_added_changed_removed_are_audit_events(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine, plugins = _one_plugin(tmp_path)
     caplog.set_level(logging.WARNING, logger=AUDIT_LOGGER_NAME)
     handle = engine.watch(3600, plugins=True)  # polled by hand below
     try:
@@ -175,10 +180,7 @@ def test_watching_plugins_reads_each_manifest_bounded(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from policy_engine.bounded import DEFAULT_LIMITS
 
-    (tmp_path / "p.policy").write_text(ALLOW)
-    plugins = tmp_path / "plugins"
-    _plugin(plugins, "one", "one")
-    engine = Engine.load(tmp_path / "p.policy", plugins)
+    engine, plugins = _one_plugin(tmp_path)
     read: list[int] = []
     handle = engine.watch(3600, plugins=True)
     try:
