@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import psutil
 
-__all__ = ["child_pids", "descendants", "freeze", "kill_frozen", "signal_all", "stopped"]
+__all__ = ["child_pids", "descendants", "freeze", "gone", "kill_frozen", "signal_all", "stopped"]
 
 _MAX_ROUNDS = 200  # a fork bomb gets frozen within a few rounds; this only bounds the loop
 _PROC_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
@@ -43,31 +43,42 @@ def child_pids(pid: int) -> list[int]:
     return pids
 
 
-_HALTED = frozenset({b"T", b"t", b"Z", b"X"})
+_DEAD = frozenset({b"Z", b"X"})
+_HALTED = frozenset({b"T", b"t"}) | _DEAD
+
+
+def _state(stat_path: str) -> bytes | None:
+    """The state letter in a ``/proc`` ``stat`` file, or None when it cannot be read (the
+    process or thread is gone). Raw reads, no text wrapper: the freeze runs on a call's
+    path."""
+    try:
+        fd = os.open(stat_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 1024)
+        finally:
+            os.close(fd)
+        return data.rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs (a zombie, dead, or not there at all)."""
+    state = _state(f"/proc/{pid}/stat")
+    return state is None or state in _DEAD
 
 
 def stopped(pid: int) -> bool:
     """Whether every thread of ``pid`` is stopped (or the process is gone). A process is
     only frozen once each of its threads is: a thread still running can send the process
-    SIGCONT and end a group stop that is not complete yet. Raw reads, no text wrapper:
-    this runs on a call's path."""
+    SIGCONT and end a group stop that is not complete yet."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return True
     for tid in tasks:
-        try:
-            fd = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue  # the thread ended
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        state = data.rpartition(b")")[2].split()[:1]
-        if state and state[0] not in _HALTED:
+        state = _state(f"/proc/{pid}/task/{tid}/stat")
+        if state is not None and state not in _HALTED:  # None: the thread ended
             return False
     return True
 

@@ -571,13 +571,14 @@ class WorkerProcess:
     def _freeze(self) -> None:
         """Freeze the idle sandbox: no plugin code runs until :meth:`_thaw`.
 
-        On the call path only the request is made (a write to the cgroup's freezer, or one
-        SIGSTOP where nothing can fork): the kernel stops each task at its next entry into
-        the kernel, and interrupts a running one for it. A cgroup freezer cannot be undone
-        from inside: the sampler confirms it off the call path (:meth:`_check_freeze`), and a
-        sandbox that did not freeze within the freeze timeout is killed. Signals can be (a
-        thread's SIGCONT ends a group stop not yet complete), so without a cgroup freezer the
-        SIGSTOP fixed point runs here, to the end."""
+        With a cgroup freezer only the request is made on the call path (a write to its
+        freezer): the kernel stops each task at its next entry into the kernel, and
+        interrupts a running one for it. It cannot be undone from inside, so the sampler
+        confirms it off the call path (:meth:`_check_freeze`), and a sandbox that did not
+        freeze within the freeze timeout is killed. Signals can be undone (a thread's SIGCONT
+        ends a group stop not yet complete), so without a cgroup freezer the SIGSTOP fixed
+        point runs here, to the end: one process repeated until each thread is stopped
+        where nothing can fork, else the reaper's walk over the tree."""
         if not self.alive or self.frozen:
             return
         with self._signal_lock:
@@ -627,10 +628,10 @@ class WorkerProcess:
 
     def _freeze_overdue(self) -> bool:
         """Whether the freeze asked after the last call failed: older than the freeze
-        timeout and still not holding (checked without waiting). A younger freeze is not
-        waited for: the next call thaws it anyway (a SIGCONT discards a pending SIGSTOP, and
-        ``cgroup.freeze`` takes the new state), so a call that follows at once pays
-        nothing, and the plugin ran no longer than the freeze takes to land."""
+        timeout and still not holding (checked without waiting). A younger one (a cgroup
+        freeze still landing; a SIGSTOP freeze has held by the time it returns) is not
+        waited for: the next call thaws it anyway (``cgroup.freeze`` takes the new state),
+        so a call that follows at once pays nothing."""
         if self._freeze_held:
             return False
         if time.monotonic() - self._freeze_asked < _FREEZE_TIMEOUT:
@@ -1210,7 +1211,7 @@ class WorkerProcess:
             _kill_pid(pid, signal.SIGKILL)
         deadline = time.monotonic() + _REAP_TIMEOUT
         while pids and time.monotonic() < deadline:
-            pids = [pid for pid in pids if not _is_gone(pid)]
+            pids = [pid for pid in pids if not reaper.gone(pid)]
             if pids:
                 time.sleep(0.002)
         self._report_survivors(pids)
@@ -1410,20 +1411,6 @@ def _kill_pid(pid: int, signum: int) -> None:
         pass
 
 
-def _process_state(pid: int) -> bytes | None:
-    """The state letter of ``pid`` from ``/proc/<pid>/stat`` (raw reads, no text wrapper:
-    the freeze check is on every call's path), or None when it cannot be read."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 1024)
-        finally:
-            os.close(fd)
-        return data.rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def _stop_every_thread(pidfd: int, pid: int) -> bool:
     """SIGSTOP the process until every thread of it is stopped (a SIGCONT one of them sends
     before the group stop completes discards it); False when that takes past the freeze
@@ -1443,10 +1430,6 @@ def _stop_every_thread(pidfd: int, pid: int) -> bool:
             return False
         if checks > 64:
             time.sleep(0.0001)
-
-
-def _is_gone(pid: int) -> bool:
-    return _process_state(pid) in (None, b"Z", b"X")
 
 
 def _signal_name(signum: int) -> str:
