@@ -215,6 +215,12 @@ def _collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
+
+def _compared(manifest_path: Path, data: bytes) -> bytes:
+    """What the change detector compares for one manifest, at load and in ``watch``: the
+    path it resolved to and its bytes (a manifest moved behind a link is a change too)."""
+    return os.fsencode(manifest_path) + b"\0" + data
+
 class Engine:
     """Decides what plugins may do, from policies and manifests.
 
@@ -385,7 +391,7 @@ class Engine:
             except ManifestError as exc:
                 errors.append(exc)
                 continue
-            raw = os.fsencode(manifest_path) + b"\0" + data
+            raw = _compared(manifest_path, data)
             known = detector.kept(key, raw)
             if known is not None:
                 loaded.append(known)
@@ -809,8 +815,7 @@ class Engine:
         for directory in self._plugin_dirs:
             for path in discover_manifests(directory):
                 try:  # bounded, and compared as the load's change detector compares it
-                    _, manifest_path, data = read_manifest_file(path)
-                    contents[str(path)] = os.fsencode(manifest_path) + b"\0" + data
+                    contents[str(path)] = _compared(*read_manifest_file(path)[1:])
                 except ManifestError as exc:
                     contents[str(path)] = f"unreadable: {exc}"
         state = self._state
