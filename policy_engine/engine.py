@@ -221,6 +221,7 @@ def _compared(manifest_path: Path, data: bytes) -> bytes:
     path it resolved to and its bytes (a manifest moved behind a link is a change too)."""
     return os.fsencode(manifest_path) + b"\0" + data
 
+
 class Engine:
     """Decides what plugins may do, from policies and manifests.
 
