@@ -32,7 +32,7 @@ from .decision import (
     make_decision,
 )
 from .diagnostics import Diagnostic, Span, did_you_mean
-from .implicit import CODE_SUFFIXES, implicit_reads
+from .implicit import implicit_reads, is_code_below
 from .matchers import Matcher, any_matcher
 from .nodes import Effect
 from .patterns import (
@@ -82,26 +82,12 @@ def _implicit(code_dir: str | None, path: str) -> bool:
     if code_dir is None or not path.startswith(code_dir):
         return False
     size = len(code_dir)
-    return (len(path) == size or path[size] == "/") and (
-        path.endswith(CODE_SUFFIXES) or _is_directory(path))
+    return (len(path) == size or path[size] == "/") and is_code_below(path)
 
 
 _RUNTIME_BELOW, _RUNTIME_EXACT = _RUNTIME_READS._below, _RUNTIME_READS._exact
 #: No set lookup (a hash of the whole path) for a path longer than every tree's root.
 _RUNTIME_LONGEST = max(map(len, _RUNTIME_EXACT), default=-1)
-_F_OK, _access = os.F_OK, os.access
-_ACCESS_BY_EFFECTIVE_IDS = os.access in os.supports_effective_ids  # Linux: faccessat(AT_EACCESS)
-
-
-def _is_directory(path: str) -> bool:
-    """``os.path.isdir(path)`` (``implicit.is_code_below``'s test) for a normalised absolute
-    path, a quarter of its cost: ``access("path/")`` with the effective ids asks the kernel
-    the same question (the trailing slash resolves only to a directory, through symbolic
-    links as ``stat`` does) without building a ``stat_result``. A path that could reach the
-    kernel's 4,095-byte limit once the slash is added asks ``isdir`` itself."""
-    if _ACCESS_BY_EFFECTIVE_IDS and (len(path) < 1023 or (len(path) < 4094 and path.isascii())):
-        return _access(path + "/", _F_OK, effective_ids=True)
-    return os.path.isdir(path)
 
 
 # What many tables share (a wildcard rule's patterns, a manifest line every plugin has) is
@@ -410,7 +396,7 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
                         or (len(resource) <= _RUNTIME_LONGEST and resource in _RUNTIME_EXACT) or (
                             (code_dir := table._code_dir) is not None and resource.startswith(code_dir)
                             and (len(resource) == len(code_dir) or resource[len(code_dir)] == "/")
-                            and (resource.endswith(CODE_SUFFIXES) or _is_directory(resource)))):
+                            and is_code_below(resource))):
                     return fast_decision(True, _IMPLICIT, plugin, action, resource, (), (), revision)
             elif code == _HOST_CODE:
                 normalised, resource = normalize_host_text(resource)

@@ -376,7 +376,7 @@ def test_a_fused_any_of_hosts_agrees_with_the_patterns(globs: list[str], host: s
 
 
 def test_the_directory_test_of_the_implicit_reads_answers_as_isdir(tmp_path: Path) -> None:
-    from policy_engine.table import _is_directory
+    from policy_engine.implicit import is_directory as _is_directory
 
     (tmp_path / "d" / "e").mkdir(parents=True)
     (tmp_path / "f.txt").write_text("", encoding="utf-8")
