@@ -176,16 +176,20 @@ def bench_process(scratch: Path) -> dict[str, list[float]]:
     return results
 
 
+def _summarizer_runner(data: Path) -> Any:
+    """A runner (not started) for the example `summarizer` under the shipped policies, with
+    ``data`` as the data directory."""
+    data.mkdir()
+    engine = Engine.load(ROOT / "policies", plugins=EXAMPLES, variables={"data_dir": str(data)})
+    sandbox = PluginSandbox(engine, data_dir=data, scratch_root=data.parent)
+    return sandbox.runner_for(load_manifest(EXAMPLES / "summarizer"), lambda hook: lambda *a: None)
+
+
 def bench_bubblewrap(scratch: Path) -> dict[str, list[float]]:
     """Cold starts of the same plugin, alternating without and with bubblewrap."""
     if bwrap.available():
         return {}
-    data = scratch / "bwrap-data"
-    data.mkdir()
-    engine = Engine.load(ROOT / "policies", plugins=EXAMPLES, variables={"data_dir": str(data)})
-    sandbox = PluginSandbox(engine, data_dir=data, scratch_root=scratch)
-    metadata = load_manifest(EXAMPLES / "summarizer")
-    runner: Any = sandbox.runner_for(metadata, lambda hook: lambda *a: None)
+    runner = _summarizer_runner(scratch / "bwrap-data")
     times: dict[str, list[float]] = {"cold start, today's layers only": [],
                                      "cold start under bubblewrap": []}
     for _ in range(n(20)):
@@ -275,12 +279,7 @@ def bench_broker(scratch: Path) -> dict[str, list[float]]:
 
 def bench_freeze(scratch: Path) -> tuple[dict[str, list[float]], list[str]]:
     """Freeze and resume of a warm worker's sandbox, per mechanism."""
-    data = scratch / "freeze-data"
-    data.mkdir()
-    engine = Engine.load(ROOT / "policies", plugins=EXAMPLES, variables={"data_dir": str(data)})
-    sandbox = PluginSandbox(engine, data_dir=data, scratch_root=scratch)
-    metadata = load_manifest(EXAMPLES / "summarizer")
-    runner: Any = sandbox.runner_for(metadata, lambda hook: lambda *a: None)
+    runner = _summarizer_runner(scratch / "freeze-data")
     parent = f"/policy-engine-bench-{os.getpid()}"
     support = cgroup.detect(parent, refresh=True)
     parents = [("signals", "")] + ([(support.mechanisms["freeze"], parent)] if support.active
