@@ -43,6 +43,7 @@ from .patterns import (
     normalize,
     normalize_host_text,
 )
+from .patterns import _LONG_PATH
 from .patterns import _normalize_path as normalize_path
 from .permissions import Permission, ResourceKind
 from .settings import EMPTY_OVERLAY, Effective, Overlay, resolve
@@ -208,6 +209,9 @@ class PluginTable:
     _by_action: dict[str, ActionEntry] = field(init=False, compare=False, repr=False)
     #: The normalised plugin directory, for the implicit reads of the plugin's code files.
     _code_dir: str | None = field(init=False, compare=False, repr=False)
+    #: ``decide``'s view of the entries: one :data:`_Record` per permission (by
+    #: ``_ACTION_INDEX``), None where the plugin has no entry.
+    _records: tuple[_Record | None, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         by_action: dict[str, ActionEntry] = dict(self.entries)  # type: ignore[arg-type]
@@ -218,6 +222,9 @@ class PluginTable:
             normal = os.path.normpath(code_dir)
             code_dir = code_dir if normal == code_dir else normal
         object.__setattr__(self, "_code_dir", code_dir)
+        object.__setattr__(self, "_records", tuple(
+            None if (entry := by_action.get(action)) is None else _record(entry, self, _CODES[action])
+            for action in _ACTIONS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,12 +235,14 @@ class DecisionTable:
     content_hash: str
     #: Which build of the engine this table is; every decision it makes carries it.
     revision: int = 0
-    #: The plugins ``decide``'s fast path serves: enabled and not failing their pin.
-    _open: dict[str, PluginTable] = field(init=False, compare=False, repr=False)
+    #: The plugins ``decide``'s fast path serves (enabled and not failing their pin), each as
+    #: its table's ``_records`` followed by the table itself: a request reaches its rules
+    #: without touching the table.
+    _open: dict[str, tuple[Any, ...]] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_open", {
-            name: table for name, table in self.plugins.items()
+            name: (*table._records, table) for name, table in self.plugins.items()
             if table.enabled and table.pin is not PinStatus.MISMATCH
         })
 
@@ -262,15 +271,70 @@ class DecisionTable:
     ) -> Decision:
         """Decide one request. Never raises: any failure is a deny with reason ``error``."""
         try:
-            # The hot path: a known, open plugin and a declared or ruled permission go straight
-            # to the entry's prepared plan (two dictionary lookups); everything else, and odd
-            # argument types, take the general path below, which answers the same way.
-            table = self._open.get(plugin)
-            if table is not None and (resource is None or resource.__class__ is str):
-                entry = table._by_action.get(action)
-                if entry is not None:
-                    return _run(entry, _CODES[action], table, plugin, action, resource, context,
+            # The hot path: a known, open plugin, a permission it has an entry for and a str
+            # resource reach the entry's record (two dictionary lookups and an index), and a
+            # plain entry (no conditions) is decided here, its rules' predicates called in
+            # line. Every other case goes where it would without this block, and answers the
+            # same way: `_run` (an entry with conditions, no resource), `_evaluate` (a deny
+            # matches, or the declaration does not: to name the rules), `_decide_general`.
+            records = self._open.get(plugin)
+            if records is not None and (index := _ACTION_INDEX.get(action)) is not None and (
+                    record := records[index]) is not None:
+                if resource.__class__ is not str or not record[0]:
+                    if resource is not None and resource.__class__ is not str:
+                        return self._decide_general(plugin, action, resource, context)
+                    return _run(record[-1], record[1], records[_TABLE], plugin, action, resource, context,
                                 self.revision)
+                _, code, base_dir, code_dir, deny_test, blocking, declared_test, allow_test, granting, entry = record
+                if len(resource) > MAX_RESOURCE_LENGTH:  # type: ignore[arg-type]
+                    return fast_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, (), (),
+                                         self.revision)
+                normalised: str | HostPort
+                try:
+                    if code <= _READ_CODE:
+                        # `normalize_path`'s test for a path already normal, in line.
+                        if not (resource[:1] == "/" and len(resource) < _LONG_PATH  # type: ignore[index, arg-type]
+                                and "/." not in resource and "//" not in resource  # type: ignore[operator]
+                                and "\0" not in resource and resource[-1] != "/"):  # type: ignore[operator, index]
+                            resource = normalize_path(resource, base_dir)  # type: ignore[arg-type]
+                        normalised = resource  # type: ignore[assignment]
+                        if code == _READ_CODE and (
+                                resource.startswith(_RUNTIME_BELOW)  # type: ignore[union-attr]
+                                or (len(resource) <= _RUNTIME_LONGEST  # type: ignore[arg-type]
+                                    and resource in _RUNTIME_EXACT) or (
+                                    code_dir is not None and resource.startswith(code_dir)  # type: ignore[union-attr]
+                                    and (len(resource) == len(code_dir)  # type: ignore[arg-type]
+                                         or resource[len(code_dir)] == "/")  # type: ignore[index]
+                                    and is_code_below(resource))):  # type: ignore[arg-type]
+                            return fast_decision(True, _IMPLICIT, plugin, action, resource, (), (), self.revision)
+                    elif code == _HOST_CODE:
+                        normalised, resource = normalize_host_text(resource)  # type: ignore[arg-type]
+                    elif resource and "\0" not in resource and not resource.isspace():  # type: ignore[operator, union-attr]
+                        normalised = resource  # type: ignore[assignment]
+                    else:
+                        normalised = normalize(_NAME, resource)  # type: ignore[arg-type]
+                except (InvalidResourceError, TypeError, ValueError) as exc:
+                    return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
+                                    revision=self.revision)
+                if deny_test is not None and deny_test(normalised):
+                    if blocking is None:  # several deny rules: each one that matches blocks
+                        for test, ref, _, _ in entry._deny_steps:
+                            if test(normalised):
+                                blocking = ref if blocking is None else (*blocking, *ref)
+                    return fast_decision(False, _DENIED, plugin, action, resource, blocking, (),  # type: ignore[arg-type]
+                                         self.revision)
+                if declared_test is not None and not declared_test(normalised):  # to name the rules
+                    return _evaluate(entry, records[_TABLE], plugin, action, resource, normalised, context,
+                                     self.revision)
+                if granting is None:  # several allow rules (or none): each one that matches grants
+                    for test, ref, _, _ in entry._allow_steps:
+                        if test is None or test(normalised):
+                            granting = ref if granting is None else (*granting, *ref)
+                    if granting is None:
+                        return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
+                elif allow_test is not None and not allow_test(normalised):
+                    return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
+                return fast_decision(True, _ALLOWED, plugin, action, resource, granting, (), self.revision)
             return self._decide_general(plugin, action, resource, context)
         except Exception as exc:  # fail closed: a bug or odd input must never become an allow
             return deny(Reason.ERROR, str(plugin), str(action), _text(resource),
@@ -375,6 +439,46 @@ _CODES: dict[str, int] = {
               {ResourceKind.PATH: _PATH_CODE, ResourceKind.HOST: _HOST_CODE}.get(p.kind, _NAME_CODE))
     for p in Permission
 }
+#: The index of each permission in a table's ``_records``, by value.
+_ACTIONS: tuple[str, ...] = tuple(p.value for p in Permission)
+_ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_ACTIONS)}
+
+#: What ``decide`` needs of one entry, in one tuple: (plain, code, the plugin's directory, its
+#: code directory, the deny gate, the blocking rules, the declaration's predicate, the allow
+#: predicate, the granting rules, the entry). It holds nothing that refers back to its table
+#: (no cycle).
+#:
+#: - ``plain``: no rule of the entry has a condition or an error, and the manifest declares
+#:   the permission; otherwise ``decide`` hands the entry to ``_run``.
+#: - the deny gate: one predicate over every deny rule's patterns (it matches exactly where
+#:   some deny rule does), None without deny rules; with one deny rule, its reference as the
+#:   decision's ``rules``, else None (``decide`` loops over ``_deny_steps`` to name them).
+#: - with one allow rule, its predicate (None: any resource) and its reference as the decision's
+#:   ``rules``; with several or none, None and None: ``decide`` loops over ``_allow_steps``.
+_Record = tuple[bool, int, "str | None", "str | None", "Matcher | None", "tuple[RuleRef, ...] | None",
+                "Matcher | None", "Matcher | None", "tuple[RuleRef, ...] | None", ActionEntry]
+#: Where a plugin's table sits in ``DecisionTable._open``'s tuples, after its records.
+_TABLE = len(_ACTIONS)
+
+
+def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
+    plain = entry.declared and all(step[3] for step in (*entry._deny_steps, *entry._allow_steps)) and not any(
+        step[0] is None for step in entry._deny_steps)  # a deny of every resource: `_run` names it
+    deny_test: Matcher | None = None
+    blocking: tuple[RuleRef, ...] | None = None
+    if len(entry._deny_steps) == 1:
+        deny_test, blocking = entry._deny_steps[0][0], entry._deny_steps[0][1]
+    elif plain and entry._deny_steps:
+        deny_test = any_matcher(tuple(dict.fromkeys(
+            pattern for rule in entry.denies for pattern in rule.patterns or ())))
+    allow_test: Matcher | None = None
+    granting: tuple[RuleRef, ...] | None = None
+    if len(entry._allow_steps) == 1:
+        allow_test, granting = entry._allow_steps[0][0], entry._allow_steps[0][1]
+    return (plain, code, table.plugin_dir, table._code_dir, deny_test, blocking, entry._declared_test, allow_test,
+            granting, entry)
+
+
 _NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (
     Reason.NOT_DECLARED, Reason.DENIED_BY_RULE, Reason.ALLOWED, Reason.NO_MATCHING_ALLOW, Reason.IMPLICIT)
 
