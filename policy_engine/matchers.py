@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from .patterns import HostPattern, HostPort, NamePattern, PathPattern, Pattern, Resource
 
-__all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "star_match"]
+__all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "prefix_shape", "star_match"]
 
 #: A predicate over a normalised resource.
 Matcher = Callable[[Resource], bool]
@@ -83,6 +83,25 @@ def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
         return False
 
     return any_of
+
+
+def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], str | None] | None:
+    """For one path or name pattern that is one comparison, ``(prefixes, literal)`` such that
+    it matches a normalised ``str`` resource ``r`` exactly when ``r.startswith(prefixes) or
+    r == literal``: data ``decide`` tests in line, without a call (None for other patterns)."""
+    if len(patterns) != 1:
+        return None
+    pattern = patterns[0]
+    kind, mode = type(pattern), getattr(pattern, "_mode", -1)
+    if kind is PathPattern or kind is NamePattern:
+        if mode == _LITERAL:
+            return (), pattern.canonical
+        fixed: str = pattern._fixed  # type: ignore[attr-defined]
+        if mode == _PREFIX and kind is NamePattern:
+            return (fixed,), None
+        if mode == _PREFIX and not fixed.endswith("/"):  # `/dir/**`: the directory, or below it
+            return (fixed + "/",), fixed
+    return None
 
 
 def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:
