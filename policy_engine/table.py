@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codes, nodes
 from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
@@ -36,6 +36,7 @@ from .implicit import implicit_reads, is_code_below
 from .matchers import Matcher, any_matcher, prefix_shape
 from .nodes import Effect
 from .patterns import (
+    _LONG_PATH,
     HostPort,
     InvalidResourceError,
     Pattern,
@@ -43,7 +44,6 @@ from .patterns import (
     normalize,
     normalize_host_text,
 )
-from .patterns import _LONG_PATH
 from .patterns import _normalize_path as normalize_path
 from .permissions import Permission, ResourceKind
 from .settings import EMPTY_OVERLAY, Effective, Overlay, resolve
@@ -285,35 +285,37 @@ class DecisionTable:
                         return self._decide_general(plugin, action, resource, context)
                     return _run(record[-1], record[1], records[_TABLE], plugin, action, resource, context,
                                 self.revision)
+                if TYPE_CHECKING:
+                    assert isinstance(resource, str)
                 (_, code, base_dir, code_dir, deny_test, blocking, declared_test, allow_test, allow_starts,
                  allow_exact, granting, entry) = record
-                if len(resource) > MAX_RESOURCE_LENGTH:  # type: ignore[arg-type]
+                if len(resource) > MAX_RESOURCE_LENGTH:
                     return fast_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, (), (),
                                          self.revision)
                 normalised: str | HostPort
                 try:
                     if code <= _READ_CODE:
                         # `normalize_path`'s test for a path already normal, in line.
-                        if not (resource[:1] == "/" and len(resource) < _LONG_PATH  # type: ignore[index, arg-type]
-                                and "/." not in resource and "//" not in resource  # type: ignore[operator]
-                                and "\0" not in resource and resource[-1] != "/"):  # type: ignore[operator, index]
-                            resource = normalize_path(resource, base_dir)  # type: ignore[arg-type]
-                        normalised = resource  # type: ignore[assignment]
+                        if not (resource[:1] == "/" and len(resource) < _LONG_PATH
+                                and "/." not in resource and "//" not in resource
+                                and "\0" not in resource and resource[-1] != "/"):
+                            resource = normalize_path(resource, base_dir)
+                        normalised = resource
                         if code == _READ_CODE and (
-                                resource.startswith(_RUNTIME_BELOW)  # type: ignore[union-attr]
-                                or (len(resource) <= _RUNTIME_LONGEST  # type: ignore[arg-type]
+                                resource.startswith(_RUNTIME_BELOW)
+                                or (len(resource) <= _RUNTIME_LONGEST
                                     and resource in _RUNTIME_EXACT) or (
-                                    code_dir is not None and resource.startswith(code_dir)  # type: ignore[union-attr]
-                                    and (len(resource) == len(code_dir)  # type: ignore[arg-type]
-                                         or resource[len(code_dir)] == "/")  # type: ignore[index]
-                                    and is_code_below(resource))):  # type: ignore[arg-type]
+                                    code_dir is not None and resource.startswith(code_dir)
+                                    and (len(resource) == len(code_dir)
+                                         or resource[len(code_dir)] == "/")
+                                    and is_code_below(resource))):
                             return fast_decision(True, _IMPLICIT, plugin, action, resource, (), (), self.revision)
                     elif code == _HOST_CODE:
-                        normalised, resource = normalize_host_text(resource)  # type: ignore[arg-type]
-                    elif resource and "\0" not in resource and not resource.isspace():  # type: ignore[operator, union-attr]
-                        normalised = resource  # type: ignore[assignment]
+                        normalised, resource = normalize_host_text(resource)
+                    elif resource and "\0" not in resource and not resource.isspace():
+                        normalised = resource
                     else:
-                        normalised = normalize(_NAME, resource)  # type: ignore[arg-type]
+                        normalised = normalize(_NAME, resource)
                 except (InvalidResourceError, TypeError, ValueError) as exc:
                     return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
                                     revision=self.revision)
@@ -322,7 +324,7 @@ class DecisionTable:
                         for test, ref, _, _ in entry._deny_steps:
                             if test(normalised):
                                 blocking = ref if blocking is None else (*blocking, *ref)
-                    return fast_decision(False, _DENIED, plugin, action, resource, blocking, (),  # type: ignore[arg-type]
+                    return fast_decision(False, _DENIED, plugin, action, resource, blocking or (), (),
                                          self.revision)
                 if declared_test is not None and not declared_test(normalised):  # to name the rules
                     return _evaluate(entry, records[_TABLE], plugin, action, resource, normalised, context,
@@ -334,7 +336,8 @@ class DecisionTable:
                     if granting is None:
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_starts is not None:  # the allow rule's one pattern, in line
-                    if not (normalised.startswith(allow_starts) or normalised == allow_exact):  # type: ignore[union-attr]
+                    if not (normalised.startswith(allow_starts)  # type: ignore[union-attr]  # a str here
+                            or normalised == allow_exact):
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_test is not None and not allow_test(normalised):
                     return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)

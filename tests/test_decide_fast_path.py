@@ -34,7 +34,7 @@ from policy_engine.implicit import implicit_reads
 from policy_engine.matchers import matcher
 from policy_engine.patterns import HostPort, compile_pattern, normalize_host_text
 from policy_engine.permissions import ResourceKind
-from policy_engine.table import _implicit
+from policy_engine.table import _ACTION_INDEX, _implicit
 from tests.reference import reference_decide
 from tests.test_fast_paths import _manifest, _plugin_manifest, _same
 
@@ -357,6 +357,28 @@ def test_a_fused_any_of_agrees_with_the_patterns(case: tuple[ResourceKind, list[
     assert combined(HostPort("srv")) is False
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.tuples(st.just(ResourceKind.PATH), _any_path_glob, _any_path),
+    st.tuples(st.just(ResourceKind.NAME), _any_name_glob, _any_name)))
+def test_a_pattern_tested_in_line_agrees_with_the_pattern(case: tuple[ResourceKind, str, str]) -> None:
+    kind, glob, resource = case
+    pattern = compile_pattern(kind, glob)
+    shape = matchers_module.prefix_shape([pattern])
+    if shape is None:
+        return  # a pattern that is more than one comparison keeps its predicate
+    starts, exact = shape
+    assert (resource.startswith(starts) or resource == exact) is pattern.matches(resource)
+
+
+def test_the_commonest_patterns_are_tested_in_line() -> None:
+    shapes = {glob: matchers_module.prefix_shape([compile_pattern(kind, glob)]) for kind, glob in (
+        (ResourceKind.PATH, "/srv/a/**"), (ResourceKind.PATH, "/srv/a"), (ResourceKind.NAME, "db.*"),
+        (ResourceKind.NAME, "plain"), (ResourceKind.PATH, "/srv/*"), (ResourceKind.NAME, "*.x"))}
+    assert shapes == {"/srv/a/**": (("/srv/a/",), "/srv/a"), "/srv/a": ((), "/srv/a"), "db.*": (("db.",), None),
+                      "plain": ((), "plain"), "/srv/*": None, "*.x": None}
+
+
 _any_host_glob = st.sampled_from(["api.example.com", "api.example.com:443", "*.example.com", "*.example.com:443",
                                   "*.example.com:80", "example.com:80", "10.0.0.1", "10.0.0.0/8", "[fd00::1]",
                                   "[fd00::1]:443", "*", "*:443", "api.example.com:1-1024", "*.evil.test"])
@@ -448,3 +470,28 @@ def test_builds_and_reloads_leave_no_cyclic_garbage_for_a_freeze_to_keep() -> No
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_a_plain_entry_decided_in_line_names_every_rule_that_matches() -> None:
+    manifest = _plugin_manifest({"name": "p", "version": "1.0.0", "type": "agent", "entry_point": "m:P",
+                                 "permissions": ["file:read /srv/**", "database:read"], "plugin_path": "/srv/p"})
+    source = "\n".join([
+        'allow plugin * to file:read on "/srv/**"', 'allow plugin "p" to file:read on "/srv/a/**"',
+        'deny plugin * to file:read on "/srv/a/secret/**"', 'deny plugin "p" to file:read on "/srv/*/secret/x"',
+        'allow plugin "p" to database:read on "db.*"',
+        'deny plugin "p" to database:read on "db.secret*" when context.env == "prod"'])
+    table = Engine.from_source(source, [manifest], cache_size=0)._state.table
+    records = table._open["p"]
+    read, database = records[_ACTION_INDEX["file:read"]], records[_ACTION_INDEX["database:read"]]
+    assert read is not None and read[0] is True  # plain: decided in `decide` itself
+    assert database is not None and database[0] is False  # a condition: `_run`
+    for request in (("p", "file:read", "/srv/a/secret/x"), ("p", "file:read", "/srv/a/b"), ("p", "file:read", "/srv/b"),
+                    ("p", "file:read", "/etc/x"), ("p", "file:read", "/srv/a/secret"),
+                    ("p", "database:read", "db.secret_keys"), ("p", "database:read", "db.x")):
+        for context in (None, {"env": "prod"}):
+            _same(table.decide(*request, context), reference_decide(table, *request, context))
+    blocked = table.decide("p", "file:read", "/srv/a/secret/x")
+    assert blocked.reason is Reason.DENIED_BY_RULE and sorted(r.line for r in blocked.rules) == [3, 4]
+    granted = table.decide("p", "file:read", "/srv/a/b")
+    assert granted.allowed and sorted(r.line for r in granted.rules) == [1, 2]
+    assert table.decide("p", "database:read", "db.secret_keys", {"env": "prod"}).reason is Reason.DENIED_BY_RULE
