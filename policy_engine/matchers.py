@@ -85,23 +85,31 @@ def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
     return any_of
 
 
-def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], str | None] | None:
-    """For one path or name pattern that is one comparison, ``(prefixes, literal)`` such that
-    it matches a normalised ``str`` resource ``r`` exactly when ``r.startswith(prefixes) or
-    r == literal``: data ``decide`` tests in line, without a call (None for other patterns)."""
-    if len(patterns) != 1:
+def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], str | None, Matcher | None] | None:
+    """For path or name patterns of which some are one comparison each: ``(prefixes,
+    literal, rest)`` such that the patterns match a normalised ``str`` resource ``r`` exactly
+    when ``r.startswith(prefixes) or r == literal or (rest is not None and rest(r))``, the
+    comparisons being data ``decide`` tests in line, without a call. At most one literal (a
+    pattern ``x`` or the directory of ``x/**``) is taken; ``rest`` predicates the others.
+    None when no pattern is such a comparison."""
+    starts: list[str] = []
+    literal: str | None = None
+    rest: list[Pattern] = []
+    for pattern in patterns:
+        kind, mode = type(pattern), getattr(pattern, "_mode", -1)
+        fixed: str = getattr(pattern, "_fixed", "")
+        if kind is NamePattern and mode == _PREFIX:
+            starts.append(fixed)
+        elif (kind is PathPattern or kind is NamePattern) and mode == _LITERAL and literal is None:
+            literal = pattern.canonical
+        elif kind is PathPattern and mode == _PREFIX and not fixed.endswith("/") and literal is None:
+            starts.append(fixed + "/")  # `/dir/**`: the directory, or anything below it
+            literal = fixed
+        else:
+            rest.append(pattern)
+    if len(rest) == len(patterns):
         return None
-    pattern = patterns[0]
-    kind, mode = type(pattern), getattr(pattern, "_mode", -1)
-    if kind is PathPattern or kind is NamePattern:
-        if mode == _LITERAL:
-            return (), pattern.canonical
-        fixed: str = pattern._fixed  # type: ignore[attr-defined]
-        if mode == _PREFIX and kind is NamePattern:
-            return (fixed,), None
-        if mode == _PREFIX and not fixed.endswith("/"):  # `/dir/**`: the directory, or below it
-            return (fixed + "/",), fixed
-    return None
+    return tuple(starts), literal, (any_matcher(rest) if rest else None)
 
 
 def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:

@@ -335,9 +335,9 @@ class DecisionTable:
                             granting = ref if granting is None else (*granting, *ref)
                     if granting is None:
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
-                elif allow_starts is not None:  # the allow rule's one pattern, in line
+                elif allow_starts is not None:  # the allow rule's comparisons in line, then the rest
                     if not (normalised.startswith(allow_starts)  # type: ignore[union-attr]  # a str here
-                            or normalised == allow_exact):
+                            or normalised == allow_exact or (allow_test is not None and allow_test(normalised))):
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_test is not None and not allow_test(normalised):
                     return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
@@ -462,10 +462,11 @@ _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_A
 #:   decision's ``rules``, else None (``decide`` loops over ``_deny_steps`` to name them).
 #: - with one allow rule, its predicate (None: any resource) and its reference as the decision's
 #:   ``rules``; with several or none, None and None: ``decide`` loops over ``_allow_steps``.
-#:   A rule of one path or name pattern that is one comparison comes as data as well
-#:   (:func:`~policy_engine.matchers.prefix_shape`), tested in line: a plugin's own rule is
-#:   then two strings in its record, not a closure, its cell and its code (fewer cache lines
-#:   to reach per request in a table of thousands of plugins).
+#:   The path and name patterns of the one rule that are one comparison come as data
+#:   (:func:`~policy_engine.matchers.prefix_shape`: prefixes and a literal), tested in line,
+#:   and the predicate covers only the rest: a plugin's own rule is then strings in its
+#:   record, not a closure, its cells and its code (fewer cache lines to reach per request
+#:   in a table of thousands of plugins).
 _Record = tuple[bool, int, "str | None", "str | None", "Matcher | None", "tuple[RuleRef, ...] | None",
                 "Matcher | None", "Matcher | None", "tuple[str, ...] | None", "str | None",
                 "tuple[RuleRef, ...] | None", ActionEntry]
@@ -485,12 +486,13 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
             pattern for rule in entry.denies for pattern in rule.patterns or ())))
     allow_test: Matcher | None = None
     granting: tuple[RuleRef, ...] | None = None
-    shape: tuple[tuple[str, ...], str | None] | None = None
+    starts: tuple[str, ...] | None = None
+    exact: str | None = None
     if len(entry._allow_steps) == 1:
         allow_test, granting, rule, _ = entry._allow_steps[0]
-        if code != _HOST_CODE and rule.patterns is not None:
-            shape = prefix_shape(rule.patterns)
-    starts, exact = (None, None) if shape is None else shape
+        shape = None if code == _HOST_CODE or rule.patterns is None else prefix_shape(rule.patterns)
+        if shape is not None:
+            starts, exact, allow_test = shape
     return (plain, code, table.plugin_dir, table._code_dir, deny_test, blocking, entry._declared_test, allow_test,
             starts, exact, granting, entry)
 
