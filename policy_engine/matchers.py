@@ -85,31 +85,36 @@ def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
     return any_of
 
 
-def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], str | None, Matcher | None] | None:
+def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
     """For path or name patterns of which some are one comparison each: ``(prefixes,
-    literal, rest)`` such that the patterns match a normalised ``str`` resource ``r`` exactly
-    when ``r.startswith(prefixes) or r == literal or (rest is not None and rest(r))``, the
-    comparisons being data ``decide`` tests in line, without a call. At most one literal (a
-    pattern ``x`` or the directory of ``x/**``) is taken; ``rest`` predicates the others.
-    None when no pattern is such a comparison."""
+    literals, rest)`` such that the patterns match a normalised ``str`` resource ``r``
+    exactly when ``r.startswith(prefixes) or r in literals or (rest is not None and
+    rest(r))``: the comparisons are data ``decide`` tests in line, without a call, and
+    ``rest`` predicates the other patterns. A literal is a pattern ``x`` or the directory of
+    ``x/**``; up to :data:`_IN_LINE_LITERALS` of them are taken (``in`` on a tuple compares
+    each, with no hash of the resource). None when no pattern is such a comparison."""
     starts: list[str] = []
-    literal: str | None = None
+    literals: list[str] = []
     rest: list[Pattern] = []
     for pattern in patterns:
         kind, mode = type(pattern), getattr(pattern, "_mode", -1)
         fixed: str = getattr(pattern, "_fixed", "")
+        room = len(literals) < _IN_LINE_LITERALS
         if kind is NamePattern and mode == _PREFIX:
             starts.append(fixed)
-        elif (kind is PathPattern or kind is NamePattern) and mode == _LITERAL and literal is None:
-            literal = pattern.canonical
-        elif kind is PathPattern and mode == _PREFIX and not fixed.endswith("/") and literal is None:
+        elif (kind is PathPattern or kind is NamePattern) and mode == _LITERAL and room:
+            literals.append(pattern.canonical)
+        elif kind is PathPattern and mode == _PREFIX and not fixed.endswith("/") and room:
             starts.append(fixed + "/")  # `/dir/**`: the directory, or anything below it
-            literal = fixed
+            literals.append(fixed)
         else:
             rest.append(pattern)
     if len(rest) == len(patterns):
         return None
-    return tuple(starts), literal, (any_matcher(rest) if rest else None)
+    return tuple(starts), tuple(literals), (any_matcher(rest) if rest else None)
+
+
+_IN_LINE_LITERALS = 8
 
 
 def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:

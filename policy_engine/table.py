@@ -287,8 +287,8 @@ class DecisionTable:
                                 self.revision)
                 if TYPE_CHECKING:
                     assert isinstance(resource, str)
-                (_, code, base_dir, code_dir, deny_test, blocking, declared_test, allow_test, allow_starts,
-                 allow_exact, granting, entry) = record
+                (_, code, base_dir, code_dir, deny_starts, deny_exact, deny_test, blocking, declared_starts,
+                 declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting, entry) = record
                 if len(resource) > MAX_RESOURCE_LENGTH:
                     return fast_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, (), (),
                                          self.revision)
@@ -319,14 +319,24 @@ class DecisionTable:
                 except (InvalidResourceError, TypeError, ValueError) as exc:
                     return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
                                     revision=self.revision)
-                if deny_test is not None and deny_test(normalised):
+                if deny_starts is not None:  # the deny gate's comparisons in line, then the rest
+                    denied = (normalised.startswith(deny_starts) or normalised in deny_exact  # type: ignore[union-attr]
+                              or (deny_test is not None and deny_test(normalised)))
+                else:
+                    denied = deny_test is not None and deny_test(normalised)
+                if denied:
                     if blocking is None:  # several deny rules: each one that matches blocks
                         for test, ref, _, _ in entry._deny_steps:
                             if test(normalised):
                                 blocking = ref if blocking is None else (*blocking, *ref)
                     return fast_decision(False, _DENIED, plugin, action, resource, blocking or (), (),
                                          self.revision)
-                if declared_test is not None and not declared_test(normalised):  # to name the rules
+                if declared_starts is not None:  # the declaration's comparisons in line, then the rest
+                    declared = (normalised.startswith(declared_starts)  # type: ignore[union-attr]
+                                or normalised in declared_exact or (declared_test is not None and declared_test(normalised)))
+                else:
+                    declared = declared_test is None or declared_test(normalised)
+                if not declared:  # `_evaluate` names the rules that would grant it
                     return _evaluate(entry, records[_TABLE], plugin, action, resource, normalised, context,
                                      self.revision)
                 if granting is None:  # several allow rules (or none): each one that matches grants
@@ -337,7 +347,7 @@ class DecisionTable:
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_starts is not None:  # the allow rule's comparisons in line, then the rest
                     if not (normalised.startswith(allow_starts)  # type: ignore[union-attr]  # a str here
-                            or normalised == allow_exact or (allow_test is not None and allow_test(normalised))):
+                            or normalised in allow_exact or (allow_test is not None and allow_test(normalised))):
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_test is not None and not allow_test(normalised):
                     return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
@@ -451,25 +461,29 @@ _ACTIONS: tuple[str, ...] = tuple(p.value for p in Permission)
 _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_ACTIONS)}
 
 #: What ``decide`` needs of one entry, in one tuple: (plain, code, the plugin's directory, its
-#: code directory, the deny gate, the blocking rules, the declaration's predicate, the allow
-#: predicate, its prefixes and literal, the granting rules, the entry). It holds nothing that
-#: refers back to its table (no cycle).
+#: code directory, the deny gate's prefixes, literals and predicate, the blocking rules, the
+#: declaration's prefixes, literals and predicate, the allow rule's prefixes, literals and
+#: predicate, the granting rules, the entry). It holds nothing that refers back to its table
+#: (no cycle).
 #:
 #: - ``plain``: no rule of the entry has a condition or an error, and the manifest declares
 #:   the permission; otherwise ``decide`` hands the entry to ``_run``.
-#: - the deny gate: one predicate over every deny rule's patterns (it matches exactly where
-#:   some deny rule does), None without deny rules; with one deny rule, its reference as the
-#:   decision's ``rules``, else None (``decide`` loops over ``_deny_steps`` to name them).
+#: - the deny gate: every deny rule's patterns (it matches exactly where some deny rule does),
+#:   None without deny rules; with one deny rule, its reference as the decision's ``rules``,
+#:   else None (``decide`` loops over ``_deny_steps`` to name them).
 #: - with one allow rule, its predicate (None: any resource) and its reference as the decision's
 #:   ``rules``; with several or none, None and None: ``decide`` loops over ``_allow_steps``.
-#:   The path and name patterns of the one rule that are one comparison come as data
-#:   (:func:`~policy_engine.matchers.prefix_shape`: prefixes and a literal), tested in line,
-#:   and the predicate covers only the rest: a plugin's own rule is then strings in its
-#:   record, not a closure, its cells and its code (fewer cache lines to reach per request
-#:   in a table of thousands of plugins).
-_Record = tuple[bool, int, "str | None", "str | None", "Matcher | None", "tuple[RuleRef, ...] | None",
-                "Matcher | None", "Matcher | None", "tuple[str, ...] | None", "str | None",
-                "tuple[RuleRef, ...] | None", ActionEntry]
+#: - the path and name patterns of the deny gate, the declaration and the one allow rule that are one
+#:   comparison come as data (:func:`~policy_engine.matchers.prefix_shape`: prefixes and
+#:   literals), tested in line, and the predicate covers only the rest (prefixes None: the
+#:   predicate covers all). A plugin's own rule is then strings in its record, not a closure,
+#:   its cells and its code (fewer cache lines to reach per request in a table of thousands
+#:   of plugins).
+_Record = tuple[bool, int, "str | None", "str | None",
+                "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
+                "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None",
+                "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
+                ActionEntry]
 #: Where a plugin's table sits in ``DecisionTable._open``'s tuples, after its records.
 _TABLE = len(_ACTIONS)
 
@@ -479,22 +493,38 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
         step[0] is None for step in entry._deny_steps)  # a deny of every resource: `_run` names it
     deny_test: Matcher | None = None
     blocking: tuple[RuleRef, ...] | None = None
+    denies: tuple[Pattern, ...] = ()
     if len(entry._deny_steps) == 1:
-        deny_test, blocking = entry._deny_steps[0][0], entry._deny_steps[0][1]
+        deny_test, blocking, rule, _ = entry._deny_steps[0]
+        denies = rule.patterns or ()
     elif plain and entry._deny_steps:
-        deny_test = any_matcher(tuple(dict.fromkeys(
-            pattern for rule in entry.denies for pattern in rule.patterns or ())))
+        denies = tuple(dict.fromkeys(pattern for rule in entry.denies for pattern in rule.patterns or ()))
+        deny_test = any_matcher(denies)
+    deny_shape = _in_line(code, denies)
+    if deny_shape is not None:
+        deny_test = deny_shape[2]
     allow_test: Matcher | None = None
     granting: tuple[RuleRef, ...] | None = None
-    starts: tuple[str, ...] | None = None
-    exact: str | None = None
+    allow_shape = None
     if len(entry._allow_steps) == 1:
         allow_test, granting, rule, _ = entry._allow_steps[0]
-        shape = None if code == _HOST_CODE or rule.patterns is None else prefix_shape(rule.patterns)
-        if shape is not None:
-            starts, exact, allow_test = shape
-    return (plain, code, table.plugin_dir, table._code_dir, deny_test, blocking, entry._declared_test, allow_test,
-            starts, exact, granting, entry)
+        allow_shape = None if rule.patterns is None else _in_line(code, rule.patterns)
+        if allow_shape is not None:
+            allow_test = allow_shape[2]
+    declared_test = entry._declared_test
+    declared_shape = None if entry.declared_patterns is None else _in_line(code, entry.declared_patterns)
+    if declared_shape is not None:
+        declared_test = declared_shape[2]
+    deny_starts, deny_exact = (None, ()) if deny_shape is None else deny_shape[:2]
+    declared_starts, declared_exact = (None, ()) if declared_shape is None else declared_shape[:2]
+    allow_starts, allow_exact = (None, ()) if allow_shape is None else allow_shape[:2]
+    return (plain, code, table.plugin_dir, table._code_dir, deny_starts, deny_exact, deny_test, blocking,
+            declared_starts, declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting, entry)
+
+
+def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
+    """``prefix_shape`` of a path or name entry's patterns (a host is not a ``str``)."""
+    return None if code == _HOST_CODE or not patterns else prefix_shape(patterns)
 
 
 _NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (

@@ -369,7 +369,7 @@ def test_patterns_tested_in_line_agree_with_the_patterns(case: tuple[ResourceKin
         assert not any(getattr(p, "_mode", None) in (0, 2) for p in patterns if kind is ResourceKind.NAME)
         return  # no pattern is one comparison: the rule keeps its predicate
     starts, exact, rest = shape
-    in_line = resource.startswith(starts) or resource == exact or (rest is not None and rest(resource))
+    in_line = resource.startswith(starts) or resource in exact or (rest is not None and rest(resource))
     assert in_line is any(p.matches(resource) for p in patterns)
 
 
@@ -377,12 +377,12 @@ def test_the_commonest_patterns_are_tested_in_line() -> None:
     shapes = {glob: matchers_module.prefix_shape([compile_pattern(kind, glob)]) for kind, glob in (
         (ResourceKind.PATH, "/srv/a/**"), (ResourceKind.PATH, "/srv/a"), (ResourceKind.NAME, "db.*"),
         (ResourceKind.NAME, "plain"), (ResourceKind.PATH, "/srv/*"), (ResourceKind.NAME, "*.x"))}
-    assert shapes == {"/srv/a/**": (("/srv/a/",), "/srv/a", None), "/srv/a": ((), "/srv/a", None),
-                      "db.*": (("db.",), None, None), "plain": ((), "plain", None), "/srv/*": None, "*.x": None}
+    assert shapes == {"/srv/a/**": (("/srv/a/",), ("/srv/a",), None), "/srv/a": ((), ("/srv/a",), None),
+                      "db.*": (("db.",), (), None), "plain": ((), ("plain",), None), "/srv/*": None, "*.x": None}
     # The benchmark's first rule: a prefix in line, the glob left to its predicate.
     patterns = [compile_pattern(ResourceKind.PATH, "/srv/p/**"), compile_pattern(ResourceKind.PATH, "/srv/s/*.csv")]
-    starts, exact, rest = matchers_module.prefix_shape(patterns) or ((), None, None)
-    assert (starts, exact) == (("/srv/p/",), "/srv/p") and rest is not None and rest("/srv/s/x.csv")
+    starts, exact, rest = matchers_module.prefix_shape(patterns) or ((), (), None)
+    assert (starts, exact) == (("/srv/p/",), ("/srv/p",)) and rest is not None and rest("/srv/s/x.csv")
 
 
 _any_host_glob = st.sampled_from(["api.example.com", "api.example.com:443", "*.example.com", "*.example.com:443",
