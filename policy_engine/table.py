@@ -288,7 +288,8 @@ class DecisionTable:
                 if TYPE_CHECKING:
                     assert isinstance(resource, str)
                 (_, code, base_dir, code_dir, deny_starts, deny_exact, deny_test, blocking, declared_starts,
-                 declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting, entry) = record
+                 declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting, allow_steps,
+                 entry) = record
                 if len(resource) > MAX_RESOURCE_LENGTH:
                     return fast_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, (), (),
                                          self.revision)
@@ -340,9 +341,14 @@ class DecisionTable:
                     return _evaluate(entry, records[_TABLE], plugin, action, resource, normalised, context,
                                      self.revision)
                 if granting is None:  # several allow rules (or none): each one that matches grants
-                    for test, ref, _, _ in entry._allow_steps:
-                        if test is None or test(normalised):
-                            granting = ref if granting is None else (*granting, *ref)
+                    for starts, exact, test, ref in allow_steps:
+                        if starts is not None:
+                            if not (normalised.startswith(starts)  # type: ignore[union-attr]
+                                    or normalised in exact or (test is not None and test(normalised))):
+                                continue
+                        elif test is not None and not test(normalised):
+                            continue
+                        granting = ref if granting is None else (*granting, *ref)
                     if granting is None:
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_starts is not None:  # the allow rule's comparisons in line, then the rest
@@ -463,8 +469,8 @@ _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_A
 #: What ``decide`` needs of one entry, in one tuple: (plain, code, the plugin's directory, its
 #: code directory, the deny gate's prefixes, literals and predicate, the blocking rules, the
 #: declaration's prefixes, literals and predicate, the allow rule's prefixes, literals and
-#: predicate, the granting rules, the entry). It holds nothing that refers back to its table
-#: (no cycle).
+#: predicate, the granting rules, the allow steps, the entry). It holds nothing that refers
+#: back to its table (no cycle).
 #:
 #: - ``plain``: no rule of the entry has a condition or an error, and the manifest declares
 #:   the permission; otherwise ``decide`` hands the entry to ``_run``.
@@ -472,7 +478,8 @@ _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_A
 #:   None without deny rules; with one deny rule, its reference as the decision's ``rules``,
 #:   else None (``decide`` loops over ``_deny_steps`` to name them).
 #: - with one allow rule, its predicate (None: any resource) and its reference as the decision's
-#:   ``rules``; with several or none, None and None: ``decide`` loops over ``_allow_steps``.
+#:   ``rules``; with several or none, None and None, and the allow steps: (prefixes, literals,
+#:   predicate, reference) per rule, which ``decide`` loops over.
 #: - the path and name patterns of the deny gate, the declaration and the one allow rule that are one
 #:   comparison come as data (:func:`~policy_engine.matchers.prefix_shape`: prefixes and
 #:   literals), tested in line, and the predicate covers only the rest (prefixes None: the
@@ -483,7 +490,10 @@ _Record = tuple[bool, int, "str | None", "str | None",
                 "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
                 "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None",
                 "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
-                ActionEntry]
+                "tuple[_InLineStep, ...]", ActionEntry]
+#: One allow rule of several in a record: (prefixes, literals, predicate, its reference), as
+#: in :data:`_Record` (prefixes None: the predicate covers all, a None predicate any resource).
+_InLineStep = tuple["tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...]"]
 #: Where a plugin's table sits in ``DecisionTable._open``'s tuples, after its records.
 _TABLE = len(_ACTIONS)
 
@@ -506,7 +516,12 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
     allow_test: Matcher | None = None
     granting: tuple[RuleRef, ...] | None = None
     allow_shape = None
-    if len(entry._allow_steps) == 1:
+    allow_steps: list[_InLineStep] = []
+    if len(entry._allow_steps) != 1:
+        for test, ref, rule, _ in entry._allow_steps:
+            shape = None if rule.patterns is None else _in_line(code, rule.patterns)
+            allow_steps.append((None, (), test, ref) if shape is None else (*shape, ref))
+    else:
         allow_test, granting, rule, _ = entry._allow_steps[0]
         allow_shape = None if rule.patterns is None else _in_line(code, rule.patterns)
         if allow_shape is not None:
@@ -519,7 +534,8 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
     declared_starts, declared_exact = (None, ()) if declared_shape is None else declared_shape[:2]
     allow_starts, allow_exact = (None, ()) if allow_shape is None else allow_shape[:2]
     return (plain, code, table.plugin_dir, table._code_dir, deny_starts, deny_exact, deny_test, blocking,
-            declared_starts, declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting, entry)
+            declared_starts, declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting,
+            tuple(allow_steps), entry)
 
 
 def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
