@@ -692,10 +692,6 @@ def _canonical_host(raw: str, bracketed: bool) -> str:
     return host
 
 
-def _normalize_host(text: str) -> HostPort:
-    return _host_and_text(text)[0]
-
-
 class _UnfrozenHostPort:
     # `HostPort`'s slots, for the fast paths: built with plain slot stores, then given the
     # class `HostPort` (allowed between classes of identical layout; see `decision.py`).
@@ -731,25 +727,10 @@ def normalize_host_text(text: str) -> tuple[HostPort, str]:
 
     Raises :class:`InvalidResourceError` as :func:`normalize` does.
     """
-    try:
-        return _host_and_text(text)
-    except _Bad as bad:
-        raise InvalidResourceError(_bad_message(bad)) from None
-
-
-def _host_and_text(text: str) -> tuple[HostPort, str]:
     # The common shapes take fast paths that answer as `_normalize_host_full` (differential
-    # tests); the rest, and every error, go the full way.
-    plain = _PLAIN_HOST.fullmatch(text) or _PLAIN_IPV4.fullmatch(text)
-    if plain is not None:
-        host, raw_port = plain.groups()
-        if raw_port is None:
-            return _host_port(host, None), text
-        number = int(raw_port)
-        if 1 <= number <= 65535:
-            # Already canonical unless the port has leading zeros.
-            return _host_port(host, number), (text if raw_port[0] != "0" else f"{host}:{number}")
-    elif text[:1] == "[":
+    # tests), each chosen by one look at the text (a plain name or address has no `[` and no
+    # `://`); the rest, and every error, go the full way.
+    if text[:1] == "[":
         bracketed = _PLAIN_IPV6.fullmatch(text)
         if bracketed is not None:
             raw_host, raw_port = bracketed.groups()
@@ -760,16 +741,30 @@ def _host_and_text(text: str) -> tuple[HostPort, str]:
                 except _Bad:
                     address = None  # the full path says why
                 if address is not None:
-                    found = _host_port(address, port)
-                    return found, str(found)
-    else:
+                    # `str(HostPort(address, port))`, spelled out: the brackets of an IPv6 address.
+                    shown = f"[{address}]" if ":" in address else address
+                    return _host_port(address, port), (shown if port is None else f"{shown}:{port}")
+    elif "://" in text:
         url = _PLAIN_URL.fullmatch(text)
         if url is not None:
             scheme, host, raw_port = url.groups()
             number = _DEFAULT_PORTS[scheme] if raw_port is None else int(raw_port)
             if 1 <= number <= 65535:
                 return _host_port(host, number), f"{host}:{number}"
-    found = _normalize_host_full(text)
+    else:
+        plain = _PLAIN_HOST.fullmatch(text) or _PLAIN_IPV4.fullmatch(text)
+        if plain is not None:
+            host, raw_port = plain.groups()
+            if raw_port is None:
+                return _host_port(host, None), text
+            number = int(raw_port)
+            if 1 <= number <= 65535:
+                # Already canonical unless the port has leading zeros.
+                return _host_port(host, number), (text if raw_port[0] != "0" else f"{host}:{number}")
+    try:
+        found = _normalize_host_full(text)
+    except _Bad as bad:
+        raise InvalidResourceError(_bad_message(bad)) from None
     return found, str(found)
 
 
@@ -970,9 +965,9 @@ def normalize(kind: ResourceKind, resource: str, *, base_dir: str | None = None)
     # Identity tests against module constants: this runs once per request.
     if kind is _PATH:
         return _normalize_path(resource, base_dir)
+    if kind is _HOST:
+        return normalize_host_text(resource)[0]
     try:
-        if kind is _HOST:
-            return _normalize_host(resource)
         if kind is _NAME:
             _check_name(resource, "name")
             return resource
