@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from .patterns import HostPattern, HostPort, NamePattern, PathPattern, Pattern, Resource
 
-__all__ = ["Matcher", "any_matcher", "glob_segments_match", "matcher", "prefix_shape", "star_match"]
+__all__ = ["Matcher", "any_matcher", "glob_segments_match", "host_shape", "matcher", "prefix_shape", "star_match"]
 
 #: A predicate over a normalised resource.
 Matcher = Callable[[Resource], bool]
@@ -115,6 +115,32 @@ def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], tuple[st
 
 
 _IN_LINE_LITERALS = 8
+
+
+def host_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
+    """:func:`prefix_shape` for host patterns, over a request's normal text (``str`` of its
+    :class:`HostPort`, as :func:`~policy_engine.patterns.normalize_host_text` gives it): a
+    named host on one port is that text (``api.example.com:443``), a named host on any port
+    is the host alone or its text followed by ``:`` and a port. Other patterns (suffixes,
+    ranges, networks) are left to ``rest``."""
+    starts: list[str] = []
+    literals: list[str] = []
+    rest: list[Pattern] = []
+    for pattern in patterns:
+        ports = pattern.port_range if isinstance(pattern, HostPattern) else (0, 1)
+        if type(pattern) is HostPattern and pattern._mode == _LITERAL and len(literals) < _IN_LINE_LITERALS and (
+                ports is None or ports[0] == ports[1]):
+            shown = str(HostPort(pattern.host_text, None))
+            if ports is None:
+                starts.append(shown + ":")
+                literals.append(shown)
+            else:
+                literals.append(str(HostPort(pattern.host_text, ports[0])))
+        else:
+            rest.append(pattern)
+    if len(rest) == len(patterns):
+        return None
+    return tuple(starts), tuple(literals), (any_matcher(rest) if rest else None)
 
 
 def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:

@@ -33,7 +33,7 @@ from .decision import (
 )
 from .diagnostics import Diagnostic, Span, did_you_mean
 from .implicit import implicit_reads, is_code_below
-from .matchers import Matcher, any_matcher, prefix_shape
+from .matchers import Matcher, any_matcher, host_shape, prefix_shape
 from .nodes import Effect
 from .patterns import (
     _LONG_PATH,
@@ -321,7 +321,7 @@ class DecisionTable:
                     return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
                                     revision=self.revision)
                 if deny_starts is not None:  # the deny gate's comparisons in line, then the rest
-                    denied = (normalised.startswith(deny_starts) or normalised in deny_exact  # type: ignore[union-attr]
+                    denied = (resource.startswith(deny_starts) or resource in deny_exact
                               or (deny_test is not None and deny_test(normalised)))
                 else:
                     denied = deny_test is not None and deny_test(normalised)
@@ -333,8 +333,8 @@ class DecisionTable:
                     return fast_decision(False, _DENIED, plugin, action, resource, blocking or (), (),
                                          self.revision)
                 if declared_starts is not None:  # the declaration's comparisons in line, then the rest
-                    declared = (normalised.startswith(declared_starts)  # type: ignore[union-attr]
-                                or normalised in declared_exact or (declared_test is not None and declared_test(normalised)))
+                    declared = (resource.startswith(declared_starts) or resource in declared_exact
+                                or (declared_test is not None and declared_test(normalised)))
                 else:
                     declared = declared_test is None or declared_test(normalised)
                 if not declared:  # `_evaluate` names the rules that would grant it
@@ -343,8 +343,8 @@ class DecisionTable:
                 if granting is None:  # several allow rules (or none): each one that matches grants
                     for starts, exact, test, ref in allow_steps:
                         if starts is not None:
-                            if not (normalised.startswith(starts)  # type: ignore[union-attr]
-                                    or normalised in exact or (test is not None and test(normalised))):
+                            if not (resource.startswith(starts) or resource in exact
+                                    or (test is not None and test(normalised))):
                                 continue
                         elif test is not None and not test(normalised):
                             continue
@@ -352,8 +352,8 @@ class DecisionTable:
                     if granting is None:
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_starts is not None:  # the allow rule's comparisons in line, then the rest
-                    if not (normalised.startswith(allow_starts)  # type: ignore[union-attr]  # a str here
-                            or normalised in allow_exact or (allow_test is not None and allow_test(normalised))):
+                    if not (resource.startswith(allow_starts) or resource in allow_exact
+                            or (allow_test is not None and allow_test(normalised))):
                         return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
                 elif allow_test is not None and not allow_test(normalised):
                     return fast_decision(False, _NO_ALLOW, plugin, action, resource, (), (), self.revision)
@@ -480,9 +480,10 @@ _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_A
 #: - with one allow rule, its predicate (None: any resource) and its reference as the decision's
 #:   ``rules``; with several or none, None and None, and the allow steps: (prefixes, literals,
 #:   predicate, reference) per rule, which ``decide`` loops over.
-#: - the path and name patterns of the deny gate, the declaration and the one allow rule that are one
-#:   comparison come as data (:func:`~policy_engine.matchers.prefix_shape`: prefixes and
-#:   literals), tested in line, and the predicate covers only the rest (prefixes None: the
+#: - the patterns of the deny gate, the declaration and the one allow rule that are one
+#:   comparison with the request's normal text come as data (prefixes and literals:
+#:   :func:`~policy_engine.matchers.prefix_shape`, :func:`~policy_engine.matchers.host_shape`),
+#:   tested in line, and the predicate covers only the rest (prefixes None: the
 #:   predicate covers all). A plugin's own rule is then strings in its record, not a closure,
 #:   its cells and its code (fewer cache lines to reach per request in a table of thousands
 #:   of plugins).
@@ -539,8 +540,11 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
 
 
 def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
-    """``prefix_shape`` of a path or name entry's patterns (a host is not a ``str``)."""
-    return None if code == _HOST_CODE or not patterns else prefix_shape(patterns)
+    """The comparisons of an entry's patterns that ``decide`` makes in line, on the request's
+    normal text (a path, a name, a host's ``host:port``), and the predicate of the rest."""
+    if not patterns:
+        return None
+    return host_shape(patterns) if code == _HOST_CODE else prefix_shape(patterns)
 
 
 _NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (

@@ -403,6 +403,28 @@ def test_a_fused_any_of_hosts_agrees_with_the_patterns(globs: list[str], host: s
     assert combined("/srv") is False
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_any_host_glob, min_size=1, max_size=6), _any_host)
+def test_host_patterns_tested_in_line_agree_with_the_patterns(globs: list[str], host: str) -> None:
+    patterns = [compile_pattern(ResourceKind.HOST, g) for g in globs]
+    shape = matchers_module.host_shape(patterns)
+    resource, text = normalize_host_text(host)
+    if shape is None:
+        return  # no pattern names one host: the rule keeps its predicate
+    starts, exact, rest = shape
+    in_line = text.startswith(starts) or text in exact or (rest is not None and rest(resource))
+    assert in_line is any(p.matches(resource) for p in patterns)
+
+
+def test_a_named_host_is_tested_in_line_on_the_request_s_text() -> None:
+    shape = matchers_module.host_shape([compile_pattern(ResourceKind.HOST, g) for g in (
+        "api.example.com:443", "[2001:db8::1]:443", "h.test", "*.svc.example.com", "10.0.0.0/8")])
+    assert shape is not None
+    starts, exact, rest = shape
+    assert starts == ("h.test:",) and exact == ("api.example.com:443", "[2001:db8::1]:443", "h.test")
+    assert rest is not None and rest(HostPort("a.svc.example.com", 80)) and not rest(HostPort("h.test", 1))
+
+
 def test_the_directory_test_of_the_implicit_reads_answers_as_isdir(tmp_path: Path) -> None:
     from policy_engine.implicit import is_directory as _is_directory
 
