@@ -155,12 +155,9 @@ class _TableChecker:
                     self._on_audit(action, resource, denied is None)
                 return
             if denied is not None:
-                # A copy of the remembered error (fresh_copy, spelled out: a call level
-                # costs on every denial's unwinding).
-                error = _new_error(denied.__class__)
-                error.args = denied.args
-                error.__dict__.update(denied.__dict__)
-                raise error
+                # A copy of the remembered error, made in a call: a local naming the error
+                # in this frame would make a reference cycle through the traceback.
+                raise fresh_copy(denied)
             return
         if self._loading:
             # Loading the table must not need a decision; if it does, refuse rather than loop.
