@@ -25,7 +25,7 @@ from typing import Any
 
 from ...families import audit_events
 from ...implicit import ImplicitReads
-from .checker import Checker, DeniedDecision, denial
+from .checker import Checker, Denials, DeniedDecision, denial, fresh_copy
 from .resolver import PathResolver
 
 __all__ = ["AuditGuard"]
@@ -66,6 +66,9 @@ class AuditGuard:
         changeable: Iterable[str] | None = None,
     ) -> None:
         self._checker = checker
+        # A table checker's remembered answers (checker.denials()), taken once it has them.
+        self._denials_of: Callable[[], Denials | None] | None = getattr(checker, "denials", None)
+        self._denials: Denials | None = None
         self._plugin = plugin
         self._scratch = os.path.realpath(scratch_dir)
         self._scratch_below = self._scratch.rstrip(os.sep) + os.sep  # as _under tests it
@@ -140,7 +143,13 @@ class AuditGuard:
                 if free is None:
                     free = self._is_free_read(real)
                 if not free:
-                    self._checker("file:read", real)
+                    denials = self._denials
+                    if denials is None:
+                        self._ask_read(real)
+                        return
+                    denied = denials("file:read", real)  # the checker's answer, as it gives it
+                    if denied is not None:
+                        raise fresh_copy(denied)
                 return
             self._on_open(args)
             return
@@ -251,6 +260,15 @@ class AuditGuard:
                 self._free_reads.clear()
             self._free_reads[path] = free
         return free
+
+    def _ask_read(self, path: str) -> None:
+        """The checker's answer on reading ``path``; once it has remembered answers, the
+        hook consults them itself."""
+        try:
+            self._checker("file:read", path)
+        finally:
+            if self._denials_of is not None:
+                self._denials = self._denials_of()
 
     def _check_read(self, path: str) -> None:
         free = self._free_reads.get(path)

@@ -15,13 +15,17 @@ from typing import Any, cast
 
 from ...errors import PermissionDeniedError
 
-__all__ = ["CACHE_SIZE", "Checker", "DeniedDecision", "denial", "fresh_copy", "make_checker"]
+__all__ = ["CACHE_SIZE", "Checker", "DeniedDecision", "Denials", "denial", "fresh_copy",
+           "make_checker"]
 
 #: Answers the checker remembers, as many as the engine's decision cache holds by default.
 CACHE_SIZE = 4096
 
 #: ``checker(action, resource)`` returns None when allowed, raises PermissionDeniedError if not.
 Checker = Callable[[str, "str | None"], None]
+#: ``denials(action, resource)`` is None when allowed, else the error whose copy
+#: (:func:`fresh_copy`) a denial raises: a checker's remembered answers, looked up directly.
+Denials = Callable[[str, "str | None"], "PermissionDeniedError | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +118,7 @@ class _TableChecker:
         self._audit = audit
         self._on_audit = on_audit
         self._table: _Decider | None = None
-        self._denial: Callable[[str, str | None], PermissionDeniedError | None] | None = None
+        self._denial: Denials | None = None
         self._failure: str | None = None
         self._loading = False
 
@@ -136,6 +140,13 @@ class _TableChecker:
                 self._failure = f"{type(error).__name__}: {error}"
             finally:
                 self._loading = False
+
+    def denials(self) -> Denials | None:
+        """The remembered answers, once the table is built and outside audit mode (which
+        reports every decision); None means: call the checker. The audit hook consults them
+        directly on its hot path, so a denial unwinds one frame less. They never change once
+        given."""
+        return None if self._audit else self._denial
 
     def _denial_of(self, action: str, resource: str | None) -> PermissionDeniedError | None:
         """None when allowed; else the error a denial raises a copy of (never raised itself)."""
