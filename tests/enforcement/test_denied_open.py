@@ -158,7 +158,7 @@ def test_audit_mode_keeps_reporting_every_decision(tmp_path: Path) -> None:
     for _ in range(3):
         hook._hook("open", (path, "r", os.O_RDONLY))  # audit mode denies nothing
     assert seen == [("file:read", path, False)] * 3
-    assert getattr(checker, "denials")() is None and hook._denials is None
+    assert checker.denials() is None and hook._denials is None
 
 
 def test_the_plugin_directory_is_asked_about_each_time(tmp_path: Path) -> None:
