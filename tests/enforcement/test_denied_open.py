@@ -197,3 +197,26 @@ def test_the_remembered_read_answers_are_bounded(tmp_path: Path,
     hook._hook("open", (long, "r", os.O_RDONLY))
     assert long not in hook._free_reads
 
+
+
+def test_trust_is_per_thread_and_off_in_a_thread_that_never_asked(tmp_path: Path) -> None:
+    import threading
+
+    hook = guard(tmp_path, make_checker(checker_data(tmp_path)))
+    path = str(tmp_path / "granted" / "secret" / "k")
+    outcomes: list[str] = []
+
+    def in_thread() -> None:
+        try:
+            hook._hook("open", (path, "r", os.O_RDONLY))
+            outcomes.append("allowed")
+        except PermissionDeniedError:
+            outcomes.append("denied")
+
+    with hook.trusted():
+        hook._hook("open", (path, "r", os.O_RDONLY))  # the worker's own code: unchecked
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join()
+    denied_open(hook, path)
+    assert outcomes == ["denied"]

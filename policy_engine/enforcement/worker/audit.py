@@ -41,6 +41,17 @@ _MAX_FREE_READ_CHARS = 512
 _INTROSPECTION = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
 
 
+class _ThreadState(threading.local):
+    """Per thread: whether the worker's own code runs there unchecked (:meth:`AuditGuard.trusted`).
+
+    A default on the class, so that a thread that never set it reads False as a plain
+    attribute: ``getattr(local, name, False)`` on an unset name raises and swallows an
+    AttributeError on every audited event.
+    """
+
+    trusted = False
+
+
 class AuditGuard:
     """Checks audited events of plugin code against a :data:`Checker`.
 
@@ -89,7 +100,7 @@ class AuditGuard:
         self._free_reads: dict[str, bool] = {}
         self._allow_subprocess = allow_subprocess
         self._allow_network = allow_network
-        self._local = threading.local()
+        self._local = _ThreadState()
         self._resolved_names: dict[str, set[str]] = {}  # IP address -> host names it serves
         #: Files opened for writing, newest last; the worker removes the ones cut short by
         #: the file-size limit.
@@ -133,7 +144,7 @@ class AuditGuard:
             # The most frequent event, and its common case (a plain read of an absolute
             # path), spelled out: each call level costs on every read, and on a denial's
             # unwinding once more (a frame of the traceback).
-            if getattr(self._local, "trusted", False):
+            if self._local.trusted:
                 return
             path, mode, flags = args[0], args[1], args[2]
             if path.__class__ is str and path[:1] == "/" and mode.__class__ is str \
@@ -160,7 +171,7 @@ class AuditGuard:
             elif event in _INTROSPECTION:
                 self._deny_introspection(event)
             return
-        if getattr(self._local, "trusted", False):
+        if self._local.trusted:
             return
         handler(args)
 
@@ -173,7 +184,7 @@ class AuditGuard:
         raise denial(DeniedDecision(self._plugin, action, resource, reason))
 
     def _deny_ctypes(self, event: str) -> None:
-        if getattr(self._local, "trusted", False):
+        if self._local.trusted:
             return
         # ctypes reads and writes arbitrary memory and calls any C function: it can unhook
         # this guard or make raw system calls. That is the power of running native code,
@@ -183,7 +194,7 @@ class AuditGuard:
                    "ctypes runs native code, which needs subprocess permission")
 
     def _deny_introspection(self, event: str) -> None:
-        if getattr(self._local, "trusted", False):
+        if self._local.trusted:
             return
         # The object graph leads to this guard's own state.
         self._deny("inspect", event, "walking the interpreter's object graph is not allowed")
