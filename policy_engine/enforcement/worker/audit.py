@@ -11,6 +11,14 @@ Paths are resolved as :func:`os.path.realpath` resolves them before they are che
 the parent is resolved, since those act on the link itself and not on what it points to.
 The resolution is :class:`~.resolver.PathResolver`'s: the same answers, cheaper, and
 remembered for paths nobody but their directories' owners can change.
+
+A plain read of an absolute path (the common ``open()``) is answered in the hook itself:
+whether the resolved path needs no grant (an implicit read, the scratch directory) is
+remembered per path, except inside the plugin's directory, where the code-file test asks the
+file system; a table checker's remembered answers (``denials()``) are consulted directly,
+and a denial raises a copy of the error built once for that answer
+(:func:`~.checker.fresh_copy`): the same type, message, attributes and decision as an error
+built from the decision, with its own traceback, starting at the plugin's call.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def fresh_copy(error: PermissionDeniedError) -> PermissionDeniedError:
     """A new error equal to ``error`` in every attribute a plugin can read (type, ``args``,
     hence ``str()``, ``errno``, ``strerror`` and ``filename``; ``decision``, ``plugin``), with
     no traceback, cause or context of its own: what ``type(error)(error.decision)`` builds,
-    for a quarter of the cost, since neither ``__init__`` nor ``explain()`` runs again.
+    for under a third of the cost, since neither ``__init__`` nor ``explain()`` runs again.
 
     A remembered denial is raised as a copy, never itself: an exception raised twice would
     carry both tracebacks, and a plugin holding the first would see the second's.
