@@ -11,6 +11,14 @@ Paths are resolved as :func:`os.path.realpath` resolves them before they are che
 the parent is resolved, since those act on the link itself and not on what it points to.
 The resolution is :class:`~.resolver.PathResolver`'s: the same answers, cheaper, and
 remembered for paths nobody but their directories' owners can change.
+
+A plain read of an absolute path (the common ``open()``) is answered in the hook itself:
+whether the resolved path needs no grant (an implicit read, the scratch directory) is
+remembered per path, except inside the plugin's directory, where the code-file test asks the
+file system; a table checker's remembered answers (``denials()``) are consulted directly,
+and a denial raises a copy of the error built once for that answer
+(:func:`~.checker.fresh_copy`): the same type, message, attributes and decision as an error
+built from the decision, with its own traceback, starting at the plugin's call.
 """
 
 from __future__ import annotations
@@ -20,12 +28,12 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ...families import audit_events
 from ...implicit import ImplicitReads
-from .checker import Checker, DeniedDecision, denial
+from .checker import Checker, Denials, DeniedDecision, denial, fresh_copy
 from .resolver import PathResolver
 
 __all__ = ["AuditGuard"]
@@ -34,7 +42,22 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 #: ``open()`` modes that read and never write (with no write flag, they ask file:read only).
 _READ_MODES = frozenset({"r", "rb", "rt", "br", "tr"})
 _MAX_TRACKED_WRITES = 1024
+#: Paths whose "needs no grant to read" answer is remembered (emptied when full), and the
+#: longest one.
+_MAX_FREE_READS = 4096
+_MAX_FREE_READ_CHARS = 512
 _INTROSPECTION = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
+
+
+class _ThreadState(threading.local):
+    """Per thread: whether the worker's own code runs there unchecked (:meth:`AuditGuard.trusted`).
+
+    A default on the class, so that a thread that never set it reads False as a plain
+    attribute: ``getattr(local, name, False)`` on an unset name raises and swallows an
+    AttributeError on every audited event.
+    """
+
+    trusted = False
 
 
 class AuditGuard:
@@ -62,6 +85,9 @@ class AuditGuard:
         changeable: Iterable[str] | None = None,
     ) -> None:
         self._checker = checker
+        # A table checker's remembered answers (checker.denials()), taken once it has them.
+        self._denials_of: Callable[[], Denials | None] | None = getattr(checker, "denials", None)
+        self._denials: Denials | None = None
         self._plugin = plugin
         self._scratch = os.path.realpath(scratch_dir)
         self._scratch_below = self._scratch.rstrip(os.sep) + os.sep  # as _under tests it
@@ -69,14 +95,20 @@ class AuditGuard:
         self._resolver = PathResolver(None if changeable is None
                                       else (*changeable, scratch_dir, self._scratch))
         self._realpath = self._resolver.resolve
+        remembered = self._resolver.remembered
+        self._resolved: Mapping[str, str] = {} if remembered is None else remembered
         # Symlinks resolved once, as the hook resolves each path it sees.
         self._implicit = ImplicitReads(
             tuple(dict.fromkeys(os.path.realpath(p) for p in implicit.trees)),
             None if implicit.plugin_dir is None else os.path.realpath(implicit.plugin_dir))
-        self._covers = self._implicit.covers
+        plugin_dir = self._implicit.plugin_dir
+        # The code-file test of the plugin's directory asks the file system (is it a
+        # directory?); every other path's answer is its text alone, and is remembered.
+        self._code_zone = None if plugin_dir is None else (plugin_dir, plugin_dir + os.sep)
+        self._free_reads: dict[str, bool] = {}
         self._allow_subprocess = allow_subprocess
         self._allow_network = allow_network
-        self._local = threading.local()
+        self._local = _ThreadState()
         self._resolved_names: dict[str, set[str]] = {}  # IP address -> host names it serves
         #: Files opened for writing, newest last; the worker removes the ones cut short by
         #: the file-size limit.
@@ -95,6 +127,9 @@ class AuditGuard:
         }
         self._handlers: dict[str, Callable[[tuple[Any, ...]], None]] = {
             e.event: roles[e.handler] for e in audit_events()}
+        if self._handlers.get("open") != self._on_open:
+            # _hook answers `open` itself (its common case spelled out there).
+            raise RuntimeError("the audit event `open` must be the open role's")
 
     # -- installation ------------------------------------------------------------------------
 
@@ -113,6 +148,30 @@ class AuditGuard:
             self._local.trusted = False
 
     def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "open":
+            # The most frequent event, and its common case (a plain read of an absolute
+            # path), spelled out: each call level costs on every read, and on a denial's
+            # unwinding once more (a frame of the traceback).
+            if self._local.trusted:
+                return
+            path, mode, flags = args[0], args[1], args[2]
+            if path.__class__ is str and path[:1] == "/" and mode.__class__ is str \
+                    and mode in _READ_MODES and not flags & _WRITE_FLAGS:
+                real = self._resolved.get(path) or self._realpath(path)
+                free = self._free_reads.get(real)
+                if free is None:
+                    free = self._is_free_read(real)
+                if not free:
+                    denials = self._denials
+                    if denials is None:
+                        self._ask_read(real)
+                        return
+                    denied = denials("file:read", real)  # the checker's answer, as it gives it
+                    if denied is not None:
+                        raise fresh_copy(denied)
+                return
+            self._on_open(args)
+            return
         handler = self._handlers.get(event)
         if handler is None:
             if event.startswith("ctypes.") and not self._allow_subprocess:
@@ -120,7 +179,7 @@ class AuditGuard:
             elif event in _INTROSPECTION:
                 self._deny_introspection(event)
             return
-        if getattr(self._local, "trusted", False):
+        if self._local.trusted:
             return
         handler(args)
 
@@ -133,7 +192,7 @@ class AuditGuard:
         raise denial(DeniedDecision(self._plugin, action, resource, reason))
 
     def _deny_ctypes(self, event: str) -> None:
-        if getattr(self._local, "trusted", False):
+        if self._local.trusted:
             return
         # ctypes reads and writes arbitrary memory and calls any C function: it can unhook
         # this guard or make raw system calls. That is the power of running native code,
@@ -143,7 +202,7 @@ class AuditGuard:
                    "ctypes runs native code, which needs subprocess permission")
 
     def _deny_introspection(self, event: str) -> None:
-        if getattr(self._local, "trusted", False):
+        if self._local.trusted:
             return
         # The object graph leads to this guard's own state.
         self._deny("inspect", event, "walking the interpreter's object graph is not allowed")
@@ -151,16 +210,8 @@ class AuditGuard:
     # -- files -------------------------------------------------------------------------------
 
     def _on_open(self, args: tuple[Any, ...]) -> None:
+        # (_hook answers a plain read of an absolute path itself.)
         path, mode, flags = args[0], args[1], args[2]
-        if path.__class__ is str and path[:1] == "/" and mode.__class__ is str \
-                and mode in _READ_MODES and not flags & _WRITE_FLAGS:
-            # The common case, a plain read of an absolute path: _resolve and _check_read
-            # spelled out (each call level costs on every read and on a denial's unwinding).
-            real = self._realpath(path)
-            if self._covers(real) or real.startswith(self._scratch_below) or real == self._scratch:
-                return
-            self._checker("file:read", real)
-            return
         resolved = _resolve(path, realpath=self._realpath)
         if resolved is None:
             return
@@ -212,12 +263,38 @@ class AuditGuard:
         if resolved is not None:
             self._check_write(resolved)
 
-    def _check_read(self, path: str) -> None:
+    def _is_free_read(self, path: str) -> bool:
+        """Whether reading ``path`` (resolved) needs no grant: an implicit read, or the
+        scratch directory. Remembered unless the answer may depend on the file system (the
+        code-file test of the plugin's directory asks whether a path is a directory) or the
+        path is long."""
         # _under(path, scratch), spelled out: this runs for every file a plugin reads.
-        if self._implicit.covers(path) or path.startswith(self._scratch_below) \
-                or path == self._scratch:
-            return
-        self._checker("file:read", path)  # straight on: each frame costs a denial's unwinding
+        in_tree = self._implicit.covers_tree(path) or path.startswith(self._scratch_below) \
+            or path == self._scratch
+        free = in_tree or self._implicit.is_code(path)
+        zone = self._code_zone
+        if len(path) <= _MAX_FREE_READ_CHARS and (
+                in_tree or zone is None or not (path == zone[0] or path.startswith(zone[1]))):
+            if len(self._free_reads) >= _MAX_FREE_READS:
+                self._free_reads.clear()
+            self._free_reads[path] = free
+        return free
+
+    def _ask_read(self, path: str) -> None:
+        """The checker's answer on reading ``path``; once it has remembered answers, the
+        hook consults them itself."""
+        try:
+            self._checker("file:read", path)
+        finally:
+            if self._denials_of is not None:
+                self._denials = self._denials_of()
+
+    def _check_read(self, path: str) -> None:
+        free = self._free_reads.get(path)
+        if free is None:
+            free = self._is_free_read(path)
+        if not free:
+            self._checker("file:read", path)  # straight on: each frame costs a denial's unwinding
 
     def _check_write(self, path: str) -> None:
         if path.startswith(self._scratch_below) or path == self._scratch or path == os.devnull:

@@ -15,13 +15,17 @@ from typing import Any, cast
 
 from ...errors import PermissionDeniedError
 
-__all__ = ["CACHE_SIZE", "Checker", "DeniedDecision", "denial", "make_checker"]
+__all__ = ["CACHE_SIZE", "Checker", "DeniedDecision", "Denials", "denial", "fresh_copy",
+           "make_checker"]
 
 #: Answers the checker remembers, as many as the engine's decision cache holds by default.
 CACHE_SIZE = 4096
 
 #: ``checker(action, resource)`` returns None when allowed, raises PermissionDeniedError if not.
 Checker = Callable[[str, "str | None"], None]
+#: ``denials(action, resource)`` is None when allowed, else the error whose copy
+#: (:func:`fresh_copy`) a denial raises: a checker's remembered answers, looked up directly.
+Denials = Callable[[str, "str | None"], "PermissionDeniedError | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,26 @@ def denial(decision: DeniedDecision) -> PermissionDeniedError:
     return PermissionDeniedError(cast(Any, decision))
 
 
+_new_error = PermissionDeniedError.__new__
+
+
+def fresh_copy(error: PermissionDeniedError) -> PermissionDeniedError:
+    """A new error equal to ``error`` in every attribute a plugin can read (type, ``args``,
+    hence ``str()``, ``errno``, ``strerror`` and ``filename``; ``decision``, ``plugin``), with
+    no traceback, cause or context of its own: what ``type(error)(error.decision)`` builds,
+    for under a third of the cost, since neither ``__init__`` nor ``explain()`` runs again.
+
+    A remembered denial is raised as a copy, never itself: an exception raised twice would
+    carry both tracebacks, and a plugin holding the first would see the second's.
+    (The exception's own ``__new__`` leaves ``args`` empty when its class has an
+    ``__init__``; ``args`` and the instance dictionary are what ``__init__`` sets.)
+    """
+    copy = _new_error(error.__class__)
+    copy.args = error.args
+    copy.__dict__.update(error.__dict__)
+    return copy
+
+
 def make_checker(data: Mapping[str, Any], *, plugin: str = "",
                  on_audit: Callable[[str, str | None, bool], None] | None = None) -> Checker:
     """Build the checker for one plugin from its checker data (sent in the init frame).
@@ -94,7 +118,7 @@ class _TableChecker:
         self._audit = audit
         self._on_audit = on_audit
         self._table: _Decider | None = None
-        self._denial: Callable[[str, str | None], DeniedDecision | None] | None = None
+        self._denial: Denials | None = None
         self._failure: str | None = None
         self._loading = False
 
@@ -109,19 +133,28 @@ class _TableChecker:
                 self._plugin = self._table.plugin
                 # The engine's cache rules: the table never changes in this process and the
                 # answer depends on (action, resource) alone, so an exact-key LRU is exact.
-                # A denial's record is immutable and shared; each raise gets its own error.
+                # A denial's error is built once, with its message, and each raise gets its
+                # own copy of it (fresh_copy): the decision record is immutable and shared.
                 self._denial = functools.lru_cache(maxsize=CACHE_SIZE)(self._denial_of)
             except Exception as error:  # fail closed: every check is then a denial
                 self._failure = f"{type(error).__name__}: {error}"
             finally:
                 self._loading = False
 
-    def _denial_of(self, action: str, resource: str | None) -> DeniedDecision | None:
+    def denials(self) -> Denials | None:
+        """The remembered answers, once the table is built and outside audit mode (which
+        reports every decision); None means: call the checker. The audit hook consults them
+        directly on its hot path, so a denial unwinds one frame less. They never change once
+        given."""
+        return None if self._audit else self._denial
+
+    def _denial_of(self, action: str, resource: str | None) -> PermissionDeniedError | None:
+        """None when allowed; else the error a denial raises a copy of (never raised itself)."""
         assert self._table is not None  # only called once the table is built
         if self._table.allows(action, resource):
             return None
-        return DeniedDecision(self._plugin, action, resource,
-                              "the plugin's decision table does not allow it")
+        return denial(DeniedDecision(self._plugin, action, resource,
+                                     "the plugin's decision table does not allow it"))
 
     def __call__(self, action: str, resource: str | None) -> None:
         denial_of = self._denial
@@ -133,7 +166,9 @@ class _TableChecker:
                     self._on_audit(action, resource, denied is None)
                 return
             if denied is not None:
-                raise PermissionDeniedError(denied)  # type: ignore[arg-type]  # as denial()
+                # A copy of the remembered error, made in a call: a local naming the error
+                # in this frame would make a reference cycle through the traceback.
+                raise fresh_copy(denied)
             return
         if self._loading:
             # Loading the table must not need a decision; if it does, refuse rather than loop.

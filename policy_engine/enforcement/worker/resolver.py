@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = ["MAX_CACHED", "MAX_CACHED_CHARS", "PathResolver"]
 
@@ -81,6 +81,13 @@ class PathResolver:
     def caching(self) -> bool:
         """Whether link-free paths are remembered at all."""
         return self._cache is not None
+
+    @property
+    def remembered(self) -> Mapping[str, str] | None:
+        """What :meth:`resolve` remembers (path to its resolution), None if nothing is: a
+        caller on a hot path may look a path up here before it calls :meth:`resolve`. The
+        same object for the resolver's life (emptied in place, never replaced)."""
+        return self._cache
 
     def resolve(self, path: str) -> str:
         """The absolute, symlink-free path ``path`` (absolute) names, as realpath says."""
