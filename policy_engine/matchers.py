@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from .patterns import HostPattern, HostPort, NamePattern, PathPattern, Pattern, Resource
 
-__all__ = ["Matcher", "any_matcher", "glob_segments_match", "host_shape", "matcher", "prefix_shape", "star_match"]
+__all__ = ["Matcher", "Prefixes", "any_matcher", "glob_segments_match", "host_shape", "matcher", "prefix_shape", "star_match"]
 
 #: A predicate over a normalised resource.
 Matcher = Callable[[Resource], bool]
@@ -85,7 +85,7 @@ def _shared_any_matcher(patterns: tuple[Pattern, ...]) -> Matcher:
     return any_of
 
 
-def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
+def prefix_shape(patterns: Sequence[Pattern]) -> tuple[Prefixes, tuple[str, ...], Matcher | None] | None:
     """For path or name patterns of which some are one comparison each: ``(prefixes,
     literals, rest)`` such that the patterns match a normalised ``str`` resource ``r``
     exactly when ``r.startswith(prefixes) or r in literals or (rest is not None and
@@ -111,13 +111,22 @@ def prefix_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], tuple[st
             rest.append(pattern)
     if len(rest) == len(patterns):
         return None
-    return tuple(starts), tuple(literals), (any_matcher(rest) if rest else None)
+    return _prefixes(starts), tuple(literals), (any_matcher(rest) if rest else None)
 
 
 _IN_LINE_LITERALS = 8
 
+#: What ``str.startswith`` takes: one prefix, or a tuple of them.
+Prefixes = str | tuple[str, ...]
 
-def host_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
+
+def _prefixes(starts: list[str]) -> Prefixes:
+    """One prefix as itself (``startswith`` takes a str or a tuple; a plugin's one prefix is
+    then one object to reach, not two), several as a tuple."""
+    return starts[0] if len(starts) == 1 else tuple(starts)
+
+
+def host_shape(patterns: Sequence[Pattern]) -> tuple[Prefixes, tuple[str, ...], Matcher | None] | None:
     """:func:`prefix_shape` for host patterns, over a request's normal text (``str`` of its
     :class:`HostPort`, as :func:`~policy_engine.patterns.normalize_host_text` gives it): a
     named host on one port is that text (``api.example.com:443``), a named host on any port
@@ -140,7 +149,7 @@ def host_shape(patterns: Sequence[Pattern]) -> tuple[tuple[str, ...], tuple[str,
             rest.append(pattern)
     if len(rest) == len(patterns):
         return None
-    return tuple(starts), tuple(literals), (any_matcher(rest) if rest else None)
+    return _prefixes(starts), tuple(literals), (any_matcher(rest) if rest else None)
 
 
 def _fuse(patterns: tuple[Pattern, ...]) -> tuple[Matcher | None, tuple[Pattern, ...]]:

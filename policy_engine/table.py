@@ -33,7 +33,7 @@ from .decision import (
 )
 from .diagnostics import Diagnostic, Span, did_you_mean
 from .implicit import implicit_reads, is_code_below
-from .matchers import Matcher, any_matcher, host_shape, prefix_shape
+from .matchers import Matcher, Prefixes, any_matcher, host_shape, prefix_shape
 from .nodes import Effect
 from .patterns import (
     _LONG_PATH,
@@ -488,13 +488,13 @@ _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_A
 #:   its cells and its code (fewer cache lines to reach per request in a table of thousands
 #:   of plugins).
 _Record = tuple[bool, int, "str | None", "str | None",
-                "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
-                "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None",
-                "tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
+                "Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
+                "Prefixes | None", "tuple[str, ...]", "Matcher | None",
+                "Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
                 "tuple[_InLineStep, ...]", ActionEntry]
 #: One allow rule of several in a record: (prefixes, literals, predicate, its reference), as
 #: in :data:`_Record` (prefixes None: the predicate covers all, a None predicate any resource).
-_InLineStep = tuple["tuple[str, ...] | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...]"]
+_InLineStep = tuple["Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...]"]
 #: Where a plugin's table sits in ``DecisionTable._open``'s tuples, after its records.
 _TABLE = len(_ACTIONS)
 
@@ -539,7 +539,7 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
             tuple(allow_steps), entry)
 
 
-def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[tuple[str, ...], tuple[str, ...], Matcher | None] | None:
+def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[str, ...], Matcher | None] | None:
     """The comparisons of an entry's patterns that ``decide`` makes in line, on the request's
     normal text (a path, a name, a host's ``host:port``), and the predicate of the rest."""
     if not patterns:
