@@ -500,8 +500,13 @@ _TABLE = len(_ACTIONS)
 
 
 def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
-    plain = entry.declared and all(step[3] for step in (*entry._deny_steps, *entry._allow_steps)) and not any(
-        step[0] is None for step in entry._deny_steps)  # a deny of every resource: `_run` names it
+    plain = entry.declared
+    for step in entry._deny_steps:
+        if not step[3] or step[0] is None:  # a deny of every resource: `_run` names it
+            plain = False
+    for step in entry._allow_steps:
+        if not step[3]:
+            plain = False
     deny_test: Matcher | None = None
     blocking: tuple[RuleRef, ...] | None = None
     denies: tuple[Pattern, ...] = ()
@@ -544,7 +549,23 @@ def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[
     normal text (a path, a name, a host's ``host:port``), and the predicate of the rest."""
     if not patterns:
         return None
-    return host_shape(patterns) if code == _HOST_CODE else prefix_shape(patterns)
+    key = (id(patterns), code == _HOST_CODE)
+    known = _IN_LINE.get(key)
+    if known is not None and known[0] is patterns:
+        return known[1]
+    shape = host_shape(patterns) if code == _HOST_CODE else prefix_shape(patterns)
+    if len(_IN_LINE) >= _IN_LINE_SIZE:
+        _IN_LINE.clear()
+    _IN_LINE[key] = (patterns, shape)
+    return shape
+
+
+# Remembered by identity: the patterns of a wildcard rule and of a manifest line many plugins
+# share are one tuple (see `_table_rule`, `_declared_pattern`) and are worked out once, not
+# once per plugin; a hash of the patterns (each one's own `__hash__`) would cost more than
+# the work. Each entry holds its tuple, so the id stays that tuple's while it is remembered.
+_IN_LINE: dict[tuple[int, bool], tuple[tuple[Pattern, ...], tuple[Prefixes, tuple[str, ...], Matcher | None] | None]] = {}
+_IN_LINE_SIZE = 8192
 
 
 _NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (
