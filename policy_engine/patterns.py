@@ -425,11 +425,18 @@ def _normalize_from(path: str, first: int) -> str:
     slash whose first segment starting with "." follows the "/" at ``first``: the plain head
     is kept as it is and only the tail is normalised, each of its leading ``..`` removing a
     segment of the head (none above the root)."""
-    tail = posixpath.normpath(path[first + 1:])  # relative: "..", "../x", "x/y" or "."
-    if tail == ".":
-        return path[:first] or "/"
+    tail = path[first + 1:]
     match = _LEADING_UP(tail)  # `*`: it always matches, maybe nothing
     climbed = match.end() if match is not None else 0
+    rest = tail[climbed:]
+    if rest[:1] == "." or "/." in rest:
+        # A `.` or `..` after the leading `..` (or a name starting with a dot): the tail's
+        # own normalisation, then its leading `..` as below.
+        tail = posixpath.normpath(tail)  # relative: "..", "../x", "x/y" or "."
+        if tail == ".":
+            return path[:first] or "/"
+        match = _LEADING_UP(tail)
+        climbed = match.end() if match is not None else 0
     if not climbed:
         return path[:first] + "/" + tail
     head = path[:first].rsplit("/", (climbed + 1) // 3)[0]  # "" when it climbs to the root
