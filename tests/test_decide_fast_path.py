@@ -345,10 +345,14 @@ _any_path = st.sampled_from(["/srv", "/srv/a", "/srv/a/b", "/srvx", "/etc", "/et
 _any_name = st.sampled_from(["db.x", "db.", "db", "a.secret", "plain", "plainx", "ab", "x", "xx", "a.x"])
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.one_of(
+#: A kind, some patterns of it and a resource of it.
+_path_or_name_case = st.one_of(
     st.tuples(st.just(ResourceKind.PATH), st.lists(_any_path_glob, min_size=1, max_size=5), _any_path),
-    st.tuples(st.just(ResourceKind.NAME), st.lists(_any_name_glob, min_size=1, max_size=5), _any_name)))
+    st.tuples(st.just(ResourceKind.NAME), st.lists(_any_name_glob, min_size=1, max_size=5), _any_name))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_path_or_name_case)
 def test_a_fused_any_of_agrees_with_the_patterns(case: tuple[ResourceKind, list[str], str]) -> None:
     kind, globs, resource = case
     patterns = [compile_pattern(kind, g) for g in globs]
@@ -358,9 +362,7 @@ def test_a_fused_any_of_agrees_with_the_patterns(case: tuple[ResourceKind, list[
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.one_of(
-    st.tuples(st.just(ResourceKind.PATH), st.lists(_any_path_glob, min_size=1, max_size=4), _any_path),
-    st.tuples(st.just(ResourceKind.NAME), st.lists(_any_name_glob, min_size=1, max_size=4), _any_name)))
+@given(_path_or_name_case)
 def test_patterns_tested_in_line_agree_with_the_patterns(case: tuple[ResourceKind, list[str], str]) -> None:
     kind, globs, resource = case
     patterns = [compile_pattern(kind, g) for g in globs]
