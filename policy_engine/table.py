@@ -287,9 +287,9 @@ class DecisionTable:
                                 self.revision)
                 if TYPE_CHECKING:
                     assert isinstance(resource, str)
-                (_, code, base_dir, code_dir, deny_starts, deny_exact, deny_test, blocking, declared_starts,
-                 declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting, allow_steps,
+                (_, code, base_dir, code_dir, gate, allow_starts, allow_exact, allow_test, granting, allow_steps,
                  entry) = record
+                deny_starts, deny_exact, deny_test, blocking, declared_starts, declared_exact, declared_test = gate
                 if len(resource) > MAX_RESOURCE_LENGTH:
                     return fast_decision(False, Reason.RESOURCE_TOO_LONG, plugin, action, resource, (), (),
                                          self.revision)
@@ -467,10 +467,12 @@ _ACTIONS: tuple[str, ...] = tuple(p.value for p in Permission)
 _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_ACTIONS)}
 
 #: What ``decide`` needs of one entry, in one tuple: (plain, code, the plugin's directory, its
-#: code directory, the deny gate's prefixes, literals and predicate, the blocking rules, the
-#: declaration's prefixes, literals and predicate, the allow rule's prefixes, literals and
-#: predicate, the granting rules, the allow steps, the entry). It holds nothing that refers
-#: back to its table (no cycle).
+#: code directory, the gate, the allow rule's prefixes, literals and predicate, the granting
+#: rules, the allow steps, the entry), the gate being (the deny gate's prefixes, literals and
+#: predicate, the blocking rules, the declaration's prefixes, literals and predicate): one
+#: tuple for every plugin whose deny rules and declaration are the same objects (wildcard
+#: denies, a shared manifest line), so that a plugin's own record is two cache lines and the
+#: gate one many plugins share. It holds nothing that refers back to its table (no cycle).
 #:
 #: - ``plain``: no rule of the entry has a condition or an error, and the manifest declares
 #:   the permission; otherwise ``decide`` hands the entry to ``_run``.
@@ -487,9 +489,9 @@ _ACTION_INDEX: dict[str, int] = {action: index for index, action in enumerate(_A
 #:   predicate covers all). A plugin's own rule is then strings in its record, not a closure,
 #:   its cells and its code (fewer cache lines to reach per request in a table of thousands
 #:   of plugins).
-_Record = tuple[bool, int, "str | None", "str | None",
-                "Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
-                "Prefixes | None", "tuple[str, ...]", "Matcher | None",
+_Gate = tuple["Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
+              "Prefixes | None", "tuple[str, ...]", "Matcher | None"]
+_Record = tuple[bool, int, "str | None", "str | None", _Gate,
                 "Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...] | None",
                 "tuple[_InLineStep, ...]", ActionEntry]
 #: One allow rule of several in a record: (prefixes, literals, predicate, its reference), as
@@ -539,8 +541,16 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
     deny_starts, deny_exact = (None, ()) if deny_shape is None else deny_shape[:2]
     declared_starts, declared_exact = (None, ()) if declared_shape is None else declared_shape[:2]
     allow_starts, allow_exact = (None, ()) if allow_shape is None else allow_shape[:2]
-    return (plain, code, table.plugin_dir, table._code_dir, deny_starts, deny_exact, deny_test, blocking,
-            declared_starts, declared_exact, declared_test, allow_starts, allow_exact, allow_test, granting,
+    gate: _Gate = (deny_starts, deny_exact, deny_test, blocking, declared_starts, declared_exact, declared_test)
+    key = tuple(map(id, gate))
+    known = _GATES.get(key)
+    if known is not None and known == gate:  # the same objects (or equal ones): one tuple
+        gate = known
+    else:
+        if len(_GATES) >= _IN_LINE_SIZE:
+            _GATES.clear()
+        _GATES[key] = gate
+    return (plain, code, table.plugin_dir, table._code_dir, gate, allow_starts, allow_exact, allow_test, granting,
             tuple(allow_steps), entry)
 
 
@@ -566,6 +576,9 @@ def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[
 # the work. Each entry holds its tuple, so the id stays that tuple's while it is remembered.
 _IN_LINE: dict[tuple[int, bool], tuple[tuple[Pattern, ...], tuple[Prefixes, tuple[str, ...], Matcher | None] | None]] = {}
 _IN_LINE_SIZE = 8192
+#: The gates of the records, by the identities of their parts (each gate holds its parts, so
+#: the ids stay theirs while it is remembered; equal parts are as good as the same ones).
+_GATES: dict[tuple[int, ...], _Gate] = {}
 
 
 _NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (
