@@ -3,7 +3,9 @@
 The table is built from a :class:`PolicySet` and the plugins' manifests: for each plugin and
 each permission, the declared scopes, the allow rules and the deny rules that can apply,
 with templates filled in and patterns compiled. ``decide`` is then two dictionary lookups, a
-resource normalisation and a handful of pattern matches: it never scans every rule.
+resource normalisation and a handful of pattern matches: it never scans every rule. For each
+entry without conditions ``decide`` reads one flat record (:data:`_Record`) whose simplest
+patterns are strings it compares in line.
 
 Conditions that read only ``plugin.*`` are evaluated once, when the table is built; only
 conditions that read ``context.*`` are evaluated per request.
