@@ -457,14 +457,54 @@ def has_libyaml() -> bool:
 _SEQUENCE_START, _MAPPING_START = yaml.SequenceStartEvent, yaml.MappingStartEvent
 
 
+def nesting_bound(text: str) -> int:
+    """At least the nesting depth of the collections libyaml reads from the plain text
+    ``text`` (see :func:`is_plain_yaml_text`), counted without reading it.
+
+    Every collection opens at an indicator of its own: a flow collection at its `[` or `{`,
+    a block sequence at its first `-` entry (followed by a space, a line break or the end), a
+    mapping at the `:` or `?` of its first key; so the count of the characters that can be
+    one bounds how many collections, let alone how deep. Out of a flow collection a `:` is an
+    indicator only before a space, a line break or the end; in one (a single pair in a flow
+    sequence, a JSON-like key), any `:` may be.
+    """
+    flow = text.count("[") + text.count("{")
+    if flow:
+        colons = text.count(":")
+    else:
+        colons = text.count(": ") + text.count(":\n") + text.endswith(":")
+    dashes = text.count("- ") + text.count("-\n") + text.endswith("-")
+    return flow + colons + dashes + text.count("?")
+
+
+def _check_events(text: str, limits: InputLimits) -> None:
+    """libyaml's events of ``text``: :class:`NotPlainError` for nesting deeper than the cap
+    or an explicit tag (the two readers scan and resolve some tags differently)."""
+    depth = 0
+    for event in iter(_CPARSER(text).get_event, None):
+        kind = event.__class__
+        if kind is ScalarEvent:
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")
+        elif kind is _SEQUENCE_START or kind is _MAPPING_START:
+            depth += 1
+            if depth > limits.yaml_depth:
+                raise NotPlainError("deep nesting")
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")
+        elif kind is SequenceEndEvent or kind is MappingEndEvent:
+            depth -= 1
+
+
 def compose_plain_yaml(text: str, *, limits: InputLimits = DEFAULT_LIMITS) -> Node | None:
     """The node tree of ``text``, composed by libyaml in C, or :class:`NotPlainError` when
     the fast reading might differ from :class:`BoundedSafeLoader`'s.
 
     For :func:`is_plain_yaml_text` texts that already passed :func:`bounded_loader` (size,
-    line length, printable characters). A first pass over libyaml's events bounds the
-    nesting by ``yaml_depth`` before anything is composed, since libyaml's composer recurses
-    in C, and declines explicit tags; the tree composed is then checked against every other
+    line length, printable characters). Since libyaml's composer recurses in C, the nesting
+    is bounded by ``yaml_depth`` before anything is composed: by :func:`nesting_bound` when
+    the text has no `!`, else (or when that bound is over the cap) by a first pass over
+    libyaml's events, which also declines explicit tags; the tree composed is then checked against every other
     cap the bounded composer counts, and declined with any alias (a node reached twice) or
     implicit empty scalar (the two readers place it differently), and so is a `?` with a
     flow collection, leaving those, and every message, to the bounded composer. The resolver and the constructor stay PyYAML's.
@@ -475,21 +515,11 @@ def compose_plain_yaml(text: str, *, limits: InputLimits = DEFAULT_LIMITS) -> No
         # In a flow collection PyYAML ends a plain scalar at `?`, libyaml does not.
         raise NotPlainError("a `?` and a flow collection")
     # libyaml's composer recurses without a limit (a few thousand levels overflow a thread's
-    # stack); its parser keeps a stack instead, so its events bound the depth first.
-    depth = 0
-    for event in iter(_CPARSER(text).get_event, None):
-        kind = event.__class__
-        if kind is ScalarEvent:
-            if event.tag is not None:
-                raise NotPlainError("an explicit tag")  # the two scan and resolve some differently
-        elif kind is _SEQUENCE_START or kind is _MAPPING_START:
-            depth += 1
-            if depth > limits.yaml_depth:
-                raise NotPlainError("deep nesting")
-            if event.tag is not None:
-                raise NotPlainError("an explicit tag")
-        elif kind is SequenceEndEvent or kind is MappingEndEvent:
-            depth -= 1
+    # stack); its parser keeps a stack instead, so its events bound the depth first, unless
+    # the text itself does: no `!` (so no explicit tag) and too few indicators to nest deeper
+    # than the cap (the pass costs about as much as composing).
+    if "!" in text or nesting_bound(text) > limits.yaml_depth:
+        _check_events(text, limits)
     root: Node | None = _LibyamlComposer(text).get_single_node()
     if root is None:
         return None
