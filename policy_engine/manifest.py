@@ -320,6 +320,14 @@ class _Source:
             pointer = pointer.rsplit("/", 1)[0]
         return self.values.get(pointer, Span(self.file, 0, 0))
 
+    def position(self, pointer: str) -> tuple[int, int]:
+        """The line and column where the field at ``pointer`` starts, ``(0, 0)`` if unknown."""
+        values = self.values
+        if isinstance(values, _Spans):
+            return values.start(pointer)
+        where = values.get(pointer)
+        return (where.line, where.column) if where is not None else (0, 0)
+
     def diagnostic(
         self, pointer: str, message: str, hint: str | None = None, *,
         span: Span | None = None, key: bool = False,
@@ -545,6 +553,15 @@ class _Spans(Mapping[str, Span]):
 
     def __getitem__(self, pointer: str) -> Span:
         return _node_span(self._nodes[pointer], self._file)
+
+    def start(self, pointer: str) -> tuple[int, int]:
+        """The 1-based line and column of the span's start (``(0, 0)`` without one), without
+        making the span."""
+        node = self._nodes.get(pointer)
+        if node is None:
+            return 0, 0
+        mark = node.start_mark
+        return mark.line + 1, mark.column + 1
 
     def __contains__(self, pointer: object) -> bool:
         return pointer in self._nodes
@@ -875,12 +892,7 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
         pointer = f"/permissions/{index}"
         simple = _simple_entry(entry)
         if simple is not None:
-            where = source.values.get(pointer)
-            declared.append(DeclaredPermission(
-                action=simple[0], permissions=simple[1], scopes=simple[2], text=entry, pointer=pointer,
-                line=where.line if where is not None else 0,
-                column=where.column if where is not None else 0,
-            ))
+            declared.append(DeclaredPermission(*simple, entry, pointer, *source.position(pointer)))
             continue
         try:
             grant = parse_grant(entry, source.file)
@@ -943,6 +955,8 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
     return tuple(declared), problems
 
 
+# Entries repeat across manifests (`network:request`, `file:read /srv/**`): each is read once.
+@functools.lru_cache(maxsize=1024)
 def _simple_entry(entry: str) -> tuple[str, frozenset[Permission], tuple[str, ...]] | None:
     """The action, its permissions and the scope of the commonest entry: a known action and at
     most one scope, in the shape the grant fast path takes (printable ASCII without quotes,
