@@ -45,7 +45,7 @@ from .nodes import PolicyFile
 from .parser import parse_policy
 from .policyset import read_policy_sets
 from .settings import EMPTY_OVERLAY, Effective, Limits, Timeouts, resolve
-from .table import DecisionTable, PluginFacts, PluginTable, build_plugin_table
+from .table import DecisionTable, PluginFacts, PluginTable, SharedRules, build_plugin_table
 
 __all__ = ["AUDIT_LOGGER_NAME", "CacheInfo", "Engine", "default_variables", "read_policy_sources"]
 
@@ -451,6 +451,7 @@ class Engine:
         built: dict[str, tuple[Any, PluginTable, list[Diagnostic]]] = {}
         before = previous.built if previous is not None else {}
         wildcard_rules = tuple(wildcard)
+        shared: SharedRules = {}
         if previous is not None and previous.wildcard_rules == wildcard_rules:
             wildcard_rules = previous.wildcard_rules  # identical objects compare fastest below
         # A manifest already in force under its name is considered first, so a new directory
@@ -481,7 +482,7 @@ class Engine:
                 _, table, scope_problems = known
                 scope_problems = list(scope_problems)
             else:
-                table, scope_problems = self._table_for(policy, manifest, rules_by_plugin, wildcard)
+                table, scope_problems = self._table_for(policy, manifest, rules_by_plugin, wildcard, shared)
             if inputs is not None:
                 built[manifest.name] = (inputs, table, list(scope_problems))
             if scope_problems and self._strict:
@@ -532,6 +533,7 @@ class Engine:
         manifest: PluginMetadata,
         rules_by_plugin: Mapping[str, tuple[CompiledRule, ...]],
         wildcard: Sequence[CompiledRule],
+        shared: SharedRules | None = None,
     ) -> tuple[PluginTable, list[Diagnostic]]:
         declared: dict[Any, list[tuple[str, ...]]] = {}
         pointers: dict[Any, str] = {}
@@ -559,7 +561,7 @@ class Engine:
             manifest_file=str(manifest.manifest_path or "<manifest>"),
         )
         rules = (*rules_by_plugin.get(manifest.name, ()), *wildcard)
-        return build_plugin_table(policy, facts, rules)
+        return build_plugin_table(policy, facts, rules, shared)
 
     # Deciding ---------------------------------------------------------------------------
 
