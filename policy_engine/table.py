@@ -544,7 +544,8 @@ def build_plugin_table(
             if table_rule is None:
                 continue
             placed = _placed(rule, table_rule)
-            if shared is not None and _is_plugin_independent(rule):
+            # A rule naming one plugin is placed once anyway.
+            if shared is not None and (rule.plugins is None or len(rule.plugins) > 1) and _is_plugin_independent(rule):
                 shared[id(rule)] = (rule, placed)
         target = allows if rule.effect is Effect.ALLOW else denies
         for permission, per_kind in placed:
