@@ -195,6 +195,19 @@ def test_engine_agrees_with_the_reference(rules: list[str], manifests: list[dict
         _same(ttl.decide(*request), want)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_rules(), min_size=3, max_size=10), _manifests())
+def test_rules_kept_across_the_plugins_of_a_build_give_the_tables_built_alone(
+        rules: list[str], manifests: list[dict[str, Any]]) -> None:
+    # A build specialises a rule that is the same for every plugin once (`shared`): each
+    # table equals the one built for that plugin alone, with nothing kept.
+    engine = Engine.from_source("\n".join(rules), [_plugin_manifest(m) for m in manifests], {"home": "/home/u"})
+    state = engine._state
+    for name, manifest in state.manifests.items():
+        alone, _ = Engine._table_for(state.policy, manifest, state.rules_by_plugin, state.wildcard_rules)
+        assert engine.plugin_table(name) == alone
+
+
 def test_a_worker_table_rebuilt_from_the_wire_agrees_with_the_host() -> None:
     from policy_engine.enforcement.host.spec import wire_table
     from policy_engine.enforcement.wire import WireTable
