@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -167,15 +167,17 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
     return read_bounded_file_resolved(path, max_bytes, cap=cap)[1]
 
 
-def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str) -> tuple[str, bytes]:
-    """:func:`read_bounded_file`, with the resolved path it opened."""
+def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str,
+                               resolve: Callable[[str], str] = os.path.realpath) -> tuple[str, bytes]:
+    """:func:`read_bounded_file`, with the resolved path it opened (``resolve`` is
+    :func:`os.path.realpath` or one that answers the same, such as :func:`realpath_below`'s)."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         raise OSError(errno.EINVAL, f"it is {describe_file_type(info.st_mode)}, not a regular file")
     if info.st_size > max_bytes:
         raise InputLimitError([limit_diagnostic(
             path, f"the file has {info.st_size:,} bytes", cap, max_bytes)])
-    resolved = os.path.realpath(path)
+    resolved = resolve(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(resolved, flags)
     try:
@@ -195,6 +197,30 @@ def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str) -> tuple[
         raise InputLimitError([limit_diagnostic(path, f"the file has more than {max_bytes:,} bytes",
                                                 cap, max_bytes)])
     return resolved, b"".join(chunks)
+
+
+def realpath_below(root: str) -> Callable[[str], str]:
+    """:func:`os.path.realpath` for the many files of one directory ``root``, which it
+    resolves once: a path below it is resolved by looking up only its own components, and
+    whenever one of them is a link (or the path is not plainly below ``root``) by
+    :func:`os.path.realpath` itself. ``realpath(root/a/b)`` resolves ``root`` first and then
+    keeps each component that is not a link as it is, so both answer the same."""
+    base = os.path.realpath(root)
+    prefix = os.path.join(root, "")
+
+    def resolve(path: str) -> str:
+        if not path.startswith(prefix):
+            return os.path.realpath(path)
+        current = base
+        for part in path[len(prefix):].split("/"):
+            if part in ("", ".", ".."):
+                return os.path.realpath(path)
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                return os.path.realpath(path)
+        return current
+
+    return resolve
 
 
 class UndecodableLineError(ValueError):

@@ -25,6 +25,7 @@ from typing import Any
 import cachetools
 
 from . import codes
+from .bounded import realpath_below
 from .changes import ChangeDetector
 from .compiler import CompiledRule, PolicySet, RuleMemo, compile_policy
 from .decision import Decision, Reason, deny
@@ -383,12 +384,13 @@ class Engine:
         errors: list[ManifestError] = []
         detector = self._manifest_memo.setdefault(os.fspath(directory), ChangeDetector())
         seen: dict[str, tuple[bytes, PluginMetadata | None]] = {}
+        resolve_path = realpath_below(str(Path(directory)))
         for path in discover_manifests(directory):
             key = str(path)
             # Read once (bounded, as load_manifest reads it): the content the detector
             # compares is the resolved path and the bytes.
             try:
-                file_path, manifest_path, data = read_manifest_file(path)
+                file_path, manifest_path, data = read_manifest_file(path, resolve=resolve_path)
             except ManifestError as exc:
                 errors.append(exc)
                 continue
@@ -816,9 +818,10 @@ class Engine:
     def _plugin_contents(self) -> dict[str, bytes | str]:
         contents: dict[str, bytes | str] = {}
         for directory in self._plugin_dirs:
+            resolve_path = realpath_below(str(Path(directory)))
             for path in discover_manifests(directory):
                 try:  # bounded, and compared as the load's change detector compares it
-                    contents[str(path)] = _compared(*read_manifest_file(path)[1:])
+                    contents[str(path)] = _compared(*read_manifest_file(path, resolve=resolve_path)[1:])
                 except ManifestError as exc:
                     contents[str(path)] = f"unreadable: {exc}"
         state = self._state

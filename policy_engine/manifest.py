@@ -181,15 +181,18 @@ def load_manifest(path: str | os.PathLike[str]) -> PluginMetadata:
     return manifest_from_bytes(raw, file_path, manifest_path)
 
 
-def read_manifest_file(path: str | os.PathLike[str]) -> tuple[Path, Path, bytes]:
+def read_manifest_file(path: str | os.PathLike[str], *,
+                       resolve: Callable[[str], str] = os.path.realpath) -> tuple[Path, Path, bytes]:
     """The first half of :func:`load_manifest`: the file as named, its absolute path and
-    its bytes (bounded). Raises :class:`ManifestError`."""
-    given = Path(path)
+    its bytes (bounded). ``resolve`` is :func:`os.path.realpath` or one that answers the same
+    (:func:`~policy_engine.bounded.realpath_below`). Raises :class:`ManifestError`."""
+    given = path if isinstance(path, Path) else Path(path)
     file_path = given
     try:
         if given.is_dir():
             file_path = given / MANIFEST_NAME
-        resolved, raw = read_bounded_file_resolved(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
+        resolved, raw = read_bounded_file_resolved(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes",
+                                                   resolve=resolve)
     except InputLimitError as exc:
         raise ManifestError(exc.diagnostics) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
