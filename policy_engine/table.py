@@ -660,6 +660,10 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
                 except ValueError:
                     continue  # invalid once filled in (an odd plugin_dir): the pattern matches nothing
         patterns = tuple(compiled)
+    if rule.plugins is not None and len(rule.plugins) == 1:
+        # A rule of one plugin's own is specialised once per build: nothing to share, and
+        # remembering it would cost a hash of its patterns and push out what is shared.
+        return TableRule(rule.ref, patterns, when, unless, error)
     return _table_rule(rule.ref, patterns, when, unless, error)
 
 
