@@ -18,11 +18,13 @@ only exception these functions raise.
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,21 +240,36 @@ def discover_manifests(directory: str | os.PathLike[str]) -> tuple[Path, ...]:
     if _holds_manifest(root):
         return (root / MANIFEST_NAME,)
     try:
-        children = list(root.iterdir())
+        names = os.listdir(root)
     except (OSError, ValueError) as exc:
         raise ManifestError([Diagnostic(
             f"cannot list the plugins directory: {_reason(exc)}", Span(str(root), 0, 0)
         )]) from None
-    return tuple(sorted(child / MANIFEST_NAME for child in children if _holds_manifest(child)))
+    # The paths differ only in the child's name, so they sort as the names do; a Path is
+    # made for each manifest found, once.
+    base = str(root)
+    found = sorted(name for name in names if _holds_manifest_file(os.path.join(base, name, MANIFEST_NAME)))
+    return tuple(root.joinpath(name, MANIFEST_NAME) for name in found)
 
 
 def _holds_manifest(directory: Path) -> bool:
+    return _holds_manifest_file(os.path.join(directory, MANIFEST_NAME))
+
+
+# What Path.is_file takes for "no such file" rather than a failure.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _holds_manifest_file(path: str) -> bool:
+    """Whether ``path`` is a regular file (links followed), or cannot be looked at: an
+    unreadable one (permission denied, say) is listed all the same, so that loading it
+    reports why instead of the plugin silently going missing."""
     try:
-        return (directory / MANIFEST_NAME).is_file()
-    except (OSError, ValueError):
-        # Unreadable (permission denied, say): list it all the same, so that loading it
-        # reports why instead of the plugin silently going missing.
-        return True
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        return exc.errno not in _ABSENT
+    except ValueError:  # a NUL byte: no such file
+        return False
 
 
 def _reason(exc: Exception) -> str:
