@@ -292,6 +292,8 @@ def check_text(text: str, *, name: str, max_chars: int, cap: str,
     if len(text) > max_chars:
         raise InputLimitError([limit_diagnostic(name, f"the text has {len(text):,} characters",
                                                 cap, max_chars)])
+    if len(text) <= limits.line_chars or max(map(len, text.split("\n"))) <= limits.line_chars:
+        return  # no line too long (found in C; the loop below names the first one)
     for number, length in _line_lengths(text):
         if length > limits.line_chars:
             raise InputLimitError([limit_diagnostic(
