@@ -250,20 +250,21 @@ def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
             else:
                 compiled_patterns.append(compiled)
         patterns = tuple(compiled_patterns)
-    for condition in (rule.when, rule.unless):
-        ok = _check_condition(ctx, condition) and ok
+    if rule.when is not None or rule.unless is not None:
+        for condition in (rule.when, rule.unless):
+            ok = _check_condition(ctx, condition) and ok
     if not ok:
         return None
     span = rule.span
     return CompiledRule(
-        ref=RuleRef(rule.effect, span.file, span.line, span.column, rule.text),
-        effect=rule.effect,
-        plugins=None if rule.plugins is None else ctx.shared(rule.plugins),
-        permissions=shared_permissions,
-        patterns=patterns,
-        when=rule.when,
-        unless=rule.unless,
-        node=rule,
+        RuleRef(rule.effect, span.file, span.line, span.column, rule.text),
+        rule.effect,
+        None if rule.plugins is None else ctx.shared(rule.plugins),
+        shared_permissions,
+        patterns,
+        rule.when,
+        rule.unless,
+        rule,
     )
 
 

@@ -539,7 +539,8 @@ def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagno
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
                     continue
-                child = f"{pointer}/{_escape(key_node.value)}"
+                name = key_node.value
+                child = f"{pointer}/{_escape(name) if '~' in name or '/' in name else name}"
                 identity = (str(key_node.tag), str(key_node.value))
                 if identity in first:
                     duplicates.append((child, _node_span(key_node, file), _node_span(first[identity], file)))
