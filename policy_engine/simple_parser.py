@@ -64,7 +64,10 @@ def source_text(raw: str) -> str:
 
 # The terminals, as in grammar/policy.lark (Lark's whitespace is common.WS).
 _WS = r"[ \t\f\r\n]"
-_STRING = r'"(?:[^"\\\n]|\\.)*"'
+# The grammar's STRING, its loop unrolled (the same strings, and the same ends in any
+# context: a string ends at its first unescaped quote), which Python's engine runs several
+# times faster than an alternation tried at every character.
+_STRING = r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
 _ACTION = r"(?:[a-z][a-z_]*:(?:\*|[a-z][a-z_]*)|\*)"
 # What may follow the last token of a statement here: whitespace, a comment or the end.
 _END = r"(?=[ \t\f\r\n#]|\Z)"
