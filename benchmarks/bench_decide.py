@@ -265,6 +265,10 @@ def measure(plugins: int, count: int, runs: int, classes: bool = False) -> dict[
         gc.collect()
         engine = Engine.from_source(policy, manifests, VARIABLES, freeze_collector=freeze)
         result[f"after build, frozen={freeze}"] = max(0.0, max(one_run(engine.decide, requests[:5000])) - OVERHEAD)
+    # What the frozen build froze would stay frozen for every later measure of this process
+    # (the load rows among them: a build leaves the collector alone where the host has
+    # frozen objects of its own).
+    gc.unfreeze()
     return result
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -167,15 +167,17 @@ def read_bounded_file(path: str, max_bytes: int, *, cap: str) -> bytes:
     return read_bounded_file_resolved(path, max_bytes, cap=cap)[1]
 
 
-def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str) -> tuple[str, bytes]:
-    """:func:`read_bounded_file`, with the resolved path it opened."""
+def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str,
+                               resolve: Callable[[str], str] = os.path.realpath) -> tuple[str, bytes]:
+    """:func:`read_bounded_file`, with the resolved path it opened (``resolve`` is
+    :func:`os.path.realpath` or one that answers the same, such as :func:`realpath_below`'s)."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         raise OSError(errno.EINVAL, f"it is {describe_file_type(info.st_mode)}, not a regular file")
     if info.st_size > max_bytes:
         raise InputLimitError([limit_diagnostic(
             path, f"the file has {info.st_size:,} bytes", cap, max_bytes)])
-    resolved = os.path.realpath(path)
+    resolved = resolve(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(resolved, flags)
     try:
@@ -195,6 +197,30 @@ def read_bounded_file_resolved(path: str, max_bytes: int, *, cap: str) -> tuple[
         raise InputLimitError([limit_diagnostic(path, f"the file has more than {max_bytes:,} bytes",
                                                 cap, max_bytes)])
     return resolved, b"".join(chunks)
+
+
+def realpath_below(root: str) -> Callable[[str], str]:
+    """:func:`os.path.realpath` for the many files of one directory ``root``, which it
+    resolves once: a path below it is resolved by looking up only its own components, and
+    whenever one of them is a link (or the path is not plainly below ``root``) by
+    :func:`os.path.realpath` itself. ``realpath(root/a/b)`` resolves ``root`` first and then
+    keeps each component that is not a link as it is, so both answer the same."""
+    base = os.path.realpath(root)
+    prefix = os.path.join(root, "")
+
+    def resolve(path: str) -> str:
+        if not path.startswith(prefix):
+            return os.path.realpath(path)
+        current = base
+        for part in path[len(prefix):].split("/"):
+            if part in ("", ".", ".."):
+                return os.path.realpath(path)
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                return os.path.realpath(path)
+        return current
+
+    return resolve
 
 
 class UndecodableLineError(ValueError):
@@ -266,6 +292,8 @@ def check_text(text: str, *, name: str, max_chars: int, cap: str,
     if len(text) > max_chars:
         raise InputLimitError([limit_diagnostic(name, f"the text has {len(text):,} characters",
                                                 cap, max_chars)])
+    if len(text) <= limits.line_chars or max(map(len, text.split("\n"))) <= limits.line_chars:
+        return  # no line too long (found in C; the loop below names the first one)
     for number, length in _line_lengths(text):
         if length > limits.line_chars:
             raise InputLimitError([limit_diagnostic(
@@ -457,14 +485,54 @@ def has_libyaml() -> bool:
 _SEQUENCE_START, _MAPPING_START = yaml.SequenceStartEvent, yaml.MappingStartEvent
 
 
+def nesting_bound(text: str) -> int:
+    """At least the nesting depth of the collections libyaml reads from the plain text
+    ``text`` (see :func:`is_plain_yaml_text`), counted without reading it.
+
+    Every collection opens at an indicator of its own: a flow collection at its `[` or `{`,
+    a block sequence at its first `-` entry (followed by a space, a line break or the end), a
+    mapping at the `:` or `?` of its first key; so the count of the characters that can be
+    one bounds how many collections, let alone how deep. Out of a flow collection a `:` is an
+    indicator only before a space, a line break or the end; in one (a single pair in a flow
+    sequence, a JSON-like key), any `:` may be.
+    """
+    flow = text.count("[") + text.count("{")
+    if flow:
+        colons = text.count(":")
+    else:
+        colons = text.count(": ") + text.count(":\n") + text.endswith(":")
+    dashes = text.count("- ") + text.count("-\n") + text.endswith("-")
+    return flow + colons + dashes + text.count("?")
+
+
+def _check_events(text: str, limits: InputLimits) -> None:
+    """libyaml's events of ``text``: :class:`NotPlainError` for nesting deeper than the cap
+    or an explicit tag (the two readers scan and resolve some tags differently)."""
+    depth = 0
+    for event in iter(_CPARSER(text).get_event, None):
+        kind = event.__class__
+        if kind is ScalarEvent:
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")
+        elif kind is _SEQUENCE_START or kind is _MAPPING_START:
+            depth += 1
+            if depth > limits.yaml_depth:
+                raise NotPlainError("deep nesting")
+            if event.tag is not None:
+                raise NotPlainError("an explicit tag")
+        elif kind is SequenceEndEvent or kind is MappingEndEvent:
+            depth -= 1
+
+
 def compose_plain_yaml(text: str, *, limits: InputLimits = DEFAULT_LIMITS) -> Node | None:
     """The node tree of ``text``, composed by libyaml in C, or :class:`NotPlainError` when
     the fast reading might differ from :class:`BoundedSafeLoader`'s.
 
     For :func:`is_plain_yaml_text` texts that already passed :func:`bounded_loader` (size,
-    line length, printable characters). A first pass over libyaml's events bounds the
-    nesting by ``yaml_depth`` before anything is composed, since libyaml's composer recurses
-    in C, and declines explicit tags; the tree composed is then checked against every other
+    line length, printable characters). Since libyaml's composer recurses in C, the nesting
+    is bounded by ``yaml_depth`` before anything is composed: by :func:`nesting_bound` when
+    the text has no `!`, else (or when that bound is over the cap) by a first pass over
+    libyaml's events, which also declines explicit tags; the tree composed is then checked against every other
     cap the bounded composer counts, and declined with any alias (a node reached twice) or
     implicit empty scalar (the two readers place it differently), and so is a `?` with a
     flow collection, leaving those, and every message, to the bounded composer. The resolver and the constructor stay PyYAML's.
@@ -475,21 +543,11 @@ def compose_plain_yaml(text: str, *, limits: InputLimits = DEFAULT_LIMITS) -> No
         # In a flow collection PyYAML ends a plain scalar at `?`, libyaml does not.
         raise NotPlainError("a `?` and a flow collection")
     # libyaml's composer recurses without a limit (a few thousand levels overflow a thread's
-    # stack); its parser keeps a stack instead, so its events bound the depth first.
-    depth = 0
-    for event in iter(_CPARSER(text).get_event, None):
-        kind = event.__class__
-        if kind is ScalarEvent:
-            if event.tag is not None:
-                raise NotPlainError("an explicit tag")  # the two scan and resolve some differently
-        elif kind is _SEQUENCE_START or kind is _MAPPING_START:
-            depth += 1
-            if depth > limits.yaml_depth:
-                raise NotPlainError("deep nesting")
-            if event.tag is not None:
-                raise NotPlainError("an explicit tag")
-        elif kind is SequenceEndEvent or kind is MappingEndEvent:
-            depth -= 1
+    # stack); its parser keeps a stack instead, so its events bound the depth first, unless
+    # the text itself does: no `!` (so no explicit tag) and too few indicators to nest deeper
+    # than the cap (the pass costs about as much as composing).
+    if "!" in text or nesting_bound(text) > limits.yaml_depth:
+        _check_events(text, limits)
     root: Node | None = _LibyamlComposer(text).get_single_node()
     if root is None:
         return None

@@ -116,6 +116,11 @@ class PolicySet:
         return frozenset(named)
 
 
+#: A pattern text checked for a set of kinds: the kinds it is valid for (None: for none,
+#: with the first error), whether it has per-plugin variables, what each valid kind compiled to.
+_Checked = tuple["frozenset[ResourceKind] | None", bool, "tuple[Pattern, ...] | None", "PatternError | None"]
+
+
 @dataclass
 class _Context:
     files: Sequence[nodes.PolicyFile]
@@ -127,6 +132,11 @@ class _Context:
     # Equal frozensets (a rule's plugins, its permissions, a pattern's kinds) as one object:
     # each costs at least 216 bytes, and tens of thousands of rules repeat a few dozen.
     frozen: dict[frozenset[Any], frozenset[Any]] = field(default_factory=dict)
+    # What a rule's permissions are scoped to, per (shared) set of permissions.
+    kinds: dict[frozenset[Permission], frozenset[ResourceKind]] = field(default_factory=dict)
+    # The check of each (variable-filled) pattern text for a set of kinds, done once: tens of
+    # thousands of rules repeat a shared directory, a host, a wildcard.
+    checked: dict[tuple[str, frozenset[ResourceKind]], _Checked] = field(default_factory=dict)
 
     def shared(self, items: Iterable[_T]) -> frozenset[_T]:
         """``frozenset(items)``, the same object for equal sets within one compile."""
@@ -226,7 +236,10 @@ def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
             ok = False
         else:
             permissions |= expanded
-    kinds = frozenset(p.kind for p in permissions)
+    shared_permissions = ctx.shared(permissions)
+    kinds = ctx.kinds.get(shared_permissions)
+    if kinds is None:
+        kinds = ctx.kinds[shared_permissions] = frozenset(p.kind for p in shared_permissions)
     patterns: tuple[CompiledPattern, ...] | None = None
     if rule.patterns is not None:
         compiled_patterns = []
@@ -237,20 +250,21 @@ def _compile_rule(ctx: _Context, rule: nodes.Rule) -> CompiledRule | None:
             else:
                 compiled_patterns.append(compiled)
         patterns = tuple(compiled_patterns)
-    for condition in (rule.when, rule.unless):
-        ok = _check_condition(ctx, condition) and ok
+    if rule.when is not None or rule.unless is not None:
+        for condition in (rule.when, rule.unless):
+            ok = _check_condition(ctx, condition) and ok
     if not ok:
         return None
     span = rule.span
     return CompiledRule(
-        ref=RuleRef(rule.effect, span.file, span.line, span.column, rule.text),
-        effect=rule.effect,
-        plugins=None if rule.plugins is None else ctx.shared(rule.plugins),
-        permissions=ctx.shared(permissions),
-        patterns=patterns,
-        when=rule.when,
-        unless=rule.unless,
-        node=rule,
+        RuleRef(rule.effect, span.file, span.line, span.column, rule.text),
+        rule.effect,
+        None if rule.plugins is None else ctx.shared(rule.plugins),
+        shared_permissions,
+        patterns,
+        rule.when,
+        rule.unless,
+        rule,
     )
 
 
@@ -262,6 +276,8 @@ def expand_variables(
     ``{plugin}`` and ``{plugin_dir}`` stay for per-plugin filling.
     """
     unknown: list[str] = []
+    if "{" not in text:
+        return text, unknown
 
     def fill(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -313,23 +329,28 @@ def _compile_pattern(
         return None
     if not kinds:
         return None
-    valid, error = checked_pattern(text, kinds)
-    if not valid:
+    key = (text, kinds)
+    checked = ctx.checked.get(key)
+    if checked is None:
+        checked = ctx.checked[key] = _check(ctx, text, kinds)
+    valid_kinds, per_plugin, compiled, error = checked
+    if valid_kinds is None:
         assert error is not None
         ctx.error(f"invalid pattern `{pattern.text}`: {error}", pattern.span, error.hint, code=codes.INVALID_PATTERN)
         return None
+    return CompiledPattern(text, pattern.text, per_plugin, valid_kinds, pattern.span, compiled)
+
+
+def _check(ctx: _Context, text: str, kinds: frozenset[ResourceKind]) -> _Checked:
+    valid, error = checked_pattern(text, kinds)
+    if not valid:
+        return None, False, None, error
     per_plugin = "{" in text and any(f"{{{v}}}" in text for v in PLUGIN_VARIABLES)
-    kinds = ctx.shared(valid)
-    return CompiledPattern(
-        text=text,
-        source=pattern.text,
-        per_plugin=per_plugin,
-        kinds=kinds,
-        span=pattern.span,
-        # In the order of `kinds`, as the tables take them.
-        compiled=None if per_plugin else tuple(
-            ctx.patterns.setdefault((kind, text), valid[kind]) for kind in kinds),
-    )
+    valid_kinds = ctx.shared(valid)
+    # In the order of `valid_kinds`, as the tables take them.
+    compiled = None if per_plugin else tuple(
+        ctx.patterns.setdefault((kind, text), valid[kind]) for kind in valid_kinds)
+    return valid_kinds, per_plugin, compiled, None
 
 
 def _check_condition(ctx: _Context, condition: nodes.Condition | None) -> bool:

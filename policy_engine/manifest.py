@@ -18,11 +18,13 @@ only exception these functions raise.
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,15 +183,18 @@ def load_manifest(path: str | os.PathLike[str]) -> PluginMetadata:
     return manifest_from_bytes(raw, file_path, manifest_path)
 
 
-def read_manifest_file(path: str | os.PathLike[str]) -> tuple[Path, Path, bytes]:
+def read_manifest_file(path: str | os.PathLike[str], *,
+                       resolve: Callable[[str], str] = os.path.realpath) -> tuple[Path, Path, bytes]:
     """The first half of :func:`load_manifest`: the file as named, its absolute path and
-    its bytes (bounded). Raises :class:`ManifestError`."""
-    given = Path(path)
+    its bytes (bounded). ``resolve`` is :func:`os.path.realpath` or one that answers the same
+    (:func:`~policy_engine.bounded.realpath_below`). Raises :class:`ManifestError`."""
+    given = path if isinstance(path, Path) else Path(path)
     file_path = given
     try:
         if given.is_dir():
             file_path = given / MANIFEST_NAME
-        resolved, raw = read_bounded_file_resolved(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes")
+        resolved, raw = read_bounded_file_resolved(str(file_path), DEFAULT_LIMITS.yaml_bytes, cap="yaml_bytes",
+                                                   resolve=resolve)
     except InputLimitError as exc:
         raise ManifestError(exc.diagnostics) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
@@ -235,21 +240,36 @@ def discover_manifests(directory: str | os.PathLike[str]) -> tuple[Path, ...]:
     if _holds_manifest(root):
         return (root / MANIFEST_NAME,)
     try:
-        children = list(root.iterdir())
+        names = os.listdir(root)
     except (OSError, ValueError) as exc:
         raise ManifestError([Diagnostic(
             f"cannot list the plugins directory: {_reason(exc)}", Span(str(root), 0, 0)
         )]) from None
-    return tuple(sorted(child / MANIFEST_NAME for child in children if _holds_manifest(child)))
+    # The paths differ only in the child's name, so they sort as the names do; a Path is
+    # made for each manifest found, once.
+    base = str(root)
+    found = sorted(name for name in names if _holds_manifest_file(os.path.join(base, name, MANIFEST_NAME)))
+    return tuple(root.joinpath(name, MANIFEST_NAME) for name in found)
 
 
 def _holds_manifest(directory: Path) -> bool:
+    return _holds_manifest_file(os.path.join(directory, MANIFEST_NAME))
+
+
+# What Path.is_file takes for "no such file" rather than a failure.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _holds_manifest_file(path: str) -> bool:
+    """Whether ``path`` is a regular file (links followed), or cannot be looked at: an
+    unreadable one (permission denied, say) is listed all the same, so that loading it
+    reports why instead of the plugin silently going missing."""
     try:
-        return (directory / MANIFEST_NAME).is_file()
-    except (OSError, ValueError):
-        # Unreadable (permission denied, say): list it all the same, so that loading it
-        # reports why instead of the plugin silently going missing.
-        return True
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        return exc.errno not in _ABSENT
+    except ValueError:  # a NUL byte: no such file
+        return False
 
 
 def _reason(exc: Exception) -> str:
@@ -319,6 +339,14 @@ class _Source:
         while pointer not in self.values and pointer:
             pointer = pointer.rsplit("/", 1)[0]
         return self.values.get(pointer, Span(self.file, 0, 0))
+
+    def position(self, pointer: str) -> tuple[int, int]:
+        """The line and column where the field at ``pointer`` starts, ``(0, 0)`` if unknown."""
+        values = self.values
+        if isinstance(values, _Spans):
+            return values.start(pointer)
+        where = values.get(pointer)
+        return (where.line, where.column) if where is not None else (0, 0)
 
     def diagnostic(
         self, pointer: str, message: str, hint: str | None = None, *,
@@ -511,7 +539,8 @@ def _locate(root: yaml.Node, file: str, text: str) -> tuple[_Source, list[Diagno
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
                     continue
-                child = f"{pointer}/{_escape(key_node.value)}"
+                name = key_node.value
+                child = f"{pointer}/{_escape(name) if '~' in name or '/' in name else name}"
                 identity = (str(key_node.tag), str(key_node.value))
                 if identity in first:
                     duplicates.append((child, _node_span(key_node, file), _node_span(first[identity], file)))
@@ -545,6 +574,15 @@ class _Spans(Mapping[str, Span]):
 
     def __getitem__(self, pointer: str) -> Span:
         return _node_span(self._nodes[pointer], self._file)
+
+    def start(self, pointer: str) -> tuple[int, int]:
+        """The 1-based line and column of the span's start (``(0, 0)`` without one), without
+        making the span."""
+        node = self._nodes.get(pointer)
+        if node is None:
+            return 0, 0
+        mark = node.start_mark
+        return mark.line + 1, mark.column + 1
 
     def __contains__(self, pointer: object) -> bool:
         return pointer in self._nodes
@@ -875,12 +913,7 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
         pointer = f"/permissions/{index}"
         simple = _simple_entry(entry)
         if simple is not None:
-            where = source.values.get(pointer)
-            declared.append(DeclaredPermission(
-                action=simple[0], permissions=simple[1], scopes=simple[2], text=entry, pointer=pointer,
-                line=where.line if where is not None else 0,
-                column=where.column if where is not None else 0,
-            ))
+            declared.append(DeclaredPermission(*simple, entry, pointer, *source.position(pointer)))
             continue
         try:
             grant = parse_grant(entry, source.file)
@@ -943,6 +976,8 @@ def _permissions(value: object, source: _Source) -> tuple[tuple[DeclaredPermissi
     return tuple(declared), problems
 
 
+# Entries repeat across manifests (`network:request`, `file:read /srv/**`): each is read once.
+@functools.lru_cache(maxsize=1024)
 def _simple_entry(entry: str) -> tuple[str, frozenset[Permission], tuple[str, ...]] | None:
     """The action, its permissions and the scope of the commonest entry: a known action and at
     most one scope, in the shape the grant fast path takes (printable ASCII without quotes,

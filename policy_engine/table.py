@@ -713,13 +713,22 @@ class PluginFacts:
     manifest_file: str = "<manifest>"
 
 
+#: What one build keeps of the rules that give every plugin the same table rules (no
+#: per-plugin template, no condition decided per plugin; most wildcard rules):
+#: ``id(rule) -> (rule, ((permission, table rule), ...))``.
+SharedRules = dict[int, tuple[CompiledRule, tuple[tuple[Permission, TableRule], ...]]]
+
+
 def build_plugin_table(
-    policy: PolicySet, facts: PluginFacts, rules: Iterable[CompiledRule]
+    policy: PolicySet, facts: PluginFacts, rules: Iterable[CompiledRule],
+    shared: SharedRules | None = None,
 ) -> tuple[PluginTable, list[Diagnostic]]:
     """Build one plugin's table from the rules that name it (or every plugin).
 
     Returns the table and the problems found in the manifest's scopes (unknown variables,
-    invalid patterns); an entry with a problem declares nothing.
+    invalid patterns); an entry with a problem declares nothing. ``shared``, one dict for
+    every table of one policy set, saves specialising the plugin-independent rules again
+    for each plugin.
     """
     problems: list[Diagnostic] = []
     pin = policy.pins.get(facts.name)
@@ -735,14 +744,20 @@ def build_plugin_table(
     allows: dict[Permission, list[TableRule]] = {}
     denies: dict[Permission, list[TableRule]] = {}
     for rule in rules:
-        table_rule = _specialise(rule, facts, frozen_attributes)
-        if table_rule is None:
-            continue
+        known = shared.get(id(rule)) if shared is not None else None
+        if known is not None and known[0] is rule:
+            placed = known[1]
+        else:
+            table_rule = _specialise(rule, facts, frozen_attributes)
+            if table_rule is None:
+                continue
+            placed = _placed(rule, table_rule)
+            # A rule naming one plugin is placed once anyway.
+            if shared is not None and (rule.plugins is None or len(rule.plugins) > 1) and _is_plugin_independent(rule):
+                shared[id(rule)] = (rule, placed)
         target = allows if rule.effect is Effect.ALLOW else denies
-        for permission in rule.permissions:
-            per_kind = _for_kind(table_rule, _KINDS[permission])
-            if per_kind is not None:
-                target.setdefault(permission, []).append(per_kind)
+        for permission, per_kind in placed:
+            target.setdefault(permission, []).append(per_kind)
 
     declared: dict[Permission, tuple[Pattern, ...] | None] = {}
     for permission, scope_lists in facts.declared.items():
@@ -802,6 +817,24 @@ def _resolved(defaults: Overlay, overlay: Overlay) -> Effective:
     return effective
 
 
+def _placed(rule: CompiledRule, table_rule: TableRule) -> tuple[tuple[Permission, TableRule], ...]:
+    """The table rule for each of the rule's permissions that it has patterns for."""
+    placed = []
+    for permission in rule.permissions:
+        per_kind = _for_kind(table_rule, _KINDS[permission])
+        if per_kind is not None:
+            placed.append((permission, per_kind))
+    return tuple(placed)
+
+
+def _is_plugin_independent(rule: CompiledRule) -> bool:
+    """Whether :func:`_specialise` gives every plugin the same table rule: no per-plugin
+    template, and no condition it decides for the plugin (those reading ``context`` stay)."""
+    return ((rule.when is None or references_context(rule.when))
+            and (rule.unless is None or references_context(rule.unless))
+            and (rule.patterns is None or all(p.compiled is not None for p in rule.patterns)))
+
+
 def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str, Any]) -> TableRule | None:
     """The rule for one plugin: plugin-only conditions decided now, templates filled in."""
     when, unless, error = rule.when, rule.unless, None
@@ -835,6 +868,10 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
                 except ValueError:
                     continue  # invalid once filled in (an odd plugin_dir): the pattern matches nothing
         patterns = tuple(compiled)
+    if rule.plugins is not None and len(rule.plugins) == 1:
+        # A rule of one plugin's own is specialised once per build: nothing to share, and
+        # remembering it would cost a hash of its patterns and push out what is shared.
+        return TableRule(rule.ref, patterns, when, unless, error)
     return _table_rule(rule.ref, patterns, when, unless, error)
 
 

@@ -100,3 +100,35 @@ def test_a_manifest_over_the_size_cap_is_refused_before_it_is_read(tmp_path: Pat
         handle.truncate(DEFAULT_LIMITS.yaml_bytes + 1)  # sparse: nothing to read if it tried
     with pytest.raises(ManifestError, match="`yaml_bytes`"):
         load_manifest(tmp_path)
+
+
+def test_realpath_below_answers_as_realpath(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from policy_engine.bounded import realpath_below
+
+    real = tmp_path / "real"
+    (real / "plain").mkdir(parents=True)
+    (real / "plain" / "plugin.yaml").write_text("a: 1\n")
+    (real / "elsewhere").mkdir()
+    (real / "elsewhere" / "plugin.yaml").write_text("a: 2\n")
+    (real / "linked").symlink_to(real / "elsewhere")  # a plugin directory that is a link
+    (real / "relative").symlink_to("elsewhere")
+    (real / "file-link").mkdir()
+    (real / "file-link" / "plugin.yaml").symlink_to(real / "plain" / "plugin.yaml")
+    (real / "dangling").mkdir()
+    (real / "dangling" / "plugin.yaml").symlink_to(tmp_path / "missing")
+    (real / "chain").symlink_to(real / "linked")
+    (real / "up").symlink_to("..")
+    (tmp_path / "root-link").symlink_to(real)  # the plugins directory itself a link
+    monkeypatch.chdir(tmp_path)
+    children = [p.name for p in real.iterdir()] + ["absent"]
+    for root in (str(real), str(tmp_path / "root-link"), "root-link", "real", "./real", "real/../real",
+                 "root-link/up/real"):
+        resolve = realpath_below(str(Path(root)))
+        for child in children:
+            for path in (Path(root) / child / "plugin.yaml", Path(root) / child, Path(root) / "plugin.yaml"):
+                assert resolve(str(path)) == os.path.realpath(str(path)), (root, path)
+        for other in (str(tmp_path / "real" / "plain" / "plugin.yaml"), "real2/x", f"{root}/./x", f"{root}//x",
+                      f"{root}/up/plain"):
+            assert resolve(other) == os.path.realpath(other), (root, other)

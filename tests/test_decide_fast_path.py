@@ -472,6 +472,41 @@ def test_a_build_moves_its_objects_out_of_the_collector_s_sight() -> None:
     assert gc.get_freeze_count() == 0  # the default leaves the collector alone
 
 
+def test_a_build_moves_its_objects_to_the_oldest_generation_unscanned() -> None:
+    gc.unfreeze()
+    engine = Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    table = engine.plugin_table("p")
+    assert any(item is table for item in gc.get_objects(2))
+    assert not any(item is table for item in (*gc.get_objects(0), *gc.get_objects(1)))
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+def test_a_build_leaves_the_host_s_frozen_objects_frozen() -> None:
+    gc.unfreeze()
+    kept = [[index] for index in range(100)]
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+        assert gc.get_freeze_count() == frozen  # not released by an unfreeze
+        assert not any(item is kept[0] for item in gc.get_objects())
+    finally:
+        gc.unfreeze()
+
+
+def test_a_build_collects_the_host_s_young_garbage_before_it_promotes() -> None:
+    class Node:
+        pass
+
+    gc.unfreeze()
+    node = Node()
+    node.self = node  # type: ignore[attr-defined]
+    gone = weakref.ref(node)
+    del node
+    Engine.from_source(_GC_POLICY, [_plugin_manifest(_manifest("p", ["file:read /srv/**"]))])
+    assert gone() is None  # not promoted to wait for a full collection
+
+
 def test_a_build_frees_the_process_s_cyclic_garbage_before_it_freezes() -> None:
     class Node:
         pass

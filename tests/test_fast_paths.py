@@ -195,6 +195,19 @@ def test_engine_agrees_with_the_reference(rules: list[str], manifests: list[dict
         _same(ttl.decide(*request), want)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_rules(), min_size=3, max_size=10), _manifests())
+def test_rules_kept_across_the_plugins_of_a_build_give_the_tables_built_alone(
+        rules: list[str], manifests: list[dict[str, Any]]) -> None:
+    # A build specialises a rule that is the same for every plugin once (`shared`): each
+    # table equals the one built for that plugin alone, with nothing kept.
+    engine = Engine.from_source("\n".join(rules), [_plugin_manifest(m) for m in manifests], {"home": "/home/u"})
+    state = engine._state
+    for name, manifest in state.manifests.items():
+        alone, _ = Engine._table_for(state.policy, manifest, state.rules_by_plugin, state.wildcard_rules)
+        assert engine.plugin_table(name) == alone
+
+
 def test_a_worker_table_rebuilt_from_the_wire_agrees_with_the_host() -> None:
     from policy_engine.enforcement.host.spec import wire_table
     from policy_engine.enforcement.wire import WireTable
@@ -736,6 +749,60 @@ def test_libyaml_s_composer_declines_what_the_bounded_composer_counts() -> None:
         with pytest.raises(NotPlainError):
             compose_plain_yaml(text, limits=small)
     assert compose_plain_yaml("a: [1, 2]\nb: {c: d}\n", limits=small) is not None
+
+
+def _event_depth(text: str) -> int:
+    import yaml
+
+    depth = deepest = 0
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+    return deepest
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_data, st.integers(0, 4), st.integers(0, 200),
+       st.sampled_from(["", ":", "- ", "-", "? ", "?", "[", "{", "\n- ", "\n  - ", "a:", ": ", "- - ", "[a:b]",
+                        '{"a":[', "\n", "#", "- a: - ", "<<: "]))
+def test_the_nesting_bound_is_never_below_libyaml_s_depth(data: Any, style: int, at: int, insert: str) -> None:
+    import yaml
+
+    from policy_engine.bounded import has_libyaml, is_plain_yaml_text, nesting_bound
+
+    if not has_libyaml():
+        pytest.skip("PyYAML without libyaml")
+    text = _texts_of(data)[style]
+    for candidate in (text, text[:at] + insert + text[at:], text.rstrip("\n"), insert * 3 + "x"):
+        if not is_plain_yaml_text(candidate):
+            continue
+        try:
+            depth = _event_depth(candidate)
+        except yaml.YAMLError:
+            continue  # no tree to compose
+        assert nesting_bound(candidate) >= depth, candidate
+
+
+def test_a_common_manifest_is_composed_without_the_events_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from policy_engine import bounded
+
+    if not bounded.has_libyaml():
+        pytest.skip("PyYAML without libyaml")
+    calls: list[str] = []
+    monkeypatch.setattr(bounded, "_check_events", lambda text, limits: calls.append(text))
+    manifest = {"name": "a", "version": "1.0.0", "type": "agent", "entry_point": "p:P",
+                "permissions": ["file:read /srv/**", "network:request", "config:read"]}
+    for text in (json.dumps(manifest, indent=1), "name: a\npermissions:\n  - file:read /srv/**\n"):
+        assert bounded.compose_plain_yaml(text) is not None
+    assert calls == []
+    for text in ("- " * 40 + "x\n", "a: !!str b\n"):  # deep enough to need it, or a tag
+        bounded.compose_plain_yaml(text)  # the stub declines nothing
+    assert len(calls) == 2
 
 
 def test_a_deeply_nested_manifest_cannot_overflow_a_thread_s_stack() -> None:

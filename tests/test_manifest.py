@@ -801,3 +801,21 @@ def test_random_bytes_only_raise_manifest_error(data: bytes) -> None:
         path = Path(directory) / MANIFEST_NAME
         path.write_bytes(data)
         check_contract(load_manifest, path)
+
+
+def test_discovery_lists_and_sorts_as_paths_do(tmp_path: Path) -> None:
+    from policy_engine.manifest import MANIFEST_NAME, discover_manifests
+
+    for name in ("a", "a-b", "a.b", "a b", "A", "ä", "a0", "_x", "b", "no-manifest", "manifest-dir"):
+        (tmp_path / name).mkdir()
+    for name in ("a", "a-b", "a.b", "a b", "A", "ä", "a0", "_x", "b"):
+        (tmp_path / name / MANIFEST_NAME).write_text("name: x\n")
+    (tmp_path / "file").write_text("not a directory\n")
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "manifest-dir" / MANIFEST_NAME).mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    want = tuple(sorted(child / MANIFEST_NAME for child in tmp_path.iterdir() if (child / MANIFEST_NAME).is_file()))
+    assert discover_manifests(tmp_path) == want
+    assert [p.parent.name for p in want] == ["A", "_x", "a", "a b", "a-b", "a.b", "a0", "b", "link", "ä"]
+    assert discover_manifests(tmp_path / "a") == (tmp_path / "a" / MANIFEST_NAME,)
