@@ -561,21 +561,28 @@ def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[
     normal text (a path, a name, a host's ``host:port``), and the predicate of the rest."""
     if not patterns:
         return None
-    key = (id(patterns), code == _HOST_CODE)
+    host = code == _HOST_CODE
+    key = (id(patterns), host)
     known = _IN_LINE.get(key)
     if known is not None and known[0] is patterns:
         return known[1]
-    shape = host_shape(patterns) if code == _HOST_CODE else prefix_shape(patterns)
+    shape = _equal_in_line(host, patterns)
     if len(_IN_LINE) >= _IN_LINE_SIZE:
         _IN_LINE.clear()
     _IN_LINE[key] = (patterns, shape)
     return shape
 
 
-# Remembered by identity: the patterns of a wildcard rule and of a manifest line many plugins
-# share are one tuple (see `_table_rule`, `_declared_pattern`) and are worked out once, not
-# once per plugin; a hash of the patterns (each one's own `__hash__`) would cost more than
-# the work. Each entry holds its tuple, so the id stays that tuple's while it is remembered.
+@functools.lru_cache(maxsize=4096)
+def _equal_in_line(host: bool, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[str, ...], Matcher | None] | None:
+    return host_shape(patterns) if host else prefix_shape(patterns)
+
+
+# Remembered by identity first (the patterns of a wildcard rule are one tuple in every
+# plugin's table: see `_table_rule`), then by value: a manifest line many plugins share is an
+# equal tuple in each, and gets the same strings and predicate, so that what `decide` reads
+# for it is one set of objects, in cache, not one per plugin. Each entry holds its tuple, so
+# the id stays that tuple's while it is remembered.
 _IN_LINE: dict[tuple[int, bool], tuple[tuple[Pattern, ...], tuple[Prefixes, tuple[str, ...], Matcher | None] | None]] = {}
 _IN_LINE_SIZE = 8192
 #: The gates of the records, by the identities of their parts (each gate holds its parts, so
