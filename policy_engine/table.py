@@ -562,28 +562,24 @@ def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[
     if not patterns:
         return None
     host = code == _HOST_CODE
-    key = (id(patterns), host)
+    key = (host, *map(id, patterns))
     known = _IN_LINE.get(key)
-    if known is not None and known[0] is patterns:
+    if known is not None and known[0] == patterns:  # the same pattern objects (`==` sees that first)
         return known[1]
-    shape = _equal_in_line(host, patterns)
+    shape = host_shape(patterns) if host else prefix_shape(patterns)
     if len(_IN_LINE) >= _IN_LINE_SIZE:
         _IN_LINE.clear()
     _IN_LINE[key] = (patterns, shape)
     return shape
 
 
-@functools.lru_cache(maxsize=4096)
-def _equal_in_line(host: bool, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[str, ...], Matcher | None] | None:
-    return host_shape(patterns) if host else prefix_shape(patterns)
-
-
-# Remembered by identity first (the patterns of a wildcard rule are one tuple in every
-# plugin's table: see `_table_rule`), then by value: a manifest line many plugins share is an
-# equal tuple in each, and gets the same strings and predicate, so that what `decide` reads
-# for it is one set of objects, in cache, not one per plugin. Each entry holds its tuple, so
-# the id stays that tuple's while it is remembered.
-_IN_LINE: dict[tuple[int, bool], tuple[tuple[Pattern, ...], tuple[Prefixes, tuple[str, ...], Matcher | None] | None]] = {}
+# Remembered by the identities of the patterns: a wildcard rule's patterns, and a manifest
+# line many plugins share, are the same pattern objects in every plugin's table (see
+# `_table_rule`, `cached_pattern`), and get the same strings and predicate, so that what
+# `decide` reads for them is one set of objects, in cache, not one per plugin. A hash of the
+# patterns themselves (each one's `__hash__`, in Python) would cost more than the work. Each
+# entry holds its patterns, so the ids stay theirs while it is remembered.
+_IN_LINE: dict[tuple[Any, ...], tuple[tuple[Pattern, ...], tuple[Prefixes, tuple[str, ...], Matcher | None] | None]] = {}
 _IN_LINE_SIZE = 8192
 #: The gates of the records, by the identities of their parts (each gate holds its parts, so
 #: the ids stay theirs while it is remembered; equal parts are as good as the same ones).
