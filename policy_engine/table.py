@@ -212,8 +212,12 @@ class PluginTable:
     #: The normalised plugin directory, for the implicit reads of the plugin's code files.
     _code_dir: str | None = field(init=False, compare=False, repr=False)
     #: ``decide``'s view of the entries: one :data:`_Record` per permission (by
-    #: ``_ACTION_INDEX``), None where the plugin has no entry.
-    _records: tuple[_Record | None, ...] = field(init=False, compare=False, repr=False)
+    #: ``_ACTION_INDEX``), None where the plugin has no entry, each made when a request first
+    #: needs it (``_UNBUILT`` until then: a load does not pay for the records of permissions
+    #: nobody asks about). The list is shared by every decision table that holds this plugin
+    #: table, so a reload keeps the records of the plugins it did not rebuild. Filling a slot
+    #: is one assignment; two threads that fill it at once store equal records.
+    _records: list[Any] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         by_action: dict[str, ActionEntry] = dict(self.entries)  # type: ignore[arg-type]
@@ -224,9 +228,7 @@ class PluginTable:
             normal = os.path.normpath(code_dir)
             code_dir = code_dir if normal == code_dir else normal
         object.__setattr__(self, "_code_dir", code_dir)
-        object.__setattr__(self, "_records", tuple(
-            None if (entry := by_action.get(action)) is None else _record(entry, self, _CODES[action])
-            for action in _ACTIONS))
+        object.__setattr__(self, "_records", [_UNBUILT if action in by_action else None for action in _ACTIONS])
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,13 +240,12 @@ class DecisionTable:
     #: Which build of the engine this table is; every decision it makes carries it.
     revision: int = 0
     #: The plugins ``decide``'s fast path serves (enabled and not failing their pin), each as
-    #: its table's ``_records`` followed by the table itself: a request reaches its rules
-    #: without touching the table.
-    _open: dict[str, tuple[Any, ...]] = field(init=False, compare=False, repr=False)
+    #: its table's ``_records``: a request reaches its rules without touching the table.
+    _open: dict[str, list[Any]] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_open", {
-            name: (*table._records, table) for name, table in self.plugins.items()
+            name: table._records for name, table in self.plugins.items()
             if table.enabled and table.pin is not PinStatus.MISMATCH
         })
 
@@ -282,10 +283,12 @@ class DecisionTable:
             records = self._open.get(plugin)
             if records is not None and (index := _ACTION_INDEX.get(action)) is not None and (
                     record := records[index]) is not None:
+                if record is _UNBUILT:
+                    record = _fill(self.plugins[plugin], index)
                 if resource.__class__ is not str or not record[0]:
                     if resource is not None and resource.__class__ is not str:
                         return self._decide_general(plugin, action, resource, context)
-                    return _run(record[-1], record[1], records[_TABLE], plugin, action, resource, context,
+                    return _run(record[-1], record[1], self.plugins[plugin], plugin, action, resource, context,
                                 self.revision)
                 if TYPE_CHECKING:
                     assert isinstance(resource, str)
@@ -340,7 +343,7 @@ class DecisionTable:
                 else:
                     declared = declared_test is None or declared_test(normalised)
                 if not declared:  # `_evaluate` names the rules that would grant it
-                    return _evaluate(entry, records[_TABLE], plugin, action, resource, normalised, context,
+                    return _evaluate(entry, self.plugins[plugin], plugin, action, resource, normalised, context,
                                      self.revision)
                 if granting is None:  # several allow rules (or none): each one that matches grants
                     for starts, exact, test, ref in allow_steps:
@@ -499,8 +502,16 @@ _Record = tuple[bool, int, "str | None", "str | None", _Gate,
 #: One allow rule of several in a record: (prefixes, literals, predicate, its reference), as
 #: in :data:`_Record` (prefixes None: the predicate covers all, a None predicate any resource).
 _InLineStep = tuple["Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...]"]
-#: Where a plugin's table sits in ``DecisionTable._open``'s tuples, after its records.
-_TABLE = len(_ACTIONS)
+#: A slot of ``PluginTable._records`` whose record is not made yet (the entry exists).
+_UNBUILT: Any = object()
+
+
+def _fill(table: PluginTable, index: int) -> _Record:
+    """Make the record of ``table``'s entry for permission number ``index`` and keep it."""
+    action = _ACTIONS[index]
+    record = _record(table._by_action[action], table, _CODES[action])
+    table._records[index] = record
+    return record
 
 
 def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:

@@ -34,7 +34,7 @@ from policy_engine.implicit import implicit_reads
 from policy_engine.matchers import matcher
 from policy_engine.patterns import HostPort, compile_pattern, normalize_host_text
 from policy_engine.permissions import ResourceKind
-from policy_engine.table import _ACTION_INDEX, _implicit
+from policy_engine.table import _ACTION_INDEX, _UNBUILT, _implicit
 from tests.reference import reference_decide
 from tests.test_fast_paths import _full_host, _manifest, _plugin_manifest, _same
 
@@ -547,6 +547,9 @@ def test_a_plain_entry_decided_in_line_names_every_rule_that_matches() -> None:
         'deny plugin "p" to database:read on "db.secret*" when context.env == "prod"'])
     table = Engine.from_source(source, [manifest], cache_size=0)._state.table
     records = table._open["p"]
+    assert records[_ACTION_INDEX["file:read"]] is _UNBUILT and records[_ACTION_INDEX["config:read"]] is None
+    table.decide("p", "file:read", "/srv/x")
+    table.decide("p", "database:read", "db.x")
     read, database = records[_ACTION_INDEX["file:read"]], records[_ACTION_INDEX["database:read"]]
     assert read is not None and read[0] is True  # plain: decided in `decide` itself
     assert database is not None and database[0] is False  # a condition: `_run`
