@@ -214,10 +214,11 @@ class PluginTable:
     #: ``decide``'s view of the entries: one :data:`_Record` per permission (by
     #: ``_ACTION_INDEX``), None where the plugin has no entry, each made when a request first
     #: needs it (``_UNBUILT`` until then: a load does not pay for the records of permissions
-    #: nobody asks about). The list is shared by every decision table that holds this plugin
-    #: table, so a reload keeps the records of the plugins it did not rebuild. Filling a slot
-    #: is one assignment; two threads that fill it at once store equal records.
-    _records: list[Any] = field(init=False, compare=False, repr=False)
+    #: nobody asks about). A tuple (its items in the object itself, one cache line less to
+    #: reach than a list's), replaced by a copy with the slot filled (see ``_fill``); the
+    #: plugin table keeps the latest, so a reload keeps the records of the plugins it did
+    #: not rebuild.
+    _records: tuple[Any, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         by_action: dict[str, ActionEntry] = dict(self.entries)  # type: ignore[arg-type]
@@ -228,7 +229,7 @@ class PluginTable:
             normal = os.path.normpath(code_dir)
             code_dir = code_dir if normal == code_dir else normal
         object.__setattr__(self, "_code_dir", code_dir)
-        object.__setattr__(self, "_records", [_UNBUILT if action in by_action else None for action in _ACTIONS])
+        object.__setattr__(self, "_records", tuple(_UNBUILT if action in by_action else None for action in _ACTIONS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +242,27 @@ class DecisionTable:
     revision: int = 0
     #: The plugins ``decide``'s fast path serves (enabled and not failing their pin), each as
     #: its table's ``_records``: a request reaches its rules without touching the table.
-    _open: dict[str, list[Any]] = field(init=False, compare=False, repr=False)
+    _open: dict[str, tuple[Any, ...]] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_open", {
             name: table._records for name, table in self.plugins.items()
             if table.enabled and table.pin is not PinStatus.MISMATCH
         })
+
+    def _fill(self, plugin: str, index: int) -> _Record:
+        """Make the record of ``plugin``'s entry for permission number ``index`` and keep it
+        in a copy of the plugin's records, in the plugin table and in ``_open``: each a single
+        assignment, so a concurrent ``decide`` reads the old tuple or the new one. Two threads
+        filling two slots at once may each keep only its own: the other is made again."""
+        table = self.plugins[plugin]
+        action = _ACTIONS[index]
+        record = _record(table._by_action[action], table, _CODES[action])
+        records = table._records
+        records = (*records[:index], record, *records[index + 1:])
+        object.__setattr__(table, "_records", records)
+        self._open[plugin] = records
+        return record
 
     def suggest_plugin(self, name: str) -> str | None:
         """A ``did you mean`` for an unknown plugin name (same first letter, close spelling).
@@ -284,7 +299,7 @@ class DecisionTable:
             if records is not None and (index := _ACTION_INDEX.get(action)) is not None and (
                     record := records[index]) is not None:
                 if record is _UNBUILT:
-                    record = _fill(self.plugins[plugin], index)
+                    record = self._fill(plugin, index)
                 if resource.__class__ is not str or not record[0]:
                     if resource is not None and resource.__class__ is not str:
                         return self._decide_general(plugin, action, resource, context)
@@ -504,14 +519,6 @@ _Record = tuple[bool, int, "str | None", "str | None", _Gate,
 _InLineStep = tuple["Prefixes | None", "tuple[str, ...]", "Matcher | None", "tuple[RuleRef, ...]"]
 #: A slot of ``PluginTable._records`` whose record is not made yet (the entry exists).
 _UNBUILT: Any = object()
-
-
-def _fill(table: PluginTable, index: int) -> _Record:
-    """Make the record of ``table``'s entry for permission number ``index`` and keep it."""
-    action = _ACTIONS[index]
-    record = _record(table._by_action[action], table, _CODES[action])
-    table._records[index] = record
-    return record
 
 
 def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:

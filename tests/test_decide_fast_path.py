@@ -550,6 +550,8 @@ def test_a_plain_entry_decided_in_line_names_every_rule_that_matches() -> None:
     assert records[_ACTION_INDEX["file:read"]] is _UNBUILT and records[_ACTION_INDEX["config:read"]] is None
     table.decide("p", "file:read", "/srv/x")
     table.decide("p", "database:read", "db.x")
+    records = table._open["p"]  # a copy with the two records made, also kept by the plugin's table
+    assert table.plugins["p"]._records is records
     read, database = records[_ACTION_INDEX["file:read"]], records[_ACTION_INDEX["database:read"]]
     assert read is not None and read[0] is True  # plain: decided in `decide` itself
     assert database is not None and database[0] is False  # a condition: `_run`
