@@ -611,7 +611,9 @@ _NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (
 def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action: str, resource: str | None,
          context: Mapping[str, Any] | None, revision: int) -> Decision:
     """``_decide_general`` for an open plugin and an entry it has, ``resource`` a str or None:
-    the same steps with the permission's normalisation chosen by ``code``."""
+    the same steps with the permission's normalisation chosen by ``code``, then
+    ``_evaluate``. (``decide`` decides the plain entries itself; what comes here has a
+    condition or an error to evaluate, or no resource.)"""
     normalised: str | HostPort | None = None
     if resource is not None:
         if len(resource) > MAX_RESOURCE_LENGTH:
@@ -619,13 +621,7 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
         try:
             if code <= _READ_CODE:
                 normalised = resource = normalize_path(resource, table.plugin_dir)
-                # `_implicit`, inline: the runtime's trees, then the plugin's code.
-                if code == _READ_CODE and (
-                        resource.startswith(_RUNTIME_BELOW)
-                        or (len(resource) <= _RUNTIME_LONGEST and resource in _RUNTIME_EXACT) or (
-                            (code_dir := table._code_dir) is not None and resource.startswith(code_dir)
-                            and (len(resource) == len(code_dir) or resource[len(code_dir)] == "/")
-                            and is_code_below(resource))):
+                if code == _READ_CODE and _implicit(table._code_dir, resource):
                     return fast_decision(True, _IMPLICIT, plugin, action, resource, (), (), revision)
             elif code == _HOST_CODE:
                 normalised, resource = normalize_host_text(resource)
@@ -636,39 +632,7 @@ def _run(entry: ActionEntry, code: int, table: PluginTable, plugin: str, action:
         except (InvalidResourceError, TypeError, ValueError) as exc:
             return Decision(False, Reason.INVALID_RESOURCE, plugin, action, resource, detail=str(exc),
                             revision=revision)
-    else:
-        return _evaluate(entry, table, plugin, action, resource, None, context, revision)
-    # `_evaluate` for a resource (the common case), inline: a call less, and no `None` tests.
-    errors: list[str] | None = None
-    blocking: tuple[RuleRef, ...] | None = None
-    for test, ref, rule, plain in entry._deny_steps:
-        if test is None or test(normalised):
-            if not plain:
-                if errors is None:
-                    errors = []
-                if not _deny_applies(rule, table, context, errors):
-                    continue
-            blocking = ref if blocking is None else (*blocking, *ref)
-    if blocking is not None:
-        return fast_decision(False, _DENIED, plugin, action, resource, blocking,
-                             () if errors is None else tuple(errors), revision)
-    declared = entry._declared_test
-    if not entry.declared or (declared is not None and not declared(normalised)):
-        return _evaluate(entry, table, plugin, action, resource, normalised, context, revision)
-    granting: tuple[RuleRef, ...] | None = None
-    for test, ref, rule, plain in entry._allow_steps:
-        if test is None or test(normalised):
-            if not plain:
-                if errors is None:
-                    errors = []
-                if not _allow_applies(rule, table, context, errors):
-                    continue
-            granting = ref if granting is None else (*granting, *ref)
-    if granting is not None:
-        return fast_decision(True, _ALLOWED, plugin, action, resource, granting,
-                             () if errors is None else tuple(errors), revision)
-    return fast_decision(False, _NO_ALLOW, plugin, action, resource, (),
-                         () if errors is None else tuple(errors), revision)
+    return _evaluate(entry, table, plugin, action, resource, normalised, context, revision)
 
 
 _NAME = ResourceKind.NAME
