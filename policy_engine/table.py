@@ -16,10 +16,10 @@ from __future__ import annotations
 import enum
 import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import codes, nodes
 from .compiler import CompiledRule, PolicySet, check_pattern, expand_variables
@@ -529,79 +529,85 @@ def _record(entry: ActionEntry, table: PluginTable, code: int) -> _Record:
     for step in entry._allow_steps:
         if not step[3]:
             plain = False
-    deny_test: Matcher | None = None
+    if not plain:  # `decide` hands the entry to `_run`: only the code and the entry are read
+        return (False, code, None, None, _NO_GATE, None, (), None, None, (), entry)
     blocking: tuple[RuleRef, ...] | None = None
-    denies: tuple[Pattern, ...] = ()
     if len(entry._deny_steps) == 1:
         deny_test, blocking, rule, _ = entry._deny_steps[0]
-        denies = rule.patterns or ()
-    elif plain and entry._deny_steps:
+        denies = rule.patterns
+    else:
         denies = tuple(dict.fromkeys(pattern for rule in entry.denies for pattern in rule.patterns or ()))
-        deny_test = any_matcher(denies)
-    deny_shape = _in_line(code, denies)
-    if deny_shape is not None:
-        deny_test = deny_shape[2]
+        deny_test = any_matcher(denies) if denies else None
+    deny_starts, deny_exact, deny_test = _in_line(code, denies, deny_test)
+    declared_starts, declared_exact, declared_test = _in_line(code, entry.declared_patterns, entry._declared_test)
+    gate: _Gate = (deny_starts, deny_exact, deny_test, blocking, declared_starts, declared_exact, declared_test)
+    gate = _GATES.get(gate, lambda: gate)
+    allow_starts: Prefixes | None = None
+    allow_exact: tuple[str, ...] = ()
     allow_test: Matcher | None = None
     granting: tuple[RuleRef, ...] | None = None
-    allow_shape = None
-    allow_steps: list[_InLineStep] = []
-    if len(entry._allow_steps) != 1:
-        for test, ref, rule, _ in entry._allow_steps:
-            shape = None if rule.patterns is None else _in_line(code, rule.patterns)
-            allow_steps.append((None, (), test, ref) if shape is None else (*shape, ref))
+    allow_steps: tuple[_InLineStep, ...] = ()
+    if len(entry._allow_steps) == 1:
+        test, granting, rule, _ = entry._allow_steps[0]
+        allow_starts, allow_exact, allow_test = _in_line(code, rule.patterns, test)
     else:
-        allow_test, granting, rule, _ = entry._allow_steps[0]
-        allow_shape = None if rule.patterns is None else _in_line(code, rule.patterns)
-        if allow_shape is not None:
-            allow_test = allow_shape[2]
-    declared_test = entry._declared_test
-    declared_shape = None if entry.declared_patterns is None else _in_line(code, entry.declared_patterns)
-    if declared_shape is not None:
-        declared_test = declared_shape[2]
-    deny_starts, deny_exact = (None, ()) if deny_shape is None else deny_shape[:2]
-    declared_starts, declared_exact = (None, ()) if declared_shape is None else declared_shape[:2]
-    allow_starts, allow_exact = (None, ()) if allow_shape is None else allow_shape[:2]
-    gate: _Gate = (deny_starts, deny_exact, deny_test, blocking, declared_starts, declared_exact, declared_test)
-    key = tuple(map(id, gate))
-    known = _GATES.get(key)
-    if known is not None and known == gate:  # the same objects (or equal ones): one tuple
-        gate = known
-    else:
-        if len(_GATES) >= _IN_LINE_SIZE:
-            _GATES.clear()
-        _GATES[key] = gate
-    return (plain, code, table.plugin_dir, table._code_dir, gate, allow_starts, allow_exact, allow_test, granting,
-            tuple(allow_steps), entry)
+        allow_steps = tuple((*_in_line(code, rule.patterns, test), ref) for test, ref, rule, _ in entry._allow_steps)
+    return (True, code, table.plugin_dir, table._code_dir, gate, allow_starts, allow_exact, allow_test, granting,
+            allow_steps, entry)
 
 
-def _in_line(code: int, patterns: tuple[Pattern, ...]) -> tuple[Prefixes, tuple[str, ...], Matcher | None] | None:
-    """The comparisons of an entry's patterns that ``decide`` makes in line, on the request's
-    normal text (a path, a name, a host's ``host:port``), and the predicate of the rest."""
+def _in_line(code: int, patterns: tuple[Pattern, ...] | None,
+             test: Matcher | None) -> tuple[Prefixes | None, tuple[str, ...], Matcher | None]:
+    """The comparisons of ``patterns`` that ``decide`` makes in line, on the request's normal
+    text (a path, a name, a host's ``host:port``), and the predicate of the rest; without
+    such comparisons, None, none and ``test`` (the patterns' own predicate)."""
     if not patterns:
-        return None
+        return None, (), test
     host = code == _HOST_CODE
-    key = (host, *map(id, patterns))
-    known = _IN_LINE.get(key)
-    if known is not None and known[0] == patterns:  # the same pattern objects (`==` sees that first)
-        return known[1]
-    shape = host_shape(patterns) if host else prefix_shape(patterns)
-    if len(_IN_LINE) >= _IN_LINE_SIZE:
-        _IN_LINE.clear()
-    _IN_LINE[key] = (patterns, shape)
-    return shape
+    shape = _SHAPES.get((host, *patterns), lambda: host_shape(patterns) if host else prefix_shape(patterns))
+    return (None, (), test) if shape is None else shape
 
 
-# Remembered by the identities of the patterns: a wildcard rule's patterns, and a manifest
-# line many plugins share, are the same pattern objects in every plugin's table (see
-# `_table_rule`, `cached_pattern`), and get the same strings and predicate, so that what
-# `decide` reads for them is one set of objects, in cache, not one per plugin. A hash of the
-# patterns themselves (each one's `__hash__`, in Python) would cost more than the work. Each
-# entry holds its patterns, so the ids stay theirs while it is remembered.
-_IN_LINE: dict[tuple[Any, ...], tuple[tuple[Pattern, ...], tuple[Prefixes, tuple[str, ...], Matcher | None] | None]] = {}
-_IN_LINE_SIZE = 8192
-#: The gates of the records, by the identities of their parts (each gate holds its parts, so
-#: the ids stay theirs while it is remembered; equal parts are as good as the same ones).
-_GATES: dict[tuple[int, ...], _Gate] = {}
+_T = TypeVar("_T")
+
+
+class _ByIdentity(Generic[_T]):
+    """Values made from tuples of objects, remembered by the identities of those objects.
+
+    What many plugin tables share (a wildcard rule's patterns, a manifest line many plugins
+    have, see ``_table_rule`` and ``cached_pattern``) is the same objects in each, so it is
+    made once and every table holds the same result: what ``decide`` reads for it is one set
+    of objects, in cache, not one per plugin. A lookup costs a tuple of ids, where one by
+    value would hash every pattern (each one's ``__hash__``, in Python). Each entry holds its
+    objects, so their ids stay theirs while it is remembered; equal objects (``==`` sees the
+    same ones first) are as good as the same. A full memo starts over.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, ...], tuple[tuple[object, ...], _T]] = {}
+
+    def get(self, parts: tuple[object, ...], make: Callable[[], _T]) -> _T:
+        """The value remembered for ``parts``, or ``make()``, remembered for them."""
+        key = tuple(map(id, parts))
+        known = self._entries.get(key)
+        if known is not None and known[0] == parts:
+            return known[1]
+        value = make()
+        if len(self._entries) >= _REMEMBERED:
+            self._entries.clear()
+        self._entries[key] = (parts, value)
+        return value
+
+
+_REMEMBERED = 8192
+#: The in-line shapes of patterns (by whether they are hosts, and the patterns).
+_SHAPES: _ByIdentity[tuple[Prefixes, tuple[str, ...], Matcher | None] | None] = _ByIdentity()
+#: The gates of the records: one tuple for the plugins whose deny rules and declaration are
+#: the same objects.
+_GATES: _ByIdentity[_Gate] = _ByIdentity()
+_NO_GATE: _Gate = (None, (), None, None, None, (), None)
 
 
 _NOT_DECLARED, _DENIED, _ALLOWED, _NO_ALLOW, _IMPLICIT = (
