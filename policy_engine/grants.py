@@ -31,6 +31,7 @@ from .patterns import (
     PathPattern,
     Pattern,
     Region,
+    host_text,
     intersect,
     overlaps,
     region_covered,
@@ -183,7 +184,7 @@ def show_pattern(pattern: Pattern, plugin_dir: str | None = None) -> str:
     """A pattern as a person reads it: paths with the plugin's directory as
     ``{plugin_dir}``, hosts always with a port (``*`` for any port), names as written."""
     if isinstance(pattern, HostPattern):
-        host = f"[{pattern.host_text}]" if ":" in pattern.host_text else pattern.host_text
+        host = host_text(pattern.host_text)
         ports = pattern.port_range
         shown = "*" if ports is None else str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
         return f"{host}:{shown}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from .patterns import HostPattern, HostPort, NamePattern, PathPattern, Pattern, Resource
+from .patterns import HostPattern, HostPort, NamePattern, PathPattern, Pattern, Resource, host_text
 
 __all__ = ["Matcher", "Prefixes", "any_matcher", "glob_segments_match", "host_shape", "matcher", "prefix_shape", "star_match"]
 
@@ -93,16 +93,6 @@ def prefix_shape(patterns: Sequence[Pattern]) -> tuple[Prefixes, tuple[str, ...]
     ``rest`` predicates the other patterns. A literal is a pattern ``x`` or the directory of
     ``x/**``; up to :data:`_IN_LINE_LITERALS` of them are taken (``in`` on a tuple compares
     each, with no hash of the resource). None when no pattern is such a comparison."""
-    if len(patterns) == 1:  # the commonest case, without the lists
-        pattern = patterns[0]
-        kind, mode = type(pattern), getattr(pattern, "_mode", -1)
-        if kind is NamePattern and mode == _PREFIX:
-            return pattern._fixed, (), None  # type: ignore[attr-defined]
-        if (kind is PathPattern or kind is NamePattern) and mode == _LITERAL:
-            return (), (pattern.canonical,), None
-        if kind is PathPattern and mode == _PREFIX and not pattern._fixed.endswith("/"):  # type: ignore[attr-defined]
-            return pattern._fixed + "/", (pattern._fixed,), None  # type: ignore[attr-defined]
-        return None
     starts: list[str] = []
     literals: list[str] = []
     rest: list[Pattern] = []
@@ -146,18 +136,17 @@ def host_shape(patterns: Sequence[Pattern]) -> tuple[Prefixes, tuple[str, ...], 
     literals: list[str] = []
     rest: list[Pattern] = []
     for pattern in patterns:
-        ports = pattern.port_range if isinstance(pattern, HostPattern) else (0, 1)
-        if type(pattern) is HostPattern and pattern._mode == _LITERAL and len(literals) < _IN_LINE_LITERALS and (
-                ports is None or ports[0] == ports[1]):
-            host = pattern.host_text
-            shown = f"[{host}]" if ":" in host else host  # `str(HostPort(host, None))`
+        if type(pattern) is HostPattern and pattern._mode == _LITERAL and len(literals) < _IN_LINE_LITERALS:
+            ports = pattern.port_range
             if ports is None:
+                shown = host_text(pattern.host_text)
                 starts.append(shown + ":")
                 literals.append(shown)
-            else:
-                literals.append(f"{shown}:{ports[0]}")  # `str(HostPort(host, port))`
-        else:
-            rest.append(pattern)
+                continue
+            if ports[0] == ports[1]:
+                literals.append(host_text(pattern.host_text, ports[0]))
+                continue
+        rest.append(pattern)
     if len(rest) == len(patterns):
         return None
     return _prefixes(starts), tuple(literals), (any_matcher(rest) if rest else None)

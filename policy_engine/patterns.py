@@ -72,6 +72,7 @@ __all__ = [
     "intersect",
     "matches_everything",
     "normalize",
+    "host_text",
     "normalize_host_text",
     "overlaps",
     "region_covered",
@@ -106,8 +107,14 @@ class HostPort:
     port: int | None = None
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port is None else f"{host}:{self.port}"
+        return host_text(self.host, self.port)
+
+
+def host_text(host: str, port: int | None = None) -> str:
+    """A host and port as text, the way :class:`HostPort` shows them: an IPv6 address (the
+    only host with a ``:``) in brackets, the port after a ``:``."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
 
 
 #: A request's resource in normal form: a path or name (``str``) or a :class:`HostPort`.
@@ -748,9 +755,7 @@ def normalize_host_text(text: str) -> tuple[HostPort, str]:
                 except _Bad:
                     address = None  # the full path says why
                 if address is not None:
-                    # `str(HostPort(address, port))`, spelled out: the brackets of an IPv6 address.
-                    shown = f"[{address}]" if ":" in address else address
-                    return _host_port(address, port), (shown if port is None else f"{shown}:{port}")
+                    return _host_port(address, port), host_text(address, port)
     elif "://" in text:
         url = _PLAIN_URL.fullmatch(text)
         if url is not None:
@@ -829,7 +834,7 @@ def _compile_host(text: str) -> HostPattern:
         mode, host, suffix = _SUFFIX, "*." + parent, "." + parent
     else:
         mode, host, suffix = _LITERAL, _canonical_host(raw_host, bracketed), ""
-    shown = f"[{host}]" if ":" in host else host
+    shown = host_text(host)
     if ports is not None:
         shown += f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}-{ports[1]}"
     if shown == text:
