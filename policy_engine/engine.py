@@ -216,7 +216,6 @@ def _collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
-
 def _promote_to_oldest_generation() -> None:
     """Move every object the collector tracks into its oldest generation, unscanned.
 
