@@ -16,7 +16,10 @@ the first 5,000 calls after a build is timed for an engine with its default cach
 with ``freeze_collector`` on and off (one run each: it is a single event, the collection of the new tables, not a
 distribution). ``reference`` is the decision procedure
 kept in ``tests/reference.py`` (the engine before its fast paths), timed in the same run on
-the same table, so the ratios hold when the machine's speed drifts. Memory per plugin is
+the same table, so the ratios hold when the machine's speed drifts. ``constant work (the
+floor)`` is a call that does the same work every time, as long as the engine's median, timed
+the same way on the same requests: its p99 and max are what the machine adds to a call of
+that length (interruptions of the process), the floor under the engine's. Memory per plugin is
 the resident-memory growth of a fresh process divided by the plugin count. Load is
 ``Engine.load`` of a directory of policy files and ``plugin.yaml`` files; reload is
 ``Engine.reload`` after one policy file or one manifest changed, as a share of a full load.
@@ -222,6 +225,33 @@ def timed(decide: Callable[..., Any], requests: Sequence[Request], runs: int,
     return result
 
 
+def constant_work(median_us: float) -> Callable[..., None]:
+    """A call that does the same work every time, as long as a call of median ``median_us``
+    (µs): timed as ``decide`` is, on the same requests, its p99 and max are what the machine
+    adds to a call of that length (the process interrupted, descheduled, its caches
+    flushed), the floor under the engine's."""
+    def spin(plugin: str, action: str, resource: str | None, context: Any, _n: int = 1) -> None:
+        for _ in range(_n):
+            pass
+
+    turns = 100
+    for _ in range(3):  # scaled until its median is the engine's (the loop's cost is linear)
+        # The quietest of three medians: one taken while the machine stalls would make it short.
+        took = min(statistics.median(_spin_once(spin, turns) for _ in range(2000)) for _ in range(3)) - OVERHEAD
+        turns = max(1, round(turns * median_us / max(took, 1e-3)))
+
+    def call(plugin: str, action: str, resource: str | None, context: Any) -> None:
+        spin(plugin, action, resource, context, turns)
+    return call
+
+
+def _spin_once(spin: Callable[..., None], n: int) -> float:
+    clock = time.perf_counter_ns
+    started = clock()
+    spin("", "", None, None, n)
+    return (clock() - started) / 1000
+
+
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, int(len(ordered) * 0.99) - 1)]
@@ -253,6 +283,7 @@ def measure(plugins: int, count: int, runs: int, classes: bool = False) -> dict[
         "reference": timed(reference, requests, runs),
         "cached": timed(cached.decide, requests, runs),
     }
+    result["constant work"] = timed(constant_work(result["engine"]["median"]), requests, runs)
     for label, special in special_requests(plugins, max(20, count // 20)).items():
         result[label] = timed(engine.decide, special, runs)
         result[label + " (reference)"] = timed(reference, special, runs)
@@ -358,9 +389,10 @@ def report(decides: list[dict[str, Any]], loads: dict[int, dict[str, float]], me
             ratios = " / ".join(f"{figures[k] / base[k]:.2f}" for k in ("median", "p99", "max"))
             lines.append(f"{r['plugins']:>8} {r['rules']:>7} {shown:<28} {figures['median']:>10.2f} "
                          f"{figures['p99']:>9.2f} {figures['max']:>9.1f}   {ratios}")
-        ref = r["reference"]
-        lines.append(f"{r['plugins']:>8} {r['rules']:>7} {'reference decide':<28} {ref['median']:>10.2f} "
-                     f"{ref['p99']:>9.2f} {ref['max']:>9.1f}")
+        for label, shown in (("reference", "reference decide"), ("constant work", "constant work (the floor)")):
+            ref = r[label]
+            lines.append(f"{r['plugins']:>8} {r['rules']:>7} {shown:<28} {ref['median']:>10.2f} "
+                         f"{ref['p99']:>9.2f} {ref['max']:>9.1f}")
     if len(decides) >= 2:
         first, last = decides[0], decides[-1]
         lines.append("")
