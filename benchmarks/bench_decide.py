@@ -13,14 +13,16 @@ and the max is the median of the five runs' maxima. Each call is timed by two re
 clock's own cost, about 0.05 µs) is measured once and subtracted from every figure, and
 printed. ``--classes`` adds the uncached figures of each class of request. The slowest of
 the first 5,000 calls after a build is timed for an engine with its default cache, built
-with ``freeze_collector`` on and off (one run each: it is a single event, the collection of the new tables, not a
-distribution). ``reference`` is the decision procedure
-kept in ``tests/reference.py`` (the engine before its fast paths), timed in the same run on
-the same table, so the ratios hold when the machine's speed drifts. ``constant work (the
-floor)`` is a call that does the same work every time, as long as the engine's median, timed
-the same way on the same requests: its p99 and max are what the machine adds to a call of
-that length (interruptions of the process), the floor under the engine's. Memory per plugin is
-the resident-memory growth of a fresh process divided by the plugin count. Load is
+with ``freeze_collector`` on and off (one run each: it is a few events, not a distribution),
+with the collections that ran in those calls (``gc.callbacks``): the records made on each
+plugin's first requests and the decisions the cache keeps are new objects, which the young
+generations' collections scan. ``reference`` is the decision procedure kept in
+``tests/reference.py`` (the engine before its fast paths), timed in the same run on the same
+table, so the ratios hold when the machine's speed drifts. ``constant work (the floor)`` is
+a call that does the same work every time, as long as the engine's median, timed the same
+way on the same requests: its p99 and max are what the machine adds to a call of that length
+(interruptions of the process), the floor under the engine's. Memory per plugin is the
+resident-memory growth of a fresh process divided by the plugin count. Load is
 ``Engine.load`` of a directory of policy files and ``plugin.yaml`` files; reload is
 ``Engine.reload`` after one policy file or one manifest changed, as a share of a full load.
 Run::
@@ -34,6 +36,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -43,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +228,34 @@ def timed(decide: Callable[..., Any], requests: Sequence[Request], runs: int,
     return result
 
 
+@contextlib.contextmanager
+def collections_seen() -> Iterator[dict[int, list[float]]]:
+    """The collector's runs while the block runs: each generation's durations (µs)."""
+    seen: dict[int, list[float]] = {}
+    started: list[int] = []
+
+    def note(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter_ns())
+        elif started:
+            seen.setdefault(info["generation"], []).append((time.perf_counter_ns() - started.pop()) / 1000)
+
+    gc.callbacks.append(note)
+    try:
+        yield seen
+    finally:
+        gc.callbacks.remove(note)
+
+
+def _shown(seen: dict[int, list[float]]) -> str:
+    """``collections_seen``'s findings in a few words."""
+    if not seen:
+        return "none"
+    names = {0: "youngest", 1: "middle", 2: "full"}
+    return ", ".join(f"{len(runs)} of the {names.get(generation, generation)} generation (longest {max(runs):.0f} µs)"
+                     for generation, runs in sorted(seen.items()))
+
+
 def constant_work(median_us: float) -> Callable[..., None]:
     """A call that does the same work every time, as long as a call of median ``median_us``
     (µs): timed as ``decide`` is, on the same requests, its p99 and max are what the machine
@@ -295,7 +326,9 @@ def measure(plugins: int, count: int, runs: int, classes: bool = False) -> dict[
         del engine
         gc.collect()
         engine = Engine.from_source(policy, manifests, VARIABLES, freeze_collector=freeze)
-        result[f"after build, frozen={freeze}"] = max(0.0, max(one_run(engine.decide, requests[:5000])) - OVERHEAD)
+        with collections_seen() as seen:
+            result[f"after build, frozen={freeze}"] = max(0.0, max(one_run(engine.decide, requests[:5000])) - OVERHEAD)
+        result[f"after build, collections, frozen={freeze}"] = seen
     # What the frozen build froze would stay frozen for every later measure of this process
     # (the load rows among them: a build leaves the collector alone where the host has
     # frozen objects of its own).
@@ -406,7 +439,8 @@ def report(decides: list[dict[str, Any]], loads: dict[int, dict[str, float]], me
         lines.append(f"{r['plugins']} plugins: slowest request / median {top:.1f}x, "
                      f"from_source {r['from_source_s']:.2f} s; slowest of the first 5,000 calls after a "
                      f"build {r['after build, frozen=False']:.0f} µs "
-                     f"({r['after build, frozen=True']:.0f} µs with freeze_collector=True)")
+                     f"({r['after build, frozen=True']:.0f} µs with freeze_collector=True); "
+                     f"collections in them {_shown(r['after build, collections, frozen=False'])}")
     lines.append(f"timer overhead subtracted from every figure: {OVERHEAD:.3f} µs")
     for r in decides:
         if "classes" not in r["engine"]:
