@@ -256,31 +256,24 @@ def _shown(seen: dict[int, list[float]]) -> str:
                      for generation, runs in sorted(seen.items()))
 
 
-def constant_work(median_us: float) -> Callable[..., None]:
+def constant_work(median_us: float, requests: Sequence[Request]) -> Callable[..., None]:
     """A call that does the same work every time, as long as a call of median ``median_us``
     (µs): timed as ``decide`` is, on the same requests, its p99 and max are what the machine
     adds to a call of that length (the process interrupted, descheduled, its caches
     flushed), the floor under the engine's."""
-    def spin(plugin: str, action: str, resource: str | None, context: Any, _n: int = 1) -> None:
-        for _ in range(_n):
-            pass
+    def spinning(turns: int) -> Callable[..., None]:
+        def call(plugin: str, action: str, resource: str | None, context: Any) -> None:
+            for _ in range(turns):
+                pass
+        return call
 
     turns = 100
     for _ in range(3):  # scaled until its median is the engine's (the loop's cost is linear)
-        # The quietest of three medians: one taken while the machine stalls would make it short.
-        took = min(statistics.median(_spin_once(spin, turns) for _ in range(2000)) for _ in range(3)) - OVERHEAD
+        # The quietest of three medians, timed as `timed` times it: one taken while the
+        # machine stalls would make the call short.
+        took = min(statistics.median(one_run(spinning(turns), requests[:2000])) for _ in range(3)) - OVERHEAD
         turns = max(1, round(turns * median_us / max(took, 1e-3)))
-
-    def call(plugin: str, action: str, resource: str | None, context: Any) -> None:
-        spin(plugin, action, resource, context, turns)
-    return call
-
-
-def _spin_once(spin: Callable[..., None], n: int) -> float:
-    clock = time.perf_counter_ns
-    started = clock()
-    spin("", "", None, None, n)
-    return (clock() - started) / 1000
+    return spinning(turns)
 
 
 def _p99(values: list[float]) -> float:
@@ -314,7 +307,7 @@ def measure(plugins: int, count: int, runs: int, classes: bool = False) -> dict[
         "reference": timed(reference, requests, runs),
         "cached": timed(cached.decide, requests, runs),
     }
-    result["constant work"] = timed(constant_work(result["engine"]["median"]), requests, runs)
+    result["constant work"] = timed(constant_work(result["engine"]["median"], requests), requests, runs)
     for label, special in special_requests(plugins, max(20, count // 20)).items():
         result[label] = timed(engine.decide, special, runs)
         result[label + " (reference)"] = timed(reference, special, runs)
@@ -440,7 +433,8 @@ def report(decides: list[dict[str, Any]], loads: dict[int, dict[str, float]], me
                      f"from_source {r['from_source_s']:.2f} s; slowest of the first 5,000 calls after a "
                      f"build {r['after build, frozen=False']:.0f} µs "
                      f"({r['after build, frozen=True']:.0f} µs with freeze_collector=True); "
-                     f"collections in them {_shown(r['after build, collections, frozen=False'])}")
+                     f"collections in them {_shown(r['after build, collections, frozen=False'])} "
+                     f"({_shown(r['after build, collections, frozen=True'])} with freeze_collector=True)")
     lines.append(f"timer overhead subtracted from every figure: {OVERHEAD:.3f} µs")
     for r in decides:
         if "classes" not in r["engine"]:
