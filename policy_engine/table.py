@@ -744,7 +744,7 @@ def build_plugin_table(
                 continue
             placed = _placed(rule, table_rule)
             # A rule naming one plugin is placed once anyway.
-            if shared is not None and (rule.plugins is None or len(rule.plugins) > 1) and _is_plugin_independent(rule):
+            if shared is not None and not _of_one_plugin(rule) and _is_plugin_independent(rule):
                 shared[id(rule)] = (rule, placed)
         target = allows if rule.effect is Effect.ALLOW else denies
         for permission, per_kind in placed:
@@ -818,6 +818,11 @@ def _placed(rule: CompiledRule, table_rule: TableRule) -> tuple[tuple[Permission
     return tuple(placed)
 
 
+def _of_one_plugin(rule: CompiledRule) -> bool:
+    """Whether the rule names exactly one plugin (it is placed in one table only)."""
+    return rule.plugins is not None and len(rule.plugins) == 1
+
+
 def _is_plugin_independent(rule: CompiledRule) -> bool:
     """Whether :func:`_specialise` gives every plugin the same table rule: no per-plugin
     template, and no condition it decides for the plugin (those reading ``context`` stay)."""
@@ -859,7 +864,7 @@ def _specialise(rule: CompiledRule, facts: PluginFacts, attributes: Mapping[str,
                 except ValueError:
                     continue  # invalid once filled in (an odd plugin_dir): the pattern matches nothing
         patterns = tuple(compiled)
-    if rule.plugins is not None and len(rule.plugins) == 1:
+    if _of_one_plugin(rule):
         # A rule of one plugin's own is specialised once per build: nothing to share, and
         # remembering it would cost a hash of its patterns and push out what is shared.
         return TableRule(rule.ref, patterns, when, unless, error)
